@@ -21,7 +21,7 @@ class WrongKeyError(RmirError):
     """An encrypted RMIR could not be opened with the given key (or no key was given)."""
 
 
-class ImportError_(EdgedError):
+class ModelImportError(EdgedError):
     """A model importer could not find or read its source files."""
 
 
