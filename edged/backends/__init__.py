@@ -1,0 +1,23 @@
+"""Inference backends: ONNX Runtime (CPU) now; TensorRT plugs in beside it."""
+
+from __future__ import annotations
+
+from edged.backends.base import Backend, BackendOptions, Session, TensorInfo
+from edged.errors import BackendError
+
+
+def implemented_backends() -> frozenset[str]:
+    """Names of the backends this edged can deploy to and load."""
+    return frozenset({"onnxruntime"})
+
+
+def get_backend(name: str) -> Backend:
+    """The backend object for a name recorded in deploy.yaml or chosen by select_backend."""
+    if name == "onnxruntime":
+        from edged.backends.onnxruntime import OnnxRuntimeBackend
+
+        return OnnxRuntimeBackend()
+    raise BackendError(f"The backend {name!r} is not available in this edged build.")
+
+
+__all__ = ["Backend", "BackendOptions", "Session", "TensorInfo", "get_backend", "implemented_backends"]

@@ -1,0 +1,67 @@
+"""What every inference backend provides: deploy a network for this device, load it, run it.
+
+Backends know nothing about speech: they see ONNX networks, shapes and numpy arrays.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from edged.rmir.manifest import NetworkSpec
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """Name, element type and shape (None or a name for dynamic dims) of a session's tensor."""
+
+    name: str
+    dtype: str
+    shape: tuple[int | str | None, ...]
+
+
+@dataclass(frozen=True)
+class BackendOptions:
+    """Backend settings from config.sh, passed down explicitly."""
+
+    intra_op_threads: int = 0
+    """Threads inside one operator (0 = the runtime decides)."""
+    inter_op_threads: int = 1
+    """Threads across independent operators."""
+
+
+class Session(Protocol):
+    """A loaded network, ready to run."""
+
+    inputs: tuple[TensorInfo, ...]
+    outputs: tuple[TensorInfo, ...]
+
+    def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run the network on named inputs; returns every output by name."""
+        ...
+
+
+class Backend(Protocol):
+    """An inference backend (ONNX Runtime, TensorRT)."""
+
+    name: str
+
+    def version(self) -> str:
+        """Version of the runtime library, recorded in deploy.yaml for staleness checks."""
+        ...
+
+    def deploy_network(
+        self, src: Path, dst_dir: Path, network: NetworkSpec, options: BackendOptions
+    ) -> dict[str, Any]:
+        """Turn the RMIR's ONNX file `src` into this backend's deployed form inside `dst_dir`.
+
+        Returns the deploy record entry for this network; its 'file' names the deployed file.
+        """
+        ...
+
+    def load(self, path: Path, options: BackendOptions) -> Session:
+        """Load a deployed network file."""
+        ...
