@@ -201,8 +201,9 @@ class TextList(Kind):
 class RmirSources(TextList):
     """RMIR sources: `builtin:NAME`, `PATH.rmir[:KEY]` or `http(s)://URL#sha256=HEX`."""
 
-    accepts = "a bash array of RMIR sources: builtin:NAME, PATH.rmir[:KEY] or https://URL#sha256=HEX"
     _ITEM = "builtin:NAME, PATH.rmir[:KEY] or https://URL#sha256=HEX (64 hex digits)"
+    accepts = ("a bash array of RMIR sources: builtin:NAME, PATH.rmir[:KEY] or "
+               "https://URL#sha256=HEX")
     _LOCAL = re.compile(r"(?P<path>.+?\.rmir)(?::(?P<key>.+))?", re.DOTALL)
 
     def parse_item(self, item: str, base_dir: Path) -> str:
@@ -299,7 +300,8 @@ class Settings:
         doc="Address the gRPC API listens on; `0.0.0.0` for the whole LAN, `127.0.0.1` for this "
             "machine only.")
     log_level: str = setting(
-        "INFO", kind=Choice("DEBUG", "INFO", "WARNING", "ERROR"), doc="Least severe log level shown.")
+        "INFO", kind=Choice("DEBUG", "INFO", "WARNING", "ERROR"),
+        doc="Least severe log level shown.")
     download_timeout_s: int = setting(
         30, kind=Int(min=1, max=3600),
         doc="Seconds a download may go without progress before it is retried.")
@@ -396,15 +398,14 @@ def _run_bash(path: Path, label: str, env: Mapping[str, str] | None) -> tuple[by
             f"last command failed, e.g. a false `[ ... ] && x=y`, or it called `exit`).")
     if not out.endswith(b"E\0"):
         raise ConfigError(
-            f"{label}: it stopped before its end (an `exit`, or a failing command under "
-            f"`set -e`); use `return` to leave config.sh early.")
+            f"{label}: it called `exit` before its end, so edged could not read it; use "
+            f"`return` to leave config.sh early.")
     return out, errors
 
 
 def _read_variables(path: Path, label: str, env: Mapping[str, str] | None,
                     names: set[str]) -> tuple[dict[str, Raw], frozenset[str], list[str]]:
-    """Variables the file set (plus setting names from `env`), which are associative arrays,
-    and bash's complaints."""
+    """The variables config.sh set, which of them are associative arrays, and bash's complaints."""
     out, errors = _run_bash(path, label, env)
     tokens = out.decode("utf-8", "surrogateescape").split("\0")
     before: set[str] = set()
@@ -496,8 +497,9 @@ def load_settings(
     """Read config.sh with bash and return the validated Settings and any warnings.
 
     `path=None` gives the defaults (relative paths against the working directory). `env` holds
-    variables config.sh runs with (it may reference them); nothing else of the caller's
-    environment is visible to it. Raises ConfigError listing every invalid value.
+    variables config.sh runs with, as if exported before it (it may reference them; a setting
+    name in `env` counts as set); nothing else of the caller's environment is visible to it.
+    Raises ConfigError listing every invalid value.
     """
     if path is None:
         return _build({}, Path.cwd(), "defaults")

@@ -304,7 +304,7 @@ def test_readme_embeds_the_reference() -> None:
     if not readme.is_file():
         pytest.skip("README.md does not exist yet")
     text = readme.read_text(encoding="utf-8")
-    match = re.search(r"<!-- settings:begin -->\n(.*?)<!-- settings:end -->", text, re.DOTALL)
+    match = re.search(r"<!-- settings:begin -->(.*?)<!-- settings:end -->", text, re.DOTALL)
     if match is None:
         pytest.skip("README.md has no <!-- settings:begin --> / <!-- settings:end --> block yet")
     assert match.group(1).strip() == settings_reference_markdown().strip(), (

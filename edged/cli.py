@@ -1,0 +1,285 @@
+"""The `edged` command line: each command parses, calls one library function, prints the result."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import tempfile
+import time
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from edged import __version__
+from edged.errors import ConfigError, EdgedError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="edged: a local speech server (Riva API) for Jetson and workstations.",
+)
+
+ConfigOpt = Annotated[
+    Optional[Path],
+    typer.Option(
+        "--config", "-c", envvar="EDGED_CONFIG",
+        help="config.sh to read (default: ./config.sh if present, else built-in defaults).",
+    ),
+]
+
+
+class Pipeline(str, Enum):
+    """Pipelines `edged build` can pack."""
+
+    speech_recognition = "speech_recognition"
+    speech_synthesis = "speech_synthesis"
+    vad = "vad"
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level, logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def _settings(config: Path | None) -> Any:
+    from edged.config import load_settings
+
+    if config is None and Path("config.sh").is_file():
+        config = Path("config.sh")
+    settings, warnings = load_settings(config)
+    _setup_logging(settings.log_level)
+    for warning in warnings:
+        logging.getLogger("edged.config").warning("%s", warning)
+    return settings
+
+
+def _progress(label: str) -> Any:
+    from edged.progress import ProgressBar
+
+    return ProgressBar(label)
+
+
+def _table(headers: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths))]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def _mb(n: float) -> str:
+    return f"{n / 2**20:.1f} MB"
+
+
+@app.command()
+def init(config: ConfigOpt = None) -> None:
+    """Gather the RMIRs config.sh names into $model_loc/rmir and deploy them for this device."""
+    from edged.repository.init import run_init
+
+    settings = _settings(config)
+    t0 = time.perf_counter()
+    report = run_init(settings, _progress)
+    rows = [[r.rmir, r.gathered, r.deployed, r.detail] for r in report.rows]
+    typer.echo(_table(["RMIR", "GATHERED", "DEPLOYED", "DETAIL"], rows))
+    typer.echo(f"Model repository: {settings.model_loc} ({time.perf_counter() - t0:.1f} s)")
+    if report.failed:
+        typer.echo("edged: some models failed (see DETAIL); the others are deployed.", err=True)
+        raise typer.Exit(1)
+
+
+@app.command()
+def start(config: ConfigOpt = None) -> None:
+    """Run the server in the foreground until SIGINT or SIGTERM."""
+    from edged.server.app import run
+
+    raise typer.Exit(run(_settings(config)))
+
+
+@app.command()
+def build(
+    pipeline: Annotated[Pipeline, typer.Argument(help="speech_recognition, speech_synthesis or vad.")],
+    out: Annotated[str, typer.Argument(help="Output archive, OUT.rmir or OUT.rmir:KEY to encrypt.")],
+    sources: Annotated[Optional[list[Path]], typer.Argument(
+        help="A model description .yaml, or .onnx networks plus artifact files.")] = None,
+    builtin: Annotated[Optional[str], typer.Option(
+        help="Built-in importer: moonshine-base-en, piper-joe-medium or silero-vad.")] = None,
+    from_wheel: Annotated[Optional[Path], typer.Option(
+        help="Read the built-in model pack from this .whl instead of the installed package.")] = None,
+    name: Annotated[Optional[str], typer.Option(help="Model name (loose files; overrides the YAML).")] = None,
+    language_code: Annotated[Optional[str], typer.Option(help="Language code, e.g. en-US.")] = None,
+    sample_rate: Annotated[Optional[int], typer.Option(help="Sample rate in Hz.")] = None,
+    model_family: Annotated[Optional[str], typer.Option(help="Model family a pipeline drives.")] = None,
+    license: Annotated[Optional[str], typer.Option(help="Licence of the weights.")] = None,
+) -> None:
+    """Pack ONNX networks and artifacts into an RMIR archive."""
+    from edged.importers import BUILTINS, builtin_source
+    from edged.importers.custom import import_description, source_from_files
+    from edged.rmir import parse_rmir_ref
+    from edged.rmir.build import build_rmir
+
+    _setup_logging("WARNING")
+    ref = parse_rmir_ref(out)
+    if not ref.path.name.endswith(".rmir"):
+        raise ConfigError(f"The output {ref.path} should end in .rmir (add :KEY to encrypt it).")
+    files = sources or []
+    overrides = {"name": name, "language_code": language_code, "sample_rate": sample_rate,
+                 "model_family": model_family, "license": license}
+    with tempfile.TemporaryDirectory(prefix=".edged-build-", dir=ref.path.parent.resolve()) as work:
+        if builtin:
+            if files:
+                raise ConfigError("Give either --builtin or source files, not both.")
+            if builtin in BUILTINS and BUILTINS[builtin][0] != pipeline.value:
+                raise ConfigError(f"{builtin} is a {BUILTINS[builtin][0]} model, not {pipeline.value}.")
+            src = builtin_source(builtin, Path(work), from_wheel)
+        elif len(files) == 1 and files[0].suffix in (".yaml", ".yml"):
+            src = import_description(files[0], {**overrides, "pipeline": pipeline.value})
+        elif files:
+            for f in files:
+                if not f.is_file():
+                    raise ConfigError(f"Source file {f} does not exist.")
+            src = source_from_files(files, pipeline=pipeline.value, **overrides)
+        else:
+            raise ConfigError("Nothing to build: give --builtin NAME, a description .yaml, or .onnx files.")
+        if src.pipeline != pipeline.value:
+            raise ConfigError(f"{src.name} is a {src.pipeline} model, not {pipeline.value}.")
+        manifest = build_rmir(src, ref, _progress(f"build {ref.path.name}"))
+    typer.echo(f"Built {ref.path} ({manifest.name}, {manifest.pipeline}, "
+               f"{_mb(ref.path.stat().st_size)}{', encrypted' if ref.key else ''})")
+
+
+@app.command()
+def inspect(
+    rmir: Annotated[str, typer.Argument(help="Archive, X.rmir or X.rmir:KEY.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the manifest as JSON.")] = False,
+) -> None:
+    """Show an RMIR's manifest: networks, artifacts, sizes and hashes."""
+    from edged.rmir import parse_rmir_ref, read_manifest
+
+    ref = parse_rmir_ref(rmir, os.environ.get("MODEL_DEPLOY_KEY"))
+    m = read_manifest(ref)
+    if as_json:
+        typer.echo(json.dumps(m.to_dict(), indent=2))
+        return
+    typer.echo(f"{m.name}: {m.pipeline}, {m.language_code}, {m.sample_rate} Hz, family {m.model_family}, "
+               f"licence {m.license}, format {m.format_version}, ~{m.memory_estimate_mb} MB to load")
+    rows = [[n.file, "network", _mb(n.size), n.sha256] for n in m.networks]
+    rows += [[a.file, "artifact", _mb(a.size), a.sha256] for a in m.artifacts]
+    typer.echo(_table(["MEMBER", "KIND", "SIZE", "SHA256"], rows))
+    for n in m.networks:
+        ins = ", ".join(f"{t.name}{list(t.shape)}" for t in n.inputs[:4])
+        more = f" (+{len(n.inputs) - 4} more)" if len(n.inputs) > 4 else ""
+        typer.echo(f"  {n.name} inputs: {ins}{more}")
+    if m.provenance:
+        typer.echo("provenance: " + ", ".join(f"{k}={v}" for k, v in m.provenance.items()))
+
+
+@app.command()
+def verify(rmir: Annotated[str, typer.Argument(help="Archive, X.rmir or X.rmir:KEY.")]) -> None:
+    """Check every member of an RMIR against its manifest's sha256."""
+    from edged.rmir import extract_rmir, parse_rmir_ref
+
+    ref = parse_rmir_ref(rmir, os.environ.get("MODEL_DEPLOY_KEY"))
+    result = extract_rmir(ref, None)
+    typer.echo(f"OK: {ref.path} ({result.manifest.name}), {len(result.manifest.members())} members "
+               f"verified, archive sha256 {result.sha256}")
+
+
+@app.command()
+def deploy(
+    rmir: Annotated[str, typer.Argument(help="Archive, X.rmir or X.rmir:KEY.")],
+    models_dir: Annotated[Path, typer.Argument(help="The repository's models/ folder.")],
+    force: Annotated[bool, typer.Option("--force", "-f", help="Redeploy even if up to date.")] = False,
+    backend: Annotated[str, typer.Option(help="auto, cpu or tensorrt.")] = "auto",
+    threads: Annotated[int, typer.Option(help="ONNX Runtime intra-op threads (0 = auto).")] = 0,
+) -> None:
+    """Deploy one RMIR into a model repository for this device."""
+    from edged.backends import BackendOptions
+    from edged.backends.probe import probe
+    from edged.repository.deploy import deploy as run_deploy
+    from edged.repository.records import current_target
+    from edged.rmir import parse_rmir_ref
+
+    _setup_logging("INFO")
+    ref = parse_rmir_ref(rmir, os.environ.get("MODEL_DEPLOY_KEY"))
+    target = current_target(probe(), backend)
+    outcome = run_deploy(ref, models_dir, target, BackendOptions(threads, 1), force,
+                         _progress(f"deploy {ref.path.name}"))
+    typer.echo(f"{outcome.name}: {outcome.status} ({outcome.detail})")
+
+
+@app.command()
+def models(
+    config: ConfigOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """List deployed models: pipeline, language, backend, size, load memory, staleness."""
+    from edged.backends.probe import probe
+    from edged.repository.records import current_target, list_models
+
+    settings = _settings(config)
+    found = list_models(settings.model_loc / "models", current_target(probe(), settings.backend))
+    items = []
+    for m in found:
+        rec = m.record or {}
+        state = m.problem or ("stale: " + "; ".join(m.stale) if m.stale else "ok")
+        items.append({
+            "name": m.name,
+            "pipeline": m.manifest.pipeline if m.manifest else "?",
+            "language": m.manifest.language_code if m.manifest else "?",
+            "backend": rec.get("backend", "?"),
+            "size_mb": round(m.size_bytes / 2**20, 1),
+            "load_memory_mb": rec.get("load", {}).get("memory_mb"),
+            "load_seconds": rec.get("load", {}).get("load_seconds"),
+            "state": state,
+        })
+    if as_json:
+        typer.echo(json.dumps(items, indent=2))
+        return
+    if not items:
+        typer.echo(f"No deployed models in {settings.model_loc / 'models'}; run `edged init`.")
+        return
+    rows = [[i["name"], i["pipeline"], i["language"], i["backend"], f"{i['size_mb']} MB",
+             f"{i['load_memory_mb']} MB", str(i["state"])] for i in items]
+    typer.echo(_table(["NAME", "PIPELINE", "LANGUAGE", "BACKEND", "SIZE", "LOAD MEMORY", "STATE"], rows))
+
+
+@app.command("config")
+def config_cmd(
+    config: ConfigOpt = None,
+    example: Annotated[bool, typer.Option("--example", help="Print a commented config.sh with every default.")] = False,
+    docs: Annotated[bool, typer.Option("--docs", help="Print the settings reference (Markdown).")] = False,
+) -> None:
+    """Check config.sh and show the settings it gives (or print an example / the reference)."""
+    from edged.config import example_config_sh, settings_reference_markdown
+
+    if example:
+        typer.echo(example_config_sh(), nl=False)
+    elif docs:
+        typer.echo(settings_reference_markdown(), nl=False)
+    else:
+        typer.echo(repr(_settings(config)))
+
+
+@app.command()
+def version() -> None:
+    """Print edged's version."""
+    typer.echo(f"edged {__version__}")
+
+
+def main() -> None:
+    """Console entry point: an EdgedError is one line on stderr and exit status 1."""
+    try:
+        app()
+    except EdgedError as exc:
+        typer.echo(f"edged: {exc}", err=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        typer.echo("edged: interrupted", err=True)
+        sys.exit(130)

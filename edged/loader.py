@@ -1,0 +1,51 @@
+"""Load deployed models into memory: every network of a model through its recorded backend."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+
+from edged.backends import BackendOptions, Session, get_backend
+from edged.errors import BackendError
+from edged.repository.records import DeployedModel
+from edged.rmir.manifest import Manifest
+
+_LOGGER = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A deployed model in memory: manifest, its networks' sessions and its folder."""
+
+    name: str
+    path: Path
+    manifest: Manifest
+    sessions: dict[str, Session]
+    load_seconds: float
+    memory_mb: float
+
+
+def load_model(model: DeployedModel, options: BackendOptions) -> LoadedModel:
+    """Load every network of a deployed model; BackendError if it is broken or stale."""
+    if model.problem or model.manifest is None or model.record is None:
+        raise BackendError(f"Model {model.name} cannot be loaded: {model.problem}; run `edged init`.")
+    if model.stale:
+        raise BackendError(
+            f"Model {model.name} was deployed for another device or library ({'; '.join(model.stale)}); "
+            "run `edged init` to redeploy it."
+        )
+    backend = get_backend(model.record["backend"])
+    rss = psutil.Process().memory_info().rss
+    t0 = time.perf_counter()
+    sessions = {
+        name: backend.load(model.path / entry["file"], options)
+        for name, entry in model.record["networks"].items()
+    }
+    seconds = time.perf_counter() - t0
+    memory = (psutil.Process().memory_info().rss - rss) / 2**20
+    _LOGGER.info("Loaded %s (%s) in %.2f s, %.0f MB", model.name, model.manifest.pipeline, seconds, memory)
+    return LoadedModel(model.name, model.path, model.manifest, sessions, seconds, memory)
