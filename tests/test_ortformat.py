@@ -17,7 +17,9 @@ from edged.importers.ortformat import ort_to_onnx
 
 _SPEC = importlib.util.find_spec("moonshine_cpp")  # locate only: importing it loads native libraries
 _PACKAGE = Path(_SPEC.origin).parent if _SPEC and _SPEC.origin else None
-needs_moonshine = pytest.mark.skipif(_PACKAGE is None, reason="moonshine_cpp (ships the .ort models) is not installed")
+needs_moonshine = pytest.mark.skipif(
+    _PACKAGE is None, reason="moonshine_cpp (which ships the .ort models) is not installed"
+)
 
 BOS, EOS = 1, 2
 SAMPLE_RATE = 16000
@@ -82,7 +84,9 @@ def _step(
     return logits, present_map, next_cache
 
 
-def _greedy(encoder: ort.InferenceSession, decoder: ort.InferenceSession, audio: np.ndarray, limit: int) -> list[int]:
+def _greedy(
+    encoder: ort.InferenceSession, decoder: ort.InferenceSession, audio: np.ndarray, limit: int
+) -> list[int]:
     """Greedy-decode token ids (BOS first) until EOS or `limit` new tokens."""
     hidden = encoder.run(None, {"input_values": audio[None]})[0]
     tokens, cache = [BOS], _empty_cache(decoder)
@@ -149,27 +153,31 @@ def test_converted_decoder_structure() -> None:
     assert all(len(a.g.node) > 100 and len(a.g.output) == 33 for a in branch.attribute)
 
 
-def test_round_trip_of_ort_saved_model(tmp_path: Path) -> None:
-    """A model saved by ONNX Runtime as .ort converts back and computes the same outputs."""
+def _tensor_info(name: str, elem: int, shape: list | None) -> onnx.ValueInfoProto:
+    """Shorthand for helper.make_tensor_value_info."""
+    return helper.make_tensor_value_info(name, elem, shape)
+
+
+def _sample_model() -> onnx.ModelProto:
+    """A small model using If/Loop with outer-scope values, strings, sparse data and custom domains."""
+    f32, i64, boolean = TensorProto.FLOAT, TensorProto.INT64, TensorProto.BOOL
     then_g = helper.make_graph(
         [helper.make_node("Mul", ["x", "w"], ["t"]), helper.make_node("Add", ["t", "c"], ["ty"])],
-        "then", [], [helper.make_tensor_value_info("ty", TensorProto.FLOAT, None)],
+        "then", [], [_tensor_info("ty", f32, None)],
     )
     else_g = helper.make_graph(
-        [helper.make_node("Sub", ["x", "c"], ["ey"])], "else", [],
-        [helper.make_tensor_value_info("ey", TensorProto.FLOAT, None)],
+        [helper.make_node("Sub", ["x", "c"], ["ey"])], "else", [], [_tensor_info("ey", f32, None)]
     )
     body = helper.make_graph(
         [helper.make_node("Add", ["acc", "x"], ["acc_out"]), helper.make_node("Identity", ["cond"], ["cond_out"])],
         "body",
-        [helper.make_tensor_value_info(n, t, s) for n, t, s in
-         (("i", TensorProto.INT64, []), ("cond", TensorProto.BOOL, []), ("acc", TensorProto.FLOAT, None))],
-        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
-         helper.make_tensor_value_info("acc_out", TensorProto.FLOAT, None)],
+        [_tensor_info("i", i64, []), _tensor_info("cond", boolean, []), _tensor_info("acc", f32, None)],
+        [_tensor_info("cond_out", boolean, []), _tensor_info("acc_out", f32, None)],
     )
     sparse = helper.make_sparse_tensor(
         numpy_helper.from_array(np.array([5.0, 7.0], np.float32), "sp"),
-        numpy_helper.from_array(np.array([1, 3], np.int64), "sp_idx"), [4],
+        numpy_helper.from_array(np.array([1, 3], np.int64), "sp_idx"),
+        [4],
     )
     words = helper.make_tensor("words", TensorProto.STRING, [2], [b"ab", b"cd"])
     nodes = [
@@ -179,26 +187,36 @@ def test_round_trip_of_ort_saved_model(tmp_path: Path) -> None:
         helper.make_node("Transpose", ["m"], ["y_t"], perm=[1, 0]),
         helper.make_node("Add", ["x", "sp"], ["y_sparse"]),
         helper.make_node("Constant", [], ["strs"], value=words),
-        helper.make_node("CategoryMapper", ["strs"], ["y_cat"], domain="ai.onnx.ml",
-                         cats_strings=[b"ab", b"cd"], cats_int64s=[4, 9]),
+        helper.make_node(
+            "CategoryMapper", ["strs"], ["y_cat"], domain="ai.onnx.ml", cats_strings=[b"ab", b"cd"], cats_int64s=[4, 9]
+        ),
         helper.make_node("Gelu", ["x"], ["y_gelu"], domain="com.microsoft"),
     ]
-    inits = {"w": np.float32(3.0), "c": np.float32(0.5), "trips": np.int64(3), "yes": np.bool_(True),
-             "zeros": np.zeros(4, np.float32)}
-    outputs = ["y_if", "y_loop", "y_leaky", "y_t", "y_sparse", "y_gelu"]
+    inits = {
+        "w": np.float32(3.0),
+        "c": np.float32(0.5),
+        "trips": np.int64(3),
+        "yes": np.bool_(True),
+        "zeros": np.zeros(4, np.float32),
+    }
+    float_outputs = ["y_if", "y_loop", "y_leaky", "y_t", "y_sparse", "y_gelu"]
     graph = helper.make_graph(
-        nodes, "g",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N"]),
-         helper.make_tensor_value_info("flag", TensorProto.BOOL, []),
-         helper.make_tensor_value_info("m", TensorProto.FLOAT, [2, None])],
-        [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in outputs]
-        + [helper.make_tensor_value_info("y_cat", TensorProto.INT64, None)],
+        nodes,
+        "g",
+        [_tensor_info("x", f32, ["N"]), _tensor_info("flag", boolean, []), _tensor_info("m", f32, [2, None])],
+        [_tensor_info(n, f32, None) for n in float_outputs] + [_tensor_info("y_cat", i64, None)],
         initializer=[numpy_helper.from_array(np.array(v), k) for k, v in inits.items()],
         sparse_initializer=[sparse],
     )
-    opsets = [helper.make_opsetid("", 17), helper.make_opsetid("ai.onnx.ml", 3), helper.make_opsetid("com.microsoft", 1)]
+    opsets = [helper.make_opsetid(d, v) for d, v in (("", 17), ("ai.onnx.ml", 3), ("com.microsoft", 1))]
     model = helper.make_model(graph, opset_imports=opsets, ir_version=9)
     model.metadata_props.add(key="origin", value="test")
+    return model
+
+
+def test_round_trip_of_ort_saved_model(tmp_path: Path) -> None:
+    """A model saved by ONNX Runtime as .ort converts back and computes the same outputs."""
+    model = _sample_model()
     options = ort.SessionOptions()
     options.optimized_model_filepath = str(tmp_path / "m.ort")
     options.add_session_config_entry("session.save_model_format", "ORT")
@@ -210,8 +228,11 @@ def test_round_trip_of_ort_saved_model(tmp_path: Path) -> None:
     assert not converted.graph.input[2].type.tensor_type.shape.dim[1].HasField("dim_value")
     reference, result = _session(model.SerializeToString()), _session(converted.SerializeToString())
     for flag in (True, False):
-        feed = {"x": np.arange(1, 5, dtype=np.float32), "flag": np.array(flag),
-                "m": np.arange(6, dtype=np.float32).reshape(2, 3)}
+        feed = {
+            "x": np.arange(1, 5, dtype=np.float32),
+            "flag": np.array(flag),
+            "m": np.arange(6, dtype=np.float32).reshape(2, 3),
+        }
         for want, got in zip(reference.run(None, feed), result.run(None, feed)):
             np.testing.assert_allclose(got, want, rtol=1e-6)
 

@@ -137,7 +137,7 @@ class _Converter:
     def node(self, n: Any) -> tuple[NodeProto, list[str]]:
         """Convert a node; also return its implicit (outer-scope) inputs for ordering."""
         if n.Type() == _NODE_FUSED:
-            _LOGGER.warning("%s: node %r is a fused (compiled) node and may not load", self._source, _text(n.Name()))
+            _LOGGER.warning("%s: node %r is a fused (compiled) node; it may not load", self._source, _text(n.Name()))
         node = NodeProto(
             op_type=_text(n.OpType()),
             domain=_text(n.Domain()),
