@@ -255,6 +255,7 @@ def config_cmd(
     config: ConfigOpt = None,
     example: Annotated[bool, typer.Option("--example", help="Print a commented config.sh with every default.")] = False,
     docs: Annotated[bool, typer.Option("--docs", help="Print the settings reference (Markdown).")] = False,
+    get: Annotated[Optional[str], typer.Option("--get", help="Print one setting's value (for scripts).")] = None,
 ) -> None:
     """Check config.sh and show the settings it gives (or print an example / the reference)."""
     from edged.config import example_config_sh, settings_reference_markdown
@@ -263,8 +264,32 @@ def config_cmd(
         typer.echo(example_config_sh(), nl=False)
     elif docs:
         typer.echo(settings_reference_markdown(), nl=False)
+    elif get:
+        settings = _settings(config)
+        if get not in type(settings).__dataclass_fields__:
+            raise ConfigError(f"There is no setting {get!r}; `edged config --docs` lists them.")
+        value = getattr(settings, get)
+        typer.echo("\n".join(value) if isinstance(value, tuple) else str(value).lower() if isinstance(value, bool) else str(value))
     else:
         typer.echo(repr(_settings(config)))
+
+
+@app.command()
+def health(
+    config: ConfigOpt = None,
+    address: Annotated[Optional[str], typer.Option(help="HOST:PORT (default: from config.sh).")] = None,
+    service: Annotated[str, typer.Option(help="Service name; empty for the whole server.")] = "",
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for an answer.")] = 3.0,
+) -> None:
+    """Exit 0 if the server answers SERVING, 1 otherwise (for scripts and probes)."""
+    from edged.client.health import check_health, local_address
+
+    if address is None:
+        settings = _settings(config)
+        address = local_address(settings.listen_address, settings.riva_speech_api_port)
+    status = check_health(address, service, timeout)
+    typer.echo(f"{address}: {status}")
+    raise typer.Exit(0 if status == "SERVING" else 1)
 
 
 @app.command()

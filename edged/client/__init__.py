@@ -1,0 +1,1 @@
+"""Clients of a running edged (or Riva) server, used by the CLI."""
