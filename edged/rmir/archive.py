@@ -127,7 +127,8 @@ class _HashingReader(io.RawIOBase):
 
 
 @contextmanager
-def _open_tar(ref: RmirRef) -> Iterator[tuple[tarfile.TarFile, _HashingReader]]:
+def _open_tar(ref: RmirRef) -> Iterator[tuple[tarfile.TarFile, BinaryIO, _HashingReader]]:
+    """The archive as a tar stream, its plaintext stream, and the raw file's hashing reader."""
     where = str(ref.path)
     try:
         f = open(ref.path, "rb")
@@ -146,7 +147,7 @@ def _open_tar(ref: RmirRef) -> Iterator[tuple[tarfile.TarFile, _HashingReader]]:
             raise RmirError(f"{where} is empty; it is not an RMIR.")
         try:
             with tarfile.open(fileobj=stream, mode="r|") as tar:
-                yield tar, hashing
+                yield tar, stream, hashing
         except (tarfile.ReadError, EOFError) as exc:
             raise RmirError(
                 f"{where} is truncated or is not an RMIR archive ({exc}); copy or fetch it again."
@@ -164,7 +165,7 @@ def _first_manifest(tar: tarfile.TarFile, where: str) -> Manifest:
 
 def read_manifest(ref: RmirRef) -> Manifest:
     """Read only the manifest (the first member); cheap even for large archives."""
-    with _open_tar(ref) as (tar, _):
+    with _open_tar(ref) as (tar, _, _):
         return _first_manifest(tar, str(ref.path))
 
 
@@ -185,7 +186,7 @@ def extract_rmir(
     `dest` for the caller to discard (deploy writes into a staging folder).
     """
     where = str(ref.path)
-    with _open_tar(ref) as (tar, hashing):
+    with _open_tar(ref) as (tar, plaintext, hashing):
         manifest = _first_manifest(tar, where)
         expected = manifest.members()
         total = sum(size for _, size in expected.values())
@@ -217,6 +218,11 @@ def extract_rmir(
             raise RmirError(
                 f"{where} lacks {', '.join(missing)}; it is truncated or incomplete, copy it again."
             )
+        # tarfile stops at the first end-of-archive block, so the rest of the plaintext (tar
+        # padding) may still be unread: read it, so every encrypted chunk is authenticated,
+        # including a last one holding only padding, and a cut or altered end is detected.
+        while plaintext.read(_BLOCK):
+            pass
         # Read to the true end so the file hash covers every byte (and trailing junk is seen).
         while hashing.read(_BLOCK):
             pass

@@ -193,11 +193,17 @@ def _network_from_dict(p: _Checker, d: Any) -> NetworkSpec:
         raise RmirError(f"{p.where}: a network entry is not a mapping.")
     ranges = {}
     for key, r in p.get(d, "shape_ranges", dict, {}).items():
-        ranges[str(key)] = ShapeRange(
-            min=tuple(int(x) for x in r["min"]),
-            opt=tuple(int(x) for x in r["opt"]),
-            max=tuple(int(x) for x in r["max"]),
-        )
+        try:
+            ranges[str(key)] = ShapeRange(
+                min=tuple(int(x) for x in r["min"]),
+                opt=tuple(int(x) for x in r["opt"]),
+                max=tuple(int(x) for x in r["max"]),
+            )
+        except (KeyError, TypeError, ValueError):
+            raise RmirError(
+                f"{p.where}: the shape range of {key!r} should map min, opt and max to lists "
+                "of integers; the archive is corrupt."
+            ) from None
     return NetworkSpec(
         name=p.get(d, "name", str),
         file=p.file(d),
