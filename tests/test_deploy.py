@@ -24,7 +24,7 @@ import yaml
 
 from edged.backends import BackendOptions, get_backend
 from edged.errors import DeployError, RmirError, WrongKeyError
-from edged.repository.deploy import DeployOutcome, deploy
+from edged.repository.deploy import DeployOutcome, clean_leftovers, deploy
 from edged.repository.records import DEPLOY_RECORD, DeployTarget, list_models, read_record
 from edged.rmir import RmirRef, file_sha256
 from edged.rmir.build import ModelSource, build_manifest, build_rmir
@@ -387,6 +387,25 @@ def test_sigkill_during_redeploy_keeps_previous_model(
     assert (models / "tiny-asr" / DEPLOY_RECORD).read_text(encoding="utf-8") == before
     assert not (models / "tiny-asr" / "blob.bin").exists()
     assert_repository(models, {"tiny-asr"}, staging_ok=True)
+
+
+def test_kill_between_swap_renames_restores_previous_model(
+    tiny_rmir: Path, tmp_path: Path, cpu_target: DeployTarget
+) -> None:
+    """A deploy killed after moving the old model aside, before moving the new one in, loses nothing."""
+    models = tmp_path / "models"
+    deploy_tiny(tiny_rmir, models, cpu_target)
+    before = (models / "tiny-asr" / DEPLOY_RECORD).read_text(encoding="utf-8")
+    # The state such a kill leaves: the old model aside, a staging folder, no model in place.
+    os.rename(models / "tiny-asr", models / ".old-tiny-asr-12345")
+    (models / ".staging-tiny-asr-12345").mkdir()
+    assert visible_models(models) == set()
+
+    clean_leftovers(models)
+    assert visible_models(models) == {"tiny-asr"}
+    assert (models / "tiny-asr" / DEPLOY_RECORD).read_text(encoding="utf-8") == before
+    assert not any(p.name.startswith(".") and p.is_dir() for p in models.iterdir())
+    assert deploy(RmirRef(tiny_rmir), models, cpu_target, BackendOptions()).status == "skipped"
 
 
 def test_concurrent_deploy_waits_then_skips(

@@ -80,10 +80,11 @@ class _Handler(BaseHTTPRequestHandler):
             payload = payload[: len(payload) // 2]
         elif action == "stall":
             payload = payload[: 64 * 1024]
+        # Recorded before writing: the client may finish reading (and the test check) first.
+        served.sent.append(len(payload))
         try:
             self.wfile.write(payload)
             self.wfile.flush()
-            served.sent.append(len(payload))
             if action == "stall":
                 served.stop.wait(10)
         except OSError:

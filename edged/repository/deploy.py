@@ -67,10 +67,20 @@ def repository_lock(models_dir: Path) -> Iterator[None]:
 
 
 def clean_leftovers(models_dir: Path) -> list[str]:
-    """Remove staging and old folders left by an interrupted deploy (caller holds the lock)."""
+    """Tidy up after an interrupted deploy (caller holds the lock): staging folders go."""
     removed = []
-    for entry in models_dir.iterdir():
-        if entry.is_dir() and entry.name.startswith((".staging-", ".old-")):
+    for entry in sorted(models_dir.iterdir()):
+        if not entry.is_dir():
+            continue
+        if entry.name.startswith(".old-"):
+            # Killed between the two renames of a swap: the previous deployment is complete,
+            # so put it back rather than lose it.
+            name = entry.name[len(".old-"):].rsplit("-", 1)[0]
+            if name and not (models_dir / name).exists() and (entry / DEPLOY_RECORD).is_file():
+                os.rename(entry, models_dir / name)
+                _LOGGER.warning("Restored %s, left aside by an interrupted deploy", name)
+                continue
+        if entry.name.startswith((".staging-", ".old-")):
             shutil.rmtree(entry, ignore_errors=True)
             removed.append(entry.name)
     if removed:
