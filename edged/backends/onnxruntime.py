@@ -60,7 +60,6 @@ class OnnxRuntimeBackend:
         so.log_severity_level = 3  # ORT's own warnings would flood the journal
         so.graph_optimization_level = {
             "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-            "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
             "none": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
         }[level]
         return so
