@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import IO, BinaryIO
 
 from edged.errors import RmirError
 from edged.rmir.crypto import DecryptingReader, encrypt_stream, is_encrypted
@@ -229,7 +229,7 @@ def extract_rmir(
     return ExtractResult(manifest, hashing.sha.hexdigest())
 
 
-def _copy_hashed(src: BinaryIO, dst_path: Path | None) -> str:
+def _copy_hashed(src: IO[bytes], dst_path: Path | None) -> str:
     h = hashlib.sha256()
     dst = open(dst_path, "wb") if dst_path else None
     try:

@@ -99,16 +99,9 @@ def _ranges_for(
             continue
         if all(isinstance(d, int) for d in t.shape):
             continue  # static input: TensorRT needs no profile entry
-        lo, opt, hi = [], [], []
-        for d in t.shape:
-            if isinstance(d, int):
-                lo.append(d), opt.append(d), hi.append(d)
-            elif d in dim_ranges:
-                a, b, c = dim_ranges[d]
-                lo.append(a), opt.append(b), hi.append(c)
-            else:
-                break
-        else:
+        triples = [(d, d, d) if isinstance(d, int) else dim_ranges.get(d) for d in t.shape]
+        if all(triples):  # an input with an unnamed or unknown dimension gets no profile
+            lo, opt, hi = zip(*triples)
             ranges[t.name] = ShapeRange(tuple(lo), tuple(opt), tuple(hi))
     return ranges
 

@@ -86,9 +86,8 @@ class Manifest:
 
     def members(self) -> dict[str, tuple[str, int]]:
         """Archive member name -> (sha256, size) for every network and artifact."""
-        out: dict[str, tuple[str, int]] = {}
-        for item in (*self.networks, *self.artifacts):
-            out[item.file] = (item.sha256, item.size)
+        out = {n.file: (n.sha256, n.size) for n in self.networks}
+        out.update({a.file: (a.sha256, a.size) for a in self.artifacts})
         return out
 
     def to_dict(self) -> dict[str, Any]:
@@ -168,10 +167,10 @@ def manifest_from_dict(data: dict[str, Any], where: str = "manifest.yaml") -> Ma
         for a in p.get(data, "artifacts", list, [])
     )
     seen: set[str] = set()
-    for item in (*networks, *artifacts):
-        if item.file in seen or item.file == MANIFEST_NAME:
-            raise RmirError(f"{where}: member {item.file!r} is listed twice.")
-        seen.add(item.file)
+    for file in [n.file for n in networks] + [a.file for a in artifacts]:
+        if file in seen or file == MANIFEST_NAME:
+            raise RmirError(f"{where}: member {file!r} is listed twice.")
+        seen.add(file)
     return Manifest(
         format_version=version,
         name=name,
