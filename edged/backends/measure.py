@@ -7,7 +7,6 @@ deploying process had already allocated. Prints one JSON object.
 from __future__ import annotations
 
 import json
-import resource
 import sys
 import time
 from pathlib import Path
@@ -15,6 +14,17 @@ from pathlib import Path
 import psutil
 
 from edged.backends import BackendOptions, get_backend
+
+
+def _high_water_mark() -> int | None:
+    """Peak RSS of this process image (VmHWM); ru_maxrss would include the parent's, kept across exec."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
 
 
 def main(argv: list[str]) -> None:
@@ -30,7 +40,7 @@ def main(argv: list[str]) -> None:
     sessions = [backend.load(Path(f), options) for f in argv[3:]]
     seconds = time.perf_counter() - t0
     after = proc.memory_info().rss
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak = _high_water_mark() or after
     print(json.dumps({
         "load_seconds": round(seconds, 3),
         "memory_mb": round((after - before) / 2**20, 1),
