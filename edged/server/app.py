@@ -64,19 +64,28 @@ async def _set_health(ctx: ServerContext, serving: bool) -> None:
         await ctx.health.set(name, status)
 
 
-def _load_enabled(ctx: ServerContext) -> None:
+async def _load_enabled(ctx: ServerContext) -> None:
+    """Load every deployed model of an enabled service, side by side on the inference executor."""
     settings = ctx.settings
     enabled = {"asr": settings.service_enabled_asr, "tts": settings.service_enabled_tts}
     target = current_target(probe(), settings.backend)
     options = BackendOptions(settings.ort_intra_op_threads, settings.ort_inter_op_threads)
-    deployed = list_models(settings.model_loc / "models", target)
-    for model in deployed:
-        if model.manifest and not enabled[_PIPELINE_SERVICE[model.manifest.pipeline]]:
-            continue
-        try:
-            ctx.models[model.name] = load_model(model, options)
-        except BackendError as exc:
-            _LOGGER.error("%s", exc)
+    wanted = [
+        m for m in list_models(settings.model_loc / "models", target)
+        if not m.manifest or enabled[_PIPELINE_SERVICE[m.manifest.pipeline]]
+    ]
+    loop = asyncio.get_running_loop()
+    results = await asyncio.gather(
+        *(loop.run_in_executor(ctx.executor, load_model, m, options) for m in wanted),
+        return_exceptions=True,
+    )
+    for result in results:
+        if isinstance(result, LoadedModel):
+            ctx.models[result.name] = result
+        elif isinstance(result, BackendError):
+            _LOGGER.error("%s", result)
+        else:
+            raise result
     if not ctx.models:
         raise ConfigError(
             f"No deployed model could be loaded from {settings.model_loc / 'models'}; "
@@ -118,7 +127,7 @@ async def serve(settings: Settings, installers: list[ServiceInstaller] | None = 
         loop.add_signal_handler(sig, stop.set)
     try:
         try:
-            await loop.run_in_executor(executor, _load_enabled, ctx)
+            await _load_enabled(ctx)
         except EdgedError as exc:
             _LOGGER.error("%s", exc)
             return EXIT_BOOT_FAILURE
