@@ -119,8 +119,7 @@ def build(
     license: Annotated[Optional[str], typer.Option(help="Licence of the weights.")] = None,
 ) -> None:
     """Pack ONNX networks and artifacts into an RMIR archive."""
-    from edged.importers import BUILTINS, builtin_source
-    from edged.importers.custom import import_description, source_from_files
+    from edged.importers import source_for_build
     from edged.rmir import parse_rmir_ref
     from edged.rmir.build import build_rmir
 
@@ -128,28 +127,10 @@ def build(
     ref = parse_rmir_ref(out)
     if not ref.path.name.endswith(".rmir"):
         raise ConfigError(f"The output {ref.path} should end in .rmir (add :KEY to encrypt it).")
-    files = sources or []
     overrides = {"name": name, "language_code": language_code, "sample_rate": sample_rate,
                  "model_family": model_family, "license": license}
     with tempfile.TemporaryDirectory(prefix=".edged-build-", dir=ref.path.parent.resolve()) as work:
-        if builtin:
-            if files:
-                raise ConfigError("Give either --builtin or source files, not both.")
-            if builtin in BUILTINS and BUILTINS[builtin][0] != pipeline.value:
-                raise ConfigError(f"{builtin} is a {BUILTINS[builtin][0]} model, not {pipeline.value}.")
-            src = builtin_source(builtin, Path(work), from_wheel)
-        elif len(files) == 1 and files[0].suffix in (".yaml", ".yml"):
-            # The YAML's own pipeline must match the command's (checked below); it is a default only.
-            src = import_description(files[0], overrides, {"pipeline": pipeline.value})
-        elif files:
-            for f in files:
-                if not f.is_file():
-                    raise ConfigError(f"Source file {f} does not exist.")
-            src = source_from_files(files, pipeline=pipeline.value, **overrides)
-        else:
-            raise ConfigError("Nothing to build: give --builtin NAME, a description .yaml, or .onnx files.")
-        if src.pipeline != pipeline.value:
-            raise ConfigError(f"{src.name} is a {src.pipeline} model, not {pipeline.value}.")
+        src = source_for_build(pipeline.value, sources or [], builtin, from_wheel, overrides, Path(work))
         manifest = build_rmir(src, ref, _progress(f"build {ref.path.name}"))
     typer.echo(f"Built {ref.path} ({manifest.name}, {manifest.pipeline}, "
                f"{_mb(ref.path.stat().st_size)}{', encrypted' if ref.key else ''})")

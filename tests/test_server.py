@@ -12,10 +12,10 @@ from pathlib import Path
 
 import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from edged.backends import BackendOptions
+from edged.client.health import check_health
 from edged.repository.deploy import deploy
 from edged.repository.records import DeployTarget
 from edged.rmir import RmirRef
@@ -40,15 +40,8 @@ def write_config(tmp: Path, port: int, extra: str = "") -> Path:
 
 
 def health_status(port: int, service: str = "") -> str:
-    """The health status name, or the gRPC error code name if the call fails."""
-    with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
-        try:
-            resp = health_pb2_grpc.HealthStub(ch).Check(
-                health_pb2.HealthCheckRequest(service=service), timeout=2
-            )
-        except grpc.RpcError as exc:
-            return str(exc.code().name)
-    return str(health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status))
+    """The health status name on a loopback port, or the gRPC error code name."""
+    return check_health(f"127.0.0.1:{port}", service, timeout=2)
 
 
 def start_server(cfg: Path, log: Path) -> subprocess.Popen[bytes]:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+from typing import Any
+
 from edged.errors import ModelImportError
 from edged.rmir.build import ModelSource
 
@@ -44,3 +46,35 @@ def builtin_source(name: str, workdir: Path, wheel: Path | None = None) -> Model
             f"There is no built-in model {name!r}; choose one of: {', '.join(BUILTINS)}."
         )
     return BUILTINS[name][2](workdir, wheel)
+
+
+def source_for_build(
+    pipeline: str,
+    files: list[Path],
+    builtin: str | None,
+    wheel: Path | None,
+    overrides: dict[str, Any],
+    workdir: Path,
+) -> ModelSource:
+    """What `edged build` packs: a built-in pack, a description YAML, or loose .onnx + artifact files."""
+    from edged.importers.custom import import_description, source_from_files
+
+    if builtin:
+        if files:
+            raise ModelImportError("Give either --builtin or source files, not both.")
+        if builtin in BUILTINS and BUILTINS[builtin][0] != pipeline:
+            raise ModelImportError(f"{builtin} is a {BUILTINS[builtin][0]} model, not {pipeline}.")
+        src = builtin_source(builtin, workdir, wheel)
+    elif len(files) == 1 and files[0].suffix in (".yaml", ".yml"):
+        # The YAML's own pipeline must match the command's (checked below); it is a default only.
+        src = import_description(files[0], overrides, {"pipeline": pipeline})
+    elif files:
+        for f in files:
+            if not f.is_file():
+                raise ModelImportError(f"Source file {f} does not exist.")
+        src = source_from_files(files, pipeline=pipeline, **overrides)
+    else:
+        raise ModelImportError("Nothing to build: give --builtin NAME, a description .yaml, or .onnx files.")
+    if src.pipeline != pipeline:
+        raise ModelImportError(f"{src.name} is a {src.pipeline} model, not {pipeline}.")
+    return src
