@@ -149,4 +149,6 @@ async def serve(settings: Settings, installers: list[ServiceInstaller] | None = 
 
 def run(settings: Settings) -> int:
     """Programmatic entry point of `edged start` (foreground)."""
-    return asyncio.run(serve(settings))
+    from edged.server.services import default_installers
+
+    return asyncio.run(serve(settings, default_installers()))

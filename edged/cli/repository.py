@@ -1,81 +1,27 @@
-"""The `edged` command line: each command parses, calls one library function, prints the result."""
+"""Commands for model archives and the model repository: init, build, inspect, verify, deploy, models, config."""
 
 from __future__ import annotations
 
 import json
-import logging
 import os
-import sys
 import tempfile
 import time
-from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Optional
 
 import typer
 
-from edged import __version__
-from edged.errors import ConfigError, EdgedError
-
-app = typer.Typer(
-    add_completion=False,
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    help="edged: a local speech server (Riva API) for Jetson and workstations.",
+from edged.cli.app import (
+    ConfigOpt,
+    Pipeline,
+    app,
+    load_config,
+    mb,
+    progress_bar,
+    setup_logging,
+    table,
 )
-
-ConfigOpt = Annotated[
-    Optional[Path],
-    typer.Option(
-        "--config", "-c", envvar="EDGED_CONFIG",
-        help="config.sh to read (default: ./config.sh if present, else built-in defaults).",
-    ),
-]
-
-
-class Pipeline(str, Enum):
-    """Pipelines `edged build` can pack."""
-
-    speech_recognition = "speech_recognition"
-    speech_synthesis = "speech_synthesis"
-    vad = "vad"
-
-
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level, logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-
-
-def _settings(config: Path | None) -> Any:
-    from edged.config import load_settings
-
-    if config is None and Path("config.sh").is_file():
-        config = Path("config.sh")
-    settings, warnings = load_settings(config)
-    _setup_logging(settings.log_level)
-    for warning in warnings:
-        logging.getLogger("edged.config").warning("%s", warning)
-    return settings
-
-
-def _progress(label: str) -> Any:
-    from edged.progress import ProgressBar
-
-    return ProgressBar(label)
-
-
-def _table(headers: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths))]
-    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
-    return "\n".join(line.rstrip() for line in lines)
-
-
-def _mb(n: float) -> str:
-    return f"{n / 2**20:.1f} MB"
+from edged.errors import ConfigError
 
 
 @app.command()
@@ -83,23 +29,15 @@ def init(config: ConfigOpt = None) -> None:
     """Gather the RMIRs config.sh names into $model_loc/rmir and deploy them for this device."""
     from edged.repository.init import run_init
 
-    settings = _settings(config)
+    settings = load_config(config)
     t0 = time.perf_counter()
-    report = run_init(settings, _progress)
+    report = run_init(settings, progress_bar)
     rows = [[r.rmir, r.gathered, r.deployed, r.detail] for r in report.rows]
-    typer.echo(_table(["RMIR", "GATHERED", "DEPLOYED", "DETAIL"], rows))
+    typer.echo(table(["RMIR", "GATHERED", "DEPLOYED", "DETAIL"], rows))
     typer.echo(f"Model repository: {settings.model_loc} ({time.perf_counter() - t0:.1f} s)")
     if report.failed:
         typer.echo("edged: some models failed (see DETAIL); the others are deployed.", err=True)
         raise typer.Exit(1)
-
-
-@app.command()
-def start(config: ConfigOpt = None) -> None:
-    """Run the server in the foreground until SIGINT or SIGTERM."""
-    from edged.server.app import run
-
-    raise typer.Exit(run(_settings(config)))
 
 
 @app.command()
@@ -123,7 +61,7 @@ def build(
     from edged.rmir import parse_rmir_ref
     from edged.rmir.build import build_rmir
 
-    _setup_logging("WARNING")
+    setup_logging("WARNING")
     ref = parse_rmir_ref(out)
     if not ref.path.name.endswith(".rmir"):
         raise ConfigError(f"The output {ref.path} should end in .rmir (add :KEY to encrypt it).")
@@ -131,9 +69,9 @@ def build(
                  "model_family": model_family, "license": license}
     with tempfile.TemporaryDirectory(prefix=".edged-build-", dir=ref.path.parent.resolve()) as work:
         src = source_for_build(pipeline.value, sources or [], builtin, from_wheel, overrides, Path(work))
-        manifest = build_rmir(src, ref, _progress(f"build {ref.path.name}"))
+        manifest = build_rmir(src, ref, progress_bar(f"build {ref.path.name}"))
     typer.echo(f"Built {ref.path} ({manifest.name}, {manifest.pipeline}, "
-               f"{_mb(ref.path.stat().st_size)}{', encrypted' if ref.key else ''})")
+               f"{mb(ref.path.stat().st_size)}{', encrypted' if ref.key else ''})")
 
 
 @app.command()
@@ -151,9 +89,9 @@ def inspect(
         return
     typer.echo(f"{m.name}: {m.pipeline}, {m.language_code}, {m.sample_rate} Hz, family {m.model_family}, "
                f"licence {m.license}, format {m.format_version}, ~{m.memory_estimate_mb} MB to load")
-    rows = [[n.file, "network", _mb(n.size), n.sha256] for n in m.networks]
-    rows += [[a.file, "artifact", _mb(a.size), a.sha256] for a in m.artifacts]
-    typer.echo(_table(["MEMBER", "KIND", "SIZE", "SHA256"], rows))
+    rows = [[n.file, "network", mb(n.size), n.sha256] for n in m.networks]
+    rows += [[a.file, "artifact", mb(a.size), a.sha256] for a in m.artifacts]
+    typer.echo(table(["MEMBER", "KIND", "SIZE", "SHA256"], rows))
     for n in m.networks:
         ins = ", ".join(f"{t.name}{list(t.shape)}" for t in n.inputs[:4])
         more = f" (+{len(n.inputs) - 4} more)" if len(n.inputs) > 4 else ""
@@ -188,11 +126,11 @@ def deploy(
     from edged.repository.records import current_target
     from edged.rmir import parse_rmir_ref
 
-    _setup_logging("INFO")
+    setup_logging("INFO")
     ref = parse_rmir_ref(rmir, os.environ.get("MODEL_DEPLOY_KEY"))
     target = current_target(probe(), backend)
     outcome = run_deploy(ref, models_dir, target, BackendOptions(threads, 1), force,
-                         _progress(f"deploy {ref.path.name}"))
+                         progress_bar(f"deploy {ref.path.name}"))
     typer.echo(f"{outcome.name}: {outcome.status} ({outcome.detail})")
 
 
@@ -205,7 +143,7 @@ def models(
     from edged.backends.probe import probe
     from edged.repository.records import current_target, list_models
 
-    settings = _settings(config)
+    settings = load_config(config)
     found = list_models(settings.model_loc / "models", current_target(probe(), settings.backend))
     items = []
     for m in found:
@@ -229,7 +167,7 @@ def models(
         return
     rows = [[i["name"], i["pipeline"], i["language"], i["backend"], f"{i['size_mb']} MB",
              f"{i['load_memory_mb']} MB", str(i["state"])] for i in items]
-    typer.echo(_table(["NAME", "PIPELINE", "LANGUAGE", "BACKEND", "SIZE", "LOAD MEMORY", "STATE"], rows))
+    typer.echo(table(["NAME", "PIPELINE", "LANGUAGE", "BACKEND", "SIZE", "LOAD MEMORY", "STATE"], rows))
 
 
 @app.command("config")
@@ -247,46 +185,10 @@ def config_cmd(
     elif docs:
         typer.echo(settings_reference_markdown(), nl=False)
     elif get:
-        settings = _settings(config)
+        settings = load_config(config)
         if get not in type(settings).__dataclass_fields__:
             raise ConfigError(f"There is no setting {get!r}; `edged config --docs` lists them.")
         value = getattr(settings, get)
         typer.echo("\n".join(value) if isinstance(value, tuple) else str(value).lower() if isinstance(value, bool) else str(value))
     else:
-        typer.echo(repr(_settings(config)))
-
-
-@app.command()
-def health(
-    config: ConfigOpt = None,
-    address: Annotated[Optional[str], typer.Option(help="HOST:PORT (default: from config.sh).")] = None,
-    service: Annotated[str, typer.Option(help="Service name; empty for the whole server.")] = "",
-    timeout: Annotated[float, typer.Option(help="Seconds to wait for an answer.")] = 3.0,
-) -> None:
-    """Exit 0 if the server answers SERVING, 1 otherwise (for scripts and probes)."""
-    from edged.client.health import check_health, local_address
-
-    if address is None:
-        settings = _settings(config)
-        address = local_address(settings.listen_address, settings.riva_speech_api_port)
-    status = check_health(address, service, timeout)
-    typer.echo(f"{address}: {status}")
-    raise typer.Exit(0 if status == "SERVING" else 1)
-
-
-@app.command()
-def version() -> None:
-    """Print edged's version."""
-    typer.echo(f"edged {__version__}")
-
-
-def main() -> None:
-    """Console entry point: an EdgedError is one line on stderr and exit status 1."""
-    try:
-        app()
-    except EdgedError as exc:
-        typer.echo(f"edged: {exc}", err=True)
-        sys.exit(1)
-    except KeyboardInterrupt:
-        typer.echo("edged: interrupted", err=True)
-        sys.exit(130)
+        typer.echo(repr(load_config(config)))

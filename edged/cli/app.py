@@ -1,0 +1,71 @@
+"""The Typer app and what every command shares: config loading, logging, tables, progress."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="edged: a local speech server (Riva API) for Jetson and workstations.",
+)
+
+ConfigOpt = Annotated[
+    Optional[Path],
+    typer.Option(
+        "--config", "-c", envvar="EDGED_CONFIG",
+        help="config.sh to read (default: ./config.sh if present, else built-in defaults).",
+    ),
+]
+
+
+class Pipeline(str, Enum):
+    """Pipelines `edged build` can pack."""
+
+    speech_recognition = "speech_recognition"
+    speech_synthesis = "speech_synthesis"
+    vad = "vad"
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level, logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def load_config(config: Path | None) -> Any:
+    from edged.config import load_settings
+
+    if config is None and Path("config.sh").is_file():
+        config = Path("config.sh")
+    settings, warnings = load_settings(config)
+    setup_logging(settings.log_level)
+    for warning in warnings:
+        logging.getLogger("edged.config").warning("%s", warning)
+    return settings
+
+
+def progress_bar(label: str) -> Any:
+    from edged.progress import ProgressBar
+
+    return ProgressBar(label)
+
+
+def table(headers: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths))]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def mb(n: float) -> str:
+    return f"{n / 2**20:.1f} MB"
