@@ -2,7 +2,7 @@
 
 Start-up binds the port first and serves health as NOT_SERVING while the models load, so a
 probe can tell "loading" from "dead"; SERVING follows once every enabled model is loaded.
-Service issues plug their servicers in through `ServerContext` (see `add_services`).
+Services plug their servicers in through `ServerContext` (see `edged.server.services`).
 """
 
 from __future__ import annotations
