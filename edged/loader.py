@@ -28,15 +28,20 @@ class LoadedModel:
     """What loading took when deploy measured it alone in a fresh process."""
 
 
+def unloadable_reason(model: DeployedModel) -> str | None:
+    """Why a deployed model cannot be loaded at all (broken or stale), or None if it can be tried."""
+    if model.problem or model.manifest is None or model.record is None:
+        return f"Model {model.name} cannot be loaded: {model.problem}; run `edged init`."
+    if model.stale:
+        return (f"Model {model.name} was deployed for another device or library "
+                f"({'; '.join(model.stale)}); run `edged init` to redeploy it.")
+    return None
+
+
 def load_model(model: DeployedModel, options: BackendOptions) -> LoadedModel:
     """Load every network of a deployed model; BackendError if it is broken or stale."""
-    if model.problem or model.manifest is None or model.record is None:
-        raise BackendError(f"Model {model.name} cannot be loaded: {model.problem}; run `edged init`.")
-    if model.stale:
-        raise BackendError(
-            f"Model {model.name} was deployed for another device or library ({'; '.join(model.stale)}); "
-            "run `edged init` to redeploy it."
-        )
+    if (reason := unloadable_reason(model)) is not None or model.record is None or model.manifest is None:
+        raise BackendError(reason or f"Model {model.name} cannot be loaded.")
     backend = get_backend(model.record["backend"])
     t0 = time.perf_counter()
     sessions = {

@@ -33,7 +33,8 @@ def write_config(tmp: Path, port: int, extra: str = "") -> Path:
     """A config.sh with its repository in tmp and the API on a loopback port."""
     cfg = tmp / "config.sh"
     cfg.write_text(
-        f'model_loc="{tmp / "repo"}"\nriva_speech_api_port={port}\nlisten_address="127.0.0.1"\n{extra}',
+        f'model_loc="{tmp / "repo"}"\nriva_speech_api_port={port}\nlisten_address="127.0.0.1"\n'
+        f'metrics_port={free_port()}\n{extra}',
         encoding="utf-8",
     )
     return cfg
@@ -143,3 +144,17 @@ def test_stale_model_is_not_loaded(tmp_path: Path, deployed_tiny: Path) -> None:
     assert proc.wait(timeout=30) == EXIT_BOOT_FAILURE
     log = (tmp_path / "server.log").read_text()
     assert "another device" in log and "edged init" in log
+
+
+def test_metrics_port_in_use_is_a_boot_failure(tmp_path: Path, deployed_tiny: Path) -> None:
+    """A metrics port someone else holds gives the boot-failure code and names metrics_port."""
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        taken = holder.getsockname()[1]
+        cfg = write_config(tmp_path, free_port())
+        cfg.write_text(cfg.read_text() + f"metrics_port={taken}\n")
+        proc = start_server(cfg, tmp_path / "server.log")
+        assert proc.wait(timeout=30) == EXIT_BOOT_FAILURE
+    log = (tmp_path / "server.log").read_text()
+    assert "metrics_port" in log and "Traceback" not in log

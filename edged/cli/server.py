@@ -1,39 +1,140 @@
-"""Commands that run or ask the server: start, health, version."""
+"""Commands that run or ask the server: start, stop, status, health, version."""
 
 from __future__ import annotations
 
-from typing import Annotated, Optional
+import json
+from pathlib import Path
+from typing import Annotated, Any, Optional
 
 import typer
 
 from edged import __version__
-from edged.cli.app import ConfigOpt, app, load_config
+from edged.cli.app import ConfigOpt, app, load_config, table
+
+AddressOpt = Annotated[Optional[str], typer.Option(help="HOST:PORT (default: from config.sh).")]
+ClientCertOpt = Annotated[Optional[Path], typer.Option(help="Client certificate (PEM) for mutual TLS.")]
+ClientKeyOpt = Annotated[Optional[Path], typer.Option(help="Client key (PEM) for mutual TLS.")]
+
+
+def _config_path(config: Path | None) -> Path | None:
+    if config is None and Path("config.sh").is_file():
+        return Path("config.sh").resolve()
+    return config.resolve() if config else None
+
+
+def _client(config: Path | None, address: str | None, cert: Path | None, key: Path | None) -> tuple[Any, str, Any]:
+    """Settings, the server's address and channel credentials for a client on this machine."""
+    from edged.client.health import channel_credentials, local_address
+
+    settings = load_config(config)
+    if address is None:
+        address = local_address(settings.listen_address, settings.riva_speech_api_port)
+    return settings, address, channel_credentials(settings, cert, key)
 
 
 @app.command()
-def start(config: ConfigOpt = None) -> None:
-    """Run the server in the foreground until SIGINT or SIGTERM."""
+def start(
+    config: ConfigOpt = None,
+    detach: Annotated[bool, typer.Option(
+        "--detach", "-d", help="Run in the background under a supervisor that restarts it; "
+                               "pid file and log in $model_loc.")] = False,
+    wait: Annotated[float, typer.Option(help="With --detach: seconds to wait for SERVING.")] = 300.0,
+    supervise: Annotated[bool, typer.Option(hidden=True)] = False,
+) -> None:
+    """Run the server in the foreground until SIGINT or SIGTERM (or in the background with --detach)."""
+    settings = load_config(config)
+    if supervise:
+        from edged.server.supervisor import supervise as run_supervisor
+
+        raise typer.Exit(run_supervisor(_config_path(config), settings.model_loc, settings.shutdown_grace_s))
+    if detach:
+        from edged.client.health import channel_credentials, check_health, local_address
+        from edged.server.supervisor import LOG_NAME
+        from edged.server.supervisor import detach as run_detached
+
+        address = local_address(settings.listen_address, settings.riva_speech_api_port)
+        creds = channel_credentials(settings)
+        code = run_detached(_config_path(config), settings.model_loc,
+                            lambda: check_health(address, "", 1.0, creds) == "SERVING", wait)
+        if code:
+            log = settings.model_loc / LOG_NAME
+            tail = log.read_text(errors="replace").splitlines()[-5:] if log.is_file() else []
+            typer.echo("\n".join(["edged: the server could not start; the end of "
+                                  f"{log} says why:", *tail]), err=True)
+            raise typer.Exit(code)
+        typer.echo(f"edged is SERVING at {address} (log: {settings.model_loc / LOG_NAME})")
+        return
     from edged.server.app import run
 
-    raise typer.Exit(run(load_config(config)))
+    raise typer.Exit(run(settings))
+
+
+@app.command()
+def stop(config: ConfigOpt = None) -> None:
+    """Stop a server started with --detach: SIGTERM, drain, SIGKILL after the grace period."""
+    from edged.server.supervisor import stop as stop_daemon
+
+    settings = load_config(config)
+    typer.echo(stop_daemon(settings.model_loc, settings.shutdown_grace_s))
+
+
+@app.command()
+def status(
+    config: ConfigOpt = None,
+    address: AddressOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    tls_cert: ClientCertOpt = None,
+    tls_key: ClientKeyOpt = None,
+) -> None:
+    """Models with state and memory, streams, uptime and health of the running server."""
+    from edged.client.status import fetch_status
+    from edged.errors import DaemonError
+    from edged.server.supervisor import PID_NAME, read_pid
+
+    settings, address, creds = _client(config, address, tls_cert, tls_key)
+    try:
+        info = fetch_status(address, creds, settings.api_key)
+    except DaemonError as exc:
+        typer.echo(f"edged: {exc}", err=True)
+        raise typer.Exit(3) from None  # LSB: program is not running
+    info["supervisor_pid"] = read_pid(settings.model_loc / PID_NAME)
+    if as_json:
+        typer.echo(json.dumps(info, indent=2))
+        return
+    supervisor = f", supervisor {info['supervisor_pid']}" if info["supervisor_pid"] else ""
+    mem = info["memory"]
+    lines = [
+        f"edged {info['version']} at {address}: {info['health']}, up {info['uptime_s']:.0f} s, "
+        f"pid {info['pid']}{supervisor}",
+        f"memory: server {mem['rss_mb']} MB, models budget {mem['budget_mb']} MB, "
+        f"{mem['available_mb']} MB available",
+        "health: " + ", ".join(f"{name} {state}" for name, state in info["services"].items()),
+        "streams: " + (", ".join(f"{s} {c['active']}" + (f"/{c['limit']}" if c["limit"] else "")
+                                 for s, c in info["streams"].items()) or "none"),
+        "",
+        table(["model", "pipeline", "state", "memory", "note"],
+              [[m["name"], m["pipeline"], m["state"], f"{m['memory_mb']:.0f} MB", m["reason"]]
+               for m in info["models"]]),
+    ]
+    typer.echo("\n".join(lines))
 
 
 @app.command()
 def health(
     config: ConfigOpt = None,
-    address: Annotated[Optional[str], typer.Option(help="HOST:PORT (default: from config.sh).")] = None,
+    address: AddressOpt = None,
     service: Annotated[str, typer.Option(help="Service name; empty for the whole server.")] = "",
     timeout: Annotated[float, typer.Option(help="Seconds to wait for an answer.")] = 3.0,
+    tls_cert: ClientCertOpt = None,
+    tls_key: ClientKeyOpt = None,
 ) -> None:
     """Exit 0 if the server answers SERVING, 1 otherwise (for scripts and probes)."""
-    from edged.client.health import check_health, local_address
+    from edged.client.health import check_health
 
-    if address is None:
-        settings = load_config(config)
-        address = local_address(settings.listen_address, settings.riva_speech_api_port)
-    status = check_health(address, service, timeout)
-    typer.echo(f"{address}: {status}")
-    raise typer.Exit(0 if status == "SERVING" else 1)
+    _, address, creds = _client(config, address, tls_cert, tls_key)
+    state = check_health(address, service, timeout, creds)
+    typer.echo(f"{address}: {state}")
+    raise typer.Exit(0 if state == "SERVING" else 1)
 
 
 @app.command()

@@ -1,0 +1,61 @@
+"""Prometheus metrics of the server, and helpers servicers call to record their work.
+
+Servicers count a request with `with metrics.track_request("asr", model):`, run blocking
+inference through `await metrics.run_inference(ctx.executor, model, fn, *args)` (queue time and
+compute time per model), and add audio with `metrics.AUDIO_SECONDS.labels("asr", model).inc(s)`.
+Active streams are counted by admission control (`ctx.admission.stream`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import Executor
+from contextlib import contextmanager
+from typing import TypeVar
+
+from prometheus_client import Counter, Gauge, Histogram
+
+T = TypeVar("T")
+
+_LATENCY_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+REQUESTS = Counter("edged_requests", "Requests and streams received.", ["service", "model"])
+FAILURES = Counter("edged_request_failures", "Requests and streams that ended in an error.",
+                   ["service", "model", "error"])
+QUEUE_SECONDS = Histogram("edged_queue_seconds", "Time inference waited for the executor.",
+                          ["model"], buckets=_LATENCY_BUCKETS)
+COMPUTE_SECONDS = Histogram("edged_compute_seconds", "Time inference ran.", ["model"],
+                            buckets=_LATENCY_BUCKETS)
+ACTIVE_STREAMS = Gauge("edged_active_streams", "Streams open now.", ["service"])
+REFUSED = Counter("edged_refused_streams", "Streams refused with RESOURCE_EXHAUSTED.", ["reason"])
+AUDIO_SECONDS = Counter("edged_audio_seconds", "Seconds of audio recognised (asr) or synthesised (tts).",
+                        ["service", "model"])
+MODEL_MEMORY = Gauge("edged_model_memory_bytes", "Memory each loaded model took at deploy.", ["model"])
+
+
+@contextmanager
+def track_request(service: str, model: str) -> Iterator[None]:
+    """Count one request or stream, and a failure if the body raises."""
+    REQUESTS.labels(service, model).inc()
+    try:
+        yield
+    except BaseException as exc:
+        FAILURES.labels(service, model, type(exc).__name__).inc()
+        raise
+
+
+async def run_inference(executor: Executor, model: str, fn: Callable[..., T], *args: object) -> T:
+    """Run blocking `fn(*args)` on the executor, recording its queue and compute time for `model`."""
+    submitted = time.perf_counter()
+
+    def timed() -> T:
+        started = time.perf_counter()
+        QUEUE_SECONDS.labels(model).observe(started - submitted)
+        try:
+            return fn(*args)
+        finally:
+            COMPUTE_SECONDS.labels(model).observe(time.perf_counter() - started)
+
+    return await asyncio.get_running_loop().run_in_executor(executor, timed)
