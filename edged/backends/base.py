@@ -39,8 +39,8 @@ class Session(Protocol):
     inputs: tuple[TensorInfo, ...]
     outputs: tuple[TensorInfo, ...]
 
-    def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Run the network on named inputs; returns every output by name."""
+    def run(self, inputs: dict[str, np.ndarray], outputs: list[str] | None = None) -> dict[str, np.ndarray]:
+        """Run the network on named inputs; returns the named `outputs` (default: every output)."""
         ...
 
 

@@ -36,10 +36,14 @@ class OrtSession:
         self.outputs = tuple(TensorInfo(o.name, o.type, tuple(o.shape)) for o in session.get_outputs())
         self._output_names = [o.name for o in self.outputs]
 
-    def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Run the network; ONNX Runtime releases the GIL while it computes."""
-        values = self._session.run(self._output_names, inputs)
-        return dict(zip(self._output_names, values))
+    def run(self, inputs: dict[str, np.ndarray], outputs: list[str] | None = None) -> dict[str, np.ndarray]:
+        """Run the network; returns `outputs` (default: all). ONNX Runtime releases the GIL.
+
+        Outputs not asked for are not copied out to numpy.
+        """
+        names = self._output_names if outputs is None else list(outputs)
+        values = self._session.run(names, inputs)
+        return dict(zip(names, values))
 
 
 class OnnxRuntimeBackend:
