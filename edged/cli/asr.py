@@ -1,0 +1,65 @@
+"""Speech recognition commands: transcribe files, benchmark a server."""
+
+from __future__ import annotations
+
+import json
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from edged.cli.app import ConfigOpt, app, bench_app, setup_logging
+
+ServerOpt = Annotated[Optional[str], typer.Option(
+    "--server", help="HOST:PORT of a running edged/Riva server (default: start a private one from config.sh).")]
+
+
+def _server(address: str | None, config: Path | None) -> Any:
+    """The given address, or a private server from config.sh for the duration of the command."""
+    from edged.client.asr import private_server
+
+    if address:
+        return nullcontext((address, None))
+    if config is None and Path("config.sh").is_file():
+        config = Path("config.sh")
+    return private_server(config)
+
+
+@app.command()
+def transcribe(
+    files: Annotated[list[Path], typer.Argument(help="Audio files (WAV or FLAC).")],
+    server: ServerOpt = None,
+    config: ConfigOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Words, times and confidences as JSON.")] = False,
+) -> None:
+    """Transcribe audio files (offline recognition)."""
+    from edged.client.asr import transcribe_files
+
+    setup_logging("WARNING")
+    with _server(server, config) as (address, _):
+        results = transcribe_files(address, files)
+    if as_json:
+        typer.echo(json.dumps(results, indent=2))
+        return
+    for item in results:
+        typer.echo(f"{item['file']}: {item['transcript']}" if len(files) > 1 else item["transcript"])
+
+
+@bench_app.command("asr")
+def bench_asr(
+    manifest: Annotated[Path, typer.Option(help="JSON lines: audio (path relative to it) and text per clip.")],
+    server: ServerOpt = None,
+    config: ConfigOpt = None,
+    streams: Annotated[int, typer.Option(min=1, max=64, help="Concurrent streams.")] = 1,
+    chunk_ms: Annotated[int, typer.Option(min=10, max=5000, help="Audio per streamed chunk.")] = 160,
+    realtime: Annotated[bool, typer.Option(help="Send chunks at the pace of speech.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the figures as JSON.")] = False,
+) -> None:
+    """WER (offline and streaming), RTF, final latency, interim cadence, server CPU and memory."""
+    from edged.client.asr import run_bench
+
+    setup_logging("WARNING")
+    with _server(server, config) as (address, pid):
+        report = run_bench(address, manifest, streams, chunk_ms, realtime, pid)
+    typer.echo(report.json() if as_json else report.text())

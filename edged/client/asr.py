@@ -1,0 +1,304 @@
+"""ASR clients of a running server (Riva API through riva.client): transcribe files, benchmark.
+
+Without an address, a private server is started from config.sh on a free loopback port for
+the duration of the command, so both work without a daemon (and the bench can measure it).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import wave
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edged.client.textnorm import word_errors
+from edged.errors import EdgedError
+
+_LOGGER = logging.getLogger(__name__)
+
+
+@contextmanager
+def private_server(config: Path | None, timeout: float = 180.0) -> Iterator[tuple[str, int]]:
+    """`edged start` with config.sh's models on a free loopback port; yields (address, pid)."""
+    from edged.client.health import check_health
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    with tempfile.TemporaryDirectory(prefix="edged-client-") as tmp:
+        cfg = Path(tmp) / "config.sh"
+        source = f'source "{Path(config).resolve()}"\n' if config else ""
+        cfg.write_text(f'{source}riva_speech_api_port={port}\nlisten_address="127.0.0.1"\n'
+                       "metrics_port=0\nservice_enabled_tts=false\n", encoding="utf-8")
+        if config:  # relative paths in the user's file stay relative to its folder
+            cfg.write_text(cfg.read_text().replace(source, f'cd "{Path(config).resolve().parent}"\n{source}'))
+        log = open(Path(tmp) / "server.log", "wb")
+        proc = subprocess.Popen([sys.executable, "-m", "edged", "start", "-c", str(cfg)],
+                                stdout=log, stderr=subprocess.STDOUT)
+        address = f"127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + timeout
+            while check_health(address, "", timeout=2) != "SERVING":
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    tail = (Path(tmp) / "server.log").read_text(errors="replace").strip().splitlines()[-3:]
+                    raise EdgedError("The private ASR server did not start: " + " | ".join(tail))
+                time.sleep(0.1)
+            yield address, proc.pid
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+            log.close()
+
+
+def _service(address: str) -> Any:
+    import riva.client
+
+    return riva.client.ASRService(riva.client.Auth(uri=address))
+
+
+def transcribe_files(address: str, files: list[Path], punctuation: bool = True) -> list[dict[str, Any]]:
+    """Offline recognition of each file as it is (WAV or FLAC header read by the server)."""
+    import grpc
+    import riva.client
+
+    asr = _service(address)
+    out = []
+    for path in files:
+        config = riva.client.RecognitionConfig(language_code="en-US", max_alternatives=1,
+                                               enable_automatic_punctuation=punctuation,
+                                               enable_word_time_offsets=True)
+        try:
+            response = asr.offline_recognize(path.read_bytes(), config)
+        except grpc.RpcError as exc:
+            raise EdgedError(f"{path}: {exc.details()}") from None  # type: ignore[attr-defined]
+        except OSError as exc:
+            raise EdgedError(f"{path}: {exc.strerror}") from None
+        results = [{
+            "transcript": r.alternatives[0].transcript, "confidence": round(r.alternatives[0].confidence, 4),
+            "words": [{"word": w.word, "start_ms": w.start_time, "end_ms": w.end_time,
+                       "confidence": round(w.confidence, 4)} for w in r.alternatives[0].words],
+        } for r in response.results if r.alternatives]
+        out.append({"file": str(path), "transcript": " ".join(r["transcript"] for r in results), "results": results})
+    return out
+
+
+@dataclass
+class _StreamLog:
+    """What one streamed clip gave: finals, latencies after the endpoint, interim gaps."""
+
+    finals: list[str] = field(default_factory=list)
+    latencies: list[float] = field(default_factory=list)
+    gaps: list[float] = field(default_factory=list)
+    lag: float = 0.0
+    """Seconds from the last chunk sent to the last response (how far behind real time)."""
+
+
+def _stream_clip(asr: Any, pcm: bytes, rate: int, chunk_ms: int, realtime: bool) -> _StreamLog:
+    import riva.client
+
+    log = _StreamLog()
+    chunk = rate * 2 * chunk_ms // 1000
+    sent: list[tuple[float, float]] = []  # (audio seconds up to the end of the chunk, wall time)
+    done_sending = [0.0]
+
+    def chunks() -> Iterator[bytes]:
+        start = time.perf_counter()
+        for i in range(0, len(pcm), chunk):
+            if realtime:
+                delay = start + i / (2 * rate) - time.perf_counter()
+                if delay > 0:
+                    time.sleep(delay)
+            sent.append((min(len(pcm), i + chunk) / (2 * rate), time.perf_counter()))
+            yield pcm[i:i + chunk]
+        done_sending[0] = time.perf_counter()
+
+    config = riva.client.StreamingRecognitionConfig(
+        config=riva.client.RecognitionConfig(
+            encoding=riva.client.AudioEncoding.LINEAR_PCM, sample_rate_hertz=rate, language_code="en-US",
+            max_alternatives=1, enable_automatic_punctuation=True),
+        interim_results=True)
+    last_response = None
+    for response in asr.streaming_response_generator(chunks(), config):
+        now = time.perf_counter()
+        for result in response.results:
+            if result.is_final:
+                log.finals.append(result.alternatives[0].transcript)
+                # The endpoint fired once the server had `audio_processed` seconds.
+                when = next((t for audio_s, t in sent if audio_s >= result.audio_processed - 1e-3), None)
+                if when is not None and not done_sending[0]:
+                    log.latencies.append(now - when)
+                last_response = None
+            else:
+                if last_response is not None:
+                    log.gaps.append(now - last_response)
+                last_response = now
+    log.lag = max(0.0, time.perf_counter() - done_sending[0])
+    return log
+
+
+def _pcm(path: Path) -> tuple[bytes, int]:
+    with wave.open(str(path), "rb") as w:
+        if w.getsampwidth() != 2 or w.getnchannels() != 1:
+            raise EdgedError(f"{path}: the bench streams 16-bit mono WAV files.")
+        return w.readframes(w.getnframes()), w.getframerate()
+
+
+def _pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+
+
+@dataclass
+class BenchReport:
+    """Figures of `edged bench asr`."""
+
+    clips: int
+    audio_s: float
+    wer_offline: float
+    wer_streaming: float
+    rtf_offline: float
+    streams: int
+    chunk_ms: int
+    realtime: bool
+    rtf_streaming: float
+    final_latency_p50_ms: float
+    final_latency_p95_ms: float
+    interim_gap_p50_ms: float
+    interim_gap_p95_ms: float
+    interim_gap_max_ms: float
+    max_lag_after_audio_ms: float
+    server_cpu_percent: float | None
+    server_rss_peak_mb: float | None
+
+    def text(self) -> str:
+        """The report as aligned lines."""
+        rows = [(k.replace("_", " "), f"{v:.4g}" if isinstance(v, float) else str(v)) for k, v in asdict(self).items()]
+        width = max(len(k) for k, _ in rows)
+        return "\n".join(f"{k.ljust(width)}  {v}" for k, v in rows)
+
+    def json(self) -> str:
+        """The report as JSON."""
+        return json.dumps(asdict(self), indent=2)
+
+
+class _Sampler:
+    """Samples a server process's CPU and resident memory while the bench runs."""
+
+    def __init__(self, pid: int | None) -> None:
+        import psutil
+
+        self._proc = psutil.Process(pid) if pid else None
+        self.peak_rss = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._cpu0 = self._cpu()
+        self._t0 = time.perf_counter()
+
+    def _cpu(self) -> float:
+        if self._proc is None:
+            return 0.0
+        t = self._proc.cpu_times()
+        return float(t.user + t.system)
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.2):
+            if self._proc is not None:
+                self.peak_rss = max(self.peak_rss, self._proc.memory_info().rss)
+
+    def __enter__(self) -> _Sampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.cpu_percent = 100.0 * (self._cpu() - self._cpu0) / max(1e-9, time.perf_counter() - self._t0)
+
+
+def run_bench(address: str, manifest: Path, streams: int = 1, chunk_ms: int = 160,
+              realtime: bool = False, server_pid: int | None = None) -> BenchReport:
+    """Offline pass (WER, RTF), then a streaming pass with `streams` clients (WER, latency, cadence)."""
+    import grpc
+    import riva.client
+
+    lines = [json.loads(line) for line in manifest.read_text(encoding="utf-8").splitlines() if line.strip()]
+    clips = [(manifest.parent / c["audio"], c.get("text", "")) for c in lines]
+    audio_s = 0.0
+    errors_off = errors_str = words = 0
+    asr = _service(address)
+    t_off = 0.0
+    pcms = []
+    for path, _ in clips:
+        pcm, rate = _pcm(path)
+        pcms.append((pcm, rate))
+        audio_s += len(pcm) / (2 * rate)
+    with _Sampler(server_pid) as sampler:
+        for (pcm, rate), (path, text) in zip(pcms, clips):
+            config = riva.client.RecognitionConfig(
+                encoding=riva.client.AudioEncoding.LINEAR_PCM, sample_rate_hertz=rate, language_code="en-US",
+                max_alternatives=1, enable_automatic_punctuation=True)
+            t0 = time.perf_counter()
+            try:
+                response = asr.offline_recognize(pcm, config)
+            except grpc.RpcError as exc:
+                raise EdgedError(f"{path}: {exc.details()}") from None  # type: ignore[attr-defined]
+            t_off += time.perf_counter() - t0
+            hyp = " ".join(r.alternatives[0].transcript for r in response.results if r.alternatives)
+            e, n = word_errors(text, hyp)
+            errors_off += e
+            words += n
+            _LOGGER.info("offline %s: %s", path.name, hyp)
+        logs: dict[int, _StreamLog] = {}
+        queue = list(range(len(clips)))
+        lock = threading.Lock()
+
+        def worker() -> None:
+            client = _service(address)
+            while True:
+                with lock:
+                    if not queue:
+                        return
+                    i = queue.pop(0)
+                logs[i] = _stream_clip(client, pcms[i][0], pcms[i][1], chunk_ms, realtime)
+
+        t0 = time.perf_counter()
+        threads = [threading.Thread(target=worker) for _ in range(max(1, streams))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        t_stream = time.perf_counter() - t0
+    for i, (_, text) in enumerate(clips):
+        errors_str += word_errors(text, " ".join(logs[i].finals))[0]
+    latencies = [x for log in logs.values() for x in log.latencies]
+    gaps = [x for log in logs.values() for x in log.gaps]
+    ms = 1000.0
+    return BenchReport(
+        clips=len(clips), audio_s=round(audio_s, 1),
+        wer_offline=round(100.0 * errors_off / max(1, words), 2),
+        wer_streaming=round(100.0 * errors_str / max(1, words), 2),
+        rtf_offline=round(t_off / audio_s, 4), streams=streams, chunk_ms=chunk_ms, realtime=realtime,
+        rtf_streaming=round(t_stream * max(1, streams) / audio_s, 4) if not realtime else round(t_stream / audio_s, 4),
+        final_latency_p50_ms=round(_pct(latencies, 0.5) * ms, 1),
+        final_latency_p95_ms=round(_pct(latencies, 0.95) * ms, 1),
+        interim_gap_p50_ms=round(_pct(gaps, 0.5) * ms, 1), interim_gap_p95_ms=round(_pct(gaps, 0.95) * ms, 1),
+        interim_gap_max_ms=round(max(gaps, default=float("nan")) * ms, 1),
+        max_lag_after_audio_ms=round(max((log.lag for log in logs.values()), default=0.0) * ms, 1),
+        server_cpu_percent=round(sampler.cpu_percent, 1) if server_pid else None,
+        server_rss_peak_mb=round(sampler.peak_rss / 2**20, 1) if server_pid else None,
+    )

@@ -1,0 +1,1 @@
+"""Speech pipelines: pure Python and numpy over backend sessions (no transport code)."""

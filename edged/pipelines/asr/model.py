@@ -1,0 +1,122 @@
+"""A loaded ASR model: Moonshine recogniser, Silero VAD, default endpointing; streams and jobs."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from edged.errors import ModelLoadError
+from edged.loader import LoadedModel
+from edged.pipelines.asr.alignment import align_words
+from edged.pipelines.asr.endpointing import EndpointParams, Vad
+from edged.pipelines.asr.recogniser import SAMPLE_RATE, Hypothesis, Recogniser
+from edged.pipelines.asr.results import Result, Word, split_words, strip_punctuation
+from edged.pipelines.asr.stream import (
+    AsrStream,
+    DecodeJob,
+    StreamConfig,
+    offline_config,
+)
+
+_LOGGER = logging.getLogger(__name__)
+
+MAX_BATCH = 8
+# Utterances decoded together are zero-padded to the longest (the encoder has no mask), so only
+# utterances of similar length share a batch.
+_MAX_PAD_RATIO = 1.25
+_MAX_PAD_SAMPLES = SAMPLE_RATE
+# Activations grow with the batch's total audio; bounding it bounds the memory a batch takes.
+_MAX_BATCH_SAMPLES = 40 * SAMPLE_RATE
+
+class AsrModel:
+    """Moonshine + Silero VAD, shared by every stream; `decode_jobs` runs many streams' jobs."""
+
+    def __init__(self, asr: LoadedModel, vad: LoadedModel) -> None:
+        if "vad" not in vad.sessions:
+            raise ModelLoadError(f"Model {vad.name} has no 'vad' network; redeploy silero-vad.")
+        self.name = asr.name
+        self.recogniser = Recogniser(asr)
+        self.vad = Vad(vad.sessions["vad"])
+        params = dict(asr.manifest.parameters.get("endpointing", {}))
+        threshold = vad.manifest.parameters.get("threshold")
+        if threshold is not None:
+            params.setdefault("speech_threshold", threshold)
+        self.endpoint = EndpointParams.from_manifest(params)
+        self.alignment_heads = [tuple(h) for h in asr.manifest.parameters.get("alignment_heads", [])]
+
+    def start_stream(self, config: StreamConfig) -> AsrStream:
+        """A new stream with its own audio, VAD and endpointing state."""
+        return AsrStream(self, config)
+
+    def decode_jobs(self, jobs: list[DecodeJob]) -> None:
+        """Decode queued jobs (of one or many streams) in length-matched batches; empties `jobs`."""
+        todo = [j for j in jobs if j.hyp is None]
+        ready = [j for j in jobs if j.hyp is not None]
+        jobs.clear()
+        for job in ready:
+            job.stream.complete(job)
+        todo.sort(key=lambda j: len(j.audio))
+        while todo:
+            group = [todo.pop(0)]
+            while (todo and len(group) < MAX_BATCH
+                   and len(todo[0].audio) * (len(group) + 1) <= _MAX_BATCH_SAMPLES
+                   and len(todo[0].audio) <= max(len(group[0].audio) * _MAX_PAD_RATIO,
+                                                 len(group[0].audio) + _MAX_PAD_SAMPLES)):
+                group.append(todo.pop(0))
+            t0 = time.perf_counter()
+            hyps = self.recogniser.decode([j.audio for j in group], [j.prefix for j in group])
+            seconds = time.perf_counter() - t0
+            for job, hyp in zip(group, hyps):
+                job.hyp, job.seconds = hyp, seconds
+                job.stream.complete(job)
+
+    def result(self, job: DecodeJob, config: StreamConfig, stable: int) -> Result | None:
+        """The Result of a decoded job (None for an empty final)."""
+        hyp = job.hyp
+        assert hyp is not None
+        tokenizer = self.recogniser.tokenizer
+        text = tokenizer.decode(hyp.tokens)
+        if not config.punctuation:
+            text = strip_punctuation(text)
+        start_s = job.start / SAMPLE_RATE
+        end_s = start_s + len(job.audio) / SAMPLE_RATE
+        if job.kind != "final":
+            stability = min(1.0, stable / len(hyp.tokens)) if hyp.tokens else 0.0
+            return Result(False, text, hyp.confidence, round(stability, 3), job.fired_at / SAMPLE_RATE, start_s, end_s)
+        if not text:
+            return None
+        words: tuple[Word, ...] = ()
+        if config.word_times:
+            words = self._words(job, hyp, config.punctuation)
+        return Result(True, text, hyp.confidence, 1.0, job.fired_at / SAMPLE_RATE, start_s, end_s, words)
+
+    def _words(self, job: DecodeJob, hyp: Hypothesis, punctuation: bool) -> tuple[Word, ...]:
+        """Words with confidences and times from cross-attention DTW (see alignment.py).
+
+        A model whose decoder does not expose cross-attention gives each word the span of
+        its utterance.
+        """
+        tokenizer = self.recogniser.tokenizer
+        start_ms = 1000.0 * job.start / SAMPLE_RATE
+        end_ms = start_ms + 1000.0 * len(job.audio) / SAMPLE_RATE
+        if hyp.cross_attention is not None and self.alignment_heads:
+            timed = [(w.text, w.start_ms, w.end_ms, w.confidence or 0.0) for w in align_words(
+                hyp.tokens, [tokenizer.piece_bytes(t) for t in hyp.tokens], hyp.cross_attention,
+                len(job.audio), self.alignment_heads, offset_ms=start_ms, audio=job.audio,
+                token_logprobs=hyp.logprobs)]
+        else:
+            timed = [(text, int(start_ms), int(end_ms), conf) for text, _, _, conf in split_words(tokenizer, hyp)]
+        words = []
+        for text, t0, t1, conf in timed:
+            shown = text if punctuation else strip_punctuation(text)
+            if shown:
+                words.append(Word(shown, int(t0), int(t1), float(conf)))
+        return tuple(words)
+
+    def recognize(self, data: bytes, config: StreamConfig) -> list[Result]:
+        """Offline recognition of a whole recording: segment at pauses, decode segments in batches."""
+        stream = AsrStream(self, offline_config(config))
+        stream.feed(data)
+        stream.feed_end()
+        self.decode_jobs(stream.jobs)
+        return stream.take_results()

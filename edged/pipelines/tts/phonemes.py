@@ -1,0 +1,111 @@
+"""Text to IPA phonemes through libespeak-ng (as the voice was trained), and phonemes to ids.
+
+The library and its data come from the `espeakng-loader` wheel and are called through ctypes:
+no subprocess per sentence. espeak-ng keeps global state, so every call holds one lock.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import re
+import threading
+import unicodedata
+from collections.abc import Mapping, Sequence
+
+from edged.errors import TtsError
+
+_LOGGER = logging.getLogger(__name__)
+
+_AUDIO_OUTPUT_SYNCHRONOUS = 2
+_CHARS_UTF8 = 1
+_PHONEMES_IPA = 0x02
+
+BOS, EOS, PAD = "^", "$", "_"
+
+
+class Espeak:
+    """The espeak-ng library, initialised once per process, one voice at a time."""
+
+    _lock = threading.Lock()
+    _lib: ctypes.CDLL | None = None
+    _voice: str | None = None
+
+    @classmethod
+    def _library(cls) -> ctypes.CDLL:
+        if cls._lib is None:
+            try:
+                import espeakng_loader
+            except ImportError:
+                raise TtsError("espeak-ng is not installed; run `pip install espeakng-loader`.") from None
+            lib = ctypes.CDLL(espeakng_loader.get_library_path())
+            lib.espeak_Initialize.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
+            lib.espeak_SetVoiceByName.argtypes = [ctypes.c_char_p]
+            lib.espeak_TextToPhonemes.restype = ctypes.c_char_p
+            lib.espeak_TextToPhonemes.argtypes = [ctypes.POINTER(ctypes.c_void_p), ctypes.c_int, ctypes.c_int]
+            data = espeakng_loader.get_data_path().encode()
+            if lib.espeak_Initialize(_AUDIO_OUTPUT_SYNCHRONOUS, 0, data, 0) <= 0:
+                raise TtsError("espeak-ng could not be initialised from the espeakng-loader package.")
+            cls._lib = lib
+        return cls._lib
+
+    @classmethod
+    def phonemize(cls, text: str, voice: str) -> str:
+        """IPA for one clause of plain text; espeak's own sub-clauses are joined by a space."""
+        with cls._lock:
+            lib = cls._library()
+            if cls._voice != voice:
+                if lib.espeak_SetVoiceByName(voice.encode()) != 0:
+                    raise TtsError(f"espeak-ng has no voice {voice!r}.")
+                cls._voice = voice
+            buf = ctypes.create_string_buffer(text.encode("utf-8"))
+            ptr = ctypes.c_void_p(ctypes.addressof(buf))
+            parts: list[str] = []
+            while ptr.value:
+                out = lib.espeak_TextToPhonemes(ctypes.byref(ptr), _CHARS_UTF8, _PHONEMES_IPA)
+                if out:
+                    parts.append(out.decode("utf-8", "replace").strip())
+        return " ".join(p for p in parts if p)
+
+
+class PhonemeIds:
+    """Piper's mapping: BOS, then each phoneme's ids each followed by PAD, then EOS."""
+
+    def __init__(self, id_map: Mapping[str, Sequence[int]]) -> None:
+        self._map = {k: list(v) for k, v in id_map.items()}
+        for symbol in (BOS, EOS, PAD):
+            if symbol not in self._map:
+                raise TtsError(f"The voice's phoneme_id_map lacks {symbol!r}.")
+
+    def known(self, phoneme: str) -> bool:
+        """True if the voice has an id for this phoneme symbol."""
+        return phoneme in self._map
+
+    def ids(self, phonemes: str) -> list[int]:
+        """Ids for an IPA string; symbols the voice never saw are dropped (and logged)."""
+        pad = self._map[PAD]
+        out = list(self._map[BOS]) + pad
+        # NFD splits precomposed letters into base + combining marks, as in the voice's map.
+        for symbol in unicodedata.normalize("NFD", phonemes):
+            ids = self._map.get(symbol)
+            if ids is None:
+                _LOGGER.debug("Dropping phoneme %r unknown to the voice", symbol)
+                continue
+            out += ids + pad
+        return out + self._map[EOS]
+
+
+_CLAUSE = re.compile(r"([^.,;:!?]*)([.,;:!?]+|$)")
+
+
+def phonemize_text(text: str, voice: str) -> str:
+    """IPA for words with their punctuation kept, as Piper voices were trained."""
+    out: list[str] = []
+    for m in _CLAUSE.finditer(text):
+        words, punct = m[1].strip(), m[2]
+        if words:
+            out.append(Espeak.phonemize(words, voice))
+        if punct and out:
+            # The voice knows one mark per clause: keep the first ("?!" reads as "?").
+            out[-1] += punct[0]
+    return " ".join(out)

@@ -1,0 +1,272 @@
+"""nvidia.riva.asr.RivaSpeechRecognition: translates Riva messages to the ASR pipeline and back.
+
+Recognize, StreamingRecognize and GetRivaSpeechRecognitionConfig. The servicer only converts
+messages, enforces the configured limits and maps pipeline errors to status codes; the work
+runs on the server's inference executor through one AsrBatcher.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable
+from typing import TypeVar
+
+import grpc
+from riva.client.proto import riva_asr_pb2 as rasr
+from riva.client.proto import riva_asr_pb2_grpc as rasr_grpc
+from riva.client.proto import riva_audio_pb2 as raudio
+
+from edged.errors import (
+    AudioFormatError,
+    EdgedError,
+    ModelStateError,
+    RequestError,
+    ResourceExhaustedError,
+)
+from edged.loader import LoadedModel
+from edged.pipelines.asr.batcher import AsrBatcher
+from edged.pipelines.asr.model import AsrModel
+from edged.pipelines.asr.results import Result
+from edged.pipelines.asr.stream import StreamConfig
+from edged.rmir.manifest import Manifest
+from edged.server import metrics
+from edged.server.app import ServerContext
+
+_LOGGER = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+SERVICE_NAME = rasr.DESCRIPTOR.services_by_name["RivaSpeechRecognition"].full_name
+
+_ENCODINGS = {
+    raudio.ENCODING_UNSPECIFIED: "",
+    raudio.LINEAR_PCM: "LINEAR_PCM",
+    raudio.FLAC: "FLAC",
+    raudio.MULAW: "MULAW",
+    raudio.ALAW: "ALAW",
+}
+
+
+def _alternative(result: Result, word_times: bool) -> rasr.SpeechRecognitionAlternative:
+    alt = rasr.SpeechRecognitionAlternative(transcript=result.transcript, confidence=result.confidence)
+    if word_times:
+        alt.words.extend(rasr.WordInfo(word=w.word, start_time=w.start_ms, end_time=w.end_ms,
+                                       confidence=w.confidence) for w in result.words)
+    return alt
+
+
+class AsrServicer(rasr_grpc.RivaSpeechRecognitionServicer):
+    """The Riva ASR API over the ASR models in `ctx.models`."""
+
+    def __init__(self, ctx: ServerContext) -> None:
+        self._ctx = ctx
+        self._settings = ctx.settings
+        self._batcher = AsrBatcher(self._run_inference)
+        self._pipelines: dict[str, tuple[LoadedModel, LoadedModel, AsrModel]] = {}
+
+    async def _run_inference(self, fn: Callable[..., T], *args: object) -> T:
+        return await metrics.run_inference(self._ctx.executor, "asr", fn, *args)
+
+    def _manifests(self, pipeline: str) -> dict[str, Manifest]:
+        """Deployed (loaded or loadable) models of a pipeline, by name."""
+        registry = self._ctx.registry
+        if registry is not None:
+            return {e.name: e.deployed.manifest for e in registry.entries.values()
+                    if e.pipeline == pipeline and e.deployed.manifest is not None}
+        return {n: m.manifest for n, m in self._ctx.models.items() if m.manifest.pipeline == pipeline}
+
+    async def _use(self, name: str) -> LoadedModel:
+        registry = self._ctx.registry
+        return await registry.use(name) if registry is not None else self._ctx.models[name]
+
+    def _deployed(self) -> dict[str, Manifest]:
+        """The ASR models edged has a pipeline for (Moonshine)."""
+        return {n: m for n, m in self._manifests("speech_recognition").items() if m.model_family == "moonshine"}
+
+    def _select(self, config: rasr.RecognitionConfig) -> str:
+        """The model a request names, or the first for its language; RequestError listing them."""
+        models = self._deployed()
+        deployed = ", ".join(f"{n} ({m.language_code})" for n, m in models.items()) or "none"
+        if config.model:
+            if config.model in models:
+                return config.model
+            raise RequestError(f"Model {config.model!r} is not deployed; deployed ASR models: {deployed}.")
+        wanted = config.language_code.lower()
+        for name, manifest in models.items():
+            code = manifest.language_code.lower()
+            if not wanted or code == wanted or code.split("-")[0] == wanted:
+                return name
+        raise RequestError(f"No deployed ASR model serves language {config.language_code!r}; "
+                           f"deployed ASR models: {deployed}.")
+
+    async def _model(self, name: str) -> AsrModel:
+        """The pipeline of a model with the VAD (both loaded on demand)."""
+        vads = list(self._manifests("vad"))
+        if not vads:
+            raise RequestError("No VAD model is deployed; ASR needs one for endpointing "
+                               "(add builtin:silero-vad to models_vad and run `edged init`).")
+        asr, vad = await self._use(name), await self._use(vads[0])
+        cached = self._pipelines.get(name)
+        if cached is None or cached[0] is not asr or cached[1] is not vad:
+            cached = (asr, vad, AsrModel(asr, vad))
+            self._pipelines[name] = cached
+        return cached[2]
+
+    def _stream_config(self, config: rasr.RecognitionConfig, interim: bool, model: AsrModel) -> StreamConfig:
+        if config.encoding not in _ENCODINGS:
+            raise AudioFormatError(
+                f"Audio encoding {raudio.AudioEncoding.Name(config.encoding)} is not supported; use "
+                "LINEAR_PCM, FLAC, MULAW or ALAW (or send a WAV file with the encoding unset).")
+        if config.sample_rate_hertz < 0 or config.audio_channel_count < 0:
+            raise AudioFormatError("sample_rate_hertz and audio_channel_count cannot be negative.")
+        endpoint = model.endpoint
+        if config.HasField("endpointing_config"):
+            ec = config.endpointing_config
+            endpoint = endpoint.override(
+                start_history_ms=ec.start_history, start_threshold=ec.start_threshold,
+                stop_history_ms=ec.stop_history, stop_threshold=ec.stop_threshold,
+                stop_history_eou_ms=ec.stop_history_eou, stop_threshold_eou=ec.stop_threshold_eou)
+        return StreamConfig(
+            encoding=_ENCODINGS[config.encoding], sample_rate=config.sample_rate_hertz,
+            channels=config.audio_channel_count or 1, interim_results=interim,
+            punctuation=config.enable_automatic_punctuation, word_times=config.enable_word_time_offsets,
+            endpoint=endpoint, interim_interval_ms=self._settings.asr_interim_interval_ms,
+            max_audio_s=float(self._settings.asr_max_audio_seconds))
+
+    async def _abort(self, context: grpc.aio.ServicerContext, exc: Exception) -> None:
+        if isinstance(exc, ResourceExhaustedError):
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
+        if isinstance(exc, (AudioFormatError, RequestError)):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        if isinstance(exc, ModelStateError):  # the model cannot be loaded now (memory, failure)
+            await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
+        if isinstance(exc, EdgedError):
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+        _LOGGER.exception("ASR request failed")
+        await context.abort(grpc.StatusCode.INTERNAL, f"Recognition failed: {exc}")
+
+    async def Recognize(self, request: rasr.RecognizeRequest, context: grpc.aio.ServicerContext) -> rasr.RecognizeResponse:
+        """Offline recognition of a whole recording."""
+        try:
+            name = self._select(request.config)
+            with metrics.track_request("asr", name):
+                async with self._ctx.admission.stream("asr", self._settings.asr_max_streams):
+                    model = await self._model(name)
+                    config = self._stream_config(request.config, False, model)
+                    results = await self._batcher.recognize(model, request.audio, config)
+        except Exception as exc:
+            await self._abort(context, exc)
+            raise  # not reached: abort raises
+        response = rasr.RecognizeResponse()
+        for result in results:
+            response.results.append(rasr.SpeechRecognitionResult(
+                alternatives=[_alternative(result, config.word_times)], channel_tag=1,
+                audio_processed=result.audio_processed))
+        return response
+
+    async def StreamingRecognize(self, request_iterator: AsyncIterator[rasr.StreamingRecognizeRequest],
+                                 context: grpc.aio.ServicerContext) -> AsyncIterator[rasr.StreamingRecognizeResponse]:
+        """Streaming recognition: interim results while speaking, a final one per utterance."""
+        try:
+            async for response in self._stream(request_iterator, context):
+                yield response
+        except ResourceExhaustedError as exc:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
+
+    async def _next(self, requests: AsyncIterator[rasr.StreamingRecognizeRequest],
+                    context: grpc.aio.ServicerContext) -> rasr.StreamingRecognizeRequest | None:
+        """The next request, None at the end; DEADLINE_EXCEEDED after the idle timeout."""
+        timeout = self._settings.asr_stream_idle_timeout_s
+        try:
+            return await asyncio.wait_for(requests.__anext__(), timeout)
+        except StopAsyncIteration:
+            return None
+        except asyncio.TimeoutError:
+            await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED,
+                                f"No audio for {timeout} s; the stream was ended "
+                                "(asr_stream_idle_timeout_s).")
+            raise  # not reached
+
+    async def _stream(self, requests: AsyncIterator[rasr.StreamingRecognizeRequest],
+                      context: grpc.aio.ServicerContext) -> AsyncIterator[rasr.StreamingRecognizeResponse]:
+        first = await self._next(requests, context)
+        if first is None:
+            return
+        if not first.HasField("streaming_config"):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                "The first StreamingRecognizeRequest must hold streaming_config.")
+        try:
+            name = self._select(first.streaming_config.config)
+        except Exception as exc:
+            await self._abort(context, exc)
+            raise
+        with metrics.track_request("asr", name):
+            async with self._ctx.admission.stream("asr", self._settings.asr_max_streams):
+                async for response in self._recognize_stream(name, first, requests, context):
+                    yield response
+
+    async def _recognize_stream(self, name: str, first: rasr.StreamingRecognizeRequest,
+                                requests: AsyncIterator[rasr.StreamingRecognizeRequest],
+                                context: grpc.aio.ServicerContext) -> AsyncIterator[rasr.StreamingRecognizeResponse]:
+        try:
+            model = await self._model(name)
+            config = self._stream_config(first.streaming_config.config, first.streaming_config.interim_results, model)
+        except Exception as exc:
+            await self._abort(context, exc)
+            raise
+        stream = model.start_stream(config)
+        _LOGGER.debug("ASR stream started on %s", name)
+        seconds = 0.0
+        while True:
+            request = await self._next(requests, context)
+            try:
+                if request is None:
+                    results = await self._batcher.finish(stream)
+                elif request.HasField("streaming_config"):
+                    raise RequestError("streaming_config may only be sent in the first request of a stream.")
+                elif request.audio_content:
+                    results = await self._batcher.feed(stream, request.audio_content)
+                else:
+                    continue
+            except Exception as exc:
+                await self._abort(context, exc)
+                raise
+            metrics.AUDIO_SECONDS.labels("asr", name).inc(stream.samples / 16000 - seconds)
+            seconds = stream.samples / 16000
+            for result in results:
+                yield rasr.StreamingRecognizeResponse(results=[rasr.StreamingRecognitionResult(
+                    alternatives=[_alternative(result, config.word_times)], is_final=result.is_final,
+                    stability=result.stability, channel_tag=1, audio_processed=result.audio_processed)])
+            if request is None:
+                return
+
+    async def GetRivaSpeechRecognitionConfig(self, request: rasr.RivaSpeechRecognitionConfigRequest,
+                                             context: grpc.aio.ServicerContext) -> rasr.RivaSpeechRecognitionConfigResponse:
+        """The deployed ASR models, each as an online (streaming) and an offline entry."""
+        models = self._deployed()
+        response = rasr.RivaSpeechRecognitionConfigResponse()
+        for name, manifest in models.items():
+            if request.model_name and request.model_name != name:
+                continue
+            punctuated = bool(manifest.parameters.get("punctuated", True))
+            for kind in ("online", "offline"):
+                response.model_config.append(rasr.RivaSpeechRecognitionConfigResponse.Config(
+                    model_name=name, parameters={
+                        "type": kind, "language_code": manifest.language_code,
+                        "streaming": "true" if kind == "online" else "false",
+                        "automatic_punctuation": "true" if punctuated else "false",
+                        "sample_rate": str(manifest.sample_rate)}))
+        if request.model_name and not response.model_config:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                f"Model {request.model_name!r} is not deployed; deployed ASR models: "
+                                f"{', '.join(models) or 'none'}.")
+        return response
+
+
+def install(ctx: ServerContext) -> list[str]:
+    """Add the Riva ASR service when ASR is enabled."""
+    if not ctx.settings.service_enabled_asr:
+        return []
+    rasr_grpc.add_RivaSpeechRecognitionServicer_to_server(AsrServicer(ctx), ctx.server)
+    return [SERVICE_NAME]

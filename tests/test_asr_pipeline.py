@@ -1,0 +1,167 @@
+"""ASR pipeline pieces without models: audio decoding, endpointing, loop guard, text, tokenizer."""
+
+from __future__ import annotations
+
+import io
+import struct
+import wave
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edged.client.textnorm import normalize, word_errors
+from edged.errors import AudioFormatError
+from edged.pipelines.asr.audio import _G711, AudioDecoder, decode_all
+from edged.pipelines.asr.endpointing import WINDOW_MS, Endpointer, EndpointParams
+from edged.pipelines.asr.recogniser import repetition_cut
+from edged.pipelines.asr.results import strip_punctuation
+from edged.pipelines.asr.tokenizer import Tokenizer
+
+
+def tone(rate: int, seconds: float, channels: int = 1) -> np.ndarray:
+    """A 440 Hz tone as int16 [frames, channels]."""
+    t = np.arange(int(rate * seconds)) / rate
+    mono = (0.3 * np.sin(2 * np.pi * 440 * t) * 32767).astype(np.int16)
+    return np.repeat(mono[:, None], channels, axis=1)
+
+
+def wav_bytes(samples: np.ndarray, rate: int) -> bytes:
+    out = io.BytesIO()
+    with wave.open(out, "wb") as w:
+        w.setnchannels(samples.shape[1])
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(samples.tobytes())
+    return out.getvalue()
+
+
+def test_g711_tables_match_the_standard() -> None:
+    """Known G.711 code points decode to their linear values."""
+    assert _G711["MULAW"][0xFF] == 0 and _G711["MULAW"][0x00] * 32768 == -32124
+    assert _G711["MULAW"][0x80] * 32768 == 32124
+    assert _G711["ALAW"][0xD5] * 32768 == 8 and _G711["ALAW"][0x55] * 32768 == -8
+    assert _G711["ALAW"][0xAA] * 32768 == 32256
+
+
+@pytest.mark.parametrize("rate,channels", [(8000, 1), (44100, 2), (48000, 1), (16000, 1)])
+def test_wav_any_rate_and_channels_becomes_16k_mono(rate: int, channels: int) -> None:
+    """A WAV with encoding and rate unset is sniffed, downmixed and resampled to 16 kHz."""
+    data = wav_bytes(tone(rate, 1.0, channels), rate)
+    decoder = AudioDecoder("", 0)
+    out = np.concatenate([decoder.feed(data[i:i + 777]) for i in range(0, len(data), 777)] + [decoder.flush()])
+    assert abs(len(out) - 16000) <= 2
+    assert 0.25 < np.abs(out[2000:-2000]).max() < 0.35
+
+
+def test_trailing_wav_chunks_are_not_audio() -> None:
+    """Chunks after the data chunk (LIST tags) are not decoded as samples."""
+    data = wav_bytes(tone(16000, 0.5), 16000) + b"LIST" + struct.pack("<I", 4) + b"INFO"
+    assert len(decode_all(data, "", 0)) == 8000
+
+
+def test_raw_pcm_mulaw_alaw_with_rate() -> None:
+    """Headerless audio needs its encoding and rate; odd chunk sizes are carried over."""
+    pcm = tone(8000, 0.5)[:, 0].tobytes()
+    decoder = AudioDecoder("LINEAR_PCM", 8000)
+    out = np.concatenate([decoder.feed(pcm[:1001]), decoder.feed(pcm[1001:]), decoder.flush()])
+    assert abs(len(out) - 8000) <= 2
+    for enc in ("MULAW", "ALAW"):
+        assert abs(len(decode_all(bytes(4000), enc, 8000)) - 8000) <= 2
+
+
+def test_flac_is_decoded() -> None:
+    """FLAC (header sniffed or named) decodes with its own rate."""
+    soundfile = pytest.importorskip("soundfile")
+    buf = io.BytesIO()
+    soundfile.write(buf, tone(22050, 1.0)[:, 0], 22050, format="FLAC")
+    for enc in ("", "FLAC"):
+        assert abs(len(decode_all(buf.getvalue(), enc, 0)) - 16000) <= 2
+
+
+@pytest.mark.parametrize("data,encoding,rate,message", [
+    (b"\x01\x02" * 100, "", 0, "encoding is not set"),
+    (b"\x01\x02" * 100, "LINEAR_PCM", 0, "sample_rate_hertz is not set"),
+    (b"\x01\x02" * 100, "LINEAR_PCM", 4000, "4000 Hz is not supported"),
+    (b"RIFF\x00\x00\x00\x00WAVEdata\x00\x00\x00\x00", "", 0, "no 'fmt ' chunk"),
+    (b"RIFF\x00\x00\x00\x00XXXX", "", 0, "RIFF header is broken"),
+    (b"fLaC not really flac", "", 0, "FLAC audio cannot be decoded"),
+    (b"RIFF\x00\x00\x00\x00WAV", "", 0, "inside its WAV header"),
+])
+def test_malformed_audio_is_a_clear_error(data: bytes, encoding: str, rate: int, message: str) -> None:
+    with pytest.raises(AudioFormatError, match=message):
+        decode_all(data, encoding, rate)
+
+
+def test_unknown_encoding_and_too_many_channels() -> None:
+    with pytest.raises(AudioFormatError, match="not supported"):
+        AudioDecoder("OGGOPUS", 16000)
+    with pytest.raises(AudioFormatError, match="channels"):
+        decode_all(bytes(64), "LINEAR_PCM", 16000, channels=12)
+
+
+def _events(params: EndpointParams, probs: list[float]) -> list[tuple[str, int]]:
+    ep = Endpointer(params)
+    return [(e.kind, e.window) for p in probs for e in ep.update(p)]
+
+
+def test_endpointer_start_eou_end() -> None:
+    """Speech starts after start history, the likely end comes before the confirmed end."""
+    params = EndpointParams()
+    silence, speech = [0.0] * 40, [0.9] * 60
+    events = _events(params, silence + speech + silence)
+    kinds = [k for k, _ in events]
+    assert kinds == ["start", "eou", "end"]
+    start, eou, end = (w for _, w in events)
+    assert abs(start - 40) <= params.start_history_ms // WINDOW_MS
+    assert eou == end == 100  # both point just after the last speech window
+
+
+def test_endpointer_short_pause_does_not_end() -> None:
+    """A pause shorter than the stop history keeps the utterance open (eou may fire)."""
+    probs = [0.0] * 10 + [0.9] * 30 + [0.0] * 12 + [0.9] * 30 + [0.0] * 40
+    kinds = [k for k, _ in _events(EndpointParams(), probs)]
+    assert kinds.count("start") == 1 and kinds.count("end") == 1
+
+
+def test_endpointer_splits_long_speech_at_the_quietest_point() -> None:
+    """Speech past max_utterance_ms is split where the VAD probability dips."""
+    params = EndpointParams(max_utterance_ms=3200)
+    speech = [0.9] * 200
+    speech[80] = speech[81] = speech[82] = 0.4
+    events = _events(params, [0.0] * 10 + speech)
+    splits = [w for k, w in events if k == "split"]
+    assert splits and abs(splits[0] - 91) <= 2
+
+
+def test_repetition_guard() -> None:
+    """A phrase repeated until the cap is cut to one occurrence; normal text is left alone."""
+    assert repetition_cut([7, 1, 2, 3] + [1, 2, 3] * 3) == 4
+    assert repetition_cut([5] * 8) == 1
+    assert repetition_cut([1, 2, 1, 2]) is None
+    assert repetition_cut([5, 5, 5]) is None
+
+
+def test_punctuation_stripping_keeps_apostrophes() -> None:
+    assert strip_punctuation("Well, I don't know. 'Maybe!'") == "well i don't know maybe"
+
+
+def test_tokenizer_byte_fallback_and_varint_lengths(tmp_path: Path) -> None:
+    """Entries are varint-length prefixed; ids 3-258 are raw bytes; U+2581 is a space."""
+    pieces = [b"<unk>", b"<s>", b"</s>"] + [bytes([i]) for i in range(256)]
+    pieces += ["\u2581hello".encode(), "\u2581w".encode(), b"x" * 200]
+    blob = b""
+    for p in pieces:
+        n = len(p)
+        blob += (bytes([n]) if n < 128 else bytes([0x80 | (n & 0x7F), n >> 7])) + p
+    (tmp_path / "tok.bin").write_bytes(blob)
+    tok = Tokenizer.load(tmp_path / "tok.bin", {0, 1, 2})
+    assert tok.decode([1, 259, 260, 3 + 0xC3, 3 + 0xA9, 2]) == "hello wé"
+    assert tok.piece_bytes(261) == b"x" * 200
+
+
+def test_wer_normaliser() -> None:
+    """Numbers, case, punctuation and abbreviations do not count as errors."""
+    assert normalize("Mr. Smith, 25 years in 1961!") == "mister smith twenty five years in nineteen sixty one"
+    assert word_errors("the cat sat", "The cat, sat.") == (0, 3)
+    assert word_errors("a b c d", "a x c") == (2, 4)

@@ -1,0 +1,324 @@
+"""Riva ASR API end to end: a real `edged start` with Moonshine and Silero, driven by riva.client."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import threading
+import time
+import wave
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+import riva.client
+from riva.client.proto import riva_asr_pb2 as rasr
+
+from edged.backends import BackendOptions
+from edged.client.textnorm import normalize, word_errors
+from edged.pipelines.asr.audio import _G711
+from edged.repository.deploy import deploy
+from edged.repository.records import DeployTarget
+from edged.rmir import RmirRef
+from tests.conftest import SHARED, require_default_packs
+from tests.test_server import free_port, start_server, wait_serving
+
+MAX_STREAMS = 8
+EVALCORPUS = SHARED / "evalcorpus"
+BECKETT_TEXT = "Ever tried ever failed, no matter try again fail again fail better."
+
+
+def beckett_path() -> Path:
+    """The test clip that ships with moonshine-cpp (16 kHz mono WAV, 10 s)."""
+    import moonshine_cpp
+
+    return Path(moonshine_cpp.__file__).parent / "test-data" / "beckett.wav"
+
+
+def pcm_of(path: Path) -> tuple[bytes, int]:
+    """The samples of a 16-bit WAV file and its rate."""
+    with wave.open(str(path), "rb") as w:
+        return w.readframes(w.getnframes()), w.getframerate()
+
+
+@pytest.fixture(scope="module")
+def asr_server(tmp_path_factory: pytest.TempPathFactory, default_rmirs: dict[str, Path],
+               cpu_target: DeployTarget) -> Iterator[str]:
+    """A server with the default ASR and VAD models on a loopback port; yields its address."""
+    require_default_packs()
+    tmp = tmp_path_factory.mktemp("asr-server")
+    for name in ("moonshine-base-en", "silero-vad"):
+        deploy(RmirRef(default_rmirs[name]), tmp / "repo" / "models", cpu_target, BackendOptions())
+    port = free_port()
+    cfg = tmp / "config.sh"
+    cfg.write_text(
+        f'model_loc="{tmp / "repo"}"\nriva_speech_api_port={port}\nlisten_address="127.0.0.1"\n'
+        f"service_enabled_tts=false\nasr_max_streams={MAX_STREAMS}\nasr_max_audio_seconds=120\n"
+        "asr_stream_idle_timeout_s=4\nmetrics_port=0\n", encoding="utf-8")
+    proc = start_server(cfg, tmp / "server.log")
+    try:
+        wait_serving(proc, port, timeout=120)
+        yield f"127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    log = (tmp / "server.log").read_text()
+    assert "Traceback" not in log, log[-3000:]
+
+
+def service(address: str) -> riva.client.ASRService:
+    return riva.client.ASRService(riva.client.Auth(uri=address))
+
+
+def config(**kw: object) -> riva.client.RecognitionConfig:
+    base = {"language_code": "en-US", "enable_automatic_punctuation": True, "max_alternatives": 1}
+    base.update(kw)
+    return riva.client.RecognitionConfig(**base)
+
+
+def stream_chunks(data: bytes, size: int) -> list[bytes]:
+    return [data[i:i + size] for i in range(0, len(data), size)]
+
+
+def test_offline_recognize_beckett_with_words(asr_server: str) -> None:
+    """Recognize: punctuated text, confidence, ordered word times inside the audio."""
+    pcm, rate = pcm_of(beckett_path())
+    resp = service(asr_server).offline_recognize(
+        pcm, config(encoding=riva.client.AudioEncoding.LINEAR_PCM, sample_rate_hertz=rate,
+                    enable_word_time_offsets=True))
+    text = " ".join(r.alternatives[0].transcript for r in resp.results)
+    errors, words = word_errors(BECKETT_TEXT, text)
+    assert errors / words <= 0.2, text
+    assert "." in text and text[0].isupper()
+    times = [(w.start_time, w.end_time) for r in resp.results for w in r.alternatives[0].words]
+    assert len(times) >= 10
+    assert all(0 <= s <= e <= 10_000 for s, e in times)
+    assert all(a[1] <= b[0] for a, b in zip(times, times[1:]))
+    assert all(0 < r.alternatives[0].confidence <= 1 for r in resp.results)
+
+
+def test_streaming_wav_header_unset_encoding_with_interims(asr_server: str) -> None:
+    """As transcribe_file.py: the WAV as is (header in the first chunk), encoding unset."""
+    data = beckett_path().read_bytes()
+    sc = riva.client.StreamingRecognitionConfig(config=config(enable_automatic_punctuation=False),
+                                                interim_results=True)
+    finals, interims = [], []
+    last_interim: dict[int, str] = {}  # final index -> the interim just before it
+
+    def paced() -> Iterator[bytes]:  # twice real time: interims come per interval of audio
+        for chunk in stream_chunks(data, 3200):
+            yield chunk
+            time.sleep(0.05)
+
+    for resp in service(asr_server).streaming_response_generator(paced(), sc):
+        for r in resp.results:
+            if r.is_final:
+                if interims and interims[-1].audio_processed <= r.audio_processed:
+                    last_interim[len(finals)] = normalize(interims[-1].alternatives[0].transcript)
+                finals.append(r)
+            else:
+                interims.append(r)
+    text = " ".join(r.alternatives[0].transcript for r in finals)
+    assert word_errors(BECKETT_TEXT, text)[0] <= 2, text
+    assert text == text.lower() and "," not in text and "." not in text
+    assert len(interims) >= 3 and all(0 <= r.stability < 1 for r in interims)
+    # Interims converge: most utterances' last interim already reads as their final.
+    same = [last_interim[i] == normalize(finals[i].alternatives[0].transcript) for i in last_interim]
+    assert same and sum(same) >= len(same) / 2, (last_interim, [f.alternatives[0].transcript for f in finals])
+
+
+def test_resampled_stereo_mulaw_and_flac(asr_server: str) -> None:
+    """44.1 kHz stereo PCM, 8 kHz mu-law and FLAC all reach the recogniser as 16 kHz mono."""
+    import soundfile
+    import soxr
+
+    pcm, rate = pcm_of(beckett_path())
+    mono = np.frombuffer(pcm, dtype="<i2").astype(np.float32) / 32768
+    asr = service(asr_server)
+    hi = soxr.resample(mono, rate, 44100)
+    stereo = (np.repeat(hi[:, None], 2, axis=1) * 32767).astype("<i2").tobytes()
+    texts = [" ".join(r.alternatives[0].transcript for r in asr.offline_recognize(
+        stereo, config(encoding=riva.client.AudioEncoding.LINEAR_PCM, sample_rate_hertz=44100,
+                       audio_channel_count=2)).results)]
+    lo = soxr.resample(mono, rate, 8000)
+    table = _G711["MULAW"]
+    order = np.argsort(table)
+    # Nearest mu-law code for each sample (encoding by the decoder's own table).
+    idx = np.clip(np.searchsorted(table[order], lo), 1, 255)
+    nearer = np.where(np.abs(table[order][idx - 1] - lo) < np.abs(table[order][idx] - lo), idx - 1, idx)
+    mulaw = order[nearer].astype(np.uint8).tobytes()
+    texts.append(" ".join(r.alternatives[0].transcript for r in asr.offline_recognize(
+        mulaw, config(encoding=riva.client.AudioEncoding.MULAW, sample_rate_hertz=8000)).results))
+    flac = io.BytesIO()
+    soundfile.write(flac, mono, rate, format="FLAC")
+    texts.append(" ".join(r.alternatives[0].transcript for r in asr.offline_recognize(
+        flac.getvalue(), config(encoding=riva.client.AudioEncoding.FLAC)).results))
+    for text in texts:
+        errors, words = word_errors(BECKETT_TEXT, text)
+        assert errors / words <= 0.3, text
+
+
+def test_list_models_config(asr_server: str) -> None:
+    """GetRivaSpeechRecognitionConfig lists the model as online and offline with its language."""
+    resp = service(asr_server).stub.GetRivaSpeechRecognitionConfig(rasr.RivaSpeechRecognitionConfigRequest())
+    kinds = {(c.model_name, c.parameters["type"], c.parameters["language_code"]) for c in resp.model_config}
+    assert kinds == {("moonshine-base-en", "online", "en-US"), ("moonshine-base-en", "offline", "en-US")}
+
+
+def _stream_text(asr: riva.client.ASRService, pcm: bytes, rate: int, chunk_s: float, pace: float) -> str:
+    def chunks() -> Iterator[bytes]:
+        for chunk in stream_chunks(pcm, int(rate * chunk_s) * 2):
+            yield chunk
+            time.sleep(pace)
+    sc = riva.client.StreamingRecognitionConfig(
+        config=config(encoding=riva.client.AudioEncoding.LINEAR_PCM, sample_rate_hertz=rate),
+        interim_results=True)
+    return " ".join(r.alternatives[0].transcript for resp in asr.streaming_response_generator(chunks(), sc)
+                    for r in resp.results if r.is_final)
+
+
+def test_eight_concurrent_streams_do_not_cross(asr_server: str) -> None:
+    """8 streams at once, each a different cut of the clip: each gets its own transcript."""
+    pcm, rate = pcm_of(beckett_path())
+    asr = service(asr_server)
+    bytes_per_s = rate * 2
+    # Clip i starts at sentence i: "Ever tried", "Ever failed", "No matter", "Try again"...
+    starts = [0.0, 1.6, 3.25, 4.6, 6.3, 7.9, 0.0, 3.25]
+    lin = riva.client.AudioEncoding.LINEAR_PCM
+    expected = [normalize(" ".join(r.alternatives[0].transcript for r in asr.offline_recognize(
+        pcm[int(s * bytes_per_s) // 2 * 2:], config(encoding=lin, sample_rate_hertz=rate)).results))
+        for s in starts[:6]]
+    results: dict[int, str] = {}
+
+    def run(i: int) -> None:
+        results[i] = normalize(_stream_text(asr, pcm[int(starts[i] * bytes_per_s) // 2 * 2:], rate, 0.16, 0.02))
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=180)
+    assert len(results) == 8
+    for i in range(8):
+        want = expected[i] if i < 6 else expected[starts.index(starts[i])]
+        errors, words = word_errors(want, results[i])
+        assert errors <= max(2, words // 5), (i, want, results[i])
+        assert results[i].split()[:2] == want.split()[:2], (i, want, results[i])
+
+
+def _code(call: object) -> tuple[grpc.StatusCode, str]:
+    with pytest.raises(grpc.RpcError) as info:
+        call()  # type: ignore[operator]
+    err = info.value
+    return err.code(), err.details()  # type: ignore[attr-defined]
+
+
+def test_errors_are_precise(asr_server: str) -> None:
+    """Unknown model or language, bad encodings, malformed audio, too much audio: INVALID_ARGUMENT."""
+    asr = service(asr_server)
+    pcm, rate = pcm_of(beckett_path())
+    lin = riva.client.AudioEncoding.LINEAR_PCM
+    cases = [
+        (pcm, config(model="nope", encoding=lin, sample_rate_hertz=rate), "nope' is not deployed; deployed ASR models: moonshine-base-en (en-US)"),
+        (pcm, config(language_code="de-DE", encoding=lin, sample_rate_hertz=rate), "language 'de-DE'"),
+        (pcm, config(encoding=riva.client.AudioEncoding.OGGOPUS, sample_rate_hertz=rate), "OGGOPUS is not supported"),
+        (pcm, config(), "encoding is not set"),
+        (b"RIFF\x00\x00\x00\x00WAVEjunk", config(), "WAV header"),
+        (pcm, config(encoding=lin, sample_rate_hertz=4000), "4000 Hz"),
+        (bytes(16000 * 2 * 121), config(encoding=lin, sample_rate_hertz=16000), "limit of 120 s"),
+    ]
+    for audio, cfg, message in cases:
+        code, details = _code(lambda: asr.offline_recognize(audio, cfg))
+        assert code == grpc.StatusCode.INVALID_ARGUMENT and message in details, (message, details)
+    sc = riva.client.StreamingRecognitionConfig(config=config(model="nope"))
+    code, details = _code(lambda: list(asr.streaming_response_generator([pcm[:3200]], sc)))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "not deployed" in details
+    code, _ = _code(lambda: asr.stub.GetRivaSpeechRecognitionConfig(
+        rasr.RivaSpeechRecognitionConfigRequest(model_name="nope")))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_stream_limit_and_idle_timeout(asr_server: str) -> None:
+    """One stream above asr_max_streams is RESOURCE_EXHAUSTED; a silent client is ended after the idle timeout."""
+    asr = service(asr_server)
+    sc = riva.client.StreamingRecognitionConfig(
+        config=config(encoding=riva.client.AudioEncoding.LINEAR_PCM, sample_rate_hertz=16000))
+    release = threading.Event()
+    outcomes: list[grpc.StatusCode] = []
+
+    def hold() -> Iterator[bytes]:
+        yield bytes(3200)
+        release.wait(20)
+
+    def run() -> None:
+        try:
+            list(asr.streaming_response_generator(hold(), sc))
+            outcomes.append(grpc.StatusCode.OK)
+        except grpc.RpcError as exc:
+            outcomes.append(exc.code())
+
+    threads = [threading.Thread(target=run) for _ in range(MAX_STREAMS)]
+    for t in threads:
+        t.start()
+    time.sleep(1.5)
+    code, details = _code(lambda: list(asr.streaming_response_generator([bytes(3200)], sc)))
+    assert code == grpc.StatusCode.RESOURCE_EXHAUSTED and f"the limit is {MAX_STREAMS}" in details
+    for t in threads:
+        t.join(timeout=30)
+    release.set()
+    # The held streams sent nothing for longer than asr_stream_idle_timeout_s (4 s).
+    assert outcomes == [grpc.StatusCode.DEADLINE_EXCEEDED] * MAX_STREAMS
+
+
+def _evalcorpus(limit_s: float) -> list[dict[str, object]]:
+    if not (EVALCORPUS / "manifest.jsonl").is_file():
+        pytest.skip(f"{EVALCORPUS} is not here")
+    clips = [json.loads(line) for line in (EVALCORPUS / "manifest.jsonl").read_text().splitlines() if line.strip()]
+    # Spread over categories, short clips first, within the time budget.
+    chosen, total = [], 0.0
+    seen: set[object] = set()
+    for clip in sorted(clips, key=lambda c: (c["category"] in seen, c["duration_s"])):
+        if total + float(clip["duration_s"]) <= limit_s and clip["category"] not in seen:
+            chosen.append(clip)
+            seen.add(clip["category"])
+            total += float(clip["duration_s"])
+    return chosen
+
+
+def test_evalcorpus_wer_offline_and_streaming(asr_server: str) -> None:
+    """A sample of real speech: WER bounds for offline and streaming recognition."""
+    asr = service(asr_server)
+    errors = {"offline": 0, "streaming": 0}
+    words = 0
+    for clip in _evalcorpus(limit_s=45):
+        pcm, rate = pcm_of(EVALCORPUS / str(clip["audio"]))
+        offline = " ".join(r.alternatives[0].transcript for r in asr.offline_recognize(
+            pcm, config(encoding=riva.client.AudioEncoding.LINEAR_PCM, sample_rate_hertz=rate)).results)
+        streaming = _stream_text(asr, pcm, rate, 0.16, 0)
+        e, n = word_errors(str(clip["text"]), offline)
+        errors["offline"] += e
+        errors["streaming"] += word_errors(str(clip["text"]), streaming)[0]
+        words += n
+    assert words > 50
+    assert errors["offline"] / words <= 0.12, errors
+    assert errors["streaming"] / words <= 0.12, errors
+
+
+def test_transcribe_cli_json(asr_server: str) -> None:
+    """`edged transcribe --server ADDR --json FILE`: text, words and times."""
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "edged", "transcribe", "--server", asr_server, "--json",
+                          str(beckett_path())], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    (item,) = json.loads(out.stdout)
+    assert word_errors(BECKETT_TEXT, item["transcript"])[0] <= 2
+    words = [w for r in item["results"] for w in r["words"]]
+    assert words and all(w["start_ms"] <= w["end_ms"] for w in words)
