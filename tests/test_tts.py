@@ -1,0 +1,377 @@
+"""TTS: text normalisation, SSML and segmentation (pure), the Piper voice in process (SSML effects
+measured, intelligibility through edged's ASR), and the Riva TTS API through nvidia-riva-client
+against a real `edged start` on loopback."""
+
+from __future__ import annotations
+
+import re
+import signal
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+
+from edged.backends import BackendOptions
+from edged.errors import TtsRequestError
+from edged.pipelines.tts.normalise import normalise
+from edged.pipelines.tts.segment import Utterance, utterances
+from edged.pipelines.tts.ssml import Break, Span, parse_ssml
+from edged.pipelines.tts.synthesizer import (
+    SynthesisRequest,
+    TtsModel,
+    parse_custom_dictionary,
+)
+from edged.repository.deploy import deploy
+from edged.repository.records import DeployTarget, list_models
+from edged.rmir import RmirRef
+from tests.conftest import SHARED
+from tests.test_server import free_port, start_server, wait_serving
+
+SENTENCES = [s.strip() for s in (SHARED / "tts_sentences.txt").read_text().splitlines() if s.strip()]
+MAX_CHARS = 600
+
+
+# --- pure logic -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("text,expected", [
+    ("The total comes to $42.99.", "The total comes to forty-two dollars and ninety-nine cents."),
+    ("The battery is at 17%.", "The battery is at seventeen percent."),
+    ("March 14th at 7:45", "March fourteenth at seven forty-five"),
+    ("In 1969, people", "In nineteen sixty-nine, people"),
+    ("Call 555-0142 now", "Call five five five, zero one four two now"),
+    ("Dr. Smith on St. James Street", "Doctor Smith on Saint James Street"),
+    ("It is 23.5 degrees", "It is twenty-three point five degrees"),
+    ("room 204", "room two hundred four"),
+    ("5 kg at 60 km/h", "five kilograms at sixty kilometers per hour"),
+    ("on 2024-03-14", "on March fourteenth, twenty twenty-four"),
+    ("mail bob.smith@example.com", "mail bob dot smith at example dot com"),
+    ("see https://example.org/docs", "see example dot org slash docs"),
+    ("between 2 and 4 p.m.", "between two and four P M"),
+])
+def test_normalise_reads_written_forms(text: str, expected: str) -> None:
+    """Numbers, money, percentages, dates, times, phones, abbreviations, units, URLs, e-mails."""
+    assert normalise(text) == expected
+
+
+def test_ssml_subset_parses_to_spans_breaks_and_styles() -> None:
+    """Prosody multiplies rate, say-as and sub become words, phoneme keeps its IPA."""
+    items = parse_ssml(
+        '<speak>Hi <prosody rate="50%" volume="+6dB">slow <emphasis>words</emphasis></prosody>'
+        '<break time="300ms"/><say-as interpret-as="characters">ab1</say-as> '
+        '<sub alias="World Wide Web">WWW</sub> <phoneme alphabet="ipa" ph="təmˈɑːtoʊ">tomato</phoneme>'
+        '</speak>')
+    spans = [i for i in items if isinstance(i, Span)]
+    assert [s.text for s in spans if s.text.strip()] == [
+        "Hi ", "slow ", "words", "eigh B one", "World Wide Web ", "təmˈɑːtoʊ"]
+    slow = next(s for s in spans if s.text == "slow ")
+    assert slow.style.rate == pytest.approx(0.5) and slow.style.gain == pytest.approx(2.0, rel=0.01)
+    assert next(s for s in spans if s.text == "words").style.rate == pytest.approx(0.5 * 0.85)
+    assert Break(0.3) in items
+    assert next(s for s in spans if s.kind == "ipa").text == "təmˈɑːtoʊ"
+
+
+@pytest.mark.parametrize("ssml,problem", [
+    ("<speak>Hello <break time='5 parsecs'/></speak>", "line 1, column 14: break time"),
+    ("<speak>Hello <voice name='x'>a</voice></speak>", "line 1, column 14: <voice> is not supported"),
+    ("<speak>\n  <prosody rate='ludicrous'>a</prosody></speak>", "line 2, column 3: rate must be"),
+    ("<speak>Hello <s>world</speak>", "line 1, column 24: mismatched tag"),
+    ("<speak><say-as interpret-as='cardinal'>many</say-as></speak>", "needs a number"),
+    ("<speak><prosody pitch='+40st'>a</prosody></speak>", "pitch must be from -12 to 12"),
+])
+def test_invalid_ssml_names_problem_and_position(ssml: str, problem: str) -> None:
+    """Each SSML mistake is one TtsRequestError with its line and column."""
+    with pytest.raises(TtsRequestError, match="Invalid SSML") as err:
+        parse_ssml(ssml)
+    assert problem in str(err.value)
+
+
+def test_long_first_sentence_is_split_at_its_first_clause() -> None:
+    """The first audio waits only for the first clause; later sentences stay whole."""
+    units = list(utterances([Span(
+        "Mission complete, all twelve packages were delivered on time. "
+        "Then, we went home and rested for a while.")]))
+    texts = [u.text for u in units if isinstance(u, Utterance)]
+    assert texts == ["Mission complete,", "all twelve packages were delivered on time.",
+                     "Then, we went home and rested for a while."]
+
+
+def test_custom_dictionary_format_of_talk_py() -> None:
+    """`word  ipa` entries joined by commas, as talk.py --custom-dictionary sends them."""
+    assert parse_custom_dictionary("edged  ˈɛdʒd,NVIDIA  ɛnvˈɪdiə") == {
+        "edged": "ˈɛdʒd", "NVIDIA": "ɛnvˈɪdiə"}
+    with pytest.raises(TtsRequestError, match="two spaces"):
+        parse_custom_dictionary("lonely")
+
+
+# --- the real voice, in process -------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory: pytest.TempPathFactory, default_rmirs: dict[str, Path],
+         cpu_target: DeployTarget) -> Path:
+    """A repository with the Piper voice deployed (Moonshine too, for intelligibility)."""
+    root = tmp_path_factory.mktemp("tts-repo")
+    for name in ("piper-joe-medium", "moonshine-base-en"):
+        deploy(RmirRef(default_rmirs[name]), root / "models", cpu_target, BackendOptions())
+    return root
+
+
+def _load(repo: Path, cpu_target: DeployTarget, name: str):  # type: ignore[no-untyped-def]
+    from edged.loader import load_model
+
+    model = next(m for m in list_models(repo / "models", cpu_target) if m.name == name)
+    return load_model(model, BackendOptions())
+
+
+@pytest.fixture(scope="module")
+def tts(repo: Path, cpu_target: DeployTarget) -> TtsModel:
+    """The default voice loaded in this process."""
+    return TtsModel(_load(repo, cpu_target, "piper-joe-medium"), MAX_CHARS)
+
+
+def _audio(tts: TtsModel, text: str, rate: int = 0) -> np.ndarray:
+    pcm = b"".join(c.pcm for c in tts.synthesize(SynthesisRequest(text, sample_rate=rate)))
+    return np.frombuffer(pcm, dtype="<i2").astype(np.float32) / 32768.0
+
+
+def _speech_seconds(audio: np.ndarray, rate: int = 22050) -> float:
+    """Duration from the first to the last sample above a whisper (leading/trailing silence cut)."""
+    loud = np.flatnonzero(np.abs(audio) > 0.02)
+    return float(loud[-1] - loud[0]) / rate if len(loud) else 0.0
+
+
+def test_rate_changes_duration_by_the_expected_ratio(tts: TtsModel) -> None:
+    """prosody rate 50% doubles the speech, 200% halves it (within the voice's randomness)."""
+    text = "The quick brown fox jumps over the lazy dog while the farmer watches from the porch."
+    normal = np.median([_speech_seconds(_audio(tts, text)) for _ in range(3)])
+    slow = np.median([_speech_seconds(_audio(tts, f'<speak><prosody rate="50%">{text}</prosody></speak>'))
+                      for _ in range(3)])
+    fast = np.median([_speech_seconds(_audio(tts, f'<speak><prosody rate="200%">{text}</prosody></speak>'))
+                      for _ in range(3)])
+    assert slow / normal == pytest.approx(2.0, rel=0.15)
+    assert fast / normal == pytest.approx(0.5, rel=0.15)
+
+
+def test_break_inserts_silence_of_its_length(tts: TtsModel) -> None:
+    """A 1500 ms break shows up as a silent stretch of 1.5 s (plus the voice's own pause)."""
+    audio = _audio(tts, '<speak>Hello there.<break time="1500ms"/>Goodbye now.</speak>')
+    quiet = np.abs(audio) < 0.01
+    runs, best = 0, 0
+    for q in quiet:
+        runs = runs + 1 if q else 0
+        best = max(best, runs)
+    assert 1.5 <= best / 22050 <= 2.1
+
+
+def test_say_as_characters_spells(tts: TtsModel) -> None:
+    """say-as characters reads letter by letter: 'NASA' spelled takes far longer than the word."""
+    word = _speech_seconds(_audio(tts, "NASA"))
+    spelled = _speech_seconds(_audio(tts, '<speak><say-as interpret-as="characters">NASA</say-as></speak>'))
+    assert spelled > 1.6 * word
+
+
+def test_pitch_keeps_duration_and_custom_dictionary_changes_sound(tts: TtsModel) -> None:
+    """Pitch up keeps the length; a dictionary entry replaces espeak's reading of the word."""
+    text = "Speech synthesis runs entirely on this small computer."
+    base = np.median([_speech_seconds(_audio(tts, text)) for _ in range(3)])
+    high = np.median([_speech_seconds(_audio(tts, f'<speak><prosody pitch="+4st">{text}</prosody></speak>'))
+                      for _ in range(3)])
+    assert high / base == pytest.approx(1.0, rel=0.15)
+    plain = list(tts.synthesize(SynthesisRequest("I like edged.")))
+    custom = list(tts.synthesize(SynthesisRequest("I like edged.", custom_dictionary={"edged": "ɛdʒ dˈiː"})))
+    assert sum(c.seconds for c in custom) > sum(c.seconds for c in plain)
+
+
+def test_sample_rate_conversion_and_limits(tts: TtsModel) -> None:
+    """Audio comes at the asked rate; an over-long text and an absurd rate are refused."""
+    at_16k = list(tts.synthesize(SynthesisRequest("Four hours of steady work faced us.", sample_rate=16000)))
+    assert all(c.sample_rate == 16000 for c in at_16k)
+    assert 1.0 < sum(c.seconds for c in at_16k) < 4.0
+    with pytest.raises(TtsRequestError, match=f"limit is {MAX_CHARS}"):
+        tts.synthesize(SynthesisRequest("a" * (MAX_CHARS + 1)))
+    with pytest.raises(TtsRequestError, match="Sample rate 1000 Hz"):
+        tts.synthesize(SynthesisRequest("hi", sample_rate=1000))
+
+
+def test_document_streams_to_wav_paragraph_by_paragraph(tts: TtsModel, tmp_path: Path) -> None:
+    """`speak --file`: paragraphs are read lazily and the WAV is written chunk by chunk."""
+    import wave
+
+    from edged.client.speak import LocalSpeaker, paragraphs, write_wav
+
+    doc = tmp_path / "chapter.txt"
+    doc.write_text("It's easy to tell the depth of a well.\nThe box was thrown\nbeside the parked truck.\n\n"
+                   "A large size in stockings is hard to sell.\n", encoding="utf-8")
+    assert list(paragraphs(doc)) == ["It's easy to tell the depth of a well. The box was thrown beside "
+                                     "the parked truck.", "A large size in stockings is hard to sell."]
+    seconds = write_wav(LocalSpeaker(tts).speak(paragraphs(doc), 16000, "", 1.0), tmp_path / "out.wav")
+    with wave.open(str(tmp_path / "out.wav")) as w:
+        assert w.getframerate() == 16000
+        assert w.getnframes() / 16000 == pytest.approx(seconds)
+    assert 4.0 < seconds < 15.0
+
+
+def _words(text: str) -> list[str]:
+    return re.sub(r"[^a-z' ]", " ", normalise(text).lower().replace("-", " ")).split()
+
+
+def _wer(ref: list[str], hyp: list[str]) -> tuple[int, int]:
+    d = list(range(len(hyp) + 1))
+    for i, r in enumerate(ref, 1):
+        prev, d[0] = d[0], i
+        for j, h in enumerate(hyp, 1):
+            prev, d[j] = d[j], min(d[j] + 1, d[j - 1] + 1, prev + (r != h))
+    return d[len(hyp)], len(ref)
+
+
+def test_intelligibility_through_edged_asr(tts: TtsModel, repo: Path, cpu_target: DeployTarget) -> None:
+    """edged's Moonshine recogniser understands edged's voice: WER ≤ 8 % on the sentence list."""
+    from edged.pipelines.asr.recogniser import Recogniser
+
+    recogniser = Recogniser(_load(repo, cpu_target, "moonshine-base-en"))
+    errors = total = 0
+    for start in range(0, len(SENTENCES), 6):  # batched, as the ASR server decodes
+        batch = SENTENCES[start:start + 6]
+        hyps = recogniser.decode([_audio(tts, sentence, rate=16000) for sentence in batch])
+        for sentence, hyp in zip(batch, hyps):
+            e, n = _wer(_words(sentence), _words(recogniser.tokenizer.decode(hyp.tokens)))
+            errors, total = errors + e, total + n
+    assert errors / total <= 0.08, f"WER {errors / total:.1%}"
+
+
+# --- the Riva API against a real server -------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def server(repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """`edged start` serving TTS only on a loopback port; yields its address."""
+    tmp = tmp_path_factory.mktemp("tts-server")
+    port = free_port()
+    cfg = tmp / "config.sh"
+    cfg.write_text(f'model_loc="{repo}"\nriva_speech_api_port={port}\nlisten_address="127.0.0.1"\n'
+                   f'metrics_port=0\nservice_enabled_asr=false\ntts_max_text_chars={MAX_CHARS}\n',
+                   encoding="utf-8")
+    proc = start_server(cfg, tmp / "server.log")
+    try:
+        wait_serving(proc, port, timeout=120)
+        yield f"127.0.0.1:{port}"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert "Traceback" not in (tmp / "server.log").read_text()
+
+
+@pytest.fixture
+def riva_tts(server: str):  # type: ignore[no-untyped-def]
+    """riva.client.SpeechSynthesisService on the server, as Riva's own scripts make it."""
+    import riva.client
+
+    return riva.client.SpeechSynthesisService(riva.client.Auth(uri=server))
+
+
+def test_synthesize_at_requested_rates(riva_tts) -> None:  # type: ignore[no-untyped-def]
+    """Synthesize answers raw 16-bit PCM at the rate asked; 44.1 kHz has twice 22.05 kHz's samples."""
+    import riva.client
+
+    text = "Glue the sheet to the dark blue background."
+    native = riva_tts.synthesize(text, voice_name="English-US.Joe", language_code="en-US",
+                                 encoding=riva.client.AudioEncoding.LINEAR_PCM, sample_rate_hz=22050)
+    seconds = len(native.audio) / 2 / 22050
+    assert 1.2 < seconds < 5.0
+    assert not native.audio.startswith(b"RIFF")
+    high = riva_tts.synthesize(text, language_code="en-US", sample_rate_hz=44100)
+    assert len(high.audio) / 2 / 44100 == pytest.approx(seconds, rel=0.2)
+
+
+def test_synthesize_online_streams_chunks(riva_tts) -> None:  # type: ignore[no-untyped-def]
+    """SynthesizeOnline (the 2.x unary-to-stream client) gets the audio in several chunks."""
+    text = "Please turn left at the next intersection, then continue straight. It is not far."
+    chunks = [r.audio for r in riva_tts.synthesize_online(text, voice_name="English-US.Joe",
+                                                          language_code="en-US", sample_rate_hz=16000)]
+    assert len(chunks) >= 3
+    assert 2.0 < sum(len(c) for c in chunks) / 2 / 16000 < 10.0
+
+
+def test_synthesize_online_as_stream_to_stream(server: str) -> None:
+    """A client sending several requests on one SynthesizeOnline call hears each in turn."""
+    from riva.client.proto import riva_tts_pb2
+
+    with grpc.insecure_channel(server) as channel:
+        call = channel.stream_stream(
+            "/nvidia.riva.tts.RivaSpeechSynthesis/SynthesizeOnline",
+            request_serializer=riva_tts_pb2.SynthesizeSpeechRequest.SerializeToString,
+            response_deserializer=riva_tts_pb2.SynthesizeSpeechResponse.FromString)
+        requests = [riva_tts_pb2.SynthesizeSpeechRequest(text=t, sample_rate_hz=22050, language_code="en-US")
+                    for t in ("First request.", "Second request.")]
+        texts = [r.meta.text for r in call(iter(requests), timeout=60) if r.meta.text]
+    assert texts == ["First request.", "Second request."]
+
+
+def test_oggopus_decodes_to_the_same_speech(riva_tts) -> None:  # type: ignore[no-untyped-def]
+    """OGGOPUS comes as one Ogg Opus stream, whole from Synthesize and in pages from SynthesizeOnline."""
+    import io
+
+    import riva.client
+    import soundfile
+
+    text = "The birch canoe slid on the smooth planks."
+    whole = riva_tts.synthesize(text, language_code="en-US", sample_rate_hz=48000,
+                                encoding=riva.client.AudioEncoding.OGGOPUS)
+    assert whole.audio.startswith(b"OggS")
+    audio, rate = soundfile.read(io.BytesIO(whole.audio))
+    assert rate == 48000 and 1.0 < len(audio) / rate < 5.0
+    pages = b"".join(r.audio for r in riva_tts.synthesize_online(
+        text, language_code="en-US", sample_rate_hz=24000, encoding=riva.client.AudioEncoding.OGGOPUS))
+    streamed, rate = soundfile.read(io.BytesIO(pages))
+    assert rate == 24000 and len(streamed) / rate == pytest.approx(len(audio) / 48000, rel=0.25)
+
+
+def test_config_lists_the_voice_for_talk_py(riva_tts) -> None:  # type: ignore[no-untyped-def]
+    """GetRivaSynthesisConfig gives what `talk.py --list-voices` reads."""
+    from riva.client.proto import riva_tts_pb2
+
+    response = riva_tts.stub.GetRivaSynthesisConfig(riva_tts_pb2.RivaSynthesisConfigRequest())
+    (config,) = response.model_config
+    params = dict(config.parameters)
+    assert params["language_code"] == "en-US"
+    voices = [params["voice_name"] + "." + v.split(":")[0] for v in params["subvoices"].split(",")]
+    assert voices == ["English-US.Joe"]
+    assert params["sample_rate"] == "22050"
+
+
+@pytest.mark.parametrize("kwargs,code,message", [
+    ({"text": ""}, grpc.StatusCode.INVALID_ARGUMENT, "text to synthesise is empty"),
+    ({"text": "x" * (MAX_CHARS + 1)}, grpc.StatusCode.INVALID_ARGUMENT, f"the limit is {MAX_CHARS}"),
+    ({"text": "hi", "voice_name": "English-US.Nobody"}, grpc.StatusCode.NOT_FOUND, "voices: English-US.Joe"),
+    ({"text": "hi", "language_code": "de-DE"}, grpc.StatusCode.NOT_FOUND, "No voice speaks language 'de-DE'"),
+    ({"text": "hi", "sample_rate_hz": 200000}, grpc.StatusCode.INVALID_ARGUMENT, "Sample rate 200000 Hz"),
+    ({"text": "hi", "encoding": 2}, grpc.StatusCode.INVALID_ARGUMENT, "Encoding FLAC is not supported"),
+    ({"text": "hi", "encoding": 4}, grpc.StatusCode.INVALID_ARGUMENT, "OGGOPUS needs a sample rate of"),
+    ({"text": "<speak>hi <break time='x'/></speak>"}, grpc.StatusCode.INVALID_ARGUMENT, "line 1, column 11"),
+])
+def test_errors_have_precise_status_and_message(riva_tts, kwargs, code, message) -> None:  # type: ignore[no-untyped-def]
+    """Each refusal is its own status and message, on Synthesize and on SynthesizeOnline."""
+    kwargs = {"language_code": "en-US", "sample_rate_hz": 22050, **kwargs}
+    with pytest.raises(grpc.RpcError) as err:
+        riva_tts.synthesize(**kwargs)
+    assert err.value.code() == code and message in err.value.details()
+    with pytest.raises(grpc.RpcError) as err:
+        list(riva_tts.synthesize_online(**kwargs))
+    assert err.value.code() == code and message in err.value.details()
+
+
+def test_speak_cli_writes_a_wav(server: str, tmp_path: Path) -> None:
+    """`edged speak` against the server writes a playable WAV at the asked rate."""
+    import sys
+    import wave
+
+    out = tmp_path / "out.wav"
+    result = subprocess.run([sys.executable, "-m", "edged", "speak", "Hello from edged.", "-o", str(out),
+                             "--server", server, "--sample-rate", "16000"],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    with wave.open(str(out)) as w:
+        assert w.getframerate() == 16000 and 0.5 < w.getnframes() / 16000 < 4
