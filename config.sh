@@ -59,6 +59,87 @@ riva_speech_api_port=50051
 # Accepts any text.
 listen_address="0.0.0.0"
 
+# HTTP port for `/metrics` (Prometheus), `/v2/health/live` and `/v2/health/ready`, on
+# `listen_address`; 0 turns it off.
+# Accepts an integer from 0 to 65535.
+metrics_port=8002
+
+# PEM certificate (chain) of the gRPC server; with `ssl_server_key` it turns on TLS.
+# Accepts a path (relative to the directory of config.sh), or empty for none.
+ssl_server_cert=""
+
+# PEM private key of `ssl_server_cert`.
+# Accepts a path (relative to the directory of config.sh), or empty for none.
+ssl_server_key=""
+
+# PEM CA certificate(s) that sign client certificates (mutual TLS); edged's own clients (`edged
+# health`, `edged status`) also trust the server through it.
+# Accepts a path (relative to the directory of config.sh), or empty for none.
+ssl_root_cert=""
+
+# Require a client certificate signed by `ssl_root_cert` (mutual TLS).
+# Accepts true or false (also yes/no, on/off, 1/0).
+ssl_use_mutual_auth=false
+
+# If set, every gRPC call except health checks must carry `authorization: Bearer KEY` (or `x-api-
+# key: KEY`) metadata; others get UNAUTHENTICATED.
+# Accepts any text.
+api_key=""
+
+# Largest gRPC message received or sent, in MiB.
+# Accepts an integer from 1 to 2047.
+max_message_mb=64
+
+# Seconds a stopping server lets open requests and streams finish before ending them.
+# Accepts an integer from 0 to 3600.
+shutdown_grace_s=15
+
+# Most memory (MiB) the models may take, as measured at deploy; 0: whatever is free at start (less
+# `memory_reserve_mb`). Models that do not fit are left out, in priority order: VAD, ASR, TTS.
+# Accepts an integer of at least 0.
+memory_budget_mb=0
+
+# Memory (MiB) kept free: models are not loaded into it, and new streams are refused
+# (RESOURCE_EXHAUSTED) while less than this is available.
+# Accepts an integer of at least 0.
+memory_reserve_mb=256
+
+# Unload a model after this many seconds without use (it loads again on its next request); 0 keeps
+# models loaded.
+# Accepts an integer of at least 0.
+model_idle_unload_s=0
+
+# Load each model on its first request instead of at start (faster start, slower first request).
+# Accepts true or false (also yes/no, on/off, 1/0).
+lazy_loading=false
+
+# Longest text (characters, SSML markup included) one speech synthesis request may carry; longer
+# requests are refused with INVALID_ARGUMENT.
+# Accepts an integer from 1 to 1000000.
+tts_max_text_chars=10000
+
+# Speech synthesis requests served at once; more are refused with RESOURCE_EXHAUSTED; 0 for no
+# limit.
+# Accepts an integer of at least 0.
+tts_max_streams=8
+
+# Most concurrent ASR streams (StreamingRecognize); one more is refused with RESOURCE_EXHAUSTED.
+# Accepts an integer from 1 to 1024.
+asr_max_streams=16
+
+# Most seconds of audio one recognition request (offline or streaming) may send.
+# Accepts an integer of at least 1.
+asr_max_audio_seconds=3600
+
+# Seconds a recognition stream may go without sending audio before it is ended with
+# DEADLINE_EXCEEDED.
+# Accepts an integer from 1 to 3600.
+asr_stream_idle_timeout_s=30
+
+# How often an interim result is made while someone speaks (streams asking for interim results).
+# Accepts an integer from 100 to 5000.
+asr_interim_interval_ms=480
+
 # Least severe log level shown.
 # Accepts one of: DEBUG, INFO, WARNING, ERROR.
 log_level=INFO

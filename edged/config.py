@@ -25,7 +25,7 @@ from typing import Any, Union
 from edged.errors import ConfigError
 
 __all__ = [
-    "Bool", "Choice", "FsPath", "Int", "Kind", "RmirSources", "Settings", "Text", "TextList",
+    "Bool", "Choice", "FsPath", "Int", "Kind", "OptionalPath", "RmirSources", "Settings", "Text", "TextList",
     "example_config_sh", "load_settings", "setting", "settings_reference_markdown",
 ]
 
@@ -178,6 +178,24 @@ class FsPath(Kind):
         return Path(os.path.abspath(base_dir / Path(value).expanduser()))
 
 
+class OptionalPath(Kind):
+    """A file system path (relative to config.sh's directory), or empty for none."""
+
+    accepts = "a path (relative to the directory of config.sh), or empty for none"
+
+    def parse_scalar(self, text: str, base_dir: Path) -> Path | None:
+        return self.resolve(text, base_dir) if text.strip() else None
+
+    def resolve(self, value: Any, base_dir: Path) -> Path | None:
+        return None if value in (None, "") else FsPath().resolve(value, base_dir)
+
+    def shell(self, value: Any) -> str:
+        return _shell_quote("" if value is None else str(value))
+
+    def markdown(self, value: Any) -> str:
+        return '`""`' if value is None else f"`{value}`"
+
+
 class TextList(Kind):
     """A bash array of text; a scalar is a one-element list and an empty string no list."""
 
@@ -299,6 +317,71 @@ class Settings:
         "0.0.0.0", kind=Text(),
         doc="Address the gRPC API listens on; `0.0.0.0` for the whole LAN, `127.0.0.1` for this "
             "machine only.")
+    metrics_port: int = setting(
+        8002, kind=Int(min=0, max=65535),
+        doc="HTTP port for `/metrics` (Prometheus), `/v2/health/live` and `/v2/health/ready`, on "
+            "`listen_address`; 0 turns it off.")
+    ssl_server_cert: Path | None = setting(
+        None, kind=OptionalPath(),
+        doc="PEM certificate (chain) of the gRPC server; with `ssl_server_key` it turns on TLS.")
+    ssl_server_key: Path | None = setting(
+        None, kind=OptionalPath(), doc="PEM private key of `ssl_server_cert`.")
+    ssl_root_cert: Path | None = setting(
+        None, kind=OptionalPath(),
+        doc="PEM CA certificate(s) that sign client certificates (mutual TLS); edged's own "
+            "clients (`edged health`, `edged status`) also trust the server through it.")
+    ssl_use_mutual_auth: bool = setting(
+        False, kind=Bool(),
+        doc="Require a client certificate signed by `ssl_root_cert` (mutual TLS).")
+    api_key: str = setting(
+        "", kind=Text(), secret=True,
+        doc="If set, every gRPC call except health checks must carry `authorization: Bearer KEY` "
+            "(or `x-api-key: KEY`) metadata; others get UNAUTHENTICATED.")
+    max_message_mb: int = setting(
+        64, kind=Int(min=1, max=2047), doc="Largest gRPC message received or sent, in MiB.")
+    shutdown_grace_s: int = setting(
+        15, kind=Int(min=0, max=3600),
+        doc="Seconds a stopping server lets open requests and streams finish before ending them.")
+    memory_budget_mb: int = setting(
+        0, kind=Int(min=0),
+        doc="Most memory (MiB) the models may take, as measured at deploy; 0: whatever is free at "
+            "start (less `memory_reserve_mb`). Models that do not fit are left out, in priority "
+            "order: VAD, ASR, TTS.")
+    memory_reserve_mb: int = setting(
+        256, kind=Int(min=0),
+        doc="Memory (MiB) kept free: models are not loaded into it, and new streams are refused "
+            "(RESOURCE_EXHAUSTED) while less than this is available.")
+    model_idle_unload_s: int = setting(
+        0, kind=Int(min=0),
+        doc="Unload a model after this many seconds without use (it loads again on its next "
+            "request); 0 keeps models loaded.")
+    lazy_loading: bool = setting(
+        False, kind=Bool(),
+        doc="Load each model on its first request instead of at start (faster start, slower first "
+            "request).")
+    tts_max_text_chars: int = setting(
+        10000, kind=Int(min=1, max=1000000),
+        doc="Longest text (characters, SSML markup included) one speech synthesis request may "
+            "carry; longer requests are refused with INVALID_ARGUMENT.")
+    tts_max_streams: int = setting(
+        8, kind=Int(min=0),
+        doc="Speech synthesis requests served at once; more are refused with RESOURCE_EXHAUSTED; "
+            "0 for no limit.")
+    asr_max_streams: int = setting(
+        16, kind=Int(min=1, max=1024),
+        doc="Most concurrent ASR streams (StreamingRecognize); one more is refused with "
+            "RESOURCE_EXHAUSTED.")
+    asr_max_audio_seconds: int = setting(
+        3600, kind=Int(min=1),
+        doc="Most seconds of audio one recognition request (offline or streaming) may send.")
+    asr_stream_idle_timeout_s: int = setting(
+        30, kind=Int(min=1, max=3600),
+        doc="Seconds a recognition stream may go without sending audio before it is ended with "
+            "DEADLINE_EXCEEDED.")
+    asr_interim_interval_ms: int = setting(
+        480, kind=Int(min=100, max=5000),
+        doc="How often an interim result is made while someone speaks (streams asking for "
+            "interim results).")
     log_level: str = setting(
         "INFO", kind=Choice("DEBUG", "INFO", "WARNING", "ERROR"),
         doc="Least severe log level shown.")

@@ -35,3 +35,39 @@ class DeployError(EdgedError):
 
 class BackendError(EdgedError):
     """An inference backend could not load or run a network."""
+
+
+class ModelLoadError(EdgedError):
+    """A loaded model lacks a network, artifact or parameter its pipeline needs."""
+
+
+class AudioFormatError(EdgedError):
+    """Client audio cannot be decoded: unknown encoding, bad header, wrong rate or channels."""
+
+
+class RequestError(EdgedError):
+    """A recognition or synthesis request asks for something edged cannot do (bad model, limit)."""
+
+
+class TtsError(EdgedError):
+    """Speech synthesis could not run (voice files, espeak-ng)."""
+
+
+class TtsRequestError(TtsError):
+    """A synthesis request cannot be served as asked (empty or too long text, bad SSML, rate)."""
+
+
+class UnknownVoiceError(TtsRequestError):
+    """A synthesis request names a voice no loaded model provides."""
+
+
+class ResourceExhaustedError(EdgedError):
+    """The server is full (streams, memory): a servicer answers RESOURCE_EXHAUSTED with this text."""
+
+
+class ModelStateError(EdgedError):
+    """A model cannot be loaded or unloaded now (unknown name, does not fit, failed)."""
+
+
+class DaemonError(EdgedError):
+    """The daemon cannot be started, stopped or reached as asked."""

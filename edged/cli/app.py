@@ -17,6 +17,9 @@ app = typer.Typer(
     help="edged: a local speech server (Riva API) for Jetson and workstations.",
 )
 
+bench_app = typer.Typer(no_args_is_help=True, help="Measure a running server (or a private one).")
+app.add_typer(bench_app, name="bench")
+
 ConfigOpt = Annotated[
     Optional[Path],
     typer.Option(
