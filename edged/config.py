@@ -391,6 +391,10 @@ class Settings:
     download_retries: int = setting(
         4, kind=Int(min=0, max=20), doc="How many times a failed download is retried (resuming).")
 
+    def enabled_services(self) -> tuple[str, ...]:
+        """The edged services (asr, tts) that config.sh turns on."""
+        return tuple(s for s in ("asr", "tts") if getattr(self, f"service_enabled_{s}"))
+
     def __repr__(self) -> str:
         # Hand-written so no key (MODEL_DEPLOY_KEY, `PATH.rmir:KEY`) reaches a log line.
         parts = [

@@ -30,11 +30,11 @@ from edged.repository.records import current_target
 from edged.rmir import RmirRef, file_sha256, parse_rmir_ref, read_manifest
 from edged.rmir.archive import Progress
 from edged.rmir.build import build_rmir
+from edged.rmir.manifest import PIPELINE_SERVICE
 
 _LOGGER = logging.getLogger(__name__)
 
 ProgressFactory = Callable[[str], Progress | None]
-_SERVICE_OF = {"speech_recognition": "asr", "vad": "asr", "speech_synthesis": "tts"}
 
 
 @dataclass
@@ -154,15 +154,16 @@ def run_init(settings: Settings, progress: ProgressFactory = lambda label: None)
                 report.rows.append(row)
     target = current_target(probe(), settings.backend)
     options = BackendOptions(settings.ort_intra_op_threads, settings.ort_inter_op_threads)
-    enabled = {"asr": settings.service_enabled_asr, "tts": settings.service_enabled_tts}
+    enabled = settings.enabled_services()
     for path in sorted(rmir_dir.glob("*.rmir")):
         row = refs.get(path) or ModelRow(rmir=path.name, gathered="present")
         report.rows.append(row)
         ref = RmirRef(path, keys.get(path, settings.MODEL_DEPLOY_KEY or None))
         try:
             manifest = read_manifest(ref)
-            if not enabled[_SERVICE_OF[manifest.pipeline]]:
-                row.deployed, row.detail = "skipped", f"service_enabled_{_SERVICE_OF[manifest.pipeline]}=false"
+            service = PIPELINE_SERVICE[manifest.pipeline]
+            if service not in enabled:
+                row.deployed, row.detail = "skipped", f"service_enabled_{service}=false"
                 continue
             outcome = deploy(ref, models_dir, target, options, progress=progress(f"deploy {path.name}"))
             row.deployed, row.detail = outcome.status, f"{outcome.name}: {outcome.detail}"

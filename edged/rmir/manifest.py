@@ -20,6 +20,9 @@ FORMAT_VERSION = 1
 
 PIPELINES = ("speech_recognition", "speech_synthesis", "vad")
 
+PIPELINE_SERVICE = {"vad": "asr", "speech_recognition": "asr", "speech_synthesis": "tts"}
+"""Which edged service (config.sh's service_enabled_*) each pipeline belongs to."""
+
 MANIFEST_NAME = "manifest.yaml"
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")

@@ -66,9 +66,7 @@ class ServerContext:
 
     def health_names(self) -> list[str]:
         """Every name health answers for: "" (the server), edged's services, the gRPC services."""
-        enabled = [s for s, on in (("asr", self.settings.service_enabled_asr),
-                                   ("tts", self.settings.service_enabled_tts)) if on]
-        return ["", *enabled, *self.service_names]
+        return ["", *self.settings.enabled_services(), *self.service_names]
 
     def is_serving(self, name: str = "") -> bool:
         """Whether health should say SERVING for `name`."""

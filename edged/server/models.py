@@ -24,13 +24,12 @@ from edged.config import Settings
 from edged.errors import EdgedError, ModelStateError
 from edged.loader import LoadedModel, load_model, unloadable_reason
 from edged.repository.records import DeployedModel, current_target, list_models
+from edged.rmir.manifest import PIPELINE_SERVICE
 from edged.server import metrics
 
 _LOGGER = logging.getLogger(__name__)
 
 MIB = 2**20
-PIPELINE_SERVICE = {"vad": "asr", "speech_recognition": "asr", "speech_synthesis": "tts"}
-"""Which edged service (config.sh's service_enabled_*) each pipeline belongs to."""
 _PRIORITY = {"vad": 0, "speech_recognition": 1, "speech_synthesis": 2}
 
 
@@ -95,10 +94,10 @@ class ModelRegistry:
 
     def scan(self) -> None:
         """Find the deployed models of the enabled services, in loading priority order."""
-        enabled = {"asr": self._settings.service_enabled_asr, "tts": self._settings.service_enabled_tts}
+        enabled = self._settings.enabled_services()
         target = current_target(probe(), self._settings.backend)
         found = [ModelEntry(m) for m in list_models(self._settings.model_loc / "models", target)]
-        found = [e for e in found if not e.pipeline or enabled.get(e.service, False)]
+        found = [e for e in found if not e.pipeline or e.service in enabled]
         found.sort(key=lambda e: (_PRIORITY.get(e.pipeline, 9), e.name))
         self.entries = {e.name: e for e in found}
         self._locks = {name: asyncio.Lock() for name in self.entries}
