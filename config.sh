@@ -140,6 +140,40 @@ asr_stream_idle_timeout_s=30
 # Accepts an integer from 100 to 5000.
 asr_interim_interval_ms=480
 
+# Transcribe this machine's microphone continuously (needs `pip install 'edged[audio]'`);
+# transcripts go to the log, to `edged.v1` Transcripts subscribers and to
+# `local_transcripts_file`.
+# Accepts true or false (also yes/no, on/off, 1/0).
+local_mic_enabled=false
+
+# Microphone: part of its name or its PortAudio index (`edged dictate --list-devices` lists them);
+# empty for the default input.
+# Accepts any text.
+local_mic_device=""
+
+# Start with the microphone muted (unmute with `edged mic on`).
+# Accepts true or false (also yes/no, on/off, 1/0).
+local_mic_muted=false
+
+# Append each final transcript of the microphone to this file as a JSON line (times, text, words);
+# empty for none.
+# Accepts a path (relative to the directory of config.sh), or empty for none.
+local_transcripts_file=""
+
+# Play `edged say` and `edged.v1` Speak requests on this machine's speaker (needs `pip install
+# 'edged[audio]'`).
+# Accepts true or false (also yes/no, on/off, 1/0).
+local_speaker_enabled=false
+
+# Speaker: part of its name or its PortAudio index; empty for the default output.
+# Accepts any text.
+local_speaker_device=""
+
+# Stop speaking as soon as the microphone hears speech. Use with a headset or a microphone with
+# echo cancellation, or the speaker's own voice stops it.
+# Accepts true or false (also yes/no, on/off, 1/0).
+local_barge_in=false
+
 # Least severe log level shown.
 # Accepts one of: DEBUG, INFO, WARNING, ERROR.
 log_level=INFO

@@ -382,6 +382,33 @@ class Settings:
         480, kind=Int(min=100, max=5000),
         doc="How often an interim result is made while someone speaks (streams asking for "
             "interim results).")
+    local_mic_enabled: bool = setting(
+        False, kind=Bool(),
+        doc="Transcribe this machine's microphone continuously (needs `pip install 'edged[audio]'`); "
+            "transcripts go to the log, to `edged.v1` Transcripts subscribers and to "
+            "`local_transcripts_file`.")
+    local_mic_device: str = setting(
+        "", kind=Text(),
+        doc="Microphone: part of its name or its PortAudio index (`edged dictate --list-devices` "
+            "lists them); empty for the default input.")
+    local_mic_muted: bool = setting(
+        False, kind=Bool(),
+        doc="Start with the microphone muted (unmute with `edged mic on`).")
+    local_transcripts_file: Path | None = setting(
+        None, kind=OptionalPath(),
+        doc="Append each final transcript of the microphone to this file as a JSON line (times, "
+            "text, words); empty for none.")
+    local_speaker_enabled: bool = setting(
+        False, kind=Bool(),
+        doc="Play `edged say` and `edged.v1` Speak requests on this machine's speaker (needs "
+            "`pip install 'edged[audio]'`).")
+    local_speaker_device: str = setting(
+        "", kind=Text(),
+        doc="Speaker: part of its name or its PortAudio index; empty for the default output.")
+    local_barge_in: bool = setting(
+        False, kind=Bool(),
+        doc="Stop speaking as soon as the microphone hears speech. Use with a headset or a "
+            "microphone with echo cancellation, or the speaker's own voice stops it.")
     log_level: str = setting(
         "INFO", kind=Choice("DEBUG", "INFO", "WARNING", "ERROR"),
         doc="Least severe log level shown.")

@@ -71,3 +71,11 @@ class ModelStateError(EdgedError):
 
 class DaemonError(EdgedError):
     """The daemon cannot be started, stopped or reached as asked."""
+
+
+class FeatureOffError(EdgedError):
+    """A request needs a part of the daemon that config.sh turns off (the microphone, the speaker)."""
+
+
+class AudioDeviceError(EdgedError):
+    """A microphone or speaker cannot be found, opened or used (PortAudio's reason in one sentence)."""

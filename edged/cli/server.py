@@ -102,7 +102,7 @@ def status(
         typer.echo(json.dumps(info, indent=2))
         return
     supervisor = f", supervisor {info['supervisor_pid']}" if info["supervisor_pid"] else ""
-    mem = info["memory"]
+    mem, mic, spk = info["memory"], info["microphone"], info["speaker"]
     lines = [
         f"edged {info['version']} at {address}: {info['health']}, up {info['uptime_s']:.0f} s, "
         f"pid {info['pid']}{supervisor}",
@@ -111,6 +111,8 @@ def status(
         "health: " + ", ".join(f"{name} {state}" for name, state in info["services"].items()),
         "streams: " + (", ".join(f"{s} {c['active']}" + (f"/{c['limit']}" if c["limit"] else "")
                                  for s, c in info["streams"].items()) or "none"),
+        f"microphone: {mic['state']}" + (f" ({mic['device']}, {mic['overflows']} overflows)" if mic["device"] else "")
+        + f"; speaker: {spk['state']}" + (f" ({spk['device']}, {spk['queued']} queued)" if spk["device"] else ""),
         "",
         table(["model", "pipeline", "state", "memory", "note"],
               [[m["name"], m["pipeline"], m["state"], f"{m['memory_mb']:.0f} MB", m["reason"]]

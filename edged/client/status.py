@@ -36,4 +36,10 @@ def fetch_status(address: str, credentials: grpc.ChannelCredentials | None = Non
         "streams": {s.service: {"active": s.active, "limit": s.limit} for s in resp.streams},
         "memory": {"budget_mb": round(resp.memory_budget_mb), "available_mb": round(resp.memory_available_mb),
                    "rss_mb": round(resp.rss_mb)},
+        "microphone": {"state": resp.microphone.state or "off", "device": resp.microphone.device,
+                       "device_rate": resp.microphone.device_rate, "muted": resp.microphone.muted,
+                       "overflows": resp.microphone.overflows, "audio_s": round(resp.microphone.audio_s, 1),
+                       "finals": resp.microphone.finals},
+        "speaker": {"state": resp.speaker.state or "off", "device": resp.speaker.device,
+                    "queued": resp.speaker.queued, "played": resp.speaker.played},
     }

@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -30,6 +31,7 @@ from edged.server.admission import Admission
 from edged.server.control import install as install_control
 from edged.server.exits import EXIT_BOOT_FAILURE, EXIT_OK
 from edged.server.http import HttpEndpoint
+from edged.server.localaudio import LocalAudio
 from edged.server.models import ModelRegistry, ModelState, available_mb
 from edged.server.security import ApiKeyInterceptor, server_credentials, warn_if_exposed
 
@@ -59,6 +61,10 @@ class ServerContext:
     """Stream slots and memory pressure: `async with ctx.admission.stream("asr", limit):`."""
     registry: ModelRegistry | None = None
     """Model states and memory; `await ctx.registry.use(name)` loads lazily and marks use."""
+    servicers: dict[str, Any] = field(default_factory=dict)
+    """Servicers by edged service name ("asr", "tts"), for in-process users such as the microphone."""
+    local_audio: LocalAudio | None = None
+    """The machine's microphone and speaker (None when config.sh turns both off)."""
     started: float = field(default_factory=time.monotonic)
     serving: bool = False
     """True from the end of start-up until shutdown begins."""
@@ -194,6 +200,9 @@ class Server:
                 + (f" ({reasons})" if reasons else "") + "; run `edged init` first.")
         ctx.serving = True
         await ctx.publish_health()
+        if settings.local_mic_enabled or settings.local_speaker_enabled:
+            ctx.local_audio = LocalAudio(ctx)
+            await ctx.local_audio.start()
         self._last_status = status_line(ctx)
         _LOGGER.info("Ready: %s", self._last_status)
         systemd.ready(self._last_status)
@@ -255,6 +264,8 @@ class Server:
         systemd.stopping(f"Stopping: draining {streams} stream(s)")
         _LOGGER.info("Stopping: draining %d stream(s), at most %d s", streams, self.settings.shutdown_grace_s)
         await ctx.publish_health()
+        if ctx.local_audio is not None:
+            await ctx.local_audio.stop()  # also ends Transcripts subscriptions, which never end alone
         await ctx.server.stop(grace=self.settings.shutdown_grace_s)
         if self._http is not None:
             await self._http.stop()

@@ -28,7 +28,7 @@ from edged.loader import LoadedModel
 from edged.pipelines.asr.batcher import AsrBatcher
 from edged.pipelines.asr.model import AsrModel
 from edged.pipelines.asr.results import Result
-from edged.pipelines.asr.stream import StreamConfig
+from edged.pipelines.asr.stream import AsrStream, StreamConfig
 from edged.rmir.manifest import Manifest
 from edged.server import metrics
 from edged.server.app import ServerContext
@@ -64,6 +64,22 @@ class AsrServicer(rasr_grpc.RivaSpeechRecognitionServicer):
         self._settings = ctx.settings
         self._batcher = AsrBatcher(self._run_inference)
         self._pipelines: dict[str, tuple[LoadedModel, LoadedModel, AsrModel]] = {}
+
+    @property
+    def batcher(self) -> AsrBatcher:
+        """The batcher every stream of this server goes through (the local microphone's too)."""
+        return self._batcher
+
+    async def local_stream(self) -> tuple[str, AsrStream]:
+        """A stream for the daemon's own microphone: 16 kHz 16-bit PCM, punctuation, word times.
+
+        It uses the first deployed ASR model; ModelStateError if it cannot be loaded now.
+        """
+        name = self._select(rasr.RecognitionConfig())
+        model = await self._model(name)
+        config = StreamConfig(encoding="LINEAR_PCM", sample_rate=16000, word_times=True,
+                              interim_interval_ms=self._settings.asr_interim_interval_ms)
+        return name, model.start_stream(config)
 
     async def _run_inference(self, fn: Callable[..., T], *args: object) -> T:
         return await metrics.run_inference(self._ctx.executor, "asr", fn, *args)
@@ -268,5 +284,7 @@ def install(ctx: ServerContext) -> list[str]:
     """Add the Riva ASR service when ASR is enabled."""
     if not ctx.settings.service_enabled_asr:
         return []
-    rasr_grpc.add_RivaSpeechRecognitionServicer_to_server(AsrServicer(ctx), ctx.server)
+    servicer = AsrServicer(ctx)
+    ctx.servicers["asr"] = servicer
+    rasr_grpc.add_RivaSpeechRecognitionServicer_to_server(servicer, ctx.server)
     return [SERVICE_NAME]

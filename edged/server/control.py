@@ -1,16 +1,24 @@
-"""edged's own gRPC service (edged.v1.Edged): status, and loading and unloading models."""
+"""edged's own gRPC service (edged.v1.Edged): status, loading and unloading models, and the
+machine's microphone and speaker (see `edged.server.localaudio`)."""
 
 from __future__ import annotations
 
 import os
 import time
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 import grpc
 import psutil
 
 from edged import __version__
-from edged.errors import ModelStateError
+from edged.errors import (
+    EdgedError,
+    FeatureOffError,
+    ModelStateError,
+    TtsRequestError,
+    UnknownVoiceError,
+)
 from edged.proto import edged_pb2, edged_pb2_grpc
 from edged.server.models import MIB, ModelEntry, ModelState, available_mb
 
@@ -47,6 +55,8 @@ def status(ctx: ServerContext) -> Any:
         memory_available_mb=available_mb(),
         rss_mb=psutil.Process().memory_info().rss / MIB,
         listen=f"{ctx.settings.listen_address}:{ctx.settings.riva_speech_api_port}",
+        microphone=ctx.local_audio.mic_status() if ctx.local_audio else edged_pb2.MicrophoneStatus(state="off"),
+        speaker=ctx.local_audio.speaker_status() if ctx.local_audio else edged_pb2.SpeakerStatus(state="off"),
     )
 
 
@@ -81,6 +91,59 @@ class ControlServicer(edged_pb2_grpc.EdgedServicer):  # type: ignore[misc]
             await context.abort(code, str(exc))
         await self._ctx.publish_health()
         return model_status(entry, time.monotonic())
+
+
+    def _audio(self, what: str, setting: str) -> Any:
+        """The daemon's LocalAudio; FeatureOffError naming the setting when it is off."""
+        if self._ctx.local_audio is None:
+            raise FeatureOffError(f"The {what} is off on this server; set {setting}=true in config.sh "
+                                  "and restart edged.")
+        return self._ctx.local_audio
+
+    async def Speak(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        """Say a text on the speaker."""
+        try:
+            return await self._audio("speaker", "local_speaker_enabled").speak(request)
+        except EdgedError as exc:
+            await context.abort(_code(exc), str(exc))
+
+    async def StopSpeaking(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        """Stop playback and drop the queue."""
+        try:
+            return self._audio("speaker", "local_speaker_enabled").stop_speaking()
+        except EdgedError as exc:
+            await context.abort(_code(exc), str(exc))
+
+    async def SetMicrophone(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        """Mute or unmute the microphone."""
+        try:
+            return self._audio("microphone", "local_mic_enabled").set_muted(request.muted)
+        except EdgedError as exc:
+            await context.abort(_code(exc), str(exc))
+
+    async def Transcripts(self, request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        """The microphone's transcripts until the client cancels or the daemon stops."""
+        try:
+            audio = self._audio("microphone", "local_mic_enabled")
+            subscriber = audio.subscribe(request.interim_results)
+        except EdgedError as exc:
+            await context.abort(_code(exc), str(exc))
+            return
+        try:
+            while (message := await subscriber.get()) is not None:
+                yield message
+        finally:
+            audio.unsubscribe(subscriber)
+
+
+def _code(exc: EdgedError) -> grpc.StatusCode:
+    if isinstance(exc, FeatureOffError):
+        return grpc.StatusCode.FAILED_PRECONDITION
+    if isinstance(exc, UnknownVoiceError):
+        return grpc.StatusCode.NOT_FOUND
+    if isinstance(exc, TtsRequestError):
+        return grpc.StatusCode.INVALID_ARGUMENT
+    return grpc.StatusCode.UNAVAILABLE
 
 
 def install(ctx: ServerContext) -> list[str]:

@@ -107,7 +107,7 @@ class TtsServicer:
             voices += [f"{family}.{s}" for s in subs]
         return voices
 
-    async def _resolve(self, request: riva_tts_pb2.SynthesizeSpeechRequest) -> tuple[TtsModel, SynthesisRequest]:
+    async def resolve(self, request: riva_tts_pb2.SynthesizeSpeechRequest) -> tuple[TtsModel, SynthesisRequest]:
         """The model serving the request's voice and the pipeline request; raises on any problem."""
         names = self._names()
         if not names:
@@ -147,7 +147,7 @@ class TtsServicer:
         _LOGGER.info("TTS request refused (%s): %s", code.name, exc)
         await context.abort(code, str(exc))
 
-    async def _chunks(self, model: TtsModel, request: SynthesisRequest) -> AsyncIterator[AudioChunk]:
+    async def chunks(self, model: TtsModel, request: SynthesisRequest) -> AsyncIterator[AudioChunk]:
         """The pipeline's chunks, each computed on the inference executor."""
         chunks: Iterator[AudioChunk] = model.synthesize(request)
         while True:
@@ -163,10 +163,10 @@ class TtsServicer:
         """The whole utterance in one response."""
         try:
             async with self._ctx.admission.stream("tts", self._ctx.settings.tts_max_streams):
-                model, req = await self._resolve(request)
+                model, req = await self.resolve(request)
                 encoder = _encoder(request)
                 with metrics.track_request("tts", model.name):
-                    pcm = [c.pcm async for c in self._chunks(model, req)]
+                    pcm = [c.pcm async for c in self.chunks(model, req)]
                 audio = pcm if encoder is None else [*map(encoder.encode, pcm), encoder.finish()]
         except EdgedError as exc:
             await self._abort(context, exc)  # raises grpc's abort exception
@@ -180,10 +180,10 @@ class TtsServicer:
         try:
             async with self._ctx.admission.stream("tts", self._ctx.settings.tts_max_streams):
                 async for request in requests:
-                    model, req = await self._resolve(request)
+                    model, req = await self.resolve(request)
                     encoder = _encoder(request)
                     with metrics.track_request("tts", model.name):
-                        async for chunk in self._chunks(model, req):
+                        async for chunk in self.chunks(model, req):
                             audio = chunk.pcm if encoder is None else encoder.encode(chunk.pcm)
                             if audio or chunk.text:
                                 yield _response(request, audio, chunk.text)
@@ -222,6 +222,7 @@ class TtsServicer:
 def install(ctx: ServerContext) -> list[str]:
     """Add the Riva TTS service (SynthesizeOnline as stream-to-stream) to the server."""
     servicer = TtsServicer(ctx)
+    ctx.servicers["tts"] = servicer
     req, resp = riva_tts_pb2.SynthesizeSpeechRequest, riva_tts_pb2.SynthesizeSpeechResponse
     handlers = {
         "Synthesize": grpc.unary_unary_rpc_method_handler(

@@ -107,6 +107,11 @@ class AsrStream:
         """16 kHz samples received so far."""
         return self._base + len(self._audio)
 
+    @property
+    def in_speech(self) -> bool:
+        """Whether the endpointer is inside an utterance (someone is speaking)."""
+        return self._endpointer.in_speech
+
     def accept(self, data: bytes) -> list[Result]:
         """Take the next chunk of client audio; returns the results it completes."""
         self.feed(data)

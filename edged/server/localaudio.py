@@ -1,0 +1,433 @@
+"""The machine's own microphone and speaker, inside the daemon.
+
+Microphone (`local_mic_enabled`): PyAudio captures into a bounded buffer
+(`edged.audio.devices.Microphone`); a task reads it in ~100 ms blocks and feeds one ASR stream
+through the ASR service's batcher, on the same inference executor and in the same batches as
+gRPC clients. Finals go to the log, to `edged.v1` Transcripts subscribers (each a bounded queue:
+a slow subscriber loses its oldest results and never holds up the microphone) and, as JSON
+lines, to `local_transcripts_file`. A device that fails or vanishes is reopened with backoff and
+the state shows in `edged status`. Interim results are only made while a subscriber asks for them.
+
+Speaker (`local_speaker_enabled`): Speak requests queue; one task plays them in order. Synthesis
+runs chunk by chunk on the inference executor and each chunk goes straight to the playback
+thread, so sound starts with the first clause. `interrupt`, StopSpeaking and barge-in (the
+microphone hears speech while playing, `local_barge_in`) stop what plays.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import logging
+import queue
+import time
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from riva.client.proto import riva_tts_pb2
+
+from edged.errors import (
+    AudioDeviceError,
+    EdgedError,
+    FeatureOffError,
+    ModelStateError,
+    TtsRequestError,
+)
+from edged.pipelines.asr.results import Result
+from edged.proto import edged_pb2
+
+if TYPE_CHECKING:
+    from edged.audio.devices import Microphone, PlaybackHandle, Speaker
+    from edged.server.app import ServerContext
+
+_LOGGER = logging.getLogger(__name__)
+
+RATE = 16000
+BLOCK_S = 0.1
+"""Audio handed to recognition at a time: short enough for prompt endpoints, long enough to batch."""
+BACKOFF_S = (1, 2, 4, 8, 16, 30)
+SUBSCRIBER_QUEUE = 256
+_MARKS = 64
+
+
+@dataclass
+class _Utterance:
+    """One Speak request waiting for, or in, playback."""
+
+    id: int
+    model: Any
+    request: Any
+    received: float
+    done: asyncio.Future[edged_pb2.SpeakResponse]
+    queued: int = 0
+    interrupted: bool = False
+
+
+@dataclass
+class _Clock:
+    """Maps stream samples to Unix time from the read times of recent blocks.
+
+    A block is read no earlier than its last sample was captured, so the earliest anchor over
+    recent blocks is the best estimate (and follows the device's clock drift).
+    """
+
+    marks: deque[float] = field(default_factory=lambda: deque(maxlen=_MARKS))
+
+    def mark(self, samples: int, wall: float) -> None:
+        self.marks.append(wall - samples / RATE)
+
+    def wall(self, seconds: float) -> float:
+        return (min(self.marks) if self.marks else time.time()) + seconds
+
+
+class LocalAudio:
+    """The daemon's microphone loop, transcript fan-out and speaker queue."""
+
+    def __init__(self, ctx: ServerContext) -> None:
+        settings = ctx.settings
+        self._ctx = ctx
+        self.mic_enabled = settings.local_mic_enabled
+        self.speaker_enabled = settings.local_speaker_enabled
+        self._muted = settings.local_mic_muted
+        self._mic_changed = asyncio.Event()
+        self._mic_state = "starting" if self.mic_enabled else "off"
+        self._mic_device = ""
+        self._mic_rate = 0
+        self._mic: Microphone | None = None
+        self._overflows_before = 0
+        self._audio_s = 0.0
+        self._finals = 0
+        self._subscribers: dict[asyncio.Queue[edged_pb2.Transcript | None], bool] = {}
+        self._speaker: Speaker | None = None
+        self._speaker_state = "idle" if self.speaker_enabled else "off"
+        self._queue: deque[_Utterance] = deque()
+        self._queue_changed = asyncio.Event()
+        self._current: _Utterance | None = None
+        self._handle: PlaybackHandle | None = None
+        self._played = 0
+        self._ids = itertools.count(1)
+        self._tasks: list[asyncio.Task[None]] = []
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start the microphone loop and the speaker queue (each only when enabled)."""
+        loop = asyncio.get_running_loop()
+        if self.mic_enabled:
+            if "asr" not in self._ctx.servicers:
+                self._mic_state = "off: speech recognition is turned off (service_enabled_asr)"
+                _LOGGER.error("local_mic_enabled=true needs service_enabled_asr=true; the microphone stays off")
+            else:
+                self._tasks.append(loop.create_task(self._mic_loop(), name="edged-mic"))
+        if self.speaker_enabled:
+            if "tts" not in self._ctx.servicers:
+                self._speaker_state = "off: speech synthesis is turned off (service_enabled_tts)"
+                _LOGGER.error("local_speaker_enabled=true needs service_enabled_tts=true; the speaker stays off")
+            else:
+                self._tasks.append(loop.create_task(self._player(), name="edged-speaker"))
+
+    async def stop(self) -> None:
+        """Stop playing and listening, end every Transcripts subscription, close the devices."""
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+        for subscriber in self._subscribers:
+            _offer(subscriber, None)
+        for utt in [*self._queue, *([self._current] if self._current else [])]:
+            if not utt.done.done():
+                utt.done.set_result(edged_pb2.SpeakResponse(id=utt.id, interrupted=True))
+        self._queue.clear()
+        if self._speaker is not None:
+            await asyncio.to_thread(self._speaker.close)
+            self._speaker = None
+
+    # -- microphone --------------------------------------------------------------------------
+
+    def subscribe(self, interim: bool) -> asyncio.Queue[edged_pb2.Transcript | None]:
+        """A queue receiving the microphone's transcripts (None when the daemon stops)."""
+        if not self.mic_enabled:
+            raise FeatureOffError("The microphone is off on this server; set local_mic_enabled=true "
+                                     "in config.sh and restart edged.")
+        subscriber: asyncio.Queue[edged_pb2.Transcript | None] = asyncio.Queue(SUBSCRIBER_QUEUE)
+        self._subscribers[subscriber] = interim
+        return subscriber
+
+    def unsubscribe(self, subscriber: asyncio.Queue[edged_pb2.Transcript | None]) -> None:
+        self._subscribers.pop(subscriber, None)
+
+    def set_muted(self, muted: bool) -> edged_pb2.MicrophoneStatus:
+        """Mute (close the device) or unmute (open it again)."""
+        if not self.mic_enabled:
+            raise FeatureOffError("The microphone is off on this server; set local_mic_enabled=true "
+                                     "in config.sh and restart edged.")
+        if muted != self._muted:
+            self._muted = muted
+            _LOGGER.info("Microphone %s", "muted" if muted else "unmuted")
+            self._mic_changed.set()
+        return self.mic_status()
+
+    def mic_status(self) -> edged_pb2.MicrophoneStatus:
+        mic = self._mic
+        return edged_pb2.MicrophoneStatus(
+            enabled=self.mic_enabled, state=self._mic_state, device=self._mic_device,
+            device_rate=self._mic_rate, muted=self._muted,
+            overflows=self._overflows_before + (mic.overflows if mic is not None else 0),
+            audio_s=self._audio_s, finals=self._finals)
+
+    async def _mic_loop(self) -> None:
+        """Open the microphone, listen until muted or the device fails; reopen with backoff."""
+        from edged.audio.devices import Microphone
+
+        settings = self._ctx.settings
+        failures = 0
+        while True:
+            if self._muted:
+                self._mic_state = "muted"
+                await self._wait_mic_change()
+                continue
+            mic = Microphone(settings.local_mic_device or None, rate=RATE)
+            try:
+                await asyncio.to_thread(mic.open)
+            except AudioDeviceError as exc:
+                delay = BACKOFF_S[min(failures, len(BACKOFF_S) - 1)]
+                failures += 1
+                self._mic_state = f"retrying in {delay} s: {exc}"
+                _LOGGER.warning("Microphone: %s; trying again in %d s", exc, delay)
+                await self._wait_mic_change(delay)
+                continue
+            except EdgedError as exc:  # PyAudio missing: no point retrying
+                self._mic_state = f"unavailable: {exc}"
+                _LOGGER.error("Microphone: %s", exc)
+                return
+            failures = 0
+            self._mic, self._mic_device, self._mic_rate = mic, mic.device_name, mic.open_rate
+            _LOGGER.info("Microphone %r open at %d Hz%s", mic.device_name, mic.open_rate,
+                         "" if mic.open_rate == RATE else f", resampled to {RATE} Hz")
+            try:
+                await self._listen(mic)
+            except AudioDeviceError as exc:
+                self._mic_state = f"lost: {exc}"
+                _LOGGER.warning("Microphone lost: %s; reopening", exc)
+                await self._wait_mic_change(BACKOFF_S[0])
+            except ModelStateError as exc:
+                self._mic_state = f"waiting for the ASR model: {exc}"
+                _LOGGER.warning("Microphone: %s; trying again in %d s", exc, BACKOFF_S[-1])
+                await self._wait_mic_change(BACKOFF_S[-1])
+            finally:
+                self._mic = None
+                self._overflows_before += mic.overflows
+                await asyncio.to_thread(mic.close)
+
+    async def _wait_mic_change(self, timeout: float | None = None) -> None:
+        """Sleep until mute/unmute or `timeout` seconds."""
+        self._mic_changed.clear()
+        try:
+            await asyncio.wait_for(self._mic_changed.wait(), timeout)
+        except asyncio.TimeoutError:
+            pass
+
+    async def _listen(self, mic: Microphone) -> None:
+        """Feed the microphone to one ASR stream until muted; raises AudioDeviceError on failure."""
+        asr = self._ctx.servicers["asr"]
+        name, stream = await asr.local_stream()
+        batcher = asr.batcher
+        clock = _Clock()
+        was_speaking = False
+        self._mic_state = "listening"
+        try:
+            while not self._muted:
+                block = await asyncio.to_thread(_read_block, mic, int(BLOCK_S * RATE), 1.0)
+                if block is None:
+                    continue
+                clock.mark(stream.samples + len(block), time.time())
+                wants_interims = any(self._subscribers.values())
+                if stream.config.interim_results != wants_interims:
+                    stream.config = replace(stream.config, interim_results=wants_interims)
+                pcm = (np.clip(block, -1.0, 1.0) * 32767.0).astype("<i2").tobytes()
+                results = await batcher.feed(stream, pcm)
+                self._audio_s += len(block) / RATE
+                speaking = stream.in_speech
+                if speaking and not was_speaking:
+                    self._barge_in()
+                was_speaking = speaking
+                for result in results:
+                    self._publish(result, clock)
+        finally:
+            for result in await batcher.finish(stream):
+                self._publish(result, clock)
+        _LOGGER.debug("Microphone stream on %s ended (muted)", name)
+
+    def _publish(self, result: Result, clock: _Clock) -> None:
+        """Hand a result to the log, the subscribers and the transcripts file."""
+        now = time.time()
+        message = edged_pb2.Transcript(
+            text=result.transcript, is_final=result.is_final, confidence=result.confidence,
+            stability=result.stability, start_s=clock.wall(result.start_s), end_s=clock.wall(result.end_s),
+            latency_ms=max(0.0, 1000.0 * (now - clock.wall(result.audio_processed))),
+            words=[edged_pb2.Word(word=w.word, start_s=clock.wall(w.start_ms / 1000),
+                                  end_s=clock.wall(w.end_ms / 1000), confidence=w.confidence)
+                   for w in result.words])
+        if result.is_final:
+            self._finals += 1
+            _LOGGER.info("Heard: %s", result.transcript)
+            self._write_transcript(message)
+        for subscriber, interim in self._subscribers.items():
+            if result.is_final or interim:
+                _offer(subscriber, message)
+
+    def _write_transcript(self, message: Any) -> None:
+        path = self._ctx.settings.local_transcripts_file
+        if path is None:
+            return
+        record = {
+            "time": _iso(message.end_s), "start": _iso(message.start_s), "end": _iso(message.end_s),
+            "text": message.text, "confidence": round(message.confidence, 3),
+            "words": [{"word": w.word, "start": round(w.start_s, 3), "end": round(w.end_s, 3),
+                       "confidence": round(w.confidence, 3)} for w in message.words],
+        }
+        try:
+            with open(path, "a", encoding="utf-8") as f:
+                f.write(json.dumps(record, ensure_ascii=False) + "\n")
+        except OSError as exc:
+            _LOGGER.error("Cannot append to local_transcripts_file %s: %s", path, exc.strerror)
+
+    def _barge_in(self) -> None:
+        if self._ctx.settings.local_barge_in and self._handle is not None and not self._handle.done.is_set():
+            _LOGGER.info("Barge-in: the microphone hears speech; stopping playback")
+            self.stop_speaking()
+
+    # -- speaker -----------------------------------------------------------------------------
+
+    async def speak(self, request: Any) -> edged_pb2.SpeakResponse:
+        """Queue a Speak request (checked now); with `wait`, answer when it has been played."""
+        if not self.speaker_enabled or "tts" not in self._ctx.servicers:
+            raise FeatureOffError("The speaker is off on this server; set local_speaker_enabled=true "
+                                     "(and service_enabled_tts=true) in config.sh and restart edged.")
+        if not request.text.strip():
+            raise TtsRequestError("The text is empty; give something to say.")
+        tts = self._ctx.servicers["tts"]
+        model, req = await tts.resolve(riva_tts_pb2.SynthesizeSpeechRequest(
+            text=request.text, voice_name=request.voice))
+        model.check(req)
+        if request.interrupt:
+            self.stop_speaking()
+        utt = _Utterance(next(self._ids), model, req, time.monotonic(),
+                         asyncio.get_running_loop().create_future(),
+                         queued=len(self._queue) + (self._current is not None))
+        self._queue.append(utt)
+        self._queue_changed.set()
+        if not request.wait:
+            return edged_pb2.SpeakResponse(id=utt.id, queued=utt.queued)
+        return await asyncio.shield(utt.done)
+
+    def stop_speaking(self) -> edged_pb2.SpeakerStatus:
+        """Stop what plays now and drop the queue."""
+        if not self.speaker_enabled:
+            raise FeatureOffError("The speaker is off on this server; set local_speaker_enabled=true "
+                                     "in config.sh and restart edged.")
+        while self._queue:
+            utt = self._queue.popleft()
+            utt.done.set_result(edged_pb2.SpeakResponse(id=utt.id, interrupted=True, queued=utt.queued))
+        if self._current is not None:
+            self._current.interrupted = True
+            if self._speaker is not None:
+                self._speaker.stop()
+        return self.speaker_status()
+
+    def speaker_status(self) -> edged_pb2.SpeakerStatus:
+        return edged_pb2.SpeakerStatus(
+            enabled=self.speaker_enabled, state=self._speaker_state,
+            device=self._speaker.device_name if self._speaker is not None else "",
+            queued=len(self._queue), played=self._played)
+
+    async def _player(self) -> None:
+        """Play queued utterances one after the other."""
+        while True:
+            while not self._queue:
+                self._queue_changed.clear()
+                await self._queue_changed.wait()
+            utt = self._queue.popleft()
+            self._current = utt
+            try:
+                response = await self._play(utt)
+            except EdgedError as exc:
+                self._speaker_state = f"failed: {exc}"
+                _LOGGER.error("Speaker: %s", exc)
+                response = edged_pb2.SpeakResponse(id=utt.id, interrupted=True, queued=utt.queued)
+            finally:
+                self._current = None
+                self._handle = None
+            if not utt.done.done():
+                utt.done.set_result(response)
+
+    async def _play(self, utt: _Utterance) -> edged_pb2.SpeakResponse:
+        """Synthesise chunk by chunk on the executor, each chunk straight to the device."""
+        from edged.audio.devices import Speaker
+
+        if self._speaker is None:
+            self._speaker = Speaker(self._ctx.settings.local_speaker_device or None)
+        chunks: queue.Queue[np.ndarray | None] = queue.Queue()
+        handle = self._speaker.play(_drain(chunks), utt.model.sample_rate)
+        self._handle = handle
+        self._speaker_state = "playing"
+        seconds = 0.0
+        try:
+            async for chunk in self._ctx.servicers["tts"].chunks(utt.model, utt.request):
+                if utt.interrupted or handle.done.is_set():
+                    break
+                pcm = np.frombuffer(chunk.pcm, dtype="<i2")
+                seconds += len(pcm) / chunk.sample_rate
+                chunks.put(pcm)
+        finally:
+            chunks.put(None)
+        await asyncio.to_thread(handle.done.wait)
+        if handle.error is not None:
+            raise AudioDeviceError(str(handle.error))
+        self._played += 1
+        self._speaker_state = "idle"
+        first_ms = 1000.0 * (handle.first_audio_at - utt.received) if handle.first_audio_at else 0.0
+        _LOGGER.debug("Spoke utterance %d: %.2f s, first audio after %.0f ms", utt.id, seconds, first_ms)
+        return edged_pb2.SpeakResponse(id=utt.id, first_audio_ms=first_ms, seconds=seconds,
+                                       interrupted=utt.interrupted, queued=utt.queued)
+
+
+def _read_block(mic: Microphone, samples: int, timeout: float) -> np.ndarray | None:
+    """At least `samples` of audio from the microphone, or what came within `timeout` (None if none)."""
+    deadline = time.monotonic() + timeout
+    parts: list[np.ndarray] = []
+    have = 0
+    while have < samples:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            break
+        part = mic.read(left)
+        if part is not None and len(part):
+            parts.append(part)
+            have += len(part)
+    return np.concatenate(parts) if parts else None
+
+
+def _drain(chunks: queue.Queue[np.ndarray | None]) -> Iterator[np.ndarray]:
+    """The chunks put on a queue, until None."""
+    while (chunk := chunks.get()) is not None:
+        yield chunk
+
+
+def _offer(subscriber: asyncio.Queue[Any], item: Any) -> None:
+    """Put without waiting; a full queue loses its oldest item."""
+    if subscriber.full():
+        subscriber.get_nowait()
+    subscriber.put_nowait(item)
+
+
+def _iso(unix: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(unix)) + f".{int(unix * 1000) % 1000:03d}" \
+        + time.strftime("%z", time.localtime(unix))
+
+
+__all__ = ["LocalAudio"]
