@@ -2,17 +2,36 @@
 
 from __future__ import annotations
 
+import json
 import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
+import numpy as np
 import pytest
+import riva.client
 
-from edged.client.local import Target, say, set_microphone
+from edged.backends import BackendOptions
+from edged.client.local import Target, say, set_microphone, stop_speaking
 from edged.client.status import fetch_status
+from edged.client.textnorm import word_errors
 from edged.errors import EdgedError
 from edged.proto import edged_pb2, edged_pb2_grpc
+from edged.repository.deploy import deploy
+from edged.repository.records import DeployTarget
+from edged.rmir import RmirRef
+from tests.conftest import SHARED, require_default_packs
+from tests.test_asr_server import BECKETT_TEXT, beckett_path
 from tests.test_server import deployed_tiny, free_port, start_server, wait_serving, write_config
+
+MIC_NAME = "edged_test_mic"
 
 __all__ = ["deployed_tiny"]  # a fixture, used by name
 
@@ -41,3 +60,215 @@ def test_microphone_and_speaker_off_by_default(tmp_path: Path, deployed_tiny: Pa
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+# -- through the real PyAudio → PortAudio → ALSA path (tests/alsa_fixture.py) -----------------
+
+SPOKEN = "The quick brown fox jumps over the lazy dog near the river bank."
+
+
+@dataclass
+class Daemon:
+    """A running `edged start` with the default models, the test microphone and speaker."""
+
+    address: str
+    devices: Any
+    transcripts_file: Path
+    proc: subprocess.Popen[bytes]
+    log: Path
+
+
+@pytest.fixture(scope="module")
+def daemon(tmp_path_factory: pytest.TempPathFactory, default_rmirs: dict[str, Path],
+           cpu_target: DeployTarget) -> Iterator[Daemon]:
+    """edged with ASR, TTS, the microphone and the speaker, on ALSA test devices."""
+    pytest.importorskip("pyaudio", reason="PyAudio is not installed (pip install 'edged[audio]')")
+    require_default_packs()
+    from tests.alsa_fixture import MIC, SPEAKER, AlsaTestDevices
+
+    tmp = tmp_path_factory.mktemp("localaudio")
+    for rmir in default_rmirs.values():
+        deploy(RmirRef(rmir), tmp / "repo" / "models", cpu_target, BackendOptions())
+    (tmp / "snd").mkdir()
+    devices = AlsaTestDevices(tmp / "snd")
+    port = free_port()
+    transcripts = tmp / "transcripts.jsonl"
+    cfg = write_config(tmp, port, f'local_mic_enabled=true\nlocal_mic_device="{MIC}"\n'
+                                  f'local_speaker_enabled=true\nlocal_speaker_device="{SPEAKER}"\n'
+                                  f'local_transcripts_file="{transcripts}"\n')
+    log = tmp / "server.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "edged", "start", "-c", str(cfg)],
+                                stdout=out, stderr=subprocess.STDOUT, env=devices.env)
+    try:
+        wait_serving(proc, port, timeout=120)
+        address = f"127.0.0.1:{port}"
+        deadline = time.monotonic() + 30
+        while fetch_status(address)["microphone"]["state"] != "listening":
+            assert time.monotonic() < deadline, fetch_status(address)["microphone"]
+            time.sleep(0.1)
+        yield Daemon(address, devices, transcripts, proc, log)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            code = proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            code = None
+        devices.close()
+    text = log.read_text()
+    assert code == 0, text[-3000:]
+    assert "Traceback" not in text, text[-3000:]
+
+
+class _Follower:
+    """Collects Transcripts from the daemon in a thread."""
+
+    def __init__(self, address: str, interim: bool = False) -> None:
+        self.messages: list[Any] = []
+        self.arrivals: dict[int, float] = {}
+        """time.monotonic() at which each message (by id) arrived."""
+        self._channel = grpc.insecure_channel(address)
+        self._call = edged_pb2_grpc.EdgedStub(self._channel).Transcripts(
+            edged_pb2.TranscriptsRequest(interim_results=interim))
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            for message in self._call:
+                self.arrivals[id(message)] = time.monotonic()
+                self.messages.append(message)
+        except grpc.RpcError:
+            pass
+
+    def finals(self) -> list[Any]:
+        return [m for m in self.messages if m.is_final]
+
+    def wait_finals(self, count: int, timeout: float) -> list[Any]:
+        deadline = time.monotonic() + timeout
+        while len(self.finals()) < count and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return self.finals()
+
+    def close(self) -> None:
+        self._call.cancel()
+        self._channel.close()
+
+
+def _quiet(devices: Any, seconds: float) -> None:
+    """Silence on the microphone for `seconds` (so an utterance ends)."""
+    assert devices.feed(np.zeros(int(seconds * devices.mic_rate), dtype=np.int16)).captured.wait(60)
+
+
+@pytest.mark.timeout(300)
+def test_microphone_transcribes_to_subscribers_log_and_file(daemon: Daemon) -> None:
+    """What the microphone hears comes out as finals (WER bound) with interims, on every channel."""
+    follower = _Follower(daemon.address, interim=True)
+    try:
+        time.sleep(0.3)
+        daemon.devices.feed(beckett_path())
+        _quiet(daemon.devices, 2.0)
+        finals = follower.wait_finals(1, timeout=30)
+        text = " ".join(m.text for m in finals)
+        errors, words = word_errors(BECKETT_TEXT, text)
+        print(f"\nmicrophone heard: {text!r}; WER {errors / words:.1%}; final latency "
+              f"{[round(m.latency_ms) for m in finals]} ms after the endpoint")
+        assert errors / words <= 0.2
+        assert any(not m.is_final for m in follower.messages), "no interim results"
+        for message in finals:
+            assert message.start_s < message.end_s <= time.time()
+            assert [w.start_s for w in message.words] == sorted(w.start_s for w in message.words)
+    finally:
+        follower.close()
+    lines = [json.loads(line) for line in daemon.transcripts_file.read_text().splitlines()]
+    assert " ".join(line["text"] for line in lines).strip() == text.strip()
+    assert all(line["words"] and line["time"] for line in lines)
+    assert "Heard: " in daemon.log.read_text()
+    status = fetch_status(daemon.address)["microphone"]
+    assert status["device"].startswith(MIC_NAME) and status["device_rate"] == 48000
+    assert status["finals"] >= len(finals) and status["overflows"] == 0
+
+
+@pytest.mark.timeout(300)
+def test_speak_plays_on_the_speaker(daemon: Daemon) -> None:
+    """Speak with wait: the speaker plays audio whose transcript is the text; first audio is prompt."""
+    target = Target(daemon.address)
+    before = len(daemon.devices.played())
+    response = say(target, SPOKEN, wait=True)
+    assert not response.interrupted and response.seconds > 2.0
+    print(f"\nSpeak: first audio after {response.first_audio_ms:.0f} ms, {response.seconds:.2f} s")
+    deadline = time.monotonic() + 10
+    while len(daemon.devices.played()) - before < response.seconds * 48000 * 0.95:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    played = daemon.devices.played()[before:]
+    service = riva.client.ASRService(riva.client.Auth(uri=daemon.address))
+    result = service.offline_recognize(played.astype("<i2").tobytes(), riva.client.RecognitionConfig(
+        encoding=riva.client.AudioEncoding.LINEAR_PCM, sample_rate_hertz=48000, language_code="en-US",
+        enable_automatic_punctuation=True))
+    heard = " ".join(r.alternatives[0].transcript for r in result.results if r.alternatives)
+    errors, words = word_errors(SPOKEN, heard)
+    assert errors / words <= 0.15, heard
+    assert fetch_status(daemon.address)["speaker"]["played"] >= 1
+
+
+@pytest.mark.timeout(120)
+def test_interrupt_and_stop_cut_playback(daemon: Daemon) -> None:
+    """A Speak with interrupt stops the one playing; StopSpeaking drops the queue."""
+    target = Target(daemon.address)
+    long_text = " ".join([SPOKEN] * 6)
+    first = say(target, long_text, wait=False)
+    second = say(target, long_text, wait=False)
+    assert second.queued == 1 and first.id < second.id
+    time.sleep(1.0)
+    status = stop_speaking(target)
+    assert status.queued == 0
+    third = say(target, "Done.", interrupt=True, wait=True)
+    assert not third.interrupted and third.seconds < 2.0
+
+
+def test_mute_and_unmute(daemon: Daemon) -> None:
+    """Muting closes the microphone; unmuting opens it again."""
+    target = Target(daemon.address)
+    status = set_microphone(target, muted=True)
+    assert status.muted
+    deadline = time.monotonic() + 10
+    while fetch_status(daemon.address)["microphone"]["state"] != "muted":
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    set_microphone(target, muted=False)
+    while fetch_status(daemon.address)["microphone"]["state"] != "listening":
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+
+
+@pytest.mark.timeout(600)
+def test_microphone_on_evalcorpus_clips(daemon: Daemon) -> None:
+    """Real read speech through the microphone: WER bound; latency from the end of each clip."""
+    manifest = SHARED / "evalcorpus" / "manifest.jsonl"
+    if not manifest.is_file():
+        pytest.skip(f"{manifest} is not there")
+    clips = [json.loads(line) for line in manifest.read_text().splitlines()][:6]
+    follower = _Follower(daemon.address)
+    errors = words = 0
+    after_clip: list[float] = []
+    after_endpoint: list[float] = []
+    try:
+        for clip in clips:
+            seen = len(follower.finals())
+            feed = daemon.devices.feed(manifest.parent / clip["audio"])
+            assert daemon.devices.feed(np.zeros(daemon.devices.mic_rate * 2, dtype=np.int16)).captured.wait(120)
+            finals = follower.finals()[seen:]
+            e, n = word_errors(clip["text"], " ".join(m.text for m in finals))
+            errors, words = errors + e, words + n
+            if finals and feed.captured_at is not None:
+                after_endpoint += [m.latency_ms for m in finals]
+                after_clip.append(1000 * (follower.arrivals[id(finals[-1])] - feed.captured_at))
+    finally:
+        follower.close()
+    print(f"\nmicrophone on {len(clips)} clips: WER {errors / words:.1%}; finals after their endpoint "
+          f"p50 {np.percentile(after_endpoint, 50):.0f} / p95 {np.percentile(after_endpoint, 95):.0f} ms; "
+          f"last final after the clip's last sample p50 {np.percentile(after_clip, 50):.0f} / "
+          f"max {max(after_clip):.0f} ms")
+    assert errors / words <= 0.15

@@ -20,10 +20,9 @@ import asyncio
 import itertools
 import json
 import logging
-import queue
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Coroutine
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
@@ -41,7 +40,8 @@ from edged.pipelines.asr.results import Result
 from edged.proto import edged_pb2
 
 if TYPE_CHECKING:
-    from edged.audio.devices import Microphone, PlaybackHandle, Speaker
+    from edged.audio.devices import Microphone, PlaybackHandle, Reconnector, Speaker
+    from edged.pipelines.asr.stream import AsrStream
     from edged.server.app import ServerContext
 
 _LOGGER = logging.getLogger(__name__)
@@ -49,7 +49,7 @@ _LOGGER = logging.getLogger(__name__)
 RATE = 16000
 BLOCK_S = 0.1
 """Audio handed to recognition at a time: short enough for prompt endpoints, long enough to batch."""
-BACKOFF_S = (1, 2, 4, 8, 16, 30)
+MODEL_RETRY_S = 30
 SUBSCRIBER_QUEUE = 256
 _MARKS = 64
 
@@ -98,6 +98,7 @@ class LocalAudio:
         self._mic_device = ""
         self._mic_rate = 0
         self._mic: Microphone | None = None
+        self._mics: Reconnector | None = None
         self._overflows_before = 0
         self._audio_s = 0.0
         self._finals = 0
@@ -122,13 +123,25 @@ class LocalAudio:
                 self._mic_state = "off: speech recognition is turned off (service_enabled_asr)"
                 _LOGGER.error("local_mic_enabled=true needs service_enabled_asr=true; the microphone stays off")
             else:
-                self._tasks.append(loop.create_task(self._mic_loop(), name="edged-mic"))
+                self._tasks.append(loop.create_task(self._guard(self._mic_loop(), "microphone"), name="edged-mic"))
         if self.speaker_enabled:
             if "tts" not in self._ctx.servicers:
                 self._speaker_state = "off: speech synthesis is turned off (service_enabled_tts)"
                 _LOGGER.error("local_speaker_enabled=true needs service_enabled_tts=true; the speaker stays off")
             else:
-                self._tasks.append(loop.create_task(self._player(), name="edged-speaker"))
+                self._tasks.append(loop.create_task(self._guard(self._player(), "speaker"), name="edged-speaker"))
+
+    async def _guard(self, work: Coroutine[Any, Any, None], what: str) -> None:
+        """Run a loop; a bug in it is logged and shown in status rather than lost in a dead task."""
+        try:
+            await work
+        except Exception as exc:
+            _LOGGER.exception("The %s loop failed; restart edged to use the %s again", what, what)
+            state = f"failed: {type(exc).__name__}: {exc}"
+            if what == "microphone":
+                self._mic_state = state
+            else:
+                self._speaker_state = state
 
     async def stop(self) -> None:
         """Stop playing and listening, end every Transcripts subscription, close the devices."""
@@ -180,69 +193,67 @@ class LocalAudio:
             audio_s=self._audio_s, finals=self._finals)
 
     async def _mic_loop(self) -> None:
-        """Open the microphone, listen until muted or the device fails; reopen with backoff."""
-        from edged.audio.devices import Microphone
+        """Listen while unmuted; the Reconnector reopens a failing device with backoff."""
+        from edged.audio.devices import Microphone, Reconnector
 
-        settings = self._ctx.settings
-        failures = 0
-        while True:
-            if self._muted:
-                self._mic_state = "muted"
-                await self._wait_mic_change()
-                continue
-            mic = Microphone(settings.local_mic_device or None, rate=RATE)
-            try:
-                await asyncio.to_thread(mic.open)
-            except AudioDeviceError as exc:
-                delay = BACKOFF_S[min(failures, len(BACKOFF_S) - 1)]
-                failures += 1
-                self._mic_state = f"retrying in {delay} s: {exc}"
-                _LOGGER.warning("Microphone: %s; trying again in %d s", exc, delay)
-                await self._wait_mic_change(delay)
-                continue
-            except EdgedError as exc:  # PyAudio missing: no point retrying
-                self._mic_state = f"unavailable: {exc}"
-                _LOGGER.error("Microphone: %s", exc)
-                return
-            failures = 0
-            self._mic, self._mic_device, self._mic_rate = mic, mic.device_name, mic.open_rate
-            _LOGGER.info("Microphone %r open at %d Hz%s", mic.device_name, mic.open_rate,
-                         "" if mic.open_rate == RATE else f", resampled to {RATE} Hz")
-            try:
-                await self._listen(mic)
-            except AudioDeviceError as exc:
-                self._mic_state = f"lost: {exc}"
-                _LOGGER.warning("Microphone lost: %s; reopening", exc)
-                await self._wait_mic_change(BACKOFF_S[0])
-            except ModelStateError as exc:
-                self._mic_state = f"waiting for the ASR model: {exc}"
-                _LOGGER.warning("Microphone: %s; trying again in %d s", exc, BACKOFF_S[-1])
-                await self._wait_mic_change(BACKOFF_S[-1])
-            finally:
-                self._mic = None
-                self._overflows_before += mic.overflows
-                await asyncio.to_thread(mic.close)
+        device = self._ctx.settings.local_mic_device or None
+        mics = Reconnector(lambda: Microphone(device, rate=RATE))
+        self._mics = mics
+        try:
+            while True:
+                self._mic_changed.clear()  # before reading the flag: a change from now on wakes the waits
+                if self._muted:
+                    mics.mute()
+                    self._mic_state = "muted"
+                    await asyncio.to_thread(mics.release)
+                    await self._wait_mic_change()
+                    continue
+                mics.unmute()
+                try:
+                    await self._listen(mics)
+                except ModelStateError as exc:
+                    self._mic_state = f"waiting for the ASR model: {exc}"
+                    _LOGGER.warning("Microphone: %s; trying again in %d s", exc, MODEL_RETRY_S)
+                    await self._wait_mic_change(MODEL_RETRY_S)
+        finally:
+            mics.close()
+            await asyncio.to_thread(mics.release)
 
     async def _wait_mic_change(self, timeout: float | None = None) -> None:
-        """Sleep until mute/unmute or `timeout` seconds."""
-        self._mic_changed.clear()
+        """Sleep until mute/unmute (since the loop last looked) or `timeout` seconds."""
         try:
             await asyncio.wait_for(self._mic_changed.wait(), timeout)
         except asyncio.TimeoutError:
             pass
 
-    async def _listen(self, mic: Microphone) -> None:
-        """Feed the microphone to one ASR stream until muted; raises AudioDeviceError on failure."""
+    async def _listen(self, mics: Reconnector) -> None:
+        """Feed the microphone to ASR streams until muted: a new stream each time the device (re)opens."""
         asr = self._ctx.servicers["asr"]
-        name, stream = await asr.local_stream()
         batcher = asr.batcher
+        stream: AsrStream | None = None
         clock = _Clock()
+        device: Microphone | None = None
         was_speaking = False
-        self._mic_state = "listening"
         try:
             while not self._muted:
-                block = await asyncio.to_thread(_read_block, mic, int(BLOCK_S * RATE), 1.0)
-                if block is None:
+                block = await asyncio.to_thread(_read_block, mics, int(BLOCK_S * RATE), 1.0)
+                if mics.microphone is not device:  # opened, lost or reopened: utterances end there
+                    if stream is not None:
+                        for result in await batcher.finish(stream):
+                            self._publish(result, clock)
+                        stream = None
+                    if device is not None:
+                        self._overflows_before += device.overflows
+                    device = mics.microphone
+                    if device is not None:
+                        _LOGGER.info("Microphone %r open at %d Hz%s", device.device_name, device.open_rate,
+                                     "" if device.open_rate == RATE else f", resampled to {RATE} Hz")
+                        self._mic_device, self._mic_rate = device.device_name, device.open_rate
+                        _, stream = await asr.local_stream()
+                        clock = _Clock()
+                self._mic = device
+                self._mic_state = "listening" if mics.state == "open" else mics.state
+                if block is None or stream is None:
                     continue
                 clock.mark(stream.samples + len(block), time.time())
                 wants_interims = any(self._subscribers.values())
@@ -258,9 +269,12 @@ class LocalAudio:
                 for result in results:
                     self._publish(result, clock)
         finally:
-            for result in await batcher.finish(stream):
-                self._publish(result, clock)
-        _LOGGER.debug("Microphone stream on %s ended (muted)", name)
+            if stream is not None:
+                for result in await batcher.finish(stream):
+                    self._publish(result, clock)
+            if device is not None:
+                self._overflows_before += device.overflows
+            self._mic = None
 
     def _publish(self, result: Result, clock: _Clock) -> None:
         """Hand a result to the log, the subscribers and the transcripts file."""
@@ -367,12 +381,12 @@ class LocalAudio:
 
     async def _play(self, utt: _Utterance) -> edged_pb2.SpeakResponse:
         """Synthesise chunk by chunk on the executor, each chunk straight to the device."""
-        from edged.audio.devices import Speaker
+        from edged.audio.devices import ChunkFeed, Speaker
 
         if self._speaker is None:
             self._speaker = Speaker(self._ctx.settings.local_speaker_device or None)
-        chunks: queue.Queue[np.ndarray | None] = queue.Queue()
-        handle = self._speaker.play(_drain(chunks), utt.model.sample_rate)
+        chunks = ChunkFeed()
+        handle = self._speaker.play(chunks, utt.model.sample_rate)
         self._handle = handle
         self._speaker_state = "playing"
         seconds = 0.0
@@ -384,7 +398,7 @@ class LocalAudio:
                 seconds += len(pcm) / chunk.sample_rate
                 chunks.put(pcm)
         finally:
-            chunks.put(None)
+            chunks.end()
         await asyncio.to_thread(handle.done.wait)
         if handle.error is not None:
             raise AudioDeviceError(str(handle.error))
@@ -393,10 +407,10 @@ class LocalAudio:
         first_ms = 1000.0 * (handle.first_audio_at - utt.received) if handle.first_audio_at else 0.0
         _LOGGER.debug("Spoke utterance %d: %.2f s, first audio after %.0f ms", utt.id, seconds, first_ms)
         return edged_pb2.SpeakResponse(id=utt.id, first_audio_ms=first_ms, seconds=seconds,
-                                       interrupted=utt.interrupted, queued=utt.queued)
+                                       interrupted=utt.interrupted or handle.stopped, queued=utt.queued)
 
 
-def _read_block(mic: Microphone, samples: int, timeout: float) -> np.ndarray | None:
+def _read_block(mics: Reconnector, samples: int, timeout: float) -> np.ndarray | None:
     """At least `samples` of audio from the microphone, or what came within `timeout` (None if none)."""
     deadline = time.monotonic() + timeout
     parts: list[np.ndarray] = []
@@ -405,17 +419,11 @@ def _read_block(mic: Microphone, samples: int, timeout: float) -> np.ndarray | N
         left = deadline - time.monotonic()
         if left <= 0:
             break
-        part = mic.read(left)
+        part = mics.read(left)
         if part is not None and len(part):
             parts.append(part)
             have += len(part)
     return np.concatenate(parts) if parts else None
-
-
-def _drain(chunks: queue.Queue[np.ndarray | None]) -> Iterator[np.ndarray]:
-    """The chunks put on a queue, until None."""
-    while (chunk := chunks.get()) is not None:
-        yield chunk
 
 
 def _offer(subscriber: asyncio.Queue[Any], item: Any) -> None:
