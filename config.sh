@@ -51,6 +51,21 @@ ort_intra_op_threads=0
 # Accepts an integer of at least 0.
 ort_inter_op_threads=1
 
+# Build TensorRT engines in FP16 where the GPU supports it; numerically sensitive layers
+# (normalisation, softmax, exponentials) stay FP32. `false` builds FP32 engines.
+# Accepts true or false (also yes/no, on/off, 1/0).
+trt_fp16=true
+
+# Most GPU scratch memory (MiB) the TensorRT builder may use for one layer; 0 lets TensorRT
+# decide. Lower it if engine builds run out of memory on a small Jetson.
+# Accepts an integer of at least 0.
+trt_workspace_mb=0
+
+# TensorRT execution contexts per engine: how many calls to one network run at once (each holds
+# its own activation memory on the GPU).
+# Accepts an integer from 1 to 16.
+trt_execution_contexts=2
+
 # TCP port of the Riva-compatible gRPC API.
 # Accepts an integer from 1 to 65535.
 riva_speech_api_port=50051

@@ -311,6 +311,18 @@ class Settings:
         doc="ONNX Runtime threads within one operator; 0 lets ONNX Runtime choose.")
     ort_inter_op_threads: int = setting(
         1, kind=Int(min=0), doc="ONNX Runtime threads running independent operators in parallel.")
+    trt_fp16: bool = setting(
+        True, kind=Bool(),
+        doc="Build TensorRT engines in FP16 where the GPU supports it; numerically sensitive layers "
+            "(normalisation, softmax, exponentials) stay FP32. `false` builds FP32 engines.")
+    trt_workspace_mb: int = setting(
+        0, kind=Int(min=0),
+        doc="Most GPU scratch memory (MiB) the TensorRT builder may use for one layer; 0 lets "
+            "TensorRT decide. Lower it if engine builds run out of memory on a small Jetson.")
+    trt_execution_contexts: int = setting(
+        2, kind=Int(min=1, max=16),
+        doc="TensorRT execution contexts per engine: how many calls to one network run at once "
+            "(each holds its own activation memory on the GPU).")
     riva_speech_api_port: int = setting(
         50051, kind=Int(min=1, max=65535), doc="TCP port of the Riva-compatible gRPC API.")
     listen_address: str = setting(

@@ -1,4 +1,4 @@
-"""Inference backends: ONNX Runtime (CPU) now; TensorRT plugs in beside it."""
+"""Inference backends: ONNX Runtime (CPU) and TensorRT (NVIDIA GPUs), behind one Backend protocol."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from edged.errors import BackendError
 
 def implemented_backends() -> frozenset[str]:
     """Names of the backends this edged can deploy to and load."""
-    return frozenset({"onnxruntime"})
+    return frozenset({"onnxruntime", "tensorrt"})
 
 
 def get_backend(name: str) -> Backend:
@@ -17,6 +17,10 @@ def get_backend(name: str) -> Backend:
         from edged.backends.onnxruntime import OnnxRuntimeBackend
 
         return OnnxRuntimeBackend()
+    if name == "tensorrt":
+        from edged.backends.tensorrt import TensorRtBackend
+
+        return TensorRtBackend()
     raise BackendError(f"The backend {name!r} is not available in this edged build.")
 
 

@@ -31,6 +31,23 @@ class BackendOptions:
     """Threads inside one operator (0 = the runtime decides)."""
     inter_op_threads: int = 1
     """Threads across independent operators."""
+    trt_workspace_mb: int = 0
+    """Most scratch memory (MiB) TensorRT's builder may use per layer; 0 lets TensorRT decide."""
+    trt_fp16: bool = True
+    """Build TensorRT engines in FP16 where the GPU supports it (numerically sensitive layers stay FP32)."""
+    trt_contexts: int = 2
+    """TensorRT execution contexts per engine: how many calls to one network run at once."""
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> BackendOptions:
+        """The backend options config.sh's Settings give."""
+        return cls(
+            intra_op_threads=settings.ort_intra_op_threads,
+            inter_op_threads=settings.ort_inter_op_threads,
+            trt_workspace_mb=settings.trt_workspace_mb,
+            trt_fp16=settings.trt_fp16,
+            trt_contexts=settings.trt_execution_contexts,
+        )
 
 
 class Session(Protocol):
@@ -63,5 +80,5 @@ class Backend(Protocol):
         ...
 
     def load(self, path: Path, options: BackendOptions) -> Session:
-        """Load a deployed network file."""
+        """Load a deployed network file (the record entry's 'file')."""
         ...

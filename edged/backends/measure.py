@@ -34,6 +34,11 @@ def main(argv: list[str]) -> None:
     # Import the runtime first so its own libraries are not counted as the model's memory.
     if argv[0] == "onnxruntime":
         import onnxruntime  # noqa: F401
+    elif argv[0] == "tensorrt":
+        from edged.backends.tensorrt import import_trt, trt_module_info
+
+        if trt_module_info() is not None:
+            import_trt()  # and so the CUDA context: runtime, not the model's memory
     proc = psutil.Process()
     before = proc.memory_info().rss
     t0 = time.perf_counter()

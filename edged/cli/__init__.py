@@ -9,7 +9,7 @@ import sys
 
 import typer
 
-from edged.cli import asr, audio, repository, server, tts  # noqa: F401  (register their commands)
+from edged.cli import asr, audio, devices, repository, server, tts  # noqa: F401  (register their commands)
 from edged.cli.app import app
 from edged.errors import EdgedError
 

@@ -141,7 +141,7 @@ def models(
 ) -> None:
     """List deployed models: pipeline, language, backend, size, load memory, staleness."""
     from edged.backends.probe import probe
-    from edged.repository.records import current_target, list_models
+    from edged.repository.records import backend_summary, current_target, list_models
 
     settings = load_config(config)
     found = list_models(settings.model_loc / "models", current_target(probe(), settings.backend))
@@ -153,7 +153,7 @@ def models(
             "name": m.name,
             "pipeline": m.manifest.pipeline if m.manifest else "?",
             "language": m.manifest.language_code if m.manifest else "?",
-            "backend": rec.get("backend", "?"),
+            "backend": backend_summary(m.record),
             "size_mb": round(m.size_bytes / 2**20, 1),
             "load_memory_mb": rec.get("load", {}).get("memory_mb"),
             "load_seconds": rec.get("load", {}).get("load_seconds"),

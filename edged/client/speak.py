@@ -57,7 +57,7 @@ def load_local_tts(settings: Settings) -> TtsModel:
     target = current_target(probe(), settings.backend)
     for model in list_models(settings.model_loc / "models", target):
         if model.manifest and model.manifest.pipeline == "speech_synthesis":
-            options = BackendOptions(settings.ort_intra_op_threads, settings.ort_inter_op_threads)
+            options = BackendOptions.from_settings(settings)
             return TtsModel(load_model(model, options), settings.tts_max_text_chars)
     raise TtsError(f"No speech synthesis model is deployed in {settings.model_loc / 'models'}; "
                    "run `edged init`.")

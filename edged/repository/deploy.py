@@ -31,6 +31,7 @@ from edged.errors import BackendError, DeployError
 from edged.repository.records import (
     DEPLOY_RECORD,
     DeployTarget,
+    fallback_networks,
     read_record,
     stale_reasons,
 )
@@ -122,6 +123,9 @@ def deploy(
         finally:
             shutil.rmtree(staging, ignore_errors=True)
     detail = f"{record['backend']}, load {record['load']['load_seconds']} s, {record['load']['memory_mb']} MB"
+    fallbacks = fallback_networks(record)
+    if fallbacks:
+        detail += "; on onnxruntime: " + "; ".join(f"{n} ({why})" for n, why in fallbacks.items())
     return DeployOutcome(manifest.name, "deployed", detail, record)
 
 
@@ -156,13 +160,19 @@ def _deploy_into(
         os.replace(src_dir / art.file, staging / art.file)
     shutil.rmtree(src_dir)
     load = measure_load(target.backend, [staging / n["file"] for n in networks.values()], options)
+    versions = {"edged": __version__, **target.versions}
+    fallbacks = fallback_networks({"backend": target.backend, "networks": networks})
+    if fallbacks:
+        versions["onnxruntime"] = get_backend("onnxruntime").version()
+    if target.backend == "tensorrt":
+        load = with_gpu_memory(load, networks, options, bool(target.device.get("gpu_integrated")))
     record = {
         "name": manifest.name,
         "pipeline": manifest.pipeline,
         "backend": target.backend,
         "backend_reason": target.reason,
         "device": target.device,
-        "versions": {"edged": __version__, **target.versions},
+        "versions": versions,
         "source": {"rmir": ref.path.name, "sha256": source_sha},
         "networks": networks,
         "load": load,
@@ -172,13 +182,30 @@ def _deploy_into(
     return record
 
 
+def with_gpu_memory(load: dict[str, Any], networks: dict[str, Any], options: BackendOptions,
+                    integrated: bool) -> dict[str, Any]:
+    """`load` plus the GPU memory the engines take: weights and each execution context's activations.
+
+    A Jetson's GPU shares the system memory, so there it is added to `memory_mb`, the figure the
+    daemon's memory budget counts; a discrete GPU's memory is only reported (`gpu_memory_mb`).
+    """
+    total = 0.0
+    for entry in networks.values():
+        if entry.get("backend") == "tensorrt":
+            total += entry.get("size", 0) / 2**20 + entry.get("activation_mb", 0.0) * max(1, options.trt_contexts)
+    out = {**load, "gpu_memory_mb": round(total, 1), "gpu_memory_counted": integrated}
+    if integrated:
+        out["memory_mb"] = round(float(load.get("memory_mb", 0.0)) + total, 1)
+    return out
+
+
 def measure_load(backend: str, files: list[Path], options: BackendOptions) -> dict[str, Any]:
     """Load the deployed networks in a fresh process; returns seconds and memory it took."""
     cmd = [
         sys.executable, "-m", "edged.backends.measure", backend,
         str(options.intra_op_threads), str(options.inter_op_threads), *map(str, files),
     ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=600)
     if proc.returncode != 0:
         last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
         raise BackendError(f"The deployed networks do not load: {last}")
@@ -223,4 +250,4 @@ def remove_model(models_dir: Path, name: str) -> bool:
     return True
 
 
-__all__ = ["DeployOutcome", "clean_leftovers", "deploy", "measure_load", "remove_model"]
+__all__ = ["DeployOutcome", "clean_leftovers", "deploy", "measure_load", "remove_model", "with_gpu_memory"]

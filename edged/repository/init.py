@@ -153,7 +153,7 @@ def run_init(settings: Settings, progress: ProgressFactory = lambda label: None)
                 row.gathered, row.failed, row.detail = "failed", True, _reason(exc)
                 report.rows.append(row)
     target = current_target(probe(), settings.backend)
-    options = BackendOptions(settings.ort_intra_op_threads, settings.ort_inter_op_threads)
+    options = BackendOptions.from_settings(settings)
     enabled = settings.enabled_services()
     for path in sorted(rmir_dir.glob("*.rmir")):
         row = refs.get(path) or ModelRow(rmir=path.name, gathered="present")

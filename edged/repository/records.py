@@ -7,6 +7,8 @@ deployment carried to another device (or left behind by an upgrade) is detected 
 
 from __future__ import annotations
 
+import importlib.metadata
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,12 +16,15 @@ from typing import Any
 import yaml
 
 from edged.backends import get_backend, implemented_backends
-from edged.backends.choice import select_backend
+from edged.backends.choice import Choice, select_backend
 from edged.backends.probe import Capabilities
-from edged.errors import EdgedError
+from edged.errors import BackendError, ConfigError, EdgedError
 from edged.rmir.manifest import MANIFEST_NAME, Manifest, manifest_from_yaml
 
+_LOGGER = logging.getLogger(__name__)
+
 DEPLOY_RECORD = "deploy.yaml"
+_DEVICE_KEYS = ("arch", "cpu_isa", "jetson", "l4t", "gpu", "compute_capability")
 
 
 @dataclass(frozen=True)
@@ -33,10 +38,58 @@ class DeployTarget:
 
 
 def current_target(caps: Capabilities, requested: str) -> DeployTarget:
-    """This machine's deploy target for config.sh's `backend` setting."""
+    """This machine's deploy target for config.sh's `backend` setting.
+
+    For TensorRT the device includes the GPU (name, compute capability, whether it shares the
+    system memory) and the L4T release, asked of the driver here (without a CUDA context). A GPU
+    the driver cannot use sends `backend=auto` to ONNX Runtime and is an error for `tensorrt`.
+    """
     choice = select_backend(caps, requested, implemented_backends())
+    device: dict[str, Any] = caps.device()
+    if choice.backend == "tensorrt":
+        from edged.backends import cuda
+
+        try:
+            gpu = cuda.gpu_identity()
+        except BackendError as exc:
+            if requested == "tensorrt":
+                raise ConfigError(f"backend=tensorrt, but {str(exc).rstrip('.')}; set backend=auto or cpu.") from None
+            _LOGGER.warning("Not using the NVIDIA GPU: %s", exc)
+            choice = Choice("onnxruntime", f"ONNX Runtime on the CPU: {str(exc).rstrip('.')}")
+        else:
+            device.update(l4t=caps.l4t_release, gpu=gpu.name, compute_capability=gpu.compute_capability,
+                          gpu_integrated=gpu.integrated)
     backend = get_backend(choice.backend)
-    return DeployTarget(choice.backend, choice.reason, caps.device(), {backend.name: backend.version()})
+    return DeployTarget(choice.backend, choice.reason, device, {backend.name: backend.version()})
+
+
+def _onnxruntime_version() -> str | None:
+    try:
+        return importlib.metadata.version("onnxruntime")
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def fallback_networks(record: dict[str, Any]) -> dict[str, str]:
+    """Networks of a TensorRT deployment that run on ONNX Runtime instead, with the reason."""
+    if record.get("backend") == "onnxruntime":
+        return {}
+    return {
+        name: str(entry.get("fallback_reason", "TensorRT could not build it"))
+        for name, entry in (record.get("networks") or {}).items()
+        if isinstance(entry, dict) and entry.get("backend") == "onnxruntime"
+    }
+
+
+def backend_summary(record: dict[str, Any] | None) -> str:
+    """The backend as `edged models` shows it, naming networks that fell back to ONNX Runtime."""
+    if not record:
+        return "?"
+    backend = str(record.get("backend", "?"))
+    fallbacks = fallback_networks(record)
+    if not fallbacks:
+        return backend
+    return backend + " (" + "; ".join(f"{n} on onnxruntime: {why}" for n, why in fallbacks.items()) + ")"
 
 
 def stale_reasons(record: dict[str, Any], target: DeployTarget, source_sha: str | None) -> list[str]:
@@ -47,11 +100,14 @@ def stale_reasons(record: dict[str, Any], target: DeployTarget, source_sha: str 
     if record.get("backend") != target.backend:
         reasons.append(f"deployed for {record.get('backend')}, this device uses {target.backend}")
     versions = record.get("versions", {})
-    for lib, version in target.versions.items():
+    wanted = dict(target.versions)
+    if fallback_networks(record):
+        wanted.setdefault("onnxruntime", _onnxruntime_version() or "none")
+    for lib, version in wanted.items():
         if versions.get(lib) != version:
             reasons.append(f"{lib} {versions.get(lib)} there, {version} here")
     device = record.get("device", {})
-    for key in ("arch", "cpu_isa", "jetson", "gpu", "compute_capability"):
+    for key in _DEVICE_KEYS:
         if device.get(key) != target.device.get(key):
             reasons.append(f"made for another device ({key}: {device.get(key)} vs {target.device.get(key)})")
     return reasons

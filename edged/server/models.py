@@ -89,7 +89,7 @@ class ModelRegistry:
         """Name to loaded model: the dict servicers read (`ServerContext.models`)."""
         self.entries: dict[str, ModelEntry] = {}
         self.budget_mb = 0.0
-        self._options = BackendOptions(settings.ort_intra_op_threads, settings.ort_inter_op_threads)
+        self._options = BackendOptions.from_settings(settings)
         self._locks: dict[str, asyncio.Lock] = {}
 
     def scan(self) -> None:
