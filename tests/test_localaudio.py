@@ -29,7 +29,13 @@ from edged.repository.records import DeployTarget
 from edged.rmir import RmirRef
 from tests.conftest import SHARED, require_default_packs
 from tests.test_asr_server import BECKETT_TEXT, beckett_path
-from tests.test_server import deployed_tiny, free_port, start_server, wait_serving, write_config
+from tests.test_server import (
+    deployed_tiny,
+    free_port,
+    start_server,
+    wait_serving,
+    write_config,
+)
 
 MIC_NAME = "edged_test_mic"
 
@@ -272,3 +278,48 @@ def test_microphone_on_evalcorpus_clips(daemon: Daemon) -> None:
           f"last final after the clip's last sample p50 {np.percentile(after_clip, 50):.0f} / "
           f"max {max(after_clip):.0f} ms")
     assert errors / words <= 0.15
+
+
+@pytest.mark.timeout(180)
+def test_dictate_streams_this_machines_microphone(daemon: Daemon, tmp_path: Path) -> None:
+    """`edged dictate` into a pipe: finals only, one per line, also appended to --output."""
+    from tests.alsa_fixture import MIC, AlsaTestDevices
+
+    devices = AlsaTestDevices(tmp_path)  # the client's own microphone, not the daemon's
+    try:
+        listing = subprocess.run([sys.executable, "-m", "edged", "dictate", "--list-devices"],
+                                 env=devices.env, capture_output=True, text=True, timeout=60)
+        assert listing.returncode == 0 and MIC in listing.stdout
+        devices.feed(beckett_path())
+        devices.feed(np.zeros(devices.mic_rate * 2, dtype=np.int16))
+        out = tmp_path / "dictated.txt"
+        run = subprocess.run(
+            [sys.executable, "-m", "edged", "dictate", "--server", daemon.address, "--device", MIC,
+             "--output", str(out), "--duration", "14"],
+            env=devices.env, capture_output=True, text=True, timeout=120)
+    finally:
+        devices.close()
+    assert run.returncode == 0, run.stderr
+    lines = run.stdout.splitlines()
+    assert lines and all(line.strip() for line in lines) and "\r" not in run.stdout
+    errors, words = word_errors(BECKETT_TEXT, " ".join(lines))
+    assert errors / words <= 0.2, lines
+    assert out.read_text().splitlines() == lines
+
+
+def test_dictate_unknown_device_is_one_clear_line(tmp_path: Path) -> None:
+    """A microphone that does not exist: exit 1 and one line listing the ones that do."""
+    pytest.importorskip("pyaudio", reason="PyAudio is not installed (pip install 'edged[audio]')")
+    from tests.alsa_fixture import MIC, AlsaTestDevices
+
+    devices = AlsaTestDevices(tmp_path)
+    try:
+        run = subprocess.run([sys.executable, "-m", "edged", "dictate", "--server", "127.0.0.1:9",
+                              "--device", "no-such-mic"], env=devices.env, capture_output=True, text=True,
+                             timeout=60)
+    finally:
+        devices.close()
+    assert run.returncode == 1
+    errors = [line for line in run.stderr.splitlines() if line.startswith("edged:")]
+    assert len(errors) == 1 and "no-such-mic" in errors[0] and MIC in errors[0], run.stderr
+    assert "Traceback" not in run.stderr
