@@ -98,7 +98,6 @@ class LocalAudio:
         self._mic_device = ""
         self._mic_rate = 0
         self._mic: Microphone | None = None
-        self._mics: Reconnector | None = None
         self._overflows_before = 0
         self._audio_s = 0.0
         self._finals = 0
@@ -198,7 +197,6 @@ class LocalAudio:
 
         device = self._ctx.settings.local_mic_device or None
         mics = Reconnector(lambda: Microphone(device, rate=RATE))
-        self._mics = mics
         try:
             while True:
                 self._mic_changed.clear()  # before reading the flag: a change from now on wakes the waits
