@@ -920,7 +920,8 @@ def test_default_manifests(default_rmirs: dict[str, Path]) -> None:
     manifests = {name: read_manifest(RmirRef(path)) for name, path in default_rmirs.items()}
     expected = {
         "moonshine-base-en": ("speech_recognition", 16000, ["encoder", "decoder"], ["tokenizer.bin"]),
-        "piper-joe-medium": ("speech_synthesis", 22050, ["voice"], ["en_US-joe-medium.onnx.json"]),
+        "piper-joe-medium": ("speech_synthesis", 22050, ["encoder", "flow", "decoder"],
+                             ["en_US-joe-medium.onnx.json"]),
         "silero-vad": ("vad", 16000, ["vad"], []),
     }
     for name, (pipeline, rate, networks, artifacts) in expected.items():

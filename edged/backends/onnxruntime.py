@@ -62,6 +62,10 @@ class OnnxRuntimeBackend:
         so.intra_op_num_threads = options.intra_op_threads
         so.inter_op_num_threads = options.inter_op_threads
         so.log_severity_level = 3  # ORT's own warnings would flood the journal
+        # Idle intra-op threads sleep instead of spinning: the cores are shared (ASR, TTS, VAD
+        # sessions, other processes), and a spinning or preempted thread stalls every parallel
+        # operator. Measured on 2 loaded cores, Piper decoder: 2.2x faster, as fast as 1 thread.
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
         so.graph_optimization_level = {
             "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
             "none": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,

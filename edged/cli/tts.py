@@ -6,14 +6,14 @@ import json
 import os
 from dataclasses import asdict
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
 from edged.cli.app import ConfigOpt, app, bench_app, load_config
 from edged.errors import ConfigError
 
-ServerOpt = Annotated[Optional[str], typer.Option(
+ServerOpt = Annotated[str | None, typer.Option(
     "--server", help="HOST:PORT of an edged or Riva server; without it the local model is used.")]
 VoiceOpt = Annotated[str, typer.Option("--voice", help="Voice name, e.g. English-US.Joe (default: the first).")]
 
@@ -26,9 +26,9 @@ def _rss_mb() -> float:
 
 @app.command()
 def speak(
-    text: Annotated[Optional[str], typer.Argument(help="Text or SSML (<speak>...</speak>) to say.")] = None,
-    file: Annotated[Optional[Path], typer.Option("--file", "-f", help="Read a text document instead.")] = None,
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="WAV file to write.")] = None,
+    text: Annotated[str | None, typer.Argument(help="Text or SSML (<speak>...</speak>) to say.")] = None,
+    file: Annotated[Path | None, typer.Option("--file", "-f", help="Read a text document instead.")] = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="WAV file to write.")] = None,
     play_audio: Annotated[bool, typer.Option("--play", help="Play on this machine's speaker.")] = False,
     voice: VoiceOpt = "",
     rate: Annotated[float, typer.Option(help="Speaking rate: 1 as trained, 2 twice as fast.")] = 1.0,
@@ -64,7 +64,7 @@ def bench_tts_command(
     streams: Annotated[int, typer.Option(min=1, max=64, help="Concurrent streams.")] = 1,
     sample_rate: Annotated[int, typer.Option("--sample-rate", help="Output rate in Hz.")] = 22050,
     voice: VoiceOpt = "",
-    intra_threads: Annotated[Optional[int], typer.Option(
+    intra_threads: Annotated[int | None, typer.Option(
         help="ONNX Runtime intra-op threads for the local model (default: from config.sh).")] = None,
     server: ServerOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the figures as JSON.")] = False,
@@ -99,5 +99,7 @@ def bench_tts_command(
                f"{result.audio_seconds:.1f} s of audio in {result.wall_seconds:.1f} s")
     typer.echo(f"time to first audio: p50 {result.ttfa_p50 * 1000:.0f} ms, p95 {result.ttfa_p95 * 1000:.0f} ms")
     typer.echo(f"real-time factor: {result.rtf:.3f}")
+    typer.echo(f"playback stalls: {result.stall_seconds:.2f} s in {result.stalled} of "
+               f"{result.sentences * result.streams} requests")
     if memory_mb is not None:
         typer.echo(f"memory: model load {memory_mb:.0f} MB, process {figures['process_rss_mb']:.0f} MB")

@@ -25,6 +25,11 @@ class TtsBenchResult:
     """Synthesis time over audio time, per stream (lower is faster)."""
     audio_seconds: float
     wall_seconds: float
+    stall_seconds: float = 0.0
+    """Silence a listener playing each request in real time from its first chunk would have heard
+    waiting for later chunks, over all requests."""
+    stalled: int = 0
+    """Requests with such a wait."""
 
 
 def read_sentences(path: Path) -> list[str]:
@@ -46,20 +51,24 @@ def bench_tts(speaker: Speaker, sentences: list[str], streams: int = 1, sample_r
     ttfa: list[float] = []
     busy: list[float] = []
     audio: list[float] = []
+    stalls: list[float] = []
     lock = threading.Lock()
 
     def run() -> None:
         for sentence in sentences:
             t0 = time.perf_counter()
-            first, seconds = None, 0.0
+            first, seconds, stall = None, 0.0, 0.0
             for chunk in speaker.speak([sentence], sample_rate, voice, 1.0):
+                now = time.perf_counter() - t0
                 if first is None:
-                    first = time.perf_counter() - t0
+                    first = now
+                stall += max(0.0, now - (first + stall + seconds))  # the listener ran out
                 seconds += chunk.seconds
             with lock:
                 ttfa.append(first or 0.0)
                 busy.append(time.perf_counter() - t0)
                 audio.append(seconds)
+                stalls.append(stall)
 
     t0 = time.perf_counter()
     threads = [threading.Thread(target=run, name=f"bench-{i}") for i in range(streams)]
@@ -71,4 +80,5 @@ def bench_tts(speaker: Speaker, sentences: list[str], streams: int = 1, sample_r
     return TtsBenchResult(
         sentences=len(sentences), streams=streams,
         ttfa_p50=float(np.percentile(ttfa, 50)), ttfa_p95=float(np.percentile(ttfa, 95)),
-        rtf=sum(busy) / max(sum(audio), 1e-9), audio_seconds=sum(audio), wall_seconds=wall)
+        rtf=sum(busy) / max(sum(audio), 1e-9), audio_seconds=sum(audio), wall_seconds=wall,
+        stall_seconds=sum(stalls), stalled=sum(1 for s in stalls if s > 0.0))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,10 @@ BUILTINS: dict[str, tuple[str, str, Importer]] = {
 }
 """Built-in importer name -> (pipeline, PyPI distribution, importer)."""
 
+IMPORTER_REVISIONS = {"moonshine-base-en": 1, "piper-joe-medium": 2, "silero-vad": 1}
+"""Raised when an importer builds a different RMIR from the same pack (piper 2: the voice split
+into encoder, flow and decoder), so `edged init` rebuilds RMIRs made by the older importer."""
+
 
 def builtin_source(name: str, workdir: Path, wheel: Path | None = None) -> ModelSource:
     """Run the built-in importer `name` (reading the installed pack, or `wheel`)."""
@@ -44,7 +49,8 @@ def builtin_source(name: str, workdir: Path, wheel: Path | None = None) -> Model
         raise ModelImportError(
             f"There is no built-in model {name!r}; choose one of: {', '.join(BUILTINS)}."
         )
-    return BUILTINS[name][2](workdir, wheel)
+    src = BUILTINS[name][2](workdir, wheel)
+    return replace(src, provenance={**src.provenance, "importer_revision": str(IMPORTER_REVISIONS[name])})
 
 
 def source_for_build(

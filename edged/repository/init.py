@@ -23,7 +23,7 @@ from edged.backends import BackendOptions
 from edged.backends.probe import probe
 from edged.config import Settings
 from edged.errors import EdgedError, ModelImportError
-from edged.importers import BUILTINS, builtin_source
+from edged.importers import BUILTINS, IMPORTER_REVISIONS, builtin_source
 from edged.repository.deploy import deploy
 from edged.repository.fetch import download, parse_remote
 from edged.repository.records import current_target
@@ -70,7 +70,7 @@ def _enabled_sources(settings: Settings) -> list[str]:
 
 
 def _builtin_current(dest: Path, name: str) -> bool:
-    """True if `dest` was built by this edged from the installed version of the pack."""
+    """True if `dest` was built by this edged, with the current importer, from the installed pack."""
     if not dest.is_file():
         return False
     try:
@@ -78,7 +78,8 @@ def _builtin_current(dest: Path, name: str) -> bool:
         installed = importlib.metadata.version(BUILTINS[name][1])
     except (EdgedError, importlib.metadata.PackageNotFoundError):
         return False
-    return prov.get("version") == installed and prov.get("built_by") == f"edged {__version__}"
+    return (prov.get("version") == installed and prov.get("built_by") == f"edged {__version__}"
+            and prov.get("importer_revision", "1") == str(IMPORTER_REVISIONS[name]))
 
 
 def _pack_wheel(wheels_dir: Path, dist: str) -> Path | None:

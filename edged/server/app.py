@@ -115,6 +115,13 @@ def status_line(ctx: ServerContext) -> str:
     return line + (f"; not loaded: {', '.join(out)}" if out else "")
 
 
+def _calls_cancelled_at_stop(record: logging.LogRecord) -> bool:
+    """Logging filter: grpc logs a traceback for each call still open when the server stops (a
+    stream whose client went away just before SIGTERM); that is the drain working, not an error."""
+    exc = record.exc_info[1] if record.exc_info else None
+    return not isinstance(exc, asyncio.CancelledError)
+
+
 class Server:
     """One run of the server: `serve()` is start-up, main loop and shutdown."""
 
@@ -155,6 +162,7 @@ class Server:
     async def startup(self) -> None:
         """Bind, answer health as NOT_SERVING, load the models, then SERVING and READY=1."""
         settings = self.settings
+        logging.getLogger("grpc._cython.cygrpc").addFilter(_calls_cancelled_at_stop)
         credentials = server_credentials(settings)
         interceptors = [ApiKeyInterceptor(settings.api_key)] if settings.api_key else []
         max_bytes = settings.max_message_mb * 2**20

@@ -10,9 +10,9 @@ spoken in turn on the same response stream.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Iterator
-from typing import Optional
 
 import grpc
 from google.protobuf import unknown_fields
@@ -27,6 +27,7 @@ from edged.errors import (
 from edged.loader import LoadedModel
 from edged.pipelines.tts import AudioChunk, SynthesisRequest, TtsModel
 from edged.pipelines.tts.encode import OggOpusEncoder
+from edged.pipelines.tts.schedule import AsyncRunGate, Pace
 from edged.pipelines.tts.synthesizer import parse_custom_dictionary, subvoices
 from edged.rmir.manifest import Manifest
 from edged.server import metrics
@@ -43,7 +44,7 @@ _PIPELINE = "speech_synthesis"
 def custom_dictionary(request: riva_tts_pb2.SynthesizeSpeechRequest) -> str:
     """The request's custom_dictionary, whether or not the generated module knows the field."""
     if "custom_dictionary" in request.DESCRIPTOR.fields_by_name:
-        return str(getattr(request, "custom_dictionary"))
+        return str(request.custom_dictionary)  # type: ignore[attr-defined]
     for item in unknown_fields.UnknownFieldSet(request):
         if item.field_number == _CUSTOM_DICTIONARY_FIELD and isinstance(item.data, bytes):
             return item.data.decode("utf-8", "replace")
@@ -76,6 +77,11 @@ class TtsServicer:
     def __init__(self, ctx: ServerContext) -> None:
         self._ctx = ctx
         self._voices: dict[str, tuple[LoadedModel, TtsModel]] = {}
+        self._voice_lock = asyncio.Lock()
+        self._gate = AsyncRunGate()
+        """One synthesis step on the executor at a time, first audio of new requests first: a
+        step uses every core, and the executor's other worker stays free for ASR."""
+        self._warming: asyncio.Task[None] | None = None
 
     def _names(self) -> list[str]:
         """The TTS models this server has deployed (loaded or not)."""
@@ -94,11 +100,42 @@ class TtsServicer:
     async def _model(self, name: str) -> TtsModel:
         registry = self._ctx.registry
         loaded = await registry.use(name) if registry is not None else self._ctx.models[name]
-        cached = self._voices.get(name)
-        if cached is None or cached[0] is not loaded:
-            cached = (loaded, TtsModel(loaded, self._ctx.settings.tts_max_text_chars))
-            self._voices[name] = cached
-        return cached[1]
+        return await self._voice(name, loaded)
+
+    async def _voice(self, name: str, loaded: LoadedModel) -> TtsModel:
+        """The TtsModel of a loaded voice, made (and warmed up) once, on the executor."""
+        async with self._voice_lock:
+            cached = self._voices.get(name)
+            if cached is None or cached[0] is not loaded:
+                model = await asyncio.get_running_loop().run_in_executor(
+                    self._ctx.executor, TtsModel, loaded, self._ctx.settings.tts_max_text_chars)
+                cached = self._voices[name] = (loaded, model)
+            return cached[1]
+
+    def warm_up(self) -> None:
+        """Prepare each voice as soon as the server has loaded it (while it loads the others),
+        so that neither its first request nor the idle server pays for it."""
+        async def prepare() -> None:
+            done: set[str] = set()
+            while True:
+                serving = self._ctx.serving  # one more pass once everything is loaded
+                for name in self._names():
+                    loaded = self._ctx.models.get(name)
+                    if loaded is None or name in done:
+                        continue
+                    done.add(name)
+                    try:
+                        await self._voice(name, loaded)
+                    except Exception as exc:  # noqa: BLE001 - requests report it again, precisely
+                        _LOGGER.error("Voice %s cannot synthesise: %s", name, exc)
+                if serving:
+                    return
+                await asyncio.sleep(0.1)
+
+        try:
+            self._warming = asyncio.get_running_loop().create_task(prepare())
+        except RuntimeError:  # no event loop: voices are prepared on their first request
+            pass
 
     def _all_voices(self) -> list[str]:
         voices = []
@@ -148,13 +185,16 @@ class TtsServicer:
         await context.abort(code, str(exc))
 
     async def chunks(self, model: TtsModel, request: SynthesisRequest) -> AsyncIterator[AudioChunk]:
-        """The pipeline's chunks, each computed on the inference executor."""
+        """The pipeline's chunks, each computed on the inference executor in its turn."""
         chunks: Iterator[AudioChunk] = model.synthesize(request)
+        pace = Pace()
         while True:
-            chunk: Optional[AudioChunk] = await metrics.run_inference(
-                self._ctx.executor, model.name, next, chunks, None)
+            async with self._gate.turn(pace.key()):
+                chunk: AudioChunk | None = await metrics.run_inference(
+                    self._ctx.executor, model.name, next, chunks, None)
             if chunk is None:
                 return
+            pace.emitted(chunk.seconds)
             metrics.AUDIO_SECONDS.labels("tts", model.name).inc(chunk.seconds)
             yield chunk
 
@@ -223,6 +263,7 @@ def install(ctx: ServerContext) -> list[str]:
     """Add the Riva TTS service (SynthesizeOnline as stream-to-stream) to the server."""
     servicer = TtsServicer(ctx)
     ctx.servicers["tts"] = servicer
+    servicer.warm_up()
     req, resp = riva_tts_pb2.SynthesizeSpeechRequest, riva_tts_pb2.SynthesizeSpeechResponse
     handlers = {
         "Synthesize": grpc.unary_unary_rpc_method_handler(

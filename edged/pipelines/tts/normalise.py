@@ -1,6 +1,7 @@
 """English text normalisation: written forms (numbers, money, dates, URLs...) to words a voice reads.
 
-Number words come from `inflect` (MIT); the patterns below only decide which reading a written
+Number words are spelled here (as `inflect` spells them, without its "and": American style;
+importing inflect takes seconds of CPU); the patterns below only decide which reading a written
 form gets (a year, a time, a phone number, an amount of money).
 """
 
@@ -8,8 +9,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from functools import lru_cache
-from typing import Any
 
 _MONTHS = ("January", "February", "March", "April", "May", "June", "July", "August",
            "September", "October", "November", "December")
@@ -44,25 +43,56 @@ _CURRENCIES = {"$": ("dollar", "dollars", "cent", "cents"), "€": ("euro", "eur
 _SYMBOLS = {"&": " and ", "+": " plus ", "=": " equals ", "@": " at ", "#": " number ", "%": " percent "}
 
 
-@lru_cache(maxsize=1)
-def _engine() -> Any:
-    """inflect's engine, made on first use (its import takes a moment)."""
-    import inflect
+_ONES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten",
+         "eleven", "twelve", "thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen",
+         "nineteen")
+_TENS = ("", "", "twenty", "thirty", "forty", "fifty", "sixty", "seventy", "eighty", "ninety")
+_SCALES = ("", " thousand", " million", " billion", " trillion", " quadrillion", " quintillion",
+           " sextillion", " septillion", " octillion", " nonillion", " decillion")
+_ORDINALS = {"one": "first", "two": "second", "three": "third", "five": "fifth", "eight": "eighth",
+             "nine": "ninth", "twelve": "twelfth"}
 
-    return inflect.engine()
+
+def _hundreds(n: int) -> str:
+    """1 to 999 in words: 'two hundred four', 'forty-two'."""
+    hundreds, rest = divmod(n, 100)
+    words = [f"{_ONES[hundreds]} hundred"] if hundreds else []
+    if rest:
+        words.append(_ONES[rest] if rest < 20 else
+                     _TENS[rest // 10] + (f"-{_ONES[rest % 10]}" if rest % 10 else ""))
+    return " ".join(words)
+
+
+def _integer(n: int) -> str:
+    """A whole number in words, by groups of three digits (digit by digit beyond decillions)."""
+    if n == 0:
+        return "zero"
+    if n >= 1000 ** len(_SCALES):
+        return digits(str(n))
+    groups = []
+    for scale in _SCALES:
+        n, group = divmod(n, 1000)
+        if group:
+            groups.append(_hundreds(group) + scale)
+        if not n:
+            break
+    return " ".join(reversed(groups))
 
 
 def cardinal(number: str | int) -> str:
     """'1200' -> 'one thousand two hundred'; decimals read 'point' and digit by digit."""
     text = str(number).replace(",", "")
-    negative = text.startswith("-")
-    words = _engine().number_to_words(text.lstrip("-+"), andword="", comma="")
-    return f"minus {words}" if negative else str(words)
+    whole, _, fraction = text.lstrip("-+").partition(".")
+    words = _integer(int(whole or "0")) + (f" point {digits(fraction)}" if fraction else "")
+    return f"minus {words}" if text.startswith("-") else words
 
 
 def ordinal(number: str | int) -> str:
-    """'14' -> 'fourteenth'."""
-    return str(_engine().number_to_words(_engine().ordinal(int(str(number).replace(",", ""))), comma=""))
+    """'14' -> 'fourteenth', '21' -> 'twenty-first'."""
+    head, space, last = cardinal(int(str(number).replace(",", ""))).rpartition(" ")
+    before, hyphen, word = last.rpartition("-")
+    word = _ORDINALS.get(word) or (f"{word[:-1]}ieth" if word.endswith("y") else f"{word}th")
+    return head + space + before + hyphen + word
 
 
 def year(number: int) -> str:

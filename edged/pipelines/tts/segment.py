@@ -1,26 +1,40 @@
 """Document → paragraph → sentence → utterance: the units the voice synthesises one at a time.
 
-The first sentence, when long, is split at its first clause boundary so the first audio leaves
-early; later sentences are synthesised whole (the voice's prosody spans a sentence). A style
-change inside a sentence (SSML prosody) starts a new utterance, since a style is per network run.
+The first sentence, when long, is split early so the first audio leaves early (the voice's encoder
+runs on a whole utterance before any audio): at its first clause punctuation if that comes within
+a few words, else before a word that starts a phrase ("when", "from", "and"...), the two parts
+then joined without the pause the voice puts around an utterance. Later sentences are synthesised
+whole (the voice's prosody spans a sentence). A style change inside a sentence (SSML prosody)
+starts a new utterance, since a style is per network run.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from edged.pipelines.tts.normalise import normalise
 from edged.pipelines.tts.ssml import Boundary, Break, Item, Span, Style
 
-FIRST_CLAUSE_MIN_WORDS = 2
-"""A first clause shorter than this is not worth its own network run."""
 LONG_SENTENCE_WORDS = 8
-"""A first sentence of more words is split at a clause boundary."""
+"""A first sentence of more words is split at a clause punctuation..."""
+FIRST_PART_WORDS = (1, 10)
+"""...with this many words before it, fewest and most."""
+LONGER_SENTENCE_WORDS = 12
+"""A first sentence of more words that punctuation does not split is split at a phrase start..."""
+PHRASE_PART_WORDS = (3, 8)
+"""...with this many words before it (and at least the fewest after)."""
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])[\"')\]]*\s+|\n\s*\n")
 _CLAUSE_END = re.compile(r"(?<=[,;:])\s+")
+_PHRASE_STARTS = frozenset({
+    "when", "while", "where", "whereas", "because", "since", "until", "unless", "although",
+    "though", "if", "and", "but", "or", "so", "then", "which", "who", "whose", "whom", "with",
+    "without", "from", "into", "onto", "in", "on", "at", "by", "after", "before", "over", "under",
+    "between", "through", "during", "about", "against", "across", "along", "around", "behind",
+    "beyond", "near", "toward", "towards", "upon", "within",
+})
 
 
 @dataclass(frozen=True)
@@ -28,6 +42,10 @@ class Utterance:
     """Spans of one style, synthesised by one run of the voice network."""
 
     spans: tuple[Span, ...]
+    tight_start: bool = False
+    """Continues the previous utterance mid-sentence: its leading silence is cut."""
+    tight_end: bool = False
+    """The next utterance continues its sentence: its trailing silence is cut."""
 
     @property
     def style(self) -> Style:
@@ -47,28 +65,38 @@ def _words(spans: list[Span]) -> int:
     return sum(len(s.text.split()) for s in spans if s.kind != "ipa")
 
 
-def _split_first_clause(spans: list[Span]) -> list[list[Span]]:
-    """[first clause, rest] when the sentence is long and has a clause boundary early enough."""
+def _split_first_clause(spans: list[Span]) -> tuple[list[list[Span]], bool]:
+    """([first part, rest] or [spans], whether the cut is mid-phrase) for the first sentence."""
     if _words(spans) <= LONG_SENTENCE_WORDS or spans[0].kind == "ipa":
-        return [spans]
+        return [spans], False
     head = spans[0]
+
+    def cut(start: int, end: int) -> list[list[Span]]:
+        first = Span(head.text[:start], head.style, head.kind)
+        rest = Span(head.text[end:], head.style, head.kind)
+        return [[first], [rest, *spans[1:]] if rest.text.strip() else spans[1:]]
+
+    lo, hi = FIRST_PART_WORDS
     for m in _CLAUSE_END.finditer(head.text):
-        if len(head.text[: m.start()].split()) >= FIRST_CLAUSE_MIN_WORDS:
-            first = Span(head.text[: m.start()], head.style, head.kind)
-            rest = Span(head.text[m.end():], head.style, head.kind)
-            return [[first], [rest, *spans[1:]] if rest.text.strip() else spans[1:]]
-    return [spans]
+        if lo <= len(head.text[:m.start()].split()) <= hi:
+            return cut(m.start(), m.end()), False
+    words = list(re.finditer(r"\S+", head.text))
+    if len(words) <= LONGER_SENTENCE_WORDS:
+        return [spans], False
+    lo, hi = PHRASE_PART_WORDS
+    for i in range(lo, min(hi, len(words) - lo) + 1):
+        if words[i][0].lower() in _PHRASE_STARTS and not re.search(r"[,;:.!?]$", words[i - 1][0]):
+            return cut(words[i - 1].end(), words[i].start()), True
+    return [spans], False
 
 
-def _by_style(spans: list[Span]) -> Iterator[Utterance]:
-    run: list[Span] = []
+def _by_style(spans: list[Span]) -> list[Utterance]:
+    runs: list[list[Span]] = []
     for span in spans:
-        if run and span.style != run[-1].style:
-            yield Utterance(tuple(run))
-            run = []
-        run.append(span)
-    if run:
-        yield Utterance(tuple(run))
+        if not runs or span.style != runs[-1][-1].style:
+            runs.append([])
+        runs[-1].append(span)
+    return [Utterance(tuple(run)) for run in runs]
 
 
 def _prepared(items: Iterable[Item]) -> Iterator[Item]:
@@ -96,10 +124,14 @@ def utterances(items: Iterable[Item]) -> Iterator[Unit]:
         sentence = []
         if not spans:
             return
-        groups = _split_first_clause(spans) if first else [spans]
+        groups, tight = _split_first_clause(spans) if first else ([spans], False)
         first = False
-        for group in groups:
-            yield from _by_style(group)
+        units = [_by_style(group) for group in groups]
+        if tight and len(units) == 2:
+            units[0][-1] = replace(units[0][-1], tight_end=True)
+            units[1][0] = replace(units[1][0], tight_start=True)
+        for group_units in units:
+            yield from group_units
 
     for item in _prepared(items):
         if isinstance(item, Span):

@@ -1,4 +1,9 @@
-"""TtsModel: a loaded voice that turns a request into a stream of PCM chunks at the asked rate."""
+"""TtsModel: a loaded voice that turns a request into a stream of PCM chunks at the asked rate.
+
+Each utterance runs the voice's encoder once, then its flow and decoder chunk by chunk (see
+VoiceNetwork): a request's first chunk is a few frames, made by running the flow on just what
+they need; later chunks grow with the audio the listener has ahead, bounded so that concurrent
+requests take turns (RunGate: a request's first audio first, then the most urgent)."""
 
 from __future__ import annotations
 
@@ -11,10 +16,11 @@ from typing import Any
 
 import numpy as np
 
-from edged.audio.resample import StreamResampler, float_to_pcm16, resample
-from edged.errors import TtsRequestError, UnknownVoiceError
+from edged.audio.resample import StreamResampler, float_to_pcm16
+from edged.errors import TtsError, TtsRequestError, UnknownVoiceError
 from edged.loader import LoadedModel
 from edged.pipelines.tts.phonemes import phonemize_text
+from edged.pipelines.tts.schedule import Pace, RunGate
 from edged.pipelines.tts.segment import Utterance, utterances
 from edged.pipelines.tts.ssml import Break, Item, Span, Style, is_ssml, parse_ssml
 from edged.pipelines.tts.voice import VoiceConfig, VoiceNetwork
@@ -50,11 +56,38 @@ class AudioChunk:
         return len(self.pcm) / 2 / self.sample_rate
 
 
+FIRST_CHUNK_FRAMES = 16
+"""Frames of a request's first chunk (0.19 s at 22.05 kHz): its first audio waits only for them."""
+MAX_CHUNK_FRAMES = 384
+"""Largest chunk of one stream alone (fewer chunks, less decoder context decoded twice); with
+its context and a short rest it stays within MAX_RUN_FRAMES."""
+SHARED_CHUNK_FRAMES = 96
+"""Largest chunk while several requests stream: a new one waits at most that long for its turn."""
+HEADROOM = 2.0
+"""A chunk may take at most 1/HEADROOM of the time its listener still has audio for."""
+
+SILENCE = 0.01
+"""Amplitude below which an utterance's edge counts as silence (-40 dBFS)."""
+TIGHT_EDGES_S = (0.01, 0.03)
+"""Silence kept before a tight start and after a tight end (see Utterance)."""
+
 _FIXED_DURATION_SHARE = 0.27
 """Share of a VITS utterance's length that length_scale does not stretch: every phoneme id
 (pads included) lasts at least one frame after the duration predictor's ceiling. Measured on
 en_US-joe-medium: 0.5, 1 and 2 give 2.85, 4.38 and 7.70 s for one 95-phoneme sentence."""
 _MIN_LENGTH_SCALE = 0.1
+
+
+def _cut_leading(audio: np.ndarray, keep: int) -> tuple[np.ndarray, bool]:
+    """Audio from `keep` samples before its first loud one, and whether it was all silence."""
+    loud = np.flatnonzero(np.abs(audio) > SILENCE)
+    return (audio[max(0, int(loud[0]) - keep):], False) if len(loud) else (audio[:0], True)
+
+
+def _cut_trailing(audio: np.ndarray, keep: int) -> np.ndarray:
+    """Audio up to `keep` samples after its last loud one."""
+    loud = np.flatnonzero(np.abs(audio) > SILENCE)
+    return audio[:int(loud[-1]) + 1 + keep] if len(loud) else audio[:0]
 
 
 def length_scale_for(stretch: float) -> float:
@@ -124,15 +157,29 @@ class TtsModel:
         params = model.manifest.parameters
         self.name = model.name
         self.language_code = model.manifest.language_code
+        if "voice_config" not in params:
+            raise TtsError(f"Model {model.name} is not a Piper voice (its manifest names no voice_config).")
         self.config = VoiceConfig.load(model.path / str(params["voice_config"]))
-        self.network = VoiceNetwork(model.sessions["voice"], self.config)
+        self.network = VoiceNetwork(model.sessions, self.config, params)
         self.max_text_chars = max_text_chars
+        self._gate = RunGate()
+        self._frame_seconds = 0.001
+        """Decoder seconds per frame (context included), as recently measured: sizes the chunks."""
         self.family, self.subvoices = subvoices(model.name, params)
         self._names: dict[str, int] = {f"{self.family}.{s}".lower(): i for s, i in self.subvoices.items()}
         for alias in [params.get("voice_name", ""), self.family, model.name,
                       *params.get("voice_aliases", [])]:
             if alias:
                 self._names.setdefault(str(alias).lower(), 0)
+        self._warm_up()
+
+    def _warm_up(self) -> None:
+        """Run every stage once (espeak's start, the networks' first runs), so that requests do
+        not pay for them."""
+        t0 = time.perf_counter()
+        for _ in self.stream([Span("Test 1, done.")], self.sample_rate):
+            pass
+        _LOGGER.debug("TTS warm-up took %.2f s", time.perf_counter() - t0)
 
     @property
     def sample_rate(self) -> int:
@@ -169,7 +216,8 @@ class TtsModel:
         return speaker
 
     def synthesize(self, request: SynthesisRequest) -> Iterator[AudioChunk]:
-        """Validate now (TtsRequestError), then stream chunks: the first after the first clause."""
+        """Validate now (TtsRequestError), then stream chunks: the first holds the first frames of
+        the first clause (~0.2 s), the next as many as keep a real-time listener fed."""
         speaker = self.check(request)
         return self.stream(self.parse(request.text), request.sample_rate or self.sample_rate, speaker,
                            request.custom_dictionary, request.rate)
@@ -183,22 +231,42 @@ class TtsModel:
                dictionary: Mapping[str, str] | None = None, rate: float = 1.0) -> Iterator[AudioChunk]:
         """Chunks for parsed items, lazily (long documents never sit whole in memory)."""
         resampler = StreamResampler(self.sample_rate, rate_hz)
-        for unit in utterances(_apply_dictionary(items, dictionary or {})):
-            if isinstance(unit, Break):
-                audio = np.zeros(round(unit.seconds * self.sample_rate), dtype=np.float32)
-                text = ""
-            else:
-                audio = self._speak(unit, speaker, rate)
-                text = unit.text
-            out = resampler.process(audio)
-            if len(out):
-                yield AudioChunk(float_to_pcm16(out), rate_hz, text)
-        tail = resampler.process(np.zeros(0, dtype=np.float32), last=True)
-        if len(tail):
-            yield AudioChunk(float_to_pcm16(tail), rate_hz)
+        pace = Pace()
+        with self._gate.stream():
+            for unit in utterances(_apply_dictionary(items, dictionary or {})):
+                if isinstance(unit, Break):
+                    pieces: Iterable[np.ndarray] = [
+                        np.zeros(round(unit.seconds * self.sample_rate), dtype=np.float32)]
+                    text = ""
+                else:
+                    pieces = self._speak(unit, speaker, rate, pace)
+                    text = unit.text
+                for audio in pieces:
+                    out = resampler.process(audio)
+                    if len(out):
+                        chunk = AudioChunk(float_to_pcm16(out), rate_hz, text)
+                        pace.emitted(chunk.seconds)
+                        text = ""
+                        yield chunk
+            tail = resampler.process(np.zeros(0, dtype=np.float32), last=True)
+            if len(tail):
+                yield AudioChunk(float_to_pcm16(tail), rate_hz)
 
-    def _speak(self, unit: Utterance, speaker: int, rate: float) -> np.ndarray:
-        """One network run, with the unit's style applied."""
+    def _chunk_frames(self, pace: Pace, remaining: int) -> int:
+        """Frames to decode next: few for a request's first audio, then as many as its listener's
+        lead allows (bounded, smaller while other requests wait for their turns)."""
+        context = 2 * self.network.context
+        if pace.first is None:
+            size = FIRST_CHUNK_FRAMES
+        else:
+            cap = MAX_CHUNK_FRAMES if self._gate.streams <= 1 else SHARED_CHUNK_FRAMES
+            lead = pace.ahead() / HEADROOM / self._frame_seconds - context
+            size = min(max(int(lead), FIRST_CHUNK_FRAMES), cap)
+        # A short rest goes along: its own run would decode more context than frames.
+        return remaining if remaining - size < context else size
+
+    def _speak(self, unit: Utterance, speaker: int, rate: float, pace: Pace) -> Iterator[np.ndarray]:
+        """One utterance's audio in chunks, with the unit's style applied."""
         t0 = time.perf_counter()
         voice = self.config.espeak_voice
         ipa = " ".join(s.text.strip() if s.kind == "ipa" else phonemize_text(s.text, voice)
@@ -208,11 +276,31 @@ class TtsModel:
         # Pitch: synthesise `pitch` times longer, then squeeze back to the original length, which
         # raises the pitch by that factor while the duration stays as the rate asks.
         length = self.config.length_scale * length_scale_for(style.pitch / (style.rate * rate))
-        audio = self.network.infer(ids, length, speaker)
-        if style.pitch != 1.0:
-            audio = resample(audio, round(self.sample_rate * style.pitch), self.sample_rate)
-        if style.gain != 1.0:
-            audio = np.clip(audio * style.gain, -1.0, 1.0)
+        with self._gate.turn(pace.key()):
+            latent = self.network.encode(ids, length, speaker)
+        shift = StreamResampler(round(self.sample_rate * style.pitch), self.sample_rate) \
+            if style.pitch != 1.0 else None
+        start, frames, samples = 0, latent.frames, 0
+        leading = unit.tight_start  # still cutting the leading silence
+        while start < frames:
+            stop = start + self._chunk_frames(pace, frames - start)
+            with self._gate.turn(pace.key()):
+                self.network.prepare(latent, stop, ahead=pace.first is not None)
+                t1 = time.perf_counter()
+                audio = self.network.decode(latent, start, stop)
+                run = min(frames, stop + self.network.context) - max(0, start - self.network.context)
+                self._frame_seconds = 0.7 * self._frame_seconds + 0.3 * (time.perf_counter() - t1) / run
+            start = stop
+            if shift is not None:
+                audio = shift.process(audio, last=start >= frames)
+            if style.gain != 1.0:
+                audio = np.clip(audio * style.gain, -1.0, 1.0)
+            if leading:
+                audio, leading = _cut_leading(audio, round(TIGHT_EDGES_S[0] * self.sample_rate))
+            if unit.tight_end and start >= frames:
+                audio = _cut_trailing(audio, round(TIGHT_EDGES_S[1] * self.sample_rate))
+            samples += len(audio)
+            if len(audio):
+                yield audio
         _LOGGER.debug("Synthesised %d phonemes (%.2f s of audio) in %.3f s", len(ids),
-                      len(audio) / self.sample_rate, time.perf_counter() - t0)
-        return audio
+                      samples / self.sample_rate, time.perf_counter() - t0)

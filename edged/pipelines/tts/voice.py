@@ -1,11 +1,13 @@
-"""A Piper VITS voice: its config (phoneme map, espeak voice, scales, speakers) and its network."""
+"""A Piper VITS voice: its config (phoneme map, espeak voice, scales, speakers) and its networks."""
 
 from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -47,16 +49,57 @@ class VoiceConfig:
             raise TtsError(f"{path} is not a usable Piper voice config ({exc}).") from None
 
 
+MAX_RUN_FRAMES = 1024
+"""Most frames one run of the flow or decoder takes, context included (the RMIR's shape range)."""
+
+
+@dataclass
+class Latent:
+    """One utterance between the encoder and the decoder, its frames made as they are needed.
+
+    `z` holds the decoder's input; frames before `ready` are final. For a voice packed as one
+    network (older RMIRs) `z` is the whole audio, one "frame".
+    """
+
+    z: np.ndarray
+    """[1, channels, frames] (or the audio, [samples])."""
+    ready: int
+    prior: np.ndarray | None = None
+    """The flow's input, [1, channels, frames], while some of `z` is still to make."""
+    extra: dict[str, np.ndarray] = field(default_factory=dict)
+    """The other inputs of the flow and decoder (a multi-speaker voice's embedding `g`)."""
+
+    @property
+    def frames(self) -> int:
+        """Frames to decode."""
+        return int(self.z.shape[-1]) if self.z.ndim == 3 else 1
+
+
 class VoiceNetwork:
-    """Runs the VITS network: phoneme ids in, float32 audio at the voice's rate out."""
+    """Runs the VITS networks: phoneme ids to the prior's frames (`encode`), then any range of
+    frames through the flow and decoder to float32 audio at the voice's rate (`decode`), exactly
+    as if the utterance were run whole: both are convolutional, and each range is run with the
+    context either side that their receptive fields need (measured when the RMIR was built).
+    """
 
-    def __init__(self, session: Session, config: VoiceConfig) -> None:
-        self._session = session
+    def __init__(self, sessions: Mapping[str, Session], config: VoiceConfig, parameters: Mapping[str, Any]) -> None:
         self.config = config
-        self._has_sid = any(i.name == "sid" for i in session.inputs)
+        self.chunked = {"encoder", "flow", "decoder"} <= set(sessions)
+        if not self.chunked and "voice" not in sessions:
+            raise TtsError(f"A Piper voice needs networks encoder, flow and decoder (or voice), not "
+                           f"{', '.join(sessions)}.")
+        self.hop = int(parameters.get("hop_length", 0)) if self.chunked else 1
+        self.context = int(parameters.get("decoder_context_frames", 0))
+        self.flow_context = int(parameters.get("flow_context_frames", 0))
+        if self.chunked and min(self.hop, self.context, self.flow_context) <= 0:
+            raise TtsError("The voice's manifest lacks hop_length, decoder_context_frames or "
+                           "flow_context_frames; rebuild its RMIR.")
+        self._encoder = sessions["encoder"] if self.chunked else sessions["voice"]
+        self._flow, self._decoder = sessions.get("flow"), sessions.get("decoder")
+        self._has_sid = any(i.name == "sid" for i in self._encoder.inputs)
 
-    def infer(self, ids: list[int], length_scale: float, speaker: int = 0) -> np.ndarray:
-        """One utterance's audio; `length_scale` > 1 speaks slower."""
+    def encode(self, ids: list[int], length_scale: float, speaker: int = 0) -> Latent:
+        """One utterance's prior (its frames' count settled); `length_scale` > 1 speaks slower."""
         cfg = self.config
         inputs: dict[str, np.ndarray] = {
             "input": np.asarray([ids], dtype=np.int64),
@@ -65,5 +108,47 @@ class VoiceNetwork:
         }
         if self._has_sid:
             inputs["sid"] = np.asarray([speaker], dtype=np.int64)
-        outputs = self._session.run(inputs)
-        return np.asarray(next(iter(outputs.values())), dtype=np.float32).reshape(-1)
+        outputs = self._encoder.run(inputs)
+        if not self.chunked:
+            return Latent(np.asarray(next(iter(outputs.values())), dtype=np.float32).reshape(-1), 1)
+        prior = np.asarray(outputs.pop("z_p"), dtype=np.float32)
+        return Latent(np.empty_like(prior), 0, prior, outputs)
+
+    def prepare(self, latent: Latent, stop: int, ahead: bool = True) -> None:
+        """Run the flow so that frames up to `stop` can be decoded: on every frame still to make
+        (`ahead`), or on just those (a request's first audio)."""
+        need = min(latent.frames, stop + self.context)
+        if self.chunked and latent.ready < need:
+            self._run_flow(latent, latent.frames if ahead else need)
+
+    def decode(self, latent: Latent, start: int, stop: int) -> np.ndarray:
+        """Audio of frames [start, stop) (the flow runs first if `prepare` did not)."""
+        if not self.chunked:
+            return latent.z
+        assert self._decoder is not None
+        self.prepare(latent, stop)
+        lo, hi = max(0, start - self.context), min(latent.frames, stop + self.context)
+        z = np.ascontiguousarray(latent.z[:, :, lo:hi])
+        audio = np.asarray(next(iter(self._decoder.run({"z": z, **latent.extra}).values())),
+                           dtype=np.float32).reshape(-1)
+        return audio[(start - lo) * self.hop:(stop - lo) * self.hop]
+
+    def _run_flow(self, latent: Latent, upto: int) -> None:
+        """Make z's frames [ready, upto) final, in runs of at most MAX_RUN_FRAMES."""
+        assert self._flow is not None and latent.prior is not None
+        while latent.ready < upto:
+            stop = min(upto, latent.ready + MAX_RUN_FRAMES - 2 * self.flow_context)
+            lo = max(0, latent.ready - self.flow_context)
+            hi = min(latent.frames, stop + self.flow_context)
+            z_p = np.ascontiguousarray(latent.prior[:, :, lo:hi])
+            feeds = {"z_p": z_p, "mask": np.ones((1, 1, hi - lo), np.float32), **latent.extra}
+            z = self._flow.run(feeds)["z"]
+            latent.z[:, :, latent.ready:stop] = z[:, :, latent.ready - lo:stop - lo]
+            latent.ready = stop
+        if latent.ready == latent.frames:
+            latent.prior = None
+
+    def infer(self, ids: list[int], length_scale: float, speaker: int = 0) -> np.ndarray:
+        """One utterance's whole audio."""
+        latent = self.encode(ids, length_scale, speaker)
+        return self.decode(latent, 0, latent.frames)
