@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 from edged.backends import BackendOptions
+from edged.loader import LoadedModel
 from edged.pipelines.asr.alignment import (
     WordTime,
     align_words,
@@ -247,8 +248,8 @@ def beckett_path() -> Path:
 
 
 @pytest.fixture(scope="module")
-def moonshine(tmp_path_factory: pytest.TempPathFactory, default_rmirs: dict[str, Path],
-              cpu_target: DeployTarget) -> Iterator[Moonshine]:
+def loaded_moonshine(tmp_path_factory: pytest.TempPathFactory, default_rmirs: dict[str, Path],
+                     cpu_target: DeployTarget) -> Iterator[LoadedModel]:
     """Moonshine deployed (ORT graph optimisations applied) and loaded with 2 threads."""
     require_default_packs()
     from edged.loader import load_model
@@ -259,8 +260,13 @@ def moonshine(tmp_path_factory: pytest.TempPathFactory, default_rmirs: dict[str,
     models = tmp_path_factory.mktemp("align") / "models"
     deploy(RmirRef(default_rmirs["moonshine-base-en"]), models, cpu_target, BackendOptions())
     (model,) = [m for m in list_models(models, cpu_target) if m.name == "moonshine-base-en"]
-    loaded = load_model(model, BackendOptions(intra_op_threads=2))
-    yield Moonshine(loaded.path, loaded.sessions, loaded.manifest.parameters)
+    yield load_model(model, BackendOptions(intra_op_threads=2))
+
+
+@pytest.fixture(scope="module")
+def moonshine(loaded_moonshine: LoadedModel) -> Moonshine:
+    """The deployed networks as the tests here drive them."""
+    return Moonshine(loaded_moonshine.path, loaded_moonshine.sessions, loaded_moonshine.manifest.parameters)
 
 
 def test_importer_exposes_cross_attention(default_rmirs: dict[str, Path]) -> None:
@@ -388,3 +394,39 @@ def test_long_clip_sentence_boundaries(moonshine: Moonshine) -> None:
     median, p90 = np.median(errors) * 1000, np.percentile(errors, 90) * 1000
     print(f"sentence boundaries: n={len(errors)} median {median:.0f} ms, p90 {p90:.0f} ms")
     assert median <= 120, f"median {median:.0f} ms, p90 {p90:.0f} ms"
+
+
+def test_drafts_give_the_greedy_decode_in_fewer_calls(loaded_moonshine: LoadedModel) -> None:
+    """Recogniser.decode with a draft (exact, cut short, with a wrong token, shifted) returns
+    the plain greedy tokens, log-probabilities and cross-attention, in fewer decoder calls."""
+    from edged.pipelines.asr.recogniser import Recogniser
+
+    recogniser = Recogniser(loaded_moonshine)
+    calls = [0]
+    decoder = recogniser.decoder
+
+    class Counting:
+        inputs, outputs = decoder.inputs, decoder.outputs
+
+        def run(self, feed: dict, names: list[str] | None = None) -> dict:
+            calls[0] += 1
+            return decoder.run(feed, names)
+
+    recogniser.decoder = Counting()  # type: ignore[assignment]
+    audio = read_wav(beckett_path())
+    audios = [audio[:4 * 16000], audio[3 * 16000:9 * 16000]]
+    plain = recogniser.decode(audios)
+    plain_calls, calls[0] = calls[0], 0
+    assert all(len(h.tokens) >= 5 for h in plain)
+    for make in (lambda t: t, lambda t: t[:len(t) // 2], lambda t: t[:2] + [t[2] + 1] + t[3:],
+                 lambda t: t[2:]):
+        hyps = recogniser.decode(audios, [make(h.tokens) for h in plain])
+        for got, want in zip(hyps, plain):
+            assert got.tokens == want.tokens and got.stopped == want.stopped
+            assert np.allclose(got.logprobs, want.logprobs, atol=1e-3)
+            assert got.cross_attention is not None and want.cross_attention is not None
+            assert np.allclose(got.cross_attention, want.cross_attention, atol=1e-4)
+    assert calls[0] < 4 * plain_calls * 0.6, (calls[0], plain_calls)
+    calls[0] = 0
+    recogniser.decode(audios, [h.tokens for h in plain])
+    assert calls[0] <= 2  # the first call confirms the whole draft; the next one predicts EOS

@@ -14,7 +14,7 @@ from edged.client.textnorm import normalize, word_errors
 from edged.errors import AudioFormatError
 from edged.pipelines.asr.audio import _G711, AudioDecoder, decode_all
 from edged.pipelines.asr.endpointing import WINDOW_MS, Endpointer, EndpointParams
-from edged.pipelines.asr.recogniser import repetition_cut
+from edged.pipelines.asr.recogniser import repeat_cut, repetition_cut
 from edged.pipelines.asr.results import strip_punctuation
 from edged.pipelines.asr.tokenizer import Tokenizer
 
@@ -132,6 +132,46 @@ def test_endpointer_splits_long_speech_at_the_quietest_point() -> None:
     events = _events(params, [0.0] * 10 + speech)
     splits = [w for k, w in events if k == "split"]
     assert splits and abs(splits[0] - 91) <= 2
+
+
+def test_endpointer_pause_splits_only_long_utterances() -> None:
+    """After pause_split_ms, a likely end followed by more speech ends the utterance there."""
+    params = EndpointParams(pause_split_ms=2000)
+    pause = [0.0] * 12  # 384 ms: a likely end, not an end
+    short = _events(params, [0.0] * 10 + [0.9] * 30 + pause + [0.9] * 30 + [0.0] * 40)
+    assert [k for k, _ in short] == ["start", "eou", "eou", "end"]
+    long = _events(params, [0.0] * 10 + [0.9] * 80 + pause + [0.9] * 30 + [0.0] * 40)
+    assert [k for k, _ in long] == ["start", "eou", "pause", "eou", "end"]
+    assert long[1][1] == long[2][1] == 90  # the pause ends the utterance where the eou saw it
+
+
+def test_endpointer_likely_end_without_speech_windows() -> None:
+    """The likely end also fires after stop_history_eou_ms without a speech window, even when
+    the probabilities stay just above stop_threshold_eou."""
+    params = EndpointParams(stop_threshold_eou=0.3, stop_threshold=0.3)
+    events = _events(params, [0.0] * 10 + [0.9] * 30 + [0.4] * 15 + [0.0] * 40)
+    assert [k for k, _ in events][:2] == ["start", "eou"]
+    assert events[1][1] == 40
+
+
+def test_endpointer_presplit_announces_the_split() -> None:
+    """The forced split's point is announced ahead ('presplit') and the split uses it."""
+    params = EndpointParams(max_utterance_ms=6400)
+    speech = [0.9] * 400
+    speech[140:143] = [0.4, 0.4, 0.4]
+    events = _events(params, [0.0] * 10 + speech)
+    presplit = [(i, w) for i, (k, w) in enumerate(events) if k == "presplit"]
+    split = [(i, w) for i, (k, w) in enumerate(events) if k == "split"]
+    assert presplit and split and presplit[0][0] < split[0][0]
+    assert presplit[0][1] == split[0][1] and abs(split[0][1] - 151) <= 2
+
+
+def test_repeat_cut_after_the_cap() -> None:
+    """A phrase decoded twice (the decoder went back over the audio) is cut after the first."""
+    phrase = [11, 12, 13, 14, 15]
+    assert repeat_cut([1, 2] + phrase + [3] + phrase + [4]) == 7
+    assert repeat_cut([1, 2, 3, 4, 1, 2, 3]) is None  # shorter than 4 tokens twice
+    assert repeat_cut(list(range(30))) is None
 
 
 def test_repetition_guard() -> None:

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import io
+import itertools
 import json
-import os
 import subprocess
 import threading
 import time
@@ -21,6 +21,8 @@ from riva.client.proto import riva_asr_pb2 as rasr
 from edged.backends import BackendOptions
 from edged.client.textnorm import normalize, word_errors
 from edged.pipelines.asr.audio import _G711
+from edged.pipelines.asr.model import AsrModel
+from edged.pipelines.asr.stream import _WINDOW, DecodeJob, StreamConfig
 from edged.repository.deploy import deploy
 from edged.repository.records import DeployTarget
 from edged.rmir import RmirRef
@@ -46,13 +48,31 @@ def pcm_of(path: Path) -> tuple[bytes, int]:
 
 
 @pytest.fixture(scope="module")
-def asr_server(tmp_path_factory: pytest.TempPathFactory, default_rmirs: dict[str, Path],
-               cpu_target: DeployTarget) -> Iterator[str]:
-    """A server with the default ASR and VAD models on a loopback port; yields its address."""
+def asr_repo(tmp_path_factory: pytest.TempPathFactory, default_rmirs: dict[str, Path],
+             cpu_target: DeployTarget) -> Path:
+    """A model repository with the default ASR and VAD models deployed."""
     require_default_packs()
-    tmp = tmp_path_factory.mktemp("asr-server")
+    repo = tmp_path_factory.mktemp("asr-server") / "repo"
     for name in ("moonshine-base-en", "silero-vad"):
-        deploy(RmirRef(default_rmirs[name]), tmp / "repo" / "models", cpu_target, BackendOptions())
+        deploy(RmirRef(default_rmirs[name]), repo / "models", cpu_target, BackendOptions())
+    return repo
+
+
+@pytest.fixture(scope="module")
+def asr_model(asr_repo: Path, cpu_target: DeployTarget) -> AsrModel:
+    """The ASR pipeline in this process (Moonshine and Silero, 2 threads)."""
+    from edged.loader import load_model
+    from edged.repository.records import list_models
+
+    models = {m.name: m for m in list_models(asr_repo / "models", cpu_target)}
+    options = BackendOptions(intra_op_threads=2)
+    return AsrModel(load_model(models["moonshine-base-en"], options), load_model(models["silero-vad"], options))
+
+
+@pytest.fixture(scope="module")
+def asr_server(asr_repo: Path) -> Iterator[str]:
+    """A server with the default ASR and VAD models on a loopback port; yields its address."""
+    tmp = asr_repo.parent
     port = free_port()
     cfg = tmp / "config.sh"
     cfg.write_text(
@@ -100,7 +120,7 @@ def test_offline_recognize_beckett_with_words(asr_server: str) -> None:
     times = [(w.start_time, w.end_time) for r in resp.results for w in r.alternatives[0].words]
     assert len(times) >= 10
     assert all(0 <= s <= e <= 10_000 for s, e in times)
-    assert all(a[1] <= b[0] for a, b in zip(times, times[1:]))
+    assert all(a[1] <= b[0] for a, b in itertools.pairwise(times))
     assert all(0 < r.alternatives[0].confidence <= 1 for r in resp.results)
 
 
@@ -184,6 +204,18 @@ def _stream_text(asr: riva.client.ASRService, pcm: bytes, rate: int, chunk_s: fl
                     for r in resp.results if r.is_final)
 
 
+def test_streaming_client_sending_at_once_loses_nothing(asr_server: str) -> None:
+    """All the audio sent at once (queued with the config): the same text as offline."""
+    pcm, rate = pcm_of(beckett_path())
+    pcm = pcm[int(1.6 * rate) * 2:]  # it starts with speech: "Ever failed."
+    asr = service(asr_server)
+    lin = riva.client.AudioEncoding.LINEAR_PCM
+    offline = " ".join(r.alternatives[0].transcript for r in asr.offline_recognize(
+        pcm, config(encoding=lin, sample_rate_hertz=rate)).results)
+    for _ in range(3):
+        assert normalize(_stream_text(asr, pcm, rate, 0.05, 0)) == normalize(offline)
+
+
 def test_eight_concurrent_streams_do_not_cross(asr_server: str) -> None:
     """8 streams at once, each a different cut of the clip: each gets its own transcript."""
     pcm, rate = pcm_of(beckett_path())
@@ -235,7 +267,7 @@ def test_errors_are_precise(asr_server: str) -> None:
         (bytes(16000 * 2 * 121), config(encoding=lin, sample_rate_hertz=16000), "limit of 120 s"),
     ]
     for audio, cfg, message in cases:
-        code, details = _code(lambda: asr.offline_recognize(audio, cfg))
+        code, details = _code(lambda audio=audio, cfg=cfg: asr.offline_recognize(audio, cfg))
         assert code == grpc.StatusCode.INVALID_ARGUMENT and message in details, (message, details)
     sc = riva.client.StreamingRecognitionConfig(config=config(model="nope"))
     code, details = _code(lambda: list(asr.streaming_response_generator([pcm[:3200]], sc)))
@@ -316,9 +348,49 @@ def test_transcribe_cli_json(asr_server: str) -> None:
     import sys
 
     out = subprocess.run([sys.executable, "-m", "edged", "transcribe", "--server", asr_server, "--json",
-                          str(beckett_path())], capture_output=True, text=True, timeout=120)
+                          str(beckett_path())], capture_output=True, text=True, timeout=120, check=False)
     assert out.returncode == 0, out.stderr
     (item,) = json.loads(out.stdout)
     assert word_errors(BECKETT_TEXT, item["transcript"])[0] <= 2
     words = [w for r in item["results"] for w in r["words"]]
     assert words and all(w["start_ms"] <= w["end_ms"] for w in words)
+
+
+def test_stream_interims_windowed_finals_unchanged(asr_model: AsrModel, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Long speech streamed in real time with interims: interims decode bounded windows, most
+    finals are the speculative decodes started at the likely end, and the finals read exactly
+    as without interims (drafts only save decoder calls)."""
+    clip = EVALCORPUS / "clips" / "long-lj-LJ001-0001-to-0008.wav"
+    if not clip.is_file():
+        pytest.skip(f"{clip} is not there")
+    pcm, rate = pcm_of(clip)
+    pcm = pcm[:rate * 2 * 30]
+    decoded: list[tuple[str, int]] = []
+    decode_jobs = asr_model.decode_jobs
+
+    def recording(jobs: list[DecodeJob]) -> None:
+        decoded.extend((j.kind, len(j.audio)) for j in jobs if j.hyp is None)
+        decode_jobs(jobs)
+
+    monkeypatch.setattr(asr_model, "decode_jobs", recording)
+
+    def finals(interims: bool) -> tuple[list[str], int]:
+        stream = asr_model.start_stream(StreamConfig(encoding="LINEAR_PCM", sample_rate=rate,
+                                                     interim_results=interims))
+        chunk, texts, count = rate * 2 * 160 // 1000, [], 0
+        for i in range(0, len(pcm), chunk):  # a clock at the pace of the audio
+            for r in stream.accept(pcm[i:i + chunk], now=i / (2 * rate)):
+                texts += [r.transcript] if r.is_final else []
+                count += not r.is_final
+        texts += [r.transcript for r in stream.finish() if r.is_final]
+        return texts, count
+
+    plain, _ = finals(False)
+    decoded.clear()
+    streamed, interims = finals(True)
+    assert streamed == plain
+    assert interims >= 20
+    assert any(kind == "commit" for kind, _ in decoded)
+    assert max(n for kind, n in decoded if kind == "interim") <= _WINDOW
+    fresh = sum(kind == "final" for kind, _ in decoded)
+    assert fresh <= len(streamed) // 2, decoded

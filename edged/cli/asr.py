@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 
 from edged.cli.app import ConfigOpt, app, bench_app, setup_logging
 
-ServerOpt = Annotated[Optional[str], typer.Option(
+ServerOpt = Annotated[str | None, typer.Option(
     "--server", help="HOST:PORT of a running edged/Riva server (default: start a private one from config.sh).")]
 
 

@@ -42,25 +42,24 @@ def private_server(config: Path | None, timeout: float = 180.0) -> Iterator[tupl
                        "metrics_port=0\nservice_enabled_tts=false\n", encoding="utf-8")
         if config:  # relative paths in the user's file stay relative to its folder
             cfg.write_text(cfg.read_text().replace(source, f'cd "{Path(config).resolve().parent}"\n{source}'))
-        log = open(Path(tmp) / "server.log", "wb")
-        proc = subprocess.Popen([sys.executable, "-m", "edged", "start", "-c", str(cfg)],
-                                stdout=log, stderr=subprocess.STDOUT)
-        address = f"127.0.0.1:{port}"
-        try:
-            deadline = time.monotonic() + timeout
-            while check_health(address, "", timeout=2) != "SERVING":
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    tail = (Path(tmp) / "server.log").read_text(errors="replace").strip().splitlines()[-3:]
-                    raise EdgedError("The private ASR server did not start: " + " | ".join(tail))
-                time.sleep(0.1)
-            yield address, proc.pid
-        finally:
-            proc.terminate()
+        with open(Path(tmp) / "server.log", "wb") as log:
+            proc = subprocess.Popen([sys.executable, "-m", "edged", "start", "-c", str(cfg)],
+                                    stdout=log, stderr=subprocess.STDOUT)
+            address = f"127.0.0.1:{port}"
             try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-            log.close()
+                deadline = time.monotonic() + timeout
+                while check_health(address, "", timeout=2) != "SERVING":
+                    if proc.poll() is not None or time.monotonic() > deadline:
+                        tail = (Path(tmp) / "server.log").read_text(errors="replace").strip().splitlines()[-3:]
+                        raise EdgedError("The private ASR server did not start: " + " | ".join(tail))
+                    time.sleep(0.1)
+                yield address, proc.pid
+            finally:
+                proc.terminate()
+                try:
+                    proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
 
 
 def _service(address: str) -> Any:
@@ -160,7 +159,7 @@ def _pct(values: list[float], q: float) -> float:
     if not values:
         return float("nan")
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 @dataclass
@@ -220,14 +219,25 @@ class _Sampler:
             if self._proc is not None:
                 self.peak_rss = max(self.peak_rss, self._proc.memory_info().rss)
 
-    def __enter__(self) -> _Sampler:
+    def start(self) -> None:
+        """Start sampling (and the CPU time count)."""
         self._thread.start()
-        return self
 
-    def __exit__(self, *exc: object) -> None:
+    def stop(self) -> None:
+        """Stop sampling; sets `cpu_percent` over the sampled time."""
         self._stop.set()
         self._thread.join()
         self.cpu_percent = 100.0 * (self._cpu() - self._cpu0) / max(1e-9, time.perf_counter() - self._t0)
+
+
+@contextmanager
+def _sampled(pid: int | None) -> Iterator[_Sampler]:
+    sampler = _Sampler(pid)
+    sampler.start()
+    try:
+        yield sampler
+    finally:
+        sampler.stop()
 
 
 def run_bench(address: str, manifest: Path, streams: int = 1, chunk_ms: int = 160,
@@ -247,7 +257,7 @@ def run_bench(address: str, manifest: Path, streams: int = 1, chunk_ms: int = 16
         pcm, rate = _pcm(path)
         pcms.append((pcm, rate))
         audio_s += len(pcm) / (2 * rate)
-    with _Sampler(server_pid) as sampler:
+    with _sampled(server_pid) as sampler:
         for (pcm, rate), (path, text) in zip(pcms, clips):
             config = riva.client.RecognitionConfig(
                 encoding=riva.client.AudioEncoding.LINEAR_PCM, sample_rate_hertz=rate, language_code="en-US",

@@ -84,6 +84,9 @@ def import_moonshine_base_en(workdir: Path, wheel: Path | None = None) -> ModelS
                 "stop_history_eou_ms": 300,
                 "stop_threshold_eou": 0.35,
                 "max_utterance_ms": 8000,
+                # edged's own: an utterance of 4 s or more ends at a likely end (a pause of
+                # stop_history_eou_ms) when speech goes on after it.
+                "pause_split_ms": 4000,
             },
         },
         dim_ranges={

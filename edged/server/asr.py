@@ -37,6 +37,9 @@ _LOGGER = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
+# Requests read ahead of recognition per stream (then the client waits, as gRPC flow control).
+_READ_AHEAD = 64
+
 SERVICE_NAME = rasr.DESCRIPTOR.services_by_name["RivaSpeechRecognition"].full_name
 
 _ENCODINGS = {
@@ -190,40 +193,69 @@ class AsrServicer(rasr_grpc.RivaSpeechRecognitionServicer):
         except ResourceExhaustedError as exc:
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
 
-    async def _next(self, requests: AsyncIterator[rasr.StreamingRecognizeRequest],
-                    context: grpc.aio.ServicerContext) -> rasr.StreamingRecognizeRequest | None:
-        """The next request, None at the end; DEADLINE_EXCEEDED after the idle timeout."""
-        timeout = self._settings.asr_stream_idle_timeout_s
+    async def _next(self, queue: asyncio.Queue[rasr.StreamingRecognizeRequest | BaseException | None],
+                    context: grpc.aio.ServicerContext) -> list[rasr.StreamingRecognizeRequest | None]:
+        """The requests that came since the last call (at least one; None marks the end);
+        DEADLINE_EXCEEDED after the idle timeout. A stream that fell behind catches up in one go."""
         try:
-            return await asyncio.wait_for(requests.__anext__(), timeout)
-        except StopAsyncIteration:
-            return None
+            got = [await asyncio.wait_for(queue.get(), self._settings.asr_stream_idle_timeout_s)]
         except asyncio.TimeoutError:
-            await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED,
-                                f"No audio for {timeout} s; the stream was ended "
-                                "(asr_stream_idle_timeout_s).")
+            await self._idle(context)
             raise  # not reached
+        while got[-1] is not None and not isinstance(got[-1], BaseException) and not queue.empty():
+            got.append(queue.get_nowait())
+        if isinstance(got[-1], BaseException):
+            raise got[-1]
+        return got  # type: ignore[return-value]
+
+    async def _idle(self, context: grpc.aio.ServicerContext) -> None:
+        """End a stream that sent nothing for the idle timeout (DEADLINE_EXCEEDED)."""
+        await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED,
+                            f"No audio for {self._settings.asr_stream_idle_timeout_s} s; the stream was "
+                            "ended (asr_stream_idle_timeout_s).")
+
+    @staticmethod
+    async def _read(requests: AsyncIterator[rasr.StreamingRecognizeRequest],
+                    queue: asyncio.Queue[rasr.StreamingRecognizeRequest | BaseException | None]) -> None:
+        """Move the client's requests into `queue` as they come (then None, or the error)."""
+        try:
+            async for request in requests:
+                await queue.put(request)
+        except Exception as exc:  # noqa: BLE001 - handed to the stream's task, which raises it
+            await queue.put(exc)
+            return
+        await queue.put(None)
 
     async def _stream(self, requests: AsyncIterator[rasr.StreamingRecognizeRequest],
                       context: grpc.aio.ServicerContext) -> AsyncIterator[rasr.StreamingRecognizeResponse]:
-        first = await self._next(requests, context)
-        if first is None:
-            return
-        if not first.HasField("streaming_config"):
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                                "The first StreamingRecognizeRequest must hold streaming_config.")
         try:
-            name = self._select(first.streaming_config.config)
-        except Exception as exc:
-            await self._abort(context, exc)
-            raise
-        with metrics.track_request("asr", name):
-            async with self._ctx.admission.stream("asr", self._settings.asr_max_streams):
-                async for response in self._recognize_stream(name, first, requests, context):
-                    yield response
+            first = await asyncio.wait_for(requests.__anext__(), self._settings.asr_stream_idle_timeout_s)
+        except StopAsyncIteration:
+            return
+        except asyncio.TimeoutError:
+            await self._idle(context)
+            raise  # not reached
+        # The rest is read ahead as it comes, so that a stream that fell behind catches up at once.
+        queue: asyncio.Queue[rasr.StreamingRecognizeRequest | BaseException | None] = asyncio.Queue(_READ_AHEAD)
+        reader = asyncio.get_running_loop().create_task(self._read(requests, queue))
+        try:
+            if not first.HasField("streaming_config"):
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                    "The first StreamingRecognizeRequest must hold streaming_config.")
+            try:
+                name = self._select(first.streaming_config.config)
+            except Exception as exc:
+                await self._abort(context, exc)
+                raise
+            with metrics.track_request("asr", name):
+                async with self._ctx.admission.stream("asr", self._settings.asr_max_streams):
+                    async for response in self._recognize_stream(name, first, queue, context):
+                        yield response
+        finally:
+            reader.cancel()
 
     async def _recognize_stream(self, name: str, first: rasr.StreamingRecognizeRequest,
-                                requests: AsyncIterator[rasr.StreamingRecognizeRequest],
+                                queue: asyncio.Queue[rasr.StreamingRecognizeRequest | BaseException | None],
                                 context: grpc.aio.ServicerContext) -> AsyncIterator[rasr.StreamingRecognizeResponse]:
         try:
             model = await self._model(name)
@@ -235,16 +267,15 @@ class AsrServicer(rasr_grpc.RivaSpeechRecognitionServicer):
         _LOGGER.debug("ASR stream started on %s", name)
         seconds = 0.0
         while True:
-            request = await self._next(requests, context)
+            requests = await self._next(queue, context)
+            end = requests[-1] is None
             try:
-                if request is None:
-                    results = await self._batcher.finish(stream)
-                elif request.HasField("streaming_config"):
+                if any(r is not None and r.HasField("streaming_config") for r in requests):
                     raise RequestError("streaming_config may only be sent in the first request of a stream.")
-                elif request.audio_content:
-                    results = await self._batcher.feed(stream, request.audio_content)
-                else:
-                    continue
+                audio = b"".join(r.audio_content for r in requests if r is not None)
+                results = await self._batcher.feed(stream, audio) if audio else []
+                if end:
+                    results += await self._batcher.finish(stream)
             except Exception as exc:
                 await self._abort(context, exc)
                 raise
@@ -254,7 +285,7 @@ class AsrServicer(rasr_grpc.RivaSpeechRecognitionServicer):
                 yield rasr.StreamingRecognizeResponse(results=[rasr.StreamingRecognitionResult(
                     alternatives=[_alternative(result, config.word_times)], is_final=result.is_final,
                     stability=result.stability, channel_tag=1, audio_processed=result.audio_processed)])
-            if request is None:
+            if end:
                 return
 
     async def GetRivaSpeechRecognitionConfig(self, request: rasr.RivaSpeechRecognitionConfigRequest,

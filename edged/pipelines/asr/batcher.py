@@ -2,15 +2,19 @@
 
 Each stream hands in one chunk at a time and waits for its results, so the queue holds at
 most one item per stream (bounded by the server's stream limit). The loop takes whatever is
-queued, runs the streams' cheap steps (audio decoding, VAD) and then their decode jobs together
-in one executor call: when several streams have audio ready, their encoder and decoder steps
-run as one batch.
+queued and runs one cycle of it in one executor call: the streams' cheap steps (audio
+decoding, VAD), then the decodes that finals need (all of them), then interims, which are
+optional: only for streams that are not behind real time, longest-waiting first, and only as
+many as fit in the cycle's time budget, so finals never wait long behind interims and streams
+keep up with real time however many there are. Decodes of several streams run as batches
+where their lengths allow (see AsrModel.decode_jobs).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -27,6 +31,10 @@ from edged.pipelines.asr.stream import (
 _LOGGER = logging.getLogger(__name__)
 
 _MAX_ITEMS_PER_CYCLE = 32
+# A cycle makes interims only while its decoding has taken less than this (seconds, estimated).
+_CYCLE_BUDGET_S = 0.25
+# A stream handled this many seconds later than real time gets no interims until it catches up.
+_MAX_LAG_S = 0.3
 
 
 @dataclass
@@ -91,24 +99,53 @@ class AsrBatcher:
                     item.future.set_result(outcome)
 
     def _cycle(self, items: list[_Item]) -> list[list[Result] | BaseException]:
-        """On the executor: feed every item, decode all their jobs together, collect results."""
+        """On the executor: feed every item, decode finals, then the interims that fit."""
+        now = time.monotonic()
+        t0 = time.perf_counter()
         outcomes: list[list[Result] | BaseException | None] = []
-        by_model: dict[int, tuple[AsrModel, list[DecodeJob]]] = {}
+        required: list[DecodeJob] = []
         for item in items:
             stream = item.stream
             try:
                 if item.data is not None:
-                    stream.feed(item.data)
+                    stream.feed(item.data, now)
                 if item.data is None or item.offline:
                     stream.feed_end()
-            except Exception as exc:  # bad audio or a limit: only this item fails
+            except Exception as exc:  # noqa: BLE001 - bad audio or a limit: only this item fails
                 stream.jobs.clear()
                 outcomes.append(exc)
                 continue
             outcomes.append(None)
-            model, jobs = by_model.setdefault(id(stream.model), (stream.model, []))
-            jobs.extend(stream.jobs)
+            required.extend(stream.jobs)
             stream.jobs.clear()
-        for model, jobs in by_model.values():
-            model.decode_jobs(jobs)
+        _decode(required)
+        streams = {id(item.stream): item.stream for item, o in zip(items, outcomes) if o is None}
+        due = sorted((s for s in streams.values() if s.lag <= _MAX_LAG_S and s.interim_due(time.monotonic())),
+                     key=lambda s: s.last_interim_at)
+        interims: list[DecodeJob] = []
+        spent = time.perf_counter() - t0
+        for stream in due:
+            cost = stream.interim_estimate()
+            if (interims or spent > 0.02) and spent + cost > _CYCLE_BUDGET_S:
+                continue
+            spent += cost
+            stream.queue_interim()
+            interims.extend(stream.jobs)
+            stream.jobs.clear()
+        t1 = time.perf_counter()
+        _decode(interims)
+        if _LOGGER.isEnabledFor(logging.DEBUG):
+            _LOGGER.debug("ASR cycle: %d items, %s in %.0f ms, %d interim jobs for %d due streams (%.1f s) in %.0f ms",
+                          len(items), [(j.kind, round(len(j.audio) / 16000, 1)) for j in required],
+                          1000 * (t1 - t0), len(interims), len(due), sum(len(j.audio) for j in interims) / 16000,
+                          1000 * (time.perf_counter() - t1))
         return [o if o is not None else item.stream.take_results() for item, o in zip(items, outcomes)]
+
+
+def _decode(jobs: list[DecodeJob]) -> None:
+    """Decode jobs of any streams, each model's together."""
+    by_model: dict[int, tuple[AsrModel, list[DecodeJob]]] = {}
+    for job in jobs:
+        by_model.setdefault(id(job.stream.model), (job.stream.model, []))[1].append(job)
+    for model, group in by_model.values():
+        model.decode_jobs(group)

@@ -22,11 +22,18 @@ _LOGGER = logging.getLogger(__name__)
 
 MAX_BATCH = 8
 # Utterances decoded together are zero-padded to the longest (the encoder has no mask), so only
-# utterances of similar length share a batch.
+# utterances of similar length share a batch (and streaming finals only equal lengths).
 _MAX_PAD_RATIO = 1.25
 _MAX_PAD_SAMPLES = SAMPLE_RATE
 # Activations grow with the batch's total audio; bounding it bounds the memory a batch takes.
 _MAX_BATCH_SAMPLES = 40 * SAMPLE_RATE
+
+def _exact(job: DecodeJob) -> bool:
+    """Whether a job is a streaming final, decoded without padding (batched only with equal
+    lengths): padding changes what Moonshine hears, and streams' finals gain little from
+    batches since their drafts leave few decoder calls."""
+    return job.kind in ("final", "eou") and job.stream.config.speculative
+
 
 class AsrModel:
     """Moonshine + Silero VAD, shared by every stream; `decode_jobs` runs many streams' jobs."""
@@ -43,6 +50,8 @@ class AsrModel:
             params.setdefault("speech_threshold", threshold)
         self.endpoint = EndpointParams.from_manifest(params)
         self.alignment_heads = [tuple(h) for h in asr.manifest.parameters.get("alignment_heads", [])]
+        self.seconds_per_sample = 0.05 / SAMPLE_RATE
+        """Recent decode wall time per sample of audio (a moving average over batches)."""
 
     def start_stream(self, config: StreamConfig) -> AsrStream:
         """A new stream with its own audio, VAD and endpointing state."""
@@ -55,31 +64,37 @@ class AsrModel:
         jobs.clear()
         for job in ready:
             job.stream.complete(job)
-        todo.sort(key=lambda j: len(j.audio))
+        todo.sort(key=lambda j: (_exact(j), len(j.audio)))
         while todo:
             group = [todo.pop(0)]
-            while (todo and len(group) < MAX_BATCH
+            first = len(group[0].audio)
+            limit = first if _exact(group[0]) else max(first * _MAX_PAD_RATIO, first + _MAX_PAD_SAMPLES)
+            while (todo and len(group) < MAX_BATCH and _exact(todo[0]) == _exact(group[0])
                    and len(todo[0].audio) * (len(group) + 1) <= _MAX_BATCH_SAMPLES
-                   and len(todo[0].audio) <= max(len(group[0].audio) * _MAX_PAD_RATIO,
-                                                 len(group[0].audio) + _MAX_PAD_SAMPLES)):
+                   and len(todo[0].audio) <= limit):
                 group.append(todo.pop(0))
             t0 = time.perf_counter()
-            hyps = self.recogniser.decode([j.audio for j in group], [j.prefix for j in group])
+            attention = any(j.kind in ("final", "eou") and j.stream.config.word_times for j in group)
+            hyps = self.recogniser.decode([j.audio for j in group], [j.draft for j in group], attention)
             seconds = time.perf_counter() - t0
+            per_sample = seconds / max(1, sum(len(j.audio) for j in group))
+            self.seconds_per_sample += 0.2 * (per_sample - self.seconds_per_sample)
             for job, hyp in zip(group, hyps):
                 job.hyp, job.seconds = hyp, seconds
                 job.stream.complete(job)
 
-    def result(self, job: DecodeJob, config: StreamConfig, stable: int) -> Result | None:
-        """The Result of a decoded job (None for an empty final)."""
-        hyp = job.hyp
+    def result(self, job: DecodeJob, config: StreamConfig, stable: int,
+               hyp: Hypothesis | None = None, start: int | None = None) -> Result | None:
+        """The Result of a decoded job (None for an empty final); an interim may give the
+        hypothesis of its whole utterance (`hyp`, from stream sample `start`)."""
+        hyp = hyp or job.hyp
         assert hyp is not None
         tokenizer = self.recogniser.tokenizer
         text = tokenizer.decode(hyp.tokens)
         if not config.punctuation:
             text = strip_punctuation(text)
-        start_s = job.start / SAMPLE_RATE
-        end_s = start_s + len(job.audio) / SAMPLE_RATE
+        start_s = (job.start if start is None else start) / SAMPLE_RATE
+        end_s = (job.start + len(job.audio)) / SAMPLE_RATE
         if job.kind != "final":
             stability = min(1.0, stable / len(hyp.tokens)) if hyp.tokens else 0.0
             return Result(False, text, hyp.confidence, round(stability, 3), job.fired_at / SAMPLE_RATE, start_s, end_s)
@@ -107,7 +122,9 @@ class AsrModel:
         else:
             timed = [(text, int(start_ms), int(end_ms), conf) for text, _, _, conf in split_words(tokenizer, hyp)]
         words = []
+        onset_ms = 1000.0 * job.speech_start / SAMPLE_RATE
         for text, t0, t1, conf in timed:
+            t0 = min(max(t0, onset_ms), t1)  # the utterance's audio starts before its speech
             shown = text if punctuation else strip_punctuation(text)
             if shown:
                 words.append(Word(shown, int(t0), int(t1), float(conf)))

@@ -2,15 +2,16 @@
 
 Moonshine's encoder sees the whole utterance (it is not a streaming model), so every decode
 re-encodes its audio; the decoder steps of a batch run together, one network call per token.
-A caller may pass a token prefix it already trusts (the stable part of an earlier interim
-hypothesis): the prefix is fed in the first decoder call instead of being decoded token by token.
+A caller may pass a draft (the tokens of an earlier hypothesis of the same utterance): the
+first decoder call reads it whole and keeps the part that greedy decoding agrees with, so the
+result is exactly the greedy one but most tokens cost no decoder call of their own.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -29,6 +30,11 @@ _LOOP_MIN_SPAN = 12
 _LOOP_MIN_REPEATS = 3
 _LOOP_MIN_REPEATS_ONE_TOKEN = 8
 _LOOP_MAX_UNIT = 24
+# A hypothesis that ran into the duration cap and holds a phrase of at least this many tokens
+# twice has gone back over audio it already transcribed: it is cut after the first occurrence.
+_CAP_REPEAT_MIN = 4
+# Draft tokens fed to one decoder call at most (after the greedy token).
+_LOOKAHEAD = 12
 
 
 @dataclass
@@ -40,7 +46,7 @@ class Hypothesis:
     frames: int
     """Encoder frames of the (unpadded) audio."""
     stopped: str
-    """Why decoding stopped: 'eos', 'cap' (duration cap) or 'loop' (repetition cut)."""
+    """Why decoding stopped: 'eos', 'cap' (duration cap), 'loop' or 'repeat' (repetition cuts)."""
     cross_attention: np.ndarray | None = None
     """[layers, heads, tokens, frames] when the decoder exposes `cross_attentions.N` outputs."""
 
@@ -65,6 +71,69 @@ def repetition_cut(tokens: list[int]) -> int | None:
             start = pos + unit  # first token of the first occurrence
             return start + unit
     return None
+
+
+def repeat_cut(tokens: list[int]) -> int | None:
+    """End of the first occurrence of the longest phrase (>= _CAP_REPEAT_MIN tokens) that occurs
+    twice without overlapping, else None."""
+    n_tok = len(tokens)
+    for unit in range(n_tok // 2, _CAP_REPEAT_MIN - 1, -1):
+        seen: dict[tuple[int, ...], int] = {}
+        for i in range(n_tok - unit + 1):
+            key = tuple(tokens[i:i + unit])
+            first = seen.setdefault(key, i)
+            if i - first >= unit:
+                return first + unit
+    return None
+
+
+def _prefix(cache: np.ndarray, length: int) -> np.ndarray:
+    """The first `length` positions of a KV cache [batch, heads, positions, dim]."""
+    return cache if cache.shape[2] == length else np.ascontiguousarray(cache[:, :, :length])
+
+
+@dataclass
+class _Row:
+    """Decoding state of one utterance of a batch, and where its draft says it goes next."""
+
+    draft: list[int]
+    cap: int
+    tokens: list[int] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)
+    stopped: str = ""
+    next: int | None = 0
+    """Index in `draft` of the token expected next (None: lost until the tokens match again)."""
+    anchor: int = 0
+    """Draft index where the tokens last followed the draft."""
+
+    def take(self, token: int, logprob: float, eos: int) -> None:
+        """Append the greedy token (or stop: EOS, repetition loop, cap) and follow the draft."""
+        if token == eos:
+            self.stopped = "eos"
+            return
+        self.tokens.append(token)
+        self.logprobs.append(logprob)
+        cut = repetition_cut(self.tokens)
+        if cut is not None:
+            _LOGGER.debug("Repetition loop cut after %d of %d tokens", cut, len(self.tokens))
+            del self.tokens[cut:], self.logprobs[cut:]
+            self.stopped = "loop"
+        elif len(self.tokens) >= self.cap:
+            self.stopped = "cap"
+        elif self.next is not None and self.next < len(self.draft) and self.draft[self.next] == token:
+            self.next = self.anchor = self.next + 1
+        else:  # find the last two tokens in the draft again, from about where it was followed
+            self.next = None
+            if len(self.tokens) >= 2:
+                a, b = self.tokens[-2:]
+                for j in range(max(1, self.anchor - 4), len(self.draft)):
+                    if self.draft[j] == b and self.draft[j - 1] == a:
+                        self.next = self.anchor = j + 1
+                        break
+
+    def continuation(self, count: int) -> list[int]:
+        """Up to `count` draft tokens expected next."""
+        return self.draft[self.next:self.next + count] if self.next is not None else []
 
 
 def _log_softmax_at(logits: np.ndarray, index: np.ndarray) -> np.ndarray:
@@ -116,17 +185,26 @@ class Recogniser:
         """Encoder frames for `samples` (three strided convolutions: 64, 3, 2)."""
         return max(0, ((max(0, (samples - 127) // 64 + 1) - 7) // 3 + 1 - 3) // 2 + 1)
 
-    def decode(self, audios: list[np.ndarray], prefixes: list[list[int]] | None = None) -> list[Hypothesis]:
-        """Greedy-decode each utterance, starting from its trusted token prefix if given."""
+    def decode(self, audios: list[np.ndarray], drafts: list[list[int]] | None = None,
+               attention: bool = True) -> list[Hypothesis]:
+        """Greedy-decode each utterance; a draft (earlier tokens of the same speech) saves calls.
+
+        Drafts are checked, never trusted: the first decoder call reads BOS and the drafts'
+        common length and keeps the tokens up to the first position where the greedy choice
+        differs; later calls feed the greedy token plus the draft's continuation (found again
+        after a difference) and keep the part that greedy agrees with. The result is the plain
+        greedy decode. `attention`: collect cross-attention for word times (when the decoder
+        exposes it).
+        """
         if not audios:
             return []
         batch = len(audios)
-        prefixes = prefixes or [[] for _ in audios]
         caps = [self.token_cap(len(a)) for a in audios]
-        prefixes = [p[:cap] for p, cap in zip(prefixes, caps)]
+        rows = [_Row(list(d[:cap]), cap) for d, cap in zip(drafts or [[] for _ in audios], caps)]
+        attention = attention and bool(self._attention_outputs)
         hidden = self.encode(audios)
-        common = min(len(p) for p in prefixes)
-        ids = np.array([[self.bos, *p[:common]] for p in prefixes], dtype=np.int64)
+        common = min(len(row.draft) for row in rows)
+        ids = np.array([[self.bos, *row.draft[:common]] for row in rows], dtype=np.int64)
         empty = np.zeros((batch, self._heads, 0, self._head_dim), dtype=np.float32)
         feed: dict[str, np.ndarray] = {"input_ids": ids, "encoder_hidden_states": hidden,
                                        "use_cache_branch": np.array([False])}
@@ -134,70 +212,72 @@ class Recogniser:
             for part in ("decoder", "encoder"):
                 feed[f"past_key_values.{layer}.{part}.key"] = empty
                 feed[f"past_key_values.{layer}.{part}.value"] = empty
-        out = self.decoder.run(feed)
-        tokens: list[list[int]] = [list(p[:common]) for p in prefixes]
-        logprobs: list[list[float]] = [[] for _ in audios]
-        logits_all = out["logits"][:, :, :self.vocab]
-        for j in range(common):
-            lp = _log_softmax_at(logits_all[:, j], ids[:, j + 1])
-            for b in range(batch):
-                logprobs[b].append(float(lp[b]))
-        attention: list[list[np.ndarray]] = [[] for _ in audios]
-        self._keep_attention(out, attention)
+        out = self.decoder.run(feed, self._output_names(first=True, attention=attention))
         encoder_kv = {k.replace("present.", "past_key_values."): v for k, v in out.items()
                       if k.startswith("present.") and ".encoder." in k}
-        logits = logits_all[:, -1]
-        stopped = ["" for _ in audios]
+        names = self._output_names(first=False, attention=attention)
+        attn: list[list[np.ndarray]] = [[] for _ in audios]
+        position = 0  # decoder positions in the KV cache
+        chosen = ids[:, 0]
+        logits = out["logits"][:, :, :self.vocab]
+        ahead = common
         while True:
-            chosen = np.argmax(logits, axis=-1)
+            # `logits` [B, 1 + ahead]: the fed token `chosen` and `ahead` draft tokens after it.
+            agree = np.argmax(logits[:, :ahead], axis=-1) == ids[:, 1:]
+            active = [b for b in range(batch) if not rows[b].stopped]
+            kept = min((int(agree[b].argmin()) if not agree[b].all() else ahead for b in active), default=0)
+            for t in range(kept):
+                lp = _log_softmax_at(logits[:, t], ids[:, t + 1])
+                for b in active:
+                    rows[b].take(int(ids[b, t + 1]), float(lp[b]), self.eos)
+            position += 1 + kept
+            past = {f"past_key_values.{layer}.decoder.{part}": _prefix(out[f"present.{layer}.decoder.{part}"], position)
+                    for layer in range(self.layers) for part in ("key", "value")}
+            if attention:
+                self._keep_attention(out, attn, 1 + kept)
+            chosen = np.argmax(logits[:, kept], axis=-1)
+            lp = _log_softmax_at(logits[:, kept], chosen)
             for b in range(batch):
-                if not stopped[b] and len(tokens[b]) < len(prefixes[b]):
-                    chosen[b] = prefixes[b][len(tokens[b])]
-            lp = _log_softmax_at(logits, chosen)
-            for b in range(batch):
-                if stopped[b]:
-                    continue
-                token = int(chosen[b])
-                if token == self.eos:
-                    stopped[b] = "eos"
-                    continue
-                tokens[b].append(token)
-                logprobs[b].append(float(lp[b]))
-                cut = repetition_cut(tokens[b])
-                if cut is not None:
-                    _LOGGER.debug("Repetition loop cut after %d of %d tokens", cut, len(tokens[b]))
-                    del tokens[b][cut:], logprobs[b][cut:]
-                    stopped[b] = "loop"
-                elif len(tokens[b]) >= caps[b]:
-                    stopped[b] = "cap"
-            if all(stopped):
+                if not rows[b].stopped:
+                    rows[b].take(int(chosen[b]), float(lp[b]), self.eos)
+            active = [b for b in range(batch) if not rows[b].stopped]
+            if not active:
                 break
-            feed = {"input_ids": chosen.astype(np.int64)[:, None], "encoder_hidden_states": hidden,
-                    "use_cache_branch": np.array([True]), **encoder_kv}
-            for layer in range(self.layers):
-                for part in ("key", "value"):
-                    feed[f"past_key_values.{layer}.decoder.{part}"] = out[f"present.{layer}.decoder.{part}"]
-            out = self.decoder.run(feed)
-            self._keep_attention(out, attention)
-            logits = out["logits"][:, -1, :self.vocab]
+            ahead = min(len(rows[b].continuation(_LOOKAHEAD)) for b in active)
+            ids = np.array([[int(chosen[b]), *(rows[b].continuation(ahead) + [int(chosen[b])] * ahead)[:ahead]]
+                            for b in range(batch)], dtype=np.int64)
+            feed = {"input_ids": ids, "encoder_hidden_states": hidden,
+                    "use_cache_branch": np.array([True]), **encoder_kv, **past}
+            out = self.decoder.run(feed, names)
+            logits = out["logits"][:, :, :self.vocab]
+        for row in rows:
+            if row.stopped == "cap" and (cut := repeat_cut(row.tokens)) is not None:
+                _LOGGER.debug("Repeated phrase cut after %d of %d tokens", cut, len(row.tokens))
+                del row.tokens[cut:], row.logprobs[cut:]
+                row.stopped = "repeat"
         frames = [self.frames(len(a)) for a in audios]
         return [
-            Hypothesis(tokens[b], logprobs[b], frames[b], stopped[b],
-                       self._stack_attention(attention[b], len(tokens[b]), frames[b]))
-            for b in range(batch)
+            Hypothesis(row.tokens, row.logprobs, frames[b], row.stopped,
+                       self._stack_attention(attn[b], len(row.tokens), frames[b]))
+            for b, row in enumerate(rows)
         ]
 
-    def _keep_attention(self, out: dict[str, np.ndarray], attention: list[list[np.ndarray]]) -> None:
-        """Collect each position's cross-attention [layers, heads, frames] when the decoder gives it.
+    def _output_names(self, first: bool, attention: bool) -> list[str]:
+        """Decoder outputs to fetch: logits, the KV cache (encoder part on the first call only)."""
+        parts = ("decoder", "encoder") if first else ("decoder",)
+        names = ["logits"] + [f"present.{layer}.{part}.{kv}" for layer in range(self.layers)
+                              for part in parts for kv in ("key", "value")]
+        return names + self._attention_outputs if attention else names
+
+    def _keep_attention(self, out: dict[str, np.ndarray], attention: list[list[np.ndarray]], rows: int) -> None:
+        """Collect the first `rows` positions' cross-attention [layers, heads, frames].
 
         Row i of an utterance is the position that predicts token i; the row after its last
         token is the one that predicted EOS.
         """
-        if not self._attention_outputs:
-            return
         layers = np.stack([out[name] for name in self._attention_outputs], axis=1)  # [B, L, H, S, F]
         for b in range(len(attention)):
-            for s in range(layers.shape[3]):
+            for s in range(min(rows, layers.shape[3])):
                 attention[b].append(layers[b, :, :, s])
 
     def _stack_attention(self, per_token: list[np.ndarray], n_tokens: int, frames: int) -> np.ndarray | None:

@@ -8,6 +8,8 @@ hypotheses. `accept`/`finish` do both steps for one stream, for callers without 
 from __future__ import annotations
 
 import logging
+import math
+import time
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
@@ -24,9 +26,20 @@ if TYPE_CHECKING:
 
 _LOGGER = logging.getLogger(__name__)
 
-_PREROLL = int(0.1 * TARGET_RATE)
+# Audio decoded before the detected start: the VAD's probability rises only after the speech
+# does, and Moonshine misses a word cut at its onset. Word times start at most _ONSET before it.
+_PREROLL = int(0.5 * TARGET_RATE)
+_ONSET = int(0.2 * TARGET_RATE)
 _TAIL_PAD = int(0.2 * TARGET_RATE)
 _MIN_INTERIM = int(0.3 * TARGET_RATE)
+# Interims decode at most this much audio: when the open utterance is longer, the part before
+# its quietest point 1 to 2 x _WINDOW_MIN from the end (committing at least _COMMIT_MIN) is
+# decoded once and its text kept. Finals decode the whole utterance.
+_WINDOW = int(3.0 * TARGET_RATE)
+_WINDOW_MIN = int(1.0 * TARGET_RATE)
+_COMMIT_MIN = int(1.0 * TARGET_RATE)
+# Windows (32 ms) without speech after which an interim waits for the speech to go on.
+_PAUSE_WINDOWS = 3
 # Tokens at the end of an interim hypothesis that are never trusted (the word may be cut off).
 _UNSTABLE_TAIL = 2
 
@@ -62,19 +75,23 @@ class DecodeJob:
 
     stream: AsrStream
     kind: str
-    """'interim', 'eou' (speculative final) or 'final'."""
+    """'interim', 'commit' (the part of an interim before its window), 'eou' (speculative
+    final) or 'final'."""
     utterance: int
     audio: np.ndarray
     start: int
     """Stream sample where `audio` starts."""
     fired_at: int
     """Stream samples processed when the job was made."""
-    prefix: list[int] = field(default_factory=list)
+    draft: list[int] = field(default_factory=list)
+    """Tokens of the utterance's latest hypothesis (checked by the decoder, see Recogniser.decode)."""
     hyp: Hypothesis | None = None
     seconds: float = 0.0
     """Wall time of the batch that decoded it."""
     seq: int = 0
     """Order of creation within its stream (results come back in this order)."""
+    speech_start: int = 0
+    """Stream sample where the speech starts (about): no word starts before it."""
 
 
 class AsrStream:
@@ -91,11 +108,35 @@ class AsrStream:
         """Stream sample index of `_audio[0]`."""
         self._utterance = 0
         self._utt_start = 0
-        self._last_interim = 0
+        self._utt_end = 0
+        """Stream sample where the last final's audio ends (the next utterance starts after it)."""
+        self._speech_start = 0
+        self._now = 0.0
+        """Wall clock (time.monotonic) of the chunk being handled."""
+        self._chunk_s = 0.0
+        """Audio seconds of the last chunk (the longest wait for the next one in real time)."""
+        self._offset = math.inf
+        self.lag = 0.0
+        """Seconds this stream is handled later than real time (vs its most punctual chunk)."""
+        self.last_interim_at = 0.0
+        """Wall clock of the open utterance's last interim result (or of its start)."""
         self._interim_cost = 0.0
+        self._interim_samples = 0
         self._prev_tokens: list[int] = []
+        self._draft: list[int] = []
+        """Tokens of the open utterance's latest hypothesis (interim or speculative)."""
+        self._window_start = 0
+        """Stream sample where interims start decoding (the text before it is committed)."""
+        self._window_tokens: list[int] = []
+        self._committed: list[int] = []
+        self._committed_logprobs: list[float] = []
         self._stable: list[int] = []
         self._speculated: DecodeJob | None = None
+        self._speculate_at: int | None = None
+        """Window after the last speech of a likely end whose decode waits for its tail."""
+        self._speculated_key: tuple[str, int] = ("", 0)
+        """What the speculative decode's end is: ("speech", window after the last speech) or
+        ("split", window of a forced split)."""
         self.jobs: list[DecodeJob] = []
         """Decode jobs waiting for `AsrModel.decode_jobs`."""
         self._done: list[DecodeJob] = []
@@ -112,9 +153,11 @@ class AsrStream:
         """Whether the endpointer is inside an utterance (someone is speaking)."""
         return self._endpointer.in_speech
 
-    def accept(self, data: bytes) -> list[Result]:
-        """Take the next chunk of client audio; returns the results it completes."""
-        self.feed(data)
+    def accept(self, data: bytes, now: float | None = None) -> list[Result]:
+        """Take the next chunk of client audio (at wall clock `now`); returns the results it completes."""
+        self.feed(data, now)
+        if self.interim_due(self._now):
+            self.queue_interim()
         self.model.decode_jobs(self.jobs)
         return self.take_results()
 
@@ -124,9 +167,17 @@ class AsrStream:
         self.model.decode_jobs(self.jobs)
         return self.take_results()
 
-    def feed(self, data: bytes) -> None:
-        """Decode and endpoint a chunk; queues decode jobs (no recognition here)."""
+    def feed(self, data: bytes, now: float | None = None) -> None:
+        """Decode and endpoint a chunk handled at wall clock `now`; queues the decode jobs of
+        finals (interims: `interim_due`, `queue_interim`). No recognition here."""
+        self._now = time.monotonic() if now is None else now
+        before = self.samples
         self._take(self._audio_in.feed(data))
+        if self.samples > before:
+            self._chunk_s = (self.samples - before) / TARGET_RATE
+            offset = self._now - self.samples / TARGET_RATE
+            self._offset = min(self._offset, offset)
+            self.lag = offset - self._offset
         limit = self.config.max_audio_s
         if limit and self._audio_in.input_seconds > limit:
             raise RequestError(f"The audio is longer than the limit of {limit:g} s per request "
@@ -138,7 +189,7 @@ class AsrStream:
         if self._endpointer.in_speech:
             last = self._endpointer.last_speech * WINDOW
             end = min(self.samples, max(last + _TAIL_PAD, self._utt_start + _MIN_INTERIM))
-            self._queue_final(end, self.samples)
+            self._queue_final(end, self.samples, ("speech", self._endpointer.last_speech))
         self.finished = True
 
     def _take(self, samples: np.ndarray) -> None:
@@ -146,59 +197,119 @@ class AsrStream:
         if not len(samples):
             return
         self._audio = np.concatenate([self._audio, samples])
-        for prob in self.model.vad.probabilities(self._vad, samples):
-            for event in self._endpointer.update(float(prob)):
-                self._on_event(event)
         ep = self._endpointer
-        # Interims come every interval, or less often when they take longer than that to make.
-        interval = max(self.config.interim_interval_ms / 1000, self._interim_cost)
-        if (self.config.interim_results and ep.in_speech
-                and self.samples - self._last_interim >= interval * TARGET_RATE
-                and self.samples - self._utt_start >= _MIN_INTERIM
-                and not any(j.kind == "interim" for j in self.jobs)):
-            self._last_interim = self.samples
-            self._queue("interim", self.samples, self.samples, prefix=self._stable)
+        for prob in self.model.vad.probabilities(self._vad, samples):
+            for event in ep.update(float(prob)):
+                self._on_event(event)
+            due = self._speculate_at
+            if due is not None and ep.window * WINDOW >= due * WINDOW + _TAIL_PAD:
+                # The likely end's audio with its tail is there: decode it (if still the end).
+                self._speculate_at = None
+                if ep.in_speech and ep.last_speech == due:
+                    self._speculated = self._queue("eou", due * WINDOW + _TAIL_PAD, ep.window * WINDOW)
+                    self._speculated_key = ("speech", due)
         if not ep.in_speech:
             self._forget(self.samples - ep.params.start_history_ms * TARGET_RATE // 1000 - _PREROLL - WINDOW)
+
+    def interim_due(self, now: float) -> bool:
+        """Whether to make an interim result now: someone is speaking (not pausing) and, if it
+        waited for the next chunk, the gap since the last one would exceed the interim interval
+        (the expected decode time counted), unless that would keep decoding more than half
+        the time."""
+        ep = self._endpointer
+        # Not in a pause either: it may be the utterance's end, whose decode should not wait.
+        if not (self.config.interim_results and ep.in_speech and ep.last_speech >= ep.window - _PAUSE_WINDOWS
+                and not self.finished and self.samples - self._utt_start >= _MIN_INTERIM
+                and not any(j.kind == "interim" for j in self.jobs)):
+            return False
+        cost = self.interim_estimate()
+        since = now - self.last_interim_at
+        # Never busier than half the time with one stream's interims.
+        return since >= cost and since + self._chunk_s + cost >= self.config.interim_interval_ms / 1000
+
+    def interim_estimate(self) -> float:
+        """Expected seconds to decode an interim of the open utterance now."""
+        length = self.samples - self._window_start
+        if self._interim_samples:
+            return self._interim_cost * max(1.0, length / self._interim_samples)
+        return self.model.seconds_per_sample * length
+
+    def queue_interim(self) -> None:
+        """Queue an interim decode of the open utterance's window (see _WINDOW)."""
+        if self.samples - self._window_start > _WINDOW:
+            first = max(self._window_start + _COMMIT_MIN, self.samples - 2 * _WINDOW_MIN) // WINDOW
+            end = (self.samples - _WINDOW_MIN) // WINDOW
+            if end > first:
+                cut = self._endpointer.quietest(first, end) * WINDOW
+                self._queue("commit", cut, self.samples, self._window_start, self._window_tokens)
+                self._window_start = cut
+        self._queue("interim", self.samples, self.samples, self._window_start, self._window_tokens)
 
     def _on_event(self, event: Event) -> None:
         at = self._endpointer.window * WINDOW
         if event.kind == "start":
-            self._utterance += 1
-            self._utt_start = max(self._base, event.window * WINDOW - _PREROLL)
-            self._prev_tokens, self._stable, self._speculated = [], [], None
-            self._last_interim = at
+            onset = event.window * WINDOW
+            self._new_utterance(max(self._base, self._utt_end, onset - _PREROLL), onset - _ONSET)
         elif event.kind == "eou" and self.config.speculative:
-            end = min(at, event.window * WINDOW + _TAIL_PAD)
-            self._speculated = self._queue("eou", end, at)
+            self._speculate_at = event.window
+        elif event.kind == "presplit" and self.config.speculative:
+            self._speculated = self._queue("eou", event.window * WINDOW, at)
+            self._speculated_key = ("split", event.window)
         elif event.kind == "end":
-            self._queue_final(min(at, event.window * WINDOW + _TAIL_PAD), at)
+            self._queue_final(min(at, event.window * WINDOW + _TAIL_PAD), at, ("speech", event.window))
+        elif event.kind == "pause":
+            end = self._queue_final(min(at, event.window * WINDOW + _TAIL_PAD), at, ("speech", event.window))
+            onset = self._endpointer.start * WINDOW
+            self._new_utterance(max(end, onset - _PREROLL), onset - _ONSET)
         elif event.kind == "split":
             split = event.window * WINDOW
-            self._queue_final(split, at)
-            self._utterance += 1
-            self._utt_start = split
-            self._prev_tokens, self._stable, self._speculated = [], [], None
+            self._queue_final(split, at, ("split", event.window))
+            self._new_utterance(split, split)
 
-    def _queue(self, kind: str, end: int, fired_at: int, prefix: list[int] | None = None) -> DecodeJob:
-        audio = self._audio[self._utt_start - self._base:end - self._base].copy()
+    def _new_utterance(self, start: int, speech_start: int) -> None:
+        """Open the next utterance at stream sample `start` (its speech about `speech_start`)."""
+        self._utterance += 1
+        self._utt_start = start
+        self._speech_start = max(start, speech_start)
+        self._prev_tokens, self._stable, self._draft, self._speculated = [], [], [], None
+        self._speculate_at = None
+        self._window_start, self._window_tokens, self._committed, self._committed_logprobs = start, [], [], []
+        self.last_interim_at = self._now
+
+    def _queue(self, kind: str, end: int, fired_at: int, start: int | None = None,
+               draft: list[int] | None = None) -> DecodeJob:
+        """Queue a decode of stream samples [start (the utterance's), end)."""
+        start = self._utt_start if start is None else start
+        audio = self._audio[start - self._base:end - self._base].copy()
         self._seq += 1
-        job = DecodeJob(self, kind, self._utterance, audio, self._utt_start, fired_at, list(prefix or []),
-                        seq=self._seq)
+        job = DecodeJob(self, kind, self._utterance, audio, start, fired_at,
+                        list(self._draft if draft is None else draft), seq=self._seq,
+                        speech_start=self._speech_start)
         self.jobs.append(job)
         return job
 
-    def _queue_final(self, end: int, fired_at: int) -> None:
-        """Queue the utterance's final decode, reusing the speculative one if the audio is the same."""
+    def _queue_final(self, end: int, fired_at: int, key: tuple[str, int]) -> int:
+        """Queue the utterance's final decode of the audio up to `end`; returns where it ends.
+
+        The speculative decode is the final when it ends at the same place (`key`: see
+        `_speculated_key`; after a likely end its tail may be shorter).
+        """
         spec = self._speculated
-        self._speculated = None
-        if spec is not None and spec.utterance == self._utterance and spec.start + len(spec.audio) == end:
+        self._speculated, self._speculate_at = None, None
+        if spec is not None and spec.utterance == self._utterance and self._speculated_key == key:
+            _LOGGER.debug("Final at %.2f s reuses the speculative decode (%s)", fired_at / TARGET_RATE,
+                          "done" if spec.hyp is not None else "queued")
             self._seq += 1
             spec.kind, spec.fired_at, spec.seq = "final", fired_at, self._seq
             if spec not in self.jobs:  # already decoded: hand it back as the final
                 self.jobs.append(spec)
-            return
+            self._utt_end = spec.start + len(spec.audio)
+            return self._utt_end
+        _LOGGER.debug("Final at %.2f s: new decode (speculative: %s)", fired_at / TARGET_RATE,
+                      "none" if spec is None else "stale")
         self._queue("final", end, fired_at)
+        self._utt_end = end
+        return end
 
     def _forget(self, before: int) -> None:
         """Drop audio before stream sample `before` (outside any utterance)."""
@@ -209,16 +320,11 @@ class AsrStream:
 
     def complete(self, job: DecodeJob) -> None:
         """Take a decoded job back (called by AsrModel.decode_jobs)."""
-        if job.kind == "interim" and job.hyp is not None:
-            tokens = job.hyp.tokens
-            common = 0
-            for a, b in zip(self._prev_tokens, tokens):
-                if a != b:
-                    break
-                common += 1
-            self._stable = tokens[:max(len(self._stable), min(common, len(tokens) - _UNSTABLE_TAIL))]
-            self._prev_tokens = tokens
-            self._interim_cost = job.seconds
+        if job.hyp is not None and job.utterance == self._utterance:
+            if job.kind in ("interim", "eou"):  # a speculative final shows as an interim
+                self.last_interim_at = self._now + job.seconds
+            if job.kind == "interim":
+                self._interim_cost, self._interim_samples = job.seconds, len(job.audio)
         self._done.append(job)
 
     def take_results(self) -> list[Result]:
@@ -227,12 +333,37 @@ class AsrStream:
         finals = {j.utterance for j in done if j.kind == "final"}
         results = []
         for job in done:
-            if job.kind == "eou" or job.hyp is None:
+            if job.hyp is None:
                 continue
-            if job.kind == "interim" and (job.utterance in finals or job.utterance != self._utterance
-                                          or not self._endpointer.in_speech):
+            hyp = job.hyp
+            if job.utterance == self._utterance:
+                if job.kind == "commit":
+                    self._committed += hyp.tokens
+                    self._committed_logprobs += hyp.logprobs
+                elif job.kind == "interim":  # the committed text, then the window's
+                    self._window_tokens = hyp.tokens
+                    hyp = Hypothesis(self._committed + hyp.tokens, self._committed_logprobs + hyp.logprobs,
+                                     hyp.frames, hyp.stopped)
+                    self._follow(hyp.tokens)
+                if job.kind != "commit":
+                    self._draft = hyp.tokens
+            if job.kind == "commit" or (job.kind == "eou" and not self.config.interim_results):
                 continue
-            result = self.model.result(job, self.config, stable=len(self._stable))
+            if job.kind != "final" and (job.utterance in finals or job.utterance != self._utterance
+                                        or not self._endpointer.in_speech):
+                continue
+            start = self._utt_start if job.kind == "interim" else None  # its window's start otherwise
+            result = self.model.result(job, self.config, len(self._stable), hyp, start)
             if result is not None:
                 results.append(result)
         return results
+
+    def _follow(self, tokens: list[int]) -> None:
+        """Update the stable prefix from a new interim hypothesis."""
+        common = 0
+        for a, b in zip(self._prev_tokens, tokens):
+            if a != b:
+                break
+            common += 1
+        self._stable = tokens[:max(len(self._stable), min(common, len(tokens) - _UNSTABLE_TAIL))]
+        self._prev_tokens = tokens
