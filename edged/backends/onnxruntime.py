@@ -30,8 +30,10 @@ def _out_of_space(folder: Path, src: Path) -> bool:
 class OrtSession:
     """A loaded ONNX Runtime session behind the backend-neutral Session interface."""
 
-    def __init__(self, session: Any) -> None:
+    def __init__(self, session: Any, onnx_path: Path | None = None) -> None:
         self._session = session
+        self.onnx_path = onnx_path
+        """The ONNX file the session was loaded from (for readers of its weights)."""
         self.inputs = tuple(TensorInfo(i.name, i.type, tuple(i.shape)) for i in session.get_inputs())
         self.outputs = tuple(TensorInfo(o.name, o.type, tuple(o.shape)) for o in session.get_outputs())
         self._output_names = [o.name for o in self.outputs]
@@ -104,4 +106,4 @@ class OnnxRuntimeBackend:
             )
         except Exception as exc:
             raise BackendError(f"ONNX Runtime cannot load {path}: {exc}") from None
-        return OrtSession(session)
+        return OrtSession(session, path)

@@ -31,6 +31,8 @@ _LOGGER = logging.getLogger(__name__)
 _PREROLL = int(0.5 * TARGET_RATE)
 _ONSET = int(0.2 * TARGET_RATE)
 _TAIL_PAD = int(0.2 * TARGET_RATE)
+# A speculative decode whose audio goes this far past the final's last speech window is the final.
+_COVER = int(0.1 * TARGET_RATE)
 _MIN_INTERIM = int(0.3 * TARGET_RATE)
 # Interims decode at most this much audio: when the open utterance is longer, the part before
 # its quietest point 1 to 2 x _WINDOW_MIN from the end (committing at least _COMMIT_MIN) is
@@ -69,7 +71,7 @@ def offline_config(config: StreamConfig) -> StreamConfig:
     return replace(config, interim_results=False, speculative=False)
 
 
-@dataclass
+@dataclass(eq=False)  # jobs are compared by identity (they hold arrays)
 class DecodeJob:
     """Audio of one utterance (or its open part) to decode, and what to do with the result."""
 
@@ -131,12 +133,11 @@ class AsrStream:
         self._committed: list[int] = []
         self._committed_logprobs: list[float] = []
         self._stable: list[int] = []
-        self._speculated: DecodeJob | None = None
+        self._speculated: list[tuple[tuple[str, int], DecodeJob]] = []
+        """The open utterance's speculative decodes, each with what its end is: ("speech",
+        window after the last speech) or ("split", window of a forced split)."""
         self._speculate_at: int | None = None
         """Window after the last speech of a likely end whose decode waits for its tail."""
-        self._speculated_key: tuple[str, int] = ("", 0)
-        """What the speculative decode's end is: ("speech", window after the last speech) or
-        ("split", window of a forced split)."""
         self.jobs: list[DecodeJob] = []
         """Decode jobs waiting for `AsrModel.decode_jobs`."""
         self._done: list[DecodeJob] = []
@@ -206,8 +207,7 @@ class AsrStream:
                 # The likely end's audio with its tail is there: decode it (if still the end).
                 self._speculate_at = None
                 if ep.in_speech and ep.last_speech == due:
-                    self._speculated = self._queue("eou", due * WINDOW + _TAIL_PAD, ep.window * WINDOW)
-                    self._speculated_key = ("speech", due)
+                    self._speculate(("speech", due), due * WINDOW + _TAIL_PAD, ep.window * WINDOW)
         if not ep.in_speech:
             self._forget(self.samples - ep.params.start_history_ms * TARGET_RATE // 1000 - _PREROLL - WINDOW)
 
@@ -253,8 +253,7 @@ class AsrStream:
         elif event.kind == "eou" and self.config.speculative:
             self._speculate_at = event.window
         elif event.kind == "presplit" and self.config.speculative:
-            self._speculated = self._queue("eou", event.window * WINDOW, at)
-            self._speculated_key = ("split", event.window)
+            self._speculate(("split", event.window), event.window * WINDOW, at)
         elif event.kind == "end":
             self._queue_final(min(at, event.window * WINDOW + _TAIL_PAD), at, ("speech", event.window))
         elif event.kind == "pause":
@@ -271,7 +270,7 @@ class AsrStream:
         self._utterance += 1
         self._utt_start = start
         self._speech_start = max(start, speech_start)
-        self._prev_tokens, self._stable, self._draft, self._speculated = [], [], [], None
+        self._prev_tokens, self._stable, self._draft, self._speculated = [], [], [], []
         self._speculate_at = None
         self._window_start, self._window_tokens, self._committed, self._committed_logprobs = start, [], [], []
         self.last_interim_at = self._now
@@ -288,16 +287,40 @@ class AsrStream:
         self.jobs.append(job)
         return job
 
+    def _speculate(self, key: tuple[str, int], end: int, fired_at: int) -> None:
+        """Queue a speculative final decode of the open utterance up to `end` (see `_speculated`).
+
+        One that is still waiting for the decoder is replaced: the newer one covers more speech.
+        """
+        for _, old in self._speculated:
+            if old in self.jobs:
+                self.jobs.remove(old)
+        self._speculated = [(k, j) for k, j in self._speculated if j.hyp is not None]
+        self._speculated.append((key, self._queue("eou", end, fired_at)))
+
+    def _reusable(self, key: tuple[str, int]) -> DecodeJob | None:
+        """The speculative decode that can be the final ending at `key`: one with the same end,
+        or, for an end after speech, one whose audio covers the last speech window and
+        `_COVER` more (what the final adds after it is not speech, e.g. a short noise that
+        moved the end a little)."""
+        for spec_key, job in reversed(self._speculated):
+            if job.utterance != self._utterance:
+                continue
+            if spec_key == key or (key[0] == spec_key[0] == "speech"
+                                   and job.start + len(job.audio) >= key[1] * WINDOW + _COVER):
+                return job
+        return None
+
     def _queue_final(self, end: int, fired_at: int, key: tuple[str, int]) -> int:
         """Queue the utterance's final decode of the audio up to `end`; returns where it ends.
 
-        The speculative decode is the final when it ends at the same place (`key`: see
-        `_speculated_key`; after a likely end its tail may be shorter).
+        A speculative decode is the final when it ends at the same place (see `_reusable`).
         """
-        spec = self._speculated
-        self._speculated, self._speculate_at = None, None
-        if spec is not None and spec.utterance == self._utterance and self._speculated_key == key:
-            _LOGGER.debug("Final at %.2f s reuses the speculative decode (%s)", fired_at / TARGET_RATE,
+        spec = self._reusable(key)
+        tried = [(k, round((j.start + len(j.audio)) / TARGET_RATE, 2)) for k, j in self._speculated]
+        self._speculated, self._speculate_at = [], None
+        if spec is not None:
+            _LOGGER.debug("Final at %.2f s reuses a speculative decode (%s)", fired_at / TARGET_RATE,
                           "done" if spec.hyp is not None else "queued")
             self._seq += 1
             spec.kind, spec.fired_at, spec.seq = "final", fired_at, self._seq
@@ -305,8 +328,8 @@ class AsrStream:
                 self.jobs.append(spec)
             self._utt_end = spec.start + len(spec.audio)
             return self._utt_end
-        _LOGGER.debug("Final at %.2f s: new decode (speculative: %s)", fired_at / TARGET_RATE,
-                      "none" if spec is None else "stale")
+        _LOGGER.debug("Final at %.2f s: new decode (speculative: %s; the end: %s, %.2f s)",
+                      fired_at / TARGET_RATE, tried or "none", key, end / TARGET_RATE)
         self._queue("final", end, fired_at)
         self._utt_end = end
         return end
