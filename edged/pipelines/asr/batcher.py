@@ -2,12 +2,12 @@
 
 Each stream hands in one chunk at a time and waits for its results, so the queue holds at
 most one item per stream (bounded by the server's stream limit). The loop takes whatever is
-queued and runs one cycle of it in one executor call: the streams' cheap steps (audio
-decoding, VAD), then the decodes that finals need (all of them), then interims, which are
-optional: only for streams that are not behind real time, longest-waiting first, and only as
-many as fit in the cycle's time budget, so finals never wait long behind interims and streams
-keep up with real time however many there are. Decodes of several streams run as batches
-where their lengths allow (see AsrModel.decode_jobs).
+queued and runs one cycle of it in two executor calls: first the streams' cheap steps (audio
+decoding, VAD) and the decodes that finals need (all of them), after which the chunks that
+completed a final are answered; then interims, which are optional: only for streams that are
+not behind real time, longest-waiting first, and only as many as fit in the cycle's time
+budget, so that streams keep up with real time however many there are. Decodes of several
+streams run as batches where their lengths allow (see AsrModel.decode_jobs).
 """
 
 from __future__ import annotations
@@ -86,20 +86,32 @@ class AsrBatcher:
             while not self._queue.empty() and len(items) < _MAX_ITEMS_PER_CYCLE:
                 items.append(self._queue.get_nowait())
             try:
-                outcomes = await self._run_inference(self._cycle, items)
+                outcomes = await self._run_inference(self._required, items)
+                # Items with a final (or an error) are answered now; the others wait for the
+                # cycle's interims, so that no final waits behind them.
+                now = [isinstance(o, BaseException) or any(r.is_final for r in o) for o in outcomes]
+                waiting = [(item, o) for item, o, n in zip(items, outcomes, now) if not n]
+                self._answer([(item, o) for item, o, n in zip(items, outcomes, now) if n])
+                streams = list({id(i.stream): i.stream for i, o in zip(items, outcomes)
+                                if not isinstance(o, BaseException) and not i.offline}.values())
+                later = await self._run_inference(self._interims, streams, [item for item, _ in waiting])
+                self._answer([(item, o + more) for (item, o), more in zip(waiting, later)])
             except Exception as exc:  # a bug in a cycle must not end the loop for everyone
                 _LOGGER.exception("ASR batch failed")
-                outcomes = [exc] * len(items)
-            for item, outcome in zip(items, outcomes):
-                if item.future.done():  # the client went away meanwhile
-                    continue
-                if isinstance(outcome, BaseException):
-                    item.future.set_exception(outcome)
-                else:
-                    item.future.set_result(outcome)
+                self._answer([(item, exc) for item in items])
 
-    def _cycle(self, items: list[_Item]) -> list[list[Result] | BaseException]:
-        """On the executor: feed every item, decode finals, then the interims that fit."""
+    @staticmethod
+    def _answer(outcomes: list[tuple[_Item, list[Result] | BaseException]]) -> None:
+        for item, outcome in outcomes:
+            if item.future.done():  # the client went away meanwhile (or was answered)
+                continue
+            if isinstance(outcome, BaseException):
+                item.future.set_exception(outcome)
+            else:
+                item.future.set_result(outcome)
+
+    def _required(self, items: list[_Item]) -> list[list[Result] | BaseException]:
+        """On the executor: feed every item and decode what it needs (finals); its results."""
         now = time.monotonic()
         t0 = time.perf_counter()
         outcomes: list[list[Result] | BaseException | None] = []
@@ -119,27 +131,33 @@ class AsrBatcher:
             required.extend(stream.jobs)
             stream.jobs.clear()
         _decode(required)
-        streams = {id(item.stream): item.stream for item, o in zip(items, outcomes) if o is None}
-        due = sorted((s for s in streams.values() if s.lag <= _MAX_LAG_S and s.interim_due(time.monotonic())),
+        if _LOGGER.isEnabledFor(logging.DEBUG) and required:
+            _LOGGER.debug("ASR cycle: %d items, %s in %.0f ms", len(items),
+                          [(j.kind, round(len(j.audio) / 16000, 1)) for j in required],
+                          1000 * (time.perf_counter() - t0))
+        return [o if o is not None else item.stream.take_results() for item, o in zip(items, outcomes)]
+
+    def _interims(self, streams: list[AsrStream], waiting: list[_Item]) -> list[list[Result]]:
+        """On the executor: interims for the streams that are due, longest-waiting first, as
+        many as fit in the cycle's time budget; the results of the `waiting` items."""
+        t0 = time.perf_counter()
+        due = sorted((s for s in streams if s.lag <= _MAX_LAG_S and s.interim_due(time.monotonic())),
                      key=lambda s: s.last_interim_at)
         interims: list[DecodeJob] = []
-        spent = time.perf_counter() - t0
+        spent = 0.0
         for stream in due:
             cost = stream.interim_estimate()
-            if (interims or spent > 0.02) and spent + cost > _CYCLE_BUDGET_S:
+            if interims and spent + cost > _CYCLE_BUDGET_S:
                 continue
             spent += cost
             stream.queue_interim()
             interims.extend(stream.jobs)
             stream.jobs.clear()
-        t1 = time.perf_counter()
         _decode(interims)
-        if _LOGGER.isEnabledFor(logging.DEBUG):
-            _LOGGER.debug("ASR cycle: %d items, %s in %.0f ms, %d interim jobs for %d due streams (%.1f s) in %.0f ms",
-                          len(items), [(j.kind, round(len(j.audio) / 16000, 1)) for j in required],
-                          1000 * (t1 - t0), len(interims), len(due), sum(len(j.audio) for j in interims) / 16000,
-                          1000 * (time.perf_counter() - t1))
-        return [o if o is not None else item.stream.take_results() for item, o in zip(items, outcomes)]
+        if _LOGGER.isEnabledFor(logging.DEBUG) and interims:
+            _LOGGER.debug("ASR interims: %d jobs for %d due streams (%.1f s) in %.0f ms", len(interims), len(due),
+                          sum(len(j.audio) for j in interims) / 16000, 1000 * (time.perf_counter() - t0))
+        return [item.stream.take_results() for item in waiting]
 
 
 def _decode(jobs: list[DecodeJob]) -> None:
