@@ -185,46 +185,45 @@ class Decoded:
 
 
 class Moonshine:
-    """The deployed encoder and decoder, and the tokenizer's pieces."""
+    """The deployed encoder, cross K/V and decoder networks, and the tokenizer's pieces."""
 
     def __init__(self, model_dir: Path, sessions: dict, params: dict) -> None:
         from edged.pipelines.asr.tokenizer import Tokenizer
 
         self.encoder = sessions["encoder"]
         self.decoder = sessions["decoder"]
+        self.cross_kv = sessions["cross_kv"]
         self.params = params
         self.tokenizer = Tokenizer.load(model_dir / params["tokenizer"], {0, 1, 2})
         self.outputs = [o.name for o in self.decoder.outputs]
+
+    def encoder_kv(self, hidden: np.ndarray) -> dict[str, np.ndarray]:
+        """`past_key_values.N.encoder.*` for the decoder, from the `cross_kv` network."""
+        out = self.cross_kv.run({"encoder_hidden_states": hidden})
+        return {k.replace("present.", "past_key_values."): v for k, v in out.items()}
 
     def decode(self, audio: np.ndarray, attention: bool = True) -> Decoded:
         hidden = self.encoder.run({"input_values": audio[None].astype(np.float32)})["last_hidden_state"]
         wanted = [n for n in self.outputs if attention or not n.startswith("cross_attentions.")]
         empty = np.zeros((1, 8, 0, 52), np.float32)
-        feed = {"input_ids": np.array([[1]], np.int64), "encoder_hidden_states": hidden,
-                "use_cache_branch": np.array([False])}
-        feed |= {f"past_key_values.{layer}.{part}.{kv}": empty
-                 for layer in range(LAYERS) for part in ("decoder", "encoder") for kv in ("key", "value")}
+        encoder_kv = self.encoder_kv(hidden)
+        past = {f"past_key_values.{layer}.decoder.{kv}": empty for layer in range(LAYERS) for kv in ("key", "value")}
         tokens: list[int] = []
         rows: list[np.ndarray] = []
         logits: list[np.ndarray] = []
-        encoder_kv: dict[str, np.ndarray] = {}
+        token = 1
         cap = int(len(audio) / 16000 * self.params["max_tokens_per_second"]) + 4
-        for step in range(cap):
-            out = self.decoder.run(feed, wanted)
+        for _ in range(cap):
+            out = self.decoder.run({"input_ids": np.array([[token]], np.int64), **encoder_kv, **past}, wanted)
             logits.append(out["logits"][0, -1])
             if attention:  # this position predicts the next token (row convention of align_words)
                 rows.append(np.stack([out[f"cross_attentions.{layer}"][0, :, -1] for layer in range(LAYERS)]))
-            if step == 0:
-                encoder_kv = {f"past_key_values.{layer}.encoder.{kv}": out[f"present.{layer}.encoder.{kv}"]
-                              for layer in range(LAYERS) for kv in ("key", "value")}
             token = int(np.argmax(out["logits"][0, -1]))
             if token == 2:
                 break
             tokens.append(token)
-            feed = {"input_ids": np.array([[token]], np.int64), "encoder_hidden_states": hidden,
-                    "use_cache_branch": np.array([True]), **encoder_kv}
-            feed |= {f"past_key_values.{layer}.decoder.{kv}": out[f"present.{layer}.decoder.{kv}"]
-                     for layer in range(LAYERS) for kv in ("key", "value")}
+            past = {f"past_key_values.{layer}.decoder.{kv}": out[f"present.{layer}.decoder.{kv}"]
+                    for layer in range(LAYERS) for kv in ("key", "value")}
         attn = np.stack(rows, axis=2) if rows else np.zeros((LAYERS, 8, 0, hidden.shape[1]))
         return Decoded(tokens, attn, logits)
 
@@ -298,28 +297,90 @@ def test_deployed_decoder_keeps_its_outputs_and_tokens(moonshine: Moonshine) -> 
     np.testing.assert_allclose(with_attn.attention.sum(-1), 1.0, atol=1e-4)
 
 
-def test_converted_decoder_logits_are_unchanged(moonshine: Moonshine) -> None:
-    """The decoder as converted without the extra outputs gives the same logits."""
+def _merged_decoder() -> tuple:
+    """The shipped merged decoder as converted the old way (one `If` on `use_cache_branch`),
+    with the `cross_attentions.N` outputs, as an ONNX Runtime session; and the model."""
     import onnxruntime as ort
 
+    from edged.importers.moonshine import add_cross_attention_outputs
     from edged.importers.ortformat import ort_to_onnx
 
-    plain = ort_to_onnx(Path(__import__("moonshine_cpp").__file__).parent / "models/base-en/decoder_model_merged.ort")
+    merged = add_cross_attention_outputs(ort_to_onnx(
+        Path(__import__("moonshine_cpp").__file__).parent / "models/base-en/decoder_model_merged.ort"))
     so = ort.SessionOptions()
     so.intra_op_num_threads = 2
     so.log_severity_level = 3
-    session = ort.InferenceSession(plain.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(merged.SerializeToString(), so, providers=["CPUExecutionProvider"]), merged
+
+
+def test_split_decoder_gives_the_merged_decoders_outputs(moonshine: Moonshine) -> None:
+    """cross_kv + the step decoder (deployed, ORT-optimised) give the logits and cross-attention
+    of the shipped merged decoder, on the first call (BOS + a draft, an empty decoder cache, two
+    utterances) and on later steps (one token, then two).
+
+    The reference is the pack's own merged decoder converted the old way, not a transcript: it
+    checks every logit, and it needs no RMIR of the old importer."""
+    session, _ = _merged_decoder()
     audio = read_wav(beckett_path())
-    hidden = moonshine.encoder.run({"input_values": audio[None]})["last_hidden_state"]
-    empty = np.zeros((1, 8, 0, 52), np.float32)
-    feed = {"input_ids": np.array([[1, 18274, 1898]], np.int64), "encoder_hidden_states": hidden,
-            "use_cache_branch": np.array([False])}
+    hidden = moonshine.encoder.run({"input_values": np.stack([audio, audio[::-1].copy()])})["last_hidden_state"]
+    batch = len(hidden)
+    attention = [f"cross_attentions.{layer}" for layer in range(LAYERS)]
+    dec_kv = [f"present.{layer}.decoder.{kv}" for layer in range(LAYERS) for kv in ("key", "value")]
+    empty = np.zeros((batch, 8, 0, 52), np.float32)
+    ids = np.array([[1, 18274, 1898], [1, 18274, 1898]], np.int64)
+    feed = {"input_ids": ids, "encoder_hidden_states": hidden, "use_cache_branch": np.array([False])}
     feed |= {f"past_key_values.{layer}.{part}.{kv}": empty
              for layer in range(LAYERS) for part in ("decoder", "encoder") for kv in ("key", "value")}
-    expected = session.run(["logits"], feed)[0]
-    got = moonshine.decoder.run(feed, ["logits", "cross_attentions.0"])
-    np.testing.assert_allclose(got["logits"], expected, rtol=0, atol=1e-4)
-    assert got["cross_attentions.0"].shape == (1, 8, 3, hidden.shape[1])
+    names = ["logits", *dec_kv, *attention, *[n.replace("decoder", "encoder") for n in dec_kv]]
+    want = dict(zip(names, session.run(names, feed)))
+    encoder_kv = moonshine.encoder_kv(hidden)
+    for name, value in encoder_kv.items():
+        np.testing.assert_allclose(value, want[name.replace("past_key_values.", "present.")], rtol=0, atol=1e-4)
+    want_kv = {k.replace("present.", "past_key_values."): v for k, v in want.items() if ".encoder." in k}
+    got = moonshine.decoder.run({"input_ids": ids, **encoder_kv,
+                                 **{f"past_key_values.{layer}.decoder.{kv}": empty
+                                    for layer in range(LAYERS) for kv in ("key", "value")}},
+                                ["logits", *dec_kv, *attention])
+    assert "use_cache_branch" not in {i.name for i in moonshine.decoder.inputs}
+    assert "encoder_hidden_states" not in {i.name for i in moonshine.decoder.inputs}
+    for step in range(3):
+        np.testing.assert_allclose(got["logits"], want["logits"], rtol=0, atol=1e-4)
+        for name in attention:
+            np.testing.assert_allclose(got[name], want[name], rtol=0, atol=1e-5)
+        assert got["cross_attentions.0"].shape == (batch, 8, ids.shape[1], hidden.shape[1])
+        token = np.argmax(want["logits"][:, -1], axis=-1)[:, None]
+        assert (token == np.argmax(got["logits"][:, -1], axis=-1)[:, None]).all()
+        ids = np.concatenate([token] * (1 + step % 2), axis=1).astype(np.int64)
+        past = {f"past_key_values.{layer}.decoder.{kv}": want[f"present.{layer}.decoder.{kv}"]
+                for layer in range(LAYERS) for kv in ("key", "value")}
+        want = dict(zip(names[:-16], session.run(names[:-16], {
+            "input_ids": ids, "encoder_hidden_states": hidden, "use_cache_branch": np.array([True]),
+            **want_kv, **past})))
+        got = moonshine.decoder.run({"input_ids": ids, **encoder_kv, **past}, ["logits", *dec_kv, *attention])
+
+
+def test_recogniser_still_decodes_with_a_merged_decoder(loaded_moonshine: LoadedModel) -> None:
+    """A deployment made before the split (one merged decoder, no cross_kv) decodes as before:
+    the same tokens, log-probabilities and cross-attention as cross_kv + the step decoder."""
+    import dataclasses
+
+    from edged.backends.onnxruntime import OrtSession
+    from edged.pipelines.asr.recogniser import Recogniser
+
+    session, _ = _merged_decoder()
+    sessions = {"encoder": loaded_moonshine.sessions["encoder"], "decoder": OrtSession(session)}
+    old = Recogniser(dataclasses.replace(loaded_moonshine, sessions=sessions))
+    new = Recogniser(loaded_moonshine)
+    assert old.cross_kv is None and new.cross_kv is not None
+    audio = read_wav(beckett_path())
+    audios = [audio[:4 * 16000], audio[3 * 16000:9 * 16000]]
+    plain = new.decode(audios)
+    for drafts in (None, [h.tokens[:len(h.tokens) // 2] for h in plain]):
+        for got, want in zip(old.decode(audios, drafts), plain):
+            assert got.tokens == want.tokens and got.stopped == want.stopped
+            np.testing.assert_allclose(got.logprobs, want.logprobs, rtol=0, atol=1e-4)
+            assert got.cross_attention is not None and want.cross_attention is not None
+            np.testing.assert_allclose(got.cross_attention, want.cross_attention, rtol=0, atol=1e-4)
 
 
 def test_beckett_word_times_are_plausible(moonshine: Moonshine) -> None:

@@ -919,7 +919,7 @@ def test_default_manifests(default_rmirs: dict[str, Path]) -> None:
     """The three default RMIRs have the right pipelines, rates, networks and artifacts."""
     manifests = {name: read_manifest(RmirRef(path)) for name, path in default_rmirs.items()}
     expected = {
-        "moonshine-base-en": ("speech_recognition", 16000, ["encoder", "decoder"], ["tokenizer.bin"]),
+        "moonshine-base-en": ("speech_recognition", 16000, ["encoder", "decoder", "cross_kv"], ["tokenizer.bin"]),
         "piper-joe-medium": ("speech_synthesis", 22050, ["encoder", "flow", "decoder"],
                              ["en_US-joe-medium.onnx.json"]),
         "silero-vad": ("vad", 16000, ["vad"], []),
@@ -940,19 +940,25 @@ def test_default_manifests(default_rmirs: dict[str, Path]) -> None:
 
 
 def test_moonshine_decoder_manifest(default_rmirs: dict[str, Path]) -> None:
-    """Moonshine's merged decoder lists its cache inputs, and both networks have shape ranges."""
+    """Moonshine's step decoder lists its cache inputs (and no `If` switch), cross_kv reads the
+    encoder states, and every network has shape ranges for all its inputs."""
     m = read_manifest(RmirRef(default_rmirs["moonshine-base-en"]))
-    encoder, decoder = m.networks
+    encoder, decoder, cross_kv = m.networks
     inputs = {t.name: t for t in decoder.inputs}
-    assert "use_cache_branch" in inputs
+    assert "use_cache_branch" not in inputs and "encoder_hidden_states" not in inputs
     past = [n for n in inputs if n.startswith("past_key_values.")]
     assert len(past) == 32
+    assert sorted(inputs) == sorted(["input_ids", *past])
     assert "input_values" in encoder.shape_ranges
     r = encoder.shape_ranges["input_values"]
     assert r.min[1] <= r.opt[1] <= r.max[1] == 30 * 16000
-    assert "input_ids" in decoder.shape_ranges
-    assert all(n in decoder.shape_ranges for n in past)
+    assert set(decoder.shape_ranges) == set(inputs)
     assert decoder.shape_ranges["past_key_values.0.decoder.key"].min[2] == 0
+    assert decoder.shape_ranges["past_key_values.0.encoder.key"].max[2] == r.max[1] // 384 + 1
+    assert [t.name for t in cross_kv.inputs] == ["encoder_hidden_states"]
+    assert set(cross_kv.shape_ranges) == {"encoder_hidden_states"}
+    assert sorted(t.name for t in cross_kv.outputs) == sorted(
+        f"present.{layer}.encoder.{kv}" for layer in range(8) for kv in ("key", "value"))
 
 
 def test_default_rmirs_verify(default_rmirs: dict[str, Path]) -> None:

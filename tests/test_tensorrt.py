@@ -309,7 +309,7 @@ def test_unsupported_network_says_why(tmp_path: Path) -> None:
 def test_default_models_networks_build(default_rmirs: dict[str, Path], tmp_path: Path) -> None:
     """CI's check of the build path: every default network is prepared and built, or says why not.
 
-    Moonshine's encoder and both decoder engines must build. Piper's voice (NonZero needs a
+    Moonshine's encoder, step decoder and cross K/V engines must build. Piper's voice (NonZero needs a
     plugin TensorRT-RTX lacks) and Silero VAD (an If on its sample-rate input) may not with
     TensorRT-RTX; deploy then runs them on ONNX Runtime and records the reason printed here.
     """
@@ -327,7 +327,7 @@ def test_default_models_networks_build(default_rmirs: dict[str, Path], tmp_path:
                       + (f"{len(outcome.plan) / 2**20:.1f} MB {outcome.precision} in {outcome.seconds:.1f} s"
                          if not isinstance(outcome, str) else f"not built: {outcome}"))
     moonshine = [ok for name, _, _, ok, _ in report if name == "moonshine-base-en"]
-    assert moonshine == [True, True, True]  # encoder; decoder without and with the KV cache
+    assert moonshine == [True, True, True]  # encoder, decoder (one engine: no If left), cross_kv
     assert all(ok or outcome for *_, ok, outcome in report)
 
 

@@ -12,8 +12,9 @@ ONNX Runtime instead; its record entry says why.
 
 Before the build, the ONNX graph is prepared (`prepare_onnx`): weights stored as int8 with a
 Cast/Mul/Add dequantisation (Moonshine) are folded into float weights, which TensorRT requires,
-and a top-level `If` switched by a boolean input (Moonshine's merged decoder, `use_cache_branch`)
-is split into one engine per value, chosen at run time from that input.
+and a top-level `If` switched by a boolean input (`use_cache_branch` of the merged Moonshine
+decoder in RMIRs of importer revision 1) is split into one engine per value, chosen at run time
+from that input.
 """
 
 from __future__ import annotations

@@ -1,4 +1,9 @@
-"""Moonshine greedy decoding with the merged decoder's KV cache, several utterances at once.
+"""Moonshine greedy decoding with the decoder's KV cache, several utterances at once.
+
+The RMIR has a `cross_kv` network (encoder states -> the cross-attention keys and values) and
+a step `decoder`, whose first call gets an empty decoder cache. An RMIR built before the split
+(importer revision 1) has instead one merged decoder with an `If` on `use_cache_branch`; it
+still decodes, the same way as before.
 
 Moonshine's encoder sees the whole utterance (it is not a streaming model), so every decode
 re-encodes its audio; the decoder steps of a batch run together, one network call per token.
@@ -144,13 +149,14 @@ def _log_softmax_at(logits: np.ndarray, index: np.ndarray) -> np.ndarray:
 
 
 class Recogniser:
-    """Greedy Moonshine decoding (encoder + merged decoder) for batches of utterances."""
+    """Greedy Moonshine decoding (encoder, cross K/V, step decoder) for batches of utterances."""
 
     def __init__(self, model: LoadedModel) -> None:
         params = model.manifest.parameters
         try:
             self.encoder: Session = model.sessions["encoder"]
             self.decoder: Session = model.sessions["decoder"]
+            self.cross_kv: Session | None = model.sessions.get("cross_kv")
             self.bos = int(params["bos_token_id"])
             self.eos = int(params["eos_token_id"])
             self.layers = int(params["decoder_layers"])
@@ -206,16 +212,28 @@ class Recogniser:
         common = min(len(row.draft) for row in rows)
         ids = np.array([[self.bos, *row.draft[:common]] for row in rows], dtype=np.int64)
         empty = np.zeros((batch, self._heads, 0, self._head_dim), dtype=np.float32)
-        feed: dict[str, np.ndarray] = {"input_ids": ids, "encoder_hidden_states": hidden,
-                                       "use_cache_branch": np.array([False])}
+        names = self._output_names(first=False, attention=attention)
+        # The first call: the step decoder with an empty decoder cache and the cross K/V, or
+        # the merged decoder's first-call branch, which computes the cross K/V itself.
+        feed: dict[str, np.ndarray] = {"input_ids": ids}
+        parts = ("decoder",) if self.cross_kv is not None else ("decoder", "encoder")
         for layer in range(self.layers):
-            for part in ("decoder", "encoder"):
+            for part in parts:
                 feed[f"past_key_values.{layer}.{part}.key"] = empty
                 feed[f"past_key_values.{layer}.{part}.value"] = empty
-        out = self.decoder.run(feed, self._output_names(first=True, attention=attention))
-        encoder_kv = {k.replace("present.", "past_key_values."): v for k, v in out.items()
-                      if k.startswith("present.") and ".encoder." in k}
-        names = self._output_names(first=False, attention=attention)
+        if self.cross_kv is not None:
+            encoder_kv = {k.replace("present.", "past_key_values."): v
+                          for k, v in self.cross_kv.run({"encoder_hidden_states": hidden}).items()
+                          if k.startswith("present.") and ".encoder." in k}
+            merged: dict[str, np.ndarray] = {}
+            out = self.decoder.run({**feed, **encoder_kv}, names)
+        else:
+            merged = {"encoder_hidden_states": hidden}
+            feed |= {**merged, "use_cache_branch": np.array([False])}
+            out = self.decoder.run(feed, self._output_names(first=True, attention=attention))
+            encoder_kv = {k.replace("present.", "past_key_values."): v for k, v in out.items()
+                          if k.startswith("present.") and ".encoder." in k}
+            merged["use_cache_branch"] = np.array([True])
         attn: list[list[np.ndarray]] = [[] for _ in audios]
         position = 0  # decoder positions in the KV cache
         chosen = ids[:, 0]
@@ -246,8 +264,7 @@ class Recogniser:
             ahead = min(len(rows[b].continuation(_LOOKAHEAD)) for b in active)
             ids = np.array([[int(chosen[b]), *(rows[b].continuation(ahead) + [int(chosen[b])] * ahead)[:ahead]]
                             for b in range(batch)], dtype=np.int64)
-            feed = {"input_ids": ids, "encoder_hidden_states": hidden,
-                    "use_cache_branch": np.array([True]), **encoder_kv, **past}
+            feed = {"input_ids": ids, **merged, **encoder_kv, **past}
             out = self.decoder.run(feed, names)
             logits = out["logits"][:, :, :self.vocab]
         for row in rows:
@@ -263,7 +280,7 @@ class Recogniser:
         ]
 
     def _output_names(self, first: bool, attention: bool) -> list[str]:
-        """Decoder outputs to fetch: logits, the KV cache (encoder part on the first call only)."""
+        """Decoder outputs to fetch: logits, the KV cache (encoder part: a merged decoder's first call)."""
         parts = ("decoder", "encoder") if first else ("decoder",)
         names = ["logits"] + [f"present.{layer}.{part}.{kv}" for layer in range(self.layers)
                               for part in parts for kv in ("key", "value")]
