@@ -290,12 +290,13 @@ class AsrStream:
     def _speculate(self, key: tuple[str, int], end: int, fired_at: int) -> None:
         """Queue a speculative final decode of the open utterance up to `end` (see `_speculated`).
 
-        One that is still waiting for the decoder is replaced: the newer one covers more speech.
+        One of the same kind that is still waiting for the decoder is replaced: the newer one
+        covers more speech.
         """
-        for _, old in self._speculated:
-            if old in self.jobs:
-                self.jobs.remove(old)
-        self._speculated = [(k, j) for k, j in self._speculated if j.hyp is not None]
+        replaced = [j for k, j in self._speculated if k[0] == key[0] and j.hyp is None and j in self.jobs]
+        for old in replaced:
+            self.jobs.remove(old)
+        self._speculated = [(k, j) for k, j in self._speculated if j not in replaced]
         self._speculated.append((key, self._queue("eou", end, fired_at)))
 
     def _reusable(self, key: tuple[str, int]) -> DecodeJob | None:
