@@ -89,9 +89,9 @@ class AsrBatcher:
                 outcomes = await self._run_inference(self._required, items)
                 # Items with a final (or an error) are answered now; the others wait for the
                 # cycle's interims, so that no final waits behind them.
-                now = [isinstance(o, BaseException) or any(r.is_final for r in o) for o in outcomes]
-                waiting = [(item, o) for item, o, n in zip(items, outcomes, now) if not n]
-                self._answer([(item, o) for item, o, n in zip(items, outcomes, now) if n])
+                final = [isinstance(o, BaseException) or any(r.is_final for r in o) for o in outcomes]
+                waiting = [(item, o) for item, o, f in zip(items, outcomes, final) if not f]
+                self._answer([(item, o) for item, o, f in zip(items, outcomes, final) if f])
                 streams = list({id(i.stream): i.stream for i, o in zip(items, outcomes)
                                 if not isinstance(o, BaseException) and not i.offline}.values())
                 later = await self._run_inference(self._interims, streams, [item for item, _ in waiting])

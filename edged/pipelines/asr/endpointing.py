@@ -5,10 +5,10 @@ averages it over sliding histories: an utterance starts when the mean over the l
 `start_history_ms` reaches `start_threshold`, and ends when the mean over the last
 `stop_history_ms` falls below `stop_threshold`. The shorter end-of-utterance pair
 (`stop_history_eou_ms`, `stop_threshold_eou`; or that long without a speech window) fires first
-and marks the likely end, so the final decode can start before the endpoint confirms it. An utterance of at least `pause_split_ms`
-ends at such a likely end when the speech goes on after it (the final decode has started
-already), and one longer than `max_utterance_ms` is split at its quietest window (chosen a
-second ahead, so that the final decode can start early there too).
+and marks the likely end, so the final decode can start before the endpoint confirms it. An
+utterance of at least `pause_split_ms` ends at such a likely end when the speech goes on after
+it (the final decode has started already), and one longer than `max_utterance_ms` is split at
+its quietest window (chosen a second ahead, so that the final decode can start early there too).
 """
 
 from __future__ import annotations

@@ -141,6 +141,13 @@ class _Row:
         return self.draft[self.next:self.next + count] if self.next is not None else []
 
 
+def _encoder_past(outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The cross-attention keys and values among `outputs` (`present.N.encoder.*`), named as
+    the decoder reads them back (`past_key_values.N.encoder.*`)."""
+    return {k.replace("present.", "past_key_values."): v for k, v in outputs.items()
+            if k.startswith("present.") and ".encoder." in k}
+
+
 def _log_softmax_at(logits: np.ndarray, index: np.ndarray) -> np.ndarray:
     """log p(index) under softmax(logits) for each row."""
     peak = logits.max(axis=-1, keepdims=True)
@@ -221,19 +228,15 @@ class Recogniser:
             for part in parts:
                 feed[f"past_key_values.{layer}.{part}.key"] = empty
                 feed[f"past_key_values.{layer}.{part}.value"] = empty
+        step_inputs: dict[str, np.ndarray] = {}  # what a merged decoder's later calls also read
         if self.cross_kv is not None:
-            encoder_kv = {k.replace("present.", "past_key_values."): v
-                          for k, v in self.cross_kv.run({"encoder_hidden_states": hidden}).items()
-                          if k.startswith("present.") and ".encoder." in k}
-            merged: dict[str, np.ndarray] = {}
+            encoder_kv = _encoder_past(self.cross_kv.run({"encoder_hidden_states": hidden}))
             out = self.decoder.run({**feed, **encoder_kv}, names)
         else:
-            merged = {"encoder_hidden_states": hidden}
-            feed |= {**merged, "use_cache_branch": np.array([False])}
+            step_inputs = {"encoder_hidden_states": hidden, "use_cache_branch": np.array([True])}
+            feed |= {**step_inputs, "use_cache_branch": np.array([False])}
             out = self.decoder.run(feed, self._output_names(first=True, attention=attention))
-            encoder_kv = {k.replace("present.", "past_key_values."): v for k, v in out.items()
-                          if k.startswith("present.") and ".encoder." in k}
-            merged["use_cache_branch"] = np.array([True])
+            encoder_kv = _encoder_past(out)
         attn: list[list[np.ndarray]] = [[] for _ in audios]
         position = 0  # decoder positions in the KV cache
         chosen = ids[:, 0]
@@ -264,7 +267,7 @@ class Recogniser:
             ahead = min(len(rows[b].continuation(_LOOKAHEAD)) for b in active)
             ids = np.array([[int(chosen[b]), *(rows[b].continuation(ahead) + [int(chosen[b])] * ahead)[:ahead]]
                             for b in range(batch)], dtype=np.int64)
-            feed = {"input_ids": ids, **merged, **encoder_kv, **past}
+            feed = {"input_ids": ids, **step_inputs, **encoder_kv, **past}
             out = self.decoder.run(feed, names)
             logits = out["logits"][:, :, :self.vocab]
         for row in rows:
