@@ -43,13 +43,20 @@ models_vad=( "builtin:silero-vad" )
 # Accepts one of: auto, cpu, tensorrt.
 backend=auto
 
-# ONNX Runtime threads within one operator; 0 lets ONNX Runtime choose.
+# ONNX Runtime threads within one operator; 0 shares the cores among the lanes
+# (`inference_lanes`).
 # Accepts an integer of at least 0.
 ort_intra_op_threads=0
 
 # ONNX Runtime threads running independent operators in parallel.
 # Accepts an integer of at least 0.
 ort_inter_op_threads=1
+
+# Network calls of one model that run side by side (utterances of an ASR batch, ranges of a
+# voice's audio), each on its share of the cores; on a small CPU two one-thread calls at once get
+# more done than one call on every core. 0 gives 2 where there are at least 2 cores, else 1.
+# Accepts an integer from 0 to 16.
+inference_lanes=0
 
 # Build TensorRT engines in FP16 where the GPU supports it; numerically sensitive layers
 # (normalisation, softmax, exponentials) stay FP32. `false` builds FP32 engines.

@@ -26,6 +26,8 @@ class LoadedModel:
     load_seconds: float
     memory_mb: float
     """What loading took when deploy measured it alone in a fresh process."""
+    lanes: int = 1
+    """Calls of its networks that may run side by side (BackendOptions.lanes)."""
 
 
 def unloadable_reason(model: DeployedModel) -> str | None:
@@ -52,4 +54,4 @@ def load_model(model: DeployedModel, options: BackendOptions) -> LoadedModel:
     memory = float(model.record.get("load", {}).get("memory_mb", 0.0))
     _LOGGER.info("Loaded %s (%s) in %.2f s (%.0f MB as measured at deploy)",
                  model.name, model.manifest.pipeline, seconds, memory)
-    return LoadedModel(model.name, model.path, model.manifest, sessions, seconds, memory)
+    return LoadedModel(model.name, model.path, model.manifest, sessions, seconds, memory, options.lanes)

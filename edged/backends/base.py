@@ -5,6 +5,7 @@ Backends know nothing about speech: they see ONNX networks, shapes and numpy arr
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -23,12 +24,25 @@ class TensorInfo:
     shape: tuple[int | str | None, ...]
 
 
+def cpu_cores() -> int:
+    """Cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def auto_lanes(cores: int | None = None) -> int:
+    """Lanes for `inference_lanes = 0`: two where there are two cores or more."""
+    return 2 if (cores or cpu_cores()) >= 2 else 1
+
+
 @dataclass(frozen=True)
 class BackendOptions:
     """Backend settings from config.sh, passed down explicitly."""
 
     intra_op_threads: int = 0
-    """Threads inside one operator (0 = the runtime decides)."""
+    """Threads inside one operator (0 = the cores shared among the lanes, or the runtime decides)."""
     inter_op_threads: int = 1
     """Threads across independent operators."""
     trt_workspace_mb: int = 0
@@ -37,6 +51,8 @@ class BackendOptions:
     """Build TensorRT engines in FP16 where the GPU supports it (numerically sensitive layers stay FP32)."""
     trt_contexts: int = 2
     """TensorRT execution contexts per engine: how many calls to one network run at once."""
+    lanes: int = 1
+    """Calls of one model that run side by side (see edged.pipelines.lanes)."""
 
     @classmethod
     def from_settings(cls, settings: Any) -> BackendOptions:
@@ -47,6 +63,7 @@ class BackendOptions:
             trt_workspace_mb=settings.trt_workspace_mb,
             trt_fp16=settings.trt_fp16,
             trt_contexts=settings.trt_execution_contexts,
+            lanes=settings.inference_lanes or auto_lanes(),
         )
 
 

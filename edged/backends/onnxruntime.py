@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from edged.backends.base import BackendOptions, TensorInfo
+from edged.backends.base import BackendOptions, TensorInfo, cpu_cores
 from edged.errors import BackendError
 from edged.rmir.manifest import NetworkSpec
 
@@ -61,7 +61,8 @@ class OnnxRuntimeBackend:
         import onnxruntime as ort
 
         so = ort.SessionOptions()
-        so.intra_op_num_threads = options.intra_op_threads
+        so.intra_op_num_threads = options.intra_op_threads or (
+            max(1, cpu_cores() // options.lanes) if options.lanes > 1 else 0)
         so.inter_op_num_threads = options.inter_op_threads
         so.log_severity_level = 3  # ORT's own warnings would flood the journal
         # Idle intra-op threads sleep instead of spinning: the cores are shared (ASR, TTS, VAD

@@ -17,6 +17,7 @@ from edged.pipelines.asr.stream import (
     StreamConfig,
     offline_config,
 )
+from edged.pipelines.lanes import Lanes
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -35,6 +36,35 @@ def _exact(job: DecodeJob) -> bool:
     return job.kind in ("final", "eou") and job.stream.config.speculative
 
 
+def _batches(todo: list[DecodeJob]) -> list[list[DecodeJob]]:
+    """Jobs in batches of similar lengths (streaming finals only with equal lengths)."""
+    todo = sorted(todo, key=lambda j: (_exact(j), len(j.audio)))
+    groups = []
+    while todo:
+        group = [todo.pop(0)]
+        first = len(group[0].audio)
+        limit = first if _exact(group[0]) else max(first * _MAX_PAD_RATIO, first + _MAX_PAD_SAMPLES)
+        while (todo and len(group) < MAX_BATCH and _exact(todo[0]) == _exact(group[0])
+               and len(todo[0].audio) * (len(group) + 1) <= _MAX_BATCH_SAMPLES
+               and len(todo[0].audio) <= limit):
+            group.append(todo.pop(0))
+        groups.append(group)
+    return groups
+
+
+def _fill_lanes(groups: list[list[DecodeJob]], lanes: int) -> list[list[DecodeJob]]:
+    """Split the biggest batches until every lane has one: two one-thread calls side by side
+    beat one batch on every core (see edged.pipelines.lanes)."""
+    while len(groups) < lanes:
+        biggest = max(groups, key=lambda g: (len(g), sum(len(j.audio) for j in g)), default=[])
+        if len(biggest) < 2:
+            break
+        groups.remove(biggest)
+        half = (len(biggest) + 1) // 2
+        groups += [biggest[:half], biggest[half:]]
+    return groups
+
+
 class AsrModel:
     """Moonshine + Silero VAD, shared by every stream; `decode_jobs` runs many streams' jobs."""
 
@@ -50,6 +80,7 @@ class AsrModel:
             params.setdefault("speech_threshold", threshold)
         self.endpoint = EndpointParams.from_manifest(params)
         self.alignment_heads = [tuple(h) for h in asr.manifest.parameters.get("alignment_heads", [])]
+        self.lanes = Lanes(asr.lanes, "asr")
         self.seconds_per_sample = 0.05 / SAMPLE_RATE
         """Recent decode wall time per sample of audio (a moving average over batches)."""
 
@@ -58,30 +89,31 @@ class AsrModel:
         return AsrStream(self, config)
 
     def decode_jobs(self, jobs: list[DecodeJob]) -> None:
-        """Decode queued jobs (of one or many streams) in length-matched batches; empties `jobs`."""
+        """Decode queued jobs (of one or many streams) in length-matched batches, the batches
+        side by side on the model's lanes; empties `jobs`."""
         todo = [j for j in jobs if j.hyp is None]
         ready = [j for j in jobs if j.hyp is not None]
         jobs.clear()
         for job in ready:
             job.stream.complete(job)
-        todo.sort(key=lambda j: (_exact(j), len(j.audio)))
-        while todo:
-            group = [todo.pop(0)]
-            first = len(group[0].audio)
-            limit = first if _exact(group[0]) else max(first * _MAX_PAD_RATIO, first + _MAX_PAD_SAMPLES)
-            while (todo and len(group) < MAX_BATCH and _exact(todo[0]) == _exact(group[0])
-                   and len(todo[0].audio) * (len(group) + 1) <= _MAX_BATCH_SAMPLES
-                   and len(todo[0].audio) <= limit):
-                group.append(todo.pop(0))
-            t0 = time.perf_counter()
-            attention = any(j.kind in ("final", "eou") and j.stream.config.word_times for j in group)
-            hyps = self.recogniser.decode([j.audio for j in group], [j.draft for j in group], attention)
-            seconds = time.perf_counter() - t0
+        groups = _fill_lanes(_batches(todo), self.lanes.count)
+        # Longest first, so that the lanes end together.
+        order = sorted(range(len(groups)), key=lambda i: -sum(len(j.audio) for j in groups[i]))
+        decoded = dict(zip(order, self.lanes.map(self._decode_batch, [groups[i] for i in order])))
+        for i, group in enumerate(groups):
+            hyps, seconds = decoded[i]
             per_sample = seconds / max(1, sum(len(j.audio) for j in group))
             self.seconds_per_sample += 0.2 * (per_sample - self.seconds_per_sample)
             for job, hyp in zip(group, hyps):
                 job.hyp, job.seconds = hyp, seconds
                 job.stream.complete(job)
+
+    def _decode_batch(self, group: list[DecodeJob]) -> tuple[list[Hypothesis], float]:
+        """One batch's hypotheses and the seconds they took (on a lane: touches no stream)."""
+        t0 = time.perf_counter()
+        attention = any(j.kind in ("final", "eou") and j.stream.config.word_times for j in group)
+        hyps = self.recogniser.decode([j.audio for j in group], [j.draft for j in group], attention)
+        return hyps, time.perf_counter() - t0
 
     def result(self, job: DecodeJob, config: StreamConfig, stable: int,
                hyp: Hypothesis | None = None, start: int | None = None) -> Result | None:

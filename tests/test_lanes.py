@@ -1,0 +1,66 @@
+"""Lanes: independent calls side by side, results in order, errors after every call ended."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from edged.backends.base import BackendOptions, auto_lanes
+from edged.config import Settings
+from edged.pipelines.lanes import Lanes
+
+
+def test_map_keeps_order_and_runs_calls_side_by_side() -> None:
+    lanes = Lanes(2, "test")
+    running, most = 0, 0
+    lock = threading.Lock()
+
+    def call(x: int) -> int:
+        nonlocal running, most
+        with lock:
+            running += 1
+            most = max(most, running)
+        time.sleep(0.02 if x % 2 else 0.005)
+        with lock:
+            running -= 1
+        return x * x
+
+    assert lanes.map(call, range(7)) == [x * x for x in range(7)]
+    assert most == 2
+    lanes.close()
+
+
+def test_one_lane_runs_on_the_calling_thread() -> None:
+    lanes = Lanes(1, "test")
+    threads = lanes.map(lambda _: threading.current_thread(), range(3))
+    assert threads == [threading.current_thread()] * 3
+
+
+def test_an_error_is_raised_after_the_other_calls_ended() -> None:
+    lanes = Lanes(2, "test")
+    started: list[int] = []
+    finished: list[int] = []
+
+    def call(x: int) -> int:
+        started.append(x)
+        time.sleep(0.05 if x else 0.01)
+        if x == 0:
+            raise ValueError("bad item")
+        finished.append(x)
+        return x
+
+    with pytest.raises(ValueError, match="bad item"):
+        lanes.map(call, [0, 1, 2, 3])
+    assert sorted(started) == sorted([0, *finished])  # no call abandoned mid-run
+    assert len(started) < 4  # no new call once one failed
+    lanes.close()
+
+
+def test_auto_lanes_and_threads_per_lane() -> None:
+    assert auto_lanes(1) == 1
+    assert auto_lanes(2) == 2
+    assert auto_lanes(12) == 2
+    assert BackendOptions.from_settings(Settings(inference_lanes=3)).lanes == 3
+    assert BackendOptions.from_settings(Settings()).lanes == auto_lanes()
