@@ -52,9 +52,9 @@ ort_intra_op_threads=0
 # Accepts an integer of at least 0.
 ort_inter_op_threads=1
 
-# Network calls of one model that run side by side (utterances of an ASR batch, ranges of a
-# voice's audio), each on its share of the cores; on a small CPU two one-thread calls at once get
-# more done than one call on every core. 0 gives 2 where there are at least 2 cores, else 1.
+# ASR decodes that run side by side (utterances of a batch, streams' finals and interims), each on
+# its share of the cores: on a small CPU two one-thread decodes at once get more done than one on
+# every core. 0 gives 2 where there are at least 2 cores, else 1.
 # Accepts an integer from 0 to 16.
 inference_lanes=0
 

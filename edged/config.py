@@ -314,10 +314,10 @@ class Settings:
         1, kind=Int(min=0), doc="ONNX Runtime threads running independent operators in parallel.")
     inference_lanes: int = setting(
         0, kind=Int(min=0, max=16),
-        doc="Network calls of one model that run side by side (utterances of an ASR batch, "
-            "ranges of a voice's audio), each on its share of the cores; on a small CPU two "
-            "one-thread calls at once get more done than one call on every core. 0 gives 2 "
-            "where there are at least 2 cores, else 1.")
+        doc="ASR decodes that run side by side (utterances of a batch, streams' finals and "
+            "interims), each on its share of the cores: on a small CPU two one-thread decodes at "
+            "once get more done than one on every core. 0 gives 2 where there are at least 2 "
+            "cores, else 1.")
     trt_fp16: bool = setting(
         True, kind=Bool(),
         doc="Build TensorRT engines in FP16 where the GPU supports it; numerically sensitive layers "

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from edged.backends import BackendOptions, Session, get_backend
@@ -40,10 +40,18 @@ def unloadable_reason(model: DeployedModel) -> str | None:
     return None
 
 
+LANE_PIPELINES = frozenset({"speech_recognition"})
+"""Pipelines that run calls side by side on lanes (see edged.pipelines.lanes). Speech synthesis
+does not: splitting a voice's chunks across one-thread lanes measured no faster than one call
+on every core (its decoder scales 1.35x with 2 threads, and split ranges decode context twice)."""
+
+
 def load_model(model: DeployedModel, options: BackendOptions) -> LoadedModel:
     """Load every network of a deployed model; BackendError if it is broken or stale."""
     if (reason := unloadable_reason(model)) is not None or model.record is None or model.manifest is None:
         raise BackendError(reason or f"Model {model.name} cannot be loaded.")
+    if model.manifest.pipeline not in LANE_PIPELINES:
+        options = replace(options, lanes=1)
     backend = get_backend(model.record["backend"])
     t0 = time.perf_counter()
     sessions = {

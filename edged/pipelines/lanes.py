@@ -4,8 +4,7 @@ On a small CPU, one ONNX Runtime call spread over every core scales poorly (meas
 2 cores: the Piper decoder 1.35x faster with 2 threads than with 1, a Moonshine decoder
 step no faster at all), while two calls of one thread each run almost twice as fast as
 one after the other. So sessions get `cores / lanes` threads, and a step with several
-independent calls (utterances of a batch, ranges of a voice's frames) runs them on the
-lanes at once. The calling thread is one lane; the others are a small pool of the model's.
+independent calls (the utterances of a batch) runs them on the lanes at once.
 """
 
 from __future__ import annotations
@@ -20,7 +19,7 @@ R = TypeVar("R")
 
 
 class Lanes:
-    """Runs independent calls side by side: the first on the calling thread, the rest on a pool."""
+    """Runs independent calls side by side: one on the calling thread, the rest on a pool."""
 
     def __init__(self, count: int, name: str) -> None:
         self.count = max(1, count)
@@ -53,7 +52,10 @@ class Lanes:
         others = [self._pool.submit(lane) for _ in range(min(self.count, len(todo)) - 1)]
         lane()
         for f in others:
-            f.result()
+            # A lane still queued behind other work is not waited for (the items are all
+            # taken): the pool may be busy with calls that wait for what this caller holds.
+            if not f.cancel():
+                f.result()
         if errors:
             raise errors[0]
         return results  # type: ignore[return-value]
