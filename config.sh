@@ -43,8 +43,8 @@ models_vad=( "builtin:silero-vad" )
 # Accepts one of: auto, cpu, tensorrt.
 backend=auto
 
-# ONNX Runtime threads within one operator; 0 shares the cores among the lanes
-# (`inference_lanes`).
+# ONNX Runtime threads within one operator; 0 divides the cores among ASR's lanes
+# (`inference_lanes`) and lets ONNX Runtime choose for the other models.
 # Accepts an integer of at least 0.
 ort_intra_op_threads=0
 
@@ -52,9 +52,9 @@ ort_intra_op_threads=0
 # Accepts an integer of at least 0.
 ort_inter_op_threads=1
 
-# ASR decodes that run side by side (utterances of a batch, streams' finals and interims), each on
-# its share of the cores: on a small CPU two one-thread decodes at once get more done than one on
-# every core. 0 gives 2 where there are at least 2 cores, else 1.
+# ASR decodes that run side by side (the batches of one step: several streams' finals, a
+# recording's segments), each on its share of the cores: on a small CPU two one-thread decodes at
+# once get more done than one on every core. 0 gives 2 where there are at least 2 cores, else 1.
 # Accepts an integer from 0 to 16.
 inference_lanes=0
 

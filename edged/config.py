@@ -308,16 +308,16 @@ class Settings:
             "otherwise ONNX Runtime on the CPU.")
     ort_intra_op_threads: int = setting(
         0, kind=Int(min=0),
-        doc="ONNX Runtime threads within one operator; 0 shares the cores among the "
-            "lanes (`inference_lanes`).")
+        doc="ONNX Runtime threads within one operator; 0 divides the cores among ASR's lanes "
+            "(`inference_lanes`) and lets ONNX Runtime choose for the other models.")
     ort_inter_op_threads: int = setting(
         1, kind=Int(min=0), doc="ONNX Runtime threads running independent operators in parallel.")
     inference_lanes: int = setting(
         0, kind=Int(min=0, max=16),
-        doc="ASR decodes that run side by side (utterances of a batch, streams' finals and "
-            "interims), each on its share of the cores: on a small CPU two one-thread decodes at "
-            "once get more done than one on every core. 0 gives 2 where there are at least 2 "
-            "cores, else 1.")
+        doc="ASR decodes that run side by side (the batches of one step: several streams' "
+            "finals, a recording's segments), each on its share of the cores: on a small CPU two "
+            "one-thread decodes at once get more done than one on every core. 0 gives 2 where "
+            "there are at least 2 cores, else 1.")
     trt_fp16: bool = setting(
         True, kind=Bool(),
         doc="Build TensorRT engines in FP16 where the GPU supports it; numerically sensitive layers "

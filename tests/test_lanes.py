@@ -5,10 +5,13 @@ from __future__ import annotations
 import threading
 import time
 
+import numpy as np
 import pytest
 
 from edged.backends.base import BackendOptions, auto_lanes
 from edged.config import Settings
+from edged.pipelines.asr.model import _fill_lanes
+from edged.pipelines.asr.stream import DecodeJob
 from edged.pipelines.lanes import Lanes
 
 
@@ -64,3 +67,14 @@ def test_auto_lanes_and_threads_per_lane() -> None:
     assert auto_lanes(12) == 2
     assert BackendOptions.from_settings(Settings(inference_lanes=3)).lanes == 3
     assert BackendOptions.from_settings(Settings()).lanes == auto_lanes()
+
+
+def test_a_lone_batch_is_split_so_that_every_lane_has_one() -> None:
+    def job(seconds: float) -> DecodeJob:
+        return DecodeJob(None, "final", 0, np.zeros(int(seconds * 16000), np.float32), 0, 0)  # type: ignore[arg-type]
+
+    batch = [job(2.0), job(2.1), job(2.2)]
+    assert [len(g) for g in _fill_lanes([batch], 2)] == [2, 1]
+    assert len(_fill_lanes([[job(3.0)]], 2)) == 1  # one utterance cannot be split
+    assert len(_fill_lanes([batch[:1], batch[1:]], 2)) == 2  # already one per lane
+    assert sum(len(g) for g in _fill_lanes([batch], 4)) == 3
