@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 
-from edged.backends.base import BackendOptions, auto_lanes
+from edged.backends.base import BackendOptions
 from edged.config import Settings
 from edged.pipelines.asr.model import _fill_lanes
 from edged.pipelines.asr.stream import DecodeJob
@@ -61,12 +61,9 @@ def test_an_error_is_raised_after_the_other_calls_ended() -> None:
     lanes.close()
 
 
-def test_auto_lanes_and_threads_per_lane() -> None:
-    assert auto_lanes(1) == 1
-    assert auto_lanes(2) == 2
-    assert auto_lanes(12) == 2
+def test_lanes_come_from_settings() -> None:
     assert BackendOptions.from_settings(Settings(inference_lanes=3)).lanes == 3
-    assert BackendOptions.from_settings(Settings()).lanes == auto_lanes()
+    assert BackendOptions.from_settings(Settings()).lanes == 1
 
 
 def test_a_lone_batch_is_split_so_that_every_lane_has_one() -> None:

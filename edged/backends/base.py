@@ -32,11 +32,6 @@ def cpu_cores() -> int:
         return os.cpu_count() or 1
 
 
-def auto_lanes(cores: int | None = None) -> int:
-    """Lanes for `inference_lanes = 0`: two where there are two cores or more."""
-    return 2 if (cores or cpu_cores()) >= 2 else 1
-
-
 @dataclass(frozen=True)
 class BackendOptions:
     """Backend settings from config.sh, passed down explicitly."""
@@ -63,7 +58,7 @@ class BackendOptions:
             trt_workspace_mb=settings.trt_workspace_mb,
             trt_fp16=settings.trt_fp16,
             trt_contexts=settings.trt_execution_contexts,
-            lanes=settings.inference_lanes or auto_lanes(),
+            lanes=settings.inference_lanes,
         )
 
 
