@@ -32,7 +32,6 @@ def test_map_keeps_order_and_runs_calls_side_by_side() -> None:
 
     assert lanes.map(call, range(7)) == [x * x for x in range(7)]
     assert most == 2
-    lanes.close()
 
 
 def test_one_lane_runs_on_the_calling_thread() -> None:
@@ -58,7 +57,6 @@ def test_an_error_is_raised_after_the_other_calls_ended() -> None:
         lanes.map(call, [0, 1, 2, 3])
     assert sorted(started) == sorted([0, *finished])  # no call abandoned mid-run
     assert len(started) < 4  # no new call once one failed
-    lanes.close()
 
 
 def test_lanes_come_from_settings() -> None:

@@ -59,8 +59,3 @@ class Lanes:
         if errors:
             raise errors[0]
         return results  # type: ignore[return-value]
-
-    def close(self) -> None:
-        """Stop the pool's threads (after calls in flight)."""
-        if self._pool is not None:
-            self._pool.shutdown(wait=False)
