@@ -191,6 +191,19 @@ def test_endpointer_presplit_announces_the_split() -> None:
     assert presplit[0][1] == split[0][1] and abs(split[0][1] - 151) <= 2
 
 
+def test_endpointer_no_presplit_once_the_utterance_ends_at_its_likely_end() -> None:
+    """A long utterance whose likely end comes just before the forced split's lead-in ends
+    there (end, or pause if speech goes on), so no split is announced: its decode would be
+    wasted (without the rule: start, eou, presplit, end)."""
+    params = EndpointParams(max_utterance_ms=6400, pause_split_ms=3200)
+    events = _events(params, [0.0] * 10 + [0.9] * 164 + [0.0] * 40)
+    assert [k for k, _ in events] == ["start", "eou", "end"]
+    # A likely end of a shorter utterance does not stop the announcement.
+    params = EndpointParams(max_utterance_ms=6400, pause_split_ms=6400)
+    events = _events(params, [0.0] * 10 + [0.9] * 164 + [0.0] * 40)
+    assert [k for k, _ in events] == ["start", "eou", "presplit", "end"]
+
+
 def test_repeat_cut_after_the_cap() -> None:
     """A phrase decoded twice (the decoder went back over the audio) is cut after the first."""
     phrase = [11, 12, 13, 14, 15]

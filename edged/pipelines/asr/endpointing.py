@@ -406,6 +406,11 @@ class Endpointer:
         self._probs: list[float] = []
         """Probabilities of the open utterance's windows (for the quietest-point split)."""
 
+    def ends_at_likely_end(self) -> bool:
+        """Whether the open utterance ends at its likely end (eou) whether or not the speech
+        goes on after it: it is at least `pause_split_ms` long."""
+        return self._pause_n is not None and self.last_speech - self.start >= self._pause_n
+
     def update(self, prob: float) -> list[Event]:
         """Feed one window's probability; returns what happened at it."""
         events: list[Event] = []
@@ -425,8 +430,7 @@ class Endpointer:
         # lone window over the threshold (a click, a breath) does not move the end.
         if prob >= self.params.speech_threshold and (
                 not self._eou_sent or np.mean(recent[-self._start_n:]) >= self.params.start_threshold):
-            if (self._eou_sent and self._pause_n is not None
-                    and self.last_speech - self.start >= self._pause_n):
+            if self._eou_sent and self.ends_at_likely_end():
                 # Speech goes on after a likely end: end the long utterance there.
                 events.append(Event("pause", self.last_speech))
                 start = max(self.last_speech, self.window - self._start_n)
@@ -443,8 +447,10 @@ class Endpointer:
                    or self.window - self.last_speech >= self._eou_n)):
             self._eou_sent = True
             events.append(Event("eou", self.last_speech))
-        elif length >= self._max_n - self._presplit_n and self._split_at is None:
-            # Where a forced split will be, a little ahead, so that its final can start early.
+        elif (length >= self._max_n - self._presplit_n and self._split_at is None
+              and not (self._eou_sent and self.ends_at_likely_end())):
+            # Where a forced split will be, a little ahead, so that its final can start early
+            # (not when the utterance ends at the likely end already found: no split comes).
             self._split_at = self.quietest(self.start + self._max_n // 2, self.window)
             events.append(Event("presplit", self._split_at))
         elif length >= self._max_n:

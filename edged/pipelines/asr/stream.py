@@ -291,9 +291,14 @@ class AsrStream:
         """Queue a speculative final decode of the open utterance up to `end` (see `_speculated`).
 
         One of the same kind that is still waiting for the decoder is replaced: the newer one
-        covers more speech.
+        covers more speech. A likely end of an utterance that ends there whatever follows
+        (Endpointer.ends_at_likely_end) also drops a waiting forced split's decode, which can no
+        longer be the final: the split would come later.
         """
-        replaced = [j for k, j in self._speculated if k[0] == key[0] and j.hyp is None and j in self.jobs]
+        kinds = {key[0]}
+        if key[0] == "speech" and self._endpointer.ends_at_likely_end():
+            kinds.add("split")
+        replaced = [j for k, j in self._speculated if k[0] in kinds and j.hyp is None and j in self.jobs]
         for old in replaced:
             self.jobs.remove(old)
         self._speculated = [(k, j) for k, j in self._speculated if j not in replaced]
