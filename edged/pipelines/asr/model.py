@@ -96,12 +96,11 @@ class AsrModel:
         jobs.clear()
         for job in ready:
             job.stream.complete(job)
-        groups = _fill_lanes(_batches(todo), self.lanes.count)
-        # Longest first, so that the lanes end together.
-        order = sorted(range(len(groups)), key=lambda i: -sum(len(j.audio) for j in groups[i]))
-        decoded = dict(zip(order, self.lanes.map(self._decode_batch, [groups[i] for i in order])))
-        for i, group in enumerate(groups):
-            hyps, seconds = decoded[i]
+        # Longest first, so that the lanes end together (a stream's results come back in the
+        # order its jobs were made, whatever the order they complete in: see take_results).
+        groups = sorted(_fill_lanes(_batches(todo), self.lanes.count),
+                        key=lambda g: -sum(len(j.audio) for j in g))
+        for group, (hyps, seconds) in zip(groups, self.lanes.map(self._decode_batch, groups)):
             per_sample = seconds / max(1, sum(len(j.audio) for j in group))
             self.seconds_per_sample += 0.2 * (per_sample - self.seconds_per_sample)
             for job, hyp in zip(group, hyps):
