@@ -10,6 +10,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from edged.backends.onnxruntime import OrtSession
 from edged.backends.probe import probe
 from edged.repository.records import DeployTarget, current_target
 from edged.rmir import RmirRef
@@ -98,3 +99,20 @@ def default_rmirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         rmirs[name] = out_dir / f"{name}.rmir"
         build_rmir(builtin_source(name, work), RmirRef(rmirs[name]))
     return rmirs
+
+
+@pytest.fixture(scope="session")
+def float_decoder(tmp_path_factory: pytest.TempPathFactory, default_rmirs: dict[str, Path]) -> OrtSession:
+    """The RMIR's step decoder as the importer wrote it (float32 weights, ORT-optimised at load;
+    the deployed one keeps int8 weights and rounds activations: edged.backends.ort_int8)."""
+    import onnxruntime as ort
+
+    from edged.rmir import RmirRef
+    from edged.rmir.archive import extract_rmir
+
+    folder = tmp_path_factory.mktemp("rmir-decoder")
+    extract_rmir(RmirRef(default_rmirs["moonshine-base-en"]), folder)
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 2
+    so.log_severity_level = 3
+    return OrtSession(ort.InferenceSession(str(folder / "decoder.onnx"), so, providers=["CPUExecutionProvider"]))

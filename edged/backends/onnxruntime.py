@@ -84,8 +84,9 @@ class OnnxRuntimeBackend:
         dst = dst_dir / f"{network.name}.ort.onnx"
         so = self._options(options, "all")
         so.optimized_model_filepath = str(dst)
+        int8_path, int8 = self._int8_source(src, dst_dir, network, so.intra_op_num_threads)
         try:
-            ort.InferenceSession(str(src), so, providers=["CPUExecutionProvider"])
+            ort.InferenceSession(str(int8_path or src), so, providers=["CPUExecutionProvider"])
         except Exception as exc:  # ORT raises its own exception types (Fail, InvalidGraph, ...)
             if isinstance(exc, OSError):
                 raise
@@ -93,9 +94,39 @@ class OnnxRuntimeBackend:
                 # ORT reports a failed write only as "Protobuf serialization failed"; say what it is.
                 raise OSError(errno.ENOSPC, "No space left on device", str(dst)) from None
             raise BackendError(f"ONNX Runtime cannot load network {network.name!r}: {exc}") from None
+        finally:
+            if int8_path is not None:
+                int8_path.unlink(missing_ok=True)
         if not dst.is_file():
             raise BackendError(f"ONNX Runtime did not write the optimised network {network.name!r}.")
-        return {"file": dst.name, "optimization": "all", "size": dst.stat().st_size}
+        return {"file": dst.name, "optimization": "all", "size": dst.stat().st_size, **int8}
+
+    @staticmethod
+    def _int8_source(src: Path, dst_dir: Path, network: NetworkSpec,
+                     threads: int) -> tuple[Path | None, dict[str, Any]]:
+        """For a network marked int8_matmul: its int8 rewrite (edged.backends.ort_int8), written
+        into `dst_dir` if the int8 kernel is fast on this CPU, and what was decided, for
+        deploy.yaml (`int8_matmuls`, `int8_speedup`)."""
+        if not network.int8_matmul:
+            return None, {}
+        import onnx
+
+        from edged.backends.ort_int8 import MIN_SPEEDUP, int8_speedup, keep_int8
+
+        speedup = round(int8_speedup(threads), 2)
+        if speedup < MIN_SPEEDUP:
+            _LOGGER.info("Network %s keeps float32 weights: ONNX Runtime's int8 matrix kernel is "
+                         "%.2fx float32's on this CPU", network.name, speedup)
+            return None, {"int8_matmuls": 0, "int8_speedup": speedup}
+        model = onnx.load(str(src))
+        rewritten = keep_int8(model)
+        if not rewritten:
+            return None, {"int8_matmuls": 0, "int8_speedup": speedup}
+        path = dst_dir / f".{network.name}.int8.onnx"
+        onnx.save(model, str(path))
+        _LOGGER.info("Network %s: %d MatMuls keep their int8 weights (kernel %.2fx float32 here)",
+                     network.name, rewritten, speedup)
+        return path, {"int8_matmuls": rewritten, "int8_speedup": speedup}
 
     def load(self, path: Path, options: BackendOptions) -> OrtSession:
         """Load a deployed network; it was optimised at deploy time, so no graph work is redone."""

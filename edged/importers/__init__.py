@@ -38,10 +38,11 @@ BUILTINS: dict[str, tuple[str, str, Importer]] = {
 }
 """Built-in importer name -> (pipeline, PyPI distribution, importer)."""
 
-IMPORTER_REVISIONS = {"moonshine-base-en": 2, "piper-joe-medium": 2, "silero-vad": 1}
+IMPORTER_REVISIONS = {"moonshine-base-en": 3, "piper-joe-medium": 2, "silero-vad": 1}
 """Raised when an importer builds a different RMIR from the same pack (piper 2: the voice split
 into encoder, flow and decoder; moonshine 2: the merged decoder split into cross_kv and a step
-decoder), so `edged init` rebuilds RMIRs made by the older importer."""
+decoder; moonshine 3: its decoder marked int8_matmul), so `edged init` rebuilds RMIRs made
+by the older importer."""
 
 
 def builtin_source(name: str, workdir: Path, wheel: Path | None = None) -> ModelSource:

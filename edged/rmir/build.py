@@ -50,6 +50,8 @@ class ModelSource:
     """Network -> input -> explicit range, for inputs whose dimensions have no names."""
     license: str = "unknown"
     provenance: dict[str, Any] = field(default_factory=dict)
+    int8_matmul: tuple[str, ...] = ()
+    """Networks whose MatMuls may run on int8 activations (NetworkSpec.int8_matmul)."""
 
 
 def _describe_network(path: Path) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...], int]:
@@ -129,6 +131,7 @@ def build_manifest(src: ModelSource) -> Manifest:
                 inputs=inputs,
                 outputs=outputs,
                 shape_ranges=_ranges_for(inputs, src.dim_ranges, src.input_ranges.get(net_name, {})),
+                int8_matmul=net_name in src.int8_matmul,
             )
         )
     artifacts = []

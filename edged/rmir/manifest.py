@@ -59,6 +59,9 @@ class NetworkSpec:
     inputs: tuple[TensorSpec, ...] = ()
     outputs: tuple[TensorSpec, ...] = ()
     shape_ranges: dict[str, ShapeRange] = field(default_factory=dict)
+    int8_matmul: bool = False
+    """The importer measured that this network's MatMuls on int8 weights may also round their
+    activations to int8 (a decoder run a token at a time): a backend may keep the weights int8."""
 
 
 @dataclass(frozen=True)
@@ -116,6 +119,7 @@ class Manifest:
 
 
 def _network_to_dict(net: NetworkSpec) -> dict[str, Any]:
+    extra = {"int8_matmul": True} if net.int8_matmul else {}
     return {
         "name": net.name,
         "file": net.file,
@@ -127,6 +131,7 @@ def _network_to_dict(net: NetworkSpec) -> dict[str, Any]:
             k: {"min": list(r.min), "opt": list(r.opt), "max": list(r.max)}
             for k, r in net.shape_ranges.items()
         },
+        **extra,
     }
 
 
@@ -214,6 +219,7 @@ def _network_from_dict(p: _Checker, d: Any) -> NetworkSpec:
         inputs=tuple(_tensor_from_dict(p, t) for t in p.get(d, "inputs", list, [])),
         outputs=tuple(_tensor_from_dict(p, t) for t in p.get(d, "outputs", list, [])),
         shape_ranges=ranges,
+        int8_matmul=p.get(d, "int8_matmul", bool, False),
     )
 
 

@@ -9,7 +9,9 @@ Moonshine's encoder sees the whole utterance (it is not a streaming model), so e
 re-encodes its audio; the decoder steps of a batch run together, one network call per token.
 A caller may pass a draft (the tokens of an earlier hypothesis of the same utterance): the
 first decoder call reads it whole and keeps the part that greedy decoding agrees with, so the
-result is exactly the greedy one but most tokens cost no decoder call of their own.
+result is the greedy one but most tokens cost no decoder call of their own (exactly so on a
+float32 decoder; a decoder with int8 activations, edged.backends.ort_int8, rounds a one-token
+step and a several-token draft slightly differently).
 """
 
 from __future__ import annotations
