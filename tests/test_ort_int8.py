@@ -34,16 +34,19 @@ def _dequantised(nodes: list, inits: list, name: str, q: np.ndarray, scale: floa
 
 
 def decoder_like(path: Path) -> Path:
-    """ids -> embedding (Gather) -> MatMul -> Relu -> MatMul -> logits through the embedding
-    transposed (tied weights), every weight int8 with a per-tensor scale and offset."""
+    """ids -> embedding (Gather) -> two MatMuls of it, added -> Relu -> MatMul -> logits through
+    the embedding transposed (tied weights), every weight int8 with a per-tensor scale and offset."""
     rng = np.random.default_rng(5)
     nodes: list = []
     inits: list = []
     table = _dequantised(nodes, inits, "table", rng.integers(-127, 128, (VOCAB, WIDTH), dtype=np.int8), 0.02, 0.1)
     up = _dequantised(nodes, inits, "up", rng.integers(-127, 128, (WIDTH, HIDDEN), dtype=np.int8), 0.01, -0.05)
+    gate = _dequantised(nodes, inits, "gate", rng.integers(-127, 128, (WIDTH, HIDDEN), dtype=np.int8), 0.01, 0.02)
     down = _dequantised(nodes, inits, "down", rng.integers(-127, 128, (HIDDEN, WIDTH), dtype=np.int8), 0.01, 0.0)
     nodes += [helper.make_node("Gather", [table, "ids"], ["x"], axis=0),
-              helper.make_node("MatMul", ["x", up], ["h"]),
+              helper.make_node("MatMul", ["x", up], ["h1"]),
+              helper.make_node("MatMul", ["x", gate], ["h2"]),
+              helper.make_node("Add", ["h1", "h2"], ["h"]),
               helper.make_node("Relu", ["h"], ["r"]),
               helper.make_node("MatMul", ["r", down], ["d"]),
               helper.make_node("Transpose", [table], ["table_t"], perm=[1, 0]),
@@ -66,14 +69,16 @@ def _run(model: bytes | str, ids: np.ndarray) -> list[np.ndarray]:
 
 
 def test_keep_int8_rewrites_matmuls_and_keeps_the_embedding_exact(tmp_path: Path) -> None:
-    """Every MatMul on an int8 weight (the tied, transposed one too) becomes MatMulNBits, the
-    embedding gathers int8 rows and dequantises them exactly, no float32 weight is left, and
-    the logits stay within int8 activation rounding of the float32 graph's."""
+    """Every MatMul on an int8 weight (the tied, transposed one too) becomes MatMulNBits, with
+    one row sum per activation for the offsets, the embedding gathers int8 rows and dequantises
+    them exactly, no float32 weight is left, and the logits stay within int8 activation
+    rounding of the float32 graph's."""
     src = decoder_like(tmp_path / "dec.onnx")
     model = onnx.load(str(src))
-    assert keep_int8(model) == 3
+    assert keep_int8(model) == 4
     ops = Counter(n.op_type for n in model.graph.node)
-    assert ops["MatMulNBits"] == 3 and ops["MatMul"] == 0 and ops["Gather"] == 1
+    assert ops["MatMulNBits"] == 4 and ops["MatMul"] == 0 and ops["Gather"] == 1
+    assert ops["ReduceSum"] == 2  # one per activation that meets an offset (x twice, d once)
     assert {i.data_type for i in model.graph.initializer if i.dims and np.prod(i.dims) > 1000} \
         <= {TensorProto.INT8, TensorProto.UINT8}
     ids = np.array([[1, 7, 299, 42], [0, 5, 5, 123]], np.int64)
@@ -113,7 +118,7 @@ def test_ort_deploy_keeps_int8_only_where_the_manifest_asks(tmp_path: Path) -> N
             assert "int8_matmuls" not in entry and ops["MatMulNBits"] == 0
             np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
         elif entry["int8_speedup"] >= MIN_SPEEDUP:
-            assert entry["int8_matmuls"] == 3 and ops["MatMulNBits"] == 3
+            assert entry["int8_matmuls"] == 4 and ops["MatMulNBits"] == 4
             assert np.linalg.norm(got - want) / np.linalg.norm(want) < 0.02
         else:
             assert entry["int8_matmuls"] == 0 and ops["MatMulNBits"] == 0

@@ -123,11 +123,13 @@ def keep_int8(model: Any) -> int:
         return 0  # ReduceSum with its axes as an input
     nodes: list[Any] = []
     added: dict[str, Any] = {}
+    sums: dict[str, str] = {}  # activations -> their row sums (q, k and v projections share one)
     rewritten = 0
     for node in graph.node:
-        weight = node.input[1] if node.op_type in ("MatMul", "Gather") and len(node.input) > 1 else ""
-        if node.op_type == "Gather":
-            weight = node.input[0]
+        if node.op_type not in ("MatMul", "Gather"):
+            nodes.append(node)
+            continue
+        weight = node.input[1] if node.op_type == "MatMul" else node.input[0]
         transposed = producer.get(weight)
         flipped = node.op_type == "MatMul" and transposed is not None and transposed.op_type == "Transpose" \
             and [list(a.ints) for a in transposed.attribute if a.name == "perm"] in ([[1, 0]], [])
@@ -154,10 +156,12 @@ def keep_int8(model: Any) -> int:
             nodes.append(_nbits_node(node.input[0], f"{q_name}/codes", f"{tag}/scales",
                                      f"{tag}/scaled" if offset else out, k, n, tag))
             if offset:  # A @ (W + z) = A @ W + z * sum(A)
-                nodes += [helper.make_node("ReduceSum", [node.input[0], "edged_int8_last_axis"], [f"{tag}/sum"],
-                                           keepdims=1, name=f"{tag}/sum"),
-                          helper.make_node("Mul", [f"{tag}/sum", f"{tag}/offset"], [f"{tag}/shift"],
-                                           name=f"{tag}/shift")]
+                if node.input[0] not in sums:
+                    sums[node.input[0]] = f"{tag}/sum"
+                    nodes.append(helper.make_node("ReduceSum", [node.input[0], "edged_int8_last_axis"],
+                                                  [f"{tag}/sum"], keepdims=1, name=f"{tag}/sum"))
+                nodes.append(helper.make_node("Mul", [sums[node.input[0]], f"{tag}/offset"], [f"{tag}/shift"],
+                                              name=f"{tag}/shift"))
             rewritten += 1
         if offset:
             added[f"{tag}/offset"] = np.array(offset, np.float32)
