@@ -24,6 +24,7 @@ from edged.pipelines.asr.endpointing import (
 )
 from edged.pipelines.asr.recogniser import repeat_cut, repetition_cut
 from edged.pipelines.asr.results import strip_punctuation
+from edged.pipelines.asr.stream import whole_draft
 from edged.pipelines.asr.tokenizer import Tokenizer
 from edged.repository.records import DeployTarget
 from edged.rmir import RmirRef
@@ -284,3 +285,18 @@ def test_vad_numpy_path_matches_the_session(silero_session: Session, tmp_path: P
     assert len(probs[0]) == len(probs[1]) == len(audio) // WINDOW
     assert probs[0].max() > 0.9 and probs[0].min() < 0.1  # speech and pauses
     assert np.abs(probs[0] - probs[1]).max() <= 1e-4
+
+
+def test_whole_draft_starts_from_the_whole_decode() -> None:
+    """A whole-utterance decode's draft: the last whole decode, then the interims' text after
+    that decode's last two tokens; without a whole decode, the interims' text as it is."""
+    whole = [960, 366, 29892, 2225, 9929, 2712, 29889]  # a speculative final
+    pieces = [960, 366, 4360, 9929, 2712, 29889, 960, 366, 750]  # interims, windows decoded apart
+    assert whole_draft(whole, pieces) == [*whole, 960, 366, 750]
+    assert whole_draft([], pieces) == pieces
+    assert whole_draft(whole, whole) == whole
+    assert whole_draft(whole, [1, 2, 3]) == whole  # the interims have not caught up with it
+    # Its last two tokens not in the interims' text: their continuation after as many tokens.
+    assert whole_draft([5, 6, 7], [8, 9, 10, 11, 12]) == [5, 6, 7, 11, 12]
+    # The latest occurrence counts (an utterance may say the same words twice).
+    assert whole_draft([1, 2], [1, 2, 3, 1, 2, 4]) == [1, 2, 4]

@@ -127,6 +127,8 @@ class AsrStream:
         self._prev_tokens: list[int] = []
         self._draft: list[int] = []
         """Tokens of the open utterance's latest hypothesis (interim or speculative)."""
+        self._whole: list[int] = []
+        """Tokens of the open utterance's latest whole decode (a speculative final's)."""
         self._window_start = 0
         """Stream sample where interims start decoding (the text before it is committed)."""
         self._window_tokens: list[int] = []
@@ -270,7 +272,7 @@ class AsrStream:
         self._utterance += 1
         self._utt_start = start
         self._speech_start = max(start, speech_start)
-        self._prev_tokens, self._stable, self._draft, self._speculated = [], [], [], []
+        self._prev_tokens, self._stable, self._draft, self._whole, self._speculated = [], [], [], [], []
         self._speculate_at = None
         self._window_start, self._window_tokens, self._committed, self._committed_logprobs = start, [], [], []
         self.last_interim_at = self._now
@@ -281,11 +283,16 @@ class AsrStream:
         start = self._utt_start if start is None else start
         audio = self._audio[start - self._base:end - self._base].copy()
         self._seq += 1
-        job = DecodeJob(self, kind, self._utterance, audio, start, fired_at,
-                        list(self._draft if draft is None else draft), seq=self._seq,
+        if draft is None:
+            draft = self._whole_draft() if kind in ("eou", "final") else self._draft
+        job = DecodeJob(self, kind, self._utterance, audio, start, fired_at, list(draft), seq=self._seq,
                         speech_start=self._speech_start)
         self.jobs.append(job)
         return job
+
+    def _whole_draft(self) -> list[int]:
+        """A draft for a decode of the whole open utterance (see `whole_draft`)."""
+        return whole_draft(self._whole, self._draft)
 
     def _speculate(self, key: tuple[str, int], end: int, fired_at: int) -> None:
         """Queue a speculative final decode of the open utterance up to `end` (see `_speculated`).
@@ -376,6 +383,8 @@ class AsrStream:
                     self._follow(hyp.tokens)
                 if job.kind != "commit":
                     self._draft = hyp.tokens
+                if job.kind == "eou":
+                    self._whole = hyp.tokens
             if job.kind == "commit" or (job.kind == "eou" and not self.config.interim_results):
                 continue
             if job.kind != "final" and (job.utterance in finals or job.utterance != self._utterance
@@ -396,3 +405,18 @@ class AsrStream:
             common += 1
         self._stable = tokens[:max(len(self._stable), min(common, len(tokens) - _UNSTABLE_TAIL))]
         self._prev_tokens = tokens
+
+
+def whole_draft(whole: list[int], latest: list[int]) -> list[int]:
+    """A draft for a decode of a whole utterance: its latest whole decode (`whole`, a speculative
+    final's tokens), then what the latest hypothesis (`latest`, usually an interim's) has after
+    the whole decode's last two tokens (or after as many tokens, if they are not in it).
+
+    Interims piece the text together from windows decoded apart (see AsrStream.queue_interim),
+    so their words drift from a whole decode's; a draft that starts from a whole decode is
+    followed for longer. Measured on an evalcorpus utterance of 6.6 s: 21 -> 10 decoder calls.
+    """
+    if not whole or latest == whole:
+        return latest
+    after = next((i + 2 for i in range(len(latest) - 2, -1, -1) if latest[i:i + 2] == whole[-2:]), len(whole))
+    return whole + latest[after:]
