@@ -155,10 +155,10 @@ class AsrModel:
         words = []
         onset_ms = 1000.0 * job.speech_start / SAMPLE_RATE
         for text, t0, t1, conf in timed:
-            t0 = min(max(t0, onset_ms), t1)  # the utterance's audio starts before its speech
+            begin = min(max(t0, onset_ms), t1)  # the utterance's audio starts before its speech
             shown = text if punctuation else strip_punctuation(text)
             if shown:
-                words.append(Word(shown, int(t0), int(t1), float(conf)))
+                words.append(Word(shown, int(begin), int(t1), float(conf)))
         return tuple(words)
 
     def recognize(self, data: bytes, config: StreamConfig) -> list[Result]:

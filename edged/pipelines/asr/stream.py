@@ -284,15 +284,11 @@ class AsrStream:
         audio = self._audio[start - self._base:end - self._base].copy()
         self._seq += 1
         if draft is None:
-            draft = self._whole_draft() if kind in ("eou", "final") else self._draft
+            draft = whole_draft(self._whole, self._draft) if kind in ("eou", "final") else self._draft
         job = DecodeJob(self, kind, self._utterance, audio, start, fired_at, list(draft), seq=self._seq,
                         speech_start=self._speech_start)
         self.jobs.append(job)
         return job
-
-    def _whole_draft(self) -> list[int]:
-        """A draft for a decode of the whole open utterance (see `whole_draft`)."""
-        return whole_draft(self._whole, self._draft)
 
     def _speculate(self, key: tuple[str, int], end: int, fired_at: int) -> None:
         """Queue a speculative final decode of the open utterance up to `end` (see `_speculated`).
