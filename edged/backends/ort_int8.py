@@ -29,6 +29,8 @@ from typing import Any
 
 import numpy as np
 
+from edged.onnxgraph import drop_unused_initializers, live_nodes
+
 BLOCK = 32
 """MatMulNBits block along K (Moonshine's K: 416 = 13 x 32, 1664 = 52 x 32)."""
 MIN_SPEEDUP = 1.3
@@ -172,21 +174,8 @@ def keep_int8(model: Any) -> int:
     added["edged_int8_last_axis"] = np.array([-1], np.int64)
     graph.initializer.extend(numpy_helper.from_array(v, k) for k, v in added.items() if k not in inits)
     del graph.node[:]
-    graph.node.extend(_live(nodes, {o.name for o in graph.output}))
-    used = {i for n in graph.node for i in n.input}
-    kept = [i for i in graph.initializer if i.name in used]
-    del graph.initializer[:]
-    graph.initializer.extend(kept)
+    graph.node.extend(live_nodes(nodes, [o.name for o in graph.output]))  # the float32 casts drop out
+    drop_unused_initializers(model)
     if not any(o.domain == _MS_DOMAIN for o in model.opset_import):
         model.opset_import.append(helper.make_opsetid(_MS_DOMAIN, 1))
     return rewritten
-
-
-def _live(nodes: list[Any], outputs: set[str]) -> list[Any]:
-    """The nodes something still reads, in their order (the float32 weights' casts drop out)."""
-    needed, live = set(outputs), []
-    for node in reversed(nodes):
-        if any(o in needed for o in node.output):
-            live.append(node)
-            needed.update(node.input)
-    return live[::-1]

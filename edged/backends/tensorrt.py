@@ -41,6 +41,7 @@ import numpy as np
 
 from edged.backends.base import BackendOptions, TensorInfo
 from edged.errors import BackendError
+from edged.onnxgraph import drop_unused_initializers
 from edged.rmir.manifest import NetworkSpec, ShapeRange
 
 _LOGGER = logging.getLogger(__name__)
@@ -272,29 +273,8 @@ def fold_constant_weights(model: Any) -> int:
         folded += 1
     del graph.node[:]
     graph.node.extend(keep)
-    _drop_unused_initializers(model)
+    drop_unused_initializers(model)
     return folded
-
-
-def _names_used(nodes: Any) -> set[str]:
-    """Every tensor name the nodes read, including from inside their subgraphs (outer scope)."""
-    used: set[str] = set()
-    for node in nodes:
-        used.update(node.input)
-        for attr in node.attribute:
-            if attr.HasField("g"):
-                used |= _names_used(attr.g.node) | {o.name for o in attr.g.output}
-            for g in attr.graphs:
-                used |= _names_used(g.node) | {o.name for o in g.output}
-    return used
-
-
-def _drop_unused_initializers(model: Any) -> None:
-    graph = model.graph
-    used = _names_used(graph.node) | {o.name for o in graph.output}
-    kept = [t for t in graph.initializer if t.name in used]
-    del graph.initializer[:]
-    graph.initializer.extend(kept)
 
 
 def boolean_switches(model: Any) -> list[str]:
@@ -346,7 +326,7 @@ def specialise(model: Any, values: dict[str, bool]) -> Any:
                 nodes.append(helper.make_node("Identity", [bo.name], [out]))
     del graph.node[:]
     graph.node.extend(nodes)
-    _drop_unused_initializers(model)
+    drop_unused_initializers(model)
     return model
 
 

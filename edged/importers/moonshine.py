@@ -25,6 +25,7 @@ from onnx import TensorProto, helper
 from edged.errors import ModelImportError
 from edged.importers.ortformat import ort_to_onnx
 from edged.importers.package import locate_pack
+from edged.onnxgraph import live_nodes
 from edged.rmir.build import ModelSource
 
 _DIR = "models/base-en"
@@ -220,13 +221,8 @@ def _prune(model: onnx.ModelProto, outputs: list[str]) -> onnx.ModelProto:
     graph = model.graph
     if any(n.op_type in ("If", "Loop", "Scan") for n in graph.node):
         raise ModelImportError("Moonshine decoder: cannot prune a graph with subgraphs.")
-    needed = set(outputs)
-    kept = []
-    for node in reversed(graph.node):
-        if any(o in needed for o in node.output):
-            kept.append(node)
-            needed.update(i for i in node.input if i)
-    kept.reverse()
+    kept = live_nodes(graph.node, outputs)
+    needed = set(outputs) | {i for n in kept for i in n.input if i}
     by_name = {o.name: o for o in graph.output}
     missing = [o for o in outputs if o not in by_name]
     if missing:

@@ -26,6 +26,7 @@ import numpy as np
 
 from edged.errors import ModelImportError
 from edged.importers.package import locate_pack
+from edged.onnxgraph import drop_unused_initializers
 from edged.pipelines.tts.voice import MAX_RUN_FRAMES
 from edged.rmir.build import ModelSource
 
@@ -105,10 +106,7 @@ def lift_convolutions(model: Any) -> int:
         as3(output.name)
     del graph.node[:]
     graph.node.extend(nodes)
-    used = {i for n in graph.node for i in n.input}
-    kept = [i for i in graph.initializer if i.name in used]
-    del graph.initializer[:]
-    graph.initializer.extend(kept)
+    drop_unused_initializers(model)
     return lifted
 
 
