@@ -11,13 +11,8 @@ from pathlib import Path
 import pytest
 
 from edged.backends import cuda
-from edged.backends.probe import (
-    Capabilities,
-    device_report,
-    jetpack_release,
-    parse_l4t_release,
-    probe,
-)
+from edged.backends.probe import Capabilities, parse_l4t_release, probe
+from edged.backends.report import device_report, jetpack_release
 from edged.errors import BackendError
 
 

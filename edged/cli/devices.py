@@ -32,7 +32,8 @@ def devices(
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """Show the CPU, Jetson model and JetPack, GPU, TensorRT, ONNX Runtime, and the backend chosen."""
-    from edged.backends.probe import device_report, probe
+    from edged.backends.probe import probe
+    from edged.backends.report import device_report
 
     settings = load_config(config)
     report = device_report(probe(), settings.backend)
