@@ -20,7 +20,6 @@ import pytest
 
 from edged.backends import BackendOptions
 from edged.errors import TtsRequestError
-from edged.pipelines.tts import voice
 from edged.pipelines.tts.normalise import normalise
 from edged.pipelines.tts.phonemes import phonemize_text
 from edged.pipelines.tts.schedule import AsyncRunGate, RunGate
@@ -213,7 +212,7 @@ def test_chunked_decoding_equals_whole_decoding(tts: TtsModel, monkeypatch: pyte
     net.prepare(again, 16, ahead=False)  # the flow on the first frames only
     assert 0 < again.ready < latent.frames
     parts = [net.decode(again, 0, 16)]
-    monkeypatch.setattr(voice, "MAX_RUN_FRAMES", 2 * net.flow_context + 20)  # the rest in runs
+    monkeypatch.setattr(net, "max_run_frames", 2 * net.flow_context + 20)  # the rest in runs
     parts += [net.decode(again, a, b) for a, b in itertools.pairwise(cuts[1:])]
     assert np.abs(np.concatenate(parts) - whole).max() < 1e-4
 

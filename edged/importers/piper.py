@@ -27,7 +27,6 @@ import numpy as np
 from edged.errors import ModelImportError
 from edged.importers.package import locate_pack
 from edged.onnxgraph import drop_unused_initializers
-from edged.pipelines.tts.voice import MAX_RUN_FRAMES
 from edged.rmir.build import ModelSource
 
 _VOICE = "en_US-joe-medium"
@@ -36,6 +35,9 @@ _DECODER = "/dec/"
 _ELEMENTWISE = {"Add", "Sub", "Mul", "Div", "LeakyRelu", "Relu", "Tanh", "Sigmoid"}
 _MAX_CONTEXT = 64
 """Frames of decoder context tried at most when measuring the receptive field."""
+_MAX_RUN_FRAMES = 1024
+"""Most frames one run of the flow or decoder takes, context included: the top of the RMIR's
+`frames` range, recorded as the `max_run_frames` parameter so the pipeline cuts its runs to fit."""
 
 
 def lift_convolutions(model: Any) -> int:
@@ -231,7 +233,7 @@ def prepare_voice(onnx_path: Path, workdir: Path) -> tuple[dict[str, Path], dict
     hop, decoder_context = measure_context(parts["decoder"])
     _, flow_context = measure_context(parts["flow"])
     return networks, {"hop_length": hop, "decoder_context_frames": decoder_context,
-                      "flow_context_frames": flow_context}
+                      "flow_context_frames": flow_context, "max_run_frames": _MAX_RUN_FRAMES}
 
 
 def piper_source(
@@ -283,7 +285,7 @@ def piper_source(
         },
         # frames: the flow's and decoder's runs (context included), as the pipeline cuts them.
         dim_ranges={"batch_size": (1, 1, 4), "phonemes": (1, 120, 2000),
-                    "frames": (1, 96, MAX_RUN_FRAMES)},
+                    "frames": (1, 96, _MAX_RUN_FRAMES)},
         license=license,
         provenance=provenance,
     )

@@ -60,7 +60,7 @@ FIRST_CHUNK_FRAMES = 16
 """Frames of a request's first chunk (0.19 s at 22.05 kHz): its first audio waits only for them."""
 MAX_CHUNK_FRAMES = 384
 """Largest chunk of one stream alone (fewer chunks, less decoder context decoded twice); with
-its context and a short rest it stays within MAX_RUN_FRAMES."""
+its context and a short rest it stays within the voice's max_run_frames (1024)."""
 SHARED_CHUNK_FRAMES = 96
 """Largest chunk while several requests stream: a new one waits at most that long for its turn."""
 HEADROOM = 2.0

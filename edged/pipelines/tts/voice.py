@@ -49,8 +49,9 @@ class VoiceConfig:
             raise TtsError(f"{path} is not a usable Piper voice config ({exc}).") from None
 
 
-MAX_RUN_FRAMES = 1024
-"""Most frames one run of the flow or decoder takes, context included (the RMIR's shape range)."""
+_OLD_MAX_RUN_FRAMES = 1024
+"""Most frames one run of the flow or decoder takes, context included, for RMIRs built before
+the manifest recorded it as `max_run_frames` (their `frames` shape range ends there)."""
 
 
 @dataclass
@@ -91,6 +92,8 @@ class VoiceNetwork:
         self.hop = int(parameters.get("hop_length", 0)) if self.chunked else 1
         self.context = int(parameters.get("decoder_context_frames", 0))
         self.flow_context = int(parameters.get("flow_context_frames", 0))
+        # The engines' `frames` range ends there, so every run of the flow or decoder must fit.
+        self.max_run_frames = int(parameters.get("max_run_frames", _OLD_MAX_RUN_FRAMES))
         if self.chunked and min(self.hop, self.context, self.flow_context) <= 0:
             raise TtsError("The voice's manifest lacks hop_length, decoder_context_frames or "
                            "flow_context_frames; rebuild its RMIR.")
@@ -134,10 +137,10 @@ class VoiceNetwork:
         return audio[(start - lo) * self.hop:(stop - lo) * self.hop]
 
     def _run_flow(self, latent: Latent, upto: int) -> None:
-        """Make z's frames [ready, upto) final, in runs of at most MAX_RUN_FRAMES."""
+        """Make z's frames [ready, upto) final, in runs of at most max_run_frames."""
         assert self._flow is not None and latent.prior is not None
         while latent.ready < upto:
-            stop = min(upto, latent.ready + MAX_RUN_FRAMES - 2 * self.flow_context)
+            stop = min(upto, latent.ready + self.max_run_frames - 2 * self.flow_context)
             lo = max(0, latent.ready - self.flow_context)
             hi = min(latent.frames, stop + self.flow_context)
             z_p = np.ascontiguousarray(latent.prior[:, :, lo:hi])
