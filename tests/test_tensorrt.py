@@ -19,24 +19,26 @@ from onnx import TensorProto, helper, numpy_helper
 
 from edged.backends import BackendOptions, get_backend
 from edged.backends.probe import probe
-from edged.backends.tensorrt import (
-    DESCRIPTOR_SUFFIX,
+from edged.backends.tensorrt.backend import DESCRIPTOR_SUFFIX, engine_cache_key
+from edged.backends.tensorrt.build import (
     EngineBuildError,
-    EngineTarget,
-    TrtSession,
-    boolean_switches,
     build_engine,
     build_network_engines,
-    check_input_shape,
-    current_engine_target,
-    engine_cache_key,
-    engine_stale_reasons,
+    profile_shapes,
+)
+from edged.backends.tensorrt.graph import (
+    boolean_switches,
     fold_constant_weights,
     prepare_onnx,
-    profile_shapes,
     specialise,
+)
+from edged.backends.tensorrt.library import (
+    EngineTarget,
+    current_engine_target,
+    engine_stale_reasons,
     trt_module_info,
 )
+from edged.backends.tensorrt.runtime import TrtSession, check_input_shape
 from edged.errors import BackendError
 from edged.loader import load_model
 from edged.repository.deploy import deploy, with_gpu_memory

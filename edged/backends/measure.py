@@ -35,7 +35,7 @@ def main(argv: list[str]) -> None:
     if argv[0] == "onnxruntime":
         import onnxruntime  # noqa: F401
     elif argv[0] == "tensorrt":
-        from edged.backends.tensorrt import import_trt, trt_module_info
+        from edged.backends.tensorrt.library import import_trt, trt_module_info
 
         if trt_module_info() is not None:
             import_trt()  # and so the CUDA context: runtime, not the model's memory

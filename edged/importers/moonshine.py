@@ -166,7 +166,7 @@ def split_merged_decoder(merged: onnx.ModelProto) -> dict[str, onnx.ModelProto]:
     merged decoder's first-call branch. `cross_kv`: the nodes of the first-call graph that give
     `present.N.encoder.key/value` from `encoder_hidden_states`.
     """
-    from edged.backends.tensorrt import specialise
+    from edged.backends.tensorrt.graph import specialise
 
     def kv(part: str) -> list[str]:
         return [f"present.{layer}.{part}.{t}" for layer in range(_DECODER_LAYERS) for t in ("key", "value")]
