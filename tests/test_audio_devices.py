@@ -183,7 +183,7 @@ def test_microphone_buffer_is_bounded(devices: AlsaTestDevices, caplog: pytest.L
     mic.open()
     try:
         time.sleep(1.0)
-        with caplog.at_level(logging.WARNING, logger="edged.audio.microphone"):
+        with caplog.at_level(logging.WARNING, logger="edged.audio.devices.microphone"):
             audio = mic.read(0.1)
     finally:
         mic.close()

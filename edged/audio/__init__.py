@@ -1,1 +1,2 @@
-"""Audio helpers shared by the pipelines: sample formats and resampling (numpy only, no I/O)."""
+"""Audio: sample formats and resampling for the pipelines (`resample`, numpy only, no I/O), and
+this machine's sound devices through PyAudio (`devices`, for the daemon and the CLI)."""

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from edged.audio.portaudio import (
+from edged.audio.devices.portaudio import (
     PA_LOCK,
     DeviceInfo,
     choose_device,

@@ -5,9 +5,9 @@ The parts live in their own modules: `portaudio` (PyAudio access, device listing
 a device is used, so edged runs without the `audio` extra.
 """
 
-from edged.audio.microphone import Microphone, Reconnector
-from edged.audio.portaudio import DeviceInfo, find_device, list_devices
-from edged.audio.speaker import ChunkFeed, PlaybackHandle, Speaker
+from edged.audio.devices.microphone import Microphone, Reconnector
+from edged.audio.devices.portaudio import DeviceInfo, find_device, list_devices
+from edged.audio.devices.speaker import ChunkFeed, PlaybackHandle, Speaker
 from edged.errors import AudioDeviceError
 
 __all__ = [

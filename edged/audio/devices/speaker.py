@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from edged.audio.portaudio import (
+from edged.audio.devices.portaudio import (
     PA_LOCK,
     choose_device,
     enumerate_devices,
