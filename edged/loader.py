@@ -52,14 +52,14 @@ def load_model(model: DeployedModel, options: BackendOptions) -> LoadedModel:
         raise BackendError(reason or f"Model {model.name} cannot be loaded.")
     if model.manifest.pipeline not in LANE_PIPELINES:
         options = replace(options, lanes=1)
-    backend = get_backend(model.record["backend"])
+    backend = get_backend(str(model.record.backend))
     t0 = time.perf_counter()
     sessions = {
-        name: backend.load(model.path / entry["file"], options)
-        for name, entry in model.record["networks"].items()
+        name: backend.load(model.path / entry.file, options)
+        for name, entry in model.record.networks.items()
     }
     seconds = time.perf_counter() - t0
-    memory = float(model.record.get("load", {}).get("memory_mb", 0.0))
+    memory = model.record.load.memory_mb
     _LOGGER.info("Loaded %s (%s) in %.2f s (%.0f MB as measured at deploy)",
                  model.name, model.manifest.pipeline, seconds, memory)
     return LoadedModel(model.name, model.path, model.manifest, sessions, seconds, memory, options.lanes)

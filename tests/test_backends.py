@@ -16,7 +16,12 @@ from edged.backends.choice import select_backend, tensorrt_possible
 from edged.backends.onnxruntime import OnnxRuntimeBackend
 from edged.backends.probe import Capabilities, probe
 from edged.errors import BackendError, ConfigError
-from edged.repository.records import DeployTarget, current_target, stale_reasons
+from edged.repository.records import (
+    DeployRecord,
+    DeployTarget,
+    current_target,
+    stale_reasons,
+)
 from edged.rmir import NetworkSpec, file_sha256
 from tests.conftest import make_tiny_onnx
 
@@ -174,8 +179,8 @@ def record_for(t: DeployTarget, sha: str = SHA) -> dict[str, Any]:
 def test_same_target_is_not_stale() -> None:
     """A record made for this very target and source is up to date."""
     t = target()
-    assert stale_reasons(record_for(t), t, SHA) == []
-    assert stale_reasons(record_for(t), t, None) == []
+    assert stale_reasons(DeployRecord.from_dict(record_for(t)), t, SHA) == []
+    assert stale_reasons(DeployRecord.from_dict(record_for(t)), t, None) == []
 
 
 @pytest.mark.parametrize(
@@ -195,7 +200,7 @@ def test_each_difference_gives_a_reason(change: Callable[[dict[str, Any]], None]
     t = target()
     record = record_for(t)
     change(record)
-    reasons = stale_reasons(record, t, SHA)
+    reasons = stale_reasons(DeployRecord.from_dict(record), t, SHA)
     assert len(reasons) == 1, reasons
     assert expected in reasons[0]
 
@@ -203,12 +208,12 @@ def test_each_difference_gives_a_reason(change: Callable[[dict[str, Any]], None]
 def test_source_sha_none_skips_the_source_check() -> None:
     """Without a source hash (as `edged models` calls it) only the device is compared."""
     t = target()
-    assert stale_reasons(record_for(t, sha="b" * 64), t, None) == []
+    assert stale_reasons(DeployRecord.from_dict(record_for(t, sha="b" * 64)), t, None) == []
 
 
 def test_empty_record_is_stale() -> None:
     """A record missing everything is stale for every reason, not a crash."""
-    assert len(stale_reasons({}, target(), SHA)) >= 3
+    assert len(stale_reasons(DeployRecord.from_dict({}), target(), SHA)) >= 3
 
 
 # --- probe --------------------------------------------------------------------------------
@@ -231,7 +236,7 @@ def test_probe_is_stable() -> None:
     """Two probes agree, so a deployment made here is never stale here."""
     a, b = current_target(probe(), "cpu"), current_target(probe(), "cpu")
     assert a == b
-    assert stale_reasons(record_for(a), b, SHA) == []
+    assert stale_reasons(DeployRecord.from_dict(record_for(a)), b, SHA) == []
 
 
 # --- ONNX Runtime backend ------------------------------------------------------------------

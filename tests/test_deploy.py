@@ -59,9 +59,9 @@ def assert_repository(models_dir: Path, expected: set[str], *, staging_ok: bool 
         folder = models_dir / name
         assert (folder / MANIFEST_NAME).is_file(), f"{name} has no manifest"
         record = read_record(folder)
-        assert record is not None and record["name"] == name, f"{name} has no deploy record"
-        for net in record["networks"].values():
-            assert (folder / net["file"]).is_file(), f"{name} lacks {net['file']}"
+        assert record is not None and record.name == name, f"{name} has no deploy record"
+        for net in record.networks.values():
+            assert (folder / net.file).is_file(), f"{name} lacks {net.file}"
     if not staging_ok:
         assert leftovers(models_dir) == []
 
@@ -172,7 +172,7 @@ def test_deploy_writes_a_complete_model(tiny_rmir: Path, tmp_path: Path, cpu_tar
 
     folder = models / "tiny-asr"
     record = yaml.safe_load((folder / DEPLOY_RECORD).read_text(encoding="utf-8"))
-    assert record == outcome.record
+    assert record == outcome.record.to_dict()
     assert record["backend"] == "onnxruntime"
     assert record["pipeline"] == "speech_recognition"
     assert record["device"] == cpu_target.device
@@ -216,7 +216,7 @@ def test_changed_rmir_is_redeployed(tiny_rmir: Path, tmp_path: Path, cpu_target:
     assert file_sha256(tiny_rmir) != old_sha
     outcome = deploy_tiny(tiny_rmir, models, cpu_target)
     assert outcome.status == "deployed"
-    assert outcome.record["source"]["sha256"] == file_sha256(tiny_rmir)
+    assert outcome.record.source_sha256 == file_sha256(tiny_rmir)
     assert read_record(models / "tiny-asr") == outcome.record
     assert_repository(models, {"tiny-asr"})
 
@@ -240,7 +240,7 @@ def test_record_for_another_device_is_stale_and_redeployed(
 
     outcome = deploy_tiny(tiny_rmir, models, cpu_target)
     assert outcome.status == "deployed"
-    assert outcome.record["device"] == cpu_target.device
+    assert outcome.record.device == cpu_target.device
     assert read_record(models / "tiny-asr") == outcome.record
     assert [m.stale for m in list_models(models, cpu_target)] == [[]]
 

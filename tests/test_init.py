@@ -230,7 +230,7 @@ def test_local_path_copied_then_present(tmp_path: Path) -> None:
     tiny(source, seed=9)  # the user rebuilt it: copied and deployed again
     assert statuses(init(config)) == {"tiny-asr.rmir": ("copied", "deployed")}
     record = read_record(repo / "models" / "tiny-asr")
-    assert record is not None and record["source"]["sha256"] == file_sha256(source)
+    assert record is not None and record.source_sha256 == file_sha256(source)
 
 
 def test_relative_local_path_is_relative_to_config(tmp_path: Path) -> None:

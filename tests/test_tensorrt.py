@@ -43,6 +43,7 @@ from edged.errors import BackendError
 from edged.loader import load_model
 from edged.repository.deploy import deploy, with_gpu_memory
 from edged.repository.records import (
+    DeployRecord,
     DeployTarget,
     backend_summary,
     fallback_networks,
@@ -220,8 +221,8 @@ def test_tensorrt_deployments_go_stale_with_the_gpu_or_jetpack() -> None:
     """deploy.yaml of an engine deployment is stale on another GPU or after a JetPack upgrade."""
     device = {"arch": "aarch64", "cpu_isa": ["asimd"], "jetson": "Jetson Orin Nano", "l4t": "36.3.0",
               "gpu": "Orin", "compute_capability": "8.7"}
-    record = {"backend": "tensorrt", "versions": {"tensorrt": "tensorrt 10.3.0"}, "device": device,
-              "networks": {"enc": {"backend": "tensorrt"}}}
+    record = DeployRecord.from_dict({"backend": "tensorrt", "versions": {"tensorrt": "tensorrt 10.3.0"},
+                                     "device": device, "networks": {"enc": {"backend": "tensorrt"}}})
     here = DeployTarget("tensorrt", "", dict(device), {"tensorrt": "tensorrt 10.3.0"})
     assert stale_reasons(record, here, None) == []
     upgraded = DeployTarget("tensorrt", "", {**device, "l4t": "36.4.3"}, {"tensorrt": "tensorrt 10.3.0"})
@@ -234,10 +235,11 @@ def test_tensorrt_deployments_go_stale_with_the_gpu_or_jetpack() -> None:
 def test_fallback_networks_need_their_onnxruntime_version() -> None:
     """A network that fell back to ONNX Runtime makes the deployment stale when ONNX Runtime changes."""
     device = {"arch": "x86_64", "gpu": "RTX", "compute_capability": "8.9"}
-    record = {"backend": "tensorrt", "device": device,
-              "versions": {"tensorrt": "tensorrt 10.3.0", "onnxruntime": "0.0.1"},
-              "networks": {"enc": {"backend": "tensorrt"},
-                           "vad": {"backend": "onnxruntime", "fallback_reason": "unsupported op"}}}
+    record = DeployRecord.from_dict({
+        "backend": "tensorrt", "device": device,
+        "versions": {"tensorrt": "tensorrt 10.3.0", "onnxruntime": "0.0.1"},
+        "networks": {"enc": {"backend": "tensorrt"},
+                     "vad": {"backend": "onnxruntime", "fallback_reason": "unsupported op"}}})
     here = DeployTarget("tensorrt", "", device, {"tensorrt": "tensorrt 10.3.0"})
     assert fallback_networks(record) == {"vad": "unsupported op"}
     assert backend_summary(record) == "tensorrt (vad on onnxruntime: unsupported op)"
@@ -352,11 +354,11 @@ def test_network_tensorrt_cannot_build_falls_back_to_onnxruntime(tmp_path: Path)
     models = tmp_path / "models"
     target = tensorrt_target()
     outcome = deploy(RmirRef(rmir), models, target, OPTIONS)
-    entry = outcome.record["networks"]["uniq"]
-    assert outcome.record["backend"] == "tensorrt"
-    assert entry["backend"] == "onnxruntime" and entry["file"].endswith(".ort.onnx")
-    assert entry["fallback_reason"]  # no TensorRT, or TensorRT rejecting Unique: either is said
-    assert "onnxruntime" in outcome.record["versions"]
+    entry = outcome.record.networks["uniq"]
+    assert outcome.record.backend == "tensorrt"
+    assert entry.backend == "onnxruntime" and entry.file.endswith(".ort.onnx")
+    assert entry.fallback_reason  # no TensorRT, or TensorRT rejecting Unique: either is said
+    assert "onnxruntime" in outcome.record.versions
     assert "on onnxruntime" in outcome.detail
     [model] = list_models(models, target)
     assert model.stale == []

@@ -7,7 +7,7 @@ import os
 import tempfile
 import time
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 
@@ -145,9 +145,8 @@ def models(
 
     settings = load_config(config)
     found = list_models(settings.model_loc / "models", current_target(probe(), settings.backend))
-    items = []
+    items: list[dict[str, Any]] = []
     for m in found:
-        rec = m.record or {}
         state = m.problem or ("stale: " + "; ".join(m.stale) if m.stale else "ok")
         items.append({
             "name": m.name,
@@ -155,8 +154,8 @@ def models(
             "language": m.manifest.language_code if m.manifest else "?",
             "backend": backend_summary(m.record),
             "size_mb": round(m.size_bytes / 2**20, 1),
-            "load_memory_mb": rec.get("load", {}).get("memory_mb"),
-            "load_seconds": rec.get("load", {}).get("load_seconds"),
+            "load_memory_mb": m.record.load.memory_mb if m.record else None,
+            "load_seconds": m.record.load.load_seconds if m.record else None,
             "state": state,
         })
     if as_json:

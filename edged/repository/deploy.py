@@ -18,19 +18,20 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
-
-import yaml
 
 from edged import __version__
 from edged.backends import BackendOptions, get_backend
 from edged.errors import BackendError, DeployError
 from edged.repository.records import (
     DEPLOY_RECORD,
+    DeployRecord,
     DeployTarget,
+    LoadRecord,
+    NetworkRecord,
     fallback_networks,
     read_record,
     stale_reasons,
@@ -51,7 +52,7 @@ class DeployOutcome:
     status: str
     """'deployed' or 'skipped' (already up to date)."""
     detail: str
-    record: dict[str, Any]
+    record: DeployRecord
 
 
 @contextmanager
@@ -122,7 +123,7 @@ def deploy(
             raise DeployError(f"Deploying {manifest.name} failed: {exc}.") from None
         finally:
             shutil.rmtree(staging, ignore_errors=True)
-    detail = f"{record['backend']}, load {record['load']['load_seconds']} s, {record['load']['memory_mb']} MB"
+    detail = f"{record.backend}, load {record.load.load_seconds} s, {record.load.memory_mb} MB"
     fallbacks = fallback_networks(record)
     if fallbacks:
         detail += "; on onnxruntime: " + "; ".join(f"{n} ({why})" for n, why in fallbacks.items())
@@ -143,7 +144,7 @@ def _deploy_into(
     options: BackendOptions,
     source_sha: str,
     progress: Progress | None,
-) -> dict[str, Any]:
+) -> DeployRecord:
     src_dir = staging / ".src"
     src_dir.mkdir(parents=True)
     result = extract_rmir(ref, src_dir, progress)
@@ -160,25 +161,24 @@ def _deploy_into(
         os.replace(src_dir / art.file, staging / art.file)
     shutil.rmtree(src_dir)
     load = measure_load(target.backend, [staging / n["file"] for n in networks.values()], options)
-    versions = {"edged": __version__, **target.versions}
-    fallbacks = fallback_networks({"backend": target.backend, "networks": networks})
-    if fallbacks:
-        versions["onnxruntime"] = get_backend("onnxruntime").version()
     if target.backend == "tensorrt":
         load = with_gpu_memory(load, networks, options, bool(target.device.get("gpu_integrated")))
-    record = {
-        "name": manifest.name,
-        "pipeline": manifest.pipeline,
-        "backend": target.backend,
-        "backend_reason": target.reason,
-        "device": target.device,
-        "versions": versions,
-        "source": {"rmir": ref.path.name, "sha256": source_sha},
-        "networks": networks,
-        "load": load,
-        "deployed_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    }
-    _write_synced(staging / DEPLOY_RECORD, yaml.safe_dump(record, sort_keys=False))
+    record = DeployRecord(
+        name=manifest.name,
+        pipeline=manifest.pipeline,
+        backend=target.backend,
+        backend_reason=target.reason,
+        device=target.device,
+        versions={"edged": __version__, **target.versions},
+        source_rmir=ref.path.name,
+        source_sha256=source_sha,
+        networks={name: NetworkRecord.from_dict(entry) for name, entry in networks.items()},
+        load=LoadRecord.from_dict(load),
+        deployed_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    )
+    if fallback_networks(record):
+        record = replace(record, versions={**record.versions, "onnxruntime": get_backend("onnxruntime").version()})
+    _write_synced(staging / DEPLOY_RECORD, record.to_yaml())
     return record
 
 

@@ -70,8 +70,7 @@ class ModelEntry:
     @property
     def memory_mb(self) -> float:
         """Memory its load took when deploy measured it."""
-        record = self.deployed.record or {}
-        return float(record.get("load", {}).get("memory_mb", 0.0))
+        return self.deployed.record.load.memory_mb if self.deployed.record else 0.0
 
 
 def available_mb() -> float:
