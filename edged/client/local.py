@@ -130,8 +130,9 @@ def dictate(target: Target, device: str | None, out: TextIO, tty: bool, output: 
     from riva.client.proto import riva_audio_pb2 as raudio
 
     from edged.audio.devices import Microphone
+    from edged.pipelines.asr.audio import MODEL_RATE
 
-    mic = Microphone(device, rate=16000)
+    mic = Microphone(device, rate=MODEL_RATE)
     mic.open()
     stop = threading.Event()
     previous = signal.getsignal(signal.SIGINT)
@@ -143,7 +144,7 @@ def dictate(target: Target, device: str | None, out: TextIO, tty: bool, output: 
 
     def requests() -> Iterator[Any]:
         yield rasr.StreamingRecognizeRequest(streaming_config=rasr.StreamingRecognitionConfig(
-            config=rasr.RecognitionConfig(encoding=raudio.LINEAR_PCM, sample_rate_hertz=16000,
+            config=rasr.RecognitionConfig(encoding=raudio.LINEAR_PCM, sample_rate_hertz=MODEL_RATE,
                                           language_code=language, max_alternatives=1,
                                           enable_automatic_punctuation=True, audio_channel_count=1),
             interim_results=tty))

@@ -29,7 +29,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-SAMPLE_RATE = 16000
+from edged.pipelines.asr.audio import MODEL_RATE
+
 SAMPLES_PER_FRAME = 384
 """Moonshine's encoder: strided convolutions of 64, 3 and 2 samples."""
 MEDFILT_WIDTH = 7
@@ -175,7 +176,7 @@ def group_words(pieces: Sequence[bytes | str]) -> list[tuple[str, list[int]]]:
     return result
 
 
-def pauses(audio: np.ndarray, sample_rate: int = SAMPLE_RATE, silence_db: float = SILENCE_DB,
+def pauses(audio: np.ndarray, sample_rate: int = MODEL_RATE, silence_db: float = SILENCE_DB,
            min_pause_ms: int = MIN_PAUSE_MS) -> list[tuple[float, float]]:
     """Silent stretches (start_ms, end_ms) of at least `min_pause_ms` in `audio`."""
     hop = sample_rate * _HOP_MS // 1000
@@ -234,7 +235,7 @@ def align_words(
     audio: np.ndarray | None = None,
     token_logprobs: Sequence[float] | None = None,
     medfilt_width: int = MEDFILT_WIDTH,
-    sample_rate: int = SAMPLE_RATE,
+    sample_rate: int = MODEL_RATE,
     samples_per_frame: int = SAMPLES_PER_FRAME,
 ) -> list[WordTime]:
     """Word start/end times (ms, plus `offset_ms`) of a decoded utterance.

@@ -19,7 +19,9 @@ from edged.errors import AudioFormatError
 
 _LOGGER = logging.getLogger(__name__)
 
-TARGET_RATE = 16000
+MODEL_RATE = 16000
+"""Samples per second of the audio every ASR network and the VAD read (client audio is
+resampled to it)."""
 MIN_RATE = 8000
 MAX_RATE = 192000
 MAX_CHANNELS = 8
@@ -219,7 +221,7 @@ class AudioDecoder:
         self.input_seconds += len(frames) / rate
         mono = frames.mean(axis=1) if frames.shape[1] > 1 else frames[:, 0]
         if self._resampler is None:
-            self._resampler = StreamResampler(rate, TARGET_RATE)
+            self._resampler = StreamResampler(rate, MODEL_RATE)
         return self._resampler.process(np.ascontiguousarray(mono, dtype=np.float32), last=last)
 
 

@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from edged.pipelines.asr.audio import MODEL_RATE
 from edged.pipelines.asr.model import AsrModel
 from edged.pipelines.asr.results import Result
 from edged.pipelines.asr.stream import (
@@ -133,7 +134,7 @@ class AsrBatcher:
         _decode(required)
         if _LOGGER.isEnabledFor(logging.DEBUG) and required:
             _LOGGER.debug("ASR cycle: %d items, %s in %.0f ms", len(items),
-                          [(j.kind, round(len(j.audio) / 16000, 1)) for j in required],
+                          [(j.kind, round(len(j.audio) / MODEL_RATE, 1)) for j in required],
                           1000 * (time.perf_counter() - t0))
         return [o if o is not None else item.stream.take_results() for item, o in zip(items, outcomes)]
 
@@ -156,7 +157,7 @@ class AsrBatcher:
         _decode(interims)
         if _LOGGER.isEnabledFor(logging.DEBUG) and interims:
             _LOGGER.debug("ASR interims: %d jobs for %d due streams (%.1f s) in %.0f ms", len(interims), len(due),
-                          sum(len(j.audio) for j in interims) / 16000, 1000 * (time.perf_counter() - t0))
+                          sum(len(j.audio) for j in interims) / MODEL_RATE, 1000 * (time.perf_counter() - t0))
         return [item.stream.take_results() for item in waiting]
 
 

@@ -23,12 +23,13 @@ import numpy as np
 
 from edged.backends import Session
 from edged.errors import ModelLoadError
+from edged.pipelines.asr.audio import MODEL_RATE
 
 _LOGGER = logging.getLogger(__name__)
 
 WINDOW = 512
-"""Samples per VAD window at 16 kHz (32 ms)."""
-WINDOW_MS = WINDOW * 1000 // 16000
+"""Samples per VAD window at MODEL_RATE (32 ms)."""
+WINDOW_MS = WINDOW * 1000 // MODEL_RATE
 _CONTEXT = 64
 
 
@@ -102,7 +103,7 @@ class Vad:
         """Probabilities of `inputs` [windows, 576] and the LSTM state after them, one session
         call per window."""
         probs = np.empty(len(inputs), dtype=np.float32)
-        sr = np.array(16000, dtype=np.int64)
+        sr = np.array(MODEL_RATE, dtype=np.int64)
         for i, window in enumerate(inputs):
             out = self.session.run({"input": np.ascontiguousarray(window[None, :]), "state": lstm, "sr": sr})
             lstm = out["stateN"]
@@ -116,7 +117,7 @@ class Vad:
             _LOGGER.debug("VAD in the session: its ONNX file is not known.")
             return None
         rng = np.random.default_rng(0)
-        t = np.arange(16 * WINDOW + _CONTEXT) / 16000
+        t = np.arange(16 * WINDOW + _CONTEXT) / MODEL_RATE
         audio = 0.3 * np.sin(2 * np.pi * 220 * t) * (t > 0.2) + 0.05 * rng.standard_normal(len(t))
         inputs = np.lib.stride_tricks.sliding_window_view(audio.astype(np.float32), _CONTEXT + WINDOW)[::WINDOW]
         start = (0.1 * rng.standard_normal((2, 1, 128))).astype(np.float32)
@@ -213,7 +214,7 @@ class SileroNumpy:
         """Read the 16 kHz branch of a Silero VAD graph (raises _GraphMismatch if it is not)."""
         from onnx import numpy_helper
 
-        branch = _sr_branch(graph, 16000)
+        branch = _sr_branch(graph, MODEL_RATE)
         nodes = list(_walk(branch))
         consts = {t.name: numpy_helper.to_array(t) for t in _initializers(graph, branch)}
         for node in nodes:

@@ -8,8 +8,9 @@ import time
 from edged.errors import ModelLoadError
 from edged.loader import LoadedModel
 from edged.pipelines.asr.alignment import align_words
+from edged.pipelines.asr.audio import MODEL_RATE
 from edged.pipelines.asr.endpointing import EndpointParams, Vad
-from edged.pipelines.asr.recogniser import SAMPLE_RATE, Hypothesis, Recogniser
+from edged.pipelines.asr.recogniser import Hypothesis, Recogniser
 from edged.pipelines.asr.results import Result, Word, split_words, strip_punctuation
 from edged.pipelines.asr.stream import (
     AsrStream,
@@ -25,9 +26,9 @@ MAX_BATCH = 8
 # Utterances decoded together are zero-padded to the longest (the encoder has no mask), so only
 # utterances of similar length share a batch (and streaming finals only equal lengths).
 _MAX_PAD_RATIO = 1.25
-_MAX_PAD_SAMPLES = SAMPLE_RATE
+_MAX_PAD_SAMPLES = MODEL_RATE
 # Activations grow with the batch's total audio; bounding it bounds the memory a batch takes.
-_MAX_BATCH_SAMPLES = 40 * SAMPLE_RATE
+_MAX_BATCH_SAMPLES = 40 * MODEL_RATE
 
 def _exact(job: DecodeJob) -> bool:
     """Whether a job is a streaming final, decoded without padding (batched only with equal
@@ -81,7 +82,7 @@ class AsrModel:
         self.endpoint = EndpointParams.from_manifest(params)
         self.alignment_heads = [tuple(h) for h in asr.manifest.parameters.get("alignment_heads", [])]
         self.lanes = Lanes(asr.lanes, "asr")
-        self.seconds_per_sample = 0.05 / SAMPLE_RATE
+        self.seconds_per_sample = 0.05 / MODEL_RATE
         """Recent decode wall time per sample of audio (a moving average over batches)."""
 
     def start_stream(self, config: StreamConfig) -> AsrStream:
@@ -124,17 +125,17 @@ class AsrModel:
         text = tokenizer.decode(hyp.tokens)
         if not config.punctuation:
             text = strip_punctuation(text)
-        start_s = (job.start if start is None else start) / SAMPLE_RATE
-        end_s = (job.start + len(job.audio)) / SAMPLE_RATE
+        start_s = (job.start if start is None else start) / MODEL_RATE
+        end_s = (job.start + len(job.audio)) / MODEL_RATE
         if job.kind != "final":
             stability = min(1.0, stable / len(hyp.tokens)) if hyp.tokens else 0.0
-            return Result(False, text, hyp.confidence, round(stability, 3), job.fired_at / SAMPLE_RATE, start_s, end_s)
+            return Result(False, text, hyp.confidence, round(stability, 3), job.fired_at / MODEL_RATE, start_s, end_s)
         if not text:
             return None
         words: tuple[Word, ...] = ()
         if config.word_times:
             words = self._words(job, hyp, config.punctuation)
-        return Result(True, text, hyp.confidence, 1.0, job.fired_at / SAMPLE_RATE, start_s, end_s, words)
+        return Result(True, text, hyp.confidence, 1.0, job.fired_at / MODEL_RATE, start_s, end_s, words)
 
     def _words(self, job: DecodeJob, hyp: Hypothesis, punctuation: bool) -> tuple[Word, ...]:
         """Words with confidences and times from cross-attention DTW (see alignment.py).
@@ -143,8 +144,8 @@ class AsrModel:
         its utterance.
         """
         tokenizer = self.recogniser.tokenizer
-        start_ms = 1000.0 * job.start / SAMPLE_RATE
-        end_ms = start_ms + 1000.0 * len(job.audio) / SAMPLE_RATE
+        start_ms = 1000.0 * job.start / MODEL_RATE
+        end_ms = start_ms + 1000.0 * len(job.audio) / MODEL_RATE
         if hyp.cross_attention is not None and self.alignment_heads:
             timed = [(w.text, w.start_ms, w.end_ms, w.confidence or 0.0) for w in align_words(
                 hyp.tokens, [tokenizer.piece_bytes(t) for t in hyp.tokens], hyp.cross_attention,
@@ -153,7 +154,7 @@ class AsrModel:
         else:
             timed = [(text, int(start_ms), int(end_ms), conf) for text, _, _, conf in split_words(tokenizer, hyp)]
         words = []
-        onset_ms = 1000.0 * job.speech_start / SAMPLE_RATE
+        onset_ms = 1000.0 * job.speech_start / MODEL_RATE
         for text, t0, t1, conf in timed:
             begin = min(max(t0, onset_ms), t1)  # the utterance's audio starts before its speech
             shown = text if punctuation else strip_punctuation(text)

@@ -25,11 +25,11 @@ import numpy as np
 from edged.backends import Session
 from edged.errors import ModelLoadError
 from edged.loader import LoadedModel
+from edged.pipelines.asr.audio import MODEL_RATE
 from edged.pipelines.asr.tokenizer import Tokenizer
 
 _LOGGER = logging.getLogger(__name__)
 
-SAMPLE_RATE = 16000
 _MIN_TOKENS = 4
 # A phrase of n tokens repeated until the cap: cut when the repeats cover at least this many
 # tokens (and there are at least this many repeats), keeping the first occurrence.
@@ -171,7 +171,7 @@ class Recogniser:
             self.layers = int(params["decoder_layers"])
             self.tokens_per_second = float(params["max_tokens_per_second"])
             self.max_tokens = int(params["max_tokens"])
-            self.max_samples = int(float(params["max_audio_seconds"]) * SAMPLE_RATE)
+            self.max_samples = int(float(params["max_audio_seconds"]) * MODEL_RATE)
             tokenizer_file = model.path / str(params["tokenizer"])
         except KeyError as exc:
             raise ModelLoadError(f"Model {model.name} lacks {exc} for Moonshine decoding; rebuild its RMIR.") from None
@@ -186,7 +186,7 @@ class Recogniser:
 
     def token_cap(self, samples: int) -> int:
         """Most tokens an utterance of `samples` may decode to (Moonshine hallucinates past it)."""
-        return max(_MIN_TOKENS, min(self.max_tokens - 2, math.ceil(samples / SAMPLE_RATE * self.tokens_per_second)))
+        return max(_MIN_TOKENS, min(self.max_tokens - 2, math.ceil(samples / MODEL_RATE * self.tokens_per_second)))
 
     def encode(self, audios: list[np.ndarray]) -> np.ndarray:
         """Encoder states [batch, frames, dim] of 16 kHz utterances, zero-padded to the longest."""

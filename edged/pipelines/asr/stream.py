@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from edged.errors import RequestError
-from edged.pipelines.asr.audio import TARGET_RATE, AudioDecoder
+from edged.pipelines.asr.audio import MODEL_RATE, AudioDecoder
 from edged.pipelines.asr.endpointing import WINDOW, Endpointer, EndpointParams, Event
 from edged.pipelines.asr.recogniser import Hypothesis
 from edged.pipelines.asr.results import Result
@@ -28,18 +28,18 @@ _LOGGER = logging.getLogger(__name__)
 
 # Audio decoded before the detected start: the VAD's probability rises only after the speech
 # does, and Moonshine misses a word cut at its onset. Word times start at most _ONSET before it.
-_PREROLL = int(0.5 * TARGET_RATE)
-_ONSET = int(0.2 * TARGET_RATE)
-_TAIL_PAD = int(0.2 * TARGET_RATE)
+_PREROLL = int(0.5 * MODEL_RATE)
+_ONSET = int(0.2 * MODEL_RATE)
+_TAIL_PAD = int(0.2 * MODEL_RATE)
 # A speculative decode whose audio goes this far past the final's last speech window is the final.
-_COVER = int(0.1 * TARGET_RATE)
-_MIN_INTERIM = int(0.3 * TARGET_RATE)
+_COVER = int(0.1 * MODEL_RATE)
+_MIN_INTERIM = int(0.3 * MODEL_RATE)
 # Interims decode at most this much audio: when the open utterance is longer, the part before
 # its quietest point 1 to 2 x _WINDOW_MIN from the end (committing at least _COMMIT_MIN) is
 # decoded once and its text kept. Finals decode the whole utterance.
-_WINDOW = int(3.0 * TARGET_RATE)
-_WINDOW_MIN = int(1.0 * TARGET_RATE)
-_COMMIT_MIN = int(1.0 * TARGET_RATE)
+_WINDOW = int(3.0 * MODEL_RATE)
+_WINDOW_MIN = int(1.0 * MODEL_RATE)
+_COMMIT_MIN = int(1.0 * MODEL_RATE)
 # Windows (32 ms) without speech after which an interim waits for the speech to go on.
 _PAUSE_WINDOWS = 3
 # Tokens at the end of an interim hypothesis that are never trusted (the word may be cut off).
@@ -177,8 +177,8 @@ class AsrStream:
         before = self.samples
         self._take(self._audio_in.feed(data))
         if self.samples > before:
-            self._chunk_s = (self.samples - before) / TARGET_RATE
-            offset = self._now - self.samples / TARGET_RATE
+            self._chunk_s = (self.samples - before) / MODEL_RATE
+            offset = self._now - self.samples / MODEL_RATE
             self._offset = min(self._offset, offset)
             self.lag = offset - self._offset
         limit = self.config.max_audio_s
@@ -211,7 +211,7 @@ class AsrStream:
                 if ep.in_speech and ep.last_speech == due:
                     self._speculate(("speech", due), due * WINDOW + _TAIL_PAD, ep.window * WINDOW)
         if not ep.in_speech:
-            self._forget(self.samples - ep.params.start_history_ms * TARGET_RATE // 1000 - _PREROLL - WINDOW)
+            self._forget(self.samples - ep.params.start_history_ms * MODEL_RATE // 1000 - _PREROLL - WINDOW)
 
     def interim_due(self, now: float) -> bool:
         """Whether to make an interim result now: someone is speaking (not pausing) and, if it
@@ -326,10 +326,10 @@ class AsrStream:
         A speculative decode is the final when it ends at the same place (see `_reusable`).
         """
         spec = self._reusable(key)
-        tried = [(k, round((j.start + len(j.audio)) / TARGET_RATE, 2)) for k, j in self._speculated]
+        tried = [(k, round((j.start + len(j.audio)) / MODEL_RATE, 2)) for k, j in self._speculated]
         self._speculated, self._speculate_at = [], None
         if spec is not None:
-            _LOGGER.debug("Final at %.2f s reuses a speculative decode (%s)", fired_at / TARGET_RATE,
+            _LOGGER.debug("Final at %.2f s reuses a speculative decode (%s)", fired_at / MODEL_RATE,
                           "done" if spec.hyp is not None else "queued")
             self._seq += 1
             spec.kind, spec.fired_at, spec.seq = "final", fired_at, self._seq
@@ -338,7 +338,7 @@ class AsrStream:
             self._utt_end = spec.start + len(spec.audio)
             return self._utt_end
         _LOGGER.debug("Final at %.2f s: new decode (speculative: %s; the end: %s, %.2f s)",
-                      fired_at / TARGET_RATE, tried or "none", key, end / TARGET_RATE)
+                      fired_at / MODEL_RATE, tried or "none", key, end / MODEL_RATE)
         self._queue("final", end, fired_at)
         self._utt_end = end
         return end
