@@ -22,8 +22,9 @@ from edged.backends import BackendOptions
 from edged.backends.onnxruntime import OrtSession
 from edged.client.textnorm import normalize, word_errors
 from edged.pipelines.asr.audio import _G711
+from edged.pipelines.asr.jobs import DecodeJob, StreamConfig
 from edged.pipelines.asr.model import AsrModel
-from edged.pipelines.asr.stream import _WINDOW, DecodeJob, StreamConfig
+from edged.pipelines.asr.stream import _WINDOW
 from edged.repository.deploy import deploy
 from edged.repository.records import DeployTarget
 from edged.rmir import RmirRef

@@ -20,14 +20,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from edged.pipelines.asr.audio import MODEL_RATE
+from edged.pipelines.asr.jobs import DecodeJob, JobRunner, StreamConfig, offline_config
 from edged.pipelines.asr.model import AsrModel
 from edged.pipelines.asr.results import Result
-from edged.pipelines.asr.stream import (
-    AsrStream,
-    DecodeJob,
-    StreamConfig,
-    offline_config,
-)
+from edged.pipelines.asr.stream import AsrStream
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -163,7 +159,7 @@ class AsrBatcher:
 
 def _decode(jobs: list[DecodeJob]) -> None:
     """Decode jobs of any streams, each model's together."""
-    by_model: dict[int, tuple[AsrModel, list[DecodeJob]]] = {}
+    by_model: dict[int, tuple[JobRunner, list[DecodeJob]]] = {}
     for job in jobs:
         by_model.setdefault(id(job.stream.model), (job.stream.model, []))[1].append(job)
     for model, group in by_model.values():
