@@ -9,10 +9,9 @@ from edged.errors import ModelLoadError
 from edged.loader import LoadedModel
 from edged.pipelines.asr.audio import MODEL_RATE
 from edged.pipelines.asr.endpointing import EndpointParams, Vad
-from edged.pipelines.asr.jobs import DecodeJob, StreamConfig, offline_config
+from edged.pipelines.asr.jobs import DecodeJob, StreamConfig
 from edged.pipelines.asr.recogniser import Hypothesis, Recogniser
 from edged.pipelines.asr.resultmaker import ResultMaker
-from edged.pipelines.asr.results import Result
 from edged.pipelines.asr.stream import AsrStream
 from edged.pipelines.lanes import Lanes
 
@@ -111,11 +110,3 @@ class AsrModel:
         attention = any(j.kind in ("final", "eou") and j.stream.config.word_times for j in group)
         hyps = self.recogniser.decode([j.audio for j in group], [j.draft for j in group], attention)
         return hyps, time.perf_counter() - t0
-
-    def recognize(self, data: bytes, config: StreamConfig) -> list[Result]:
-        """Offline recognition of a whole recording: segment at pauses, decode segments in batches."""
-        stream = AsrStream(self, offline_config(config))
-        stream.feed(data)
-        stream.feed_end()
-        self.decode_jobs(stream.jobs)
-        return stream.take_results()
