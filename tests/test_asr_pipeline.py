@@ -59,7 +59,7 @@ def test_g711_tables_match_the_standard() -> None:
 
 @pytest.mark.parametrize("rate,channels", [(8000, 1), (44100, 2), (48000, 1), (16000, 1)])
 def test_wav_any_rate_and_channels_becomes_16k_mono(rate: int, channels: int) -> None:
-    """A WAV with encoding and rate unset is sniffed, downmixed and resampled to 16 kHz."""
+    """A WAV with encoding and rate unset is sniffed, reduced to one channel and resampled to 16 kHz."""
     data = wav_bytes(tone(rate, 1.0, channels), rate)
     decoder = AudioDecoder("", 0)
     out = np.concatenate([decoder.feed(data[i:i + 777]) for i in range(0, len(data), 777)] + [decoder.flush()])
@@ -104,6 +104,32 @@ def test_flac_is_decoded() -> None:
 def test_malformed_audio_is_a_clear_error(data: bytes, encoding: str, rate: int, message: str) -> None:
     with pytest.raises(AudioFormatError, match=message):
         decode_all(data, encoding, rate)
+
+
+def test_one_channel_is_picked_not_mixed() -> None:
+    """Of a two-channel recording (WAV, FLAC or raw PCM) the first channel is decoded, or the one
+    asked for; a channel the audio lacks is a clear error."""
+    rate = 16000
+    stereo = tone(rate, 0.5, 2)
+    stereo[:, 1] = 0
+    raw = stereo.tobytes()
+    for data, encoding in ((wav_bytes(stereo, rate), ""), (raw, "LINEAR_PCM")):
+        first = decode_all(data, encoding, rate, channels=2)
+        second = decode_all(data, encoding, rate, channels=2, channel=1)
+        assert 0.25 < np.abs(first).max() < 0.35 and np.abs(second).max() < 1e-3
+        with pytest.raises(AudioFormatError, match="channel 2 was asked for but the audio has 2 channels"):
+            decode_all(data, encoding, rate, channels=2, channel=2)
+    with pytest.raises(AudioFormatError, match="channel 1 was asked for but the audio has 1 channel,"):
+        decode_all(tone(rate, 0.1).tobytes(), "LINEAR_PCM", rate, channel=1)
+    with pytest.raises(AudioFormatError, match="numbered from 0"):
+        AudioDecoder("LINEAR_PCM", rate, 2, channel=-1)
+    soundfile = pytest.importorskip("soundfile")
+    buf = io.BytesIO()
+    soundfile.write(buf, stereo, rate, format="FLAC")
+    assert np.abs(decode_all(buf.getvalue(), "", 0)).max() > 0.25
+    assert np.abs(decode_all(buf.getvalue(), "", 0, channel=1)).max() < 1e-3
+    with pytest.raises(AudioFormatError, match="channel 3 was asked for"):
+        decode_all(buf.getvalue(), "", 0, channel=3)
 
 
 def test_unknown_encoding_and_too_many_channels() -> None:

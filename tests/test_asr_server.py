@@ -399,3 +399,32 @@ def test_stream_interims_windowed_finals_unchanged(asr_model: AsrModel, monkeypa
     assert max(n for kind, n in decoded if kind == "interim") <= _WINDOW
     fresh = sum(kind == "final" for kind, _ in decoded)
     assert fresh <= len(streamed) // 2, decoded
+
+
+def _run_stream(asr_model: AsrModel, config: StreamConfig, data: bytes, bytes_per_s: int,
+                chunk_s: float = 0.16) -> list[str]:
+    """The finals' transcripts of `data` streamed in chunks, on a clock at the pace of the audio."""
+    stream = asr_model.start_stream(config)
+    chunk, texts = int(bytes_per_s * chunk_s) // 4 * 4, []
+    for i in range(0, len(data), chunk):
+        texts += [r.transcript for r in stream.accept(data[i:i + chunk], now=i / bytes_per_s) if r.is_final]
+    return texts + [r.transcript for r in stream.finish() if r.is_final]
+
+
+def test_stream_recognises_one_channel(asr_model: AsrModel) -> None:
+    """Of a stereo WAV with other speech on each channel a stream recognises the first channel
+    (as Riva does), or the one its config names; neither is mixed with the other."""
+    pcm, rate = pcm_of(beckett_path())
+    samples = np.frombuffer(pcm, dtype="<i2")
+    cut = int(4.4 * rate)  # "Ever tried. Ever failed. No matter." | "Try again. Fail again. ..."
+    stereo = np.stack([samples[:cut], samples[cut:2 * cut]], axis=1)
+    out = io.BytesIO()
+    with wave.open(out, "wb") as w:
+        w.setnchannels(2)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(stereo.tobytes())
+    first = " ".join(_run_stream(asr_model, StreamConfig(), out.getvalue(), 4 * rate))
+    second = " ".join(_run_stream(asr_model, StreamConfig(channel=1), out.getvalue(), 4 * rate))
+    assert word_errors("Ever tried. Ever failed. No matter.", first)[0] <= 1, first
+    assert word_errors("Try again. Fail again. Fail better.", second)[0] <= 1, second

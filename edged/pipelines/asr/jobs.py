@@ -23,6 +23,10 @@ class StreamConfig:
     """LINEAR_PCM, MULAW, ALAW, FLAC, or '' to read a WAV/FLAC header."""
     sample_rate: int = 0
     channels: int = 1
+    """Channels of headerless audio (a WAV or FLAC header says for itself)."""
+    channel: int = 0
+    """The channel of the audio (from 0) this stream recognises (Riva: the first, unless each
+    channel is recognised apart, in a stream of its own)."""
     interim_results: bool = False
     punctuation: bool = True
     word_times: bool = False

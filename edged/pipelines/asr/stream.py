@@ -76,7 +76,7 @@ class AsrStream:
     def __init__(self, model: StreamModel, config: StreamConfig) -> None:
         self.model = model
         self.config = config
-        self._audio_in = AudioDecoder(config.encoding, config.sample_rate, config.channels)
+        self._audio_in = AudioDecoder(config.encoding, config.sample_rate, config.channels, config.channel)
         self._vad = model.vad.new_state()
         self._endpointer = Endpointer(config.endpoint or model.endpoint)
         self._audio = np.zeros(0, dtype=np.float32)
