@@ -22,7 +22,10 @@ from edged.pipelines.asr.endpointing import (
     EndpointParams,
     Vad,
 )
-from edged.pipelines.asr.recogniser import repeat_cut, repetition_cut
+from edged.pipelines.asr.jobs import DecodeJob, StreamConfig
+from edged.pipelines.asr.profanity import PROFANITIES, mask
+from edged.pipelines.asr.recogniser import Hypothesis, repeat_cut, repetition_cut
+from edged.pipelines.asr.resultmaker import ResultMaker
 from edged.pipelines.asr.results import strip_punctuation
 from edged.pipelines.asr.stream import whole_draft
 from edged.pipelines.asr.tokenizer import Tokenizer
@@ -326,3 +329,42 @@ def test_whole_draft_starts_from_the_whole_decode() -> None:
     assert whole_draft([5, 6, 7], [8, 9, 10, 11, 12]) == [5, 6, 7, 11, 12]
     # The latest occurrence counts (an utterance may say the same words twice).
     assert whole_draft([1, 2], [1, 2, 3, 1, 2, 4]) == [1, 2, 4]
+
+
+def test_profanity_mask_keeps_the_first_letter_and_the_punctuation() -> None:
+    """Whole profane words (any case, common inflections) keep their first letter; words that
+    merely contain one, and all punctuation, stay as they were."""
+    assert mask("shit") == "s***"
+    assert mask("Oh SHIT, that's fucking great!") == "Oh S***, that's f****** great!"
+    assert mask("Bullshitting bastards: \"damn it\" (goddammit).") == \
+        "B*********** b*******: \"d*** it\" (g********)."
+    assert mask("fuckin' shit's motherfuckers") == "f*****' s***'s m************"
+    assert mask("Scunthorpe's class passes the assessment, Dick.") == "Scunthorpe's class passes the assessment, Dick."
+    assert mask("") == ""
+    assert all(w == w.lower() and w.isalpha() for w in PROFANITIES) and len(PROFANITIES) > 100
+
+
+def _tokenizer(words: list[str]) -> Tokenizer:
+    """Moonshine's layout: 3 special ids, 256 byte ids, then one piece per word."""
+    pieces = [b"<unk>", b"<s>", b"</s>"] + [bytes([i]) for i in range(256)] + [w.encode() for w in words]
+    return Tokenizer(pieces, {0, 1, 2})
+
+
+def test_results_are_masked_when_the_filter_is_on() -> None:
+    """With profanity_filter, interim and final transcripts and the final's words are masked
+    (after punctuation is stripped, when it is); without it nothing changes."""
+    words = [" Oh", " shit,", " it", " works."]
+    maker = ResultMaker(_tokenizer(words))
+    hyp = Hypothesis([259, 260, 261, 262], [-0.1] * 4, 10, "eos")
+    job = DecodeJob(None, "final", 1, np.zeros(16000, np.float32), 0, 16000, hyp=hyp)  # type: ignore[arg-type]
+    plain = maker.result(job, StreamConfig(word_times=True), 0)
+    assert plain is not None and plain.transcript == "Oh shit, it works."
+    final = maker.result(job, StreamConfig(word_times=True, profanity_filter=True), 0)
+    assert final is not None and final.transcript == "Oh s***, it works."
+    assert [w.word for w in final.words] == ["Oh", "s***,", "it", "works."]
+    bare = maker.result(job, StreamConfig(word_times=True, profanity_filter=True, punctuation=False), 0)
+    assert bare is not None and bare.transcript == "oh s*** it works"
+    assert [w.word for w in bare.words] == ["oh", "s***", "it", "works"]
+    interim = DecodeJob(None, "interim", 1, job.audio, 0, 16000, hyp=hyp)  # type: ignore[arg-type]
+    shown = maker.result(interim, StreamConfig(profanity_filter=True), 2)
+    assert shown is not None and not shown.is_final and shown.transcript == "Oh s***, it works."

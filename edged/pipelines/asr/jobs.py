@@ -29,6 +29,8 @@ class StreamConfig:
     channel is recognised apart, in a stream of its own)."""
     interim_results: bool = False
     punctuation: bool = True
+    profanity_filter: bool = False
+    """Mask profane words in transcripts and words (edged.pipelines.asr.profanity)."""
     word_times: bool = False
     endpoint: EndpointParams | None = None
     """None: the model's defaults."""

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from edged.pipelines.asr.alignment import align_words
 from edged.pipelines.asr.audio import MODEL_RATE
 from edged.pipelines.asr.jobs import DecodeJob, StreamConfig
+from edged.pipelines.asr.profanity import mask
 from edged.pipelines.asr.recogniser import Hypothesis
 from edged.pipelines.asr.results import Result, Word, split_words, strip_punctuation
 from edged.pipelines.asr.tokenizer import Tokenizer
@@ -28,9 +29,7 @@ class ResultMaker:
         hypothesis of its whole utterance (`hyp`, from stream sample `start`)."""
         hyp = hyp or job.hyp
         assert hyp is not None
-        text = self.tokenizer.decode(hyp.tokens)
-        if not config.punctuation:
-            text = strip_punctuation(text)
+        text = _shown(self.tokenizer.decode(hyp.tokens), config)
         start_s = (job.start if start is None else start) / MODEL_RATE
         end_s = (job.start + len(job.audio)) / MODEL_RATE
         if job.kind != "final":
@@ -40,10 +39,10 @@ class ResultMaker:
             return None
         words: tuple[Word, ...] = ()
         if config.word_times:
-            words = self.words(job, hyp, config.punctuation)
+            words = self.words(job, hyp, config)
         return Result(True, text, hyp.confidence, 1.0, job.fired_at / MODEL_RATE, start_s, end_s, words)
 
-    def words(self, job: DecodeJob, hyp: Hypothesis, punctuation: bool) -> tuple[Word, ...]:
+    def words(self, job: DecodeJob, hyp: Hypothesis, config: StreamConfig) -> tuple[Word, ...]:
         """Words with confidences and times from cross-attention DTW (see alignment.py).
 
         A model whose decoder does not expose cross-attention gives each word the span of
@@ -63,7 +62,14 @@ class ResultMaker:
         onset_ms = 1000.0 * job.speech_start / MODEL_RATE
         for text, t0, t1, conf in timed:
             begin = min(max(t0, onset_ms), t1)  # the utterance's audio starts before its speech
-            shown = text if punctuation else strip_punctuation(text)
+            shown = _shown(text, config)
             if shown:
                 words.append(Word(shown, int(begin), int(t1), float(conf)))
         return tuple(words)
+
+
+def _shown(text: str, config: StreamConfig) -> str:
+    """Text as the request asks for it: without punctuation, profanities masked (or not)."""
+    if not config.punctuation:
+        text = strip_punctuation(text)
+    return mask(text) if config.profanity_filter else text
