@@ -368,3 +368,15 @@ def test_results_are_masked_when_the_filter_is_on() -> None:
     interim = DecodeJob(None, "interim", 1, job.audio, 0, 16000, hyp=hyp)  # type: ignore[arg-type]
     shown = maker.result(interim, StreamConfig(profanity_filter=True), 2)
     assert shown is not None and not shown.is_final and shown.transcript == "Oh s***, it works."
+
+
+def test_endpointer_end_now() -> None:
+    """Ending an utterance by request gives its end event at once; speech that goes on starts
+    the next utterance with the next window; outside an utterance it does nothing."""
+    ep = Endpointer(EndpointParams())
+    events = [(e.kind, e.window) for p in [0.0] * 5 + [0.9] * 20 for e in ep.update(p)]
+    assert [k for k, _ in events] == ["start"]
+    end = ep.end_now()
+    assert end is not None and (end.kind, end.window) == ("end", 25) and not ep.in_speech
+    assert ep.end_now() is None
+    assert [e.kind for e in ep.update(0.9)] == ["start"]

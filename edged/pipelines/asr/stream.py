@@ -169,6 +169,15 @@ class AsrStream:
             self._queue_final(end, self.samples, ("speech", self._endpointer.last_speech))
         self.finished = True
 
+    def end_utterance(self) -> None:
+        """End the open utterance now, as if its endpoint were reached (Riva's force_eou):
+        queues its final (a speculative decode that covers it, else a decode of the utterance
+        so far), decoded with the stream's next jobs. The stream goes on: the next speech
+        starts a new utterance. Nothing happens outside an utterance."""
+        event = None if self.finished else self._endpointer.end_now()
+        if event is not None:
+            self._on_event(event)
+
     def _take(self, samples: np.ndarray) -> None:
         """Append 16 kHz samples, run the VAD and the endpointer over them."""
         if not len(samples):
