@@ -4,6 +4,7 @@ Silero VAD's numpy path (with the deployed default VAD, when its pack is install
 from __future__ import annotations
 
 import io
+import math
 import struct
 import wave
 from pathlib import Path
@@ -380,3 +381,32 @@ def test_endpointer_end_now() -> None:
     assert end is not None and (end.kind, end.window) == ("end", 25) and not ep.in_speech
     assert ep.end_now() is None
     assert [e.kind for e in ep.update(0.9)] == ["start"]
+
+
+def test_final_alternatives_are_shown_as_the_transcript() -> None:
+    """A final offers its hypothesis' alternatives (at most max_alternatives - 1, best first),
+    punctuation stripped and profanities masked as in its transcript; readings that show the
+    same as an earlier one, or nothing, are left out; interims offer none."""
+    words = [" Oh", " shit,", " it", " works.", " ship", " works", " it's", " work."]
+    maker = ResultMaker(_tokenizer(words))
+
+    def hyp(tokens: list[int], logprob: float, *alternatives: Hypothesis) -> Hypothesis:
+        return Hypothesis(tokens, [logprob] * len(tokens), 10, "eos", alternatives=list(alternatives))
+
+    best = hyp([259, 260, 261, 262], -0.1,
+               hyp([259, 260, 261, 264], -0.2),  # "Oh shit, it works" (the same without punctuation)
+               hyp([], -0.3),
+               hyp([259, 263, 261, 262], -0.4),  # "Oh ship it works."
+               hyp([259, 260, 265, 266], -0.5),  # "Oh shit, it's work."
+               hyp([259, 263, 265, 266], -0.6))
+    job = DecodeJob(None, "final", 1, np.zeros(16000, np.float32), 0, 16000, hyp=best)  # type: ignore[arg-type]
+    config = StreamConfig(punctuation=False, profanity_filter=True, max_alternatives=3)
+    result = maker.result(job, config, 0)
+    assert result is not None and result.transcript == "oh s*** it works"
+    assert [(a.transcript, round(a.confidence, 3)) for a in result.alternatives] == [
+        ("oh ship it works", round(math.exp(-0.4), 3)), ("oh s*** it's work", round(math.exp(-0.5), 3))]
+    one = maker.result(job, StreamConfig(), 0)
+    assert one is not None and one.alternatives == ()
+    interim = DecodeJob(None, "interim", 1, job.audio, 0, 16000, hyp=best)  # type: ignore[arg-type]
+    shown = maker.result(interim, config, 0)
+    assert shown is not None and shown.alternatives == ()

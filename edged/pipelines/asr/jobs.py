@@ -39,6 +39,12 @@ class StreamConfig:
     """Most seconds of audio accepted (0: no limit)."""
     speculative: bool = True
     """Start the final decode when the end of utterance looks likely (streaming only)."""
+    max_alternatives: int = 1
+    """Most transcripts a final offers (Riva's max_alternatives): its own, then the further
+    hypotheses the decoder gives (Hypothesis.alternatives)."""
+    boost: tuple[tuple[str, float], ...] = ()
+    """Phrases to favour and their boost scores (Riva's SpeechContext). For the decoder: greedy
+    decoding does not read them."""
 
 
 def offline_config(config: StreamConfig) -> StreamConfig:

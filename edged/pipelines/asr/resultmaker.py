@@ -10,7 +10,13 @@ from edged.pipelines.asr.audio import MODEL_RATE
 from edged.pipelines.asr.jobs import DecodeJob, StreamConfig
 from edged.pipelines.asr.profanity import mask
 from edged.pipelines.asr.recogniser import Hypothesis
-from edged.pipelines.asr.results import Result, Word, split_words, strip_punctuation
+from edged.pipelines.asr.results import (
+    Alternative,
+    Result,
+    Word,
+    split_words,
+    strip_punctuation,
+)
 from edged.pipelines.asr.tokenizer import Tokenizer
 
 
@@ -40,7 +46,22 @@ class ResultMaker:
         words: tuple[Word, ...] = ()
         if config.word_times:
             words = self.words(job, hyp, config)
-        return Result(True, text, hyp.confidence, 1.0, job.fired_at / MODEL_RATE, start_s, end_s, words)
+        return Result(True, text, hyp.confidence, 1.0, job.fired_at / MODEL_RATE, start_s, end_s, words,
+                      self.alternatives(text, hyp, config))
+
+    def alternatives(self, text: str, hyp: Hypothesis, config: StreamConfig) -> tuple[Alternative, ...]:
+        """Up to max_alternatives - 1 of the hypothesis' alternatives, shown as `text` is (a
+        reading that shows the same as one before it is left out)."""
+        seen = {text}
+        found: list[Alternative] = []
+        for alt in hyp.alternatives:
+            if len(found) >= config.max_alternatives - 1:
+                break
+            shown = _shown(self.tokenizer.decode(alt.tokens), config)
+            if shown and shown not in seen:
+                seen.add(shown)
+                found.append(Alternative(shown, alt.confidence))
+        return tuple(found)
 
     def words(self, job: DecodeJob, hyp: Hypothesis, config: StreamConfig) -> tuple[Word, ...]:
         """Words with confidences and times from cross-attention DTW (see alignment.py).
