@@ -355,7 +355,7 @@ def test_results_are_masked_when_the_filter_is_on() -> None:
     """With profanity_filter, interim and final transcripts and the final's words are masked
     (after punctuation is stripped, when it is); without it nothing changes."""
     words = [" Oh", " shit,", " it", " works."]
-    maker = ResultMaker(_tokenizer(words))
+    maker = ResultMaker(_tokenizer(words), language_code="en-GB")
     hyp = Hypothesis([259, 260, 261, 262], [-0.1] * 4, 10, "eos")
     job = DecodeJob(None, "final", 1, np.zeros(16000, np.float32), 0, 16000, hyp=hyp)  # type: ignore[arg-type]
     plain = maker.result(job, StreamConfig(word_times=True), 0)
@@ -369,6 +369,7 @@ def test_results_are_masked_when_the_filter_is_on() -> None:
     interim = DecodeJob(None, "interim", 1, job.audio, 0, 16000, hyp=hyp)  # type: ignore[arg-type]
     shown = maker.result(interim, StreamConfig(profanity_filter=True), 2)
     assert shown is not None and not shown.is_final and shown.transcript == "Oh s***, it works."
+    assert final.language_code == shown.language_code == "en-GB"
 
 
 def test_endpointer_end_now() -> None:

@@ -464,6 +464,7 @@ def test_end_utterance_gives_the_final_now_and_the_stream_goes_on(asr_model: Asr
     assert not [r for r in before if r.is_final]
     (final,) = forced
     assert final.is_final and final.transcript == "Ever tried.", final
+    assert final.language_code == "en-US"
     assert final.audio_processed <= 1.2 and final.end_s <= 1.2
     assert [w.word for w in final.words] == ["Ever", "tried."]
     assert not again

@@ -76,7 +76,7 @@ class AsrModel:
             params.setdefault("speech_threshold", threshold)
         self.endpoint = EndpointParams.from_manifest(params)
         heads = [(int(h[0]), int(h[1])) for h in asr.manifest.parameters.get("alignment_heads", [])]
-        self.results = ResultMaker(self.recogniser.tokenizer, tuple(heads))
+        self.results = ResultMaker(self.recogniser.tokenizer, tuple(heads), asr.manifest.language_code)
         self.lanes = Lanes(asr.lanes, "asr")
         self.seconds_per_sample = 0.05 / MODEL_RATE
         """Recent decode wall time per sample of audio (a moving average over batches)."""

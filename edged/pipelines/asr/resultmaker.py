@@ -28,6 +28,8 @@ class ResultMaker:
     alignment_heads: Sequence[tuple[int, int]] = ()
     """(decoder layer, head) pairs whose cross-attention follows the speech (none: words get
     their utterance's span)."""
+    language_code: str = ""
+    """The model's language, given on every result."""
 
     def result(self, job: DecodeJob, config: StreamConfig, stable: int,
                hyp: Hypothesis | None = None, start: int | None = None) -> Result | None:
@@ -40,14 +42,15 @@ class ResultMaker:
         end_s = (job.start + len(job.audio)) / MODEL_RATE
         if job.kind != "final":
             stability = min(1.0, stable / len(hyp.tokens)) if hyp.tokens else 0.0
-            return Result(False, text, hyp.confidence, round(stability, 3), job.fired_at / MODEL_RATE, start_s, end_s)
+            return Result(False, text, hyp.confidence, round(stability, 3), job.fired_at / MODEL_RATE, start_s, end_s,
+                          language_code=self.language_code)
         if not text:
             return None
         words: tuple[Word, ...] = ()
         if config.word_times:
             words = self.words(job, hyp, config)
         return Result(True, text, hyp.confidence, 1.0, job.fired_at / MODEL_RATE, start_s, end_s, words,
-                      self.alternatives(text, hyp, config))
+                      self.alternatives(text, hyp, config), self.language_code)
 
     def alternatives(self, text: str, hyp: Hypothesis, config: StreamConfig) -> tuple[Alternative, ...]:
         """Up to max_alternatives - 1 of the hypothesis' alternatives, shown as `text` is (a

@@ -47,6 +47,8 @@ class Result:
     words: tuple[Word, ...] = field(default_factory=tuple)
     alternatives: tuple[Alternative, ...] = ()
     """Finals only: further distinct transcripts, best first (at most max_alternatives - 1)."""
+    language_code: str = ""
+    """The model's language (BCP-47, e.g. en-US)."""
 
 
 def strip_punctuation(text: str) -> str:
