@@ -4,6 +4,7 @@ Silero VAD's numpy path (with the deployed default VAD, when its pack is install
 from __future__ import annotations
 
 import io
+import math
 import struct
 import wave
 from pathlib import Path
@@ -22,7 +23,10 @@ from edged.pipelines.asr.endpointing import (
     EndpointParams,
     Vad,
 )
-from edged.pipelines.asr.recogniser import repeat_cut, repetition_cut
+from edged.pipelines.asr.jobs import DecodeJob, StreamConfig
+from edged.pipelines.asr.profanity import PROFANITIES, mask
+from edged.pipelines.asr.recogniser import Hypothesis, repeat_cut, repetition_cut
+from edged.pipelines.asr.resultmaker import ResultMaker
 from edged.pipelines.asr.results import strip_punctuation
 from edged.pipelines.asr.stream import whole_draft
 from edged.pipelines.asr.tokenizer import Tokenizer
@@ -59,7 +63,7 @@ def test_g711_tables_match_the_standard() -> None:
 
 @pytest.mark.parametrize("rate,channels", [(8000, 1), (44100, 2), (48000, 1), (16000, 1)])
 def test_wav_any_rate_and_channels_becomes_16k_mono(rate: int, channels: int) -> None:
-    """A WAV with encoding and rate unset is sniffed, downmixed and resampled to 16 kHz."""
+    """A WAV with encoding and rate unset is sniffed, reduced to one channel and resampled to 16 kHz."""
     data = wav_bytes(tone(rate, 1.0, channels), rate)
     decoder = AudioDecoder("", 0)
     out = np.concatenate([decoder.feed(data[i:i + 777]) for i in range(0, len(data), 777)] + [decoder.flush()])
@@ -104,6 +108,32 @@ def test_flac_is_decoded() -> None:
 def test_malformed_audio_is_a_clear_error(data: bytes, encoding: str, rate: int, message: str) -> None:
     with pytest.raises(AudioFormatError, match=message):
         decode_all(data, encoding, rate)
+
+
+def test_one_channel_is_picked_not_mixed() -> None:
+    """Of a two-channel recording (WAV, FLAC or raw PCM) the first channel is decoded, or the one
+    asked for; a channel the audio lacks is a clear error."""
+    rate = 16000
+    stereo = tone(rate, 0.5, 2)
+    stereo[:, 1] = 0
+    raw = stereo.tobytes()
+    for data, encoding in ((wav_bytes(stereo, rate), ""), (raw, "LINEAR_PCM")):
+        first = decode_all(data, encoding, rate, channels=2)
+        second = decode_all(data, encoding, rate, channels=2, channel=1)
+        assert 0.25 < np.abs(first).max() < 0.35 and np.abs(second).max() < 1e-3
+        with pytest.raises(AudioFormatError, match="channel 2 was asked for but the audio has 2 channels"):
+            decode_all(data, encoding, rate, channels=2, channel=2)
+    with pytest.raises(AudioFormatError, match="channel 1 was asked for but the audio has 1 channel,"):
+        decode_all(tone(rate, 0.1).tobytes(), "LINEAR_PCM", rate, channel=1)
+    with pytest.raises(AudioFormatError, match="numbered from 0"):
+        AudioDecoder("LINEAR_PCM", rate, 2, channel=-1)
+    soundfile = pytest.importorskip("soundfile")
+    buf = io.BytesIO()
+    soundfile.write(buf, stereo, rate, format="FLAC")
+    assert np.abs(decode_all(buf.getvalue(), "", 0)).max() > 0.25
+    assert np.abs(decode_all(buf.getvalue(), "", 0, channel=1)).max() < 1e-3
+    with pytest.raises(AudioFormatError, match="channel 3 was asked for"):
+        decode_all(buf.getvalue(), "", 0, channel=3)
 
 
 def test_unknown_encoding_and_too_many_channels() -> None:
@@ -300,3 +330,84 @@ def test_whole_draft_starts_from_the_whole_decode() -> None:
     assert whole_draft([5, 6, 7], [8, 9, 10, 11, 12]) == [5, 6, 7, 11, 12]
     # The latest occurrence counts (an utterance may say the same words twice).
     assert whole_draft([1, 2], [1, 2, 3, 1, 2, 4]) == [1, 2, 4]
+
+
+def test_profanity_mask_keeps_the_first_letter_and_the_punctuation() -> None:
+    """Whole profane words (any case, common inflections) keep their first letter; words that
+    merely contain one, and all punctuation, stay as they were."""
+    assert mask("shit") == "s***"
+    assert mask("Oh SHIT, that's fucking great!") == "Oh S***, that's f****** great!"
+    assert mask("Bullshitting bastards: \"damn it\" (goddammit).") == \
+        "B*********** b*******: \"d*** it\" (g********)."
+    assert mask("fuckin' shit's motherfuckers") == "f*****' s***'s m************"
+    assert mask("Scunthorpe's class passes the assessment, Dick.") == "Scunthorpe's class passes the assessment, Dick."
+    assert mask("") == ""
+    assert all(w == w.lower() and w.isalpha() for w in PROFANITIES) and len(PROFANITIES) > 100
+
+
+def _tokenizer(words: list[str]) -> Tokenizer:
+    """Moonshine's layout: 3 special ids, 256 byte ids, then one piece per word."""
+    pieces = [b"<unk>", b"<s>", b"</s>"] + [bytes([i]) for i in range(256)] + [w.encode() for w in words]
+    return Tokenizer(pieces, {0, 1, 2})
+
+
+def test_results_are_masked_when_the_filter_is_on() -> None:
+    """With profanity_filter, interim and final transcripts and the final's words are masked
+    (after punctuation is stripped, when it is); without it nothing changes."""
+    words = [" Oh", " shit,", " it", " works."]
+    maker = ResultMaker(_tokenizer(words), language_code="en-GB")
+    hyp = Hypothesis([259, 260, 261, 262], [-0.1] * 4, 10, "eos")
+    job = DecodeJob(None, "final", 1, np.zeros(16000, np.float32), 0, 16000, hyp=hyp)  # type: ignore[arg-type]
+    plain = maker.result(job, StreamConfig(word_times=True), 0)
+    assert plain is not None and plain.transcript == "Oh shit, it works."
+    final = maker.result(job, StreamConfig(word_times=True, profanity_filter=True), 0)
+    assert final is not None and final.transcript == "Oh s***, it works."
+    assert [w.word for w in final.words] == ["Oh", "s***,", "it", "works."]
+    bare = maker.result(job, StreamConfig(word_times=True, profanity_filter=True, punctuation=False), 0)
+    assert bare is not None and bare.transcript == "oh s*** it works"
+    assert [w.word for w in bare.words] == ["oh", "s***", "it", "works"]
+    interim = DecodeJob(None, "interim", 1, job.audio, 0, 16000, hyp=hyp)  # type: ignore[arg-type]
+    shown = maker.result(interim, StreamConfig(profanity_filter=True), 2)
+    assert shown is not None and not shown.is_final and shown.transcript == "Oh s***, it works."
+    assert final.language_code == shown.language_code == "en-GB"
+
+
+def test_endpointer_end_now() -> None:
+    """Ending an utterance by request gives its end event at once; speech that goes on starts
+    the next utterance with the next window; outside an utterance it does nothing."""
+    ep = Endpointer(EndpointParams())
+    events = [(e.kind, e.window) for p in [0.0] * 5 + [0.9] * 20 for e in ep.update(p)]
+    assert [k for k, _ in events] == ["start"]
+    end = ep.end_now()
+    assert end is not None and (end.kind, end.window) == ("end", 25) and not ep.in_speech
+    assert ep.end_now() is None
+    assert [e.kind for e in ep.update(0.9)] == ["start"]
+
+
+def test_final_alternatives_are_shown_as_the_transcript() -> None:
+    """A final offers its hypothesis' alternatives (at most max_alternatives - 1, best first),
+    punctuation stripped and profanities masked as in its transcript; readings that show the
+    same as an earlier one, or nothing, are left out; interims offer none."""
+    words = [" Oh", " shit,", " it", " works.", " ship", " works", " it's", " work."]
+    maker = ResultMaker(_tokenizer(words))
+
+    def hyp(tokens: list[int], logprob: float, *alternatives: Hypothesis) -> Hypothesis:
+        return Hypothesis(tokens, [logprob] * len(tokens), 10, "eos", alternatives=list(alternatives))
+
+    best = hyp([259, 260, 261, 262], -0.1,
+               hyp([259, 260, 261, 264], -0.2),  # "Oh shit, it works" (the same without punctuation)
+               hyp([], -0.3),
+               hyp([259, 263, 261, 262], -0.4),  # "Oh ship it works."
+               hyp([259, 260, 265, 266], -0.5),  # "Oh shit, it's work."
+               hyp([259, 263, 265, 266], -0.6))
+    job = DecodeJob(None, "final", 1, np.zeros(16000, np.float32), 0, 16000, hyp=best)  # type: ignore[arg-type]
+    config = StreamConfig(punctuation=False, profanity_filter=True, max_alternatives=3)
+    result = maker.result(job, config, 0)
+    assert result is not None and result.transcript == "oh s*** it works"
+    assert [(a.transcript, round(a.confidence, 3)) for a in result.alternatives] == [
+        ("oh ship it works", round(math.exp(-0.4), 3)), ("oh s*** it's work", round(math.exp(-0.5), 3))]
+    one = maker.result(job, StreamConfig(), 0)
+    assert one is not None and one.alternatives == ()
+    interim = DecodeJob(None, "interim", 1, job.audio, 0, 16000, hyp=best)  # type: ignore[arg-type]
+    shown = maker.result(interim, config, 0)
+    assert shown is not None and shown.alternatives == ()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import itertools
 import json
@@ -22,8 +23,10 @@ from edged.backends import BackendOptions
 from edged.backends.onnxruntime import OrtSession
 from edged.client.textnorm import normalize, word_errors
 from edged.pipelines.asr.audio import _G711
+from edged.pipelines.asr.jobs import DecodeJob, StreamConfig
 from edged.pipelines.asr.model import AsrModel
-from edged.pipelines.asr.stream import _WINDOW, DecodeJob, StreamConfig
+from edged.pipelines.asr.results import Result
+from edged.pipelines.asr.stream import _WINDOW
 from edged.repository.deploy import deploy
 from edged.repository.records import DeployTarget
 from edged.rmir import RmirRef
@@ -398,3 +401,74 @@ def test_stream_interims_windowed_finals_unchanged(asr_model: AsrModel, monkeypa
     assert max(n for kind, n in decoded if kind == "interim") <= _WINDOW
     fresh = sum(kind == "final" for kind, _ in decoded)
     assert fresh <= len(streamed) // 2, decoded
+
+
+def _run_stream(asr_model: AsrModel, config: StreamConfig, data: bytes, bytes_per_s: int,
+                chunk_s: float = 0.16) -> list[str]:
+    """The finals' transcripts of `data` streamed in chunks, on a clock at the pace of the audio."""
+    stream = asr_model.start_stream(config)
+    chunk, texts = int(bytes_per_s * chunk_s) // 4 * 4, []
+    for i in range(0, len(data), chunk):
+        texts += [r.transcript for r in stream.accept(data[i:i + chunk], now=i / bytes_per_s) if r.is_final]
+    return texts + [r.transcript for r in stream.finish() if r.is_final]
+
+
+def test_stream_recognises_one_channel(asr_model: AsrModel) -> None:
+    """Of a stereo WAV with other speech on each channel a stream recognises the first channel
+    (as Riva does), or the one its config names; neither is mixed with the other."""
+    pcm, rate = pcm_of(beckett_path())
+    samples = np.frombuffer(pcm, dtype="<i2")
+    cut = int(4.4 * rate)  # "Ever tried. Ever failed. No matter." | "Try again. Fail again. ..."
+    stereo = np.stack([samples[:cut], samples[cut:2 * cut]], axis=1)
+    out = io.BytesIO()
+    with wave.open(out, "wb") as w:
+        w.setnchannels(2)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(stereo.tobytes())
+    first = " ".join(_run_stream(asr_model, StreamConfig(), out.getvalue(), 4 * rate))
+    second = " ".join(_run_stream(asr_model, StreamConfig(channel=1), out.getvalue(), 4 * rate))
+    assert word_errors("Ever tried. Ever failed. No matter.", first)[0] <= 1, first
+    assert word_errors("Try again. Fail again. Fail better.", second)[0] <= 1, second
+
+
+def test_end_utterance_gives_the_final_now_and_the_stream_goes_on(asr_model: AsrModel) -> None:
+    """Ending the open utterance mid-speech (Riva's force_eou, through the batcher as the
+    service does it) gives its final at once, with the words so far; the speech after it makes
+    utterances of its own. Outside an utterance it does nothing."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from edged.pipelines.asr.batcher import AsrBatcher
+
+    pcm, rate = pcm_of(beckett_path())
+    cut = 2 * int(1.2 * rate)  # "Ever tried." said, its endpoint (~1.66 s) not reached yet
+    chunk = 2 * int(0.08 * rate)
+
+    async def run() -> tuple[list[Result], list[Result], list[Result], list[Result]]:
+        loop = asyncio.get_running_loop()
+        with ThreadPoolExecutor(1) as pool:
+            batcher = AsrBatcher(lambda fn, *args: loop.run_in_executor(pool, fn, *args))
+            stream = asr_model.start_stream(StreamConfig(encoding="LINEAR_PCM", sample_rate=rate, word_times=True))
+            before = []
+            for i in range(0, cut, chunk):
+                before += await batcher.feed(stream, pcm[i:min(i + chunk, cut)])
+            assert stream.in_speech
+            forced = await batcher.feed(stream, b"", end_utterance=True)
+            again = await batcher.feed(stream, b"", end_utterance=True)
+            after = []
+            for i in range(cut, len(pcm), chunk):
+                after += await batcher.feed(stream, pcm[i:i + chunk])
+            return before, forced, again, after + await batcher.finish(stream)
+
+    before, forced, again, after = asyncio.run(run())
+    assert not [r for r in before if r.is_final]
+    (final,) = forced
+    assert final.is_final and final.transcript == "Ever tried.", final
+    assert final.language_code == "en-US"
+    assert final.audio_processed <= 1.2 and final.end_s <= 1.2
+    assert [w.word for w in final.words] == ["Ever", "tried."]
+    assert not again
+    rest = [r for r in after if r.is_final]
+    assert len(rest) >= 5 and all(r.start_s >= final.end_s for r in rest)
+    text = " ".join(r.transcript for r in rest)
+    assert word_errors("Ever failed, no matter try again fail again fail better.", text)[0] <= 1, text

@@ -10,8 +10,8 @@ import pytest
 
 from edged.backends.base import BackendOptions
 from edged.config import Settings
+from edged.pipelines.asr.jobs import DecodeJob
 from edged.pipelines.asr.model import _fill_lanes
-from edged.pipelines.asr.stream import DecodeJob
 from edged.pipelines.lanes import Lanes
 
 

@@ -1,5 +1,8 @@
 """Client audio to 16 kHz mono float32: raw PCM, WAV (header sniffed), G.711 mu-law/A-law, FLAC.
 
+Of audio with several channels one is recognised, the first unless the request names another:
+Riva does the same, and recognises each channel apart when asked to (one stream per channel).
+
 Riva's `transcribe_file.py` sends a WAV file as it is, header in the first chunk, with encoding
 and sample rate unset; `talk.py` sends headerless 16-bit PCM at the rate it names. Both work.
 FLAC (a container with its own framing) is decoded once the whole stream has arrived.
@@ -128,15 +131,19 @@ def parse_wav_header(data: bytes) -> tuple[SampleFormat, int, int | None] | None
 
 
 class AudioDecoder:
-    """Bytes as a client sends them, chunk by chunk, to 16 kHz mono float32."""
+    """Bytes as a client sends them, chunk by chunk, to 16 kHz mono float32 (one channel of them)."""
 
-    def __init__(self, encoding: str, sample_rate: int, channels: int = 1) -> None:
-        """`encoding` is one of ENCODINGS or '' (unset: a WAV or FLAC header must say)."""
+    def __init__(self, encoding: str, sample_rate: int, channels: int = 1, channel: int = 0) -> None:
+        """`encoding` is one of ENCODINGS or '' (unset: a WAV or FLAC header must say); `channel`
+        is the one channel (from 0) of the audio to decode."""
         if encoding and encoding not in ENCODINGS:
             raise AudioFormatError(f"Audio encoding {encoding} is not supported; use one of {', '.join(ENCODINGS)}.")
+        if channel < 0:
+            raise AudioFormatError(f"Audio channel {channel} does not exist; channels are numbered from 0.")
         self._encoding = encoding
         self._rate = sample_rate
         self._channels = channels or 1
+        self._channel = channel
         self._format: SampleFormat | None = None
         self._data_left: int | None = None
         self._pending = b""
@@ -154,6 +161,7 @@ class AudioDecoder:
                     raise AudioFormatError("The WAV header is longer than 64 KiB.")
                 return None
             self._format, offset, self._data_left = parsed
+            self._check_channel(self._format.channels)
             return offset
         if head[:4] == b"fLaC" and self._encoding in ("", "FLAC") or self._encoding == "FLAC":
             self._flac = bytearray()
@@ -167,7 +175,14 @@ class AudioDecoder:
         width = 2 if self._encoding == "LINEAR_PCM" else 1
         self._format = SampleFormat(self._encoding, width, self._rate, self._channels)
         self._format.check()
+        self._check_channel(self._channels)
         return 0
+
+    def _check_channel(self, channels: int) -> None:
+        """AudioFormatError unless the audio has the channel asked for."""
+        if self._channel >= channels:
+            raise AudioFormatError(f"Audio channel {self._channel} was asked for but the audio has {channels} "
+                                   f"channel{'s' if channels > 1 else ''}, numbered from 0.")
 
     def feed(self, data: bytes) -> np.ndarray:
         """Decode the next chunk; returns the 16 kHz samples it completes (maybe none)."""
@@ -214,18 +229,19 @@ class AudioDecoder:
         except (RuntimeError, soundfile.LibsndfileError) as exc:
             raise AudioFormatError(f"The FLAC audio cannot be decoded: {exc}.") from None
         SampleFormat("FLAC", 2, rate, samples.shape[1]).check()
+        self._check_channel(samples.shape[1])
         return self._convert(samples, rate, last=True)
 
     def _convert(self, frames: np.ndarray, rate: int, last: bool) -> np.ndarray:
-        """Downmix [frames, channels] to mono and resample to 16 kHz, keeping filter state."""
+        """The channel asked for of [frames, channels], resampled to 16 kHz, keeping filter state."""
         self.input_seconds += len(frames) / rate
-        mono = frames.mean(axis=1) if frames.shape[1] > 1 else frames[:, 0]
+        mono = frames[:, self._channel]
         if self._resampler is None:
             self._resampler = StreamResampler(rate, MODEL_RATE)
         return self._resampler.process(np.ascontiguousarray(mono, dtype=np.float32), last=last)
 
 
-def decode_all(data: bytes, encoding: str, sample_rate: int, channels: int = 1) -> np.ndarray:
-    """A whole recording to 16 kHz mono float32."""
-    decoder = AudioDecoder(encoding, sample_rate, channels)
+def decode_all(data: bytes, encoding: str, sample_rate: int, channels: int = 1, channel: int = 0) -> np.ndarray:
+    """One channel of a whole recording (the first by default) to 16 kHz mono float32."""
+    decoder = AudioDecoder(encoding, sample_rate, channels, channel)
     return np.concatenate([decoder.feed(data), decoder.flush()])

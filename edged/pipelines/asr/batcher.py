@@ -20,14 +20,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from edged.pipelines.asr.audio import MODEL_RATE
+from edged.pipelines.asr.jobs import DecodeJob, JobRunner, StreamConfig, offline_config
 from edged.pipelines.asr.model import AsrModel
 from edged.pipelines.asr.results import Result
-from edged.pipelines.asr.stream import (
-    AsrStream,
-    DecodeJob,
-    StreamConfig,
-    offline_config,
-)
+from edged.pipelines.asr.stream import AsrStream
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -47,6 +43,8 @@ class _Item:
     """Audio; None for the end of the stream."""
     offline: bool
     future: asyncio.Future[list[Result]]
+    end_utterance: bool = False
+    """End the open utterance after the chunk (AsrStream.end_utterance)."""
 
 
 class AsrBatcher:
@@ -62,9 +60,10 @@ class AsrBatcher:
         if self._task is None or self._task.done():
             self._task = asyncio.get_running_loop().create_task(self._run(), name="edged-asr-batcher")
 
-    async def feed(self, stream: AsrStream, data: bytes) -> list[Result]:
-        """Give a stream its next chunk; returns the results it completed."""
-        return await self._submit(stream, data, offline=False)
+    async def feed(self, stream: AsrStream, data: bytes, end_utterance: bool = False) -> list[Result]:
+        """Give a stream its next chunk (maybe empty), then, if asked, end its open utterance
+        there (Riva's force_eou); returns the results it completed."""
+        return await self._submit(stream, data, offline=False, end_utterance=end_utterance)
 
     async def finish(self, stream: AsrStream) -> list[Result]:
         """End a stream; returns its last results."""
@@ -75,10 +74,11 @@ class AsrBatcher:
         stream = model.start_stream(offline_config(config))
         return await self._submit(stream, data, offline=True)
 
-    async def _submit(self, stream: AsrStream, data: bytes | None, offline: bool) -> list[Result]:
+    async def _submit(self, stream: AsrStream, data: bytes | None, offline: bool,
+                      end_utterance: bool = False) -> list[Result]:
         self._ensure_running()
         future: asyncio.Future[list[Result]] = asyncio.get_running_loop().create_future()
-        await self._queue.put(_Item(stream, data, offline, future))
+        await self._queue.put(_Item(stream, data, offline, future, end_utterance))
         return await future
 
     async def _run(self) -> None:
@@ -122,6 +122,8 @@ class AsrBatcher:
             try:
                 if item.data is not None:
                     stream.feed(item.data, now)
+                if item.end_utterance:
+                    stream.end_utterance()
                 if item.data is None or item.offline:
                     stream.feed_end()
             except Exception as exc:  # noqa: BLE001 - bad audio or a limit: only this item fails
@@ -163,7 +165,7 @@ class AsrBatcher:
 
 def _decode(jobs: list[DecodeJob]) -> None:
     """Decode jobs of any streams, each model's together."""
-    by_model: dict[int, tuple[AsrModel, list[DecodeJob]]] = {}
+    by_model: dict[int, tuple[JobRunner, list[DecodeJob]]] = {}
     for job in jobs:
         by_model.setdefault(id(job.stream.model), (job.stream.model, []))[1].append(job)
     for model, group in by_model.values():

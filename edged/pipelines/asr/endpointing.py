@@ -412,6 +412,15 @@ class Endpointer:
         goes on after it: it is at least `pause_split_ms` long."""
         return self._pause_n is not None and self.last_speech - self.start >= self._pause_n
 
+    def end_now(self) -> Event | None:
+        """End the open utterance here, as if its endpoint were reached (the client asked, as
+        with Riva's force_eou): its 'end' event, or None outside an utterance. The next speech
+        starts a new utterance."""
+        if not self.in_speech:
+            return None
+        self.in_speech, self._eou_sent, self._split_at, self._probs = False, False, None, []
+        return Event("end", self.last_speech)
+
     def update(self, prob: float) -> list[Event]:
         """Feed one window's probability; returns what happened at it."""
         events: list[Event] = []

@@ -7,17 +7,12 @@ import time
 
 from edged.errors import ModelLoadError
 from edged.loader import LoadedModel
-from edged.pipelines.asr.alignment import align_words
 from edged.pipelines.asr.audio import MODEL_RATE
 from edged.pipelines.asr.endpointing import EndpointParams, Vad
+from edged.pipelines.asr.jobs import DecodeJob, StreamConfig
 from edged.pipelines.asr.recogniser import Hypothesis, Recogniser
-from edged.pipelines.asr.results import Result, Word, split_words, strip_punctuation
-from edged.pipelines.asr.stream import (
-    AsrStream,
-    DecodeJob,
-    StreamConfig,
-    offline_config,
-)
+from edged.pipelines.asr.resultmaker import ResultMaker
+from edged.pipelines.asr.stream import AsrStream
 from edged.pipelines.lanes import Lanes
 
 _LOGGER = logging.getLogger(__name__)
@@ -80,7 +75,8 @@ class AsrModel:
         if threshold is not None:
             params.setdefault("speech_threshold", threshold)
         self.endpoint = EndpointParams.from_manifest(params)
-        self.alignment_heads = [tuple(h) for h in asr.manifest.parameters.get("alignment_heads", [])]
+        heads = [(int(h[0]), int(h[1])) for h in asr.manifest.parameters.get("alignment_heads", [])]
+        self.results = ResultMaker(self.recogniser.tokenizer, tuple(heads), asr.manifest.language_code)
         self.lanes = Lanes(asr.lanes, "asr")
         self.seconds_per_sample = 0.05 / MODEL_RATE
         """Recent decode wall time per sample of audio (a moving average over batches)."""
@@ -114,58 +110,3 @@ class AsrModel:
         attention = any(j.kind in ("final", "eou") and j.stream.config.word_times for j in group)
         hyps = self.recogniser.decode([j.audio for j in group], [j.draft for j in group], attention)
         return hyps, time.perf_counter() - t0
-
-    def result(self, job: DecodeJob, config: StreamConfig, stable: int,
-               hyp: Hypothesis | None = None, start: int | None = None) -> Result | None:
-        """The Result of a decoded job (None for an empty final); an interim may give the
-        hypothesis of its whole utterance (`hyp`, from stream sample `start`)."""
-        hyp = hyp or job.hyp
-        assert hyp is not None
-        tokenizer = self.recogniser.tokenizer
-        text = tokenizer.decode(hyp.tokens)
-        if not config.punctuation:
-            text = strip_punctuation(text)
-        start_s = (job.start if start is None else start) / MODEL_RATE
-        end_s = (job.start + len(job.audio)) / MODEL_RATE
-        if job.kind != "final":
-            stability = min(1.0, stable / len(hyp.tokens)) if hyp.tokens else 0.0
-            return Result(False, text, hyp.confidence, round(stability, 3), job.fired_at / MODEL_RATE, start_s, end_s)
-        if not text:
-            return None
-        words: tuple[Word, ...] = ()
-        if config.word_times:
-            words = self._words(job, hyp, config.punctuation)
-        return Result(True, text, hyp.confidence, 1.0, job.fired_at / MODEL_RATE, start_s, end_s, words)
-
-    def _words(self, job: DecodeJob, hyp: Hypothesis, punctuation: bool) -> tuple[Word, ...]:
-        """Words with confidences and times from cross-attention DTW (see alignment.py).
-
-        A model whose decoder does not expose cross-attention gives each word the span of
-        its utterance.
-        """
-        tokenizer = self.recogniser.tokenizer
-        start_ms = 1000.0 * job.start / MODEL_RATE
-        end_ms = start_ms + 1000.0 * len(job.audio) / MODEL_RATE
-        if hyp.cross_attention is not None and self.alignment_heads:
-            timed = [(w.text, w.start_ms, w.end_ms, w.confidence or 0.0) for w in align_words(
-                hyp.tokens, [tokenizer.piece_bytes(t) for t in hyp.tokens], hyp.cross_attention,
-                len(job.audio), self.alignment_heads, offset_ms=start_ms, audio=job.audio,
-                token_logprobs=hyp.logprobs)]
-        else:
-            timed = [(text, int(start_ms), int(end_ms), conf) for text, _, _, conf in split_words(tokenizer, hyp)]
-        words = []
-        onset_ms = 1000.0 * job.speech_start / MODEL_RATE
-        for text, t0, t1, conf in timed:
-            begin = min(max(t0, onset_ms), t1)  # the utterance's audio starts before its speech
-            shown = text if punctuation else strip_punctuation(text)
-            if shown:
-                words.append(Word(shown, int(begin), int(t1), float(conf)))
-        return tuple(words)
-
-    def recognize(self, data: bytes, config: StreamConfig) -> list[Result]:
-        """Offline recognition of a whole recording: segment at pauses, decode segments in batches."""
-        stream = AsrStream(self, offline_config(config))
-        stream.feed(data)
-        stream.feed_end()
-        self.decode_jobs(stream.jobs)
-        return stream.take_results()

@@ -56,6 +56,8 @@ class Hypothesis:
     """Why decoding stopped: 'eos', 'cap' (duration cap), 'loop' or 'repeat' (repetition cuts)."""
     cross_attention: np.ndarray | None = None
     """[layers, heads, tokens, frames] when the decoder exposes `cross_attentions.N` outputs."""
+    alternatives: list[Hypothesis] = field(default_factory=list)
+    """Further distinct hypotheses of the same audio, best first, beyond this one."""
 
     @property
     def confidence(self) -> float:

@@ -24,6 +24,14 @@ class Word:
 
 
 @dataclass(frozen=True)
+class Alternative:
+    """Another reading of a final result's utterance (after the result's own transcript)."""
+
+    transcript: str
+    confidence: float
+
+
+@dataclass(frozen=True)
 class Result:
     """An interim or final recognition result for one utterance."""
 
@@ -37,6 +45,10 @@ class Result:
     start_s: float = 0.0
     end_s: float = 0.0
     words: tuple[Word, ...] = field(default_factory=tuple)
+    alternatives: tuple[Alternative, ...] = ()
+    """Finals only: further distinct transcripts, best first (at most max_alternatives - 1)."""
+    language_code: str = ""
+    """The model's language (BCP-47, e.g. en-US)."""
 
 
 def strip_punctuation(text: str) -> str:

@@ -1,7 +1,7 @@
 """One client's recognition stream: audio in, VAD endpointing, decode jobs out, results back.
 
 A stream does the cheap work itself (decoding the audio, VAD) and queues decode jobs; the model
-runs the jobs of many streams together (`AsrModel.decode_jobs`) and hands each stream its
+runs the jobs of many streams together (`StreamModel.decode_jobs`) and hands each stream its
 hypotheses. `accept`/`finish` do both steps for one stream, for callers without a batcher.
 """
 
@@ -10,19 +10,23 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import numpy as np
 
 from edged.errors import RequestError
 from edged.pipelines.asr.audio import MODEL_RATE, AudioDecoder
-from edged.pipelines.asr.endpointing import WINDOW, Endpointer, EndpointParams, Event
+from edged.pipelines.asr.endpointing import (
+    WINDOW,
+    Endpointer,
+    EndpointParams,
+    Event,
+    Vad,
+)
+from edged.pipelines.asr.jobs import DecodeJob, JobRunner, StreamConfig
 from edged.pipelines.asr.recogniser import Hypothesis
+from edged.pipelines.asr.resultmaker import ResultMaker
 from edged.pipelines.asr.results import Result
-
-if TYPE_CHECKING:
-    from edged.pipelines.asr.model import AsrModel
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -46,63 +50,33 @@ _PAUSE_WINDOWS = 3
 _UNSTABLE_TAIL = 2
 
 
-@dataclass(frozen=True)
-class StreamConfig:
-    """What one recognition request asks for."""
+class StreamModel(JobRunner, Protocol):
+    """What a stream needs of its model (AsrModel): VAD, endpointing defaults, decodes, results."""
 
-    encoding: str = ""
-    """LINEAR_PCM, MULAW, ALAW, FLAC, or '' to read a WAV/FLAC header."""
-    sample_rate: int = 0
-    channels: int = 1
-    interim_results: bool = False
-    punctuation: bool = True
-    word_times: bool = False
-    endpoint: EndpointParams | None = None
-    """None: the model's defaults."""
-    interim_interval_ms: int = 480
-    max_audio_s: float = 0.0
-    """Most seconds of audio accepted (0: no limit)."""
-    speculative: bool = True
-    """Start the final decode when the end of utterance looks likely (streaming only)."""
+    @property
+    def vad(self) -> Vad:
+        """The VAD network (each stream keeps its own state)."""
 
+    @property
+    def endpoint(self) -> EndpointParams:
+        """Endpointing when the request sets none."""
 
-def offline_config(config: StreamConfig) -> StreamConfig:
-    """The same request for a whole recording: no interims, no speculative finals."""
-    return replace(config, interim_results=False, speculative=False)
+    @property
+    def seconds_per_sample(self) -> float:
+        """Recent decode wall time per sample of audio."""
 
-
-@dataclass(eq=False)  # jobs are compared by identity (they hold arrays)
-class DecodeJob:
-    """Audio of one utterance (or its open part) to decode, and what to do with the result."""
-
-    stream: AsrStream
-    kind: str
-    """'interim', 'commit' (the part of an interim before its window), 'eou' (speculative
-    final) or 'final'."""
-    utterance: int
-    audio: np.ndarray
-    start: int
-    """Stream sample where `audio` starts."""
-    fired_at: int
-    """Stream samples processed when the job was made."""
-    draft: list[int] = field(default_factory=list)
-    """Tokens of the utterance's latest hypothesis (checked by the decoder, see Recogniser.decode)."""
-    hyp: Hypothesis | None = None
-    seconds: float = 0.0
-    """Wall time of the batch that decoded it."""
-    seq: int = 0
-    """Order of creation within its stream (results come back in this order)."""
-    speech_start: int = 0
-    """Stream sample where the speech starts (about): no word starts before it."""
+    @property
+    def results(self) -> ResultMaker:
+        """Builds Results from decoded jobs."""
 
 
 class AsrStream:
     """Recognition state of one client stream (audio format, VAD, open utterance, results)."""
 
-    def __init__(self, model: AsrModel, config: StreamConfig) -> None:
+    def __init__(self, model: StreamModel, config: StreamConfig) -> None:
         self.model = model
         self.config = config
-        self._audio_in = AudioDecoder(config.encoding, config.sample_rate, config.channels)
+        self._audio_in = AudioDecoder(config.encoding, config.sample_rate, config.channels, config.channel)
         self._vad = model.vad.new_state()
         self._endpointer = Endpointer(config.endpoint or model.endpoint)
         self._audio = np.zeros(0, dtype=np.float32)
@@ -141,7 +115,7 @@ class AsrStream:
         self._speculate_at: int | None = None
         """Window after the last speech of a likely end whose decode waits for its tail."""
         self.jobs: list[DecodeJob] = []
-        """Decode jobs waiting for `AsrModel.decode_jobs`."""
+        """Decode jobs waiting for the model's `decode_jobs`."""
         self._done: list[DecodeJob] = []
         self._seq = 0
         self.finished = False
@@ -194,6 +168,15 @@ class AsrStream:
             end = min(self.samples, max(last + _TAIL_PAD, self._utt_start + _MIN_INTERIM))
             self._queue_final(end, self.samples, ("speech", self._endpointer.last_speech))
         self.finished = True
+
+    def end_utterance(self) -> None:
+        """End the open utterance now, as if its endpoint were reached (Riva's force_eou):
+        queues its final (a speculative decode that covers it, else a decode of the utterance
+        so far), decoded with the stream's next jobs. The stream goes on: the next speech
+        starts a new utterance. Nothing happens outside an utterance."""
+        event = None if self.finished else self._endpointer.end_now()
+        if event is not None:
+            self._on_event(event)
 
     def _take(self, samples: np.ndarray) -> None:
         """Append 16 kHz samples, run the VAD and the endpointer over them."""
@@ -351,7 +334,7 @@ class AsrStream:
             self._base += drop
 
     def complete(self, job: DecodeJob) -> None:
-        """Take a decoded job back (called by AsrModel.decode_jobs)."""
+        """Take a decoded job back (called by the model's `decode_jobs`)."""
         if job.hyp is not None and job.utterance == self._utterance:
             if job.kind in ("interim", "eou"):  # a speculative final shows as an interim
                 self.last_interim_at = self._now + job.seconds
@@ -387,7 +370,7 @@ class AsrStream:
                                         or not self._endpointer.in_speech):
                 continue
             start = self._utt_start if job.kind == "interim" else None  # its window's start otherwise
-            result = self.model.result(job, self.config, len(self._stable), hyp, start)
+            result = self.model.results.result(job, self.config, len(self._stable), hyp, start)
             if result is not None:
                 results.append(result)
         return results
