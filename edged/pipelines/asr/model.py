@@ -111,7 +111,8 @@ class AsrModel:
         """One batch's hypotheses and the seconds they took (on a lane: touches no stream)."""
         t0 = time.perf_counter()
         attention = any(j.kind in ("final", "eou") and j.stream.config.word_times for j in group)
-        hyps = self.recogniser.decode([j.audio for j in group], [j.draft for j in group], attention)
+        biases = [self.recogniser.phrase_bias(j.stream.config.boost) for j in group]
+        hyps = self.recogniser.decode([j.audio for j in group], [j.draft for j in group], attention, biases)
         return hyps, time.perf_counter() - t0
 
     def result(self, job: DecodeJob, config: StreamConfig, stable: int,

@@ -64,6 +64,8 @@ class StreamConfig:
     """Most seconds of audio accepted (0: no limit)."""
     speculative: bool = True
     """Start the final decode when the end of utterance looks likely (streaming only)."""
+    boost: tuple[tuple[str, float], ...] = ()
+    """Phrases to boost, each with its Riva SpeechContext boost score (see edged.pipelines.asr.boost)."""
 
 
 def offline_config(config: StreamConfig) -> StreamConfig:
