@@ -1,12 +1,14 @@
-"""Word boosting (edged.pipelines.asr.boost).
+"""Word boosting (edged.pipelines.asr.boost) and beam search with alternatives (Recogniser.beam).
 
 The trie and bonus rules are tested on a small made-up tokenizer; the decoding on real speech:
-edged's own voice saying a sentence with an invented name that Moonshine misrecognises.
+edged's own voice saying a sentence with an invented name that Moonshine misrecognises, and
+moonshine-cpp's beckett.wav.
 """
 
 from __future__ import annotations
 
 import io
+import itertools
 import wave
 from dataclasses import replace
 from pathlib import Path
@@ -174,6 +176,51 @@ def test_rows_without_a_boost_decode_exactly_as_before(asr, speech: np.ndarray) 
     assert rec.phrase_bias(()) is None and rec.phrase_bias(((NAME, 20.0),)) is rec.phrase_bias(((NAME, 20.0),))
 
 
+def _scores(rec, audio: np.ndarray, hyps: list) -> list[float]:  # type: ignore[no-untyped-def]
+    """Each hypothesis' log-probability with its EOS over its length, read in one decoder call."""
+    from edged.pipelines.asr.recogniser import _log_softmax
+
+    hidden = rec.encode([audio])
+    scores = []
+    for hyp in hyps:
+        seq = [rec.bos, *hyp.tokens, rec.eos]
+        out = rec._first_call(hidden, np.array([seq[:-1]], dtype=np.int64), False)[0]
+        lp = _log_softmax(out["logits"][0, :, :rec.vocab])
+        scores.append(sum(float(lp[i, seq[i + 1]]) for i in range(len(seq) - 1)) / (len(seq) - 1))
+    return scores
+
+
+def test_beam_gives_the_greedy_text_and_distinct_alternatives(asr) -> None:  # type: ignore[no-untyped-def]
+    from edged.pipelines.asr.results import strip_punctuation
+
+    rec = asr.recogniser
+    audio = beckett()
+    greedy = rec.decode([audio])[0]
+    best = rec.beam(audio, 3)
+    text = rec.tokenizer.decode(best.tokens)
+    assert strip_punctuation(text) == strip_punctuation(rec.tokenizer.decode(greedy.tokens)), text
+    texts = [text] + [rec.tokenizer.decode(h.tokens) for h in best.alternatives]
+    assert 2 <= len(texts) <= 3 and len(set(texts)) == len(texts) and all(texts), texts
+    scores = _scores(rec, audio, [best, *best.alternatives])
+    assert all(a >= b - 0.02 for a, b in itertools.pairwise(scores)), scores  # best first
+    assert best.cross_attention is not None
+    assert best.cross_attention.shape[2:] == (len(best.tokens) + 1, rec.frames(len(audio)))
+    assert all(h.cross_attention is None and not h.alternatives for h in best.alternatives)
+
+
+def test_beam_width_for_max_alternatives() -> None:
+    from edged.pipelines.asr.recogniser import MAX_BEAM, beam_width
+
+    assert [beam_width(n) for n in (1, 2, 3, 9)] == [2, 2, 3, MAX_BEAM]
+
+
+def test_boosted_beam_writes_the_name(asr, speech: np.ndarray) -> None:  # type: ignore[no-untyped-def]
+    rec = asr.recogniser
+    best = rec.beam(speech, 3, rec.phrase_bias(((NAME, 20.0),)))
+    assert NAME in rec.tokenizer.decode(best.tokens)
+    assert NAME not in rec.tokenizer.decode(rec.beam(speech, 3).tokens)
+
+
 def _wav(audio: np.ndarray) -> bytes:
     buf = io.BytesIO()
     with wave.open(buf, "wb") as w:
@@ -184,13 +231,15 @@ def _wav(audio: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def test_streams_ask_for_boosts(asr, speech: np.ndarray) -> None:  # type: ignore[no-untyped-def]
-    """AsrModel.decode_jobs decodes a stream's jobs with its boosts; other streams' as before."""
+def test_streams_ask_for_boosts_and_alternatives(asr, speech: np.ndarray) -> None:  # type: ignore[no-untyped-def]
+    """AsrModel.decode_jobs decodes a stream's finals with its boosts, and with a beam when it
+    asks for alternatives; other jobs and streams as before."""
     from edged.pipelines.asr.stream import StreamConfig, offline_config
 
     audio = np.concatenate([np.zeros(8000, np.float32), speech, np.zeros(8000, np.float32)])
     finals = {}
-    for name, config in {"plain": StreamConfig(), "boost": StreamConfig(boost=((NAME, 20.0),))}.items():
+    for name, config in {"plain": StreamConfig(), "boost": StreamConfig(boost=((NAME, 20.0),)),
+                         "alternatives": StreamConfig(max_alternatives=3)}.items():
         stream = asr.start_stream(offline_config(config))
         stream.feed(_wav(audio))
         stream.feed_end()
@@ -201,3 +250,4 @@ def test_streams_ask_for_boosts(asr, speech: np.ndarray) -> None:  # type: ignor
         assert stream.take_results()
     text = {name: asr.recogniser.tokenizer.decode(h.tokens) for name, h in finals.items()}
     assert NAME in text["boost"] and NAME not in text["plain"], text
+    assert finals["plain"].alternatives == [] and len(finals["alternatives"].alternatives) in (1, 2)

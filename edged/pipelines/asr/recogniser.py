@@ -45,10 +45,17 @@ _LOOP_MAX_UNIT = 24
 _CAP_REPEAT_MIN = 4
 # Draft tokens fed to one decoder call at most (after the greedy token).
 _LOOKAHEAD = 12
+# Widest beam (Recogniser.beam): each beam is a row of every decoder call.
+MAX_BEAM = 4
 # Decodes again of an utterance that left a boosted phrase unfinished (Recogniser._check_phrases).
 _PHRASE_RETRIES = 3
 # Phrase biases kept per recogniser (one per distinct boost list of the streams).
 _BIAS_CACHE = 64
+
+
+def beam_width(max_alternatives: int) -> int:
+    """The beam width for a request of `max_alternatives` (two at least: one is greedy)."""
+    return min(MAX_BEAM, max(2, max_alternatives))
 
 
 @dataclass
@@ -63,6 +70,8 @@ class Hypothesis:
     """Why decoding stopped: 'eos', 'cap' (duration cap), 'loop' or 'repeat' (repetition cuts)."""
     cross_attention: np.ndarray | None = None
     """[layers, heads, tokens, frames] when the decoder exposes `cross_attentions.N` outputs."""
+    alternatives: list[Hypothesis] = field(default_factory=list)
+    """Further distinct hypotheses of the same audio, best first (a beam search's; see Recogniser.beam)."""
 
     @property
     def confidence(self) -> float:
@@ -422,6 +431,109 @@ class Recogniser:
                        self._stack_attention(attn[b], len(row.tokens), frames[b]))
             for b, row in enumerate(rows)
         ], rows
+
+    def beam(self, audio: np.ndarray, width: int, bias: PhraseBias | None = None,
+             attention: bool = True) -> Hypothesis:
+        """Beam-search one utterance: the best hypothesis, with up to `width` - 1 further ones
+        of distinct text in `.alternatives`, best first.
+
+        The audio is encoded and its cross K/V computed once, then replicated for the beams
+        (the batch dimension of every decoder call); each step keeps the `width` best
+        continuations and reorders the decoder cache by their beams. A beam ends at EOS, at
+        the token cap or at a repetition loop (the greedy rules); the search stops when
+        `width` have ended. Hypotheses rank by their total log-probability over their length
+        counting EOS, as Whisper's beam search does (without it the shortest ending would
+        win); with a bias, plus the bonus of the boosted phrases they hold (a phrase begun
+        and left earns nothing: see PhraseBias.credit), and each beam's candidates are its
+        best tokens by the model and its best boosted ones. Cross-attention (for word times) comes from one more
+        decoder call that reads the best hypothesis whole.
+        """
+        cap = self.token_cap(len(audio))
+        hidden = self.encode([audio])
+        ids = np.array([[self.bos]], dtype=np.int64)
+        out, encoder_kv, step_inputs = self._first_call(hidden, ids, attention=False)
+        names = self._output_names(first=False, attention=False)
+        # Each beam: tokens, the model's log-probabilities, their sum plus the phrase credit.
+        beams: list[tuple[list[int], list[float], float]] = [([], [], 0.0)]
+        ended: list[tuple[list[int], list[float], float, str]] = []
+        replicated: dict[int, dict[str, np.ndarray]] = {}
+        position = 1
+        while True:
+            logits = out["logits"][:, -1, :self.vocab]
+            own = _log_softmax(logits)
+            candidates = []
+            for i, (tokens, logprobs, _) in enumerate(beams):
+                if bias:  # the candidates by biased score, ranked with the credit they earn
+                    scored = own[i].copy()
+                    bias.add(scored, tokens, logprobs)
+                    boosted = np.flatnonzero(scored != own[i])  # the model's best tokens, and these
+                    tops = np.concatenate([np.argsort(-own[i])[:width + 1], boosted[np.argsort(-scored[boosted])][:width + 1]])
+                    for token in map(int, dict.fromkeys(tops.tolist())):
+                        lp = float(own[i, token])
+                        if token == self.eos:
+                            score = sum(logprobs) + lp + bias.credit(tokens, logprobs, partial=False)
+                        else:
+                            score = sum(logprobs) + lp + bias.credit(tokens + [token], logprobs + [lp])
+                        candidates.append((score, i, token))
+                else:
+                    total = beams[i][2]
+                    for token in map(int, np.argsort(-own[i])[:width + 1]):
+                        candidates.append((total + float(own[i, token]), i, token))
+            candidates.sort(key=lambda c: -c[0])
+            kept: list[tuple[list[int], list[float], float]] = []
+            parents: list[int] = []
+            for total, i, token in candidates:
+                tokens, logprobs, _ = beams[i]
+                if token == self.eos:
+                    ended.append((tokens, logprobs, total, "eos"))
+                    continue
+                tokens, logprobs = tokens + [token], logprobs + [float(own[i, token])]
+                cut = repetition_cut(tokens)
+                if cut is not None:
+                    ended.append((tokens[:cut], logprobs[:cut], total, "loop"))
+                elif len(tokens) >= cap:
+                    ended.append((tokens, logprobs, total, "cap"))
+                else:
+                    kept.append((tokens, logprobs, total))
+                    parents.append(i)
+                if len(kept) == width:
+                    break
+            if len(ended) >= width or not kept:
+                break
+            beams = kept
+            index = np.array(parents)
+            past = {f"past_key_values.{layer}.decoder.{part}":
+                    _prefix(out[f"present.{layer}.decoder.{part}"], position)[index]
+                    for layer in range(self.layers) for part in ("key", "value")}
+            position += 1
+            if len(beams) not in replicated:
+                replicated[len(beams)] = {k: np.repeat(v, len(beams), axis=0)
+                                          for k, v in {**encoder_kv, **step_inputs}.items() if v.ndim > 1}
+            step = {**step_inputs, **replicated[len(beams)]}
+            ids = np.array([[tokens[-1]] for tokens, _, _ in beams], dtype=np.int64)
+            out = self.decoder.run({"input_ids": ids, **step, **past}, names)
+        if not ended:  # cannot happen with a cap of at least one token, kept for safety
+            ended = [(tokens, logprobs, total, "cap") for tokens, logprobs, total in beams]
+        ended.sort(key=lambda e: -e[2] / (len(e[0]) + (e[3] == "eos")))
+        frames = self.frames(len(audio))
+        hyps: list[Hypothesis] = []
+        texts: set[str] = set()
+        for tokens, logprobs, _, stopped in ended:
+            if stopped == "cap" and (cut := repeat_cut(tokens)) is not None:
+                tokens, logprobs, stopped = tokens[:cut], logprobs[:cut], "repeat"
+            text = self.tokenizer.decode(tokens)
+            if text not in texts and len(hyps) < width and (text or not hyps):  # no empty alternative
+                texts.add(text)
+                hyps.append(Hypothesis(tokens, logprobs, frames, stopped))
+        best = hyps[0]
+        best.alternatives = hyps[1:]
+        if attention and self._attention_outputs and best.tokens:
+            # BOS and the tokens read at once: one attention row per token, and the EOS row.
+            forced = np.array([[self.bos, *best.tokens]], dtype=np.int64)
+            attn: list[list[np.ndarray]] = [[]]
+            self._keep_attention(self._first_call(hidden, forced, attention=True)[0], attn, len(best.tokens) + 1)
+            best.cross_attention = self._stack_attention(attn[0], len(best.tokens), frames)
+        return best
 
     def _phrase_start(self, b: int, row: _Row, bias: PhraseBias, logits: np.ndarray, scored: np.ndarray,
                       cache: dict[str, np.ndarray], step_inputs: dict[str, np.ndarray]) -> int:

@@ -66,6 +66,8 @@ class StreamConfig:
     """Start the final decode when the end of utterance looks likely (streaming only)."""
     boost: tuple[tuple[str, float], ...] = ()
     """Phrases to boost, each with its Riva SpeechContext boost score (see edged.pipelines.asr.boost)."""
+    max_alternatives: int = 1
+    """Hypotheses per final result (more than one: finals are beam-searched)."""
 
 
 def offline_config(config: StreamConfig) -> StreamConfig:
