@@ -10,7 +10,7 @@ from edged.loader import LoadedModel
 from edged.pipelines.asr.audio import MODEL_RATE
 from edged.pipelines.asr.endpointing import EndpointParams, Vad
 from edged.pipelines.asr.jobs import DecodeJob, StreamConfig
-from edged.pipelines.asr.recogniser import Hypothesis, Recogniser
+from edged.pipelines.asr.recogniser import Hypothesis, Recogniser, beam_width
 from edged.pipelines.asr.resultmaker import ResultMaker
 from edged.pipelines.asr.stream import AsrStream
 from edged.pipelines.lanes import Lanes
@@ -108,5 +108,16 @@ class AsrModel:
         """One batch's hypotheses and the seconds they took (on a lane: touches no stream)."""
         t0 = time.perf_counter()
         attention = any(j.kind in ("final", "eou") and j.stream.config.word_times for j in group)
-        hyps = self.recogniser.decode([j.audio for j in group], [j.draft for j in group], attention)
-        return hyps, time.perf_counter() - t0
+        rec = self.recogniser
+        biases = [rec.phrase_bias(j.stream.config.boost) for j in group]
+        # Finals (and speculative finals, which may become them) with alternatives: a beam each.
+        beams = [j.kind in ("final", "eou") and j.stream.config.max_alternatives > 1 for j in group]
+        greedy = [i for i, beam in enumerate(beams) if not beam]
+        hyps = dict(zip(greedy, rec.decode([group[i].audio for i in greedy], [group[i].draft for i in greedy],
+                                           attention, [biases[i] for i in greedy])))
+        for i, job in enumerate(group):
+            if beams[i]:
+                hyps[i] = rec.beam(job.audio, beam_width(job.stream.config.max_alternatives), biases[i],
+                                   job.stream.config.word_times)
+        return [hyps[i] for i in range(len(group))], time.perf_counter() - t0
+

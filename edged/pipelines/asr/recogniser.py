@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -26,6 +28,7 @@ from edged.backends import Session
 from edged.errors import ModelLoadError
 from edged.loader import LoadedModel
 from edged.pipelines.asr.audio import MODEL_RATE
+from edged.pipelines.asr.boost import PhraseBias, keep_bonus
 from edged.pipelines.asr.tokenizer import Tokenizer
 
 _LOGGER = logging.getLogger(__name__)
@@ -42,6 +45,17 @@ _LOOP_MAX_UNIT = 24
 _CAP_REPEAT_MIN = 4
 # Draft tokens fed to one decoder call at most (after the greedy token).
 _LOOKAHEAD = 12
+# Widest beam (Recogniser.beam): each beam is a row of every decoder call.
+MAX_BEAM = 4
+# Decodes again of an utterance that left a boosted phrase unfinished (Recogniser._check_phrases).
+_PHRASE_RETRIES = 3
+# Phrase biases kept per recogniser (one per distinct boost list of the streams).
+_BIAS_CACHE = 64
+
+
+def beam_width(max_alternatives: int) -> int:
+    """The beam width for a request of `max_alternatives` (two at least: one is greedy)."""
+    return min(MAX_BEAM, max(2, max_alternatives))
 
 
 @dataclass
@@ -57,7 +71,7 @@ class Hypothesis:
     cross_attention: np.ndarray | None = None
     """[layers, heads, tokens, frames] when the decoder exposes `cross_attentions.N` outputs."""
     alternatives: list[Hypothesis] = field(default_factory=list)
-    """Further distinct hypotheses of the same audio, best first, beyond this one."""
+    """Further distinct hypotheses of the same audio, best first (a beam search's; see Recogniser.beam)."""
 
     @property
     def confidence(self) -> float:
@@ -114,6 +128,12 @@ class _Row:
     """Index in `draft` of the token expected next (None: lost until the tokens match again)."""
     anchor: int = 0
     """Draft index where the tokens last followed the draft."""
+    bans: set[int] = field(default_factory=set)
+    """Token indices decoded without the phrase bias (where a boosted phrase was left unfinished)."""
+    flips: list[int] = field(default_factory=list)
+    """Token indices chosen because of a phrase bonus (the model's own choice was another)."""
+    verdicts: dict[int, dict[int, bool]] = field(default_factory=dict)
+    """Per token index, the phrase starts checked there: whether the phrase fits its budget."""
 
     def take(self, token: int, logprob: float, eos: int) -> None:
         """Append the greedy token (or stop: EOS, repetition loop, cap) and follow the draft."""
@@ -152,6 +172,67 @@ def _encoder_past(outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
             if k.startswith("present.") and ".encoder." in k}
 
 
+def _position_bias(bias: PhraseBias, row: _Row, history: list[int], logprobs: list[float],
+                   logits: np.ndarray) -> tuple[dict[int, float], set[int]]:
+    """The bonuses at one position of a boosted row (`history` its tokens before it), and the
+    phrase starts among them not yet checked (see Recogniser._phrase_start)."""
+    found = bias.continuations(history, logprobs)
+    verdicts = row.verdicts.get(len(history), {})
+    unchecked = set()
+    for token, budget in bias.starts(history, int(np.argmax(logits))).items():
+        if budget > 0:
+            verdict = verdicts.get(token)
+            if verdict is False:
+                continue
+            if verdict is None:
+                unchecked.add(token)
+        keep_bonus(found, token, budget)
+    return found, unchecked
+
+
+def _add(logits: np.ndarray, bonuses: dict[int, float]) -> None:
+    """Add bonuses to one position's logits [vocab], in place."""
+    for token, bonus in bonuses.items():
+        logits[token] += bonus
+
+
+def _biased(logits: np.ndarray, boosted: list[tuple[int, PhraseBias]], rows: list[_Row],
+            ids: np.ndarray) -> tuple[np.ndarray, dict[int, int]]:
+    """`logits` [B, positions, vocab] with each boosted row's phrase bonuses added, and per
+    row the first position where an unchecked phrase start would win (the positions after
+    it are left unbiased: they are not kept). The history at position t is the row's tokens,
+    then the fed tokens 1..t (fed token 0 is the row's last token, or BOS)."""
+    scored = logits.copy()
+    pending: dict[int, int] = {}
+    for b, bias in boosted:
+        row = rows[b]
+        if row.stopped:
+            continue
+        fed = ids[b, 1:].tolist()
+        fed_lp = _log_softmax_at(logits[b, :len(fed)], ids[b, 1:]).tolist()
+        for t in range(logits.shape[1]):
+            if len(row.tokens) + t in row.bans:
+                continue
+            found, unchecked = _position_bias(bias, row, row.tokens + fed[:t], row.logprobs + fed_lp[:t], logits[b, t])
+            _add(scored[b, t], found)
+            if unchecked and int(np.argmax(scored[b, t])) in unchecked:
+                pending[b] = t
+                break
+    return scored, pending
+
+
+def _note_flip(row: _Row, logits: np.ndarray, scored: np.ndarray, token: int) -> None:
+    """Remember the next token if a phrase bonus, not the model, chose it (one position's logits)."""
+    if not row.stopped and scored[token] > logits[token] and int(np.argmax(logits)) != token:
+        row.flips.append(len(row.tokens))
+
+
+def _log_softmax(logits: np.ndarray) -> np.ndarray:
+    """log softmax over the last axis."""
+    peak = logits.max(axis=-1, keepdims=True)
+    return logits - (np.log(np.exp(logits - peak).sum(axis=-1, keepdims=True)) + peak)
+
+
 def _log_softmax_at(logits: np.ndarray, index: np.ndarray) -> np.ndarray:
     """log p(index) under softmax(logits) for each row."""
     peak = logits.max(axis=-1, keepdims=True)
@@ -185,6 +266,20 @@ class Recogniser:
         self._attention_outputs = sorted(
             (o.name for o in self.decoder.outputs if o.name.startswith("cross_attentions.")),
             key=lambda name: int(name.rsplit(".", 1)[1]))
+        self._biases: dict[tuple[tuple[str, float], ...], PhraseBias] = {}
+        self._biases_lock = threading.Lock()
+
+    def phrase_bias(self, boosts: tuple[tuple[str, float], ...]) -> PhraseBias | None:
+        """The phrase bias of a stream's boosts (built once per distinct list), None for none."""
+        if not boosts:
+            return None
+        with self._biases_lock:  # lanes decode on several threads
+            bias = self._biases.get(boosts)
+            if bias is None:
+                if len(self._biases) >= _BIAS_CACHE:
+                    del self._biases[next(iter(self._biases))]
+                bias = self._biases[boosts] = PhraseBias(self.tokenizer, boosts, self.eos)
+        return bias or None
 
     def token_cap(self, samples: int) -> int:
         """Most tokens an utterance of `samples` may decode to (Moonshine hallucinates past it)."""
@@ -203,7 +298,7 @@ class Recogniser:
         return max(0, ((max(0, (samples - 127) // 64 + 1) - 7) // 3 + 1 - 3) // 2 + 1)
 
     def decode(self, audios: list[np.ndarray], drafts: list[list[int]] | None = None,
-               attention: bool = True) -> list[Hypothesis]:
+               attention: bool = True, biases: Sequence[PhraseBias | None] | None = None) -> list[Hypothesis]:
         """Greedy-decode each utterance; a draft (earlier tokens of the same speech) saves calls.
 
         Drafts are checked, never trusted: the first decoder call reads BOS and the drafts'
@@ -211,59 +306,110 @@ class Recogniser:
         differs; later calls feed the greedy token plus the draft's continuation (found again
         after a difference) and keep the part that greedy agrees with. The result is the plain
         greedy decode. `attention`: collect cross-attention for word times (when the decoder
-        exposes it).
+        exposes it). `biases`: per utterance, boosted phrases (see edged.pipelines.asr.boost)
+        or None; an utterance without one decodes exactly as without the argument.
+
+        With a bias, the greedy choice is the argmax of the biased logits, whose bias at each
+        fed position depends on the tokens up to it. Those are known (the row's tokens, then
+        the draft tokens fed before the position), so the draft is still checked position by
+        position against the biased argmax and the result is the biased greedy decode: a
+        boosted stream keeps the drafts' savings, which an ahead of 0 would have lost for
+        every stream in its batch. Where a bonus would start a phrase, the draft is followed
+        no further: the phrase is read whole first (`_phrase_start`), one decoder call. The
+        log-probabilities kept are the model's own (unbiased), so that confidences say what
+        the model heard.
         """
         if not audios:
             return []
-        batch = len(audios)
-        caps = [self.token_cap(len(a)) for a in audios]
-        rows = [_Row(list(d[:cap]), cap) for d, cap in zip(drafts or [[] for _ in audios], caps)]
-        attention = attention and bool(self._attention_outputs)
         hidden = self.encode(audios)
+        samples = [len(a) for a in audios]
+        hyps, rows = self._greedy(hidden, samples, drafts, attention, biases)
+        if biases and any(biases):
+            self._check_phrases(hidden, samples, hyps, rows, biases, attention)
+        return hyps
+
+    def _check_phrases(self, hidden: np.ndarray, samples: list[int], hyps: list[Hypothesis], rows: list[_Row],
+                       biases: Sequence[PhraseBias | None], attention: bool) -> None:
+        """Decode again (in place) the boosted utterances that left a phrase unfinished.
+
+        A safety net behind `_phrase_start`'s check (which reads a phrase in one call, and an
+        int8 decoder rounds that a little differently from steps of one token): each token a
+        bonus chose must lie in a whole phrase of the result, or greedy decoding, which cannot
+        take a token back, would leave a fragment of the phrase. At the first that does not,
+        the utterance is decoded again from its encoder states without the bias at that token
+        (its tokens as the draft, so that costs a call or two), up to _PHRASE_RETRIES times,
+        then without the bias at all.
+        """
+        todo = [b for b, bias in enumerate(biases) if bias]
+        for attempt in range(_PHRASE_RETRIES + 1):
+            failed = []
+            for b in todo:
+                covered = biases[b].covered(hyps[b].tokens)  # type: ignore[union-attr]
+                bad = next((i for i in rows[b].flips if i < len(hyps[b].tokens) and i not in covered), None)
+                if bad is not None:
+                    rows[b].bans.add(bad)
+                    failed.append(b)
+            if not failed:
+                return
+            _LOGGER.debug("Boosted phrase left unfinished in %d utterance(s): decoding again", len(failed))
+            last = attempt == _PHRASE_RETRIES
+            redo, redo_rows = self._greedy(
+                hidden[failed], [samples[b] for b in failed], [hyps[b].tokens for b in failed], attention,
+                None if last else [biases[b] for b in failed], [rows[b].bans for b in failed])
+            for b, hyp, row in zip(failed, redo, redo_rows):
+                hyps[b], rows[b] = hyp, row
+            todo = failed
+
+    def _greedy(self, hidden: np.ndarray, samples: list[int], drafts: list[list[int]] | None, attention: bool,
+                biases: Sequence[PhraseBias | None] | None, bans: list[set[int]] | None = None
+                ) -> tuple[list[Hypothesis], list[_Row]]:
+        """The greedy (biased) decode of encoder states `hidden` (see `decode`), and its rows."""
+        batch = len(samples)
+        caps = [self.token_cap(n) for n in samples]
+        rows = [_Row(list(d[:cap]), cap) for d, cap in zip(drafts or [[] for _ in samples], caps)]
+        for row, banned in zip(rows, bans or []):
+            row.bans = set(banned)
+        attention = attention and bool(self._attention_outputs)
         common = min(len(row.draft) for row in rows)
         ids = np.array([[self.bos, *row.draft[:common]] for row in rows], dtype=np.int64)
-        empty = np.zeros((batch, self._heads, 0, self._head_dim), dtype=np.float32)
         names = self._output_names(first=False, attention=attention)
-        # The first call: the step decoder with an empty decoder cache and the cross K/V, or
-        # the merged decoder's first-call branch, which computes the cross K/V itself.
-        feed: dict[str, np.ndarray] = {"input_ids": ids}
-        parts = ("decoder",) if self.cross_kv is not None else ("decoder", "encoder")
-        for layer in range(self.layers):
-            for part in parts:
-                feed[f"past_key_values.{layer}.{part}.key"] = empty
-                feed[f"past_key_values.{layer}.{part}.value"] = empty
-        step_inputs: dict[str, np.ndarray] = {}  # what a merged decoder's later calls also read
-        if self.cross_kv is not None:
-            encoder_kv = _encoder_past(self.cross_kv.run({"encoder_hidden_states": hidden}))
-            out = self.decoder.run({**feed, **encoder_kv}, names)
-        else:
-            step_inputs = {"encoder_hidden_states": hidden, "use_cache_branch": np.array([True])}
-            feed |= {**step_inputs, "use_cache_branch": np.array([False])}
-            out = self.decoder.run(feed, self._output_names(first=True, attention=attention))
-            encoder_kv = _encoder_past(out)
-        attn: list[list[np.ndarray]] = [[] for _ in audios]
+        out, encoder_kv, step_inputs = self._first_call(hidden, ids, attention)
+        attn: list[list[np.ndarray]] = [[] for _ in samples]
         position = 0  # decoder positions in the KV cache
         chosen = ids[:, 0]
         logits = out["logits"][:, :, :self.vocab]
         ahead = common
+        boosted = [(b, bias) for b, bias in enumerate(biases or []) if bias]
+        boosted_rows = {b for b, _ in boosted}
         while True:
             # `logits` [B, 1 + ahead]: the fed token `chosen` and `ahead` draft tokens after it.
-            agree = np.argmax(logits[:, :ahead], axis=-1) == ids[:, 1:]
+            scored, pending = _biased(logits, boosted, rows, ids) if boosted else (logits, {})
+            agree = np.argmax(scored[:, :ahead], axis=-1) == ids[:, 1:]
+            for b, t in pending.items():  # a phrase start is checked before it is kept
+                agree[b, t:] = False
             active = [b for b in range(batch) if not rows[b].stopped]
             kept = min((int(agree[b].argmin()) if not agree[b].all() else ahead for b in active), default=0)
             for t in range(kept):
                 lp = _log_softmax_at(logits[:, t], ids[:, t + 1])
                 for b in active:
+                    if b in boosted_rows:
+                        _note_flip(rows[b], logits[b, t], scored[b, t], int(ids[b, t + 1]))
                     rows[b].take(int(ids[b, t + 1]), float(lp[b]), self.eos)
             position += 1 + kept
             past = {f"past_key_values.{layer}.decoder.{part}": _prefix(out[f"present.{layer}.decoder.{part}"], position)
                     for layer in range(self.layers) for part in ("key", "value")}
             if attention:
                 self._keep_attention(out, attn, 1 + kept)
-            chosen = np.argmax(logits[:, kept], axis=-1)
+            chosen = np.argmax(scored[:, kept], axis=-1)
+            for b, t in pending.items():
+                if t == kept and not rows[b].stopped:
+                    chosen[b] = self._phrase_start(b, rows[b], dict(boosted)[b], logits[b, kept], scored[b, kept],
+                                                   {**encoder_kv, **past}, step_inputs)
             lp = _log_softmax_at(logits[:, kept], chosen)
             for b in range(batch):
                 if not rows[b].stopped:
+                    if b in boosted_rows:
+                        _note_flip(rows[b], logits[b, kept], scored[b, kept], int(chosen[b]))
                     rows[b].take(int(chosen[b]), float(lp[b]), self.eos)
             active = [b for b in range(batch) if not rows[b].stopped]
             if not active:
@@ -279,12 +425,179 @@ class Recogniser:
                 _LOGGER.debug("Repeated phrase cut after %d of %d tokens", cut, len(row.tokens))
                 del row.tokens[cut:], row.logprobs[cut:]
                 row.stopped = "repeat"
-        frames = [self.frames(len(a)) for a in audios]
+        frames = [self.frames(n) for n in samples]
         return [
             Hypothesis(row.tokens, row.logprobs, frames[b], row.stopped,
                        self._stack_attention(attn[b], len(row.tokens), frames[b]))
             for b, row in enumerate(rows)
-        ]
+        ], rows
+
+    def beam(self, audio: np.ndarray, width: int, bias: PhraseBias | None = None,
+             attention: bool = True) -> Hypothesis:
+        """Beam-search one utterance: the best hypothesis, with up to `width` - 1 further ones
+        of distinct text in `.alternatives`, best first.
+
+        The audio is encoded and its cross K/V computed once, then replicated for the beams
+        (the batch dimension of every decoder call); each step keeps the `width` best
+        continuations and reorders the decoder cache by their beams. A beam ends at EOS, at
+        the token cap or at a repetition loop (the greedy rules); the search stops when
+        `width` have ended. Hypotheses rank by their total log-probability over their length
+        counting EOS, as Whisper's beam search does (without it the shortest ending would
+        win); with a bias, plus the bonus of the boosted phrases they hold (a phrase begun
+        and left earns nothing: see PhraseBias.credit), and each beam's candidates are its
+        best tokens by the model and its best boosted ones. Cross-attention (for word times) comes from one more
+        decoder call that reads the best hypothesis whole.
+        """
+        cap = self.token_cap(len(audio))
+        hidden = self.encode([audio])
+        ids = np.array([[self.bos]], dtype=np.int64)
+        out, encoder_kv, step_inputs = self._first_call(hidden, ids, attention=False)
+        names = self._output_names(first=False, attention=False)
+        # Each beam: tokens, the model's log-probabilities, their sum plus the phrase credit.
+        beams: list[tuple[list[int], list[float], float]] = [([], [], 0.0)]
+        ended: list[tuple[list[int], list[float], float, str]] = []
+        replicated: dict[int, dict[str, np.ndarray]] = {}
+        position = 1
+        while True:
+            logits = out["logits"][:, -1, :self.vocab]
+            own = _log_softmax(logits)
+            candidates = []
+            for i, (tokens, logprobs, _) in enumerate(beams):
+                if bias:  # the candidates by biased score, ranked with the credit they earn
+                    scored = own[i].copy()
+                    bias.add(scored, tokens, logprobs)
+                    boosted = np.flatnonzero(scored != own[i])  # the model's best tokens, and these
+                    tops = np.concatenate([np.argsort(-own[i])[:width + 1], boosted[np.argsort(-scored[boosted])][:width + 1]])
+                    for token in map(int, dict.fromkeys(tops.tolist())):
+                        lp = float(own[i, token])
+                        if token == self.eos:
+                            score = sum(logprobs) + lp + bias.credit(tokens, logprobs, partial=False)
+                        else:
+                            score = sum(logprobs) + lp + bias.credit(tokens + [token], logprobs + [lp])
+                        candidates.append((score, i, token))
+                else:
+                    total = beams[i][2]
+                    for token in map(int, np.argsort(-own[i])[:width + 1]):
+                        candidates.append((total + float(own[i, token]), i, token))
+            candidates.sort(key=lambda c: -c[0])
+            kept: list[tuple[list[int], list[float], float]] = []
+            parents: list[int] = []
+            for total, i, token in candidates:
+                tokens, logprobs, _ = beams[i]
+                if token == self.eos:
+                    ended.append((tokens, logprobs, total, "eos"))
+                    continue
+                tokens, logprobs = tokens + [token], logprobs + [float(own[i, token])]
+                cut = repetition_cut(tokens)
+                if cut is not None:
+                    ended.append((tokens[:cut], logprobs[:cut], total, "loop"))
+                elif len(tokens) >= cap:
+                    ended.append((tokens, logprobs, total, "cap"))
+                else:
+                    kept.append((tokens, logprobs, total))
+                    parents.append(i)
+                if len(kept) == width:
+                    break
+            if len(ended) >= width or not kept:
+                break
+            beams = kept
+            index = np.array(parents)
+            past = {f"past_key_values.{layer}.decoder.{part}":
+                    _prefix(out[f"present.{layer}.decoder.{part}"], position)[index]
+                    for layer in range(self.layers) for part in ("key", "value")}
+            position += 1
+            if len(beams) not in replicated:
+                replicated[len(beams)] = {k: np.repeat(v, len(beams), axis=0)
+                                          for k, v in {**encoder_kv, **step_inputs}.items() if v.ndim > 1}
+            step = {**step_inputs, **replicated[len(beams)]}
+            ids = np.array([[tokens[-1]] for tokens, _, _ in beams], dtype=np.int64)
+            out = self.decoder.run({"input_ids": ids, **step, **past}, names)
+        if not ended:  # cannot happen with a cap of at least one token, kept for safety
+            ended = [(tokens, logprobs, total, "cap") for tokens, logprobs, total in beams]
+        ended.sort(key=lambda e: -e[2] / (len(e[0]) + (e[3] == "eos")))
+        frames = self.frames(len(audio))
+        hyps: list[Hypothesis] = []
+        texts: set[str] = set()
+        for tokens, logprobs, _, stopped in ended:
+            if stopped == "cap" and (cut := repeat_cut(tokens)) is not None:
+                tokens, logprobs, stopped = tokens[:cut], logprobs[:cut], "repeat"
+            text = self.tokenizer.decode(tokens)
+            if text not in texts and len(hyps) < width and (text or not hyps):  # no empty alternative
+                texts.add(text)
+                hyps.append(Hypothesis(tokens, logprobs, frames, stopped))
+        best = hyps[0]
+        best.alternatives = hyps[1:]
+        if attention and self._attention_outputs and best.tokens:
+            # BOS and the tokens read at once: one attention row per token, and the EOS row.
+            forced = np.array([[self.bos, *best.tokens]], dtype=np.int64)
+            attn: list[list[np.ndarray]] = [[]]
+            self._keep_attention(self._first_call(hidden, forced, attention=True)[0], attn, len(best.tokens) + 1)
+            best.cross_attention = self._stack_attention(attn[0], len(best.tokens), frames)
+        return best
+
+    def _phrase_start(self, b: int, row: _Row, bias: PhraseBias, logits: np.ndarray, scored: np.ndarray,
+                      cache: dict[str, np.ndarray], step_inputs: dict[str, np.ndarray]) -> int:
+        """The biased greedy token of row `b` where a bonus would start a phrase: each phrase
+        start that would win is checked first (`_fits`), and keeps its bonus only if the whole
+        phrase fits its budget. Updates `scored` (the position's biased logits) in place."""
+        history = row.tokens
+        while True:
+            found, unchecked = _position_bias(bias, row, history, row.logprobs, logits)
+            scored[:] = logits
+            _add(scored, found)
+            token = int(np.argmax(scored))
+            if token not in unchecked:
+                return token
+            first = float(_log_softmax_at(logits[None], np.array([token]))[0])
+            fits = self._fits(b, bias, bias.completions(token, not history), first, cache, step_inputs)
+            row.verdicts.setdefault(len(history), {})[token] = fits
+            _LOGGER.debug("Boosted phrase start %d at token %d: %s", token, len(history), "kept" if fits else "refused")
+
+    def _fits(self, b: int, bias: PhraseBias, phrases: list[tuple[tuple[int, ...], float]], first: float,
+              cache: dict[str, np.ndarray], step_inputs: dict[str, np.ndarray]) -> bool:
+        """Whether one of `phrases` (token sequences with their budgets, all starting with one
+        token of log-probability `first`) would be, whole, within its budget as row `b`'s next
+        tokens, and not go on into a longer word: one decoder call reads them all."""
+        if not phrases:
+            return False
+        longest = max(len(seq) for seq, _ in phrases)
+        ids = np.array([[*seq, *[seq[-1]] * (longest - len(seq))] for seq, _ in phrases], dtype=np.int64)
+        rows = np.full(len(phrases), b)
+        feed = {"input_ids": ids, **{k: v[rows] for k, v in cache.items()},
+                **{k: v[rows] if v.ndim > 1 else v for k, v in step_inputs.items()}}
+        logits = self.decoder.run(feed, self._output_names(first=False, attention=False))["logits"][:, :, :self.vocab]
+        own = _log_softmax(logits)
+        for i, (seq, budget) in enumerate(phrases):
+            total = first + sum(float(own[i, j - 1, seq[j]]) for j in range(1, len(seq)))
+            if total >= -budget and not bias.joins(int(np.argmax(logits[i, len(seq) - 1]))):
+                return True
+        return False
+
+    def _first_call(self, hidden: np.ndarray, ids: np.ndarray, attention: bool
+                    ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], dict[str, np.ndarray]]:
+        """The first decoder call on `ids` (BOS and the tokens after it): its outputs, the cross
+        K/V and what a merged decoder's later calls also read.
+
+        The step decoder gets an empty decoder cache and the cross K/V; a merged decoder's
+        first-call branch computes the cross K/V itself.
+        """
+        empty = np.zeros((len(ids), self._heads, 0, self._head_dim), dtype=np.float32)
+        feed: dict[str, np.ndarray] = {"input_ids": ids}
+        parts = ("decoder",) if self.cross_kv is not None else ("decoder", "encoder")
+        for layer in range(self.layers):
+            for part in parts:
+                feed[f"past_key_values.{layer}.{part}.key"] = empty
+                feed[f"past_key_values.{layer}.{part}.value"] = empty
+        step_inputs: dict[str, np.ndarray] = {}
+        if self.cross_kv is not None:
+            encoder_kv = _encoder_past(self.cross_kv.run({"encoder_hidden_states": hidden}))
+            out = self.decoder.run({**feed, **encoder_kv}, self._output_names(first=False, attention=attention))
+        else:
+            step_inputs = {"encoder_hidden_states": hidden, "use_cache_branch": np.array([True])}
+            feed |= {**step_inputs, "use_cache_branch": np.array([False])}
+            out = self.decoder.run(feed, self._output_names(first=True, attention=attention))
+            encoder_kv = _encoder_past(out)
+        return out, encoder_kv, step_inputs
 
     def _output_names(self, first: bool, attention: bool) -> list[str]:
         """Decoder outputs to fetch: logits, the KV cache (encoder part: a merged decoder's first call)."""
