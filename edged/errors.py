@@ -66,7 +66,15 @@ class ResourceExhaustedError(EdgedError):
 
 
 class ModelStateError(EdgedError):
-    """A model cannot be loaded or unloaded now (unknown name, does not fit, failed)."""
+    """A model cannot be loaded or unloaded now (failed, broken, stale)."""
+
+
+class ModelNotFoundError(ModelStateError):
+    """No deployed model has the name asked for."""
+
+
+class ModelDoesNotFitError(ModelStateError):
+    """A model would not fit the memory budget now."""
 
 
 class DaemonError(EdgedError):

@@ -16,7 +16,8 @@ import grpc
 
 from edged.config import load_settings
 from edged.errors import ResourceExhaustedError
-from edged.server.app import ServerContext, serve
+from edged.server.app import serve
+from edged.server.context import ServerContext
 
 SERVICE = "edgedtest.Hold"
 METHOD = f"/{SERVICE}/Hold"
@@ -29,9 +30,9 @@ def install(ctx: ServerContext) -> list[str]:
     async def hold(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
         seconds, _, model = request.decode().partition(":")
         try:
-            async with ctx.admission.stream("test", MAX_STREAMS):
-                if model and ctx.registry is not None:
-                    await ctx.registry.use(model)
+            async with ctx.services.admission.stream("test", MAX_STREAMS):
+                if model:
+                    await ctx.services.registry.use(model)
                 await asyncio.sleep(float(seconds))
         except ResourceExhaustedError as exc:
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))

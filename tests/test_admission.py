@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from edged.errors import ResourceExhaustedError
-from edged.server.admission import Admission
+from edged.service.admission import Admission
 
 
 def test_limit_refuses_at_once_and_frees_slots() -> None:

@@ -469,3 +469,19 @@ def test_speak_cli_writes_a_wav(server: str, tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     with wave.open(str(out)) as w:
         assert w.getframerate() == 16000 and 0.5 < w.getnframes() / 16000 < 4
+
+
+def test_zero_shot_data_is_refused_clearly(riva_tts, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """A zero-shot audio prompt is INVALID_ARGUMENT saying why, not silently ignored."""
+    import wave
+
+    prompt = tmp_path / "prompt.wav"
+    with wave.open(str(prompt), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(16000)
+        w.writeframes(bytes(16000))
+    with pytest.raises(grpc.RpcError) as err:
+        riva_tts.synthesize("hi", language_code="en-US", zero_shot_audio_prompt_file=prompt)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "zero_shot_data is not supported" in err.value.details()

@@ -86,7 +86,7 @@ def transcribe_files(address: str, files: list[Path], punctuation: bool = True) 
         except OSError as exc:
             raise EdgedError(f"{path}: {exc.strerror}") from None
         results = [{
-            "transcript": r.alternatives[0].transcript, "confidence": round(r.alternatives[0].confidence, 4),
+            "transcript": r.alternatives[0].transcript.strip(), "confidence": round(r.alternatives[0].confidence, 4),
             "words": [{"word": w.word, "start_ms": w.start_time, "end_ms": w.end_time,
                        "confidence": round(w.confidence, 4)} for w in r.alternatives[0].words],
         } for r in response.results if r.alternatives]
@@ -134,7 +134,7 @@ def _stream_clip(asr: Any, pcm: bytes, rate: int, chunk_ms: int, realtime: bool)
         now = time.perf_counter()
         for result in response.results:
             if result.is_final:
-                log.finals.append(result.alternatives[0].transcript)
+                log.finals.append(result.alternatives[0].transcript.strip())
                 # The endpoint fired once the server had `audio_processed` seconds.
                 when = next((t for audio_s, t in sent if audio_s >= result.audio_processed - 1e-3), None)
                 if when is not None and not done_sending[0]:
@@ -268,7 +268,7 @@ def run_bench(address: str, manifest: Path, streams: int = 1, chunk_ms: int = 16
             except grpc.RpcError as exc:
                 raise EdgedError(f"{path}: {exc.details()}") from None  # type: ignore[attr-defined]
             t_off += time.perf_counter() - t0
-            hyp = " ".join(r.alternatives[0].transcript for r in response.results if r.alternatives)
+            hyp = " ".join(r.alternatives[0].transcript.strip() for r in response.results if r.alternatives)
             e, n = word_errors(text, hyp)
             errors_off += e
             words += n

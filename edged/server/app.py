@@ -5,7 +5,8 @@ health as NOT_SERVING while the models load, so a probe can tell "loading" from 
 and systemd's READY=1 follow once the models that fit the memory budget are loaded. The main
 loop ticks once a second: idle unloads, memory pressure, health and the systemd watchdog.
 SIGTERM or SIGINT stops accepting, lets open streams finish within `shutdown_grace_s`, unloads.
-Services plug their servicers in through `ServerContext` (see `edged.server.services`).
+The speech services (`edged.service`) are made at start-up; gRPC servicers, added by installers
+(see `edged.server.services`), translate Riva's messages to them.
 """
 
 from __future__ import annotations
@@ -16,86 +17,26 @@ import signal
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from typing import Any
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from edged.config import Settings
 from edged.errors import EdgedError
-from edged.loader import LoadedModel
 from edged.server import systemd
-from edged.server.admission import Admission
+from edged.server.context import ServerContext, ServiceInstaller
 from edged.server.control import install as install_control
 from edged.server.exits import EXIT_BOOT_FAILURE, EXIT_OK
 from edged.server.http import HttpEndpoint
 from edged.server.localaudio import LocalAudio
-from edged.server.models import ModelRegistry, ModelState, available_mb
 from edged.server.security import ApiKeyInterceptor, server_credentials, warn_if_exposed
+from edged.service.context import ServiceContext
+from edged.service.registry import ModelState, available_mb
 
 _LOGGER = logging.getLogger(__name__)
 
 TICK_S = 1.0
-SERVICE_PIPELINES = {
-    "asr": "speech_recognition",
-    "tts": "speech_synthesis",
-    "nvidia.riva.asr.RivaSpeechRecognition": "speech_recognition",
-    "nvidia.riva.tts.RivaSpeechSynthesis": "speech_synthesis",
-}
-"""Health names that serve only while a model of their pipeline is loaded (or loadable)."""
-
-
-@dataclass
-class ServerContext:
-    """What a running server holds: settings, loaded models, the gRPC server, health, limits."""
-
-    settings: Settings
-    server: grpc.aio.Server
-    health: health.aio.HealthServicer
-    executor: ThreadPoolExecutor
-    models: dict[str, LoadedModel] = field(default_factory=dict)
-    service_names: list[str] = field(default_factory=list)
-    admission: Admission = field(default_factory=lambda: Admission(0, available_mb))
-    """Stream slots and memory pressure: `async with ctx.admission.stream("asr", limit):`."""
-    registry: ModelRegistry | None = None
-    """Model states and memory; `await ctx.registry.use(name)` loads lazily and marks use."""
-    servicers: dict[str, Any] = field(default_factory=dict)
-    """Servicers by edged service name ("asr", "tts"), for in-process users such as the microphone."""
-    local_audio: LocalAudio | None = None
-    """The machine's microphone and speaker (None when config.sh turns both off)."""
-    started: float = field(default_factory=time.monotonic)
-    serving: bool = False
-    """True from the end of start-up until shutdown begins."""
-    _published: dict[str, int] = field(default_factory=dict, repr=False)
-
-    def health_names(self) -> list[str]:
-        """Every name health answers for: "" (the server), edged's services, the gRPC services."""
-        return ["", *self.settings.enabled_services(), *self.service_names]
-
-    def is_serving(self, name: str = "") -> bool:
-        """Whether health should say SERVING for `name`."""
-        if not self.serving:
-            return False
-        pipeline = SERVICE_PIPELINES.get(name)
-        if pipeline is None or self.registry is None:
-            return True
-        usable = (ModelState.LOADED, ModelState.LOADING, ModelState.UNLOADED)
-        return any(e.pipeline == pipeline and e.state in usable for e in self.registry.entries.values())
-
-    async def publish_health(self) -> None:
-        """Set every health name to SERVING or NOT_SERVING from the current state, where it changed."""
-        for name in self.health_names():
-            status = (health_pb2.HealthCheckResponse.SERVING if self.is_serving(name)
-                      else health_pb2.HealthCheckResponse.NOT_SERVING)
-            if self._published.get(name) != status:  # Watch clients hear of changes only
-                self._published[name] = status
-                await self.health.set(name, status)
-
-
-ServiceInstaller = Callable[[ServerContext], list[str]]
-"""Adds servicers to `ctx.server`; returns the full gRPC service names it registered."""
 
 
 def _address(settings: Settings) -> str:
@@ -103,16 +44,6 @@ def _address(settings: Settings) -> str:
     if ":" in host and not host.startswith("["):
         host = f"[{host}]"  # IPv6 literal
     return f"{host}:{settings.riva_speech_api_port}"
-
-
-def status_line(ctx: ServerContext) -> str:
-    """One line for systemd's STATUS= and the log."""
-    if ctx.registry is None:
-        return "starting"
-    loaded = [e.name for e in ctx.registry.entries.values() if e.state is ModelState.LOADED]
-    out = [e.name for e in ctx.registry.entries.values() if e.state in (ModelState.LEFT_OUT, ModelState.FAILED)]
-    line = f"Serving {len(loaded)} model(s) ({', '.join(loaded) or 'none yet'}), {ctx.admission.total} stream(s)"
-    return line + (f"; not loaded: {', '.join(out)}" if out else "")
 
 
 def _calls_cancelled_at_stop(record: logging.LogRecord) -> bool:
@@ -171,20 +102,19 @@ class Server:
             ("grpc.max_send_message_length", max_bytes),
         ])
         executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="edged-infer")
-        ctx = ServerContext(settings, server, health.aio.HealthServicer(), executor,
-                            admission=Admission(settings.memory_reserve_mb, available_mb))
-        ctx.registry = ModelRegistry(settings, executor, ctx.models)
+        core = ServiceContext.create(settings, executor)
+        ctx = ServerContext(core, server)
         self.ctx = ctx
         health_pb2_grpc.add_HealthServicer_to_server(ctx.health, server)
-        ctx.service_names += install_control(ctx)
+        core.health_services += install_control(ctx)
         for install in self._installers:
-            ctx.service_names += install(ctx)
+            core.health_services += install(ctx)
         reflection.enable_server_reflection(
-            [*ctx.service_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            [*core.health_services, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
              reflection.SERVICE_NAME], server)
         self._bind(server, credentials)
         if settings.metrics_port:
-            self._http = HttpEndpoint(lambda: ctx.serving)
+            self._http = HttpEndpoint(lambda: core.serving)
             try:
                 await self._http.start(settings.listen_address, settings.metrics_port)
             except OSError as exc:
@@ -199,19 +129,23 @@ class Server:
                      "TLS" if credentials else "plaintext",
                      f", metrics on port {settings.metrics_port}" if settings.metrics_port else "")
         systemd.status("Loading models")
-        await ctx.registry.load_initial()
-        entries = ctx.registry.entries.values()
-        if not ctx.models and not (settings.lazy_loading and any(e.state is ModelState.UNLOADED for e in entries)):
+        if core.tts is not None:
+            core.tts.warm_up()  # each voice as soon as it is loaded, while the others load
+        await core.registry.load_initial()
+        entries = core.registry.entries.values()
+        if not core.registry.loaded and not (settings.lazy_loading and any(e.state is ModelState.UNLOADED for e in entries)):
             reasons = "; ".join(f"{e.name}: {e.reason}" for e in entries)
             raise EdgedError(
                 f"No deployed model could be loaded from {settings.model_loc / 'models'}"
                 + (f" ({reasons})" if reasons else "") + "; run `edged init` first.")
-        ctx.serving = True
+        core.serving = True
+        if core.tts is not None:
+            core.tts.loaded()
         await ctx.publish_health()
         if settings.local_mic_enabled or settings.local_speaker_enabled:
-            ctx.local_audio = LocalAudio(ctx)
+            ctx.local_audio = LocalAudio(core)
             await ctx.local_audio.start()
-        self._last_status = status_line(ctx)
+        self._last_status = core.status_line()
         _LOGGER.info("Ready: %s", self._last_status)
         systemd.ready(self._last_status)
 
@@ -239,10 +173,11 @@ class Server:
     async def tick(self) -> None:
         """One round of housekeeping; an error is logged, never ends the loop."""
         ctx = self.ctx
-        if ctx is None or ctx.registry is None:
+        if ctx is None:
             return
+        core = ctx.services
         try:
-            await ctx.registry.unload_idle(time.monotonic())
+            await core.registry.unload_idle(time.monotonic())
             free = available_mb()
             pressure = free < self.settings.memory_reserve_mb
             if pressure != self._under_pressure:
@@ -253,11 +188,11 @@ class Server:
                 else:
                     _LOGGER.info("Memory recovered (%.0f MB available): accepting streams", free)
             await ctx.publish_health()
-            line = status_line(ctx)
+            line = core.status_line()
             if line != self._last_status:
                 self._last_status = line
                 systemd.status(line)
-            if ctx.serving:
+            if core.serving:
                 systemd.watchdog()
         except Exception:
             _LOGGER.exception("Housekeeping failed; trying again at the next tick")
@@ -267,8 +202,9 @@ class Server:
         ctx = self.ctx
         if ctx is None:
             return
-        ctx.serving = False
-        streams = ctx.admission.total
+        core = ctx.services
+        core.serving = False
+        streams = core.admission.total
         systemd.stopping(f"Stopping: draining {streams} stream(s)")
         _LOGGER.info("Stopping: draining %d stream(s), at most %d s", streams, self.settings.shutdown_grace_s)
         await ctx.publish_health()
@@ -277,9 +213,8 @@ class Server:
         await ctx.server.stop(grace=self.settings.shutdown_grace_s)
         if self._http is not None:
             await self._http.stop()
-        if ctx.registry is not None:
-            ctx.registry.unload_all()
-        ctx.executor.shutdown(wait=False, cancel_futures=True)
+        core.registry.unload_all()
+        core.executor.shutdown(wait=False, cancel_futures=True)
         _LOGGER.info("Stopped")
 
 
@@ -301,4 +236,4 @@ def run(settings: Settings) -> int:
     return asyncio.run(serve(settings, default_installers()))
 
 
-__all__ = ["EXIT_BOOT_FAILURE", "EXIT_OK", "Server", "ServerContext", "ServiceInstaller", "run", "serve"]
+__all__ = ["EXIT_BOOT_FAILURE", "EXIT_OK", "Server", "run", "serve"]

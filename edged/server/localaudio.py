@@ -1,15 +1,15 @@
 """The machine's own microphone and speaker, inside the daemon.
 
 Microphone (`local_mic_enabled`): PyAudio captures into a bounded buffer
-(`edged.audio.devices.Microphone`); a task reads it in ~100 ms blocks and feeds one ASR stream
-through the ASR service's batcher, on the same inference executor and in the same batches as
-gRPC clients. Finals go to the log, to `edged.v1` Transcripts subscribers (each a bounded queue:
+(`edged.audio.devices.Microphone`); a task reads it in ~100 ms blocks and feeds their samples to
+a session of the ASR service (`edged.service.asr`), on the same inference executor and in the
+same batches as every client. Finals go to the log, to `edged.v1` Transcripts subscribers (each a bounded queue:
 a slow subscriber loses its oldest results and never holds up the microphone) and, as JSON
 lines, to `local_transcripts_file`. A device that fails or vanishes is reopened with backoff and
 the state shows in `edged status`. Interim results are only made while a subscriber asks for them.
 
-Speaker (`local_speaker_enabled`): Speak requests queue; one task plays them in order. Synthesis
-runs chunk by chunk on the inference executor and each chunk goes straight to the playback
+Speaker (`local_speaker_enabled`): Speak requests queue; one task plays them in order. The TTS
+service synthesises chunk by chunk on the inference executor and each chunk goes straight to the playback
 thread, so sound starts with the first clause. `interrupt`, StopSpeaking and barge-in (the
 microphone hears speech while playing, `local_barge_in`) stop what plays.
 """
@@ -23,11 +23,11 @@ import logging
 import time
 from collections import deque
 from collections.abc import Coroutine
-from dataclasses import dataclass, field, replace
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from riva.client.proto import riva_tts_pb2
 
 from edged.errors import (
     AudioDeviceError,
@@ -36,20 +36,23 @@ from edged.errors import (
     ModelStateError,
     TtsRequestError,
 )
+from edged.pipelines.asr.audio import MODEL_RATE
 from edged.pipelines.asr.results import Result
 from edged.proto import edged_pb2
+from edged.service.asr import AsrSession, RecognitionRequest, Transcript
+from edged.service.tts import SpeechRequest, Synthesis
 
 if TYPE_CHECKING:
     from edged.audio.devices import Microphone, PlaybackHandle, Reconnector, Speaker
-    from edged.pipelines.asr.stream import AsrStream
-    from edged.server.app import ServerContext
+    from edged.service.context import ServiceContext
 
 _LOGGER = logging.getLogger(__name__)
 
-RATE = 16000
 BLOCK_S = 0.1
 """Audio handed to recognition at a time: short enough for prompt endpoints, long enough to batch."""
 MODEL_RETRY_S = 30
+LOCAL_REQUEST = RecognitionRequest(word_times=True)
+"""What the microphone's recognition asks for: the first ASR model, punctuation, word times."""
 SUBSCRIBER_QUEUE = 256
 _MARKS = 64
 
@@ -59,8 +62,7 @@ class _Utterance:
     """One Speak request waiting for, or in, playback."""
 
     id: int
-    model: Any
-    request: Any
+    synthesis: Synthesis
     received: float
     done: asyncio.Future[edged_pb2.SpeakResponse]
     queued: int = 0
@@ -78,7 +80,7 @@ class _Clock:
     marks: deque[float] = field(default_factory=lambda: deque(maxlen=_MARKS))
 
     def mark(self, samples: int, wall: float) -> None:
-        self.marks.append(wall - samples / RATE)
+        self.marks.append(wall - samples / MODEL_RATE)
 
     def wall(self, seconds: float) -> float:
         return (min(self.marks) if self.marks else time.time()) + seconds
@@ -87,7 +89,7 @@ class _Clock:
 class LocalAudio:
     """The daemon's microphone loop, transcript fan-out and speaker queue."""
 
-    def __init__(self, ctx: ServerContext) -> None:
+    def __init__(self, ctx: ServiceContext) -> None:
         settings = ctx.settings
         self._ctx = ctx
         self.mic_enabled = settings.local_mic_enabled
@@ -118,13 +120,13 @@ class LocalAudio:
         """Start the microphone loop and the speaker queue (each only when enabled)."""
         loop = asyncio.get_running_loop()
         if self.mic_enabled:
-            if "asr" not in self._ctx.servicers:
+            if self._ctx.asr is None:
                 self._mic_state = "off: speech recognition is turned off (service_enabled_asr)"
                 _LOGGER.error("local_mic_enabled=true needs service_enabled_asr=true; the microphone stays off")
             else:
                 self._tasks.append(loop.create_task(self._guard(self._mic_loop(), "microphone"), name="edged-mic"))
         if self.speaker_enabled:
-            if "tts" not in self._ctx.servicers:
+            if self._ctx.tts is None:
                 self._speaker_state = "off: speech synthesis is turned off (service_enabled_tts)"
                 _LOGGER.error("local_speaker_enabled=true needs service_enabled_tts=true; the speaker stays off")
             else:
@@ -196,7 +198,7 @@ class LocalAudio:
         from edged.audio.devices import Microphone, Reconnector
 
         device = self._ctx.settings.local_mic_device or None
-        mics = Reconnector(lambda: Microphone(device, rate=RATE))
+        mics = Reconnector(lambda: Microphone(device, rate=MODEL_RATE))
         try:
             while True:
                 self._mic_changed.clear()  # before reading the flag: a change from now on wakes the waits
@@ -225,54 +227,55 @@ class LocalAudio:
             pass
 
     async def _listen(self, mics: Reconnector) -> None:
-        """Feed the microphone to ASR streams until muted: a new stream each time the device (re)opens."""
-        asr = self._ctx.servicers["asr"]
-        batcher = asr.batcher
-        stream: AsrStream | None = None
+        """Feed the microphone to recognition until muted: a new session each time the device (re)opens."""
+        asr = self._ctx.asr
+        assert asr is not None  # start() runs this loop only with ASR on
+        sessions = AsyncExitStack()
+        session: AsrSession | None = None
         clock = _Clock()
         device: Microphone | None = None
         was_speaking = False
         try:
             while not self._muted:
-                block = await asyncio.to_thread(_read_block, mics, int(BLOCK_S * RATE), 1.0)
+                block = await asyncio.to_thread(_read_block, mics, int(BLOCK_S * MODEL_RATE), 1.0)
                 if mics.microphone is not device:  # opened, lost or reopened: utterances end there
-                    if stream is not None:
-                        for result in await batcher.finish(stream):
-                            self._publish(result, clock)
-                        stream = None
+                    if session is not None:
+                        self._publish_all(await session.finish(), clock)
+                        session = None
+                        await sessions.aclose()
                     if device is not None:
                         self._overflows_before += device.overflows
                     device = mics.microphone
                     if device is not None:
                         _LOGGER.info("Microphone %r open at %d Hz%s", device.device_name, device.open_rate,
-                                     "" if device.open_rate == RATE else f", resampled to {RATE} Hz")
+                                     "" if device.open_rate == MODEL_RATE else f", resampled to {MODEL_RATE} Hz")
                         self._mic_device, self._mic_rate = device.device_name, device.open_rate
-                        _, stream = await asr.local_stream()
+                        session = await sessions.enter_async_context(asr.session(LOCAL_REQUEST, local=True))
                         clock = _Clock()
                 self._mic = device
                 self._mic_state = "listening" if mics.state == "open" else mics.state
-                if block is None or stream is None:
+                if block is None or session is None:
                     continue
-                clock.mark(stream.samples + len(block), time.time())
-                wants_interims = any(self._subscribers.values())
-                if stream.config.interim_results != wants_interims:
-                    stream.config = replace(stream.config, interim_results=wants_interims)
-                pcm = (np.clip(block, -1.0, 1.0) * 32767.0).astype("<i2").tobytes()
-                results = await batcher.feed(stream, pcm)
-                self._audio_s += len(block) / RATE
-                speaking = stream.in_speech
+                clock.mark(session.samples + len(block), time.time())
+                session.set_interim_results(any(self._subscribers.values()))
+                results = await session.feed_samples(np.clip(block, -1.0, 1.0).astype(np.float32))
+                self._audio_s += len(block) / MODEL_RATE
+                speaking = session.in_speech
                 if speaking and not was_speaking:
                     self._barge_in()
                 was_speaking = speaking
-                for result in results:
-                    self._publish(result, clock)
+                self._publish_all(results, clock)
         finally:
-            if stream is not None:
-                for result in await batcher.finish(stream):
-                    self._publish(result, clock)
+            if session is not None:
+                self._publish_all(await session.finish(), clock)
+            await sessions.aclose()
             if device is not None:
                 self._overflows_before += device.overflows
             self._mic = None
+
+    def _publish_all(self, transcripts: list[Transcript], clock: _Clock) -> None:
+        for transcript in transcripts:
+            self._publish(transcript.result, clock)
 
     def _publish(self, result: Result, clock: _Clock) -> None:
         """Hand a result to the log, the subscribers and the transcripts file."""
@@ -317,18 +320,16 @@ class LocalAudio:
 
     async def speak(self, request: Any) -> edged_pb2.SpeakResponse:
         """Queue a Speak request (checked now); with `wait`, answer when it has been played."""
-        if not self.speaker_enabled or "tts" not in self._ctx.servicers:
+        tts = self._ctx.tts
+        if not self.speaker_enabled or tts is None:
             raise FeatureOffError("The speaker is off on this server; set local_speaker_enabled=true "
-                                     "(and service_enabled_tts=true) in config.sh and restart edged.")
+                                  "(and service_enabled_tts=true) in config.sh and restart edged.")
         if not request.text.strip():
             raise TtsRequestError("The text is empty; give something to say.")
-        tts = self._ctx.servicers["tts"]
-        model, req = await tts.resolve(riva_tts_pb2.SynthesizeSpeechRequest(
-            text=request.text, voice_name=request.voice))
-        model.check(req)
+        synthesis = await tts.prepare(SpeechRequest(text=request.text, voice=request.voice))
         if request.interrupt:
             self.stop_speaking()
-        utt = _Utterance(next(self._ids), model, req, time.monotonic(),
+        utt = _Utterance(next(self._ids), synthesis, time.monotonic(),
                          asyncio.get_running_loop().create_future(),
                          queued=len(self._queue) + (self._current is not None))
         self._queue.append(utt)
@@ -384,12 +385,14 @@ class LocalAudio:
         if self._speaker is None:
             self._speaker = Speaker(self._ctx.settings.local_speaker_device or None)
         chunks = ChunkFeed()
-        handle = self._speaker.play(chunks, utt.model.sample_rate)
+        handle = self._speaker.play(chunks, utt.synthesis.sample_rate)
         self._handle = handle
         self._speaker_state = "playing"
         seconds = 0.0
         try:
-            async for chunk in self._ctx.servicers["tts"].chunks(utt.model, utt.request):
+            tts = self._ctx.tts
+            assert tts is not None  # speak() queues nothing without it
+            async for chunk in tts.chunks(utt.synthesis):
                 if utt.interrupted or handle.done.is_set():
                     break
                 pcm = np.frombuffer(chunk.pcm, dtype="<i2")

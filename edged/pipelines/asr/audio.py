@@ -130,6 +130,17 @@ def parse_wav_header(data: bytes) -> tuple[SampleFormat, int, int | None] | None
             raise AudioFormatError("No WAV data chunk within the first 64 KiB of the audio.")
 
 
+def header_channels(data: bytes) -> int | None:
+    """The channel count a WAV or FLAC header at the start of `data` gives (None: no such
+    header, or not all of it yet); AudioFormatError for a broken WAV header."""
+    if data[:4] in (b"RIFF", b"RF64"):
+        parsed = parse_wav_header(data[:_MAX_HEADER_BYTES + 16])
+        return parsed[0].channels if parsed is not None else None
+    if data[:4] == b"fLaC" and len(data) >= 8 + 34:  # STREAMINFO, the first metadata block
+        return ((data[8 + 4 + 12] >> 1) & 0x7) + 1
+    return None
+
+
 class AudioDecoder:
     """Bytes as a client sends them, chunk by chunk, to 16 kHz mono float32 (one channel of them)."""
 

@@ -19,8 +19,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from edged.pipelines.asr.audio import MODEL_RATE
-from edged.pipelines.asr.jobs import DecodeJob, JobRunner, StreamConfig, offline_config
+from edged.pipelines.asr.jobs import DecodeJob, JobRunner
 from edged.pipelines.asr.model import AsrModel
 from edged.pipelines.asr.results import Result
 from edged.pipelines.asr.stream import AsrStream
@@ -39,12 +41,12 @@ class _Item:
     """One chunk (or the end, or a whole offline recording) of one stream, and who waits for it."""
 
     stream: AsrStream
-    data: bytes | None
-    """Audio; None for the end of the stream."""
+    data: bytes | np.ndarray | None
+    """Audio (client bytes, or float32 samples at the model's rate); None for the end of the stream."""
     offline: bool
     future: asyncio.Future[list[Result]]
     end_utterance: bool = False
-    """End the open utterance after the chunk (AsrStream.end_utterance)."""
+    """End the open utterance after this chunk (Riva's force_eou)."""
 
 
 class AsrBatcher:
@@ -60,21 +62,21 @@ class AsrBatcher:
         if self._task is None or self._task.done():
             self._task = asyncio.get_running_loop().create_task(self._run(), name="edged-asr-batcher")
 
-    async def feed(self, stream: AsrStream, data: bytes, end_utterance: bool = False) -> list[Result]:
-        """Give a stream its next chunk (maybe empty), then, if asked, end its open utterance
-        there (Riva's force_eou); returns the results it completed."""
+    async def feed(self, stream: AsrStream, data: bytes | np.ndarray, end_utterance: bool = False) -> list[Result]:
+        """Give a stream its next chunk (client bytes, or float32 samples at the model's rate);
+        returns the results it completed. `end_utterance`: the open utterance ends after it."""
         return await self._submit(stream, data, offline=False, end_utterance=end_utterance)
 
     async def finish(self, stream: AsrStream) -> list[Result]:
         """End a stream; returns its last results."""
         return await self._submit(stream, None, offline=False)
 
-    async def recognize(self, model: AsrModel, data: bytes, config: StreamConfig) -> list[Result]:
-        """Offline recognition of a whole recording, on the same executor as the streams."""
-        stream = model.start_stream(offline_config(config))
+    async def recognize(self, stream: AsrStream, data: bytes) -> list[Result]:
+        """Offline recognition of a whole recording by a new stream (of an `offline_config`),
+        on the same executor as the streams."""
         return await self._submit(stream, data, offline=True)
 
-    async def _submit(self, stream: AsrStream, data: bytes | None, offline: bool,
+    async def _submit(self, stream: AsrStream, data: bytes | np.ndarray | None, offline: bool,
                       end_utterance: bool = False) -> list[Result]:
         self._ensure_running()
         future: asyncio.Future[list[Result]] = asyncio.get_running_loop().create_future()

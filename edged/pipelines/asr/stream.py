@@ -144,12 +144,15 @@ class AsrStream:
         self.model.decode_jobs(self.jobs)
         return self.take_results()
 
-    def feed(self, data: bytes, now: float | None = None) -> None:
-        """Decode and endpoint a chunk handled at wall clock `now`; queues the decode jobs of
-        finals (interims: `interim_due`, `queue_interim`). No recognition here."""
+    def feed(self, data: bytes | np.ndarray, now: float | None = None) -> None:
+        """Decode and endpoint a chunk handled at wall clock `now`: client bytes in the config's
+        encoding, or mono float32 samples at MODEL_RATE as they are (the daemon's microphone).
+        Queues the decode jobs of finals (interims: `interim_due`, `queue_interim`); no
+        recognition here."""
         self._now = time.monotonic() if now is None else now
         before = self.samples
-        self._take(self._audio_in.feed(data))
+        self._take(self._audio_in.feed(data) if isinstance(data, bytes)
+                   else np.asarray(data, dtype=np.float32).reshape(-1))
         if self.samples > before:
             self._chunk_s = (self.samples - before) / MODEL_RATE
             offset = self._now - self.samples / MODEL_RATE

@@ -1,9 +1,9 @@
-"""Prometheus metrics of the server, and helpers servicers call to record their work.
+"""Prometheus metrics of the server, and the helpers the speech services record their work with.
 
-Servicers count a request with `with metrics.track_request("asr", model):`, run blocking
+The services count a request with `with metrics.track_request("asr", model):`, run blocking
 inference through `await metrics.run_inference(ctx.executor, model, fn, *args)` (queue time and
 compute time per model), and add audio with `metrics.AUDIO_SECONDS.labels("asr", model).inc(s)`.
-Active streams are counted by admission control (`ctx.admission.stream`).
+Active streams are counted by admission control (`ctx.admission.stream`), whatever the door.
 """
 
 from __future__ import annotations
@@ -37,10 +37,13 @@ MODEL_MEMORY = Gauge("edged_model_memory_bytes", "Memory each loaded model took 
 
 @contextmanager
 def track_request(service: str, model: str) -> Iterator[None]:
-    """Count one request or stream, and a failure if the body raises."""
+    """Count one request or stream, and a failure if the body raises (a consumer that stops
+    reading a generator early is no failure)."""
     REQUESTS.labels(service, model).inc()
     try:
         yield
+    except GeneratorExit:
+        raise
     except BaseException as exc:
         FAILURES.labels(service, model, type(exc).__name__).inc()
         raise

@@ -1,8 +1,8 @@
 """Admission control: a stream gets a slot only while its service has one free and memory is not short.
 
-Servicers wrap each request or stream in `async with ctx.admission.stream("asr", limit):`; when
-the server is full it raises ResourceExhaustedError at once (never queues), with the limit in the
-message, and the servicer answers RESOURCE_EXHAUSTED with that text.
+The speech services wrap each request or stream in `async with ctx.admission.stream("asr", limit):`;
+when the server is full it raises ResourceExhaustedError at once (never queues), with the limit in
+the message, and each door answers with its own status for it (gRPC: RESOURCE_EXHAUSTED).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 from edged.errors import ResourceExhaustedError
-from edged.server import metrics
+from edged.service import metrics
 
 _LOGGER = logging.getLogger(__name__)
 

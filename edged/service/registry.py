@@ -21,11 +21,16 @@ import psutil
 from edged.backends import BackendOptions
 from edged.backends.probe import probe
 from edged.config import Settings
-from edged.errors import EdgedError, ModelStateError
+from edged.errors import (
+    EdgedError,
+    ModelDoesNotFitError,
+    ModelNotFoundError,
+    ModelStateError,
+)
 from edged.loader import LoadedModel, load_model, unloadable_reason
 from edged.repository.records import DeployedModel, current_target, list_models
-from edged.rmir.manifest import PIPELINE_SERVICE
-from edged.server import metrics
+from edged.rmir.manifest import PIPELINE_SERVICE, Manifest
+from edged.service import metrics
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -81,11 +86,11 @@ def available_mb() -> float:
 class ModelRegistry:
     """Loads, unloads and tracks the models of the enabled services within the memory budget."""
 
-    def __init__(self, settings: Settings, executor: Executor, loaded: dict[str, LoadedModel]) -> None:
+    def __init__(self, settings: Settings, executor: Executor) -> None:
         self._settings = settings
         self._executor = executor
-        self.loaded = loaded
-        """Name to loaded model: the dict servicers read (`ServerContext.models`)."""
+        self.loaded: dict[str, LoadedModel] = {}
+        """Name to loaded model."""
         self.entries: dict[str, ModelEntry] = {}
         self.budget_mb = 0.0
         self._options = BackendOptions.from_settings(settings)
@@ -104,6 +109,16 @@ class ModelRegistry:
         free = available_mb() - self._settings.memory_reserve_mb
         self.budget_mb = max(0.0, min(free, cap) if cap else free)
 
+    def manifests(self, pipeline: str) -> dict[str, Manifest]:
+        """The deployed (loaded or loadable) models of a pipeline, by name, in priority order."""
+        return {e.name: e.deployed.manifest for e in self.entries.values()
+                if e.pipeline == pipeline and e.deployed.manifest is not None}
+
+    def serves(self, pipeline: str) -> bool:
+        """Whether a model of `pipeline` is loaded, loading or loadable on demand."""
+        usable = (ModelState.LOADED, ModelState.LOADING, ModelState.UNLOADED)
+        return any(e.pipeline == pipeline and e.state in usable for e in self.entries.values())
+
     def used_mb(self) -> float:
         """Memory the loaded (and loading) models took at deploy."""
         return sum(e.memory_mb for e in self.entries.values()
@@ -119,7 +134,7 @@ class ModelRegistry:
         entry = self.entries.get(name)
         if entry is None:
             known = ", ".join(self.entries) or "none"
-            raise ModelStateError(f"No deployed model named {name!r} (deployed: {known}).")
+            raise ModelNotFoundError(f"No deployed model named {name!r} (deployed: {known}).")
         return entry
 
     async def load_initial(self) -> None:
@@ -183,7 +198,7 @@ class ModelRegistry:
                             break
             if entry.memory_mb > room:
                 entry.state, entry.reason = ModelState.LEFT_OUT, self._no_room(entry, room)
-                raise ModelStateError(f"Model {name} does not fit: {entry.reason}.")
+                raise ModelDoesNotFitError(f"Model {name} does not fit: {entry.reason}.")
             await self._load(entry)
             if entry.state is not ModelState.LOADED:
                 raise ModelStateError(entry.reason)

@@ -1,0 +1,268 @@
+"""Speech recognition as a service: model choice, the pipeline cache, the one batcher, sessions.
+
+Every door (gRPC, the machine's microphone, ...) recognises through `AsrService`:
+
+    async with ctx.asr.session(RecognitionRequest(...)) as session:
+        results = await session.feed(audio)         # or feed_samples(float32 at MODEL_RATE)
+        results += await session.finish()
+
+A session holds an admission slot, counts the request in the metrics and owns one pipeline
+stream per recognised channel; every stream of every door goes through the one `AsrBatcher`.
+Errors are `edged.errors` exceptions (each door maps them to its own statuses).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, TypeVar
+
+import numpy as np
+
+from edged.errors import AudioFormatError, RequestError
+from edged.pipelines.asr.audio import ENCODINGS, MAX_CHANNELS, MODEL_RATE, header_channels
+from edged.pipelines.asr.batcher import AsrBatcher
+from edged.pipelines.asr.model import AsrModel
+from edged.pipelines.asr.results import Result
+from edged.pipelines.asr.jobs import StreamConfig, offline_config
+from edged.pipelines.asr.stream import AsrStream
+from edged.rmir.manifest import Manifest
+from edged.service import metrics
+
+if TYPE_CHECKING:
+    from concurrent.futures import Executor
+
+    from edged.config import Settings
+    from edged.loader import LoadedModel
+    from edged.service.admission import Admission
+    from edged.service.registry import ModelRegistry
+
+_LOGGER = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+MAX_ALTERNATIVES = 4
+"""Most alternatives a final carries (a beam of this width decodes it)."""
+
+ENDPOINT_FIELDS = ("start_history_ms", "start_threshold", "stop_history_ms", "stop_threshold",
+                   "stop_history_eou_ms", "stop_threshold_eou")
+"""Endpointing settings a request may override (Riva's EndpointingConfig; 0 keeps the model's)."""
+
+
+@dataclass(frozen=True)
+class RecognitionRequest:
+    """What a client asks of recognition, whatever its protocol."""
+
+    model: str = ""
+    """A deployed ASR model's name; empty: the first for `language_code`."""
+    language_code: str = ""
+    encoding: str = ""
+    """LINEAR_PCM, MULAW, ALAW, FLAC, or '' to read a WAV or FLAC header."""
+    sample_rate: int = 0
+    channels: int = 1
+    separate_channels: bool = False
+    """Recognise every channel on its own (else only the first, as Riva does)."""
+    interim_results: bool = False
+    punctuation: bool = True
+    word_times: bool = False
+    profanity_filter: bool = False
+    max_alternatives: int = 1
+    boost: tuple[tuple[str, float], ...] = ()
+    """Phrases to favour (or, with a negative score, avoid) and their scores."""
+    endpointing: tuple[tuple[str, float], ...] = ()
+    """Overrides of ENDPOINT_FIELDS, by name."""
+
+
+@dataclass(frozen=True)
+class Transcript:
+    """A result of one channel of a session."""
+
+    result: Result
+    channel: int
+    """The recognised channel (0 for the first)."""
+
+
+class AsrSession:
+    """One client's recognition: a pipeline stream per recognised channel, fed the same audio."""
+
+    def __init__(self, service: AsrService, name: str, model: AsrModel, config: StreamConfig,
+                 separate_channels: bool) -> None:
+        self.model_name = name
+        self._service = service
+        self._model = model
+        self._config = config
+        self._separate = separate_channels
+        self._streams: list[AsrStream] = []
+        self._counted = 0.0
+
+    def _start(self, audio: bytes = b"") -> list[AsrStream]:
+        """The pipeline streams, made with the first audio: one, or one per channel (whose
+        count a WAV or FLAC header in that audio gives when the request's encoding is unset)."""
+        if not self._streams:
+            channels = self._config.channels
+            if self._separate and not self._config.encoding:
+                channels = header_channels(audio) or channels
+            recognised = range(channels) if self._separate else range(1)
+            self._streams = [self._model.start_stream(replace(self._config, channel=c)) for c in recognised]
+        return self._streams
+
+    @property
+    def streams(self) -> list[AsrStream]:
+        """The pipeline streams (one per recognised channel)."""
+        return self._start()
+
+    @property
+    def samples(self) -> int:
+        """Samples of audio received, at the model's rate."""
+        return self.streams[0].samples
+
+    @property
+    def seconds(self) -> float:
+        """Seconds of audio received."""
+        return self.samples / MODEL_RATE
+
+    @property
+    def in_speech(self) -> bool:
+        """Whether someone is speaking in the first channel now."""
+        return self.streams[0].in_speech
+
+    def set_interim_results(self, on: bool) -> None:
+        """Turn interim results on or off for what comes next."""
+        for stream in self.streams:
+            if stream.config.interim_results != on:
+                stream.config = replace(stream.config, interim_results=on)
+
+    async def feed(self, audio: bytes, end_utterance: bool = False) -> list[Transcript]:
+        """The next chunk of client audio (in the request's encoding); the results it completes.
+        `end_utterance`: the open utterance ends after this chunk (Riva's force_eou)."""
+        batcher = self._service.batcher
+        return self._tagged(await asyncio.gather(*(batcher.feed(s, audio, end_utterance)
+                                                   for s in self._start(audio))))
+
+    async def feed_samples(self, samples: np.ndarray) -> list[Transcript]:
+        """The next mono float32 samples at MODEL_RATE (the daemon's own microphone)."""
+        return self._tagged([await self._service.batcher.feed(self.streams[0], samples)])
+
+    async def finish(self) -> list[Transcript]:
+        """End of audio: the last results."""
+        batcher = self._service.batcher
+        return self._tagged(await asyncio.gather(*(batcher.finish(s) for s in self.streams)))
+
+    async def recognize(self, audio: bytes) -> list[Transcript]:
+        """A whole recording at once (offline: no interims, segments decoded in batches)."""
+        batcher = self._service.batcher
+        return self._tagged(await asyncio.gather(*(batcher.recognize(s, audio) for s in self._start(audio))))
+
+    def _tagged(self, outcomes: list[list[Result]]) -> list[Transcript]:
+        self._count(self.seconds)
+        return [Transcript(r, stream.config.channel)
+                for stream, results in zip(self._streams, outcomes) for r in results]
+
+    def _count(self, seconds: float) -> None:
+        if seconds > self._counted:
+            metrics.AUDIO_SECONDS.labels("asr", self.model_name).inc(seconds - self._counted)
+            self._counted = seconds
+
+
+class AsrService:
+    """Recognition for every door: chooses models, caches their pipelines, batches all streams."""
+
+    def __init__(self, settings: Settings, executor: Executor, registry: ModelRegistry,
+                 admission: Admission) -> None:
+        self._settings = settings
+        self._executor = executor
+        self._registry = registry
+        self._admission = admission
+        self.batcher = AsrBatcher(self._run_inference)
+        """The one batcher every stream of this server goes through."""
+        self._pipelines: dict[str, tuple[LoadedModel, LoadedModel, AsrModel]] = {}
+
+    async def _run_inference(self, fn: Callable[..., T], *args: object) -> T:
+        return await metrics.run_inference(self._executor, "asr", fn, *args)
+
+    def models(self) -> dict[str, Manifest]:
+        """The deployed ASR models edged has a pipeline for (Moonshine), by name."""
+        return {n: m for n, m in self._registry.manifests("speech_recognition").items()
+                if m.model_family == "moonshine"}
+
+    def select(self, model: str = "", language_code: str = "") -> str:
+        """The model a request names, or the first for its language; RequestError listing them."""
+        models = self.models()
+        deployed = ", ".join(f"{n} ({m.language_code})" for n, m in models.items()) or "none"
+        if model:
+            if model in models:
+                return model
+            raise RequestError(f"Model {model!r} is not deployed; deployed ASR models: {deployed}.")
+        wanted = language_code.lower()
+        for name, manifest in models.items():
+            code = manifest.language_code.lower()
+            if not wanted or code == wanted or code.split("-")[0] == wanted:
+                return name
+        raise RequestError(f"No deployed ASR model serves language {language_code!r}; "
+                           f"deployed ASR models: {deployed}.")
+
+    async def _pipeline(self, name: str) -> AsrModel:
+        """The pipeline of a model with the VAD (both loaded on demand)."""
+        vads = list(self._registry.manifests("vad"))
+        if not vads:
+            raise RequestError("No VAD model is deployed; ASR needs one for endpointing "
+                               "(add builtin:silero-vad to models_vad and run `edged init`).")
+        registry = self._registry
+        asr, vad = await registry.use(name), await registry.use(vads[0])
+        cached = self._pipelines.get(name)
+        if cached is None or cached[0] is not asr or cached[1] is not vad:
+            cached = (asr, vad, AsrModel(asr, vad))
+            self._pipelines[name] = cached
+        return cached[2]
+
+    def _stream_config(self, request: RecognitionRequest, model: AsrModel, offline: bool) -> StreamConfig:
+        """The pipeline configuration of a request's streams; AudioFormatError or RequestError."""
+        if request.encoding not in ("", *ENCODINGS):
+            raise AudioFormatError(f"Audio encoding {request.encoding} is not supported; use LINEAR_PCM, "
+                                   "FLAC, MULAW or ALAW (or send a WAV file with the encoding unset).")
+        if request.sample_rate < 0 or request.channels < 0:
+            raise AudioFormatError("sample_rate_hertz and audio_channel_count cannot be negative.")
+        if request.channels > MAX_CHANNELS:
+            raise AudioFormatError(f"{request.channels} channels are too many; at most {MAX_CHANNELS}.")
+        if request.max_alternatives < 0:
+            raise RequestError("max_alternatives cannot be negative.")
+        endpoint = model.endpoint.override(**dict(request.endpointing)) if request.endpointing else model.endpoint
+        config = StreamConfig(
+            encoding=request.encoding, sample_rate=request.sample_rate, channels=request.channels or 1,
+            interim_results=request.interim_results, punctuation=request.punctuation,
+            word_times=request.word_times, endpoint=endpoint,
+            interim_interval_ms=self._settings.asr_interim_interval_ms,
+            max_audio_s=float(self._settings.asr_max_audio_seconds),
+            profanity_filter=request.profanity_filter,
+            max_alternatives=min(MAX_ALTERNATIVES, max(1, request.max_alternatives)), boost=request.boost)
+        return offline_config(config) if offline else config
+
+    @asynccontextmanager
+    async def session(self, request: RecognitionRequest, offline: bool = False,
+                      local: bool = False) -> AsyncIterator[AsrSession]:
+        """A recognition session for the body's duration, in an admission slot; raises before
+        the body on any problem. `local`: the daemon's own microphone, which listens for as long
+        as the daemon runs: no client's slot, no audio limit."""
+        name = self.select(request.model, request.language_code)
+        with metrics.track_request("asr", name):
+            if local:
+                yield await self._open(name, request, offline, local)
+            else:
+                async with self._admission.stream("asr", self._settings.asr_max_streams):
+                    yield await self._open(name, request, offline, local)
+
+    async def _open(self, name: str, request: RecognitionRequest, offline: bool, local: bool) -> AsrSession:
+        model = await self._pipeline(name)
+        config = self._stream_config(request, model, offline)
+        if local:
+            config = replace(config, max_audio_s=0.0)
+        _LOGGER.debug("ASR session on %s", name)
+        return AsrSession(self, name, model, config, request.separate_channels)
+
+    async def recognize(self, request: RecognitionRequest, audio: bytes) -> list[Transcript]:
+        """Offline recognition of a whole recording."""
+        async with self.session(request, offline=True) as session:
+            return await session.recognize(audio)

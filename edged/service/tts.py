@@ -1,0 +1,207 @@
+"""Speech synthesis as a service: voices, the voice cache with warm-up, the run gate and pacing.
+
+Every door (gRPC, the machine's speaker, ...) synthesises through `TtsService`:
+
+    async with ctx.tts.session():                      # an admission slot
+        synthesis = await ctx.tts.prepare(SpeechRequest(text, voice))
+        async for chunk in ctx.tts.chunks(synthesis):  # 16-bit PCM AudioChunks, first one early
+            ...
+
+One synthesis step runs on the inference executor at a time, first audio of new requests
+first (`AsyncRunGate`); each request's steps are paced by how far its audio is ahead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from edged.errors import UnknownVoiceError
+from edged.pipelines.tts import AudioChunk, SynthesisRequest, TtsModel
+from edged.pipelines.tts.schedule import AsyncRunGate, Pace
+from edged.pipelines.tts.synthesizer import parse_custom_dictionary, subvoices
+from edged.service import metrics
+
+if TYPE_CHECKING:
+    from concurrent.futures import Executor
+
+    from edged.config import Settings
+    from edged.loader import LoadedModel
+    from edged.service.admission import Admission
+    from edged.service.registry import ModelRegistry
+
+_LOGGER = logging.getLogger(__name__)
+
+_PIPELINE = "speech_synthesis"
+
+
+@dataclass(frozen=True)
+class SpeechRequest:
+    """What a client asks of synthesis, whatever its protocol."""
+
+    text: str
+    """Plain text or SSML (starting with <speak>)."""
+    voice: str = ""
+    """A full voice name ("English-US.Joe"), a family, a model name or an alias; empty: by language."""
+    language_code: str = ""
+    sample_rate: int = 0
+    """Output rate; 0: the voice's own."""
+    custom_dictionary: str = ""
+    """Pronunciations in Riva's format ("word  phonemes" per line or comma-separated)."""
+    rate: float = 1.0
+    """Speaking-rate factor (2.0 is twice as fast)."""
+
+
+@dataclass(frozen=True)
+class VoiceInfo:
+    """A deployed voice model: its language, voice family and subvoices."""
+
+    model: str
+    language_code: str
+    family: str
+    subvoices: dict[str, int]
+    sample_rate: int
+
+    @property
+    def names(self) -> list[str]:
+        """The full voice names, one per subvoice ("English-US.Joe")."""
+        return [f"{self.family}.{s}" for s in self.subvoices]
+
+
+@dataclass(frozen=True)
+class Synthesis:
+    """A checked request and the voice that speaks it."""
+
+    model: TtsModel
+    request: SynthesisRequest
+
+    @property
+    def sample_rate(self) -> int:
+        """The rate of its audio."""
+        return self.request.sample_rate or self.model.sample_rate
+
+
+class TtsService:
+    """Synthesis for every door: voice choice, voices made once, one step at a time."""
+
+    def __init__(self, settings: Settings, executor: Executor, registry: ModelRegistry,
+                 admission: Admission) -> None:
+        self._settings = settings
+        self._executor = executor
+        self._registry = registry
+        self._admission = admission
+        self._loading = True
+        """Until start-up has loaded the models: warm_up keeps looking for newly loaded voices."""
+        self._voices: dict[str, tuple[LoadedModel, TtsModel]] = {}
+        self._voice_lock = asyncio.Lock()
+        self._gate = AsyncRunGate()
+        """One synthesis step on the executor at a time, first audio of new requests first: a
+        step uses every core, and the executor's other worker stays free for ASR."""
+        self._warming: asyncio.Task[None] | None = None
+
+    def _names(self) -> list[str]:
+        """The TTS models this server has deployed (loaded or not)."""
+        return list(self._registry.manifests(_PIPELINE))
+
+    def voices(self, model: str = "") -> list[VoiceInfo]:
+        """Every deployed voice model (or the one named), loaded or not."""
+        out = []
+        for name, manifest in self._registry.manifests(_PIPELINE).items():
+            if model and name != model:
+                continue
+            family, subs = subvoices(name, manifest.parameters)
+            out.append(VoiceInfo(name, manifest.language_code, family, subs, manifest.sample_rate))
+        return out
+
+    def _choose(self, voice: str, language_code: str) -> str:
+        """The model serving a voice name (or the first of a language); UnknownVoiceError."""
+        manifests = self._registry.manifests(_PIPELINE)
+        if not manifests:
+            raise UnknownVoiceError("No speech synthesis model is deployed on this server.")
+        wanted = voice.lower()
+        for name, manifest in manifests.items():
+            params = manifest.parameters
+            family, subs = subvoices(name, params)
+            known = {f"{family}.{s}".lower() for s in subs} | {
+                str(a).lower() for a in (params.get("voice_name"), family, name,
+                                         *params.get("voice_aliases", [])) if a}
+            if wanted and wanted in known:
+                return name
+            if not wanted and (not language_code or language_code.lower() == manifest.language_code.lower()):
+                return name
+        what = f"Voice {voice!r} is not available" if voice else f"No voice speaks language {language_code!r}"
+        names = [n for info in self.voices() for n in info.names]
+        raise UnknownVoiceError(f"{what}; voices: {', '.join(names)}.")
+
+    async def prepare(self, request: SpeechRequest) -> Synthesis:
+        """The voice for a request, loaded, and the request checked (TtsRequestError)."""
+        name = self._choose(request.voice, request.language_code)
+        model = await self._voice(name, await self._registry.use(name))
+        synthesis = Synthesis(model, SynthesisRequest(
+            text=request.text, voice_name=request.voice, sample_rate=request.sample_rate,
+            custom_dictionary=parse_custom_dictionary(request.custom_dictionary), rate=request.rate))
+        model.check(synthesis.request)
+        return synthesis
+
+    async def _voice(self, name: str, loaded: LoadedModel) -> TtsModel:
+        """The TtsModel of a loaded voice, made (and warmed up) once, on the executor."""
+        async with self._voice_lock:
+            cached = self._voices.get(name)
+            if cached is None or cached[0] is not loaded:
+                model = await asyncio.get_running_loop().run_in_executor(
+                    self._executor, TtsModel, loaded, self._settings.tts_max_text_chars)
+                cached = self._voices[name] = (loaded, model)
+            return cached[1]
+
+    def warm_up(self) -> None:
+        """Prepare each voice as soon as the server has loaded it (while it loads the others,
+        until `loaded()`), so that neither its first request nor the idle server pays for it."""
+        async def prepare() -> None:
+            done: set[str] = set()
+            while True:
+                loading = self._loading  # one more pass once everything is loaded
+                for name in self._names():
+                    loaded = self._registry.loaded.get(name)
+                    if loaded is None or name in done:
+                        continue
+                    done.add(name)
+                    try:
+                        await self._voice(name, loaded)
+                    except Exception as exc:  # noqa: BLE001 - requests report it again, precisely
+                        _LOGGER.error("Voice %s cannot synthesise: %s", name, exc)
+                if not loading:
+                    return
+                await asyncio.sleep(0.1)
+
+        self._warming = asyncio.get_running_loop().create_task(prepare(), name="edged-tts-warm-up")
+
+    def loaded(self) -> None:
+        """Start-up has loaded every model it will: warm-up makes its last pass."""
+        self._loading = False
+
+    @asynccontextmanager
+    async def session(self) -> AsyncIterator[None]:
+        """Hold a TTS admission slot for the body (ResourceExhaustedError when full)."""
+        async with self._admission.stream("tts", self._settings.tts_max_streams):
+            yield
+
+    async def chunks(self, synthesis: Synthesis) -> AsyncIterator[AudioChunk]:
+        """The request's audio as it is synthesised, each step on the inference executor in its
+        turn; counted as one request of its voice."""
+        model = synthesis.model
+        with metrics.track_request("tts", model.name):
+            steps: Iterator[AudioChunk] = model.synthesize(synthesis.request)
+            pace = Pace()
+            while True:
+                async with self._gate.turn(pace.key()):
+                    chunk: AudioChunk | None = await metrics.run_inference(
+                        self._executor, model.name, next, steps, None)
+                if chunk is None:
+                    return
+                pace.emitted(chunk.seconds)
+                metrics.AUDIO_SECONDS.labels("tts", model.name).inc(chunk.seconds)
+                yield chunk
