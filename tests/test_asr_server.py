@@ -31,7 +31,7 @@ from edged.repository.deploy import deploy
 from edged.repository.records import DeployTarget
 from edged.rmir import RmirRef
 from tests.conftest import SHARED, require_default_packs
-from tests.test_server import free_port, start_server, wait_serving
+from tests.test_server import free_port, serving
 
 MAX_STREAMS = 8
 EVALCORPUS = SHARED / "evalcorpus"
@@ -83,18 +83,22 @@ def asr_server(asr_repo: Path) -> Iterator[str]:
         f'model_loc="{tmp / "repo"}"\nriva_speech_api_port={port}\nlisten_address="127.0.0.1"\n'
         f"service_enabled_tts=false\nasr_max_streams={MAX_STREAMS}\nasr_max_audio_seconds=120\n"
         "asr_stream_idle_timeout_s=4\nmetrics_port=0\n", encoding="utf-8")
-    proc = start_server(cfg, tmp / "server.log")
-    try:
-        wait_serving(proc, port, timeout=120)
-        yield f"127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-    log = (tmp / "server.log").read_text()
-    assert "Traceback" not in log, log[-3000:]
+    with serving(cfg, port) as address:
+        yield address
+
+
+def stereo_wav(left: bytes, right: bytes, rate: int) -> bytes:
+    """A stereo 16-bit WAV of two mono PCM tracks (the shorter padded with silence)."""
+    a, b = (np.frombuffer(x, dtype="<i2") for x in (left, right))
+    frames = np.zeros((max(len(a), len(b)), 2), dtype="<i2")
+    frames[:len(a), 0], frames[:len(b), 1] = a, b
+    out = io.BytesIO()
+    with wave.open(out, "wb") as w:
+        w.setnchannels(2)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(frames.tobytes())
+    return out.getvalue()
 
 
 def service(address: str) -> riva.client.ASRService:
@@ -419,15 +423,9 @@ def test_stream_recognises_one_channel(asr_model: AsrModel) -> None:
     pcm, rate = pcm_of(beckett_path())
     samples = np.frombuffer(pcm, dtype="<i2")
     cut = int(4.4 * rate)  # "Ever tried. Ever failed. No matter." | "Try again. Fail again. ..."
-    stereo = np.stack([samples[:cut], samples[cut:2 * cut]], axis=1)
-    out = io.BytesIO()
-    with wave.open(out, "wb") as w:
-        w.setnchannels(2)
-        w.setsampwidth(2)
-        w.setframerate(rate)
-        w.writeframes(stereo.tobytes())
-    first = " ".join(_run_stream(asr_model, StreamConfig(), out.getvalue(), 4 * rate))
-    second = " ".join(_run_stream(asr_model, StreamConfig(channel=1), out.getvalue(), 4 * rate))
+    wav = stereo_wav(samples[:cut].tobytes(), samples[cut:2 * cut].tobytes(), rate)
+    first = " ".join(_run_stream(asr_model, StreamConfig(), wav, 4 * rate))
+    second = " ".join(_run_stream(asr_model, StreamConfig(channel=1), wav, 4 * rate))
     assert word_errors("Ever tried. Ever failed. No matter.", first)[0] <= 1, first
     assert word_errors("Try again. Fail again. Fail better.", second)[0] <= 1, second
 

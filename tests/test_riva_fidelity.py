@@ -9,9 +9,6 @@ process, without its random noise, so the same every run) and from moonshine-cpp
 
 from __future__ import annotations
 
-import io
-import subprocess
-import wave
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -32,8 +29,8 @@ from edged.repository.deploy import deploy
 from edged.repository.records import DeployTarget, list_models
 from edged.rmir import RmirRef
 from tests.conftest import require_default_packs
-from tests.test_asr_server import beckett_path, pcm_of
-from tests.test_server import free_port, start_server, wait_serving
+from tests.test_asr_server import beckett_path, pcm_of, stereo_wav
+from tests.test_server import free_port, serving
 
 RATE = 16000
 LIN = riva.client.AudioEncoding.LINEAR_PCM
@@ -71,18 +68,8 @@ def address(repo: Path) -> Iterator[str]:
     cfg = tmp / "config.sh"
     cfg.write_text(f'model_loc="{tmp / "repo"}"\nriva_speech_api_port={port}\nlisten_address="127.0.0.1"\n'
                    "metrics_port=0\n", encoding="utf-8")
-    proc = start_server(cfg, tmp / "server.log")
-    try:
-        wait_serving(proc, port, timeout=120)
-        yield f"127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-    log = (tmp / "server.log").read_text()
-    assert "Traceback" not in log, log[-3000:]
+    with serving(cfg, port) as address:
+        yield address
 
 
 def asr(address: str) -> riva.client.ASRService:
@@ -139,26 +126,11 @@ def test_finals_end_with_a_space_as_rivas_do(address: str) -> None:
     assert all(not r.alternatives[0].transcript.endswith(" ") for r in results if not r.is_final)
 
 
-def _stereo(left: bytes, right: bytes) -> bytes:
-    """A 16 kHz stereo WAV of two mono PCM tracks (the shorter padded with silence)."""
-    a, b = (np.frombuffer(x, dtype="<i2") for x in (left, right))
-    n = max(len(a), len(b))
-    frames = np.zeros((n, 2), dtype="<i2")
-    frames[:len(a), 0], frames[:len(b), 1] = a, b
-    out = io.BytesIO()
-    with wave.open(out, "wb") as w:
-        w.setnchannels(2)
-        w.setsampwidth(2)
-        w.setframerate(RATE)
-        w.writeframes(frames.tobytes())
-    return out.getvalue()
-
-
 def test_only_the_first_channel_unless_each_is_asked_for(address: str, voice: TtsModel) -> None:
     """Riva recognises channel 1 of multi-channel audio; with separate recognition every channel,
     each result tagged with its channel."""
     fox = spoken(voice, "The quick brown fox jumps over the lazy dog.")
-    wav = _stereo(beckett(), fox)
+    wav = stereo_wav(beckett(), fox, RATE)
     plain = asr(address).offline_recognize(wav, config(encoding=None, sample_rate_hertz=None))
     assert {r.channel_tag for r in plain.results} == {1}
     assert "tried" in text_of(plain).lower() and "fox" not in text_of(plain).lower()
@@ -250,7 +222,7 @@ def test_max_alternatives_gives_distinct_alternatives_best_first(address: str, v
 
 def test_decoded_channel_of_a_stereo_wav_is_the_first() -> None:
     """The pipeline reads channel 0 of a WAV, not a downmix (what the server relies on)."""
-    wav = _stereo(beckett(), bytes(len(beckett())))
+    wav = stereo_wav(beckett(), bytes(len(beckett())), RATE)
     samples = decode_all(wav, "", 0)
     reference = np.frombuffer(beckett(), dtype="<i2").astype(np.float32) / 32768.0
     assert np.abs(samples[:len(reference)] - reference).max() < 1e-3

@@ -8,6 +8,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import grpc
@@ -66,6 +68,25 @@ def wait_serving(proc: subprocess.Popen[bytes], port: int, timeout: float = 60) 
             return seen
         time.sleep(0.05)
     raise AssertionError(f"not SERVING within {timeout} s; saw {seen}")
+
+
+@contextmanager
+def serving(cfg: Path, port: int, timeout: float = 120) -> Iterator[str]:
+    """`edged start -c cfg` on a loopback port until the block ends; yields its address. Its
+    log (beside cfg) must hold no traceback."""
+    log = cfg.parent / "server.log"
+    proc = start_server(cfg, log)
+    try:
+        wait_serving(proc, port, timeout=timeout)
+        yield f"127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    text = log.read_text()
+    assert "Traceback" not in text, text[-3000:]
 
 
 @pytest.fixture

@@ -31,6 +31,7 @@ from edged.pipelines.asr.jobs import StreamConfig, offline_config
 from edged.pipelines.asr.stream import AsrStream
 from edged.rmir.manifest import Manifest
 from edged.service import metrics
+from edged.service.base import SpeechService
 
 if TYPE_CHECKING:
     from concurrent.futures import Executor
@@ -167,15 +168,12 @@ class AsrSession:
             self._counted = seconds
 
 
-class AsrService:
+class AsrService(SpeechService):
     """Recognition for every door: chooses models, caches their pipelines, batches all streams."""
 
     def __init__(self, settings: Settings, executor: Executor, registry: ModelRegistry,
                  admission: Admission) -> None:
-        self._settings = settings
-        self._executor = executor
-        self._registry = registry
-        self._admission = admission
+        super().__init__(settings, executor, registry, admission)
         self.batcher = AsrBatcher(self._run_inference)
         """The one batcher every stream of this server goes through."""
         self._pipelines: dict[str, tuple[LoadedModel, LoadedModel, AsrModel]] = {}

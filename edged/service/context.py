@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+
 from edged.config import Settings
 from edged.service.admission import Admission
 from edged.service.asr import AsrService

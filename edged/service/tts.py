@@ -25,6 +25,7 @@ from edged.pipelines.tts import AudioChunk, SynthesisRequest, TtsModel
 from edged.pipelines.tts.schedule import AsyncRunGate, Pace
 from edged.pipelines.tts.synthesizer import parse_custom_dictionary, subvoices
 from edged.service import metrics
+from edged.service.base import SpeechService
 
 if TYPE_CHECKING:
     from concurrent.futures import Executor
@@ -85,15 +86,12 @@ class Synthesis:
         return self.request.sample_rate or self.model.sample_rate
 
 
-class TtsService:
+class TtsService(SpeechService):
     """Synthesis for every door: voice choice, voices made once, one step at a time."""
 
     def __init__(self, settings: Settings, executor: Executor, registry: ModelRegistry,
                  admission: Admission) -> None:
-        self._settings = settings
-        self._executor = executor
-        self._registry = registry
-        self._admission = admission
+        super().__init__(settings, executor, registry, admission)
         self._loading = True
         """Until start-up has loaded the models: warm_up keeps looking for newly loaded voices."""
         self._voices: dict[str, tuple[LoadedModel, TtsModel]] = {}
