@@ -392,6 +392,8 @@ class Recogniser:
             for t in range(kept):
                 lp = _log_softmax_at(logits[:, t], ids[:, t + 1])
                 for b in active:
+                    if rows[b].stopped:  # at an earlier token of this call (cap, loop cut), as greedy would
+                        continue
                     if b in boosted_rows:
                         _note_flip(rows[b], logits[b, t], scored[b, t], int(ids[b, t + 1]))
                     rows[b].take(int(ids[b, t + 1]), float(lp[b]), self.eos)
