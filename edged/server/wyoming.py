@@ -259,6 +259,8 @@ class WyomingHandler(AsyncEventHandler):
             raise AudioFormatError("audio-start needs a positive rate and channel count.")
         transcribe, self._transcribe = self._transcribe, Transcribe()
         model = "" if transcribe.name in (None, "", PROGRAM) else str(transcribe.name)
+        # Interims are not sent (a transcript-chunk is final text to append), but deciding them
+        # drafts the decode a final then reuses: with them on, audio-stop to transcript is shorter.
         request = RecognitionRequest(model=model, language_code=transcribe.language or "",
                                      encoding="LINEAR_PCM", sample_rate=start.rate,
                                      channels=start.channels, interim_results=True)
