@@ -238,8 +238,16 @@ def test_bad_input_is_answered_and_leaves_no_stream(daemon: Daemon) -> None:
             errors.append(Error.from_event(await _read(client)))
             await client.write_event(AudioChunk(rate=16000, width=3, channels=1, audio=bytes(480)).event())
             await client.write_event(AudioStop().event())
-            await client.write_event(Synthesize(text="", ).event())
+            await client.write_event(Synthesize(text="").event())
             errors.append(Error.from_event(await _read(client)))
+            await client.write_event(Event(type="audio-start", data={"width": 2}))  # no rate
+            errors.append(Error.from_event(await _read(client)))
+        # bytes that are no Wyoming event at all: the connection ends, the server does not
+        reader, writer = await asyncio.open_connection("127.0.0.1", daemon.wyoming_port)
+        writer.write(b'{"data": {}}\n[1, 2]\n')
+        await writer.drain()
+        assert await asyncio.wait_for(reader.read(), timeout=10) == b""
+        writer.close()
         # a client that goes away in the middle of its audio
         client = AsyncTcpClient("127.0.0.1", daemon.wyoming_port)
         await client.connect()
@@ -252,7 +260,8 @@ def test_bad_input_is_answered_and_leaves_no_stream(daemon: Daemon) -> None:
 
     errors = asyncio.run(run())
     assert all(e.text and "\n" not in e.text for e in errors), errors
-    assert [e.code for e in errors] == ["bad-request", "audio-format", "audio-format", "bad-request"], errors
+    assert [e.code for e in errors] == ["bad-request", "audio-format", "audio-format", "bad-request",
+                                         "bad-request"], errors
     for _ in range(50):
         if _asr_streams(daemon.grpc_port) == 0:
             break
@@ -261,6 +270,30 @@ def test_bad_input_is_answered_and_leaves_no_stream(daemon: Daemon) -> None:
     text, _ = asyncio.run(_transcribe(daemon.wyoming_port, pcm, rate))  # still answers
     assert _wer(BECKETT, text) <= 0.2, text
     assert "Traceback" not in daemon.log.read_text()
+
+
+def test_sigterm_with_an_open_wyoming_stream(repo: Path) -> None:
+    """SIGTERM while a client streams: the daemon ends its connection and exits cleanly."""
+    pcm, rate = pcm_of(beckett_path())
+    proc, d = _start(repo.parent, repo, "sigterm", "wyoming_zeroconf=false\nshutdown_grace_s=2\n")
+    try:
+        async def run() -> Event | None:
+            async with AsyncTcpClient("127.0.0.1", d.wyoming_port) as client:
+                await client.write_event(AudioStart(rate=rate, width=2, channels=1).event())
+                await client.write_event(AudioChunk(rate=rate, width=2, channels=1, audio=pcm[:32000]).event())
+                assert TranscriptStart.is_type((await _read(client)).type)
+                proc.terminate()
+                event: Event | None = await asyncio.wait_for(client.read_event(), timeout=30)
+                while event is not None and TranscriptChunk.is_type(event.type):
+                    event = await asyncio.wait_for(client.read_event(), timeout=30)
+                return event
+
+        assert asyncio.run(run()) is None  # the connection ends
+        assert proc.wait(timeout=30) == 0
+    finally:
+        _stop(proc)
+    log = d.log.read_text()
+    assert "Stopped" in log and "Traceback" not in log, log[-3000:]
 
 
 def test_port_in_use_is_one_line_boot_error(repo: Path) -> None:

@@ -149,6 +149,15 @@ def describe(ctx: ServiceContext) -> Info:
     return info
 
 
+_REQUESTS: dict[str, Any] = {
+    kind: cls for cls, kind in (
+        (Describe, "describe"), (Ping, "ping"), (Transcribe, "transcribe"), (AudioStart, "audio-start"),
+        (AudioChunk, "audio-chunk"), (AudioStop, "audio-stop"), (Synthesize, "synthesize"),
+        (SynthesizeStart, "synthesize-start"), (SynthesizeChunk, "synthesize-chunk"),
+        (SynthesizeStop, "synthesize-stop"))}
+"""The events a client may send, by type, and the class that reads each."""
+
+
 class _Transcription:
     """One `audio-start` ... `audio-stop` of a connection: its session and the text so far."""
 
@@ -198,6 +207,15 @@ class WyomingHandler(AsyncEventHandler):
                 return False
         return True
 
+    async def run(self) -> None:
+        """Read events until the client goes; one that cannot even be framed ends the connection."""
+        try:
+            await super().run()
+        except (ConnectionError, asyncio.IncompleteReadError):
+            _LOGGER.debug("Wyoming client went away mid-event")
+        except Exception as exc:  # noqa: BLE001 - a connection's end must not take the server along
+            _LOGGER.warning("Wyoming connection closed: unreadable event (%s: %s)", type(exc).__name__, exc)
+
     async def disconnect(self) -> None:
         """The client went away: close whatever session it left open."""
         await self._close_session()
@@ -211,35 +229,39 @@ class WyomingHandler(AsyncEventHandler):
 
     async def _dispatch(self, event: Event) -> None:
         kind = event.type
-        if Describe.is_type(kind):
-            await self.write_event(describe(self._ctx).event())
-        elif Ping.is_type(kind):
-            await self.write_event(Pong(text=Ping.from_event(event).text).event())
-        elif kind == "select-program":
-            return  # both programs are "edged"; nothing to select
-        elif Transcribe.is_type(kind):
-            self._transcribe = Transcribe.from_event(event)
-        elif AudioStart.is_type(kind):
-            await self._audio_start(AudioStart.from_event(event))
-        elif AudioChunk.is_type(kind):
-            await self._audio_chunk(AudioChunk.from_event(event))
-        elif AudioStop.is_type(kind):
-            await self._audio_stop()
-        elif Synthesize.is_type(kind):
-            if not self._streaming_tts:  # while streaming it only repeats the text, for old servers
-                request = Synthesize.from_event(event)
-                await self._synthesize([request.text], request.voice, start=True, stop=True)
-        elif SynthesizeStart.is_type(kind):
-            await self._synthesize_start(SynthesizeStart.from_event(event))
-        elif SynthesizeChunk.is_type(kind):
-            await self._synthesize_chunk(SynthesizeChunk.from_event(event))
-        elif SynthesizeStop.is_type(kind):
-            await self._synthesize_stop()
-        else:  # answered, and whatever stream is open carries on
+        parser = _REQUESTS.get(kind)
+        if parser is None and kind != "select-program":  # answered; an open stream carries on
             error = Error(text=f"edged does not serve Wyoming {kind!r} events; it answers describe, "
                                "transcribe with audio, synthesize and synthesize-start.", code="bad-request")
             _LOGGER.info("Wyoming %s refused (%s)", kind, error.code)
             await self.write_event(error.event())
+            return
+        try:
+            request = parser.from_event(event) if parser is not None else None
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise RequestError(f"The Wyoming {kind!r} event is malformed ({type(exc).__name__}: {exc}).") from None
+        if isinstance(request, Describe):
+            await self.write_event(describe(self._ctx).event())
+        elif isinstance(request, Ping):
+            await self.write_event(Pong(text=request.text).event())
+        elif isinstance(request, Transcribe):
+            self._transcribe = request
+        elif isinstance(request, AudioStart):
+            await self._audio_start(request)
+        elif isinstance(request, AudioChunk):
+            await self._audio_chunk(request)
+        elif isinstance(request, AudioStop):
+            await self._audio_stop()
+        elif isinstance(request, Synthesize):
+            if not self._streaming_tts:  # while streaming it only repeats the text, for old servers
+                await self._synthesize([request.text], request.voice, start=True, stop=True)
+        elif isinstance(request, SynthesizeStart):
+            await self._synthesize_start(request)
+        elif isinstance(request, SynthesizeChunk):
+            await self._synthesize_chunk(request)
+        elif isinstance(request, SynthesizeStop):
+            await self._synthesize_stop()
+        # select-program: both programs are "edged", there is nothing to select
 
     # Speech recognition
 
