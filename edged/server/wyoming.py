@@ -59,9 +59,10 @@ from edged.errors import (
     TtsRequestError,
     UnknownVoiceError,
 )
-from edged.service.asr import AsrSession, RecognitionRequest
+from edged.service.asr import AsrService, AsrSession, RecognitionRequest
+from edged.service.asr import Transcript as Recognised
 from edged.service.context import ServiceContext
-from edged.service.tts import SpeechRequest
+from edged.service.tts import SpeechRequest, TtsService
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -179,8 +180,9 @@ class WyomingHandler(AsyncEventHandler):
         """The open ASR or streaming TTS session (closed at its end, on error, at disconnect)."""
         self._transcribe = Transcribe()
         self._asr: _Transcription | None = None
-        self._refused = False
-        """A stream (audio-start, synthesize-start) failed: its events are dropped quietly until its stop."""
+        self._refused = ""
+        """The stream that failed ("audio", "synthesis"): its later events are dropped quietly
+        until its stop (the error event has told the client)."""
         self._tts_voice: SynthesizeVoice | None = None
         self._tts_text = ""
         self._tts_started = False
@@ -194,7 +196,10 @@ class WyomingHandler(AsyncEventHandler):
             return False
         except Exception as exc:  # noqa: BLE001 - every error becomes an error event
             # the rest of a failed stream (its chunks, its stop) is dropped quietly
-            self._refused = self._refused or self._asr is not None or self._streaming_tts
+            if self._asr is not None:
+                self._refused = "audio"
+            elif self._streaming_tts:
+                self._refused = "synthesis"
             await self._close_session()
             error = error_for(exc)
             if error.code == "internal":
@@ -254,7 +259,7 @@ class WyomingHandler(AsyncEventHandler):
             await self._audio_stop()
         elif isinstance(request, Synthesize):
             if not self._streaming_tts:  # while streaming it only repeats the text, for old servers
-                await self._synthesize([request.text], request.voice, start=True, stop=True)
+                await self._synthesize(request.text, request.voice)
         elif isinstance(request, SynthesizeStart):
             await self._synthesize_start(request)
         elif isinstance(request, SynthesizeChunk):
@@ -265,14 +270,14 @@ class WyomingHandler(AsyncEventHandler):
 
     # Speech recognition
 
-    def _asr_service(self) -> Any:
+    def _asr_service(self) -> AsrService:
         if self._ctx.asr is None:
             raise RequestError("Speech recognition is off on this server (service_enabled_asr=false).")
         return self._ctx.asr
 
     async def _audio_start(self, start: AudioStart) -> None:
         await self._close_session()
-        self._refused = True
+        self._refused = "audio"
         asr = self._asr_service()
         if start.width not in _WIDTHS:
             raise AudioFormatError(f"Audio of sample width {start.width} is not supported; send 16-bit "
@@ -289,14 +294,14 @@ class WyomingHandler(AsyncEventHandler):
                                      channels=start.channels, interim_results=False)
         session = await self._stack.enter_async_context(asr.session(request))
         self._asr = _Transcription(session, start)
-        self._refused = False
+        self._refused = ""
         language = asr.models()[session.model_name].language_code
         await self.write_event(TranscriptStart(language=language).event())
 
     async def _audio_chunk(self, chunk: AudioChunk) -> None:
         asr = self._asr
         if asr is None:
-            if self._refused:
+            if self._refused == "audio":
                 return
             raise AudioFormatError("audio-chunk came before audio-start; send audio-start (rate, width, "
                                    "channels) first.")
@@ -309,7 +314,7 @@ class WyomingHandler(AsyncEventHandler):
             chunk = asr.converter.convert(chunk)
         await self._send_finals(asr, await asr.session.feed(chunk.audio))
 
-    async def _send_finals(self, asr: _Transcription, results: list[Any]) -> None:
+    async def _send_finals(self, asr: _Transcription, results: list[Recognised]) -> None:
         for t in results:
             text = t.result.transcript.strip()
             if t.result.is_final and t.channel == 0 and text:
@@ -317,9 +322,13 @@ class WyomingHandler(AsyncEventHandler):
                 asr.finals.append(text)
 
     async def _audio_stop(self) -> None:
-        asr, self._refused = self._asr, False
+        asr = self._asr
         if asr is None:
-            return  # its audio-start was refused (and answered) or never came: nothing to finish
+            if self._refused == "audio":  # its audio-start was refused, and answered
+                self._refused = ""
+                return
+            raise AudioFormatError("audio-stop came before audio-start; send audio-start, audio-chunks, "
+                                   "then audio-stop.")
         await self._send_finals(asr, await asr.session.finish())
         language = self._asr_service().models()[asr.session.model_name].language_code
         await self._close_session()
@@ -328,73 +337,71 @@ class WyomingHandler(AsyncEventHandler):
 
     # Speech synthesis
 
-    def _speech_request(self, text: str, voice: SynthesizeVoice | None) -> SpeechRequest:
+    def _tts_service(self) -> TtsService:
         if self._ctx.tts is None:
             raise TtsRequestError("Speech synthesis is off on this server (service_enabled_tts=false).")
+        return self._ctx.tts
+
+    def _speech_request(self, text: str, voice: SynthesizeVoice | None) -> SpeechRequest:
+        """A Wyoming voice (a model or family name, a speaker, a language) as edged's request."""
         name, language = (voice.name or "", voice.language or "") if voice else ("", "")
-        if voice and voice.speaker:
-            family = next((v.family for v in self._ctx.tts.voices() if v.model == name or v.family == name), "")
-            name = f"{family or name}.{voice.speaker}"
+        if voice and voice.speaker:  # "English-US" + "Joe" is the voice "English-US.Joe"
+            voices = self._tts_service().voices()
+            family = next((v.family for v in voices if name in (v.model, v.family)), name)
+            name = f"{family}.{voice.speaker}"
         return SpeechRequest(text=text, voice=name, language_code=language)
 
-    async def _synthesize(self, texts: list[str], voice: SynthesizeVoice | None,
-                          start: bool, stop: bool) -> None:
-        """Speak each text in turn; `start`/`stop`: the first and last of one audio stream."""
-        tts = self._ctx.tts
-        if start or stop:  # one request: its own slot; streaming holds one in self._stack
-            async with AsyncExitStack() as stack:
-                if tts is not None:
-                    await stack.enter_async_context(tts.session())
-                await self._speak(texts, voice, start, stop)
-        else:
-            await self._speak(texts, voice, start, stop)
+    async def _synthesize(self, text: str, voice: SynthesizeVoice | None) -> None:
+        """One `synthesize`: its audio stream, in its own TTS slot."""
+        async with self._tts_service().session():
+            await self._speak([text], voice)
+            await self._end_audio()
 
-    async def _speak(self, texts: list[str], voice: SynthesizeVoice | None, start: bool, stop: bool) -> None:
-        tts = self._ctx.tts
+    async def _speak(self, texts: list[str], voice: SynthesizeVoice | None) -> None:
+        """Speak each text in turn into the connection's audio stream (audio-start before the first)."""
+        tts = self._tts_service()
         for text in texts:
-            request = self._speech_request(text, voice)
-            assert tts is not None
-            synthesis = await tts.prepare(request)
+            synthesis = await tts.prepare(self._speech_request(text, voice))
             rate = synthesis.sample_rate
-            if start and not self._tts_started:
+            if not self._tts_started:
                 await self.write_event(AudioStart(rate=rate, width=2, channels=1).event())
                 self._tts_started = True
             async for chunk in tts.chunks(synthesis):
                 if chunk.pcm:
                     await self.write_event(AudioChunk(rate=rate, width=2, channels=1, audio=chunk.pcm).event())
-        if stop:
-            if not self._tts_started:  # nothing was spoken (no text): still one well-formed stream
-                await self.write_event(AudioStart(rate=22050, width=2, channels=1).event())
+
+    async def _end_audio(self) -> None:
+        """audio-stop, where an audio stream was started."""
+        if self._tts_started:
             await self.write_event(AudioStop().event())
             self._tts_started = False
 
     async def _synthesize_start(self, start: SynthesizeStart) -> None:
         await self._close_session()
-        self._refused = True
-        if self._ctx.tts is None:
-            raise TtsRequestError("Speech synthesis is off on this server (service_enabled_tts=false).")
-        await self._stack.enter_async_context(self._ctx.tts.session())
+        self._refused = "synthesis"
+        await self._stack.enter_async_context(self._tts_service().session())
         self._streaming_tts, self._tts_voice, self._tts_text = True, start.voice, ""
-        self._tts_started, self._refused = False, False
+        self._tts_started, self._refused = False, ""
 
     async def _synthesize_chunk(self, chunk: SynthesizeChunk) -> None:
         if not self._streaming_tts:
-            if self._refused:
+            if self._refused == "synthesis":
                 return
             raise RequestError("synthesize-chunk came before synthesize-start.")
         sentences, self._tts_text = split_sentences(self._tts_text + chunk.text)
         if sentences:
-            await self._speak(sentences, self._tts_voice, start=True, stop=False)
+            await self._speak(sentences, self._tts_voice)
 
     async def _synthesize_stop(self) -> None:
         if not self._streaming_tts:
-            if self._refused:
-                self._refused = False
+            if self._refused == "synthesis":
+                self._refused = ""
                 await self.write_event(SynthesizeStopped().event())
                 return
             raise RequestError("synthesize-stop came before synthesize-start.")
         rest = self._tts_text.strip()
-        await self._speak([rest] if rest else [], self._tts_voice, start=True, stop=True)
+        await self._speak([rest] if rest else [], self._tts_voice)
+        await self._end_audio()
         await self._close_session()
         await self.write_event(SynthesizeStopped().event())
 
