@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import subprocess
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -142,6 +143,15 @@ def _asr_streams(grpc_port: int) -> int:
     return sum(s.active for s in status.streams)
 
 
+def _open_asr_streams(grpc_port: int) -> int:
+    """The ASR streams still open once the server has had up to 10 s to close them."""
+    for _ in range(50):
+        if (open_streams := _asr_streams(grpc_port)) == 0:
+            return 0
+        time.sleep(0.2)
+    return open_streams
+
+
 def _wer(reference: str, text: str) -> float:
     errors, words = word_errors(reference, text)
     return errors / words
@@ -262,14 +272,29 @@ def test_bad_input_is_answered_and_leaves_no_stream(daemon: Daemon) -> None:
     assert all(e.text and "\n" not in e.text for e in errors), errors
     assert [e.code for e in errors] == ["bad-request", "audio-format", "audio-format", "bad-request",
                                          "bad-request"], errors
-    for _ in range(50):
-        if _asr_streams(daemon.grpc_port) == 0:
-            break
-        asyncio.run(asyncio.sleep(0.2))
-    assert _asr_streams(daemon.grpc_port) == 0
+    assert _open_asr_streams(daemon.grpc_port) == 0
     text, _ = asyncio.run(_transcribe(daemon.wyoming_port, pcm, rate))  # still answers
     assert _wer(BECKETT, text) <= 0.2, text
     assert "Traceback" not in daemon.log.read_text()
+
+
+def test_full_server_answers_resource_exhausted(repo: Path) -> None:
+    """With asr_max_streams=1, a second Wyoming stream gets a resource-exhausted error event."""
+    proc, d = _start(repo.parent, repo, "full", "wyoming_zeroconf=false\nasr_max_streams=1\n")
+    try:
+        async def run() -> Error:
+            async with AsyncTcpClient("127.0.0.1", d.wyoming_port) as first, \
+                    AsyncTcpClient("127.0.0.1", d.wyoming_port) as second:
+                await first.write_event(AudioStart(rate=16000, width=2, channels=1).event())
+                assert TranscriptStart.is_type((await _read(first)).type)
+                await second.write_event(AudioStart(rate=16000, width=2, channels=1).event())
+                return Error.from_event(await _read(second))
+
+        error = asyncio.run(run())
+        assert error.code == "resource-exhausted" and "limit is 1" in error.text, error
+        assert _open_asr_streams(d.grpc_port) == 0
+    finally:
+        _stop(proc)
 
 
 def test_sigterm_with_an_open_wyoming_stream(repo: Path) -> None:
