@@ -59,6 +59,7 @@ from edged.errors import (
     TtsRequestError,
     UnknownVoiceError,
 )
+from edged.server.security import is_loopback
 from edged.service.asr import AsrService, AsrSession, RecognitionRequest
 from edged.service.asr import Transcript as Recognised
 from edged.service.context import ServiceContext
@@ -444,6 +445,10 @@ class WyomingServer:
             ) from None
         self._server = server
         _LOGGER.info("Wyoming on %s:%d", settings.listen_address, settings.wyoming_port)
+        if (settings.api_key or settings.ssl_server_cert) and not is_loopback(settings.listen_address):
+            _LOGGER.warning("The Wyoming protocol has no TLS or API key: api_key and ssl_server_cert protect "
+                            "only gRPC, and anyone on the network can use port %d; set wyoming_enabled=false "
+                            "or listen_address=127.0.0.1 if that is not wanted.", settings.wyoming_port)
         if settings.wyoming_zeroconf:
             self._advertising = asyncio.get_running_loop().create_task(self._advertise(),
                                                                        name="edged-wyoming-zeroconf")
