@@ -87,6 +87,20 @@ listen_address="0.0.0.0"
 # Accepts an integer from 0 to 65535.
 metrics_port=8002
 
+# Serve the Wyoming protocol (Home Assistant's voice services: speech-to-text and text-to-speech)
+# on `wyoming_port`.
+# Accepts true or false (also yes/no, on/off, 1/0).
+wyoming_enabled=true
+
+# TCP port of the Wyoming server, on `listen_address`.
+# Accepts an integer from 1 to 65535.
+wyoming_port=10300
+
+# Advertise the Wyoming server on the LAN (mDNS `_wyoming._tcp.local.`) so Home Assistant
+# discovers it; without multicast this only logs a warning.
+# Accepts true or false (also yes/no, on/off, 1/0).
+wyoming_zeroconf=true
+
 # PEM certificate (chain) of the gRPC server; with `ssl_server_key` it turns on TLS.
 # Accepts a path (relative to the directory of config.sh), or empty for none.
 ssl_server_cert=""

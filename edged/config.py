@@ -340,6 +340,17 @@ class Settings:
         8002, kind=Int(min=0, max=65535),
         doc="HTTP port for `/metrics` (Prometheus), `/v2/health/live` and `/v2/health/ready`, on "
             "`listen_address`; 0 turns it off.")
+    wyoming_enabled: bool = setting(
+        True, kind=Bool(),
+        doc="Serve the Wyoming protocol (Home Assistant's voice services: speech-to-text and "
+            "text-to-speech) on `wyoming_port`.")
+    wyoming_port: int = setting(
+        10300, kind=Int(min=1, max=65535),
+        doc="TCP port of the Wyoming server, on `listen_address`.")
+    wyoming_zeroconf: bool = setting(
+        True, kind=Bool(),
+        doc="Advertise the Wyoming server on the LAN (mDNS `_wyoming._tcp.local.`) so Home "
+            "Assistant discovers it; without multicast this only logs a warning.")
     ssl_server_cert: Path | None = setting(
         None, kind=OptionalPath(),
         doc="PEM certificate (chain) of the gRPC server; with `ssl_server_key` it turns on TLS.")

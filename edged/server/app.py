@@ -30,6 +30,7 @@ from edged.server.control import install as install_control
 from edged.server.exits import EXIT_BOOT_FAILURE, EXIT_OK
 from edged.server.http import HttpEndpoint
 from edged.server.localaudio import LocalAudio
+from edged.server.wyoming import WyomingServer
 from edged.server.security import ApiKeyInterceptor, server_credentials, warn_if_exposed
 from edged.service.context import ServiceContext
 from edged.service.registry import ModelState, available_mb
@@ -61,6 +62,7 @@ class Server:
         self._installers = installers or []
         self._stop = asyncio.Event()
         self._http: HttpEndpoint | None = None
+        self._wyoming: WyomingServer | None = None
         self.ctx: ServerContext | None = None
         self._last_status = ""
         self._under_pressure = False
@@ -128,6 +130,10 @@ class Server:
         _LOGGER.info("Listening on %s (%s)%s; loading models", _address(settings),
                      "TLS" if credentials else "plaintext",
                      f", metrics on port {settings.metrics_port}" if settings.metrics_port else "")
+        if settings.wyoming_enabled:
+            wyoming = WyomingServer(core)
+            await wyoming.start()  # answers while models load: requests load them or say why not
+            self._wyoming = wyoming
         systemd.status("Loading models")
         if core.tts is not None:
             core.tts.warm_up()  # each voice as soon as it is loaded, while the others load
@@ -208,9 +214,14 @@ class Server:
         systemd.stopping(f"Stopping: draining {streams} stream(s)")
         _LOGGER.info("Stopping: draining %d stream(s), at most %d s", streams, self.settings.shutdown_grace_s)
         await ctx.publish_health()
+        if self._wyoming is not None:
+            self._wyoming.close_listener()
         if ctx.local_audio is not None:
             await ctx.local_audio.stop()  # also ends Transcripts subscriptions, which never end alone
         await ctx.server.stop(grace=self.settings.shutdown_grace_s)
+        if self._wyoming is not None:
+            await self._wyoming.stop()
+            self._wyoming = None
         if self._http is not None:
             await self._http.stop()
         core.registry.unload_all()

@@ -1,0 +1,507 @@
+"""The Wyoming door (Home Assistant's voice protocol): its events to the speech services and back.
+
+One connection is one `WyomingHandler`; it answers
+
+- `describe` with `info`: edged's ASR models and TTS voices;
+- `transcribe` + `audio-start` / `audio-chunk`... / `audio-stop` with `transcript-start`,
+  a `transcript-chunk` per final as it is recognised, then `transcript` and `transcript-stop`;
+- `synthesize` with `audio-start` / `audio-chunk`... / `audio-stop` as the voice speaks, and
+  streaming `synthesize-start` / `synthesize-chunk`... / `synthesize-stop` by speaking each
+  sentence once it is complete, then `synthesize-stopped`.
+
+It calls `ServiceContext.asr` and `.tts` only (the same admission slots, limits and metrics as
+gRPC), and answers edged's errors and the client's mistakes with a Wyoming `error` event. The
+server is advertised on the LAN as `_wyoming._tcp.local.` (zeroconf) for Home Assistant to find.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import socket
+from contextlib import AsyncExitStack
+from typing import Any
+
+from wyoming.asr import Transcribe, Transcript, TranscriptChunk, TranscriptStart, TranscriptStop
+from wyoming.audio import AudioChunk, AudioChunkConverter, AudioStart, AudioStop
+from wyoming.error import Error
+from wyoming.event import Event
+from wyoming.info import (
+    AsrModel,
+    AsrProgram,
+    Attribution,
+    Describe,
+    Info,
+    TtsProgram,
+    TtsVoice,
+    TtsVoiceSpeaker,
+)
+from wyoming.ping import Ping, Pong
+from wyoming.server import AsyncEventHandler, AsyncTcpServer
+from wyoming.tts import (
+    Synthesize,
+    SynthesizeChunk,
+    SynthesizeStart,
+    SynthesizeStop,
+    SynthesizeStopped,
+    SynthesizeVoice,
+)
+
+from edged import __version__
+from edged.errors import (
+    AudioFormatError,
+    EdgedError,
+    ModelDoesNotFitError,
+    ModelStateError,
+    RequestError,
+    ResourceExhaustedError,
+    TtsRequestError,
+    UnknownVoiceError,
+)
+from edged.server.security import is_loopback
+from edged.service.asr import AsrService, AsrSession, RecognitionRequest
+from edged.service.asr import Transcript as Recognised
+from edged.service.context import ServiceContext
+from edged.service.tts import SpeechRequest, TtsService
+
+_LOGGER = logging.getLogger(__name__)
+
+PROGRAM = "edged"
+"""The name of edged's ASR and TTS programs in `info` (a `transcribe` naming it takes the default model)."""
+SERVICE_TYPE = "_wyoming._tcp.local."
+_WIDTHS = (1, 2, 4)
+"""Sample widths accepted (1 and 4 are converted to 16-bit, which is what LINEAR_PCM means)."""
+_SENTENCE = re.compile(r"(.*?[.!?;\u2026\u3002\uff01\uff1f]+[\"'\u201d\u2019)\]]*)\s+(.*)", re.DOTALL)
+"""A complete sentence (its end followed by space) and the rest of the text."""
+_URLS = {
+    "moonshine": "https://github.com/usefulsensors/moonshine",
+    "piper": "https://github.com/rhasspy/piper",
+    "silero": "https://github.com/snakers4/silero-vad",
+}
+_CODES: tuple[tuple[type[BaseException], str], ...] = (
+    (ResourceExhaustedError, "resource-exhausted"),
+    (ModelDoesNotFitError, "resource-exhausted"),
+    (UnknownVoiceError, "unknown-voice"),
+    (AudioFormatError, "audio-format"),
+    (RequestError, "bad-request"),
+    (TtsRequestError, "bad-request"),
+    (ModelStateError, "unavailable"),
+    (EdgedError, "failed"),
+)
+"""Wyoming error codes of edged's exceptions; first match wins: subclasses before their bases."""
+
+
+def error_for(exc: BaseException) -> Error:
+    """The `error` event that answers `exc` (edged's one sentence, or a bug's type and text)."""
+    for kind, code in _CODES:
+        if isinstance(exc, kind):
+            return Error(text=str(exc), code=code)
+    return Error(text=f"The server failed: {type(exc).__name__}: {exc}", code="internal")
+
+
+def split_sentences(text: str) -> tuple[list[str], str]:
+    """The complete sentences at the start of `text` and what follows them (not yet complete)."""
+    sentences = []
+    while (match := _SENTENCE.match(text)) is not None:
+        if match.group(1).strip():
+            sentences.append(match.group(1).strip())
+        text = match.group(2)
+    return sentences, text
+
+
+def _attribution(family: str, license: str) -> Attribution:
+    name = {"moonshine": "Moonshine (Useful Sensors)", "piper": "Piper (Rhasspy)",
+            "silero": "Silero VAD"}.get(family, family)
+    return Attribution(name=f"{name}, {license}" if license and license != "unknown" else name,
+                       url=_URLS.get(family, ""))
+
+
+def describe(ctx: ServiceContext) -> Info:
+    """What this server offers: its ASR models and TTS voices (loaded or loadable)."""
+    edged = Attribution(name="edged", url="")
+    info = Info()
+    if ctx.asr is not None:
+        vads = ctx.registry.manifests("vad")
+        vad = ", ".join(f"{_attribution('silero', m.license).name}" for m in vads.values())
+        models = [AsrModel(name=name, attribution=_attribution(m.model_family, m.license), installed=True,
+                           description=f"{m.model_family} {m.language_code}", version=None,
+                           languages=[m.language_code])
+                  for name, m in ctx.asr.models().items()]
+        # The transcript comes at audio-stop: the client's VAD (or button) ends the command;
+        # edged's own VAD only splits the audio into utterances for decoding.
+        info.asr.append(AsrProgram(
+            name=PROGRAM, attribution=edged, installed=True, version=__version__,
+            description=f"edged speech recognition (endpointing: {vad or 'no VAD deployed'})",
+            models=models, supports_transcript_streaming=True, requires_external_vad=True))
+    if ctx.tts is not None:
+        manifests = ctx.registry.manifests("speech_synthesis")
+        voices = []
+        for v in ctx.tts.voices():
+            manifest = manifests.get(v.model)
+            family = manifest.model_family if manifest is not None else "piper"
+            licence = manifest.license if manifest is not None else ""
+            voices.append(TtsVoice(
+                name=v.model, attribution=_attribution(family, licence), installed=True,
+                description=", ".join(v.names), version=None, languages=[v.language_code],
+                speakers=[TtsVoiceSpeaker(name=s) for s in v.subvoices] if len(v.subvoices) > 1 else None))
+        info.tts.append(TtsProgram(
+            name=PROGRAM, attribution=edged, installed=True, version=__version__,
+            description="edged speech synthesis", voices=voices, supports_synthesize_streaming=True))
+    return info
+
+
+_REQUESTS: dict[str, Any] = {
+    kind: cls for cls, kind in (
+        (Describe, "describe"), (Ping, "ping"), (Transcribe, "transcribe"), (AudioStart, "audio-start"),
+        (AudioChunk, "audio-chunk"), (AudioStop, "audio-stop"), (Synthesize, "synthesize"),
+        (SynthesizeStart, "synthesize-start"), (SynthesizeChunk, "synthesize-chunk"),
+        (SynthesizeStop, "synthesize-stop"))}
+"""The events a client may send, by type, and the class that reads each."""
+
+
+class _Transcription:
+    """One `audio-start` ... `audio-stop` of a connection: its session and the text so far."""
+
+    def __init__(self, session: AsrSession, start: AudioStart) -> None:
+        self.session = session
+        self.format = start
+        self.finals: list[str] = []
+        self.converter = AudioChunkConverter(width=2) if start.width != 2 else None
+
+
+class WyomingHandler(AsyncEventHandler):
+    """One Wyoming connection: translates its events to the speech services."""
+
+    def __init__(self, ctx: ServiceContext, reader: asyncio.StreamReader,
+                 writer: asyncio.StreamWriter) -> None:
+        super().__init__(reader, writer)
+        self._ctx = ctx
+        self._stack = AsyncExitStack()
+        """The open ASR or streaming TTS session (closed at its end, on error, at disconnect)."""
+        self._transcribe = Transcribe()
+        self._asr: _Transcription | None = None
+        self._refused = ""
+        """The stream that failed ("audio", "synthesis"): its later events are dropped quietly
+        until its stop (the error event has told the client)."""
+        self._tts_voice: SynthesizeVoice | None = None
+        self._tts_text = ""
+        self._tts_started = False
+        self._streaming_tts = False
+
+    async def handle_event(self, event: Event) -> bool:
+        """Answer one event; an error becomes an `error` event and the connection stays open."""
+        try:
+            await self._dispatch(event)
+        except (ConnectionError, BrokenPipeError):
+            return False
+        except Exception as exc:  # noqa: BLE001 - every error becomes an error event
+            # the rest of a failed stream (its chunks, its stop) is dropped quietly
+            if self._asr is not None:
+                self._refused = "audio"
+            elif self._streaming_tts:
+                self._refused = "synthesis"
+            await self._close_session()
+            error = error_for(exc)
+            if error.code == "internal":
+                _LOGGER.exception("Wyoming %s failed", event.type)
+            else:
+                _LOGGER.info("Wyoming %s refused (%s): %s", event.type, error.code, error.text)
+            try:
+                await self.write_event(error.event())
+            except (ConnectionError, BrokenPipeError):
+                return False
+        return True
+
+    async def run(self) -> None:
+        """Read events until the client goes; one that cannot even be framed ends the connection."""
+        try:
+            await super().run()
+        except (ConnectionError, asyncio.IncompleteReadError):
+            _LOGGER.debug("Wyoming client went away mid-event")
+        except Exception as exc:  # noqa: BLE001 - a connection's end must not take the server along
+            _LOGGER.warning("Wyoming connection closed: unreadable event (%s: %s)", type(exc).__name__, exc)
+
+    async def disconnect(self) -> None:
+        """The client went away: close whatever session it left open."""
+        await self._close_session()
+
+    async def _close_session(self) -> None:
+        self._asr = None
+        self._streaming_tts, self._tts_started = False, False
+        self._tts_text = ""
+        await self._stack.aclose()
+        self._stack = AsyncExitStack()
+
+    async def _dispatch(self, event: Event) -> None:
+        kind = event.type
+        parser = _REQUESTS.get(kind)
+        if parser is None and kind != "select-program":  # answered; an open stream carries on
+            error = Error(text=f"edged does not serve Wyoming {kind!r} events; it answers describe, "
+                               "transcribe with audio, synthesize and synthesize-start.", code="bad-request")
+            _LOGGER.info("Wyoming %s refused (%s)", kind, error.code)
+            await self.write_event(error.event())
+            return
+        try:
+            request = parser.from_event(event) if parser is not None else None
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise RequestError(f"The Wyoming {kind!r} event is malformed ({type(exc).__name__}: {exc}).") from None
+        if isinstance(request, Describe):
+            await self.write_event(describe(self._ctx).event())
+        elif isinstance(request, Ping):
+            await self.write_event(Pong(text=request.text).event())
+        elif isinstance(request, Transcribe):
+            self._transcribe = request
+        elif isinstance(request, AudioStart):
+            await self._audio_start(request)
+        elif isinstance(request, AudioChunk):
+            await self._audio_chunk(request)
+        elif isinstance(request, AudioStop):
+            await self._audio_stop()
+        elif isinstance(request, Synthesize):
+            if not self._streaming_tts:  # while streaming it only repeats the text, for old servers
+                await self._synthesize(request.text, request.voice)
+        elif isinstance(request, SynthesizeStart):
+            await self._synthesize_start(request)
+        elif isinstance(request, SynthesizeChunk):
+            await self._synthesize_chunk(request)
+        elif isinstance(request, SynthesizeStop):
+            await self._synthesize_stop()
+        # select-program: both programs are "edged", there is nothing to select
+
+    # Speech recognition
+
+    def _asr_service(self) -> AsrService:
+        if self._ctx.asr is None:
+            raise RequestError("Speech recognition is off on this server (service_enabled_asr=false).")
+        return self._ctx.asr
+
+    async def _audio_start(self, start: AudioStart) -> None:
+        await self._close_session()
+        self._refused = "audio"
+        asr = self._asr_service()
+        if start.width not in _WIDTHS:
+            raise AudioFormatError(f"Audio of sample width {start.width} is not supported; send 16-bit "
+                                   "PCM (width 2), or width 1 or 4.")
+        if start.rate <= 0 or start.channels <= 0:
+            raise AudioFormatError("audio-start needs a positive rate and channel count.")
+        transcribe, self._transcribe = self._transcribe, Transcribe()
+        model = "" if transcribe.name in (None, "", PROGRAM) else str(transcribe.name)
+        # No interims: a transcript-chunk is final text to append, so they would not be sent, and
+        # deciding them costs decodes (on 12 clips at speech speed, audio-stop to transcript was
+        # the same with them on or off: p50 134-180 ms against 159-163 ms, within the noise).
+        request = RecognitionRequest(model=model, language_code=transcribe.language or "",
+                                     encoding="LINEAR_PCM", sample_rate=start.rate,
+                                     channels=start.channels, interim_results=False)
+        session = await self._stack.enter_async_context(asr.session(request))
+        self._asr = _Transcription(session, start)
+        self._refused = ""
+        language = asr.models()[session.model_name].language_code
+        await self.write_event(TranscriptStart(language=language).event())
+
+    async def _audio_chunk(self, chunk: AudioChunk) -> None:
+        asr = self._asr
+        if asr is None:
+            if self._refused == "audio":
+                return
+            raise AudioFormatError("audio-chunk came before audio-start; send audio-start (rate, width, "
+                                   "channels) first.")
+        start = asr.format
+        if (chunk.rate, chunk.width, chunk.channels) != (start.rate, start.width, start.channels):
+            raise AudioFormatError(
+                f"audio-chunk is {chunk.rate} Hz, width {chunk.width}, {chunk.channels} channel(s), but "
+                f"audio-start said {start.rate} Hz, width {start.width}, {start.channels}.")
+        if asr.converter is not None:
+            chunk = asr.converter.convert(chunk)
+        await self._send_finals(asr, await asr.session.feed(chunk.audio))
+
+    async def _send_finals(self, asr: _Transcription, results: list[Recognised]) -> None:
+        for t in results:
+            text = t.result.transcript.strip()
+            if t.result.is_final and t.channel == 0 and text:
+                await self.write_event(TranscriptChunk(text=(" " if asr.finals else "") + text).event())
+                asr.finals.append(text)
+
+    async def _audio_stop(self) -> None:
+        asr = self._asr
+        if asr is None:
+            if self._refused == "audio":  # its audio-start was refused, and answered
+                self._refused = ""
+                return
+            raise AudioFormatError("audio-stop came before audio-start; send audio-start, audio-chunks, "
+                                   "then audio-stop.")
+        await self._send_finals(asr, await asr.session.finish())
+        language = self._asr_service().models()[asr.session.model_name].language_code
+        await self._close_session()
+        await self.write_event(Transcript(text=" ".join(asr.finals).strip(), language=language).event())
+        await self.write_event(TranscriptStop().event())
+
+    # Speech synthesis
+
+    def _tts_service(self) -> TtsService:
+        if self._ctx.tts is None:
+            raise TtsRequestError("Speech synthesis is off on this server (service_enabled_tts=false).")
+        return self._ctx.tts
+
+    def _speech_request(self, text: str, voice: SynthesizeVoice | None) -> SpeechRequest:
+        """A Wyoming voice (a model or family name, a speaker, a language) as edged's request."""
+        name, language = (voice.name or "", voice.language or "") if voice else ("", "")
+        if voice and voice.speaker:  # "English-US" + "Joe" is the voice "English-US.Joe"
+            voices = self._tts_service().voices()
+            family = next((v.family for v in voices if name in (v.model, v.family)), name)
+            name = f"{family}.{voice.speaker}"
+        return SpeechRequest(text=text, voice=name, language_code=language)
+
+    async def _synthesize(self, text: str, voice: SynthesizeVoice | None) -> None:
+        """One `synthesize`: its audio stream, in its own TTS slot."""
+        async with self._tts_service().session():
+            await self._speak([text], voice)
+            await self._end_audio()
+
+    async def _speak(self, texts: list[str], voice: SynthesizeVoice | None) -> None:
+        """Speak each text in turn into the connection's audio stream (audio-start before the first)."""
+        tts = self._tts_service()
+        for text in texts:
+            synthesis = await tts.prepare(self._speech_request(text, voice))
+            rate = synthesis.sample_rate
+            if not self._tts_started:
+                await self.write_event(AudioStart(rate=rate, width=2, channels=1).event())
+                self._tts_started = True
+            async for chunk in tts.chunks(synthesis):
+                if chunk.pcm:
+                    await self.write_event(AudioChunk(rate=rate, width=2, channels=1, audio=chunk.pcm).event())
+
+    async def _end_audio(self) -> None:
+        """audio-stop, where an audio stream was started."""
+        if self._tts_started:
+            await self.write_event(AudioStop().event())
+            self._tts_started = False
+
+    async def _synthesize_start(self, start: SynthesizeStart) -> None:
+        await self._close_session()
+        self._refused = "synthesis"
+        await self._stack.enter_async_context(self._tts_service().session())
+        self._streaming_tts, self._tts_voice, self._tts_text = True, start.voice, ""
+        self._tts_started, self._refused = False, ""
+
+    async def _synthesize_chunk(self, chunk: SynthesizeChunk) -> None:
+        if not self._streaming_tts:
+            if self._refused == "synthesis":
+                return
+            raise RequestError("synthesize-chunk came before synthesize-start.")
+        sentences, self._tts_text = split_sentences(self._tts_text + chunk.text)
+        if sentences:
+            await self._speak(sentences, self._tts_voice)
+
+    async def _synthesize_stop(self) -> None:
+        if not self._streaming_tts:
+            if self._refused == "synthesis":
+                self._refused = ""
+                await self.write_event(SynthesizeStopped().event())
+                return
+            raise RequestError("synthesize-stop came before synthesize-start.")
+        rest = self._tts_text.strip()
+        await self._speak([rest] if rest else [], self._tts_voice)
+        await self._end_audio()
+        await self._close_session()
+        await self.write_event(SynthesizeStopped().event())
+
+
+class _TcpServer(AsyncTcpServer):
+    """AsyncTcpServer that can stop accepting before it ends its connections."""
+
+    def close_listener(self) -> None:
+        """Accept no more connections (open ones carry on)."""
+        if self._server is not None:
+            self._server.close()
+
+    async def end_connections(self, timeout_s: float) -> None:
+        """End every connection and wait (at most `timeout_s`) for their sessions to close."""
+        tasks = list(self._handlers)
+        await self.stop()
+        if tasks:
+            await asyncio.wait(tasks, timeout=timeout_s)
+
+
+class WyomingServer:
+    """The Wyoming TCP server of a running daemon, and its zeroconf advertisement."""
+
+    def __init__(self, ctx: ServiceContext) -> None:
+        self._ctx = ctx
+        self._server: _TcpServer | None = None
+        self._zeroconf: Any = None
+        self._advertising: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        """Listen on listen_address:wyoming_port (EdgedError when that port is taken), advertise."""
+        settings = self._ctx.settings
+        server = _TcpServer(settings.listen_address, settings.wyoming_port)
+        try:
+            await server.start(lambda reader, writer: WyomingHandler(self._ctx, reader, writer))
+        except OSError as exc:
+            raise EdgedError(
+                f"Cannot listen on {settings.listen_address}:{settings.wyoming_port} for Wyoming "
+                f"({exc.strerror}); change wyoming_port in config.sh (wyoming_enabled=false turns it off)."
+            ) from None
+        self._server = server
+        _LOGGER.info("Wyoming on %s:%d", settings.listen_address, settings.wyoming_port)
+        if (settings.api_key or settings.ssl_server_cert) and not is_loopback(settings.listen_address):
+            _LOGGER.warning("The Wyoming protocol has no TLS or API key: api_key and ssl_server_cert protect "
+                            "only gRPC, and anyone on the network can use port %d; set wyoming_enabled=false "
+                            "or listen_address=127.0.0.1 if that is not wanted.", settings.wyoming_port)
+        if settings.wyoming_zeroconf:
+            self._advertising = asyncio.get_running_loop().create_task(self._advertise(),
+                                                                       name="edged-wyoming-zeroconf")
+
+    def close_listener(self) -> None:
+        """Shutdown, first: accept no more connections."""
+        if self._server is not None:
+            self._server.close_listener()
+
+    async def stop(self, timeout_s: float = 5.0) -> None:
+        """Shutdown: withdraw the advertisement, end the connections (their sessions close)."""
+        if self._advertising is not None:
+            self._advertising.cancel()
+            await asyncio.gather(self._advertising, return_exceptions=True)
+        if self._zeroconf is not None:
+            try:
+                await self._zeroconf.async_unregister_all_services()
+                await self._zeroconf.async_close()
+            except Exception as exc:  # noqa: BLE001 - shutting down anyway
+                _LOGGER.warning("Could not withdraw the Wyoming zeroconf advertisement: %s", exc)
+            self._zeroconf = None
+        if self._server is not None:
+            self._server.close_listener()
+            await self._server.end_connections(timeout_s)
+            self._server = None
+
+    async def _advertise(self) -> None:
+        """Register `edged-<hostname>._wyoming._tcp.local.`; a failure is a warning, never fatal."""
+        from zeroconf import IPVersion
+        from zeroconf.asyncio import AsyncServiceInfo, AsyncZeroconf
+
+        settings = self._ctx.settings
+        hostname = socket.gethostname().split(".")[0] or "host"
+        try:
+            address = _advertised_address(settings.listen_address)
+            info = AsyncServiceInfo(SERVICE_TYPE, f"edged-{hostname}.{SERVICE_TYPE}",
+                                    addresses=[socket.inet_aton(address)], port=settings.wyoming_port,
+                                    server=f"{hostname}.local.", properties={"version": __version__})
+            self._zeroconf = AsyncZeroconf(ip_version=IPVersion.V4Only)
+            await self._zeroconf.async_register_service(info)
+            _LOGGER.info("Advertising Wyoming as edged-%s on %s:%d (zeroconf)", hostname, address,
+                         settings.wyoming_port)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - no multicast here: Home Assistant needs host:port
+            _LOGGER.warning("Cannot advertise Wyoming on the LAN (zeroconf: %s); add it in Home "
+                            "Assistant by host and port %d", exc or type(exc).__name__, settings.wyoming_port)
+
+
+def _advertised_address(listen_address: str) -> str:
+    """The IPv4 address Home Assistant should connect to: the one listened on, or the LAN's."""
+    if listen_address not in ("", "0.0.0.0", "::"):
+        return socket.gethostbyname(listen_address)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.connect(("224.0.0.251", 5353))  # no packet is sent: this only picks the route
+        return str(probe.getsockname()[0])
