@@ -65,6 +65,16 @@ class Server:
         self._last_status = ""
         self._under_pressure = False
 
+    def drain(self) -> None:
+        """NOT_SERVING and no new streams (UNAVAILABLE) while open ones finish: a pod's preStop
+        hook calls this so the balancer takes the pod out before SIGTERM; the process stays up."""
+        ctx = self.ctx
+        if ctx is None:
+            return
+        ctx.services.admission.drain()
+        asyncio.get_running_loop().create_task(ctx.publish_health())
+        systemd.status(f"Draining: {ctx.services.admission.total} stream(s) open")
+
     def request_stop(self) -> None:
         """Ask the main loop to shut down (signal handlers only do this)."""
         self._stop.set()
@@ -114,7 +124,7 @@ class Server:
              reflection.SERVICE_NAME], server)
         self._bind(server, credentials)
         if settings.metrics_port:
-            self._http = HttpEndpoint(lambda: core.serving)
+            self._http = HttpEndpoint(lambda: core.ready, self.drain)
             try:
                 await self._http.start(settings.listen_address, settings.metrics_port)
             except OSError as exc:
