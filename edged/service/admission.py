@@ -71,16 +71,21 @@ class Admission:
                 f"Memory is short ({free:.0f} MB available, memory_reserve_mb={self._reserve_mb:.0f}); "
                 "try again later.")
 
-    @asynccontextmanager
-    async def stream(self, service: str, limit: int = 0) -> AsyncIterator[None]:
-        """Hold one of `service`'s `limit` slots (0: no count limit) for the body's duration."""
-        if limit and self.limits.get(service) != limit:
-            self.set_limit(service, limit)
+    def refuse_if_draining(self, service: str) -> None:
+        """DrainingError while draining: a service calls this before anything else about a new
+        request, so the client is sent elsewhere whatever it asked for."""
         if self.draining:
             metrics.REFUSED.labels(reason="draining").inc()
             raise DrainingError(
                 f"The server is draining before it stops: no new {service} streams; "
                 "connect to another replica.")
+
+    @asynccontextmanager
+    async def stream(self, service: str, limit: int = 0) -> AsyncIterator[None]:
+        """Hold one of `service`'s `limit` slots (0: no count limit) for the body's duration."""
+        if limit and self.limits.get(service) != limit:
+            self.set_limit(service, limit)
+        self.refuse_if_draining(service)
         active = self.active.get(service, 0)
         if limit and active >= limit:
             metrics.REFUSED.labels(reason="streams").inc()
