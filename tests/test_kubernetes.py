@@ -19,7 +19,14 @@ import yaml
 
 from edged.client.scaling import desired_replicas
 from edged.config import load_settings
-from tests.test_server import deployed_tiny, free_port, health_status, start_server, wait_serving, write_config  # noqa: F401  (a fixture)
+from tests.test_server import (  # noqa: F401  (a fixture)
+    deployed_tiny,
+    free_port,
+    health_status,
+    start_server,
+    wait_serving,
+    write_config,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 KUBE = ROOT / "deploy" / "kubernetes"

@@ -134,20 +134,19 @@ def balancer(replicas: list[Replica], tmp_path_factory: pytest.TempPathFactory) 
     cfg = tmp_path_factory.mktemp("haproxy") / "haproxy.cfg"
     cfg.write_text(HAPROXY_CFG.format(port=port, stats_port=stats_port, servers=servers), encoding="utf-8")
     subprocess.run([haproxy, "-c", "-f", str(cfg)], check=True, capture_output=True)
-    log = open(cfg.parent / "haproxy.log", "wb")
-    proc = subprocess.Popen([haproxy, "-db", "-f", str(cfg)], stdout=log, stderr=subprocess.STDOUT)
-    try:
-        # Wait until every server's checks have passed (its state UP, not "UP 1/2" or DOWN).
-        deadline = time.monotonic() + 20
-        while server_states(stats_port) != {r.name: "UP" for r in replicas}:
-            assert proc.poll() is None and time.monotonic() < deadline, server_states(stats_port)
-            time.sleep(0.1)
-        yield f"127.0.0.1:{port}", stats_port
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-        log.close()
-        print((cfg.parent / "haproxy.log").read_text()[-6000:])
+    with open(cfg.parent / "haproxy.log", "wb") as log:
+        proc = subprocess.Popen([haproxy, "-db", "-f", str(cfg)], stdout=log, stderr=subprocess.STDOUT)
+        try:
+            # Wait until every server's checks have passed (its state UP, not "UP 1/2" or DOWN).
+            deadline = time.monotonic() + 20
+            while server_states(stats_port) != {r.name: "UP" for r in replicas}:
+                assert proc.poll() is None and time.monotonic() < deadline, server_states(stats_port)
+                time.sleep(0.1)
+            yield f"127.0.0.1:{port}", stats_port
+        finally:
+            proc.terminate()
+            proc.wait(timeout=10)
+    print((cfg.parent / "haproxy.log").read_text()[-6000:])
 
 
 def server_states(stats_port: int) -> dict[str, str]:
@@ -192,7 +191,7 @@ def test_streams_spread_and_a_drained_replica_finishes_its_own(replicas: list[Re
     def run(key: str) -> None:
         try:
             results[key] = stream_text(address, pcm, rate)
-        except Exception as exc:  # each stream's failure is reported below, not lost in a thread
+        except Exception as exc:  # noqa: BLE001  (each stream's failure is reported below, not lost in a thread)
             errors[key] = repr(exc)
 
     threads = []
