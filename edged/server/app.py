@@ -64,6 +64,7 @@ class Server:
         self.ctx: ServerContext | None = None
         self._last_status = ""
         self._under_pressure = False
+        self._health_task: asyncio.Task[None] | None = None
 
     def drain(self) -> None:
         """NOT_SERVING and no new streams (UNAVAILABLE) while open ones finish: a pod's preStop
@@ -72,7 +73,7 @@ class Server:
         if ctx is None:
             return
         ctx.services.admission.drain()
-        asyncio.get_running_loop().create_task(ctx.publish_health())
+        self._health_task = asyncio.get_running_loop().create_task(ctx.publish_health())  # held: not GC'd
         systemd.status(f"Draining: {ctx.services.admission.total} stream(s) open")
 
     def request_stop(self) -> None:
