@@ -87,3 +87,7 @@ class FeatureOffError(EdgedError):
 
 class AudioDeviceError(EdgedError):
     """A microphone or speaker cannot be found, opened or used (PortAudio's reason in one sentence)."""
+
+
+class DrainingError(EdgedError):
+    """The server is draining before it stops and takes no new streams (gRPC UNAVAILABLE)."""

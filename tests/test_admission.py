@@ -46,3 +46,48 @@ def test_memory_pressure_refuses_new_streams() -> None:
 
     asyncio.run(scenario())
 
+
+
+def test_load_ratio_is_the_busiest_service_and_drain_refuses_new_streams() -> None:
+    """The gauge the autoscaler reads: the busiest limited service's open streams over its limit,
+    0 idle; once draining a new stream is refused (DrainingError) while the open one goes on."""
+    from prometheus_client import REGISTRY
+
+    from edged.errors import DrainingError
+
+    def gauge(name: str, **labels: str) -> float | None:
+        return REGISTRY.get_sample_value(name, labels)
+
+    async def scenario() -> None:
+        admission = Admission(reserve_mb=0, available_mb=lambda: 1000.0)
+        admission.set_limit("asr", 4)
+        admission.set_limit("tts", 2)
+        assert gauge("edged_stream_capacity", service="asr") == 4.0
+        assert admission.load_ratio() == 0.0 == gauge("edged_load_ratio")
+        async with admission.stream("asr", 4):
+            assert admission.load_ratio() == 0.25 == gauge("edged_load_ratio")
+            async with admission.stream("tts", 2):
+                assert admission.load_ratio() == 0.5 == gauge("edged_load_ratio")  # tts 1/2, not 2/6
+                admission.drain()
+                with pytest.raises(DrainingError, match="draining"):
+                    async with admission.stream("asr", 4):
+                        pass
+                assert admission.total == 2
+        assert admission.load_ratio() == 0.0 == gauge("edged_load_ratio")
+
+    asyncio.run(scenario())
+
+
+def test_drain_is_answered_only_on_this_machine() -> None:
+    """POST /v2/drain drains; from another machine it is refused; GET is not a drain."""
+    from edged.server.http import HttpEndpoint
+
+    drained: list[bool] = []
+    endpoint = HttpEndpoint(lambda: not drained, lambda: drained.append(True))
+    assert endpoint.respond("GET", "/v2/health/ready")[0] == 200
+    assert endpoint.respond("GET", "/v2/drain")[0] == 405
+    assert endpoint.respond("POST", "/v2/drain", local=False)[0] == 403
+    assert not drained
+    assert endpoint.respond("POST", "/v2/drain")[0] == 200
+    assert endpoint.respond("GET", "/v2/health/ready")[0] == 503
+    assert endpoint.respond("GET", "/v2/health/live")[0] == 200

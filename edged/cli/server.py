@@ -143,3 +143,16 @@ def health(
 def version() -> None:
     """Print edged's version."""
     typer.echo(f"edged {__version__}")
+
+
+@app.command()
+def drain(
+    config: ConfigOpt = None,
+    wait: Annotated[float, typer.Option(help="Seconds to wait for the open streams to end.")] = 0.0,
+) -> None:
+    """Stop taking new streams (NOT_SERVING, UNAVAILABLE) while open ones finish; for preStop hooks."""
+    from edged.client.drain import drain as drain_server
+
+    settings = load_config(config)
+    left = drain_server(settings.listen_address, settings.metrics_port, wait)
+    typer.echo(f"draining: {left} stream(s) still open")

@@ -66,6 +66,17 @@ class Server:
         self.ctx: ServerContext | None = None
         self._last_status = ""
         self._under_pressure = False
+        self._health_task: asyncio.Task[None] | None = None
+
+    def drain(self) -> None:
+        """NOT_SERVING and no new streams (UNAVAILABLE) while open ones finish: a pod's preStop
+        hook calls this so the balancer takes the pod out before SIGTERM; the process stays up."""
+        ctx = self.ctx
+        if ctx is None:
+            return
+        ctx.services.admission.drain()
+        self._health_task = asyncio.get_running_loop().create_task(ctx.publish_health())  # held: not GC'd
+        systemd.status(f"Draining: {ctx.services.admission.total} stream(s) open")
 
     def request_stop(self) -> None:
         """Ask the main loop to shut down (signal handlers only do this)."""
@@ -116,7 +127,7 @@ class Server:
              reflection.SERVICE_NAME], server)
         self._bind(server, credentials)
         if settings.metrics_port:
-            self._http = HttpEndpoint(lambda: core.serving)
+            self._http = HttpEndpoint(lambda: core.ready, self.drain)
             try:
                 await self._http.start(settings.listen_address, settings.metrics_port)
             except OSError as exc:

@@ -1,4 +1,7 @@
-"""The HTTP side port (Triton's layout): `/metrics`, `/v2/health/live` and `/v2/health/ready`.
+"""The HTTP side port (Triton's layout): `/metrics`, `/v2/health/live` and `/v2/health/ready`,
+and `POST /v2/drain` (edged's own: a pod's preStop hook, through `edged drain`, makes the server
+NOT_SERVING and refuse new streams while open ones finish). Drain is answered only to a client on
+this machine (loopback or the server's own address), since the port may face the LAN.
 
 A few lines over asyncio streams: the daemon's one event loop serves it, no web framework.
 """
@@ -6,6 +9,7 @@ A few lines over asyncio streams: the daemon's one event loop serves it, no web 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 from collections.abc import Callable
 
@@ -18,8 +22,9 @@ _READ_TIMEOUT_S = 5.0
 class HttpEndpoint:
     """Answers metrics and liveness/readiness probes; `ready()` says whether the server serves."""
 
-    def __init__(self, ready: Callable[[], bool]) -> None:
+    def __init__(self, ready: Callable[[], bool], drain: Callable[[], None] | None = None) -> None:
         self._ready = ready
+        self._drain = drain
         self._server: asyncio.AbstractServer | None = None
 
     async def start(self, host: str, port: int) -> None:
@@ -32,9 +37,16 @@ class HttpEndpoint:
             self._server.close()
             await self._server.wait_closed()
 
-    def respond(self, method: str, path: str) -> tuple[int, str, bytes]:
-        """Status, content type and body for one request."""
+    def respond(self, method: str, path: str, local: bool = True) -> tuple[int, str, bytes]:
+        """Status, content type and body for one request (`local`: the client is on this machine)."""
         path = path.split("?", 1)[0]
+        if path == "/v2/drain" and self._drain is not None:
+            if method != "POST":
+                return 405, "text/plain", b"method not allowed\n"
+            if not local:
+                return 403, "text/plain", b"drain is only answered on this machine\n"
+            self._drain()
+            return 200, "text/plain", b"draining\n"
         if method not in ("GET", "HEAD"):
             return 405, "text/plain", b"method not allowed\n"
         if path == "/metrics":
@@ -49,8 +61,8 @@ class HttpEndpoint:
         try:
             head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), _READ_TIMEOUT_S)
             method, path, _ = head.decode("latin-1").split(" ", 2)
-            status, ctype, body = self.respond(method, path)
-            reason = {200: "OK", 404: "Not Found", 405: "Method Not Allowed", 503: "Service Unavailable"}[status]
+            status, ctype, body = self.respond(method, path, _is_local(writer))
+            reason = {200: "OK", 403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed", 503: "Service Unavailable"}[status]
             writer.write(
                 f"HTTP/1.1 {status} {reason}\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"
                 "Connection: close\r\n\r\n".encode("latin-1") + (b"" if method == "HEAD" else body))
@@ -59,3 +71,13 @@ class HttpEndpoint:
             _LOGGER.debug("bad HTTP request: %s", exc)
         finally:
             writer.close()
+
+
+def _is_local(writer: asyncio.StreamWriter) -> bool:
+    """Whether the peer is on this machine: a loopback address or the address it connected to."""
+    peer = writer.get_extra_info("peername")
+    own = writer.get_extra_info("sockname")
+    if not peer:
+        return False
+    host = str(peer[0]).removeprefix("::ffff:")
+    return ipaddress.ip_address(host).is_loopback or (bool(own) and peer[0] == own[0])

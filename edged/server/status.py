@@ -13,6 +13,7 @@ import grpc
 
 from edged.errors import (
     AudioFormatError,
+    DrainingError,
     EdgedError,
     FeatureOffError,
     ModelDoesNotFitError,
@@ -35,6 +36,7 @@ _CODES: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
     (RequestError, grpc.StatusCode.INVALID_ARGUMENT),
     (TtsRequestError, grpc.StatusCode.INVALID_ARGUMENT),
     (ModelStateError, grpc.StatusCode.UNAVAILABLE),
+    (DrainingError, grpc.StatusCode.UNAVAILABLE),
     (FeatureOffError, grpc.StatusCode.FAILED_PRECONDITION),
     (EdgedError, grpc.StatusCode.FAILED_PRECONDITION),
 )

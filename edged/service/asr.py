@@ -244,6 +244,8 @@ class AsrService(SpeechService):
         """A recognition session for the body's duration, in an admission slot; raises before
         the body on any problem. `local`: the daemon's own microphone, which listens for as long
         as the daemon runs: no client's slot, no audio limit."""
+        if not local:
+            self._admission.refuse_if_draining("asr")
         name = self.select(request.model, request.language_code)
         with metrics.track_request("asr", name):
             if local:

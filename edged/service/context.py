@@ -46,11 +46,20 @@ class ServiceContext:
     serving: bool = False
     """True from the end of start-up until shutdown begins."""
 
+    @property
+    def ready(self) -> bool:
+        """Whether the server takes new streams: serving and not draining (readiness probe)."""
+        return self.serving and not self.admission.draining
+
     @classmethod
     def create(cls, settings: Settings, executor: ThreadPoolExecutor) -> ServiceContext:
         """A context with its registry and admission, and the services config.sh enables."""
         registry = ModelRegistry(settings, executor)
         admission = Admission(settings.memory_reserve_mb, available_mb)
+        if settings.service_enabled_asr:
+            admission.set_limit("asr", settings.asr_max_streams)
+        if settings.service_enabled_tts:
+            admission.set_limit("tts", settings.tts_max_streams)
         parts = (settings, executor, registry, admission)
         return cls(settings, executor, registry, admission,
                    asr=AsrService(*parts) if settings.service_enabled_asr else None,
@@ -62,7 +71,7 @@ class ServiceContext:
 
     def is_serving(self, name: str = "") -> bool:
         """Whether health should say SERVING for `name`."""
-        if not self.serving:
+        if not self.serving or self.admission.draining:
             return False
         pipeline = SERVICE_PIPELINES.get(name)
         return pipeline is None or self.registry.serves(pipeline)

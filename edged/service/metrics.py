@@ -3,7 +3,9 @@
 The services count a request with `with metrics.track_request("asr", model):`, run blocking
 inference through `await metrics.run_inference(ctx.executor, model, fn, *args)` (queue time and
 compute time per model), and add audio with `metrics.AUDIO_SECONDS.labels("asr", model).inc(s)`.
-Active streams are counted by admission control (`ctx.admission.stream`), whatever the door.
+Active streams, stream capacity and the load ratio are kept by admission control
+(`ctx.admission.stream`), whatever the door. `edged_queue_seconds` is the time a request waits for
+the inference executor before it runs.
 """
 
 from __future__ import annotations
@@ -29,7 +31,13 @@ QUEUE_SECONDS = Histogram("edged_queue_seconds", "Time inference waited for the 
 COMPUTE_SECONDS = Histogram("edged_compute_seconds", "Time inference ran.", ["model"],
                             buckets=_LATENCY_BUCKETS)
 ACTIVE_STREAMS = Gauge("edged_active_streams", "Streams open now.", ["service"])
-REFUSED = Counter("edged_refused_streams", "Streams refused with RESOURCE_EXHAUSTED.", ["reason"])
+STREAM_CAPACITY = Gauge("edged_stream_capacity", "Streams a service admits at once (its max_streams).",
+                        ["service"])
+LOAD_RATIO = Gauge("edged_load_ratio", "Open streams over capacity of the busiest service "
+                   "(0 idle, 1 full); the autoscaler's per-pod metric.")
+REFUSED = Counter("edged_refused_streams",
+                  "Streams refused: RESOURCE_EXHAUSTED (streams, memory) or UNAVAILABLE (draining).",
+                  ["reason"])
 AUDIO_SECONDS = Counter("edged_audio_seconds", "Seconds of audio recognised (asr) or synthesised (tts).",
                         ["service", "model"])
 MODEL_MEMORY = Gauge("edged_model_memory_bytes", "Memory each loaded model took at deploy.", ["model"])
