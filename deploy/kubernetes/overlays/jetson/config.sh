@@ -13,6 +13,8 @@ ort_intra_op_threads=0
 listen_address="0.0.0.0"
 riva_speech_api_port=50051
 metrics_port=8002
+# Wyoming (Home Assistant) is for a box on a LAN: a pod answers gRPC only, and never multicasts.
+wyoming_enabled=false
 # SIGTERM lets open streams finish this long. The pod's terminationGracePeriodSeconds (60) covers
 # the preStop drain (`edged drain --wait 30`) and this, with room to spare.
 shutdown_grace_s=15
