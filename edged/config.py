@@ -340,6 +340,14 @@ class Settings:
         8002, kind=Int(min=0, max=65535),
         doc="HTTP port for `/metrics` (Prometheus), `/v2/health/live` and `/v2/health/ready`, on "
             "`listen_address`; 0 turns it off.")
+    http_enabled: bool = setting(
+        True, kind=Bool(),
+        doc="Serve the HTTP door on `http_port`: Riva's realtime WebSocket API, the OpenAI-compatible "
+            "audio API (`/v1/audio/...`) and the browser console (`/`), with the gRPC API's TLS "
+            "certificates and `api_key`.")
+    http_port: int = setting(
+        9000, kind=Int(min=1, max=65535),
+        doc="TCP port of the HTTP door (`http_enabled`), on `listen_address`.")
     ssl_server_cert: Path | None = setting(
         None, kind=OptionalPath(),
         doc="PEM certificate (chain) of the gRPC server; with `ssl_server_key` it turns on TLS.")

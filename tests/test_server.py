@@ -36,7 +36,7 @@ def write_config(tmp: Path, port: int, extra: str = "") -> Path:
     cfg = tmp / "config.sh"
     cfg.write_text(
         f'model_loc="{tmp / "repo"}"\nriva_speech_api_port={port}\nlisten_address="127.0.0.1"\n'
-        f'metrics_port={free_port()}\n{extra}',
+        f'metrics_port={free_port()}\nhttp_port={free_port()}\n{extra}',
         encoding="utf-8",
     )
     return cfg
