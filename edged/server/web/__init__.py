@@ -16,6 +16,7 @@ from aiohttp import web
 
 from edged.config import Settings
 from edged.server.web.auth import Auth
+from edged.server.web.openai_audio import OpenAiAudioApi
 from edged.server.web.realtime import RealtimeApi
 from edged.service.context import ServiceContext
 
@@ -43,6 +44,7 @@ class WebDoor:
         auth = Auth(settings.api_key)
         self._app = web.Application(client_max_size=max_bytes)
         self._app.add_routes(RealtimeApi(ctx, auth, max_bytes).routes())
+        self._app.add_routes(OpenAiAudioApi(ctx, auth).routes())
         self._status = status
         self._runner: web.AppRunner | None = None
 
