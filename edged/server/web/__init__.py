@@ -16,6 +16,7 @@ from aiohttp import web
 
 from edged.config import Settings
 from edged.server.web.auth import Auth
+from edged.server.web.console import Console
 from edged.server.web.openai_audio import OpenAiAudioApi
 from edged.server.web.realtime import RealtimeApi
 from edged.service.context import ServiceContext
@@ -45,7 +46,7 @@ class WebDoor:
         self._app = web.Application(client_max_size=max_bytes)
         self._app.add_routes(RealtimeApi(ctx, auth, max_bytes).routes())
         self._app.add_routes(OpenAiAudioApi(ctx, auth).routes())
-        self._status = status
+        self._app.add_routes(Console(auth, status).routes())
         self._runner: web.AppRunner | None = None
 
     @property
