@@ -17,6 +17,7 @@ from aiohttp import web
 from edged.config import Settings
 from edged.server.web.auth import Auth
 from edged.server.web.console import Console
+from edged.server.web.errors import http_errors
 from edged.server.web.openai_audio import OpenAiAudioApi
 from edged.server.web.realtime import RealtimeApi
 from edged.service.context import ServiceContext
@@ -43,8 +44,8 @@ class WebDoor:
         settings = ctx.settings
         max_bytes = settings.max_message_mb * 2**20
         auth = Auth(settings.api_key)
-        self._app = web.Application(client_max_size=max_bytes)
-        self._app.add_routes(RealtimeApi(ctx, auth, max_bytes).routes())
+        self._app = web.Application(client_max_size=max_bytes, middlewares=[http_errors])
+        self._app.add_routes(RealtimeApi(ctx, auth, max_bytes, settings.asr_stream_idle_timeout_s).routes())
         self._app.add_routes(OpenAiAudioApi(ctx, auth).routes())
         self._app.add_routes(Console(auth, status).routes())
         self._runner: web.AppRunner | None = None

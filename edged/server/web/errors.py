@@ -54,6 +54,11 @@ _STATUSES: tuple[tuple[type[BaseException], int, str], ...] = (
 
 def status_for(exc: BaseException) -> tuple[int, str, str]:
     """HTTP status, error type and one-line message that answer `exc`."""
+    if isinstance(exc, web.HTTPRequestEntityTooLarge):
+        return 413, "invalid_request_error", (f"{exc.text}; the server takes at most max_message_mb "
+                                              "(config.sh) per request or message.")
+    if isinstance(exc, web.HTTPException) and exc.status >= 400:
+        return exc.status, "invalid_request_error", exc.reason
     for kind, status, name in _STATUSES:
         if isinstance(exc, kind):
             return status, name, str(exc)
@@ -68,6 +73,18 @@ def logged(exc: BaseException, what: str) -> tuple[int, str, str]:
     else:
         _LOGGER.info("%s refused (%d): %s", what, status, message)
     return status, name, message
+
+
+@web.middleware
+async def http_errors(request: web.Request, handler: Any) -> web.StreamResponse:
+    """aiohttp's own refusals (no such route, wrong method, body too large) in this door's format."""
+    try:
+        response: web.StreamResponse = await handler(request)
+        return response
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return error_response(exc, f"{request.method} {request.path}")
 
 
 def error_event(exc: BaseException, what: str) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
+from edged.errors import RequestError
 from edged.service.asr import ENDPOINT_FIELDS, AsrSession, RecognitionRequest, Transcript
 from edged.service.context import ServiceContext
 from edged.service.tts import SpeechRequest
@@ -133,10 +134,11 @@ def _b64(event: dict[str, Any], field: str) -> bytes:
 class RealtimeApi:
     """The realtime routes of the HTTP door."""
 
-    def __init__(self, ctx: ServiceContext, auth: Auth, max_message_bytes: int) -> None:
+    def __init__(self, ctx: ServiceContext, auth: Auth, max_message_bytes: int, idle_timeout_s: float) -> None:
         self._ctx = ctx
         self._auth = auth
         self._max = max_message_bytes
+        self._idle_s = idle_timeout_s
 
     def routes(self) -> list[web.RouteDef]:
         """The aiohttp routes of this API."""
@@ -194,20 +196,32 @@ class RealtimeApi:
                             "conversation": {"id": conversation, "object": "realtime.conversation"}})
         try:
             if intent == "transcription":
-                await _Transcription(self._ctx, ws).run()
+                await _Transcription(self._ctx, ws, self._idle_s).run()
             else:
                 await _Synthesis(self._ctx, ws).run()
         except Exception as exc:  # noqa: BLE001 - one error map (errors.py); the socket closes after
+            event = error_event(exc, "Realtime " + intent)
             if not ws.closed:
-                await ws.send_json(error_event(exc, "Realtime " + intent))
+                try:
+                    await ws.send_json(event)
+                except ConnectionError:
+                    pass  # the client went away first
         finally:
             await ws.close()
         return ws
 
 
-async def _events(ws: web.WebSocketResponse) -> Any:
-    """The client's events, as dicts; a malformed one is answered with an error event and skipped."""
-    async for msg in ws:
+async def _events(ws: web.WebSocketResponse, idle_s: float | None = None) -> Any:
+    """The client's events, as dicts; a malformed one is answered with an error event and skipped.
+    RequestError after `idle_s` without a message (a transcription holds a stream slot)."""
+    while True:
+        try:
+            msg = await ws.receive(timeout=idle_s)
+        except asyncio.TimeoutError:
+            raise RequestError(f"No event for {idle_s:g} s; the conversation was ended "
+                               "(asr_stream_idle_timeout_s).") from None
+        if msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED):
+            return
         if msg.type == WSMsgType.TEXT:
             try:
                 event = json.loads(msg.data)
@@ -223,14 +237,17 @@ async def _events(ws: web.WebSocketResponse) -> Any:
             await ws.send_json(error_event(BadInput("Binary messages are not part of this API; send JSON "
                                                     "events with base64 audio."), "Realtime event"))
         elif msg.type == WSMsgType.ERROR:
-            raise BadInput(f"The WebSocket failed: {ws.exception()}.")
+            exc = ws.exception()
+            raise BadInput(f"The WebSocket failed: {exc}; messages may be at most max_message_mb (config.sh)."
+                           if "too big" in str(exc).lower() else f"The WebSocket failed: {exc}.")
 
 
 class _Transcription:
     """One transcription conversation: events in, the session's transcripts out."""
 
-    def __init__(self, ctx: ServiceContext, ws: web.WebSocketResponse) -> None:
+    def __init__(self, ctx: ServiceContext, ws: web.WebSocketResponse, idle_s: float) -> None:
         assert ctx.asr is not None
+        self._idle_s = idle_s
         self._ctx = ctx
         self._asr = ctx.asr
         self._ws = ws
@@ -253,7 +270,7 @@ class _Transcription:
     async def run(self) -> None:
         """Serve events until input_audio_buffer.done or the client leaves."""
         async with self._stack:
-            async for event in _events(self._ws):
+            async for event in _events(self._ws, self._idle_s):
                 kind = event["type"]
                 try:
                     if kind == "transcription_session.update":
