@@ -64,7 +64,7 @@ def test_too_many_sessions_are_refused_and_counted(tight: int) -> None:
             await first.recv()
             await first.send(update)
             assert json.loads(await first.recv())["type"] == "transcription_session.updated"
-            status = requests.get(f"http://127.0.0.1:{tight}/v1/edged/status", headers=headers(), timeout=10).json()
+            status = requests.get(f"http://127.0.0.1:{tight}/v1/edged/status", headers=headers(), timeout=10).json()  # noqa: ASYNC210
             async with websockets.connect(url, additional_headers=headers()) as second:
                 await second.recv()
                 await second.send(update)

@@ -38,14 +38,14 @@ def web(repo: Path) -> Iterator[tuple[str, int]]:  # noqa: F811 - the fixture
 
 
 def asr_args(http: int, **kw: Any) -> argparse.Namespace:
-    base: dict[str, Any] = dict(
-        server=f"127.0.0.1:{http}", endpoint="/v1/realtime", query_params="intent=transcription",
-        use_ssl=False, ssl_root_cert=None, ssl_client_cert=None, ssl_client_key=None, mint_api_key=None,
-        mic=True, language_code="en-US", model_name=None, prompt=None, sample_rate_hz=RATE, num_channels=1,
-        max_alternatives=1, automatic_punctuation=True, word_time_offsets=True, profanity_filter=False,
-        no_verbatim_transcripts=None, speaker_diarization=False, boosted_lm_words=None, boosted_lm_score=1.0,
-        start_history=-1, start_threshold=-1.0, stop_history=-1, stop_threshold=-1.0, stop_history_eou=-1,
-        stop_threshold_eou=-1.0, custom_configuration=None)
+    base: dict[str, Any] = {
+        "server": f"127.0.0.1:{http}", "endpoint": "/v1/realtime", "query_params": "intent=transcription",
+        "use_ssl": False, "ssl_root_cert": None, "ssl_client_cert": None, "ssl_client_key": None, "mint_api_key": None,
+        "mic": True, "language_code": "en-US", "model_name": None, "prompt": None, "sample_rate_hz": RATE, "num_channels": 1,
+        "max_alternatives": 1, "automatic_punctuation": True, "word_time_offsets": True, "profanity_filter": False,
+        "no_verbatim_transcripts": None, "speaker_diarization": False, "boosted_lm_words": None, "boosted_lm_score": 1.0,
+        "start_history": -1, "start_threshold": -1.0, "stop_history": -1, "stop_threshold": -1.0, "stop_history_eou": -1,
+        "stop_threshold_eou": -1.0, "custom_configuration": None}
     base.update(kw)
     return argparse.Namespace(**base)
 

@@ -16,8 +16,8 @@ import logging
 import signal
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc

@@ -19,11 +19,11 @@ import numpy as np
 from aiohttp import web
 
 from edged.pipelines.tts.encode import OggOpusEncoder
+from edged.server.web.auth import Auth
+from edged.server.web.errors import BadInput, error_response
 from edged.service.asr import RecognitionRequest, Transcript
 from edged.service.context import ServiceContext
 from edged.service.tts import SpeechRequest
-from edged.server.web.auth import Auth
-from edged.server.web.errors import BadInput, error_response
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -37,7 +37,7 @@ _STREAM_CHUNK = 32000
 
 
 def _stamp(seconds: float, sep: str) -> str:
-    ms = int(round(seconds * 1000))
+    ms = round(seconds * 1000)
     h, rest = divmod(ms, 3_600_000)
     m, rest = divmod(rest, 60_000)
     s, ms = divmod(rest, 1000)

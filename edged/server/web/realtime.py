@@ -20,11 +20,16 @@ from typing import Any
 from aiohttp import WSMsgType, web
 
 from edged.errors import RequestError
-from edged.service.asr import ENDPOINT_FIELDS, AsrSession, RecognitionRequest, Transcript
-from edged.service.context import ServiceContext
-from edged.service.tts import SpeechRequest
 from edged.server.web.auth import Auth
 from edged.server.web.errors import BadInput, error_event, error_response
+from edged.service.asr import (
+    ENDPOINT_FIELDS,
+    AsrSession,
+    RecognitionRequest,
+    Transcript,
+)
+from edged.service.context import ServiceContext
+from edged.service.tts import SpeechRequest
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -237,9 +242,9 @@ async def _events(ws: web.WebSocketResponse, idle_s: float | None = None) -> Any
             await ws.send_json(error_event(BadInput("Binary messages are not part of this API; send JSON "
                                                     "events with base64 audio."), "Realtime event"))
         elif msg.type == WSMsgType.ERROR:
-            exc = ws.exception()
-            raise BadInput(f"The WebSocket failed: {exc}; messages may be at most max_message_mb (config.sh)."
-                           if "too big" in str(exc).lower() else f"The WebSocket failed: {exc}.")
+            failure = ws.exception()
+            raise BadInput(f"The WebSocket failed: {failure}; messages may be at most max_message_mb (config.sh)."
+                           if "too big" in str(failure).lower() else f"The WebSocket failed: {failure}.")
 
 
 class _Transcription:
