@@ -173,3 +173,74 @@ def test_bad_events_get_error_events_and_the_server_carries_on(web: tuple[str, i
     assert got[5]["is_last_result"] is True
     bad = requests.get(f"http://127.0.0.1:{web[1]}/v1/realtime?intent=dance", timeout=10)
     assert bad.status_code == 400 and "intent" in bad.json()["error"]["message"]
+
+
+LATENCY_SENTENCES = ("The quick brown fox jumps over the lazy dog.",
+                     "Please call me back when you have a moment to talk.",
+                     "It will rain in the north tomorrow, and snow in the mountains.")
+CHUNK_S = 0.1
+
+
+def _grpc_final_latency(address: str, audio: bytes, speech_end_s: float) -> float:
+    """Seconds from the end of speech (streamed in real time) to the first final over gRPC."""
+    import time
+
+    import riva.client
+
+    service = riva.client.ASRService(riva.client.Auth(uri=address))
+    config = riva.client.StreamingRecognitionConfig(config=riva.client.RecognitionConfig(
+        encoding=riva.client.AudioEncoding.LINEAR_PCM, sample_rate_hertz=RATE, language_code="en-US",
+        max_alternatives=1, enable_automatic_punctuation=True), interim_results=True)
+    size = int(RATE * 2 * CHUNK_S)
+    start = time.monotonic()
+
+    def paced() -> Iterator[bytes]:
+        for i in range(0, len(audio), size):
+            time.sleep(max(0.0, start + i / 2 / RATE - time.monotonic()))
+            yield audio[i:i + size]
+
+    for response in service.streaming_response_generator(paced(), config):
+        if any(r.is_final for r in response.results):
+            return time.monotonic() - start - speech_end_s
+    raise AssertionError("no final over gRPC")
+
+
+async def _ws_final_latency(http: int, audio: bytes, speech_end_s: float) -> float:
+    """The same over the realtime WebSocket (pcm16 appends and commits every chunk)."""
+    import time
+
+    async with websockets.connect(f"ws://127.0.0.1:{http}/v1/realtime?intent=transcription") as ws:
+        await ws.recv()
+        await ws.send(json.dumps({"type": "transcription_session.update", "session": {}}))
+        await ws.recv()
+        size = int(RATE * 2 * CHUNK_S)
+        start = time.monotonic()
+
+        async def send() -> None:
+            for i in range(0, len(audio), size):
+                await asyncio.sleep(max(0.0, start + i / 2 / RATE - time.monotonic()))
+                await ws.send(json.dumps({"type": "input_audio_buffer.append",
+                                          "audio": base64.b64encode(audio[i:i + size]).decode()}))
+                await ws.send(json.dumps({"type": "input_audio_buffer.commit"}))
+
+        sender = asyncio.get_running_loop().create_task(send())
+        try:
+            while True:
+                event = json.loads(await ws.recv())
+                if event["type"].endswith(".completed") and event.get("transcript"):
+                    return time.monotonic() - start - speech_end_s
+        finally:
+            sender.cancel()
+
+
+def test_final_latency_over_websocket_is_grpcs(web: tuple[str, int], voice: Any) -> None:  # noqa: F811
+    """The same clips streamed in real time: the WebSocket's finals come as soon as gRPC's."""
+    grpc_s, ws_s = [], []
+    for sentence in LATENCY_SENTENCES:
+        audio = spoken(voice, sentence)
+        speech_end_s = len(audio) / 2 / RATE - 2.0  # spoken() ends with 2 s of silence
+        grpc_s.append(_grpc_final_latency(web[0], audio, speech_end_s))
+        ws_s.append(asyncio.run(_ws_final_latency(web[1], audio, speech_end_s)))
+    print(f"final latency after end of speech (s): gRPC {[round(x, 3) for x in grpc_s]}, "
+          f"WebSocket {[round(x, 3) for x in ws_s]}")
+    assert sum(ws_s) / len(ws_s) < sum(grpc_s) / len(grpc_s) + 0.15, (grpc_s, ws_s)
