@@ -62,8 +62,9 @@ def test_too_many_sessions_are_refused_and_counted(tight: int) -> None:
         update = json.dumps({"type": "transcription_session.update", "session": {}})
         async with websockets.connect(url, additional_headers=headers()) as first:
             await first.recv()
-            await first.send(update)
-            assert json.loads(await first.recv())["type"] == "transcription_session.updated"
+            for _ in range(2):  # a second update reopens the session in the same slot
+                await first.send(update)
+                assert json.loads(await first.recv())["type"] == "transcription_session.updated"
             status = requests.get(f"http://127.0.0.1:{tight}/v1/edged/status", headers=headers(), timeout=10).json()  # noqa: ASYNC210
             async with websockets.connect(url, additional_headers=headers()) as second:
                 await second.recv()
@@ -78,6 +79,8 @@ def test_too_many_sessions_are_refused_and_counted(tight: int) -> None:
     assert "1" in refused["error"]["message"]
     asr = next(s for s in status["streams"] if s["service"] == "asr")
     assert asr["active"] == 1 and asr["limit"] == 1
+    after = requests.get(f"http://127.0.0.1:{tight}/v1/edged/status", headers=headers(), timeout=10).json()
+    assert not next(s for s in after["streams"] if s["service"] == "asr").get("active"), after["streams"]
     client = openai.OpenAI(base_url=f"http://127.0.0.1:{tight}/v1", api_key=KEY, max_retries=0)
     assert "fail better" in client.audio.transcriptions.create(model="x", file=("b.wav", wav_bytes(beckett()))).text.lower()
 

@@ -19,7 +19,15 @@ import websockets
 from riva.client.realtime import RealtimeClientASR, RealtimeClientTTS
 
 from edged.client.textnorm import word_errors
-from tests.test_riva_fidelity import RATE, beckett, repo, spoken, voice  # noqa: F401 - fixtures
+from tests.test_riva_fidelity import (  # noqa: F401 - fixtures
+    RARE_SENTENCE,
+    RARE_WORD,
+    RATE,
+    beckett,
+    repo,
+    spoken,
+    voice,
+)
 from tests.test_server import free_port, serving
 
 SENTENCE = "The quick brown fox jumps over the lazy dog."
@@ -116,6 +124,16 @@ def test_force_eou_ends_an_utterance(web: tuple[str, int], voice: Any) -> None: 
                                     force_eou=[i == n - 1 for i in range(n + 1)]))
     done = [e for e in events if e["type"].endswith(".completed") and e["transcript"]]
     assert done and not done[0]["is_last_result"], events[-3:]
+
+
+def test_word_boosting_and_profanity_filter_as_over_grpc(web: tuple[str, int], voice: Any) -> None:  # noqa: F811
+    """The stock client's boosted_lm_words change the text as gRPC's speech_contexts do."""
+    audio = spoken(voice, RARE_SENTENCE)
+    plain = finals(asyncio.run(transcribe(asr_args(web[1]), audio)))
+    assert RARE_WORD not in plain.lower(), plain
+    boosted = finals(asyncio.run(transcribe(asr_args(web[1], boosted_lm_words=["Kubrix"], boosted_lm_score=20.0),
+                                            audio)))
+    assert RARE_WORD in boosted.lower(), boosted
 
 
 def test_synthesis_streams_speech(web: tuple[str, int]) -> None:

@@ -274,7 +274,7 @@ class _Transcription:
 
     async def run(self) -> None:
         """Serve events until input_audio_buffer.done or the client leaves."""
-        async with self._stack:
+        try:
             async for event in _events(self._ws, self._idle_s):
                 kind = event["type"]
                 try:
@@ -299,6 +299,8 @@ class _Transcription:
                         raise BadInput(f"Unknown event type {kind!r} for intent=transcription.")
                 except BadInput as exc:
                     await self._ws.send_json(error_event(exc, "Realtime transcription"))
+        finally:
+            await self._stack.aclose()  # the session's stream slot
 
     async def _update(self, event: dict[str, Any]) -> None:
         session = event.get("session") or {}
@@ -309,10 +311,9 @@ class _Transcription:
         config = {**self._config, **session}
         recognition_request(config)  # checked before it is kept
         self._config = config
-        if self._session is not None:  # made with the old config: the next audio opens a new one
+        if self._session is not None:  # made with the old config: give its slot back first
             await self._stack.aclose()
-            self._stack, self._session = AsyncExitStack(), None
-            await self._stack.__aenter__()
+            self._session = None
         await self._open()
         await self._ws.send_json({"type": "transcription_session.updated", "event_id": _id("event"),
                                   "session": {k: v for k, v in self._config.items() if k != "client_secret"}})
