@@ -18,7 +18,7 @@ import websockets
 
 from tests.test_http_realtime import asr_args, transcribe, wav_bytes
 from tests.test_riva_fidelity import beckett, repo  # noqa: F401 - the fixture
-from tests.test_server import free_port, serving
+from tests.test_server import deployed_tiny, free_port, serving  # noqa: F401 - deployed_tiny: a fixture
 
 KEY = "s3cret-key"
 
@@ -131,3 +131,32 @@ def test_undecodable_audio_and_idle_conversations(tight: int) -> None:
     assert idle[-1]["type"] == "error" and "asr_stream_idle_timeout_s" in idle[-1]["error"]["message"]
     missing = requests.get(f"http://127.0.0.1:{tight}/v1/nothing", headers=headers(), timeout=10)
     assert missing.status_code == 404 and missing.json()["error"]["message"]
+
+
+def test_sigterm_with_an_open_websocket_stops_cleanly(tmp_path: Path, deployed_tiny: Path) -> None:  # noqa: F811
+    """The HTTP door closes its open conversations (1001, going away) at shutdown; the daemon exits 0."""
+    import signal
+
+    from tests.test_server import start_server, wait_serving, write_config
+
+    port = free_port()
+    cfg = write_config(tmp_path, port)
+    http = next(int(line.split("=")[1]) for line in cfg.read_text().splitlines() if line.startswith("http_port="))
+    proc = start_server(cfg, tmp_path / "server.log")
+    try:
+        wait_serving(proc, port)
+
+        async def run() -> int:
+            async with websockets.connect(f"ws://127.0.0.1:{http}/v1/realtime?intent=synthesize") as ws:
+                assert json.loads(await ws.recv())["type"] == "conversation.created"
+                proc.send_signal(signal.SIGTERM)
+                with pytest.raises(websockets.exceptions.ConnectionClosed) as closed:
+                    await asyncio.wait_for(ws.recv(), 30)
+                return closed.value.rcvd.code if closed.value.rcvd else -1
+
+        assert asyncio.run(run()) == 1001
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert "Traceback" not in (tmp_path / "server.log").read_text()

@@ -45,7 +45,9 @@ class WebDoor:
         max_bytes = settings.max_message_mb * 2**20
         auth = Auth(settings.api_key)
         self._app = web.Application(client_max_size=max_bytes, middlewares=[http_errors])
-        self._app.add_routes(RealtimeApi(ctx, auth, max_bytes, settings.asr_stream_idle_timeout_s).routes())
+        realtime = RealtimeApi(ctx, auth, max_bytes, settings.asr_stream_idle_timeout_s)
+        self._app.add_routes(realtime.routes())
+        self._app.on_shutdown.append(realtime.close_all)
         self._app.add_routes(OpenAiAudioApi(ctx, auth).routes())
         self._app.add_routes(Console(auth, status).routes())
         self._runner: web.AppRunner | None = None

@@ -17,7 +17,7 @@ import uuid
 from contextlib import AsyncExitStack
 from typing import Any
 
-from aiohttp import WSMsgType, web
+from aiohttp import WSCloseCode, WSMsgType, web
 
 from edged.errors import RequestError
 from edged.server.web.auth import Auth
@@ -144,6 +144,12 @@ class RealtimeApi:
         self._auth = auth
         self._max = max_message_bytes
         self._idle_s = idle_timeout_s
+        self._open: set[web.WebSocketResponse] = set()
+
+    async def close_all(self, _app: web.Application | None = None) -> None:
+        """Close every open conversation with 1001 (going away): the server is stopping."""
+        for ws in list(self._open):
+            await ws.close(code=WSCloseCode.GOING_AWAY, message=b"The server is shutting down.")
 
     def routes(self) -> list[web.RouteDef]:
         """The aiohttp routes of this API."""
@@ -196,6 +202,7 @@ class RealtimeApi:
             return error_response(exc, "Realtime connection")
         ws = web.WebSocketResponse(protocols=("realtime",), max_msg_size=self._max, heartbeat=30)
         await ws.prepare(request)
+        self._open.add(ws)
         conversation = _id("conv")
         await ws.send_json({"type": "conversation.created", "event_id": _id("event"),
                             "conversation": {"id": conversation, "object": "realtime.conversation"}})
@@ -212,6 +219,7 @@ class RealtimeApi:
                 except ConnectionError:
                     pass  # the client went away first
         finally:
+            self._open.discard(ws)
             await ws.close()
         return ws
 
