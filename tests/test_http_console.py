@@ -50,6 +50,7 @@ def test_console_dictates_speaks_and_shows_status(page: Any, tmp_path: Path, web
                            timeout=60000)
     page.click("#dictate")  # stop: input_audio_buffer.done
     page.wait_for_function("document.querySelector('#dictation-state').textContent === 'idle'", timeout=30000)
+    assert page.evaluate("window.edged.interims") > 0
     text = page.text_content("#finals").lower()
     assert "ever tried" in text or "try again" in text, text
     page.wait_for_function("document.querySelector('#voice').options.length > 0", timeout=10000)

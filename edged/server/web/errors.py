@@ -57,6 +57,8 @@ def status_for(exc: BaseException) -> tuple[int, str, str]:
     if isinstance(exc, web.HTTPRequestEntityTooLarge):
         return 413, "invalid_request_error", (f"{exc.text}; the server takes at most max_message_mb "
                                               "(config.sh) per request or message.")
+    if isinstance(exc, ConnectionError):  # the client went away mid-answer: nobody to tell
+        return 499, "client_closed", "The client closed the connection."
     if isinstance(exc, web.HTTPException) and exc.status >= 400:
         return exc.status, "invalid_request_error", exc.reason
     for kind, status, name in _STATUSES:

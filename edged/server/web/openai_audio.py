@@ -9,6 +9,7 @@ does not ship under a permissive licence, so it is refused).
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
@@ -20,7 +21,7 @@ from aiohttp import web
 
 from edged.pipelines.tts.encode import OggOpusEncoder
 from edged.server.web.auth import Auth
-from edged.server.web.errors import BadInput, error_response
+from edged.server.web.errors import BadInput, error_response, logged
 from edged.service.asr import RecognitionRequest, Transcript
 from edged.service.context import ServiceContext
 from edged.service.tts import SpeechRequest
@@ -158,12 +159,18 @@ class OpenAiAudioApi:
             first = await session.feed(audio[:_STREAM_CHUNK])  # errors here are still an HTTP status
             await response.prepare(request)
             await send(first)
-            for i in range(_STREAM_CHUNK, len(audio), _STREAM_CHUNK):
-                await send(await session.feed(audio[i:i + _STREAM_CHUNK]))
-            await send(await session.finish())
-            await response.write(b"data: " + json.dumps(
-                {"type": "transcript.text.done", "text": "".join(texts)}).encode() + b"\n\n")
-            await response.write_eof()
+            try:
+                for i in range(_STREAM_CHUNK, len(audio), _STREAM_CHUNK):
+                    await send(await session.feed(audio[i:i + _STREAM_CHUNK]))
+                await send(await session.finish())
+                await response.write(b"data: " + json.dumps(
+                    {"type": "transcript.text.done", "text": "".join(texts)}).encode() + b"\n\n")
+                await response.write_eof()
+            except Exception as exc:  # noqa: BLE001 - the status is sent: an error event ends the stream
+                _, name, message = logged(exc, "Transcription stream")
+                with contextlib.suppress(ConnectionError):
+                    await response.write(b"data: " + json.dumps(
+                        {"type": "error", "error": {"type": name, "message": message}}).encode() + b"\n\n")
             return response
 
     async def speech(self, request: web.Request) -> web.StreamResponse:
@@ -211,6 +218,19 @@ class OpenAiAudioApi:
         first = await chunks.__anext__()  # errors before the first audio are still an HTTP status
         response = web.StreamResponse(headers={"Content-Type": types[fmt]})
         await response.prepare(request)
+        try:
+            await self._write(response, first, chunks, fmt, rate)
+        except Exception as exc:  # noqa: BLE001 - the status is sent: the stream can only end early
+            logged(exc, "Speech stream")
+        finally:
+            close = getattr(chunks, "aclose", None)  # an async generator: a client that left stops it
+            if close is not None:
+                await close()
+        return response
+
+    @staticmethod
+    async def _write(response: web.StreamResponse, first: Any, chunks: Any, fmt: str, rate: int) -> None:
+        """The audio in its format, as it comes."""
         if fmt == "flac":  # libsndfile seeks back to finish a FLAC header: encoded whole
             pcm = [first.pcm] + [c.pcm async for c in chunks]
             import soundfile
@@ -229,4 +249,3 @@ class OpenAiAudioApi:
             async for c in chunks:
                 await response.write(c.pcm)
         await response.write_eof()
-        return response

@@ -1,7 +1,7 @@
 // edged's browser console: dictation and speech over Riva's realtime WebSocket API, server status.
 "use strict";
 const $ = (id) => document.getElementById(id);
-window.edged = { samplesReceived: 0, speechDone: 0, finals: [], errors: [] };
+window.edged = { samplesReceived: 0, speechDone: 0, interims: 0, finals: [], errors: [] };
 
 function wsUrl(intent) {
   return (location.protocol === "https:" ? "wss://" : "ws://") + location.host + "/v1/realtime?intent=" + intent;
@@ -52,7 +52,8 @@ async function startDictation() {
   ws.onmessage = (e) => {
     const ev = JSON.parse(e.data);
     if (ev.type === "conversation.item.input_audio_transcription.delta") {
-      $("interim").textContent = ev.delta;
+      $("interim").textContent = ev.delta;  // replaced in place until its final comes
+      window.edged.interims += 1;
     } else if (ev.type === "conversation.item.input_audio_transcription.completed") {
       $("interim").textContent = "";
       if (ev.transcript) { window.edged.finals.push(ev.transcript); $("finals").textContent += ev.transcript + " "; }
