@@ -101,6 +101,16 @@ wyoming_port=10300
 # Accepts true or false (also yes/no, on/off, 1/0).
 wyoming_zeroconf=true
 
+# Serve the HTTP door on `http_port`: Riva's realtime WebSocket API, the OpenAI-compatible audio
+# API (`/v1/audio/...`) and the browser console (`/`), with the gRPC API's TLS certificates and
+# `api_key`.
+# Accepts true or false (also yes/no, on/off, 1/0).
+http_enabled=true
+
+# TCP port of the HTTP door (`http_enabled`), on `listen_address`.
+# Accepts an integer from 1 to 65535.
+http_port=9000
+
 # PEM certificate (chain) of the gRPC server; with `ssl_server_key` it turns on TLS.
 # Accepts a path (relative to the directory of config.sh), or empty for none.
 ssl_server_cert=""

@@ -351,6 +351,14 @@ class Settings:
         True, kind=Bool(),
         doc="Advertise the Wyoming server on the LAN (mDNS `_wyoming._tcp.local.`) so Home "
             "Assistant discovers it; without multicast this only logs a warning.")
+    http_enabled: bool = setting(
+        True, kind=Bool(),
+        doc="Serve the HTTP door on `http_port`: Riva's realtime WebSocket API, the OpenAI-compatible "
+            "audio API (`/v1/audio/...`) and the browser console (`/`), with the gRPC API's TLS "
+            "certificates and `api_key`.")
+    http_port: int = setting(
+        9000, kind=Int(min=1, max=65535),
+        doc="TCP port of the HTTP door (`http_enabled`), on `listen_address`.")
     ssl_server_cert: Path | None = setting(
         None, kind=OptionalPath(),
         doc="PEM certificate (chain) of the gRPC server; with `ssl_server_key` it turns on TLS.")

@@ -82,7 +82,7 @@ def asr_server(asr_repo: Path) -> Iterator[str]:
     cfg.write_text(
         f'model_loc="{tmp / "repo"}"\nriva_speech_api_port={port}\nlisten_address="127.0.0.1"\n'
         f"service_enabled_tts=false\nasr_max_streams={MAX_STREAMS}\nasr_max_audio_seconds=120\n"
-        "asr_stream_idle_timeout_s=4\nmetrics_port=0\nwyoming_enabled=false\n", encoding="utf-8")
+        "asr_stream_idle_timeout_s=4\nmetrics_port=0\nhttp_enabled=false\nwyoming_enabled=false\n", encoding="utf-8")
     with serving(cfg, port) as address:
         yield address
 

@@ -21,7 +21,7 @@ def test_default_models_deploy_and_serve(tmp_path: Path, default_rmirs: dict[str
     cfg = tmp_path / "config.sh"
     cfg.write_text(
         f'model_loc="{repo}"\nuse_existing_rmirs=true\nriva_speech_api_port={port}\n'
-        f'listen_address="127.0.0.1"\nmetrics_port={free_port()}\nwyoming_enabled=false\n',
+        f'listen_address="127.0.0.1"\nmetrics_port={free_port()}\nhttp_port={free_port()}\nwyoming_enabled=false\n',
         encoding="utf-8",
     )
     init = subprocess.run([sys.executable, "-m", "edged", "init", "-c", str(cfg)],

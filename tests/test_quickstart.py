@@ -31,7 +31,7 @@ def test_init_start_stop_clean(tmp_path: Path, tiny_rmir: Path) -> None:
     cfg = tmp_path / "config.sh"
     cfg.write_text(
         f'model_loc="{repo}"\nuse_existing_rmirs=true\n'
-        f'riva_speech_api_port={free_port()}\nlisten_address="127.0.0.1"\nmetrics_port={free_port()}\nwyoming_enabled=false\n',
+        f'riva_speech_api_port={free_port()}\nlisten_address="127.0.0.1"\nmetrics_port={free_port()}\nhttp_port={free_port()}\nwyoming_enabled=false\n',
         encoding="utf-8",
     )
     init = run_script("edged_init.sh", cfg)
@@ -64,7 +64,7 @@ def test_start_reports_a_boot_failure(tmp_path: Path) -> None:
     cfg = tmp_path / "config.sh"
     cfg.write_text(
         f'model_loc="{tmp_path / "repo"}"\nriva_speech_api_port={free_port()}\nlisten_address="127.0.0.1"\n'
-        f'metrics_port={free_port()}\nwyoming_enabled=false\n',
+        f'metrics_port={free_port()}\nhttp_port={free_port()}\nwyoming_enabled=false\n',
         encoding="utf-8",
     )
     start = run_script("edged_start.sh", cfg)

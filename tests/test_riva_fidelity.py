@@ -67,7 +67,7 @@ def address(repo: Path) -> Iterator[str]:
     port = free_port()
     cfg = tmp / "config.sh"
     cfg.write_text(f'model_loc="{tmp / "repo"}"\nriva_speech_api_port={port}\nlisten_address="127.0.0.1"\n'
-                   "metrics_port=0\nwyoming_enabled=false\n", encoding="utf-8")
+                   "metrics_port=0\nhttp_enabled=false\nwyoming_enabled=false\n", encoding="utf-8")
     with serving(cfg, port) as address:
         yield address
 

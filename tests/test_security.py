@@ -181,3 +181,41 @@ def test_serving_over_tls_is_reported_by_edged_health(tmp_path: Path, deployed_t
     finally:
         _stop(proc)
 
+
+
+def test_http_door_uses_the_tls_certificates_and_api_key(tmp_path: Path, deployed_tiny: Path, pki: Path) -> None:
+    """The HTTP door serves HTTPS/WSS with the gRPC certificates; the key opens it, a minted secret
+    opens the realtime WebSocket as the `realtime-token.` subprotocol."""
+    import asyncio
+    import json
+    import ssl
+
+    import requests
+    import websockets
+
+    proc, port, cfg = _serve(tmp_path, _tls(pki, mutual=False) + f'api_key="{API_KEY}"\n')
+    settings, _ = load_settings(cfg)
+    base = f"https://127.0.0.1:{settings.http_port}"
+    ca = str(pki / "ca.crt")
+    try:
+        _wait_serving(proc, f"127.0.0.1:{port}", channel_credentials(settings))
+        assert requests.get(f"{base}/v1/models", verify=ca, timeout=10).status_code == 401
+        assert requests.get(f"{base}/v1/models", verify=ca, timeout=10,
+                            headers={"Authorization": "Bearer wrong"}).status_code == 401
+        auth = {"Authorization": f"Bearer {API_KEY}"}
+        assert requests.get(f"{base}/v1/models", verify=ca, timeout=10, headers=auth).ok
+        with pytest.raises(requests.exceptions.ConnectionError):
+            requests.get(f"http://127.0.0.1:{settings.http_port}/v1/models", timeout=5)
+        secret = requests.post(f"{base}/v1/realtime/transcription_sessions", json={}, verify=ca, timeout=10,
+                               headers=auth).json()["client_secret"]["value"]
+
+        async def first_event() -> tuple[str, str | None]:
+            context = ssl.create_default_context(cafile=ca)
+            async with websockets.connect(f"wss://127.0.0.1:{settings.http_port}/v1/realtime?intent=transcription",
+                                          ssl=context, subprotocols=["realtime", f"realtime-token.{secret}"]) as ws:
+                return json.loads(await ws.recv())["type"], ws.subprotocol
+
+        assert asyncio.run(first_event()) == ("conversation.created", "realtime")
+    finally:
+        _stop(proc)
+    assert API_KEY not in (tmp_path / "log").read_text() and secret not in (tmp_path / "log").read_text()

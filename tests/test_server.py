@@ -36,7 +36,7 @@ def write_config(tmp: Path, port: int, extra: str = "") -> Path:
     cfg = tmp / "config.sh"
     cfg.write_text(
         f'model_loc="{tmp / "repo"}"\nriva_speech_api_port={port}\nlisten_address="127.0.0.1"\n'
-        f'metrics_port={free_port()}\nwyoming_enabled=false\n{extra}',
+        f'metrics_port={free_port()}\nhttp_port={free_port()}\nwyoming_enabled=false\n{extra}',
         encoding="utf-8",
     )
     return cfg
@@ -167,15 +167,16 @@ def test_stale_model_is_not_loaded(tmp_path: Path, deployed_tiny: Path) -> None:
     assert "another device" in log and "edged init" in log
 
 
-def test_metrics_port_in_use_is_a_boot_failure(tmp_path: Path, deployed_tiny: Path) -> None:
-    """A metrics port someone else holds gives the boot-failure code and names metrics_port."""
+@pytest.mark.parametrize("setting", ["metrics_port", "http_port"])
+def test_side_port_in_use_is_a_boot_failure(tmp_path: Path, deployed_tiny: Path, setting: str) -> None:
+    """A metrics or HTTP port someone else holds gives the boot-failure code and names its setting."""
     with socket.socket() as holder:
         holder.bind(("127.0.0.1", 0))
         holder.listen()
         taken = holder.getsockname()[1]
         cfg = write_config(tmp_path, free_port())
-        cfg.write_text(cfg.read_text() + f"metrics_port={taken}\n")
+        cfg.write_text(cfg.read_text() + f"{setting}={taken}\n")
         proc = start_server(cfg, tmp_path / "server.log")
         assert proc.wait(timeout=30) == EXIT_BOOT_FAILURE
     log = (tmp_path / "server.log").read_text()
-    assert "metrics_port" in log and "Traceback" not in log
+    assert setting in log and "Traceback" not in log and len(log.strip().splitlines()) <= 3, log

@@ -344,7 +344,7 @@ def server(repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str
     port = free_port()
     cfg = tmp / "config.sh"
     cfg.write_text(f'model_loc="{repo}"\nriva_speech_api_port={port}\nlisten_address="127.0.0.1"\n'
-                   f'metrics_port=0\nservice_enabled_asr=false\ntts_max_text_chars={MAX_CHARS}\nwyoming_enabled=false\n',
+                   f'metrics_port=0\nhttp_enabled=false\nservice_enabled_asr=false\ntts_max_text_chars={MAX_CHARS}\nwyoming_enabled=false\n',
                    encoding="utf-8")
     proc = start_server(cfg, tmp / "server.log")
     try:

@@ -39,7 +39,7 @@ def private_server(config: Path | None, timeout: float = 180.0) -> Iterator[tupl
         cfg = Path(tmp) / "config.sh"
         source = f'source "{Path(config).resolve()}"\n' if config else ""
         cfg.write_text(f'{source}riva_speech_api_port={port}\nlisten_address="127.0.0.1"\n'
-                       "metrics_port=0\nservice_enabled_tts=false\nwyoming_enabled=false\n", encoding="utf-8")
+                       "metrics_port=0\nhttp_enabled=false\nservice_enabled_tts=false\nwyoming_enabled=false\n", encoding="utf-8")
         if config:  # relative paths in the user's file stay relative to its folder
             cfg.write_text(cfg.read_text().replace(source, f'cd "{Path(config).resolve().parent}"\n{source}'))
         with open(Path(tmp) / "server.log", "wb") as log:

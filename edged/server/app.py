@@ -17,6 +17,7 @@ import signal
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -27,6 +28,7 @@ from edged.errors import EdgedError
 from edged.server import systemd
 from edged.server.context import ServerContext, ServiceInstaller
 from edged.server.control import install as install_control
+from edged.server.control import status as control_status
 from edged.server.exits import EXIT_BOOT_FAILURE, EXIT_OK
 from edged.server.http import HttpEndpoint
 from edged.server.localaudio import LocalAudio
@@ -34,6 +36,9 @@ from edged.server.wyoming import WyomingServer
 from edged.server.security import ApiKeyInterceptor, server_credentials, warn_if_exposed
 from edged.service.context import ServiceContext
 from edged.service.registry import ModelState, available_mb
+
+if TYPE_CHECKING:
+    from edged.server.web import WebDoor
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -63,6 +68,7 @@ class Server:
         self._stop = asyncio.Event()
         self._http: HttpEndpoint | None = None
         self._wyoming: WyomingServer | None = None
+        self._web: WebDoor | None = None
         self.ctx: ServerContext | None = None
         self._last_status = ""
         self._under_pressure = False
@@ -137,6 +143,8 @@ class Server:
                     f"({exc.strerror}); change metrics_port in config.sh (0 turns it off).") from None
         await ctx.publish_health()
         await server.start()
+        if settings.http_enabled:
+            await self._start_web(ctx)
         warn_if_exposed(settings)
         _LOGGER.info("Listening on %s (%s)%s; loading models", _address(settings),
                      "TLS" if credentials else "plaintext",
@@ -165,6 +173,23 @@ class Server:
         self._last_status = core.status_line()
         _LOGGER.info("Ready: %s", self._last_status)
         systemd.ready(self._last_status)
+
+    async def _start_web(self, ctx: ServerContext) -> None:
+        """The HTTP door (realtime WebSocket, OpenAI audio API, console) on http_port."""
+        from google.protobuf.json_format import MessageToDict
+
+        from edged.server.web import WebDoor
+
+        settings = self.settings
+        door = WebDoor(ctx.services, lambda: MessageToDict(control_status(ctx), preserving_proto_field_name=True))
+        try:
+            await door.start(settings)
+        except OSError as exc:
+            raise EdgedError(
+                f"Cannot listen on {settings.listen_address}:{settings.http_port} for HTTP "
+                f"({exc.strerror}); change http_port in config.sh (http_enabled=false turns it off).") from None
+        self._web = door
+        _LOGGER.info("HTTP (realtime WebSocket, OpenAI audio API, console) on port %d", settings.http_port)
 
     def _bind(self, server: grpc.aio.Server, credentials: grpc.ServerCredentials | None) -> None:
         address = _address(self.settings)
@@ -233,6 +258,8 @@ class Server:
         if self._wyoming is not None:
             await self._wyoming.stop()
             self._wyoming = None
+        if self._web is not None:
+            await self._web.stop()
         if self._http is not None:
             await self._http.stop()
         core.registry.unload_all()

@@ -1,0 +1,102 @@
+"""One map from edged's exceptions to HTTP statuses and error events, for the whole HTTP door.
+
+A user's mistake or a full server is answered with its status and the exception's one sentence
+(logged at INFO); anything else is a bug: 500, with its traceback in the log.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from aiohttp import web
+
+from edged.errors import (
+    AudioFormatError,
+    EdgedError,
+    FeatureOffError,
+    ModelDoesNotFitError,
+    ModelNotFoundError,
+    ModelStateError,
+    RequestError,
+    ResourceExhaustedError,
+    TtsRequestError,
+    UnknownVoiceError,
+)
+
+_LOGGER = logging.getLogger(__name__)
+
+
+class BadInput(EdgedError):
+    """The HTTP door itself could not read a request (malformed JSON, unknown event, bad field)."""
+
+
+class Unauthorized(EdgedError):
+    """No or a wrong API key."""
+
+
+_STATUSES: tuple[tuple[type[BaseException], int, str], ...] = (
+    (Unauthorized, 401, "authentication_error"),
+    (ResourceExhaustedError, 429, "rate_limit_error"),
+    (ModelDoesNotFitError, 429, "rate_limit_error"),
+    (UnknownVoiceError, 404, "not_found_error"),
+    (ModelNotFoundError, 404, "not_found_error"),
+    (AudioFormatError, 400, "invalid_request_error"),
+    (RequestError, 400, "invalid_request_error"),
+    (TtsRequestError, 400, "invalid_request_error"),
+    (BadInput, 400, "invalid_request_error"),
+    (ModelStateError, 503, "server_error"),
+    (FeatureOffError, 400, "invalid_request_error"),
+    (EdgedError, 400, "invalid_request_error"),
+)
+"""First match wins: subclasses before their bases."""
+
+
+def status_for(exc: BaseException) -> tuple[int, str, str]:
+    """HTTP status, error type and one-line message that answer `exc`."""
+    if isinstance(exc, web.HTTPRequestEntityTooLarge):
+        return 413, "invalid_request_error", (f"{exc.text}; the server takes at most max_message_mb "
+                                              "(config.sh) per request or message.")
+    if isinstance(exc, ConnectionError):  # the client went away mid-answer: nobody to tell
+        return 499, "client_closed", "The client closed the connection."
+    if isinstance(exc, web.HTTPException) and exc.status >= 400:
+        return exc.status, "invalid_request_error", exc.reason
+    for kind, status, name in _STATUSES:
+        if isinstance(exc, kind):
+            return status, name, str(exc)
+    return 500, "server_error", f"The server failed: {type(exc).__name__}: {exc}"
+
+
+def logged(exc: BaseException, what: str) -> tuple[int, str, str]:
+    """`status_for(exc)`, logged the same way for every handler of this door."""
+    status, name, message = status_for(exc)
+    if status == 500:
+        _LOGGER.error("%s failed", what, exc_info=exc)
+    else:
+        _LOGGER.info("%s refused (%d): %s", what, status, message)
+    return status, name, message
+
+
+@web.middleware
+async def http_errors(request: web.Request, handler: Any) -> web.StreamResponse:
+    """aiohttp's own refusals (no such route, wrong method, body too large) in this door's format."""
+    try:
+        response: web.StreamResponse = await handler(request)
+        return response
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return error_response(exc, f"{request.method} {request.path}")
+
+
+def error_event(exc: BaseException, what: str) -> dict[str, Any]:
+    """The realtime API's `error` event for `exc`."""
+    status, name, message = logged(exc, what)
+    return {"type": "error", "error": {"type": name, "code": str(status), "message": message}}
+
+
+def error_response(exc: BaseException, what: str) -> web.Response:
+    """An HTTP error response for `exc` (OpenAI's error body; `detail` for Riva's clients)."""
+    status, name, message = logged(exc, what)
+    return web.json_response({"error": {"message": message, "type": name, "code": status},
+                              "detail": message}, status=status)

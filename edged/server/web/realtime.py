@@ -1,0 +1,467 @@
+"""Riva's realtime API (nvidia-riva-client's `riva.client.realtime`) over the speech services.
+
+`POST /v1/realtime/transcription_sessions` and `/synthesis_sessions` hand out the default session
+config (and a short-lived client secret when `api_key` is set); `GET /v1/audio/list_voices`;
+`/v1/realtime?intent=transcription` and `?intent=synthesize` are the WebSockets. Events are only
+translated: recognition goes through `ctx.asr.session(...)`, synthesis through `ctx.tts`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import json
+import logging
+import uuid
+from contextlib import AsyncExitStack
+from typing import Any
+
+from aiohttp import WSCloseCode, WSMsgType, web
+
+from edged.errors import RequestError
+from edged.server.web.auth import Auth
+from edged.server.web.errors import BadInput, error_event, error_response
+from edged.service.asr import (
+    ENDPOINT_FIELDS,
+    AsrSession,
+    RecognitionRequest,
+    Transcript,
+)
+from edged.service.context import ServiceContext
+from edged.service.tts import SpeechRequest
+
+_LOGGER = logging.getLogger(__name__)
+
+_ENDPOINTING = dict(zip(("start_history", "start_threshold", "stop_history", "stop_threshold",
+                         "stop_history_eou", "stop_threshold_eou"), ENDPOINT_FIELDS))
+"""Riva's endpointing_config field: RecognitionRequest endpointing name."""
+_PCM_FORMATS = ("pcm16", "pcm", "linear_pcm", "")
+
+
+def _id(prefix: str) -> str:
+    return f"{prefix}_{uuid.uuid4().hex[:24]}"
+
+
+def _section(config: dict[str, Any], name: str) -> dict[str, Any]:
+    value = config.get(name) or {}
+    if not isinstance(value, dict):
+        raise BadInput(f"session.{name} must be an object.")
+    return value
+
+
+def transcription_defaults(ctx: ServiceContext) -> dict[str, Any]:
+    """The default transcription session, as POST /v1/realtime/transcription_sessions gives it."""
+    model, language = "", "en-US"
+    if ctx.asr is not None:
+        models = ctx.asr.models()
+        if models:
+            model, manifest = next(iter(models.items()))
+            language = manifest.language_code
+    return {
+        "object": "realtime.transcription_session", "modalities": ["text"],
+        "input_audio_format": "pcm16",
+        "input_audio_transcription": {"language": language, "model": model, "prompt": ""},
+        "input_audio_params": {"sample_rate_hz": 16000, "num_channels": 1},
+        "recognition_config": {"max_alternatives": 1, "enable_automatic_punctuation": True,
+                               "enable_word_time_offsets": False, "enable_profanity_filter": False,
+                               "enable_verbatim_transcripts": False, "interim_results": True},
+        "word_boosting": {"enable_word_boosting": False, "word_boosting_list": []},
+        "endpointing_config": {},
+    }
+
+
+def synthesis_defaults(ctx: ServiceContext) -> dict[str, Any]:
+    """The default synthesis session, as POST /v1/realtime/synthesis_sessions gives it."""
+    voice, language, rate = "", "en-US", 22050
+    if ctx.tts is not None and ctx.tts.voices():
+        info = ctx.tts.voices()[0]
+        voice, language, rate = (info.names or [""])[0], info.language_code, info.sample_rate
+    return {
+        "object": "realtime.synthesis_session", "modalities": ["audio"],
+        "input_text_synthesis": {"language_code": language, "voice_name": voice},
+        "output_audio_params": {"sample_rate_hz": rate, "audio_format": "pcm16"},
+        "custom_dictionary": "",
+    }
+
+
+def recognition_request(session: dict[str, Any]) -> tuple[RecognitionRequest, bool]:
+    """The service request of a transcription session config, and whether interims are wanted."""
+    fmt = str(session.get("input_audio_format", "pcm16")).lower()
+    if fmt not in (*_PCM_FORMATS, "none"):
+        raise BadInput(f"input_audio_format {fmt!r} is not supported; use pcm16 (raw 16-bit PCM) or "
+                       "none (a WAV or FLAC file with its header).")
+    transcription = _section(session, "input_audio_transcription")
+    params = _section(session, "input_audio_params")
+    rec = _section(session, "recognition_config")
+    boosting = _section(session, "word_boosting")
+    endpointing = _section(session, "endpointing_config")
+    try:
+        boost = tuple((str(p), float(entry.get("boost", 1.0)))
+                      for entry in boosting.get("word_boosting_list", []) or []
+                      for p in entry.get("phrases", []) if str(p).strip()) \
+            if boosting.get("enable_word_boosting", bool(boosting.get("word_boosting_list"))) else ()
+        ends = tuple((_ENDPOINTING[k], float(v)) for k, v in endpointing.items()
+                     if k in _ENDPOINTING and float(v) > 0)
+        raw = fmt != "none"
+        request = RecognitionRequest(
+            model=str(transcription.get("model") or ""),
+            language_code=str(transcription.get("language") or ""),
+            encoding="LINEAR_PCM" if raw else "",
+            sample_rate=int(params.get("sample_rate_hz") or 16000) if raw else 0,
+            channels=int(params.get("num_channels") or 1),
+            interim_results=bool(rec.get("interim_results", True)),
+            punctuation=bool(rec.get("enable_automatic_punctuation", True)),
+            word_times=bool(rec.get("enable_word_time_offsets", False)),
+            profanity_filter=bool(rec.get("enable_profanity_filter", False)),
+            max_alternatives=int(rec.get("max_alternatives") or 1),
+            boost=boost, endpointing=ends)
+    except (TypeError, ValueError, AttributeError) as exc:
+        raise BadInput(f"The transcription session config has a value of the wrong type: {exc}.") from None
+    return request, request.interim_results
+
+
+def _runtime_force_eou(event: dict[str, Any]) -> bool:
+    runtime = event.get("runtime_config") or {}
+    return isinstance(runtime, dict) and str(runtime.get("force_eou", "")).strip().lower() in ("true", "1", "yes")
+
+
+def _b64(event: dict[str, Any], field: str) -> bytes:
+    data = event.get(field, "")
+    if not isinstance(data, str):
+        raise BadInput(f"{event.get('type')}.{field} must be a base64 string.")
+    try:
+        return base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError):
+        raise BadInput(f"{event.get('type')}.{field} is not valid base64.") from None
+
+
+class RealtimeApi:
+    """The realtime routes of the HTTP door."""
+
+    def __init__(self, ctx: ServiceContext, auth: Auth, max_message_bytes: int, idle_timeout_s: float) -> None:
+        self._ctx = ctx
+        self._auth = auth
+        self._max = max_message_bytes
+        self._idle_s = idle_timeout_s
+        self._open: set[web.WebSocketResponse] = set()
+
+    async def close_all(self, _app: web.Application | None = None) -> None:
+        """Close every open conversation with 1001 (going away): the server is stopping."""
+        for ws in list(self._open):
+            await ws.close(code=WSCloseCode.GOING_AWAY, message=b"The server is shutting down.")
+
+    def routes(self) -> list[web.RouteDef]:
+        """The aiohttp routes of this API."""
+        return [web.post("/v1/realtime/transcription_sessions", self.transcription_session),
+                web.post("/v1/realtime/synthesis_sessions", self.synthesis_session),
+                web.get("/v1/audio/list_voices", self.list_voices),
+                web.get("/v1/realtime", self.websocket)]
+
+    def _minted(self, defaults: dict[str, Any], request: web.Request) -> web.Response:
+        try:
+            self._auth.check_http(request)
+        except Exception as exc:  # noqa: BLE001 - one error map (errors.py)
+            return error_response(exc, "Realtime session")
+        session = {"id": _id("sess"), **defaults}
+        secret = self._auth.mint()
+        if secret is not None:
+            session["client_secret"] = secret
+        return web.json_response(session)
+
+    async def transcription_session(self, request: web.Request) -> web.Response:
+        """POST /v1/realtime/transcription_sessions: the default transcription session."""
+        return self._minted(transcription_defaults(self._ctx), request)
+
+    async def synthesis_session(self, request: web.Request) -> web.Response:
+        """POST /v1/realtime/synthesis_sessions: the default synthesis session."""
+        return self._minted(synthesis_defaults(self._ctx), request)
+
+    async def list_voices(self, request: web.Request) -> web.Response:
+        """GET /v1/audio/list_voices: the voices by language, as Riva's NIM lists them."""
+        try:
+            self._auth.check_http(request)
+        except Exception as exc:  # noqa: BLE001 - one error map (errors.py)
+            return error_response(exc, "Voice list")
+        out: dict[str, dict[str, list[str]]] = {}
+        for info in self._ctx.tts.voices() if self._ctx.tts is not None else []:
+            out.setdefault(info.language_code, {"voices": []})["voices"].extend(info.names)
+        return web.json_response(out)
+
+    async def websocket(self, request: web.Request) -> web.StreamResponse:
+        """GET /v1/realtime?intent=transcription|synthesize: one realtime conversation."""
+        intent = request.query.get("intent", "transcription")
+        try:
+            self._auth.check_ws(request)
+            if intent not in ("transcription", "synthesize"):
+                raise BadInput(f"Unknown intent {intent!r}; use intent=transcription or intent=synthesize.")
+            if (self._ctx.asr if intent == "transcription" else self._ctx.tts) is None:
+                raise BadInput(f"The {'ASR' if intent == 'transcription' else 'TTS'} service is turned off "
+                               "on this server (config.sh).")
+        except Exception as exc:  # noqa: BLE001 - one error map (errors.py)
+            return error_response(exc, "Realtime connection")
+        ws = web.WebSocketResponse(protocols=("realtime",), max_msg_size=self._max, heartbeat=30)
+        await ws.prepare(request)
+        self._open.add(ws)
+        conversation = _id("conv")
+        await ws.send_json({"type": "conversation.created", "event_id": _id("event"),
+                            "conversation": {"id": conversation, "object": "realtime.conversation"}})
+        try:
+            if intent == "transcription":
+                await _Transcription(self._ctx, ws, self._idle_s).run()
+            else:
+                await _Synthesis(self._ctx, ws).run()
+        except Exception as exc:  # noqa: BLE001 - one error map (errors.py); the socket closes after
+            event = error_event(exc, "Realtime " + intent)
+            if not ws.closed:
+                try:
+                    await ws.send_json(event)
+                except ConnectionError:
+                    pass  # the client went away first
+        finally:
+            self._open.discard(ws)
+            await ws.close()
+        return ws
+
+
+async def _events(ws: web.WebSocketResponse, idle_s: float | None = None) -> Any:
+    """The client's events, as dicts; a malformed one is answered with an error event and skipped.
+    RequestError after `idle_s` without a message (a transcription holds a stream slot)."""
+    while True:
+        try:
+            msg = await ws.receive(timeout=idle_s)
+        except asyncio.TimeoutError:
+            raise RequestError(f"No event for {idle_s:g} s; the conversation was ended "
+                               "(asr_stream_idle_timeout_s).") from None
+        if msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED):
+            return
+        if msg.type == WSMsgType.TEXT:
+            try:
+                event = json.loads(msg.data)
+                if not isinstance(event, dict) or not isinstance(event.get("type"), str):
+                    raise BadInput("An event must be a JSON object with a string `type`.")
+            except (json.JSONDecodeError, BadInput) as exc:
+                await ws.send_json(error_event(
+                    exc if isinstance(exc, BadInput) else BadInput(f"The event is not valid JSON: {exc}."),
+                    "Realtime event"))
+                continue
+            yield event
+        elif msg.type == WSMsgType.BINARY:
+            await ws.send_json(error_event(BadInput("Binary messages are not part of this API; send JSON "
+                                                    "events with base64 audio."), "Realtime event"))
+        elif msg.type == WSMsgType.ERROR:
+            failure = ws.exception()
+            raise BadInput(f"The WebSocket failed: {failure}; messages may be at most max_message_mb (config.sh)."
+                           if "too big" in str(failure).lower() else f"The WebSocket failed: {failure}.")
+
+
+class _Transcription:
+    """One transcription conversation: events in, the session's transcripts out."""
+
+    def __init__(self, ctx: ServiceContext, ws: web.WebSocketResponse, idle_s: float) -> None:
+        assert ctx.asr is not None
+        self._idle_s = idle_s
+        self._ctx = ctx
+        self._asr = ctx.asr
+        self._ws = ws
+        self._config = transcription_defaults(ctx)
+        self._stack = AsyncExitStack()
+        self._session: AsrSession | None = None
+        self._request: RecognitionRequest | None = None
+        self._buffer: list[bytes] = []
+        self._eou = False
+        self._item = _id("item")
+        self._fed = False
+
+    async def _open(self) -> AsrSession:
+        if self._session is None:
+            request, _ = recognition_request(self._config)
+            self._session = await self._stack.enter_async_context(self._asr.session(request))
+            self._request = request
+        return self._session
+
+    async def run(self) -> None:
+        """Serve events until input_audio_buffer.done or the client leaves."""
+        try:
+            async for event in _events(self._ws, self._idle_s):
+                kind = event["type"]
+                try:
+                    if kind == "transcription_session.update":
+                        await self._update(event)
+                    elif kind == "input_audio_buffer.append":
+                        self._buffer.append(_b64(event, "audio"))
+                        self._eou = self._eou or _runtime_force_eou(event)
+                    elif kind == "input_audio_buffer.commit":
+                        await self._commit()
+                        await self._ws.send_json({"type": "input_audio_buffer.committed",
+                                                  "event_id": _id("event"), "item_id": self._item})
+                    elif kind == "input_audio_buffer.clear":
+                        self._buffer, self._eou = [], False
+                        await self._ws.send_json({"type": "input_audio_buffer.cleared", "event_id": _id("event")})
+                    elif kind == "input_audio_buffer.done":
+                        await self._commit()
+                        session = await self._open()
+                        await self._send(await session.finish(), last=True)
+                        return
+                    else:
+                        raise BadInput(f"Unknown event type {kind!r} for intent=transcription.")
+                except BadInput as exc:
+                    await self._ws.send_json(error_event(exc, "Realtime transcription"))
+        finally:
+            await self._stack.aclose()  # the session's stream slot
+
+    async def _update(self, event: dict[str, Any]) -> None:
+        session = event.get("session") or {}
+        if not isinstance(session, dict):
+            raise BadInput("transcription_session.update needs a `session` object.")
+        if self._fed:
+            raise BadInput("The session config cannot change once audio was sent; open a new connection.")
+        config = {**self._config, **session}
+        recognition_request(config)  # checked before it is kept
+        self._config = config
+        if self._session is not None:  # made with the old config: give its slot back first
+            await self._stack.aclose()
+            self._session = None
+        await self._open()
+        await self._ws.send_json({"type": "transcription_session.updated", "event_id": _id("event"),
+                                  "session": {k: v for k, v in self._config.items() if k != "client_secret"}})
+
+    async def _commit(self) -> None:
+        audio, eou = b"".join(self._buffer), self._eou
+        self._buffer, self._eou = [], False
+        if not audio and not eou:
+            return
+        session = await self._open()
+        self._fed = True
+        await self._send(await session.feed(audio, end_utterance=eou))
+
+    async def _send(self, transcripts: list[Transcript], last: bool = False) -> None:
+        finals = [t for t in transcripts if t.result.is_final]
+        for t in transcripts:
+            result = t.result
+            if not result.is_final:
+                await self._ws.send_json({
+                    "type": "conversation.item.input_audio_transcription.delta", "event_id": _id("event"),
+                    "item_id": self._item, "content_index": t.channel, "delta": result.transcript,
+                    "stability": result.stability})
+                continue
+            is_last = last and t is finals[-1]
+            await self._ws.send_json(self._completed(t, is_last))
+            self._item = _id("item")
+        if last and not finals:
+            await self._ws.send_json({
+                "type": "conversation.item.input_audio_transcription.completed", "event_id": _id("event"),
+                "item_id": self._item, "content_index": 0, "transcript": "", "is_last_result": True})
+
+    def _completed(self, t: Transcript, is_last: bool) -> dict[str, Any]:
+        result = t.result
+        event: dict[str, Any] = {
+            "type": "conversation.item.input_audio_transcription.completed", "event_id": _id("event"),
+            "item_id": self._item, "content_index": t.channel, "transcript": result.transcript,
+            "confidence": result.confidence, "language_code": result.language_code,
+            "audio_processed": result.audio_processed, "is_last_result": is_last,
+            "alternatives": [{"transcript": a.transcript, "confidence": a.confidence} for a in result.alternatives]}
+        if self._request is not None and self._request.word_times:
+            event["words_info"] = {"words": [
+                {"word": w.word, "start_time": w.start_ms, "end_time": w.end_ms,
+                 "confidence": w.confidence, "speaker_tag": 0} for w in result.words]}
+        return event
+
+
+class _Synthesis:
+    """One synthesis conversation: text in, speech out as it is made (one text at a time, in order)."""
+
+    def __init__(self, ctx: ServiceContext, ws: web.WebSocketResponse) -> None:
+        assert ctx.tts is not None
+        self._tts = ctx.tts
+        self._ws = ws
+        self._config = synthesis_defaults(ctx)
+        self._text: list[str] = []
+        self._queue: asyncio.Queue[str | None] = asyncio.Queue()
+
+    async def run(self) -> None:
+        """Serve events until input_text.done has been spoken or the client leaves."""
+        async with self._tts.session():
+            speaker = asyncio.get_running_loop().create_task(self._speak())
+            try:
+                async for event in _events(self._ws):
+                    kind = event["type"]
+                    try:
+                        if kind == "synthesize_session.update":
+                            await self._update(event)
+                        elif kind == "input_text.append":
+                            text = event.get("text", "")
+                            if not isinstance(text, str):
+                                raise BadInput("input_text.append.text must be a string.")
+                            self._text.append(text)
+                        elif kind == "input_text.commit":
+                            self._flush()
+                        elif kind == "input_text.done":
+                            self._flush()
+                            self._queue.put_nowait(None)
+                            await speaker  # everything committed is spoken, then the socket closes
+                            return
+                        else:
+                            raise BadInput(f"Unknown event type {kind!r} for intent=synthesize.")
+                    except BadInput as exc:
+                        await self._ws.send_json(error_event(exc, "Realtime synthesis"))
+            finally:
+                speaker.cancel()  # the client left: stop synthesising for it
+
+    def _flush(self) -> None:
+        text = "".join(self._text).strip()
+        self._text = []
+        if text:
+            self._queue.put_nowait(text)
+
+    async def _update(self, event: dict[str, Any]) -> None:
+        session = event.get("session") or {}
+        if not isinstance(session, dict):
+            raise BadInput("synthesize_session.update needs a `session` object.")
+        config = dict(self._config)
+        for name in ("input_text_synthesis", "output_audio_params"):
+            config[name] = {**_section(config, name), **_section(session, name)}
+        if "custom_dictionary" in session:
+            config["custom_dictionary"] = str(session["custom_dictionary"] or "")
+        fmt = str(config["output_audio_params"].get("audio_format", "pcm16")).lower()
+        if fmt not in _PCM_FORMATS:
+            raise BadInput(f"output_audio_params.audio_format {fmt!r} is not supported; use pcm16.")
+        await self._tts.prepare(self._speech("x", config))  # the voice exists and loads
+        self._config = config
+        await self._ws.send_json({"type": "synthesize_session.updated", "event_id": _id("event"),
+                                  "session": config})
+
+    @staticmethod
+    def _speech(text: str, config: dict[str, Any]) -> SpeechRequest:
+        voice = config["input_text_synthesis"]
+        try:
+            rate = int(config["output_audio_params"].get("sample_rate_hz") or 0)
+        except (TypeError, ValueError):
+            raise BadInput("output_audio_params.sample_rate_hz must be a number.") from None
+        return SpeechRequest(text=text, voice=str(voice.get("voice_name") or ""),
+                             language_code=str(voice.get("language_code") or ""), sample_rate=rate,
+                             custom_dictionary=str(config.get("custom_dictionary") or ""))
+
+    async def _speak(self) -> None:
+        """Synthesise the committed texts in turn; the last completion says is_last_result."""
+        while True:
+            text = await self._queue.get()
+            if text is None:
+                await self._ws.send_json({"type": "conversation.item.speech.completed", "event_id": _id("event"),
+                                          "item_id": _id("item"), "is_last_result": True})
+                return
+            item = _id("item")
+            try:
+                synthesis = await self._tts.prepare(self._speech(text, self._config))
+                samples = 0
+                async for chunk in self._tts.chunks(synthesis):
+                    samples += len(chunk.pcm) // 2
+                    await self._ws.send_json({"type": "conversation.item.speech.data", "event_id": _id("event"),
+                                              "item_id": item, "audio": base64.b64encode(chunk.pcm).decode("ascii")})
+                await self._ws.send_json({
+                    "type": "conversation.item.speech.completed", "event_id": _id("event"), "item_id": item,
+                    "is_last_result": False, "synthesis_metadata": {
+                        "text": text, "sample_rate_hz": synthesis.sample_rate,
+                        "audio_duration_s": samples / synthesis.sample_rate}})
+            except Exception as exc:  # noqa: BLE001 - one error map (errors.py); the next text goes on
+                await self._ws.send_json(error_event(exc, "Realtime synthesis"))

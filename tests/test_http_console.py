@@ -1,0 +1,66 @@
+"""The browser console in Debian's Chromium (Playwright, never `playwright install`): dictation from
+a fake microphone playing beckett.wav, speech played as it arrives, the server's status."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.test_asr_server import beckett_path
+from tests.test_http_realtime import web  # noqa: F401 - the fixture
+from tests.test_riva_fidelity import repo  # noqa: F401 - the fixture
+
+CHROMIUM = Path("/usr/bin/chromium")
+
+
+def chromium_args(wav: Path) -> list[str]:
+    return ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync", "--no-first-run", "--use-fake-ui-for-media-stream",
+            "--use-fake-device-for-media-stream", f"--use-file-for-fake-audio-capture={wav}"]
+
+
+@pytest.fixture()
+def page(tmp_path: Path, web: tuple[str, int]) -> Any:  # noqa: F811
+    if not CHROMIUM.exists():
+        pytest.skip("Debian's chromium is not installed (.ci/run installs it)")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    wav = tmp_path / "mic.wav"
+    shutil.copy(beckett_path(), wav)
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=chromium_args(wav))
+        try:
+            page = browser.new_page()
+            page.goto(f"http://127.0.0.1:{web[1]}/")
+            yield page
+        finally:
+            browser.close()
+
+
+def test_console_dictates_speaks_and_shows_status(page: Any, tmp_path: Path, web: tuple[str, int]) -> None:  # noqa: F811
+    """Dictation shows the transcript of the fake mic; Speak plays audio; the status lists the models."""
+    page.wait_for_function("document.querySelector('#models').children.length >= 3", timeout=20000)
+    assert page.text_content("#health") == "SERVING"
+    page.click("#dictate")
+    page.wait_for_function("document.querySelector('#finals').textContent.toLowerCase().includes('fail')",
+                           timeout=60000)
+    page.click("#dictate")  # stop: input_audio_buffer.done
+    page.wait_for_function("document.querySelector('#dictation-state').textContent === 'idle'", timeout=30000)
+    assert page.evaluate("window.edged.interims") > 0
+    text = page.text_content("#finals").lower()
+    assert "ever tried" in text or "try again" in text, text
+    page.wait_for_function("document.querySelector('#voice').options.length > 0", timeout=10000)
+    page.fill("#text", "Hello from the browser console.")
+    page.click("#speak")
+    page.wait_for_function("window.edged.speechDone >= 1", timeout=30000)
+    samples = page.evaluate("window.edged.samplesReceived")
+    assert samples > 22050, samples
+    assert page.evaluate("window.edged.errors") == []
+    page.screenshot(path=str(tmp_path / "console.png"), full_page=True)
+    with urllib.request.urlopen(f"http://127.0.0.1:{web[1]}/v1/edged/status", timeout=10) as r:
+        status = json.load(r)
+    assert status["health"] == "SERVING" and {m["name"] for m in status["models"]} >= {"moonshine-base-en"}
