@@ -30,7 +30,7 @@ def tight(repo: Path) -> Iterator[int]:  # noqa: F811
     port, http = free_port(), free_port()
     cfg = tmp / "config-tight.sh"
     cfg.write_text(f'model_loc="{tmp / "repo"}"\nriva_speech_api_port={port}\nlisten_address="127.0.0.1"\n'
-                   f'metrics_port=0\nhttp_port={http}\nasr_max_streams=1\nmax_message_mb=1\n'
+                   f'metrics_port=0\nwyoming_enabled=false\nhttp_port={http}\nasr_max_streams=1\nmax_message_mb=1\n'
                    f'asr_stream_idle_timeout_s=3\napi_key="{KEY}"\n', encoding="utf-8")
     with serving(cfg, port) as _:
         yield http

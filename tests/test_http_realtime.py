@@ -40,7 +40,7 @@ def web(repo: Path) -> Iterator[tuple[str, int]]:  # noqa: F811 - the fixture
     port, http = free_port(), free_port()
     cfg = tmp / "config-http.sh"
     cfg.write_text(f'model_loc="{tmp / "repo"}"\nriva_speech_api_port={port}\nlisten_address="127.0.0.1"\n'
-                   f"metrics_port=0\nhttp_port={http}\n", encoding="utf-8")
+                   f"metrics_port=0\nwyoming_enabled=false\nhttp_port={http}\n", encoding="utf-8")
     with serving(cfg, port) as address:
         yield address, http
 

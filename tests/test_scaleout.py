@@ -98,7 +98,7 @@ def replicas(tmp_path_factory: pytest.TempPathFactory, default_rmirs: dict[str, 
             cfg.write_text(
                 f'model_loc="{repo}"\nriva_speech_api_port={port}\nlisten_address="127.0.0.1"\n'
                 f"metrics_port={metrics_port}\nservice_enabled_tts=false\nasr_max_streams={MAX_STREAMS}\n"
-                "ort_intra_op_threads=1\nshutdown_grace_s=30\nwyoming_enabled=false\n", encoding="utf-8")
+                "ort_intra_op_threads=1\nshutdown_grace_s=30\nwyoming_enabled=false\nhttp_enabled=false\n", encoding="utf-8")
             out.append(Replica(f"r{i}", cfg, port, metrics_port, start_server(cfg, tmp / f"server-{i}.log")))
         started = time.monotonic()
         for r in out:

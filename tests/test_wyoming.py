@@ -53,7 +53,7 @@ def _start(tmp: Path, repo: Path, name: str, extra: str) -> tuple[subprocess.Pop
     port, wport = free_port(), free_port()
     cfg = tmp / f"{name}.sh"
     cfg.write_text(f'model_loc="{repo}"\nriva_speech_api_port={port}\nlisten_address="127.0.0.1"\n'
-                   f"metrics_port=0\nwyoming_port={wport}\n{extra}", encoding="utf-8")
+                   f"metrics_port=0\nhttp_enabled=false\nwyoming_port={wport}\n{extra}", encoding="utf-8")
     log = tmp / f"{name}.log"
     proc = start_server(cfg, log)
     wait_serving(proc, port, timeout=120)
@@ -329,7 +329,7 @@ def test_port_in_use_is_one_line_boot_error(repo: Path) -> None:
         wport = busy.getsockname()[1]
         cfg = tmp / "busy.sh"
         cfg.write_text(f'model_loc="{repo}"\nriva_speech_api_port={free_port()}\nlisten_address="127.0.0.1"\n'
-                       f"metrics_port=0\nwyoming_port={wport}\nwyoming_zeroconf=false\n", encoding="utf-8")
+                       f"metrics_port=0\nhttp_enabled=false\nwyoming_port={wport}\nwyoming_zeroconf=false\n", encoding="utf-8")
         proc = start_server(cfg, tmp / "busy.log")
         assert proc.wait(timeout=60) != 0
     log = (tmp / "busy.log").read_text()
