@@ -101,6 +101,19 @@ def default_rmirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return rmirs
 
 
+@pytest.fixture(scope="module")
+def default_repo(tmp_path_factory: pytest.TempPathFactory, default_rmirs: dict[str, Path],
+                 cpu_target: DeployTarget) -> Path:
+    """A model repository with the three default models deployed (one per test module)."""
+    from edged.backends import BackendOptions
+    from edged.repository.deploy import deploy
+
+    repo = tmp_path_factory.mktemp("default-repo") / "repo"
+    for name in ("moonshine-base-en", "silero-vad", "piper-joe-medium"):
+        deploy(RmirRef(default_rmirs[name]), repo / "models", cpu_target, BackendOptions())
+    return repo
+
+
 @pytest.fixture(scope="session")
 def float_decoder(tmp_path_factory: pytest.TempPathFactory, default_rmirs: dict[str, Path]) -> OrtSession:
     """The RMIR's step decoder as the importer wrote it (float32 weights, ORT-optimised at load;

@@ -25,7 +25,12 @@ import yaml
 from edged.backends import BackendOptions, get_backend
 from edged.errors import DeployError, RmirError, WrongKeyError
 from edged.repository.deploy import DeployOutcome, clean_leftovers, deploy
-from edged.repository.records import DEPLOY_RECORD, DeployTarget, list_models, read_record
+from edged.repository.records import (
+    DEPLOY_RECORD,
+    DeployTarget,
+    list_models,
+    read_record,
+)
 from edged.rmir import RmirRef, file_sha256
 from edged.rmir.build import ModelSource, build_manifest, build_rmir
 from edged.rmir.manifest import MANIFEST_NAME

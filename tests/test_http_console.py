@@ -13,7 +13,6 @@ import pytest
 
 from tests.test_asr_server import beckett_path
 from tests.test_http_realtime import web  # noqa: F401 - the fixture
-from tests.test_riva_fidelity import repo  # noqa: F401 - the fixture
 
 CHROMIUM = Path("/usr/bin/chromium")
 

@@ -17,16 +17,16 @@ import requests
 import websockets
 
 from tests.test_http_realtime import asr_args, transcribe, wav_bytes
-from tests.test_riva_fidelity import beckett, repo  # noqa: F401 - the fixture
+from tests.test_riva_fidelity import beckett
 from tests.test_server import deployed_tiny, free_port, serving  # noqa: F401 - deployed_tiny: a fixture
 
 KEY = "s3cret-key"
 
 
 @pytest.fixture(scope="module")
-def tight(repo: Path) -> Iterator[int]:  # noqa: F811
+def tight(default_repo: Path) -> Iterator[int]:
     """`edged start` with one ASR stream, 1 MiB messages, a 3 s idle timeout and an API key; its HTTP port."""
-    tmp = repo.parent
+    tmp = default_repo.parent
     port, http = free_port(), free_port()
     cfg = tmp / "config-tight.sh"
     cfg.write_text(f'model_loc="{tmp / "repo"}"\nriva_speech_api_port={port}\nlisten_address="127.0.0.1"\n'

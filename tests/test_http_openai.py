@@ -12,7 +12,7 @@ import soundfile
 
 from edged.client.textnorm import word_errors
 from tests.test_http_realtime import SENTENCE, wav_bytes, web  # noqa: F401 - fixtures
-from tests.test_riva_fidelity import beckett, repo, spoken, voice  # noqa: F401 - fixtures
+from tests.test_riva_fidelity import beckett, spoken, voice  # noqa: F401 - fixtures
 
 
 @pytest.fixture(scope="module")

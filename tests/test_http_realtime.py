@@ -24,7 +24,6 @@ from tests.test_riva_fidelity import (  # noqa: F401 - fixtures
     RARE_WORD,
     RATE,
     beckett,
-    repo,
     spoken,
     voice,
 )
@@ -34,9 +33,9 @@ SENTENCE = "The quick brown fox jumps over the lazy dog."
 
 
 @pytest.fixture(scope="module")
-def web(repo: Path) -> Iterator[tuple[str, int]]:  # noqa: F811 - the fixture
+def web(default_repo: Path) -> Iterator[tuple[str, int]]:
     """`edged start` with the default models; yields (gRPC address, HTTP port)."""
-    tmp = repo.parent
+    tmp = default_repo.parent
     port, http = free_port(), free_port()
     cfg = tmp / "config-http.sh"
     cfg.write_text(f'model_loc="{tmp / "repo"}"\nriva_speech_api_port={port}\nlisten_address="127.0.0.1"\n'

@@ -25,10 +25,7 @@ from edged.backends import BackendOptions
 from edged.client.textnorm import word_errors
 from edged.pipelines.asr.audio import decode_all
 from edged.pipelines.tts import SynthesisRequest, TtsModel
-from edged.repository.deploy import deploy
 from edged.repository.records import DeployTarget, list_models
-from edged.rmir import RmirRef
-from tests.conftest import require_default_packs
 from tests.test_asr_server import beckett_path, pcm_of, stereo_wav
 from tests.test_server import free_port, serving
 
@@ -40,30 +37,20 @@ PROFANE_SENTENCE = "Well this is shit, I said."
 
 
 @pytest.fixture(scope="module")
-def repo(tmp_path_factory: pytest.TempPathFactory, default_rmirs: dict[str, Path], cpu_target: DeployTarget) -> Path:
-    """A repository with the three default models."""
-    require_default_packs()
-    repo = tmp_path_factory.mktemp("fidelity") / "repo"
-    for name in ("moonshine-base-en", "silero-vad", "piper-joe-medium"):
-        deploy(RmirRef(default_rmirs[name]), repo / "models", cpu_target, BackendOptions())
-    return repo
-
-
-@pytest.fixture(scope="module")
-def voice(repo: Path, cpu_target: DeployTarget) -> TtsModel:
+def voice(default_repo: Path, cpu_target: DeployTarget) -> TtsModel:
     """edged's voice in this process without the VITS noise, so that its speech is the same every run."""
     from edged.loader import load_model
 
-    deployed = next(m for m in list_models(repo / "models", cpu_target) if m.name == "piper-joe-medium")
+    deployed = next(m for m in list_models(default_repo / "models", cpu_target) if m.name == "piper-joe-medium")
     tts = TtsModel(load_model(deployed, BackendOptions()), 600)
     tts.network.config = replace(tts.network.config, noise_scale=0.0, noise_w=0.0)
     return tts
 
 
 @pytest.fixture(scope="module")
-def address(repo: Path) -> Iterator[str]:
+def address(default_repo: Path) -> Iterator[str]:
     """`edged start` with the three default models on a loopback port."""
-    tmp = repo.parent
+    tmp = default_repo.parent
     port = free_port()
     cfg = tmp / "config.sh"
     cfg.write_text(f'model_loc="{tmp / "repo"}"\nriva_speech_api_port={port}\nlisten_address="127.0.0.1"\n'

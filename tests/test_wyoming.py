@@ -18,22 +18,29 @@ from pathlib import Path
 
 import grpc
 import pytest
-from wyoming.asr import Transcribe, Transcript, TranscriptChunk, TranscriptStart, TranscriptStop
+from wyoming.asr import (
+    Transcribe,
+    Transcript,
+    TranscriptChunk,
+    TranscriptStart,
+    TranscriptStop,
+)
 from wyoming.audio import AudioChunk, AudioStart, AudioStop
 from wyoming.client import AsyncTcpClient
 from wyoming.error import Error
 from wyoming.event import Event
 from wyoming.info import Describe, Info
-from wyoming.tts import Synthesize, SynthesizeChunk, SynthesizeStart, SynthesizeStop, SynthesizeStopped
+from wyoming.tts import (
+    Synthesize,
+    SynthesizeChunk,
+    SynthesizeStart,
+    SynthesizeStop,
+    SynthesizeStopped,
+)
 
-from edged.backends import BackendOptions
 from edged.client.textnorm import word_errors
 from edged.proto import edged_pb2, edged_pb2_grpc
-from edged.repository.deploy import deploy
-from edged.repository.records import DeployTarget
-from edged.rmir import RmirRef
 from edged.server.wyoming import split_sentences
-from tests.conftest import require_default_packs
 from tests.test_asr_server import beckett_path, pcm_of
 from tests.test_server import free_port, start_server, wait_serving
 
@@ -49,10 +56,10 @@ class Daemon:
     log: Path
 
 
-def _start(tmp: Path, repo: Path, name: str, extra: str) -> tuple[subprocess.Popen[bytes], Daemon]:
+def _start(tmp: Path, default_repo: Path, name: str, extra: str) -> tuple[subprocess.Popen[bytes], Daemon]:
     port, wport = free_port(), free_port()
     cfg = tmp / f"{name}.sh"
-    cfg.write_text(f'model_loc="{repo}"\nriva_speech_api_port={port}\nlisten_address="127.0.0.1"\n'
+    cfg.write_text(f'model_loc="{default_repo}"\nriva_speech_api_port={port}\nlisten_address="127.0.0.1"\n'
                    f"metrics_port=0\nhttp_enabled=false\nwyoming_port={wport}\n{extra}", encoding="utf-8")
     log = tmp / f"{name}.log"
     proc = start_server(cfg, log)
@@ -69,19 +76,9 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 
 
 @pytest.fixture(scope="module")
-def repo(tmp_path_factory: pytest.TempPathFactory, default_rmirs: dict[str, Path], cpu_target: DeployTarget) -> Path:
-    """A repository with the three default models."""
-    require_default_packs()
-    repo = tmp_path_factory.mktemp("wyoming") / "repo"
-    for name in ("moonshine-base-en", "silero-vad", "piper-joe-medium"):
-        deploy(RmirRef(default_rmirs[name]), repo / "models", cpu_target, BackendOptions())
-    return repo
-
-
-@pytest.fixture(scope="module")
-def daemon(repo: Path) -> Iterator[Daemon]:
+def daemon(default_repo: Path) -> Iterator[Daemon]:
     """`edged start` with Wyoming on a loopback port, zeroconf off."""
-    proc, d = _start(repo.parent, repo, "server", "wyoming_zeroconf=false\n")
+    proc, d = _start(default_repo.parent, default_repo, "server", "wyoming_zeroconf=false\n")
     try:
         yield d
     finally:
@@ -278,9 +275,9 @@ def test_bad_input_is_answered_and_leaves_no_stream(daemon: Daemon) -> None:
     assert "Traceback" not in daemon.log.read_text()
 
 
-def test_full_server_answers_resource_exhausted(repo: Path) -> None:
+def test_full_server_answers_resource_exhausted(default_repo: Path) -> None:
     """With asr_max_streams=1, a second Wyoming stream gets a resource-exhausted error event."""
-    proc, d = _start(repo.parent, repo, "full", "wyoming_zeroconf=false\nasr_max_streams=1\n")
+    proc, d = _start(default_repo.parent, default_repo, "full", "wyoming_zeroconf=false\nasr_max_streams=1\n")
     try:
         async def run() -> Error:
             async with AsyncTcpClient("127.0.0.1", d.wyoming_port) as first, \
@@ -297,10 +294,10 @@ def test_full_server_answers_resource_exhausted(repo: Path) -> None:
         _stop(proc)
 
 
-def test_sigterm_with_an_open_wyoming_stream(repo: Path) -> None:
+def test_sigterm_with_an_open_wyoming_stream(default_repo: Path) -> None:
     """SIGTERM while a client streams: the daemon ends its connection and exits cleanly."""
     pcm, rate = pcm_of(beckett_path())
-    proc, d = _start(repo.parent, repo, "sigterm", "wyoming_zeroconf=false\nshutdown_grace_s=2\n")
+    proc, d = _start(default_repo.parent, default_repo, "sigterm", "wyoming_zeroconf=false\nshutdown_grace_s=2\n")
     try:
         async def run() -> Event | None:
             async with AsyncTcpClient("127.0.0.1", d.wyoming_port) as client:
@@ -321,14 +318,14 @@ def test_sigterm_with_an_open_wyoming_stream(repo: Path) -> None:
     assert "Stopped" in log and "Traceback" not in log, log[-3000:]
 
 
-def test_port_in_use_is_one_line_boot_error(repo: Path) -> None:
-    tmp = repo.parent
+def test_port_in_use_is_one_line_boot_error(default_repo: Path) -> None:
+    tmp = default_repo.parent
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         wport = busy.getsockname()[1]
         cfg = tmp / "busy.sh"
-        cfg.write_text(f'model_loc="{repo}"\nriva_speech_api_port={free_port()}\nlisten_address="127.0.0.1"\n'
+        cfg.write_text(f'model_loc="{default_repo}"\nriva_speech_api_port={free_port()}\nlisten_address="127.0.0.1"\n'
                        f"metrics_port=0\nhttp_enabled=false\nwyoming_port={wport}\nwyoming_zeroconf=false\n", encoding="utf-8")
         proc = start_server(cfg, tmp / "busy.log")
         assert proc.wait(timeout=60) != 0
@@ -348,13 +345,13 @@ def _multicast_works() -> str:
     return ""
 
 
-def test_zeroconf_advertises(repo: Path) -> None:
+def test_zeroconf_advertises(default_repo: Path) -> None:
     if reason := _multicast_works():
         pytest.skip(reason)
     from zeroconf import ServiceStateChange
     from zeroconf.asyncio import AsyncServiceBrowser, AsyncZeroconf
 
-    proc, d = _start(repo.parent, repo, "zeroconf", "wyoming_zeroconf=true\n")
+    proc, d = _start(default_repo.parent, default_repo, "zeroconf", "wyoming_zeroconf=true\n")
     try:
         async def browse() -> list[str]:
             found: list[str] = []
