@@ -24,11 +24,19 @@ from edged.rmir import RmirRef
 from edged.server.app import EXIT_BOOT_FAILURE
 
 
+_GIVEN: set[int] = set()
+
+
 def free_port() -> int:
-    """A TCP port nobody listens on right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A TCP port nobody listens on right now, and not one this test run handed out before (one
+    config.sh takes several, which bind only when its server starts)."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port not in _GIVEN:
+            _GIVEN.add(port)
+            return port
 
 
 def write_config(tmp: Path, port: int, extra: str = "") -> Path:

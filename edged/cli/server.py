@@ -58,15 +58,24 @@ def start(
                             lambda: check_health(address, "", 1.0, creds) == "SERVING", wait)
         if code:
             log = settings.model_loc / LOG_NAME
-            tail = log.read_text(errors="replace").splitlines()[-5:] if log.is_file() else []
-            typer.echo("\n".join(["edged: the server could not start; the end of "
-                                  f"{log} says why:", *tail]), err=True)
+            typer.echo("\n".join([f"edged: the server could not start; {log} says why:",
+                                  *_why_not_started(log)]), err=True)
             raise typer.Exit(code)
         typer.echo(f"edged is SERVING at {address} (log: {settings.model_loc / LOG_NAME})")
         return
     from edged.server.app import run
 
     raise typer.Exit(run(settings))
+
+
+def _why_not_started(log: Path) -> list[str]:
+    """The error lines the last run wrote to the log (else its last lines): a traceback that a
+    library prints while the server stops must not hide the reason."""
+    lines = log.read_text(errors="replace").splitlines() if log.is_file() else []
+    starts = [i for i, line in enumerate(lines) if "Started server" in line]
+    run = lines[starts[-1]:] if starts else lines
+    errors = [line for line in run if " ERROR " in line]
+    return errors[-5:] or run[-5:]
 
 
 @app.command()
