@@ -23,7 +23,6 @@ from edged.repository.records import DeployTarget
 from edged.rmir import RmirRef
 from edged.server.app import EXIT_BOOT_FAILURE
 
-
 _GIVEN: set[int] = set()
 
 
