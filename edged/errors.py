@@ -1,12 +1,20 @@
 """Every exception edged raises on purpose: one sentence saying what was wrong and what to do.
 
 The CLI prints `str(exc)` of an EdgedError as one line and exits non-zero; anything else
-is a bug and keeps its traceback.
+is a bug and keeps its traceback. Each class has a `kind` (subclasses inherit it) that every door
+maps to its own status, so the doors never repeat the class hierarchy.
 """
+
+KINDS = ("failed", "exhausted", "unavailable", "unknown_model", "unknown_voice", "bad_audio",
+         "bad_request", "off", "unauthorized")
+"""Every `EdgedError.kind`: what a door tells a client about the error."""
 
 
 class EdgedError(Exception):
     """Base class: a user-facing error whose message is a complete sentence."""
+
+    kind = "failed"
+    """One of KINDS: "failed" for anything that is neither the client's mistake nor a full server."""
 
 
 class ConfigError(EdgedError):
@@ -44,9 +52,13 @@ class ModelLoadError(EdgedError):
 class AudioFormatError(EdgedError):
     """Client audio cannot be decoded: unknown encoding, bad header, wrong rate or channels."""
 
+    kind = "bad_audio"
+
 
 class RequestError(EdgedError):
     """A recognition or synthesis request asks for something edged cannot do (bad model, limit)."""
+
+    kind = "bad_request"
 
 
 class TtsError(EdgedError):
@@ -56,25 +68,37 @@ class TtsError(EdgedError):
 class TtsRequestError(TtsError):
     """A synthesis request cannot be served as asked (empty or too long text, bad SSML, rate)."""
 
+    kind = "bad_request"
+
 
 class UnknownVoiceError(TtsRequestError):
     """A synthesis request names a voice no loaded model provides."""
+
+    kind = "unknown_voice"
 
 
 class ResourceExhaustedError(EdgedError):
     """The server is full (streams, memory): a servicer answers RESOURCE_EXHAUSTED with this text."""
 
+    kind = "exhausted"
+
 
 class ModelStateError(EdgedError):
     """A model cannot be loaded or unloaded now (failed, broken, stale)."""
+
+    kind = "unavailable"
 
 
 class ModelNotFoundError(ModelStateError):
     """No deployed model has the name asked for."""
 
+    kind = "unknown_model"
+
 
 class ModelDoesNotFitError(ModelStateError):
     """A model would not fit the memory budget now."""
+
+    kind = "exhausted"
 
 
 class DaemonError(EdgedError):
@@ -84,6 +108,8 @@ class DaemonError(EdgedError):
 class FeatureOffError(EdgedError):
     """A request needs a part of the daemon that config.sh turns off (the microphone, the speaker)."""
 
+    kind = "off"
+
 
 class AudioDeviceError(EdgedError):
     """A microphone or speaker cannot be found, opened or used (PortAudio's reason in one sentence)."""
@@ -91,3 +117,5 @@ class AudioDeviceError(EdgedError):
 
 class DrainingError(EdgedError):
     """The server is draining before it stops and takes no new streams (gRPC UNAVAILABLE)."""
+
+    kind = "unavailable"

@@ -11,43 +11,27 @@ from typing import NoReturn
 
 import grpc
 
-from edged.errors import (
-    AudioFormatError,
-    DrainingError,
-    EdgedError,
-    FeatureOffError,
-    ModelDoesNotFitError,
-    ModelNotFoundError,
-    ModelStateError,
-    RequestError,
-    ResourceExhaustedError,
-    TtsRequestError,
-    UnknownVoiceError,
-)
+from edged.errors import EdgedError
 
 _LOGGER = logging.getLogger(__name__)
 
-_CODES: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
-    (ResourceExhaustedError, grpc.StatusCode.RESOURCE_EXHAUSTED),
-    (ModelDoesNotFitError, grpc.StatusCode.RESOURCE_EXHAUSTED),
-    (UnknownVoiceError, grpc.StatusCode.NOT_FOUND),
-    (ModelNotFoundError, grpc.StatusCode.NOT_FOUND),
-    (AudioFormatError, grpc.StatusCode.INVALID_ARGUMENT),
-    (RequestError, grpc.StatusCode.INVALID_ARGUMENT),
-    (TtsRequestError, grpc.StatusCode.INVALID_ARGUMENT),
-    (ModelStateError, grpc.StatusCode.UNAVAILABLE),
-    (DrainingError, grpc.StatusCode.UNAVAILABLE),
-    (FeatureOffError, grpc.StatusCode.FAILED_PRECONDITION),
-    (EdgedError, grpc.StatusCode.FAILED_PRECONDITION),
-)
-"""First match wins: subclasses before their bases."""
+_CODES = {
+    "exhausted": grpc.StatusCode.RESOURCE_EXHAUSTED,
+    "unknown_model": grpc.StatusCode.NOT_FOUND,
+    "unknown_voice": grpc.StatusCode.NOT_FOUND,
+    "bad_audio": grpc.StatusCode.INVALID_ARGUMENT,
+    "bad_request": grpc.StatusCode.INVALID_ARGUMENT,
+    "unavailable": grpc.StatusCode.UNAVAILABLE,
+    "off": grpc.StatusCode.FAILED_PRECONDITION,
+    "failed": grpc.StatusCode.FAILED_PRECONDITION,
+}
+"""The status of each error kind (edged.errors.KINDS; any other: FAILED_PRECONDITION)."""
 
 
 def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     """The status code and message that answer `exc`."""
-    for kind, code in _CODES:
-        if isinstance(exc, kind):
-            return code, str(exc)
+    if isinstance(exc, EdgedError):
+        return _CODES.get(exc.kind, grpc.StatusCode.FAILED_PRECONDITION), str(exc)
     return grpc.StatusCode.INTERNAL, f"The server failed: {type(exc).__name__}: {exc}"
 
 

@@ -23,7 +23,13 @@ import socket
 from contextlib import AsyncExitStack
 from typing import Any
 
-from wyoming.asr import Transcribe, Transcript, TranscriptChunk, TranscriptStart, TranscriptStop
+from wyoming.asr import (
+    Transcribe,
+    Transcript,
+    TranscriptChunk,
+    TranscriptStart,
+    TranscriptStop,
+)
 from wyoming.audio import AudioChunk, AudioChunkConverter, AudioStart, AudioStop
 from wyoming.error import Error
 from wyoming.event import Event
@@ -49,16 +55,7 @@ from wyoming.tts import (
 )
 
 from edged import __version__
-from edged.errors import (
-    AudioFormatError,
-    EdgedError,
-    ModelDoesNotFitError,
-    ModelStateError,
-    RequestError,
-    ResourceExhaustedError,
-    TtsRequestError,
-    UnknownVoiceError,
-)
+from edged.errors import AudioFormatError, EdgedError, RequestError, TtsRequestError
 from edged.server.security import is_loopback
 from edged.service.asr import AsrService, AsrSession, RecognitionRequest
 from edged.service.asr import Transcript as Recognised
@@ -79,24 +76,21 @@ _URLS = {
     "piper": "https://github.com/rhasspy/piper",
     "silero": "https://github.com/snakers4/silero-vad",
 }
-_CODES: tuple[tuple[type[BaseException], str], ...] = (
-    (ResourceExhaustedError, "resource-exhausted"),
-    (ModelDoesNotFitError, "resource-exhausted"),
-    (UnknownVoiceError, "unknown-voice"),
-    (AudioFormatError, "audio-format"),
-    (RequestError, "bad-request"),
-    (TtsRequestError, "bad-request"),
-    (ModelStateError, "unavailable"),
-    (EdgedError, "failed"),
-)
-"""Wyoming error codes of edged's exceptions; first match wins: subclasses before their bases."""
+_CODES = {
+    "exhausted": "resource-exhausted",
+    "unknown_voice": "unknown-voice",
+    "bad_audio": "audio-format",
+    "bad_request": "bad-request",
+    "unknown_model": "unavailable",
+    "unavailable": "unavailable",
+}
+"""Wyoming error codes of edged's error kinds (edged.errors.KINDS; any other: "failed")."""
 
 
 def error_for(exc: BaseException) -> Error:
     """The `error` event that answers `exc` (edged's one sentence, or a bug's type and text)."""
-    for kind, code in _CODES:
-        if isinstance(exc, kind):
-            return Error(text=str(exc), code=code)
+    if isinstance(exc, EdgedError):
+        return Error(text=str(exc), code=_CODES.get(exc.kind, "failed"))
     return Error(text=f"The server failed: {type(exc).__name__}: {exc}", code="internal")
 
 

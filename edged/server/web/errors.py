@@ -11,18 +11,7 @@ from typing import Any
 
 from aiohttp import web
 
-from edged.errors import (
-    AudioFormatError,
-    EdgedError,
-    FeatureOffError,
-    ModelDoesNotFitError,
-    ModelNotFoundError,
-    ModelStateError,
-    RequestError,
-    ResourceExhaustedError,
-    TtsRequestError,
-    UnknownVoiceError,
-)
+from edged.errors import EdgedError
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -30,26 +19,27 @@ _LOGGER = logging.getLogger(__name__)
 class BadInput(EdgedError):
     """The HTTP door itself could not read a request (malformed JSON, unknown event, bad field)."""
 
+    kind = "bad_request"
+
 
 class Unauthorized(EdgedError):
     """No or a wrong API key."""
 
+    kind = "unauthorized"
 
-_STATUSES: tuple[tuple[type[BaseException], int, str], ...] = (
-    (Unauthorized, 401, "authentication_error"),
-    (ResourceExhaustedError, 429, "rate_limit_error"),
-    (ModelDoesNotFitError, 429, "rate_limit_error"),
-    (UnknownVoiceError, 404, "not_found_error"),
-    (ModelNotFoundError, 404, "not_found_error"),
-    (AudioFormatError, 400, "invalid_request_error"),
-    (RequestError, 400, "invalid_request_error"),
-    (TtsRequestError, 400, "invalid_request_error"),
-    (BadInput, 400, "invalid_request_error"),
-    (ModelStateError, 503, "server_error"),
-    (FeatureOffError, 400, "invalid_request_error"),
-    (EdgedError, 400, "invalid_request_error"),
-)
-"""First match wins: subclasses before their bases."""
+
+_STATUSES = {
+    "unauthorized": (401, "authentication_error"),
+    "exhausted": (429, "rate_limit_error"),
+    "unknown_model": (404, "not_found_error"),
+    "unknown_voice": (404, "not_found_error"),
+    "bad_audio": (400, "invalid_request_error"),
+    "bad_request": (400, "invalid_request_error"),
+    "unavailable": (503, "server_error"),
+    "off": (400, "invalid_request_error"),
+    "failed": (400, "invalid_request_error"),
+}
+"""The HTTP status and OpenAI error type of each error kind (edged.errors.KINDS)."""
 
 
 def status_for(exc: BaseException) -> tuple[int, str, str]:
@@ -61,9 +51,9 @@ def status_for(exc: BaseException) -> tuple[int, str, str]:
         return 499, "client_closed", "The client closed the connection."
     if isinstance(exc, web.HTTPException) and exc.status >= 400:
         return exc.status, "invalid_request_error", exc.reason
-    for kind, status, name in _STATUSES:
-        if isinstance(exc, kind):
-            return status, name, str(exc)
+    if isinstance(exc, EdgedError):
+        status, name = _STATUSES.get(exc.kind, _STATUSES["failed"])
+        return status, name, str(exc)
     return 500, "server_error", f"The server failed: {type(exc).__name__}: {exc}"
 
 
