@@ -32,8 +32,8 @@ from edged.server.control import status as control_status
 from edged.server.exits import EXIT_BOOT_FAILURE, EXIT_OK
 from edged.server.http import HttpEndpoint
 from edged.server.localaudio import LocalAudio
-from edged.server.wyoming import WyomingServer
 from edged.server.security import ApiKeyInterceptor, server_credentials, warn_if_exposed
+from edged.server.wyoming import WyomingServer
 from edged.service.context import ServiceContext
 from edged.service.registry import ModelState, available_mb
 

@@ -23,11 +23,16 @@ from typing import TYPE_CHECKING, TypeVar
 import numpy as np
 
 from edged.errors import AudioFormatError, RequestError
-from edged.pipelines.asr.audio import ENCODINGS, MAX_CHANNELS, MODEL_RATE, header_channels
+from edged.pipelines.asr.audio import (
+    ENCODINGS,
+    MAX_CHANNELS,
+    MODEL_RATE,
+    header_channels,
+)
 from edged.pipelines.asr.batcher import AsrBatcher
+from edged.pipelines.asr.jobs import StreamConfig, offline_config
 from edged.pipelines.asr.model import AsrModel
 from edged.pipelines.asr.results import Result
-from edged.pipelines.asr.jobs import StreamConfig, offline_config
 from edged.pipelines.asr.stream import AsrStream
 from edged.rmir.manifest import Manifest
 from edged.service import metrics

@@ -23,7 +23,6 @@ import numpy as np
 
 from edged.pipelines.asr.audio import MODEL_RATE
 from edged.pipelines.asr.jobs import DecodeJob, JobRunner
-from edged.pipelines.asr.model import AsrModel
 from edged.pipelines.asr.results import Result
 from edged.pipelines.asr.stream import AsrStream
 
