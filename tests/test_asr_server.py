@@ -470,3 +470,37 @@ def test_end_utterance_gives_the_final_now_and_the_stream_goes_on(asr_model: Asr
     assert len(rest) >= 5 and all(r.start_s >= final.end_s for r in rest)
     text = " ".join(r.transcript for r in rest)
     assert word_errors("Ever failed, no matter try again fail again fail better.", text)[0] <= 1, text
+
+
+def test_streams_at_once_through_the_batcher_get_the_finals_each_gets_alone(asr_model: AsrModel) -> None:
+    """Three real-time streams through one batcher, started a second apart: finals first,
+    speculative finals in a call of their own, interims in the time share left (see
+    edged.pipelines.asr.budget). Each stream gets exactly the finals it gets alone, once
+    each, and interims while it speaks."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from edged.pipelines.asr.batcher import AsrBatcher
+
+    pcm, rate = pcm_of(beckett_path())
+    alone = _run_stream(asr_model, StreamConfig(encoding="LINEAR_PCM", sample_rate=rate), pcm, 2 * rate)
+    chunk = 2 * int(0.16 * rate)
+
+    async def one(batcher: AsrBatcher, delay: float) -> list[Result]:
+        await asyncio.sleep(delay)
+        stream = asr_model.start_stream(StreamConfig(encoding="LINEAR_PCM", sample_rate=rate, interim_results=True))
+        results: list[Result] = []
+        t0 = time.monotonic()
+        for i in range(0, len(pcm), chunk):
+            await asyncio.sleep(max(0.0, t0 + i / (2 * rate) - time.monotonic()))
+            results += await batcher.feed(stream, pcm[i:i + chunk])
+        return results + await batcher.finish(stream)
+
+    async def run() -> list[list[Result]]:
+        loop = asyncio.get_running_loop()
+        with ThreadPoolExecutor(1) as pool:
+            batcher = AsrBatcher(lambda fn, *args: loop.run_in_executor(pool, fn, *args))
+            return list(await asyncio.gather(*(one(batcher, float(d)) for d in range(3))))
+
+    for results in asyncio.run(run()):
+        assert [r.transcript for r in results if r.is_final] == alone
+        assert len([r for r in results if not r.is_final]) >= 3

@@ -103,6 +103,8 @@ class _StreamLog:
     gaps: list[float] = field(default_factory=list)
     lag: float = 0.0
     """Seconds from the last chunk sent to the last response (how far behind real time)."""
+    behind: list[float] = field(default_factory=list)
+    """Per response: audio seconds sent by then minus the audio the server had processed."""
 
 
 def _stream_clip(asr: Any, pcm: bytes, rate: int, chunk_ms: int, realtime: bool) -> _StreamLog:
@@ -133,6 +135,8 @@ def _stream_clip(asr: Any, pcm: bytes, rate: int, chunk_ms: int, realtime: bool)
     for response in asr.streaming_response_generator(chunks(), config):
         now = time.perf_counter()
         for result in response.results:
+            if sent and not done_sending[0]:
+                log.behind.append(max(0.0, sent[-1][0] - result.audio_processed))
             if result.is_final:
                 log.finals.append(result.alternatives[0].transcript.strip())
                 # The endpoint fired once the server had `audio_processed` seconds.
@@ -183,6 +187,10 @@ class BenchReport:
     max_lag_after_audio_ms: float
     server_cpu_percent: float | None
     server_rss_peak_mb: float | None
+    behind_p95_ms: float = float("nan")
+    """Per streamed response: how much audio the client had sent that the server had not yet
+    processed (`audio_processed`); at the pace of speech, how far behind real time it is."""
+    behind_max_ms: float = float("nan")
 
     def text(self) -> str:
         """The report as aligned lines."""
@@ -297,6 +305,7 @@ def run_bench(address: str, manifest: Path, streams: int = 1, chunk_ms: int = 16
         errors_str += word_errors(text, " ".join(logs[i].finals))[0]
     latencies = [x for log in logs.values() for x in log.latencies]
     gaps = [x for log in logs.values() for x in log.gaps]
+    behind = [x for log in logs.values() for x in log.behind]
     ms = 1000.0
     return BenchReport(
         clips=len(clips), audio_s=round(audio_s, 1),
@@ -311,4 +320,6 @@ def run_bench(address: str, manifest: Path, streams: int = 1, chunk_ms: int = 16
         max_lag_after_audio_ms=round(max((log.lag for log in logs.values()), default=0.0) * ms, 1),
         server_cpu_percent=round(sampler.cpu_percent, 1) if server_pid else None,
         server_rss_peak_mb=round(sampler.peak_rss / 2**20, 1) if server_pid else None,
+        behind_p95_ms=round(_pct(behind, 0.95) * ms, 1),
+        behind_max_ms=round(max(behind, default=float("nan")) * ms, 1),
     )

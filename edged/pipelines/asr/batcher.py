@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from edged.pipelines.asr.audio import MODEL_RATE
+from edged.pipelines.asr.budget import InterimBudget
 from edged.pipelines.asr.jobs import DecodeJob, JobRunner
 from edged.pipelines.asr.results import Result
 from edged.pipelines.asr.stream import AsrStream
@@ -29,8 +30,6 @@ from edged.pipelines.asr.stream import AsrStream
 _LOGGER = logging.getLogger(__name__)
 
 _MAX_ITEMS_PER_CYCLE = 32
-# A cycle makes interims only while its decoding has taken less than this (seconds, estimated).
-_CYCLE_BUDGET_S = 0.25
 # A stream handled this many seconds later than real time gets no interims until it catches up.
 _MAX_LAG_S = 0.3
 
@@ -56,6 +55,8 @@ class AsrBatcher:
         self._run_inference = run
         self._queue: asyncio.Queue[_Item] = asyncio.Queue(max_queue)
         self._task: asyncio.Task[None] | None = None
+        self._speculative: list[DecodeJob] = []
+        """Speculative final decodes (kind 'eou') the last cycle's feeding queued."""
 
     def _ensure_running(self) -> None:
         if self._task is None or self._task.done():
@@ -83,21 +84,36 @@ class AsrBatcher:
         return await future
 
     async def _run(self) -> None:
+        budget = InterimBudget(time.monotonic())
         while True:
             items = [await self._queue.get()]
             while not self._queue.empty() and len(items) < _MAX_ITEMS_PER_CYCLE:
                 items.append(self._queue.get_nowait())
             try:
+                budget.tick(time.monotonic())
+                t0 = time.perf_counter()
                 outcomes = await self._run_inference(self._required, items)
-                # Items with a final (or an error) are answered now; the others wait for the
-                # cycle's interims, so that no final waits behind them.
+                budget.required(time.perf_counter() - t0)
+                # Items with a final (or an error) are answered now; of the others, those whose
+                # stream gets an interim in this cycle wait for it, the rest are answered now too,
+                # so that no stream waits for another's interim.
                 final = [isinstance(o, BaseException) or any(r.is_final for r in o) for o in outcomes]
-                waiting = [(item, o) for item, o, f in zip(items, outcomes, final) if not f]
                 self._answer([(item, o) for item, o, f in zip(items, outcomes, final) if f])
-                streams = list({id(i.stream): i.stream for i, o in zip(items, outcomes)
-                                if not isinstance(o, BaseException) and not i.offline}.values())
-                later = await self._run_inference(self._interims, streams, [item for item, _ in waiting])
-                self._answer([(item, o + more) for (item, o), more in zip(waiting, later)])
+                waiting = [(item, o) for item, o, f in zip(items, outcomes, final) if not f]
+                if self._speculative:
+                    t0 = time.perf_counter()
+                    await self._run_inference(self._speculate)
+                    budget.required(time.perf_counter() - t0)
+                budget.tick(time.monotonic())
+                chosen = _choose_interims([item.stream for item, _ in waiting if not item.offline],
+                                          time.monotonic(), budget.allowance())
+                self._answer([(item, o) for item, o in waiting if item.stream not in chosen])
+                waiting = [(item, o) for item, o in waiting if item.stream in chosen]
+                if chosen:
+                    t0 = time.perf_counter()
+                    later = await self._run_inference(self._interims, chosen, [item for item, _ in waiting])
+                    budget.spent(time.perf_counter() - t0)
+                    self._answer([(item, o + more) for (item, o), more in zip(waiting, later)])
             except Exception as exc:  # a bug in a cycle must not end the loop for everyone
                 _LOGGER.exception("ASR batch failed")
                 self._answer([(item, exc) for item in items])
@@ -132,7 +148,9 @@ class AsrBatcher:
                 outcomes.append(exc)
                 continue
             outcomes.append(None)
-            required.extend(stream.jobs)
+            # Speculative finals wait for a call of their own (_speculate), after the finals.
+            required.extend(j for j in stream.jobs if j.kind != "eou")
+            self._speculative.extend(j for j in stream.jobs if j.kind == "eou")
             stream.jobs.clear()
         _decode(required)
         if _LOGGER.isEnabledFor(logging.DEBUG) and required:
@@ -141,27 +159,50 @@ class AsrBatcher:
                           1000 * (time.perf_counter() - t0))
         return [o if o is not None else item.stream.take_results() for item, o in zip(items, outcomes)]
 
-    def _interims(self, streams: list[AsrStream], waiting: list[_Item]) -> list[list[Result]]:
-        """On the executor: interims for the streams that are due, longest-waiting first, as
-        many as fit in the cycle's time budget; the results of the `waiting` items."""
+    def _speculate(self) -> None:
+        """On the executor: decode the speculative finals that are still undecoded (a final
+        that took one over was decoded with the finals); their streams take the results
+        with their next chunk's."""
+        jobs = [j for j in self._speculative if j.hyp is None]
+        self._speculative = []
+        _decode(jobs)
+        if _LOGGER.isEnabledFor(logging.DEBUG) and jobs:
+            _LOGGER.debug("ASR speculative finals: %s", [round(len(j.audio) / MODEL_RATE, 1) for j in jobs])
+
+    @staticmethod
+    def _interims(streams: list[AsrStream], waiting: list[_Item]) -> list[list[Result]]:
+        """On the executor: interims of `streams` (see _choose_interims); the results of the
+        `waiting` items."""
         t0 = time.perf_counter()
-        due = sorted((s for s in streams if s.lag <= _MAX_LAG_S and s.interim_due(time.monotonic())),
-                     key=lambda s: s.last_interim_at)
         interims: list[DecodeJob] = []
-        spent = 0.0
-        for stream in due:
-            cost = stream.interim_estimate()
-            if interims and spent + cost > _CYCLE_BUDGET_S:
-                continue
-            spent += cost
+        for stream in streams:
             stream.queue_interim()
             interims.extend(stream.jobs)
             stream.jobs.clear()
         _decode(interims)
         if _LOGGER.isEnabledFor(logging.DEBUG) and interims:
-            _LOGGER.debug("ASR interims: %d jobs for %d due streams (%.1f s) in %.0f ms", len(interims), len(due),
+            _LOGGER.debug("ASR interims: %d jobs for %d streams (%.1f s) in %.0f ms", len(interims), len(streams),
                           sum(len(j.audio) for j in interims) / MODEL_RATE, 1000 * (time.perf_counter() - t0))
         return [item.stream.take_results() for item in waiting]
+
+
+def _choose_interims(streams: list[AsrStream], now: float, allowance: float) -> list[AsrStream]:
+    """The streams that get an interim in this cycle: of those due and not behind real time,
+    longest-waiting first, as many as `allowance` (estimated seconds) holds, one at least if
+    the allowance is not nil."""
+    if allowance <= 0:
+        return []
+    due = sorted({id(s): s for s in streams if s.lag <= _MAX_LAG_S and s.interim_due(now)}.values(),
+                 key=lambda s: s.last_interim_at)
+    chosen: list[AsrStream] = []
+    spent = 0.0
+    for stream in due:
+        cost = stream.interim_estimate()
+        if chosen and spent + cost > allowance:
+            continue
+        spent += cost
+        chosen.append(stream)
+    return chosen
 
 
 def _decode(jobs: list[DecodeJob]) -> None:

@@ -347,7 +347,8 @@ class AsrStream:
 
     def take_results(self) -> list[Result]:
         """Results of the jobs decoded since the last call, in order; stale interims dropped."""
-        done, self._done = sorted(self._done, key=lambda j: j.seq), []
+        # A speculative decode handed back and not yet taken may come back again as the final.
+        done, self._done = sorted({id(j): j for j in self._done}.values(), key=lambda j: j.seq), []
         finals = {j.utterance for j in done if j.kind == "final"}
         results = []
         for job in done:
