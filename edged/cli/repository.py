@@ -55,6 +55,10 @@ def build(
     sample_rate: Annotated[Optional[int], typer.Option(help="Sample rate in Hz.")] = None,
     model_family: Annotated[Optional[str], typer.Option(help="Model family a pipeline drives.")] = None,
     license: Annotated[Optional[str], typer.Option(help="Licence of the weights.")] = None,
+    nemo: Annotated[Optional[Path], typer.Option(
+        help="A NeMo ASR checkpoint (.nemo: RNN-T, TDT or CTC); give its ONNX export with --onnx.")] = None,
+    onnx: Annotated[Optional[Path], typer.Option(
+        help="The folder NeMo's model.export('model.onnx') wrote (alone: with nemo.yaml or model_config.yaml).")] = None,
 ) -> None:
     """Pack ONNX networks and artifacts into an RMIR archive."""
     from edged.importers import source_for_build
@@ -68,7 +72,8 @@ def build(
     overrides = {"name": name, "language_code": language_code, "sample_rate": sample_rate,
                  "model_family": model_family, "license": license}
     with tempfile.TemporaryDirectory(prefix=".edged-build-", dir=ref.path.parent.resolve()) as work:
-        src = source_for_build(pipeline.value, sources or [], builtin, from_wheel, overrides, Path(work))
+        src = source_for_build(pipeline.value, sources or [], builtin, from_wheel, overrides, Path(work),
+                               nemo=nemo, onnx_dir=onnx)
         manifest = build_rmir(src, ref, progress_bar(f"build {ref.path.name}"))
     typer.echo(f"Built {ref.path} ({manifest.name}, {manifest.pipeline}, "
                f"{mb(ref.path.stat().st_size)}{', encrypted' if ref.key else ''})")

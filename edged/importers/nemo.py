@@ -1,0 +1,560 @@
+"""Importer for a user's own NeMo ASR model: a `.nemo` checkpoint plus the ONNX files NeMo exported.
+
+Supported: RNN-T (`EncDecRNNTBPEModel`, char-based `EncDecRNNTModel`), TDT (an RNN-T model whose
+config lists TDT durations, e.g. Parakeet-TDT), CTC (`EncDecCTCModelBPE`, `EncDecCTCModel`) and
+hybrid RNNT-CTC models (exported as RNNT by default, or as CTC), with a SentencePiece tokenizer
+or a char vocabulary. No PyTorch or NeMo is needed: a `.nemo` is a tar (gzipped by old NeMo)
+of `model_config.yaml`, the tokenizer files (names prefixed by a hash) and the weights, which
+edged does not read (the ONNX export holds them).
+
+Without a `.nemo`, `--onnx DIR` alone reads DIR's NeMo `model_config.yaml` (as extracted from the
+.nemo), or else `nemo.yaml` (see LAYOUT_KEYS), and `tokenizer.model` or `tokens.txt` beside the ONNX.
+The manifest is described in /work/notes/s7/nemo_contract.md (family, networks, parameters).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from edged.errors import ModelImportError
+from edged.importers.nemo_onnx import (
+    ExportFiles,
+    check_signature,
+    find_export,
+    load_network,
+    name_dynamic_dims,
+)
+from edged.importers.spmodel import read_pieces
+from edged.rmir.archive import file_sha256
+from edged.rmir.build import ModelSource
+
+_LOGGER = logging.getLogger(__name__)
+
+FAMILIES = ("nemo-rnnt", "nemo-tdt", "nemo-ctc")
+_TRANSDUCERS = {"EncDecRNNTBPEModel", "EncDecRNNTModel"}
+_CTCS = {"EncDecCTCModelBPE", "EncDecCTCModel"}
+_HYBRIDS = {"EncDecHybridRNNTCTCBPEModel", "EncDecHybridRNNTCTCModel"}
+SUPPORTED_TARGETS = sorted(_TRANSDUCERS | _CTCS | _HYBRIDS)
+
+# AudioToMelSpectrogramPreprocessor's own defaults, for keys a config leaves out (dither aside:
+# edged always computes features without dither, as NeMo does at inference).
+PREPROCESSOR_DEFAULTS: dict[str, Any] = {
+    "sample_rate": 16000, "window_size": 0.02, "window_stride": 0.01, "n_fft": None, "features": 64,
+    "window": "hann", "normalize": "per_feature", "dither": 0.0, "preemph": 0.97, "log": True,
+    "log_zero_guard_type": "add", "log_zero_guard_value": 2**-24, "mag_power": 2.0, "lowfreq": 0,
+    "highfreq": None, "pad_to": 16, "pad_value": 0.0, "frame_splicing": 1, "exact_pad": False,
+    "mel_norm": "slaney",
+}
+# torch.finfo(float32) values NeMo uses for log_zero_guard_value "tiny" / "eps".
+_GUARDS = {"tiny": 1.1754943508222875e-38, "eps": 1.1920928955078125e-07}
+
+LAYOUT_KEYS = {
+    "model_family": "nemo-rnnt, nemo-tdt or nemo-ctc (required)",
+    "preprocessor": "NeMo's AudioToMelSpectrogramPreprocessor settings (missing ones take NeMo's defaults)",
+    "subsampling_factor": "encoder frames per feature frame (4 Conformer, 8 FastConformer; measured if absent)",
+    "durations": "TDT durations, e.g. [0, 1, 2, 3, 4] (nemo-tdt only)",
+    "max_symbols_per_step": "most tokens a transducer emits at one frame (default 10)",
+    "name": "model name (default: the folder's name)",
+    "language_code": "e.g. en-US (default)",
+}
+"""Keys of `nemo.yaml`, the no-.nemo layout's description (README, "Your own NeMo model")."""
+
+# Same endpointing defaults as the Moonshine importer writes (Riva EndpointingConfig semantics).
+_ENDPOINTING = {
+    "start_history_ms": 200, "start_threshold": 0.5, "stop_history_ms": 700, "stop_threshold": 0.35,
+    "stop_history_eou_ms": 300, "stop_threshold_eou": 0.35, "max_utterance_ms": 8000,
+    "pause_split_ms": 4000,
+}
+_MAX_AUDIO_S = 30
+_OPT_AUDIO_S = 10
+_DEFAULT_MAX_SYMBOLS = 10
+_BLANK_NAMES = ("<blk>", "<blank>")
+_NAME_BAD = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+@dataclass(frozen=True)
+class NemoDescription:
+    """What edged needs from a NeMo model, however it was given (.nemo, config or nemo.yaml)."""
+
+    kind: str
+    """"transducer", "ctc" or "hybrid" (the export decides which a hybrid is)."""
+    durations: tuple[int, ...]
+    preprocessor: dict[str, Any]
+    subsampling_factor: int | None
+    max_symbols_per_step: int
+    decoder_state: dict[str, int] | None
+    """From the config (pred_rnn_layers, pred_hidden); the ONNX shapes win where they are static."""
+    pieces: list[str]
+    tokenizer_model: bytes | None
+    target: str
+    source: str
+    """Where the description came from, for messages and provenance."""
+    name: str | None = None
+    language_code: str | None = None
+
+
+def import_nemo(
+    nemo: Path | None, onnx_dir: Path | None, workdir: Path, overrides: dict[str, Any] | None = None
+) -> ModelSource:
+    """A NeMo model (`nemo` checkpoint and/or `onnx_dir` export) as a ModelSource for `edged build`."""
+    overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+    for key in ("sample_rate", "model_family"):
+        if key in overrides:
+            raise ModelImportError(f"--{key.replace('_', '-')} does not apply to a NeMo model: "
+                                   "it comes from the model's config.")
+    if onnx_dir is None:
+        raise ModelImportError("A NeMo model needs --onnx DIR: the folder where NeMo's model.export('model.onnx') "
+                               "wrote its ONNX files (README, \"Your own NeMo model\").")
+    export = find_export(onnx_dir)
+    if nemo is not None:
+        desc = describe_config(*read_nemo_archive(nemo), source=nemo.name, tokens_dir=None)
+    else:
+        desc = describe_layout_dir(onnx_dir)
+    family = _family(desc, export, onnx_dir)
+    networks, sizes = _check_networks(export, family, desc, workdir)
+    vocab = len(desc.pieces)
+    classes = sizes.get("classes")
+    expected = vocab + 1 + len(desc.durations)
+    if classes is not None and classes != expected:
+        raise ModelImportError(_classes_mismatch(export, family, desc, classes, expected))
+    subsampling = desc.subsampling_factor or _measure_subsampling(export.networks.get("encoder")
+                                                                  or export.networks["model"], sizes)
+    tokens = workdir / "tokens.txt"
+    tokens.write_text("".join(f"{p} {i}\n" for i, p in enumerate(desc.pieces)), encoding="utf-8")
+    artifacts = [tokens]
+    params: dict[str, Any] = {"vocabulary_size": vocab, "blank_id": vocab, "subsampling_factor": subsampling}
+    if desc.tokenizer_model is not None:
+        tok = workdir / "tokenizer.model"
+        tok.write_bytes(desc.tokenizer_model)
+        artifacts.append(tok)
+        params["tokenizer"] = tok.name
+    if family != "nemo-ctc":
+        state = _decoder_state(sizes, desc)
+        params.update({"max_symbols_per_step": desc.max_symbols_per_step, "decoder_state": state})
+    if family == "nemo-tdt":
+        params["durations"] = list(desc.durations)
+    params.update({"preprocessor": desc.preprocessor, "endpointing": dict(_ENDPOINTING)})
+    name = overrides.get("name") or desc.name or _default_name(nemo.stem if nemo else onnx_dir.resolve().name)
+    provenance = {
+        "importer": "nemo",
+        "source": desc.source,
+        "nemo_target": desc.target,
+        "onnx_files": ", ".join(p.name for p in export.networks.values()),
+    }
+    if nemo is not None:
+        provenance["source_sha256"] = file_sha256(nemo)
+    return ModelSource(
+        name=str(name),
+        pipeline="speech_recognition",
+        language_code=str(overrides.get("language_code") or desc.language_code or "en-US"),
+        sample_rate=int(desc.preprocessor["sample_rate"]),
+        model_family=family,
+        networks=networks,
+        artifacts=tuple(artifacts),
+        parameters=params,
+        dim_ranges=_dim_ranges(desc.preprocessor, subsampling),
+        license=str(overrides.get("license") or "unknown"),
+        provenance=provenance,
+    )
+
+
+# --- reading the model's description --------------------------------------------------------------
+
+
+def read_nemo_archive(path: Path) -> tuple[dict[str, Any], dict[str, bytes]]:
+    """`model_config.yaml` (parsed) and the small tokenizer members of a .nemo, by base name."""
+    if not path.is_file():
+        raise ModelImportError(f"{path} does not exist.")
+    try:
+        with tarfile.open(path, "r:*") as tar:
+            members = [m for m in tar.getmembers() if m.isfile()]
+            configs = sorted((m for m in members if Path(m.name).name == "model_config.yaml"),
+                             key=lambda m: m.name.count("/"))
+            if not configs:
+                raise ModelImportError(f"{path} holds no model_config.yaml; is it a NeMo checkpoint?")
+            wanted = {Path(m.name).name: m for m in members
+                      if m.name.endswith(("tokenizer.model", "vocab.txt")) and m.size < 64 << 20}
+            files = {name: _read_member(tar, m) for name, m in wanted.items()}
+            config_text = _read_member(tar, configs[0])
+    except (tarfile.TarError, OSError, EOFError) as exc:
+        raise ModelImportError(f"{path} is not a .nemo archive (a tar file): {exc}.") from None
+    return _parse_config(config_text, f"{path.name}: model_config.yaml"), files
+
+
+def _read_member(tar: tarfile.TarFile, member: tarfile.TarInfo) -> bytes:
+    f = tar.extractfile(member)
+    if f is None:
+        raise ModelImportError(f"{member.name} in the archive cannot be read.")
+    return f.read()
+
+
+def _parse_config(text: bytes | str, what: str) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ModelImportError(f"{what} is not readable YAML ({exc}).") from None
+    if not isinstance(data, dict):
+        raise ModelImportError(f"{what} is not a NeMo model config (a mapping).")
+    return _resolve(data, data)
+
+
+def _resolve(node: Any, root: dict[str, Any], depth: int = 0) -> Any:
+    """Resolve OmegaConf interpolations that are a whole value (`${model_defaults.x}`), as NeMo would."""
+    if isinstance(node, dict):
+        return {k: _resolve(v, root, depth) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_resolve(v, root, depth) for v in node]
+    if isinstance(node, str) and node.startswith("${") and node.endswith("}") and depth < 8:
+        path = node[2:-1].split(".")
+        if path and path[0] == "model":  # configs written inside a `model:` section refer to it by name
+            path = path[1:]
+        value: Any = root
+        for part in path:
+            if not isinstance(value, dict) or part not in value:
+                return node
+            value = value[part]
+        return _resolve(value, root, depth + 1)
+    return node
+
+
+def describe_config(config: dict[str, Any], files: dict[str, bytes], *, source: str,
+                    tokens_dir: Path | None) -> NemoDescription:
+    """Read a NeMo model_config (and its tokenizer among `files`, or in `tokens_dir`)."""
+    target = str(config.get("target") or "")
+    cls = target.rsplit(".", 1)[-1]
+    decoder = _section(config, "decoder")
+    dec_target = str(decoder.get("_target_", ""))
+    if not cls:  # very old configs: tell the family by the decoder
+        cls = "EncDecRNNTModel" if dec_target.endswith("RNNTDecoder") else (
+            "EncDecCTCModel" if dec_target.endswith("ConvASRDecoder") else "")
+    if cls not in SUPPORTED_TARGETS:
+        raise ModelImportError(
+            f"{source} is a {cls or 'model of unknown type'} ({target or 'no target in its config'}); edged "
+            f"builds NeMo RNN-T, TDT and CTC speech recognisers: {', '.join(SUPPORTED_TARGETS)}.")
+    kind = "transducer" if cls in _TRANSDUCERS else "ctc" if cls in _CTCS else "hybrid"
+    if kind != "ctc" and "Stateless" in dec_target:
+        raise ModelImportError(f"{source} has a stateless prediction network ({dec_target}); edged supports "
+                               "NeMo's RNNTDecoder (LSTM) transducers.")
+    durations = _durations(config, source) if kind != "ctc" else ()
+    prednet = _section(decoder, "prednet")
+    state = None
+    if isinstance(prednet.get("pred_hidden"), int):
+        state = {"layers": int(prednet.get("pred_rnn_layers") or 1), "hidden": int(prednet["pred_hidden"])}
+    greedy = _section(_section(config, "decoding"), "greedy")
+    encoder = _section(config, "encoder")
+    tokenizer = _section(config, "tokenizer")
+    if "BPE" in cls or tokenizer:
+        pieces, model = _bpe_pieces(tokenizer, files, source, tokens_dir)
+    else:
+        pieces, model = _char_labels(config, kind, source), None
+    return NemoDescription(
+        kind=kind,
+        durations=durations,
+        preprocessor=preprocessor_settings(_section(config, "preprocessor"), source),
+        subsampling_factor=_subsampling(encoder),
+        max_symbols_per_step=int(greedy.get("max_symbols") or _DEFAULT_MAX_SYMBOLS),
+        decoder_state=state,
+        pieces=pieces,
+        tokenizer_model=model,
+        target=target or cls,
+        source=source,
+    )
+
+
+def describe_layout_dir(onnx_dir: Path) -> NemoDescription:
+    """The no-.nemo layout: DIR's model_config.yaml, or nemo.yaml; tokenizer.model or tokens.txt."""
+    config = onnx_dir / "model_config.yaml"
+    if config.is_file():
+        return describe_config(_parse_config(config.read_bytes(), str(config)), {}, source=onnx_dir.name,
+                               tokens_dir=onnx_dir)
+    desc_file = onnx_dir / "nemo.yaml"
+    if not desc_file.is_file():
+        raise ModelImportError(f"{onnx_dir} has neither model_config.yaml nor nemo.yaml; give --nemo MODEL.nemo, "
+                               "or describe the model in nemo.yaml (README, \"Your own NeMo model\").")
+    data = _parse_config(desc_file.read_bytes(), str(desc_file))
+    unknown = sorted(set(data) - set(LAYOUT_KEYS))
+    if unknown:
+        raise ModelImportError(f"{desc_file}: unknown key(s) {', '.join(unknown)}; allowed: "
+                               f"{', '.join(LAYOUT_KEYS)}.")
+    family = data.get("model_family")
+    if family not in FAMILIES:
+        raise ModelImportError(f"{desc_file}: model_family should be one of {', '.join(FAMILIES)}, not {family!r}.")
+    durations: tuple[int, ...] = ()
+    if family == "nemo-tdt":
+        durations = _duration_list(data.get("durations"), f"{desc_file}: durations")
+    elif data.get("durations"):
+        raise ModelImportError(f"{desc_file}: durations are for model_family nemo-tdt only.")
+    pieces, model = _bpe_pieces({}, {}, str(desc_file), onnx_dir)
+    preprocessor = data.get("preprocessor") or {}
+    if not isinstance(preprocessor, dict):
+        raise ModelImportError(f"{desc_file}: preprocessor should be a mapping of NeMo's preprocessor settings.")
+    try:
+        sub = data.get("subsampling_factor")
+        max_symbols = int(data.get("max_symbols_per_step") or _DEFAULT_MAX_SYMBOLS)
+        sub = int(sub) if sub is not None else None
+    except (TypeError, ValueError) as exc:
+        raise ModelImportError(f"{desc_file} has a malformed value ({exc}).") from None
+    return NemoDescription(
+        kind="ctc" if family == "nemo-ctc" else "transducer",
+        durations=durations,
+        preprocessor=preprocessor_settings(preprocessor, str(desc_file)),
+        subsampling_factor=sub,
+        max_symbols_per_step=max_symbols,
+        decoder_state=None,
+        pieces=pieces,
+        tokenizer_model=model,
+        target=family,
+        source=onnx_dir.name,
+        name=data.get("name"),
+        language_code=data.get("language_code"),
+    )
+
+
+def preprocessor_settings(cfg: dict[str, Any], source: str) -> dict[str, Any]:
+    """NeMo's log-mel settings with every key the contract lists, defaults filled, dither off."""
+    target = str(cfg.get("_target_", "AudioToMelSpectrogramPreprocessor"))
+    if not target.endswith("AudioToMelSpectrogramPreprocessor"):
+        raise ModelImportError(f"{source}: the preprocessor is {target}; edged computes NeMo's "
+                               "AudioToMelSpectrogramPreprocessor features only.")
+    out = {k: cfg.get(k, v) for k, v in PREPROCESSOR_DEFAULTS.items()}
+    try:
+        sr = int(out["sample_rate"])
+        out["sample_rate"] = sr
+        # A config gives the window either in seconds or in samples (n_window_size).
+        if cfg.get("n_window_size"):
+            out["window_size"] = int(cfg["n_window_size"]) / sr
+        if cfg.get("n_window_stride"):
+            out["window_stride"] = int(cfg["n_window_stride"]) / sr
+        out["window_size"] = float(out["window_size"])
+        out["window_stride"] = float(out["window_stride"])
+        if not out["n_fft"]:
+            out["n_fft"] = 2 ** math.ceil(math.log2(int(out["window_size"] * sr)))
+        for key in ("n_fft", "features", "pad_to", "frame_splicing"):
+            out[key] = int(out[key])
+        for key in ("preemph", "pad_value", "mag_power", "lowfreq"):
+            out[key] = float(out[key] or 0.0)
+        if out["highfreq"] is not None:
+            out["highfreq"] = float(out["highfreq"])
+        guard = out["log_zero_guard_value"]
+        out["log_zero_guard_value"] = _GUARDS[guard] if isinstance(guard, str) and guard in _GUARDS else float(guard)
+    except (TypeError, ValueError) as exc:
+        raise ModelImportError(f"{source}: a preprocessor setting is malformed ({exc}).") from None
+    out["window"] = out["window"] or "ones"  # NeMo: no window is a rectangular one
+    if out["normalize"] not in ("per_feature", "all_features"):
+        out["normalize"] = "NA"  # NeMo: anything else means no normalisation
+    out["log"] = bool(out["log"])
+    out["exact_pad"] = bool(out["exact_pad"])
+    out["dither"] = 0.0
+    return out
+
+
+def _section(cfg: dict[str, Any], key: str) -> dict[str, Any]:
+    value = cfg.get(key)
+    return value if isinstance(value, dict) else {}
+
+
+def _durations(config: dict[str, Any], source: str) -> tuple[int, ...]:
+    loss = _section(config, "loss")
+    found = (_section(config, "model_defaults").get("tdt_durations")
+             or _section(loss, "tdt_kwargs").get("durations")
+             or _section(config, "decoding").get("durations"))
+    if found:
+        return _duration_list(found, f"{source}: TDT durations")
+    if str(loss.get("loss_name", "")).lower() == "tdt" or _section(config, "decoding").get("model_type") == "tdt":
+        raise ModelImportError(f"{source} is a TDT model but its config lists no durations "
+                               "(model_defaults.tdt_durations or loss.tdt_kwargs.durations).")
+    return ()
+
+
+def _duration_list(value: Any, what: str) -> tuple[int, ...]:
+    if (not isinstance(value, list) or not value
+            or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in value)):
+        raise ModelImportError(f"{what} should be a list of frame counts like [0, 1, 2, 3, 4], not {value!r}.")
+    return tuple(value)
+
+
+def _subsampling(encoder: dict[str, Any]) -> int | None:
+    """Encoder frames per feature frame from its config; None where it cannot tell (then measured)."""
+    if isinstance(encoder.get("subsampling_factor"), int):
+        return int(encoder["subsampling_factor"])
+    blocks = encoder.get("jasper")  # ConvASREncoder (QuartzNet, Citrinet, ContextNet): strided blocks
+    if isinstance(blocks, list) and blocks:
+        factor = 1
+        for block in blocks:
+            stride = block.get("stride", [1]) if isinstance(block, dict) else [1]
+            factor *= int(stride[0] if isinstance(stride, list) else stride)
+        return factor
+    if str(encoder.get("_target_", "")).endswith("ConformerEncoder"):
+        return 4  # ConformerEncoder's default
+    return None
+
+
+def _bpe_pieces(tokenizer: dict[str, Any], files: dict[str, bytes], source: str,
+                tokens_dir: Path | None) -> tuple[list[str], bytes | None]:
+    """Token list (and the model file) from the SentencePiece model, or DIR's tokens.txt."""
+    kind = tokenizer.get("type", "bpe")
+    if kind != "bpe":
+        raise ModelImportError(f"{source} has a {kind!r} tokenizer; edged reads SentencePiece (type: bpe) "
+                               "tokenizers and char vocabularies.")
+    data = None
+    path = str(tokenizer.get("model_path") or "")
+    named = Path(path.removeprefix("nemo:")).name if path else ""
+    if named and named in files:
+        data = files[named]
+    else:
+        found = sorted(n for n in files if n.endswith("tokenizer.model"))
+        data = files[found[0]] if found else None
+    if data is None and tokens_dir is not None:
+        found_files = sorted(tokens_dir.glob("*tokenizer.model"))
+        if found_files:
+            data = found_files[0].read_bytes()
+        elif (tokens_dir / "tokens.txt").is_file():
+            return read_tokens_txt(tokens_dir / "tokens.txt"), None
+    if data is None:
+        where = f" (its config names {path})" if path else ""
+        beside = " and no tokenizer.model or tokens.txt is beside the ONNX files" if tokens_dir else ""
+        raise ModelImportError(f"{source} has no SentencePiece tokenizer file{where}{beside}; "
+                               "the tokenizer is needed to turn token ids into text.")
+    pieces = [p.piece.replace(" ", "\u2581") for p in read_pieces(data, f"{source}: tokenizer.model")]
+    return pieces, data
+
+
+def _char_labels(config: dict[str, Any], kind: str, source: str) -> list[str]:
+    """A char model's labels (the space written as '▁', the word boundary tokens.txt marks)."""
+    for section in (("joint",) if kind != "ctc" else ()) + ("decoder",):
+        labels = _section(config, section).get("vocabulary")
+        if isinstance(labels, list) and labels:
+            break
+    else:
+        labels = config.get("labels")
+    if not isinstance(labels, list) or not labels or not all(isinstance(c, str) for c in labels):
+        raise ModelImportError(f"{source} is a char model without a vocabulary (labels or decoder.vocabulary).")
+    return ["\u2581" if c == " " else c.replace(" ", "\u2581") for c in labels]
+
+
+def read_tokens_txt(path: Path) -> list[str]:
+    """Tokens of a `<piece> <id>` file in id order; a trailing `<blk>` (sherpa-onnx's) is the blank, dropped."""
+    pieces: list[str] = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        piece, _, index = line.rpartition(" ")
+        if not piece or not index.isdigit() or int(index) != len(pieces):
+            raise ModelImportError(f"{path} line {number} should be '<token> {len(pieces)}', not {line!r}.")
+        pieces.append(piece)
+    if pieces and pieces[-1] in _BLANK_NAMES:
+        pieces.pop()
+    if not pieces:
+        raise ModelImportError(f"{path} lists no tokens.")
+    return pieces
+
+
+# --- the ONNX export ------------------------------------------------------------------------------
+
+
+def _family(desc: NemoDescription, export: ExportFiles, onnx_dir: Path) -> str:
+    """nemo-rnnt / nemo-tdt / nemo-ctc from the model's kind and what its export holds."""
+    files = ", ".join(p.name for p in export.networks.values())
+    if desc.kind == "ctc" or (desc.kind == "hybrid" and not export.transducer):
+        if export.transducer:
+            raise ModelImportError(f"{desc.source} is a CTC model but {onnx_dir} holds a transducer export "
+                                   f"({files}); NeMo exports a CTC model as one model.onnx.")
+        return "nemo-ctc"
+    if not export.transducer:
+        raise ModelImportError(f"{desc.source} is a transducer but {onnx_dir} holds {files}; NeMo exports a "
+                               "transducer as encoder-model.onnx and decoder_joint-model.onnx.")
+    return "nemo-tdt" if desc.durations else "nemo-rnnt"
+
+
+def _check_networks(export: ExportFiles, family: str, desc: NemoDescription,
+                    workdir: Path) -> tuple[dict[str, Path], dict[str, int]]:
+    """Check each network's signature, write its copy with named dimensions; the sizes they share."""
+    sizes: dict[str, int] = {}
+    networks: dict[str, Path] = {}
+    for net, path in export.networks.items():
+        model = load_network(path)
+        found = check_signature(net, model, path.name)
+        for key, value in found.items():
+            if sizes.setdefault(key, value) != value:
+                raise ModelImportError(f"{path.name} has {key} {value} but the other network has {sizes[key]}; "
+                                       "were they exported from the same model?")
+        out = workdir / f"{net}.onnx"
+        out.write_bytes(name_dynamic_dims(model, net).SerializeToString())
+        networks[net] = out
+    features = desc.preprocessor["features"]
+    if sizes.get("features", features) != features:
+        raise ModelImportError(f"The encoder takes {sizes['features']} features per frame but the preprocessor "
+                               f"config gives {features}; the config and the ONNX export differ.")
+    _LOGGER.info("NeMo %s export: %s", family, sizes)
+    return networks, sizes
+
+
+def _classes_mismatch(export: ExportFiles, family: str, desc: NemoDescription, classes: int,
+                      expected: int) -> str:
+    vocab = len(desc.pieces)
+    file = (export.networks.get("decoder_joint") or export.networks["model"]).name
+    what = f"{vocab} tokens + blank" + (f" + {len(desc.durations)} durations" if desc.durations else "")
+    hint = ""
+    if family == "nemo-rnnt" and classes > vocab + 1:
+        hint = f"; if it is a TDT model, its config should list its {classes - vocab - 1} durations"
+    return f"{file} gives {classes} outputs per step but the tokenizer has {what} = {expected}{hint}."
+
+
+def _decoder_state(sizes: dict[str, int], desc: NemoDescription) -> dict[str, int]:
+    """LSTM state shape of decoder_joint: the ONNX input's static sizes, else the config's."""
+    config = desc.decoder_state or {}
+    state = {"layers": sizes.get("layers", config.get("layers")), "hidden": sizes.get("hidden", config.get("hidden"))}
+    missing = [k for k, v in state.items() if v is None]
+    if missing:
+        raise ModelImportError(f"The decoder_joint's input_states_1 has no static {' or '.join(missing)} size "
+                               "and the config does not give them (decoder.prednet.pred_rnn_layers, pred_hidden).")
+    if config and config != state:
+        _LOGGER.warning("decoder_joint state %s differs from the config's %s; using the ONNX shapes", state, config)
+    return {"layers": int(state["layers"] or 0), "hidden": int(state["hidden"] or 0)}
+
+
+def _measure_subsampling(encoder: Path, sizes: dict[str, int]) -> int:
+    """Encoder frames per feature frame, by running the encoder once (configs that do not say)."""
+    import numpy as np
+    import onnxruntime as ort
+
+    features = sizes.get("features", 80)
+    frames = 960  # divisible by 2, 4, 8 and 16
+    session = ort.InferenceSession(str(encoder), providers=["CPUExecutionProvider"])
+    feeds = {"audio_signal": np.zeros((1, features, frames), np.float32), "length": np.array([frames], np.int64)}
+    names = [o.name for o in session.get_outputs()]
+    out = session.run(None, feeds)[names.index("outputs" if "outputs" in names else "logprobs")]
+    got = out.shape[2] if "outputs" in names else out.shape[1]
+    factor = round(frames / max(1, got))
+    _LOGGER.info("Measured the encoder's subsampling: %d feature frames -> %d (factor %d)", frames, got, factor)
+    return factor
+
+
+def _dim_ranges(pre: dict[str, Any], subsampling: int) -> dict[str, tuple[int, int, int]]:
+    """TensorRT shape ranges: batch, feature frames (up to 30 s), encoder frames, one decoder step."""
+    per_s = 1.0 / pre["window_stride"]
+    lo, opt, hi = 16, int(_OPT_AUDIO_S * per_s), int(math.ceil(_MAX_AUDIO_S * per_s)) + 1
+
+    def enc(t: int) -> int:
+        return max(1, -(-t // subsampling))
+
+    return {
+        "batch": (1, 1, 8),
+        "time": (lo, opt, hi),
+        "frames": (enc(lo), enc(opt), enc(hi)),
+        "decoder_frames": (1, 1, 1),
+        "decoder_steps": (1, 1, 1),
+    }
+
+
+def _default_name(stem: str) -> str:
+    name = _NAME_BAD.sub("-", stem).strip("-._")[:100]
+    return name or "nemo-model"
