@@ -179,13 +179,16 @@ def read_nemo_archive(path: Path) -> tuple[dict[str, Any], dict[str, bytes]]:
             configs = sorted((m for m in members if Path(m.name).name == "model_config.yaml"),
                              key=lambda m: m.name.count("/"))
             if not configs:
-                raise ModelImportError(f"{path} holds no model_config.yaml; is it a NeMo checkpoint?")
+                raise ModelImportError(f"{path} holds no model_config.yaml, so it is not a NeMo checkpoint.")
             wanted = {Path(m.name).name: m for m in members
                       if m.name.endswith(("tokenizer.model", "vocab.txt")) and m.size < 64 << 20}
             files = {name: _read_member(tar, m) for name, m in wanted.items()}
             config_text = _read_member(tar, configs[0])
+    except tarfile.ReadError:
+        raise ModelImportError(f"{path} is not a .nemo archive (a tar file, plain or gzipped).") from None
     except (tarfile.TarError, OSError, EOFError) as exc:
-        raise ModelImportError(f"{path} is not a .nemo archive (a tar file): {exc}.") from None
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ModelImportError(f"{path} cannot be read as a .nemo archive ({reason}).") from None
     return _parse_config(config_text, f"{path.name}: model_config.yaml"), files
 
 
@@ -237,7 +240,7 @@ def describe_config(config: dict[str, Any], files: dict[str, bytes], *, source: 
             "EncDecCTCModel" if dec_target.endswith("ConvASRDecoder") else "")
     if cls not in SUPPORTED_TARGETS:
         raise ModelImportError(
-            f"{source} is a {cls or 'model of unknown type'} ({target or 'no target in its config'}); edged "
+            f"{source} is a NeMo {cls or 'model of unknown type'} ({target or 'no target in its config'}); edged "
             f"builds NeMo RNN-T, TDT and CTC speech recognisers: {', '.join(SUPPORTED_TARGETS)}.")
     kind = "transducer" if cls in _TRANSDUCERS else "ctc" if cls in _CTCS else "hybrid"
     if kind != "ctc" and "Stateless" in dec_target:
