@@ -457,3 +457,31 @@ def repack(nemo: Path, name: str, data: bytes) -> None:
             m.size = len(content)
             tar.addfile(m, io.BytesIO(content))
     nemo.write_bytes(buf.getvalue())
+
+
+def test_readme_nemo_yaml_example_builds(tmp_path: Path) -> None:
+    """The nemo.yaml shown in README's "Your own NeMo model" section builds as it says."""
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## Your own NeMo model", 1)[1].split("\n## ", 1)[0]
+    example = next(block.split("\n", 1)[1] for block in section.split("```")[1::2] if block.startswith("yaml"))
+    files = make_nemo(tmp_path / "src", "tdt", features=128, subsampling=8)
+    layout = write_layout_dir(files, tmp_path / "layout")
+    (layout / "nemo.yaml").write_text(example, encoding="utf-8")
+    manifest, _ = build(tmp_path, None, layout)
+    assert manifest.name == "my-parakeet" and manifest.model_family == "nemo-tdt"
+    p = manifest.parameters
+    assert (p["subsampling_factor"], p["durations"], p["preprocessor"]["features"]) == (8, [0, 1, 2, 3, 4], 128)
+    assert p["preprocessor"]["pad_to"] == 16  # NeMo's default where the YAML says nothing
+
+
+def test_subsampling_measured_when_the_description_lacks_it(tmp_path: Path) -> None:
+    """nemo.yaml without subsampling_factor: the encoder is run once to find it."""
+    files = make_nemo(tmp_path / "src", "ctc", subsampling=8)
+    layout = write_layout_dir(files, tmp_path / "layout")
+    desc = yaml.safe_load((layout / "nemo.yaml").read_text(encoding="utf-8"))
+    del desc["subsampling_factor"]
+    (layout / "nemo.yaml").write_text(yaml.safe_dump(desc), encoding="utf-8")
+    manifest, _ = build(tmp_path, None, layout)
+    assert manifest.parameters["subsampling_factor"] == 8
+    model = manifest.networks[0]
+    assert model.shape_ranges["audio_signal"].max == (8, 80, 3001)
