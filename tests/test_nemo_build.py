@@ -99,6 +99,7 @@ def test_nemo_checkpoint_builds_an_rmir_per_the_contract(tmp_path: Path, family:
     """A .nemo plus its ONNX export: family, networks, tokens, parameters and shape ranges as the contract says."""
     files = make_nemo(tmp_path / "src", family, pred_layers=2 if family == "tdt" else 1)
     manifest, folder = build(tmp_path, files.nemo_path, files.onnx_dir)
+    assert files.tokenizer_model is not None
 
     assert manifest.name == "model" and manifest.pipeline == "speech_recognition"
     assert manifest.model_family == FAMILY[family] and manifest.sample_rate == 16000
@@ -250,7 +251,8 @@ def test_deployed_nemo_model_loads_with_onnxruntime(tmp_path: Path, family: str,
     assert (folder / "tokens.txt").is_file() and (folder / "tokenizer.model").is_file()
     backend = get_backend("onnxruntime")
     sessions = {n: backend.load(folder / e["file"], OPTIONS) for n, e in record["networks"].items()}
-    audio = {"audio_signal": np.zeros((1, 80, 100), np.float32), "length": np.array([100], np.int64)}
+    audio: dict[str, np.ndarray] = {"audio_signal": np.zeros((1, 80, 100), np.float32),
+                                    "length": np.array([100], np.int64)}
     first = sessions.get("encoder") or sessions["model"]
     out = first.run(audio)
     if family == "ctc":
@@ -407,6 +409,7 @@ def test_not_a_nemo_archive_and_bad_layout_yaml(tmp_path: Path) -> None:
 def test_sentencepiece_reader_matches_the_library(tmp_path: Path) -> None:
     """Pieces, scores and types read from the protobuf equal sentencepiece's own."""
     files = make_nemo(tmp_path, "ctc")
+    assert files.tokenizer_model is not None
     sp = sentencepiece.SentencePieceProcessor(model_file=str(files.tokenizer_model))
     pieces = read_pieces(files.tokenizer_model.read_bytes())
     assert [p.piece for p in pieces] == [sp.id_to_piece(i) for i in range(sp.get_piece_size())]

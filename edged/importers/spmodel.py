@@ -30,7 +30,8 @@ class Piece:
 def read_pieces(data: bytes, what: str = "tokenizer.model") -> list[Piece]:
     """Every piece of a SentencePiece ModelProto, in id order; ModelImportError if it is not one."""
     try:
-        pieces = [_piece(value) for number, wire, value in _fields(data) if number == 1 and wire == _BYTES]
+        pieces = [_piece(value) for number, wire, value in _fields(data)
+                  if number == 1 and isinstance(value, bytes)]
     except (IndexError, ValueError, UnicodeDecodeError, struct.error) as exc:
         raise ModelImportError(f"{what} is not a SentencePiece model ({exc}).") from None
     if not pieces:
@@ -41,12 +42,12 @@ def read_pieces(data: bytes, what: str = "tokenizer.model") -> list[Piece]:
 def _piece(data: bytes) -> Piece:
     piece, score, kind = None, 0.0, 1  # proto2 defaults: score 0, type NORMAL
     for number, wire, value in _fields(data):
-        if number == 1 and wire == _BYTES:
-            piece = bytes(value).decode("utf-8")
-        elif number == 2 and wire == _FIXED32:
+        if number == 1 and wire == _BYTES and isinstance(value, bytes):
+            piece = value.decode("utf-8")
+        elif number == 2 and wire == _FIXED32 and isinstance(value, bytes):
             score = struct.unpack("<f", value)[0]
-        elif number == 3 and wire == _VARINT:
-            kind = int(value)
+        elif number == 3 and isinstance(value, int):
+            kind = value
     if piece is None:
         raise ValueError("a vocabulary entry has no piece")
     return Piece(piece, score, kind)
