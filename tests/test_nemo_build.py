@@ -427,6 +427,11 @@ def test_preprocessor_settings_fill_nemo_defaults() -> None:
     assert got["normalize"] == "NA" and got["dither"] == 0.0
     assert got["log_zero_guard_value"] == float(np.finfo(np.float32).tiny)
     assert set(got) == PREPROCESSOR_KEYS
+    assert preprocessor_settings({"window": None}, "cfg")["window"] == "none"
+    for bad, needle in (({"normalize": {"fixed_mean": [0.0], "fixed_std": [1.0]}}, "fixed_mean"),
+                        ({"frame_splicing": 3}, "splices 3"), ({"features": "many"}, "malformed")):
+        with pytest.raises(ModelImportError, match=needle):
+            preprocessor_settings(bad, "cfg")
 
 
 def test_tokens_txt_must_be_in_id_order(tmp_path: Path) -> None:

@@ -350,7 +350,13 @@ def preprocessor_settings(cfg: dict[str, Any], source: str) -> dict[str, Any]:
         out["log_zero_guard_value"] = _GUARDS[guard] if isinstance(guard, str) and guard in _GUARDS else float(guard)
     except (TypeError, ValueError) as exc:
         raise ModelImportError(f"{source}: a preprocessor setting is malformed ({exc}).") from None
-    out["window"] = out["window"] or "ones"  # NeMo: no window is a rectangular one
+    out["window"] = out["window"] or "none"  # FilterbankFeatures: None or "none" is a rectangular window
+    if isinstance(out["normalize"], dict):
+        raise ModelImportError(f"{source}: the preprocessor normalises with fixed_mean/fixed_std, which edged "
+                               "does not compute; it takes per_feature, all_features or none.")
+    if out["frame_splicing"] != 1:
+        raise ModelImportError(f"{source}: the preprocessor splices {out['frame_splicing']} frames; edged "
+                               "computes frame_splicing 1 only.")
     if out["normalize"] not in ("per_feature", "all_features"):
         out["normalize"] = "NA"  # NeMo: anything else means no normalisation
     out["log"] = bool(out["log"])
