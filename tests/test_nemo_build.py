@@ -493,3 +493,20 @@ def test_subsampling_measured_when_the_description_lacks_it(tmp_path: Path) -> N
     assert manifest.parameters["subsampling_factor"] == 8
     model = manifest.networks[0]
     assert model.shape_ranges["audio_signal"].max == (8, 80, 3001)
+
+
+def test_readme_flow_build_copy_init_models(tmp_path: Path) -> None:
+    """README's steps: edged build --nemo/--onnx, copy into $model_loc/rmir, edged init, edged models shows it."""
+    files = make_nemo(tmp_path / "src", "rnnt", name="my-conformer")
+    ok(edged(tmp_path, "build", "speech_recognition", "my.rmir", "--nemo", str(files.nemo_path),
+             "--onnx", str(files.onnx_dir)))
+    (tmp_path / "repo" / "rmir").mkdir(parents=True)
+    (tmp_path / "repo" / "rmir" / "my.rmir").write_bytes((tmp_path / "my.rmir").read_bytes())
+    (tmp_path / "config.sh").write_text("model_loc=repo\nuse_existing_rmirs=true\nbackend=cpu\n", encoding="utf-8")
+    out = ok(edged(tmp_path, "init", "-c", "config.sh"))
+    assert "my.rmir" in out and "deployed" in out
+    items = yaml.safe_load(ok(edged(tmp_path, "models", "-c", "config.sh", "--json")))
+    assert [(i["name"], i["family"], i["state"]) for i in items] == [("my-conformer", "nemo-rnnt", "ok")]
+    listing = ok(edged(tmp_path, "models", "-c", "config.sh")).splitlines()
+    assert listing[0].split()[:5] == ["NAME", "PIPELINE", "LANGUAGE", "BACKEND", "FAMILY"]
+    assert "nemo-rnnt" in listing[1]

@@ -144,7 +144,7 @@ def models(
     config: ConfigOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
-    """List deployed models: pipeline, language, backend, size, load memory, staleness."""
+    """List deployed models: pipeline, language, backend, model family, size, load memory, staleness."""
     from edged.backends.probe import probe
     from edged.repository.records import backend_summary, current_target, list_models
 
@@ -157,6 +157,7 @@ def models(
             "name": m.name,
             "pipeline": m.manifest.pipeline if m.manifest else "?",
             "language": m.manifest.language_code if m.manifest else "?",
+            "family": m.manifest.model_family if m.manifest else "?",
             "backend": backend_summary(m.record),
             "size_mb": round(m.size_bytes / 2**20, 1),
             "load_memory_mb": m.record.load.memory_mb if m.record else None,
@@ -169,9 +170,9 @@ def models(
     if not items:
         typer.echo(f"No deployed models in {settings.model_loc / 'models'}; run `edged init`.")
         return
-    rows = [[i["name"], i["pipeline"], i["language"], i["backend"], f"{i['size_mb']} MB",
+    rows = [[i["name"], i["pipeline"], i["language"], i["backend"], i["family"], f"{i['size_mb']} MB",
              f"{i['load_memory_mb']} MB", str(i["state"])] for i in items]
-    typer.echo(table(["NAME", "PIPELINE", "LANGUAGE", "BACKEND", "SIZE", "LOAD MEMORY", "STATE"], rows))
+    typer.echo(table(["NAME", "PIPELINE", "LANGUAGE", "BACKEND", "FAMILY", "SIZE", "LOAD MEMORY", "STATE"], rows))
 
 
 @app.command("config")
