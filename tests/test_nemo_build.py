@@ -510,3 +510,39 @@ def test_readme_flow_build_copy_init_models(tmp_path: Path) -> None:
     listing = ok(edged(tmp_path, "models", "-c", "config.sh")).splitlines()
     assert listing[0].split()[:5] == ["NAME", "PIPELINE", "LANGUAGE", "BACKEND", "FAMILY"]
     assert "nemo-rnnt" in listing[1]
+
+
+def test_streaming_export_external_weights_and_plain_member_names(tmp_path: Path) -> None:
+    """A cache-aware encoder export and an export with external weight files are refused clearly;
+    a .nemo whose members have no `./` prefix reads as well."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    rnnt = make_nemo(tmp_path / "r", "rnnt")
+    streaming = tmp_path / "streaming"
+    streaming.mkdir()
+    encoder = onnx.load(str(rnnt.onnx_dir / "encoder-model.onnx"))
+    encoder.graph.input.append(helper.make_tensor_value_info("cache_last_channel", TensorProto.FLOAT,
+                                                             [1, "B", 70, rnnt.enc_dim]))
+    onnx.save(encoder, str(streaming / "encoder-model.onnx"))
+    (streaming / "decoder_joint-model.onnx").write_bytes((rnnt.onnx_dir / "decoder_joint-model.onnx").read_bytes())
+    message = import_error(tmp_path, rnnt.nemo_path, streaming)
+    assert "cache_last_channel" in message and "without cache support" in message
+
+    external = tmp_path / "external"
+    external.mkdir()
+    onnx.save(onnx.load(str(rnnt.onnx_dir / "encoder-model.onnx")), str(external / "encoder-model.onnx"),
+              save_as_external_data=True, location="encoder-model.onnx.data", size_threshold=0)
+    (external / "decoder_joint-model.onnx").write_bytes((rnnt.onnx_dir / "decoder_joint-model.onnx").read_bytes())
+    assert "external data" in import_error(tmp_path, rnnt.nemo_path, external)
+
+    with tarfile.open(rnnt.nemo_path) as tar:
+        members = [(Path(m.name).name, tar.extractfile(m).read()) for m in tar.getmembers()]  # type: ignore[union-attr]
+    plain = tmp_path / "plain.nemo"
+    with tarfile.open(plain, "w") as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    manifest, folder = build(tmp_path / "plain", plain, rnnt.onnx_dir)
+    assert manifest.name == "plain" and tokens_of(folder) == rnnt.pieces
