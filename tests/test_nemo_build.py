@@ -20,7 +20,8 @@ import yaml
 from edged.backends import BackendOptions, get_backend
 from edged.errors import ModelImportError
 from edged.importers import source_for_build
-from edged.importers.nemo import import_nemo, preprocessor_settings, read_tokens_txt
+from edged.importers.nemo import import_nemo
+from edged.importers.nemo_config import preprocessor_settings, read_tokens_txt
 from edged.importers.spmodel import read_pieces
 from edged.repository.deploy import deploy
 from edged.repository.records import DEPLOY_RECORD, DeployTarget
