@@ -547,3 +547,11 @@ def test_streaming_export_external_weights_and_plain_member_names(tmp_path: Path
             tar.addfile(info, io.BytesIO(data))
     manifest, folder = build(tmp_path / "plain", plain, rnnt.onnx_dir)
     assert manifest.name == "plain" and tokens_of(folder) == rnnt.pieces
+
+
+def test_same_nemo_model_builds_the_same_bytes(tmp_path: Path) -> None:
+    """Built archives are reproducible (README, RMIR format): two builds of one model are identical."""
+    files = make_nemo(tmp_path / "src", "tdt")
+    build(tmp_path / "one", files.nemo_path, files.onnx_dir)
+    build(tmp_path / "two", files.nemo_path, files.onnx_dir)
+    assert (tmp_path / "one" / "out.rmir").read_bytes() == (tmp_path / "two" / "out.rmir").read_bytes()

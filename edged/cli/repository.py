@@ -50,7 +50,7 @@ def build(
         help="Built-in importer: moonshine-base-en, piper-joe-medium or silero-vad.")] = None,
     from_wheel: Annotated[Optional[Path], typer.Option(
         help="Read the built-in model pack from this .whl instead of the installed package.")] = None,
-    name: Annotated[Optional[str], typer.Option(help="Model name (loose files; overrides the YAML).")] = None,
+    name: Annotated[Optional[str], typer.Option(help="Model name (loose files or --nemo; overrides the YAML).")] = None,
     language_code: Annotated[Optional[str], typer.Option(help="Language code, e.g. en-US.")] = None,
     sample_rate: Annotated[Optional[int], typer.Option(help="Sample rate in Hz.")] = None,
     model_family: Annotated[Optional[str], typer.Option(help="Model family a pipeline drives.")] = None,
