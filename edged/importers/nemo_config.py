@@ -155,8 +155,13 @@ def describe_config(config: dict[str, Any], files: dict[str, bytes], *, source: 
     prednet = _section(decoder, "prednet")
     state = None
     if isinstance(prednet.get("pred_hidden"), int):
-        state = {"layers": int(prednet.get("pred_rnn_layers") or 1), "hidden": int(prednet["pred_hidden"])}
+        layers = prednet.get("pred_rnn_layers", 1)
+        if isinstance(layers, int):
+            state = {"layers": layers, "hidden": int(prednet["pred_hidden"])}
     greedy = _section(_section(config, "decoding"), "greedy")
+    max_symbols = greedy.get("max_symbols")
+    if not isinstance(max_symbols, int) or max_symbols <= 0:
+        max_symbols = _DEFAULT_MAX_SYMBOLS  # NeMo's None is no limit; edged caps it
     encoder = _section(config, "encoder")
     tokenizer = _section(config, "tokenizer")
     if "BPE" in cls or tokenizer:
@@ -168,7 +173,7 @@ def describe_config(config: dict[str, Any], files: dict[str, bytes], *, source: 
         durations=durations,
         preprocessor=preprocessor_settings(_section(config, "preprocessor"), source),
         subsampling_factor=_subsampling(encoder),
-        max_symbols_per_step=int(greedy.get("max_symbols") or _DEFAULT_MAX_SYMBOLS),
+        max_symbols_per_step=max_symbols,
         decoder_state=state,
         pieces=pieces,
         tokenizer_model=model,
@@ -297,15 +302,19 @@ def _duration_list(value: Any, what: str) -> tuple[int, ...]:
 
 def _subsampling(encoder: dict[str, Any]) -> int | None:
     """Encoder frames per feature frame from its config; None where it cannot tell (then measured)."""
-    if isinstance(encoder.get("subsampling_factor"), int):
-        return int(encoder["subsampling_factor"])
+    if "subsampling_factor" in encoder:  # an unresolved interpolation is measured, not guessed
+        value = encoder["subsampling_factor"]
+        return value if isinstance(value, int) and value > 0 else None
     blocks = encoder.get("jasper")  # ConvASREncoder (QuartzNet, Citrinet, ContextNet): strided blocks
     if isinstance(blocks, list) and blocks:
         factor = 1
-        for block in blocks:
-            stride = block.get("stride", [1]) if isinstance(block, dict) else [1]
-            factor *= int(stride[0] if isinstance(stride, list) else stride)
-        return factor
+        try:
+            for block in blocks:
+                stride = block.get("stride", [1]) if isinstance(block, dict) else [1]
+                factor *= int(stride[0] if isinstance(stride, list) else stride)
+        except (TypeError, ValueError, IndexError):
+            return None
+        return factor if factor > 0 else None
     if str(encoder.get("_target_", "")).endswith("ConformerEncoder"):
         return 4  # ConformerEncoder's default
     return None
