@@ -366,7 +366,11 @@ def _char_labels(config: dict[str, Any], kind: str, source: str) -> list[str]:
 def read_tokens_txt(path: Path) -> list[str]:
     """Tokens of a `<piece> <id>` file in id order; a trailing `<blk>` (sherpa-onnx's) is the blank, dropped."""
     pieces: list[str] = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ModelImportError(f"{path} cannot be read as UTF-8 text ({exc}).") from None
+    for number, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         piece, _, index = line.rpartition(" ")
