@@ -402,6 +402,12 @@ def test_not_a_nemo_archive_and_bad_layout_yaml(tmp_path: Path) -> None:
     assert "unknown key(s) subsampling" in import_error(tmp_path, None, layout)
     (layout / "nemo.yaml").write_text("model_family: nemo-tdt\n", encoding="utf-8")
     assert "durations" in import_error(tmp_path, None, layout)
+    (layout / "nemo.yaml").write_text("model_family: [nemo-rnnt\n  subsampling_factor: 4\n", encoding="utf-8")
+    assert "not readable YAML" in import_error(tmp_path, None, layout)
+    (layout / "nemo.yaml").write_text("model_family: nemo-rnnt\n", encoding="utf-8")
+    encoder = layout / "encoder-model.onnx"
+    encoder.write_bytes(encoder.read_bytes()[:5000])
+    assert "not a readable ONNX model" in import_error(tmp_path, None, layout)
 
 
 # --- pure helpers ----------------------------------------------------------------------------------

@@ -30,6 +30,7 @@ from edged.importers.nemo_onnx import (
     find_export,
     load_network,
     name_dynamic_dims,
+    one_line,
 )
 from edged.rmir.archive import file_sha256
 from edged.rmir.build import ModelSource
@@ -186,7 +187,7 @@ def _measure_subsampling(encoder: Path, sizes: dict[str, int]) -> int:
         names = [o.name for o in session.get_outputs()]
         out = session.run(None, feeds)[names.index("outputs" if "outputs" in names else "logprobs")]
     except Exception as exc:  # ONNX Runtime raises its own types for a graph it cannot run
-        raise ModelImportError(f"{encoder.name} could not be run to measure its subsampling ({exc}); give "
+        raise ModelImportError(f"{encoder.name} could not be run to measure its subsampling ({one_line(exc)}); give "
                                "subsampling_factor in nemo.yaml.") from None
     got = out.shape[2] if "outputs" in names else out.shape[1]
     factor = round(frames / max(1, got))

@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 
 from edged.errors import ModelImportError
+from edged.importers.nemo_onnx import one_line
 from edged.importers.spmodel import read_pieces
 
 FAMILIES = ("nemo-rnnt", "nemo-tdt", "nemo-ctc")
@@ -92,8 +93,7 @@ def read_nemo_archive(path: Path) -> tuple[dict[str, Any], dict[str, bytes]]:
     except tarfile.ReadError:
         raise ModelImportError(f"{path} is not a .nemo archive (a tar file, plain or gzipped).") from None
     except (tarfile.TarError, OSError, EOFError) as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise ModelImportError(f"{path} cannot be read as a .nemo archive ({reason}).") from None
+        raise ModelImportError(f"{path} cannot be read as a .nemo archive ({one_line(exc)}).") from None
     return _parse_config(config_text, f"{path.name}: model_config.yaml"), files
 
 
@@ -108,7 +108,7 @@ def _parse_config(text: bytes | str, what: str) -> dict[str, Any]:
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ModelImportError(f"{what} is not readable YAML ({exc}).") from None
+        raise ModelImportError(f"{what} is not readable YAML ({one_line(exc)}).") from None
     if not isinstance(data, dict):
         raise ModelImportError(f"{what} is not a NeMo model config (a mapping).")
     return _resolve(data, data)
@@ -214,7 +214,7 @@ def describe_layout_dir(onnx_dir: Path) -> NemoDescription:
         max_symbols = int(data.get("max_symbols_per_step") or _DEFAULT_MAX_SYMBOLS)
         sub = int(sub) if sub is not None else None
     except (TypeError, ValueError) as exc:
-        raise ModelImportError(f"{desc_file} has a malformed value ({exc}).") from None
+        raise ModelImportError(f"{desc_file} has a malformed value ({one_line(exc)}).") from None
     return NemoDescription(
         kind="ctc" if family == "nemo-ctc" else "transducer",
         durations=durations,
@@ -259,7 +259,7 @@ def preprocessor_settings(cfg: dict[str, Any], source: str) -> dict[str, Any]:
         guard = out["log_zero_guard_value"]
         out["log_zero_guard_value"] = _GUARDS[guard] if isinstance(guard, str) and guard in _GUARDS else float(guard)
     except (TypeError, ValueError) as exc:
-        raise ModelImportError(f"{source}: a preprocessor setting is malformed ({exc}).") from None
+        raise ModelImportError(f"{source}: a preprocessor setting is malformed ({one_line(exc)}).") from None
     out["window"] = out["window"] or "none"  # FilterbankFeatures: None or "none" is a rectangular window
     if isinstance(out["normalize"], dict):
         raise ModelImportError(f"{source}: the preprocessor normalises with fixed_mean/fixed_std, which edged "
@@ -369,7 +369,7 @@ def read_tokens_txt(path: Path) -> list[str]:
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        raise ModelImportError(f"{path} cannot be read as UTF-8 text ({exc}).") from None
+        raise ModelImportError(f"{path} cannot be read as UTF-8 text ({one_line(exc)}).") from None
     for number, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
