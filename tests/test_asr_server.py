@@ -364,6 +364,33 @@ def test_transcribe_cli_json(asr_server: str) -> None:
     assert words and all(w["start_ms"] <= w["end_ms"] for w in words)
 
 
+def test_bench_asr_reports_real_time_figures_and_where_it_saturates(asr_server: str, tmp_path: Path) -> None:
+    """`edged bench asr --realtime --json` keeps its keys and adds how far behind real time the
+    responses were; `--sweep` streams 1 then 2 real-time streams and says whether each kept up."""
+    import sys
+
+    manifest = tmp_path / "clips.jsonl"
+    manifest.write_text(json.dumps({"audio": str(beckett_path()), "text": BECKETT_TEXT}) + "\n", encoding="utf-8")
+    base = [sys.executable, "-m", "edged", "bench", "asr", "--server", asr_server, "--manifest", str(manifest)]
+    out = subprocess.run([*base, "--streams", "1", "--realtime", "--json", "--chunk-ms", "320"],
+                         capture_output=True, text=True, timeout=180, check=False)
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout)
+    assert {"wer_offline", "wer_streaming", "final_latency_p95_ms", "interim_gap_p95_ms", "max_lag_after_audio_ms",
+            "behind_p95_ms", "behind_max_ms"} <= set(report)
+    assert report["wer_streaming"] <= 20.0 and report["realtime"] is True
+    assert 0.0 <= report["behind_p95_ms"] <= report["behind_max_ms"] < 10_000
+    out = subprocess.run([*base, "--streams", "2", "--sweep", "--sweep-seconds", "5", "--json"],
+                         capture_output=True, text=True, timeout=180, check=False)
+    assert out.returncode == 0, out.stderr
+    rows = json.loads(out.stdout)
+    assert [r["streams"] for r in rows] == [1, 2]
+    assert all(r["finals"] >= 5 * r["streams"] and isinstance(r["keeps_up"], bool) for r in rows), rows
+    text = subprocess.run([*base, "--streams", "1", "--sweep", "--sweep-seconds", "5"],
+                          capture_output=True, text=True, timeout=180, check=False).stdout
+    assert "keeps up" in text.splitlines()[0] and ("Keeps up" in text or "Saturates" in text), text
+
+
 def test_stream_interims_windowed_finals_unchanged(asr_model: AsrModel, monkeypatch: pytest.MonkeyPatch,
                                                    float_decoder: OrtSession) -> None:
     """Long speech streamed in real time with interims: interims decode bounded windows, most

@@ -55,11 +55,20 @@ def bench_asr(
     chunk_ms: Annotated[int, typer.Option(min=10, max=5000, help="Audio per streamed chunk.")] = 160,
     realtime: Annotated[bool, typer.Option(help="Send chunks at the pace of speech.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the figures as JSON.")] = False,
+    sweep: Annotated[bool, typer.Option(
+        help="Instead: real-time streaming at 1, 2, 4, ... up to --streams streams, to see where it saturates.")] = False,
+    sweep_seconds: Annotated[float, typer.Option(min=5, help="Seconds of clips started per stream count.")] = 60.0,
 ) -> None:
     """WER (offline and streaming), RTF, final latency, interim cadence, server CPU and memory."""
-    from edged.client.asr import run_bench
+    from dataclasses import asdict
+
+    from edged.client.asr import run_bench, run_sweep, sweep_text
 
     setup_logging("WARNING")
     with _server(server, config) as (address, pid):
+        if sweep:
+            rows = run_sweep(address, manifest, streams, chunk_ms, sweep_seconds, pid)
+            typer.echo(json.dumps([asdict(r) for r in rows], indent=2) if as_json else sweep_text(rows))
+            return
         report = run_bench(address, manifest, streams, chunk_ms, realtime, pid)
     typer.echo(report.json() if as_json else report.text())

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import socket
 import subprocess
 import sys
@@ -248,23 +249,50 @@ def _sampled(pid: int | None) -> Iterator[_Sampler]:
         sampler.stop()
 
 
+def _clips(manifest: Path) -> tuple[list[tuple[Path, str]], list[tuple[bytes, int]]]:
+    """The manifest's clips (path, reference text) and their samples and rates."""
+    lines = [json.loads(line) for line in manifest.read_text(encoding="utf-8").splitlines() if line.strip()]
+    clips = [(manifest.parent / c["audio"], c.get("text", "")) for c in lines]
+    return clips, [_pcm(path) for path, _ in clips]
+
+
+def _stream_pass(address: str, pcms: list[tuple[bytes, int]], streams: int, chunk_ms: int, realtime: bool,
+                 seconds: float = 0.0) -> tuple[dict[int, _StreamLog], float]:
+    """Stream the clips on `streams` concurrent clients, each taking the next clip when done
+    (none after `seconds` of wall time, if set); each clip's log and the wall time."""
+    logs: dict[int, _StreamLog] = {}
+    queue = list(range(len(pcms)))
+    lock = threading.Lock()
+    t0 = time.perf_counter()
+
+    def worker() -> None:
+        client = _service(address)
+        while True:
+            with lock:
+                if not queue or (seconds and time.perf_counter() - t0 > seconds):
+                    return
+                i = queue.pop(0)
+            logs[i] = _stream_clip(client, pcms[i][0], pcms[i][1], chunk_ms, realtime)
+
+    threads = [threading.Thread(target=worker) for _ in range(max(1, streams))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return logs, time.perf_counter() - t0
+
+
 def run_bench(address: str, manifest: Path, streams: int = 1, chunk_ms: int = 160,
               realtime: bool = False, server_pid: int | None = None) -> BenchReport:
     """Offline pass (WER, RTF), then a streaming pass with `streams` clients (WER, latency, cadence)."""
     import grpc
     import riva.client
 
-    lines = [json.loads(line) for line in manifest.read_text(encoding="utf-8").splitlines() if line.strip()]
-    clips = [(manifest.parent / c["audio"], c.get("text", "")) for c in lines]
-    audio_s = 0.0
+    clips, pcms = _clips(manifest)
+    audio_s = sum(len(pcm) / (2 * rate) for pcm, rate in pcms)
     errors_off = errors_str = words = 0
     asr = _service(address)
     t_off = 0.0
-    pcms = []
-    for path, _ in clips:
-        pcm, rate = _pcm(path)
-        pcms.append((pcm, rate))
-        audio_s += len(pcm) / (2 * rate)
     with _sampled(server_pid) as sampler:
         for (pcm, rate), (path, text) in zip(pcms, clips):
             config = riva.client.RecognitionConfig(
@@ -281,26 +309,7 @@ def run_bench(address: str, manifest: Path, streams: int = 1, chunk_ms: int = 16
             errors_off += e
             words += n
             _LOGGER.info("offline %s: %s", path.name, hyp)
-        logs: dict[int, _StreamLog] = {}
-        queue = list(range(len(clips)))
-        lock = threading.Lock()
-
-        def worker() -> None:
-            client = _service(address)
-            while True:
-                with lock:
-                    if not queue:
-                        return
-                    i = queue.pop(0)
-                logs[i] = _stream_clip(client, pcms[i][0], pcms[i][1], chunk_ms, realtime)
-
-        t0 = time.perf_counter()
-        threads = [threading.Thread(target=worker) for _ in range(max(1, streams))]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        t_stream = time.perf_counter() - t0
+        logs, t_stream = _stream_pass(address, pcms, streams, chunk_ms, realtime)
     for i, (_, text) in enumerate(clips):
         errors_str += word_errors(text, " ".join(logs[i].finals))[0]
     latencies = [x for log in logs.values() for x in log.latencies]
@@ -323,3 +332,71 @@ def run_bench(address: str, manifest: Path, streams: int = 1, chunk_ms: int = 16
         behind_p95_ms=round(_pct(behind, 0.95) * ms, 1),
         behind_max_ms=round(max(behind, default=float("nan")) * ms, 1),
     )
+
+
+KEEP_UP_BEHIND_MS = 500.0
+"""A stream count keeps up while no response is further behind real time than this."""
+
+
+@dataclass
+class SweepRow:
+    """One stream count of `edged bench asr --sweep` (real-time streams)."""
+
+    streams: int
+    finals: int
+    final_latency_p50_ms: float
+    final_latency_p95_ms: float
+    interim_gap_p95_ms: float
+    behind_p95_ms: float
+    behind_max_ms: float
+    server_cpu_percent: float | None
+    keeps_up: bool
+    """No response more than KEEP_UP_BEHIND_MS behind real time."""
+
+
+def run_sweep(address: str, manifest: Path, max_streams: int, chunk_ms: int = 160, seconds: float = 60.0,
+              server_pid: int | None = None) -> list[SweepRow]:
+    """Real-time streaming passes at 1, 2, 4, ... up to `max_streams` concurrent streams, each
+    starting clips for `seconds`: where the server stops keeping up with real time."""
+    _, pcms = _clips(manifest)
+    audio_s = max(1.0, sum(len(pcm) / (2 * rate) for pcm, rate in pcms))
+    counts = sorted({min(max_streams, 2 ** k) for k in range(max_streams.bit_length() + 1)})
+    rows = []
+    ms = 1000.0
+    for n in counts:
+        with _sampled(server_pid) as sampler:
+            # Enough clips (the manifest's, again if need be) to keep n streams busy for `seconds`.
+            logs, _ = _stream_pass(address, pcms * math.ceil(1 + n * seconds / audio_s), n, chunk_ms, True, seconds)
+        latencies = [x for log in logs.values() for x in log.latencies]
+        behind = [x for log in logs.values() for x in log.behind]
+        worst = max(behind, default=0.0) * ms
+        rows.append(SweepRow(
+            streams=n, finals=sum(len(log.finals) for log in logs.values()),
+            final_latency_p50_ms=round(_pct(latencies, 0.5) * ms, 1),
+            final_latency_p95_ms=round(_pct(latencies, 0.95) * ms, 1),
+            interim_gap_p95_ms=round(_pct([x for log in logs.values() for x in log.gaps], 0.95) * ms, 1),
+            behind_p95_ms=round(_pct(behind, 0.95) * ms, 1), behind_max_ms=round(worst, 1),
+            server_cpu_percent=round(sampler.cpu_percent, 1) if server_pid else None,
+            keeps_up=worst <= KEEP_UP_BEHIND_MS))
+        _LOGGER.info("sweep: %s", rows[-1])
+    return rows
+
+
+def sweep_text(rows: list[SweepRow]) -> str:
+    """The sweep as a table and where it saturates."""
+    head = ["streams", "finals", "final p50 ms", "final p95 ms", "interim gap p95 ms", "behind p95 ms",
+            "behind max ms", "server cpu %", "keeps up"]
+    lines = ["  ".join(head)]
+    for r in rows:
+        cells = [r.streams, r.finals, r.final_latency_p50_ms, r.final_latency_p95_ms, r.interim_gap_p95_ms,
+                 r.behind_p95_ms, r.behind_max_ms, "-" if r.server_cpu_percent is None else r.server_cpu_percent,
+                 "yes" if r.keeps_up else "no"]
+        lines.append("  ".join(str(c).rjust(len(h)) for c, h in zip(cells, head)))
+    kept = [r.streams for r in rows if r.keeps_up]
+    first_not = next((r.streams for r in rows if not r.keeps_up), None)
+    if first_not is None:
+        lines.append(f"Keeps up with real time at every count tried (up to {rows[-1].streams} streams).")
+    else:
+        lines.append(f"Saturates between {max(kept) if kept else 0} and {first_not} streams: at {first_not} "
+                     f"a response fell more than {KEEP_UP_BEHIND_MS:g} ms behind real time.")
+    return "\n".join(lines)

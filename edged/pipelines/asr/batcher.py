@@ -93,27 +93,21 @@ class AsrBatcher:
                 budget.tick(time.monotonic())
                 t0 = time.perf_counter()
                 outcomes = await self._run_inference(self._required, items)
-                budget.required(time.perf_counter() - t0)
-                # Items with a final (or an error) are answered now; of the others, those whose
-                # stream gets an interim in this cycle wait for it, the rest are answered now too,
-                # so that no stream waits for another's interim.
-                final = [isinstance(o, BaseException) or any(r.is_final for r in o) for o in outcomes]
-                self._answer([(item, o) for item, o, f in zip(items, outcomes, final) if f])
-                waiting = [(item, o) for item, o, f in zip(items, outcomes, final) if not f]
+                # Every item is answered now: a stream's next chunk is fed as soon as this cycle
+                # ends, whatever other streams wait for. Interims made below reach their stream
+                # with its next chunk's results.
+                self._answer(list(zip(items, outcomes)))
                 if self._speculative:
-                    t0 = time.perf_counter()
                     await self._run_inference(self._speculate)
-                    budget.required(time.perf_counter() - t0)
+                budget.required(time.perf_counter() - t0)
                 budget.tick(time.monotonic())
-                chosen = _choose_interims([item.stream for item, _ in waiting if not item.offline],
-                                          time.monotonic(), budget.allowance())
-                self._answer([(item, o) for item, o in waiting if item.stream not in chosen])
-                waiting = [(item, o) for item, o in waiting if item.stream in chosen]
+                streams = [item.stream for item, o in zip(items, outcomes)
+                           if not item.offline and not isinstance(o, BaseException)]
+                chosen = _choose_interims(streams, time.monotonic(), budget.allowance())
                 if chosen:
                     t0 = time.perf_counter()
-                    later = await self._run_inference(self._interims, chosen, [item for item, _ in waiting])
+                    await self._run_inference(self._interims, chosen)
                     budget.spent(time.perf_counter() - t0)
-                    self._answer([(item, o + more) for (item, o), more in zip(waiting, later)])
             except Exception as exc:  # a bug in a cycle must not end the loop for everyone
                 _LOGGER.exception("ASR batch failed")
                 self._answer([(item, exc) for item in items])
@@ -170,9 +164,9 @@ class AsrBatcher:
             _LOGGER.debug("ASR speculative finals: %s", [round(len(j.audio) / MODEL_RATE, 1) for j in jobs])
 
     @staticmethod
-    def _interims(streams: list[AsrStream], waiting: list[_Item]) -> list[list[Result]]:
-        """On the executor: interims of `streams` (see _choose_interims); the results of the
-        `waiting` items."""
+    def _interims(streams: list[AsrStream]) -> None:
+        """On the executor: interims of `streams` (see _choose_interims), kept by each stream
+        for its next results."""
         t0 = time.perf_counter()
         interims: list[DecodeJob] = []
         for stream in streams:
@@ -183,7 +177,6 @@ class AsrBatcher:
         if _LOGGER.isEnabledFor(logging.DEBUG) and interims:
             _LOGGER.debug("ASR interims: %d jobs for %d streams (%.1f s) in %.0f ms", len(interims), len(streams),
                           sum(len(j.audio) for j in interims) / MODEL_RATE, 1000 * (time.perf_counter() - t0))
-        return [item.stream.take_results() for item in waiting]
 
 
 def _choose_interims(streams: list[AsrStream], now: float, allowance: float) -> list[AsrStream]:
