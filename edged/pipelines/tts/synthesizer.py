@@ -156,6 +156,7 @@ class TtsModel:
     def __init__(self, model: LoadedModel, max_text_chars: int = 10000) -> None:
         params = model.manifest.parameters
         self.name = model.name
+        self.manifest = model.manifest
         self.language_code = model.manifest.language_code
         if "voice_config" not in params:
             raise TtsError(f"Model {model.name} is not a Piper voice (its manifest names no voice_config).")
