@@ -329,12 +329,13 @@ def test_bench_measures_first_audio_speed_and_stalls(tts: TtsModel) -> None:
     from edged.client.speak import LocalSpeaker
     from edged.client.ttsbench import bench_tts
 
-    result = bench_tts(LocalSpeaker(tts), SENTENCES[:3], streams=1)
+    result = bench_tts(LocalSpeaker(tts), SENTENCES[:3], streams=1, local=True)
     assert result.sentences == 3 and 3.0 < result.audio_seconds < 15.0
     assert 0.0 < result.ttfa_p50 <= result.ttfa_p95 < 5.0 and 0.0 < result.rtf < 2.0
     assert result.stall_seconds >= 0.0 and 0 <= result.stalled <= 3
     assert result.aggregate_rtf == pytest.approx(result.wall_seconds / result.audio_seconds)
-    assert result.reference is None and result.rtf_ratio is None
+    assert result.reference is None and result.rtf_ratio is None and result.cpu_ratio is None
+    assert result.cpu_rtf is not None and 0.0 < result.cpu_rtf < 4.0
 
 
 def test_bench_reference_runs_the_original_graph_alternately(repo: Path, tmp_path: Path) -> None:
@@ -360,6 +361,7 @@ def test_bench_reference_runs_the_original_graph_alternately(repo: Path, tmp_pat
     # Same sentences, same ids: about as much audio (edged's split first clause aside).
     assert ref["audio_seconds"] == pytest.approx(figures["audio_seconds"], rel=0.25)
     assert figures["rtf_ratio"] == pytest.approx(figures["rtf"] / ref["rtf"])
+    assert figures["cpu_ratio"] == pytest.approx(figures["cpu_rtf"] / ref["cpu_rtf"]) and ref["cpu_rtf"] > 0.0
     assert 0.0 < figures["aggregate_rtf"] < 2.0 and ref["ttfa_p50"] > figures["ttfa_p50"] > 0.0
     refused = subprocess.run([*args, "--reference", "--server", "localhost:1"],
                              capture_output=True, text=True, timeout=60, check=False)

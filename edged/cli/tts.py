@@ -104,7 +104,8 @@ def bench_tts_command(
             whole = WholeGraphVoice(model, reference_graph or original_graph(model.manifest),
                                     BackendOptions.from_settings(settings))
     result = bench_tts(speaker, texts, streams, sample_rate, voice,
-                       whole.speak if whole else None, whole.model.sample_rate if whole else 22050)
+                       whole.speak if whole else None, whole.model.sample_rate if whole else 22050,
+                       local=not server)
     figures = {**asdict(result), "model_memory_mb": memory_mb,
                "process_rss_mb": None if server else _rss_mb()}
     if as_json:
@@ -119,7 +120,7 @@ def bench_tts_command(
         ref = result.reference
         typer.echo(f"whole-graph reference: real-time factor {ref.rtf:.3f} per stream, "
                    f"{ref.aggregate_rtf:.3f} aggregate, first audio p50 {ref.ttfa_p50 * 1000:.0f} ms; "
-                   f"edged/reference RTF ratio {result.rtf_ratio:.3f}")
+                   f"edged/reference RTF ratio {result.rtf_ratio:.3f}, CPU time ratio {result.cpu_ratio:.3f}")
     typer.echo(f"playback stalls: {result.stall_seconds:.2f} s in {result.stalled} of "
                f"{result.sentences * result.streams} requests")
     if memory_mb is not None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +34,8 @@ class ReferenceFigures:
     """Its first audio is the whole sentence."""
     audio_seconds: float
     wall_seconds: float
+    cpu_rtf: float = 0.0
+    """This process's CPU time in the reference's turns over their audio."""
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,11 @@ class TtsBenchResult:
     reference: ReferenceFigures | None = None
     rtf_ratio: float | None = None
     """rtf / reference.rtf: below 1, edged synthesises faster than the whole graph."""
+    cpu_rtf: float | None = None
+    """This process's CPU time (every thread) over the audio: the work, which other processes'
+    load hardly changes, unlike the wall time; local models only (None against a server)."""
+    cpu_ratio: float | None = None
+    """cpu_rtf / reference.cpu_rtf."""
 
 
 def read_sentences(path: Path) -> list[str]:
@@ -82,21 +89,23 @@ class _Tally:
     audio: list[float]
     stalls: list[float]
     wall: float = 0.0
+    cpu: float = 0.0
 
 
 def bench_tts(speaker: Speaker, sentences: list[str], streams: int = 1, sample_rate: int = 22050,
               voice: str = "", reference: Reference | None = None,
-              reference_rate: int = 22050) -> TtsBenchResult:
+              reference_rate: int = 22050, local: bool = False) -> TtsBenchResult:
     """Speak every sentence on each of `streams` concurrent streams (and with `reference`,
-    alternately); one warm-up sentence first."""
+    alternately); one warm-up sentence first. `local`: the speaker synthesises in this process
+    (its CPU time is measured)."""
     for _ in speaker.speak([sentences[0]], sample_rate, voice, 1.0):
         pass
     if reference is not None:
         reference(sentences[0])
     ours, theirs = _Tally([], [], [], []), _Tally([], [], [], [])
     lock = threading.Lock()
-    marks: list[float] = []
-    barrier = threading.Barrier(streams, action=lambda: marks.append(time.perf_counter()))
+    marks: list[tuple[float, float]] = []
+    barrier = threading.Barrier(streams, action=lambda: marks.append((time.perf_counter(), time.process_time())))
 
     def edged(sentence: str) -> None:
         t0 = time.perf_counter()
@@ -134,28 +143,35 @@ def bench_tts(speaker: Speaker, sentences: list[str], streams: int = 1, sample_r
         if reference is not None:
             barrier.wait()
 
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     threads = [threading.Thread(target=run, name=f"bench-{i}") for i in range(streams)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    ours.wall = time.perf_counter() - t0
+    ours.wall, ours.cpu = time.perf_counter() - t0, time.process_time() - c0
     figures = None
     if reference is not None:
         # marks: before edged's turn of each sentence, before the reference's, ..., after the last.
-        ours.wall = sum(b - a for a, b in zip(marks[0::2], marks[1::2]))
-        theirs.wall = sum(b - a for a, b in zip(marks[1::2], marks[2::2]))
+        def total(pairs: Iterable[tuple[tuple[float, float], tuple[float, float]]]) -> tuple[float, float]:
+            spans = [(b[0] - a[0], b[1] - a[1]) for a, b in pairs]
+            return sum(w for w, _ in spans), sum(c for _, c in spans)
+
+        ours.wall, ours.cpu = total(zip(marks[0::2], marks[1::2]))
+        theirs.wall, theirs.cpu = total(zip(marks[1::2], marks[2::2]))
+        audio = max(sum(theirs.audio), 1e-9)
         figures = ReferenceFigures(
-            rtf=sum(theirs.busy) / max(sum(theirs.audio), 1e-9),
-            aggregate_rtf=theirs.wall / max(sum(theirs.audio), 1e-9),
+            rtf=sum(theirs.busy) / audio, aggregate_rtf=theirs.wall / audio,
             ttfa_p50=float(np.percentile(theirs.ttfa, 50)), audio_seconds=sum(theirs.audio),
-            wall_seconds=theirs.wall)
+            wall_seconds=theirs.wall, cpu_rtf=theirs.cpu / audio)
     rtf = sum(ours.busy) / max(sum(ours.audio), 1e-9)
+    cpu_rtf = ours.cpu / max(sum(ours.audio), 1e-9) if local or reference is not None else None
     return TtsBenchResult(
         sentences=len(sentences), streams=streams,
         ttfa_p50=float(np.percentile(ours.ttfa, 50)), ttfa_p95=float(np.percentile(ours.ttfa, 95)),
         rtf=rtf, audio_seconds=sum(ours.audio), wall_seconds=ours.wall,
         stall_seconds=sum(ours.stalls), stalled=sum(1 for s in ours.stalls if s > 0.0),
         aggregate_rtf=ours.wall / max(sum(ours.audio), 1e-9), reference=figures,
-        rtf_ratio=rtf / figures.rtf if figures is not None and figures.rtf > 0 else None)
+        rtf_ratio=rtf / figures.rtf if figures is not None and figures.rtf > 0 else None,
+        cpu_rtf=cpu_rtf, cpu_ratio=cpu_rtf / figures.cpu_rtf
+        if figures is not None and cpu_rtf is not None and figures.cpu_rtf > 0 else None)
