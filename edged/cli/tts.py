@@ -67,6 +67,11 @@ def bench_tts_command(
     intra_threads: Annotated[int | None, typer.Option(
         help="ONNX Runtime intra-op threads for the local model (default: from config.sh).")] = None,
     server: ServerOpt = None,
+    reference: Annotated[bool, typer.Option(
+        "--reference", help="Also speak each sentence with the voice's original whole graph (one "
+        "ONNX Runtime call per sentence, piper's way), alternately, and print both RTFs and their ratio.")] = False,
+    reference_graph: Annotated[Path | None, typer.Option(
+        help="The original Piper graph for --reference (default: from the installed voice package).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the figures as JSON.")] = False,
     config: ConfigOpt = None,
 ) -> None:
@@ -77,8 +82,11 @@ def bench_tts_command(
     from edged.client.ttsbench import bench_tts, read_sentences
 
     texts = read_sentences(sentences)
+    if server and (reference or reference_graph):
+        raise ConfigError("--reference runs the local voice; leave out --server.")
     memory_mb = None
     speaker: Speaker
+    whole = None
     if server:
         speaker = RemoteSpeaker(server)
     else:
@@ -89,7 +97,15 @@ def bench_tts_command(
         model = load_local_tts(settings)
         speaker = LocalSpeaker(model)
         memory_mb = _rss_mb() - before
-    result = bench_tts(speaker, texts, streams, sample_rate, voice)
+        if reference or reference_graph:
+            from edged.backends import BackendOptions
+            from edged.client.ttsref import WholeGraphVoice, original_graph
+
+            whole = WholeGraphVoice(model, reference_graph or original_graph(model.manifest),
+                                    BackendOptions.from_settings(settings))
+    result = bench_tts(speaker, texts, streams, sample_rate, voice,
+                       whole.speak if whole else None, whole.model.sample_rate if whole else 22050,
+                       local=not server)
     figures = {**asdict(result), "model_memory_mb": memory_mb,
                "process_rss_mb": None if server else _rss_mb()}
     if as_json:
@@ -98,7 +114,13 @@ def bench_tts_command(
     typer.echo(f"{result.sentences} sentences x {result.streams} stream(s), "
                f"{result.audio_seconds:.1f} s of audio in {result.wall_seconds:.1f} s")
     typer.echo(f"time to first audio: p50 {result.ttfa_p50 * 1000:.0f} ms, p95 {result.ttfa_p95 * 1000:.0f} ms")
-    typer.echo(f"real-time factor: {result.rtf:.3f}")
+    typer.echo(f"real-time factor: {result.rtf:.3f} per stream, {result.aggregate_rtf:.3f} aggregate "
+               f"({result.streams} stream(s) together)")
+    if result.reference is not None:
+        ref = result.reference
+        typer.echo(f"whole-graph reference: real-time factor {ref.rtf:.3f} per stream, "
+                   f"{ref.aggregate_rtf:.3f} aggregate, first audio p50 {ref.ttfa_p50 * 1000:.0f} ms; "
+                   f"edged/reference RTF ratio {result.rtf_ratio:.3f}, CPU time ratio {result.cpu_ratio:.3f}")
     typer.echo(f"playback stalls: {result.stall_seconds:.2f} s in {result.stalled} of "
                f"{result.sentences * result.streams} requests")
     if memory_mb is not None:

@@ -64,7 +64,10 @@ its context and a short rest it stays within the voice's max_run_frames (1024)."
 SHARED_CHUNK_FRAMES = 96
 """Largest chunk while several requests stream: a new one waits at most that long for its turn."""
 HEADROOM = 2.0
-"""A chunk may take at most 1/HEADROOM of the time its listener still has audio for."""
+"""A chunk may take at most 1/HEADROOM of the time its listener still has audio for..."""
+REST_HEADROOM = 1.25
+"""...but a stream alone decodes the whole rest of its utterance in one run if that takes at most
+1/REST_HEADROOM of it: one seam fewer (its context decoded twice) for a small risk of a stall."""
 
 SILENCE = 0.01
 """Amplitude below which an utterance's edge counts as silence (-40 dBFS)."""
@@ -156,6 +159,7 @@ class TtsModel:
     def __init__(self, model: LoadedModel, max_text_chars: int = 10000) -> None:
         params = model.manifest.parameters
         self.name = model.name
+        self.manifest = model.manifest
         self.language_code = model.manifest.language_code
         if "voice_config" not in params:
             raise TtsError(f"Model {model.name} is not a Piper voice (its manifest names no voice_config).")
@@ -255,12 +259,17 @@ class TtsModel:
     def _chunk_frames(self, pace: Pace, remaining: int) -> int:
         """Frames to decode next: few for a request's first audio, then as many as its listener's
         lead allows (bounded, smaller while other requests wait for their turns)."""
-        context = 2 * self.network.context
+        context = 2 * self.network.seam_context
         if pace.first is None:
             size = FIRST_CHUNK_FRAMES
         else:
-            cap = MAX_CHUNK_FRAMES if self._gate.streams <= 1 else SHARED_CHUNK_FRAMES
-            lead = pace.ahead() / HEADROOM / self._frame_seconds - context
+            alone = self._gate.streams <= 1
+            ahead = pace.ahead()
+            if alone and remaining + context <= self.network.max_run_frames and \
+                    (remaining + context // 2) * self._frame_seconds * REST_HEADROOM <= ahead:
+                return remaining
+            cap = MAX_CHUNK_FRAMES if alone else SHARED_CHUNK_FRAMES
+            lead = ahead / HEADROOM / self._frame_seconds - context
             size = min(max(int(lead), FIRST_CHUNK_FRAMES), cap)
         # A short rest goes along: its own run would decode more context than frames.
         return remaining if remaining - size < context else size
@@ -288,7 +297,8 @@ class TtsModel:
                 self.network.prepare(latent, stop, ahead=pace.first is not None)
                 t1 = time.perf_counter()
                 audio = self.network.decode(latent, start, stop)
-                run = min(frames, stop + self.network.context) - max(0, start - self.network.context)
+                seam = self.network.seam_context
+                run = min(frames, stop + seam) - max(0, start - seam)
                 self._frame_seconds = 0.7 * self._frame_seconds + 0.3 * (time.perf_counter() - t1) / run
             start = stop
             if shift is not None:

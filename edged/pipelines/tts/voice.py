@@ -49,6 +49,13 @@ class VoiceConfig:
             raise TtsError(f"{path} is not a usable Piper voice config ({exc}).") from None
 
 
+SEAM_CONTEXT_SHARE = 0.75
+"""Share of the exact context (a network's receptive field, measured at build time) run either
+side of a range of frames. The receptive field's edge weighs little: on en_US-joe-medium the
+decoder's 8 frames of 11 leave seams at most 0.0024 off (-52 dBFS), an SNR of 66 dB against the
+whole utterance's audio with a seam every 64 frames; the flow's 22 of 29 leave the audio
+100 dB from exact. 27 % less context run twice."""
+
 _OLD_MAX_RUN_FRAMES = 1024
 """Most frames one run of the flow or decoder takes, context included, for RMIRs built before
 the manifest recorded it as `max_run_frames` (their `frames` shape range ends there)."""
@@ -78,9 +85,10 @@ class Latent:
 
 class VoiceNetwork:
     """Runs the VITS networks: phoneme ids to the prior's frames (`encode`), then any range of
-    frames through the flow and decoder to float32 audio at the voice's rate (`decode`), exactly
-    as if the utterance were run whole: both are convolutional, and each range is run with the
-    context either side that their receptive fields need (measured when the RMIR was built).
+    frames through the flow and decoder to float32 audio at the voice's rate (`decode`), as if
+    the utterance were run whole: both are convolutional, and each range is run with context
+    either side: the bulk of what their receptive fields need (measured when the RMIR was built;
+    see SEAM_CONTEXT_SHARE).
     """
 
     def __init__(self, sessions: Mapping[str, Session], config: VoiceConfig, parameters: Mapping[str, Any]) -> None:
@@ -92,6 +100,10 @@ class VoiceNetwork:
         self.hop = int(parameters.get("hop_length", 0)) if self.chunked else 1
         self.context = int(parameters.get("decoder_context_frames", 0))
         self.flow_context = int(parameters.get("flow_context_frames", 0))
+        self.seam_context = max(1, round(self.context * SEAM_CONTEXT_SHARE))
+        """Decoder frames run either side of a chunk (`context` makes chunks exact)."""
+        self.flow_seam = max(1, round(self.flow_context * SEAM_CONTEXT_SHARE))
+        """Flow frames run either side of a range (`flow_context` makes them exact)."""
         # The engines' `frames` range ends there, so every run of the flow or decoder must fit.
         self.max_run_frames = int(parameters.get("max_run_frames", _OLD_MAX_RUN_FRAMES))
         if self.chunked and min(self.hop, self.context, self.flow_context) <= 0:
@@ -120,7 +132,7 @@ class VoiceNetwork:
     def prepare(self, latent: Latent, stop: int, ahead: bool = True) -> None:
         """Run the flow so that frames up to `stop` can be decoded: on every frame still to make
         (`ahead`), or on just those (a request's first audio)."""
-        need = min(latent.frames, stop + self.context)
+        need = min(latent.frames, stop + self.seam_context)
         if self.chunked and latent.ready < need:
             self._run_flow(latent, latent.frames if ahead else need)
 
@@ -130,7 +142,7 @@ class VoiceNetwork:
             return latent.z
         assert self._decoder is not None
         self.prepare(latent, stop)
-        lo, hi = max(0, start - self.context), min(latent.frames, stop + self.context)
+        lo, hi = max(0, start - self.seam_context), min(latent.frames, stop + self.seam_context)
         z = np.ascontiguousarray(latent.z[:, :, lo:hi])
         audio = np.asarray(next(iter(self._decoder.run({"z": z, **latent.extra}).values())),
                            dtype=np.float32).reshape(-1)
@@ -140,9 +152,9 @@ class VoiceNetwork:
         """Make z's frames [ready, upto) final, in runs of at most max_run_frames."""
         assert self._flow is not None and latent.prior is not None
         while latent.ready < upto:
-            stop = min(upto, latent.ready + self.max_run_frames - 2 * self.flow_context)
-            lo = max(0, latent.ready - self.flow_context)
-            hi = min(latent.frames, stop + self.flow_context)
+            stop = min(upto, latent.ready + self.max_run_frames - 2 * self.flow_seam)
+            lo = max(0, latent.ready - self.flow_seam)
+            hi = min(latent.frames, stop + self.flow_seam)
             z_p = np.ascontiguousarray(latent.prior[:, :, lo:hi])
             feeds = {"z_p": z_p, "mask": np.ones((1, 1, hi - lo), np.float32), **latent.extra}
             z = self._flow.run(feeds)["z"]
