@@ -499,11 +499,12 @@ def test_end_utterance_gives_the_final_now_and_the_stream_goes_on(asr_model: Asr
     assert word_errors("Ever failed, no matter try again fail again fail better.", text)[0] <= 1, text
 
 
-def test_streams_at_once_through_the_batcher_get_the_finals_each_gets_alone(asr_model: AsrModel) -> None:
+@pytest.mark.parametrize("lanes", [1, 2])
+def test_streams_at_once_through_the_batcher_get_the_finals_each_gets_alone(asr_model: AsrModel, lanes: int) -> None:
     """Three real-time streams through one batcher, started a second apart: finals first,
-    speculative finals in a call of their own, interims in the time share left (see
-    edged.pipelines.asr.budget). Each stream gets exactly the finals it gets alone, once
-    each, and interims while it speaks."""
+    speculative finals in a call of their own, interims on a lane of their own (beside the
+    finals, or in turns with them on one lane). Each stream gets exactly the finals it gets
+    alone, once each, and interims while it speaks."""
     from concurrent.futures import ThreadPoolExecutor
 
     from edged.pipelines.asr.batcher import AsrBatcher
@@ -525,7 +526,7 @@ def test_streams_at_once_through_the_batcher_get_the_finals_each_gets_alone(asr_
     async def run() -> list[list[Result]]:
         loop = asyncio.get_running_loop()
         with ThreadPoolExecutor(1) as pool:
-            batcher = AsrBatcher(lambda fn, *args: loop.run_in_executor(pool, fn, *args))
+            batcher = AsrBatcher(lambda fn, *args: loop.run_in_executor(pool, fn, *args), lanes=lanes)
             return list(await asyncio.gather(*(one(batcher, float(d)) for d in range(3))))
 
     for results in asyncio.run(run()):

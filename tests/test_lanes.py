@@ -61,7 +61,7 @@ def test_an_error_is_raised_after_the_other_calls_ended() -> None:
 
 def test_lanes_come_from_settings() -> None:
     assert BackendOptions.from_settings(Settings(inference_lanes=3)).lanes == 3
-    assert BackendOptions.from_settings(Settings()).lanes == 1
+    assert BackendOptions.from_settings(Settings()).lanes == 2
 
 
 def test_a_lone_batch_is_split_so_that_every_lane_has_one() -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, TypeVar
@@ -179,12 +180,18 @@ class AsrService(SpeechService):
     def __init__(self, settings: Settings, executor: Executor, registry: ModelRegistry,
                  admission: Admission) -> None:
         super().__init__(settings, executor, registry, admission)
-        self.batcher = AsrBatcher(self._run_inference)
+        self._interim_pool = ThreadPoolExecutor(1, thread_name_prefix="edged-asr-interims")
+        self.batcher = AsrBatcher(self._run_inference, run_interims=self._run_interims,
+                                  lanes=settings.inference_lanes)
         """The one batcher every stream of this server goes through."""
         self._pipelines: dict[str, tuple[LoadedModel, LoadedModel, AsrModel]] = {}
 
     async def _run_inference(self, fn: Callable[..., T], *args: object) -> T:
         return await metrics.run_inference(self._executor, "asr", fn, *args)
+
+    async def _run_interims(self, fn: Callable[..., T], *args: object) -> T:
+        """Interims run on a thread of their own, beside the finals (see AsrBatcher)."""
+        return await metrics.run_inference(self._interim_pool, "asr", fn, *args)
 
     def models(self) -> dict[str, Manifest]:
         """The deployed ASR models edged has a pipeline for (Moonshine), by name."""

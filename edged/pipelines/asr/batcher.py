@@ -1,13 +1,15 @@
-"""Runs the recognition work of every open stream on one inference executor, batched.
+"""Runs the recognition work of every open stream on the inference executor, batched.
 
 Each stream hands in one chunk at a time and waits for its results, so the queue holds at
 most one item per stream (bounded by the server's stream limit). The loop takes whatever is
-queued and runs one cycle of it in two executor calls: first the streams' cheap steps (audio
-decoding, VAD) and the decodes that finals need (all of them), after which the chunks that
-completed a final are answered; then interims, which are optional: only for streams that are
-not behind real time, longest-waiting first, and only as many as fit in the cycle's time
-budget, so that streams keep up with real time however many there are. Decodes of several
-streams run as batches where their lengths allow (see AsrModel.decode_jobs).
+queued and runs one cycle of it: the streams' cheap steps (audio decoding, VAD) and the decodes
+that finals need, after which every chunk is answered; then the speculative finals the chunks
+started (decodes that may become finals), in a call of their own. Interims are optional and run
+on a lane of their own, side by side with that loop (or in turns with it where the model has one
+lane): a slice at a time, for the streams that have waited longest and are not behind real time,
+each reaching its stream with the results of its next chunk. So no chunk waits for another
+stream's interim, and interims thin out, rather than finals slowing, when the CPU is short.
+Decodes of several streams run as batches where their lengths allow (see AsrModel.decode_jobs).
 """
 
 from __future__ import annotations
@@ -16,13 +18,13 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from edged.pipelines.asr.audio import MODEL_RATE
-from edged.pipelines.asr.budget import InterimBudget
 from edged.pipelines.asr.jobs import DecodeJob, JobRunner
 from edged.pipelines.asr.results import Result
 from edged.pipelines.asr.stream import AsrStream
@@ -30,6 +32,8 @@ from edged.pipelines.asr.stream import AsrStream
 _LOGGER = logging.getLogger(__name__)
 
 _MAX_ITEMS_PER_CYCLE = 32
+# Most (estimated) seconds of interim decoding in one call: streams due meanwhile go next.
+_SLICE_S = 0.15
 # A stream handled this many seconds later than real time gets no interims until it catches up.
 _MAX_LAG_S = 0.3
 
@@ -50,17 +54,34 @@ class _Item:
 class AsrBatcher:
     """One consumer task feeding all streams' work to the inference executor in batches."""
 
-    def __init__(self, run: Callable[..., Awaitable[Any]], max_queue: int = 256) -> None:
-        """`run(fn, *args)` runs blocking `fn` on the inference executor and returns its result."""
+    def __init__(self, run: Callable[..., Awaitable[Any]], max_queue: int = 256,
+                 run_interims: Callable[..., Awaitable[Any]] | None = None, lanes: int = 1) -> None:
+        """`run(fn, *args)` runs blocking `fn` on the inference executor and returns its result;
+        `run_interims` likewise on the thread interims run on (default: one of the batcher's
+        own). With one lane (`lanes`: the calls of the model that may run at once, see
+        edged.pipelines.lanes) finals and interims take turns; with more they run side by side."""
         self._run_inference = run
+        if run_interims is None:
+            pool = ThreadPoolExecutor(1, thread_name_prefix="edged-asr-interims")
+            run_interims = lambda fn, *args: asyncio.get_running_loop().run_in_executor(pool, fn, *args)  # noqa: E731
+        self._run_interims = run_interims
+        self._turns = asyncio.Lock() if lanes < 2 else None
+        """Taken by each call when finals and interims take turns on one lane."""
         self._queue: asyncio.Queue[_Item] = asyncio.Queue(max_queue)
         self._task: asyncio.Task[None] | None = None
+        self._interim_task: asyncio.Task[None] | None = None
         self._speculative: list[DecodeJob] = []
         """Speculative final decodes (kind 'eou') the last cycle's feeding queued."""
+        self._active: dict[int, AsrStream] = {}
+        """Streams (not offline) fed since they started and not finished: interims are theirs."""
+        self._wake = asyncio.Event()
 
     def _ensure_running(self) -> None:
+        loop = asyncio.get_running_loop()
         if self._task is None or self._task.done():
-            self._task = asyncio.get_running_loop().create_task(self._run(), name="edged-asr-batcher")
+            self._task = loop.create_task(self._run(), name="edged-asr-batcher")
+        if self._interim_task is None or self._interim_task.done():
+            self._interim_task = loop.create_task(self._run_interim_lane(), name="edged-asr-interims")
 
     async def feed(self, stream: AsrStream, data: bytes | np.ndarray, end_utterance: bool = False) -> list[Result]:
         """Give a stream its next chunk (client bytes, or float32 samples at the model's rate);
@@ -84,33 +105,45 @@ class AsrBatcher:
         return await future
 
     async def _run(self) -> None:
-        budget = InterimBudget(time.monotonic())
         while True:
             items = [await self._queue.get()]
             while not self._queue.empty() and len(items) < _MAX_ITEMS_PER_CYCLE:
                 items.append(self._queue.get_nowait())
             try:
-                budget.tick(time.monotonic())
-                t0 = time.perf_counter()
-                outcomes = await self._run_inference(self._required, items)
-                # Every item is answered now: a stream's next chunk is fed as soon as this cycle
-                # ends, whatever other streams wait for. Interims made below reach their stream
-                # with its next chunk's results.
+                outcomes = await self._call(self._run_inference, self._required, items)
+                # Every item is answered at once: a stream's next chunk is fed as soon as this
+                # cycle ends, whatever other streams wait for.
                 self._answer(list(zip(items, outcomes)))
+                for item, outcome in zip(items, outcomes):
+                    if item.offline or item.data is None or isinstance(outcome, BaseException):
+                        self._active.pop(id(item.stream), None)
+                    else:
+                        self._active[id(item.stream)] = item.stream
+                self._wake.set()
                 if self._speculative:
-                    await self._run_inference(self._speculate)
-                budget.required(time.perf_counter() - t0)
-                budget.tick(time.monotonic())
-                streams = [item.stream for item, o in zip(items, outcomes)
-                           if not item.offline and not isinstance(o, BaseException)]
-                chosen = _choose_interims(streams, time.monotonic(), budget.allowance())
-                if chosen:
-                    t0 = time.perf_counter()
-                    await self._run_inference(self._interims, chosen)
-                    budget.spent(time.perf_counter() - t0)
+                    await self._call(self._run_inference, self._speculate)
             except Exception as exc:  # a bug in a cycle must not end the loop for everyone
                 _LOGGER.exception("ASR batch failed")
                 self._answer([(item, exc) for item in items])
+
+    async def _run_interim_lane(self) -> None:
+        """Interims, side by side with the finals: the longest-waiting due streams' first, a
+        slice at a time; each reaches its stream with its next results."""
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            try:
+                while chosen := _choose_interims(list(self._active.values()), time.monotonic()):
+                    await self._call(self._run_interims, self._interims, chosen)
+            except Exception:  # a bug must not end interims for everyone
+                _LOGGER.exception("ASR interims failed")
+
+    async def _call(self, run: Callable[..., Awaitable[Any]], fn: Callable[..., Any], *args: Any) -> Any:
+        """`run(fn, *args)`, in turn with the other calls where there is one lane."""
+        if self._turns is None:
+            return await run(fn, *args)
+        async with self._turns:
+            return await run(fn, *args)
 
     @staticmethod
     def _answer(outcomes: list[tuple[_Item, list[Result] | BaseException]]) -> None:
@@ -130,28 +163,29 @@ class AsrBatcher:
         required: list[DecodeJob] = []
         for item in items:
             stream = item.stream
-            try:
-                if item.data is not None:
-                    stream.feed(item.data, now)
-                if item.end_utterance:
-                    stream.end_utterance()
-                if item.data is None or item.offline:
-                    stream.feed_end()
-            except Exception as exc:  # noqa: BLE001 - bad audio or a limit: only this item fails
+            with stream.lock:  # the interim lane may be queueing or completing its interim
+                try:
+                    if item.data is not None:
+                        stream.feed(item.data, now)
+                    if item.end_utterance:
+                        stream.end_utterance()
+                    if item.data is None or item.offline:
+                        stream.feed_end()
+                except Exception as exc:  # noqa: BLE001 - bad audio or a limit: only this item fails
+                    stream.jobs.clear()
+                    outcomes.append(exc)
+                    continue
+                outcomes.append(None)
+                # Speculative finals wait for a call of their own (_speculate), after the finals.
+                required.extend(j for j in stream.jobs if j.kind != "eou")
+                self._speculative.extend(j for j in stream.jobs if j.kind == "eou")
                 stream.jobs.clear()
-                outcomes.append(exc)
-                continue
-            outcomes.append(None)
-            # Speculative finals wait for a call of their own (_speculate), after the finals.
-            required.extend(j for j in stream.jobs if j.kind != "eou")
-            self._speculative.extend(j for j in stream.jobs if j.kind == "eou")
-            stream.jobs.clear()
         _decode(required)
         if _LOGGER.isEnabledFor(logging.DEBUG) and required:
             _LOGGER.debug("ASR cycle: %d items, %s in %.0f ms", len(items),
                           [(j.kind, round(len(j.audio) / MODEL_RATE, 1)) for j in required],
                           1000 * (time.perf_counter() - t0))
-        return [o if o is not None else item.stream.take_results() for item, o in zip(items, outcomes)]
+        return [o if o is not None else _take(item.stream) for item, o in zip(items, outcomes)]
 
     def _speculate(self) -> None:
         """On the executor: decode the speculative finals that are still undecoded (a final
@@ -170,32 +204,35 @@ class AsrBatcher:
         t0 = time.perf_counter()
         interims: list[DecodeJob] = []
         for stream in streams:
-            stream.queue_interim()
-            interims.extend(stream.jobs)
-            stream.jobs.clear()
+            with stream.lock:
+                if stream.interim_due(time.monotonic()):  # still (its chunk may have ended the utterance)
+                    stream.queue_interim()
+                    interims.extend(stream.jobs)
+                    stream.jobs.clear()
         _decode(interims)
         if _LOGGER.isEnabledFor(logging.DEBUG) and interims:
             _LOGGER.debug("ASR interims: %d jobs for %d streams (%.1f s) in %.0f ms", len(interims), len(streams),
                           sum(len(j.audio) for j in interims) / MODEL_RATE, 1000 * (time.perf_counter() - t0))
 
 
-def _choose_interims(streams: list[AsrStream], now: float, allowance: float) -> list[AsrStream]:
-    """The streams that get an interim in this cycle: of those due and not behind real time,
-    longest-waiting first, as many as `allowance` (estimated seconds) holds, one at least if
-    the allowance is not nil."""
-    if allowance <= 0:
-        return []
-    due = sorted({id(s): s for s in streams if s.lag <= _MAX_LAG_S and s.interim_due(now)}.values(),
-                 key=lambda s: s.last_interim_at)
+def _choose_interims(streams: list[AsrStream], now: float) -> list[AsrStream]:
+    """The streams whose interims to decode next: of those due and not behind real time,
+    longest-waiting first, as many as fit in one slice (estimated; one at least)."""
+    due = sorted((s for s in streams if s.lag <= _MAX_LAG_S and s.interim_due(now)), key=lambda s: s.last_interim_at)
     chosen: list[AsrStream] = []
     spent = 0.0
     for stream in due:
         cost = stream.interim_estimate()
-        if chosen and spent + cost > allowance:
+        if chosen and spent + cost > _SLICE_S:
             continue
         spent += cost
         chosen.append(stream)
     return chosen
+
+
+def _take(stream: AsrStream) -> list[Result]:
+    with stream.lock:
+        return stream.take_results()
 
 
 def _decode(jobs: list[DecodeJob]) -> None:

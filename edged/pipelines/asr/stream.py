@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 import time
 from typing import Protocol
 
@@ -116,9 +117,14 @@ class AsrStream:
         """Window after the last speech of a likely end whose decode waits for its tail."""
         self.jobs: list[DecodeJob] = []
         """Decode jobs waiting for the model's `decode_jobs`."""
+        self._windowing: list[DecodeJob] = []
+        """Commit and interim jobs queued and not handed back yet."""
         self._done: list[DecodeJob] = []
         self._seq = 0
         self.finished = False
+        self.lock = threading.RLock()
+        """Held by whoever changes the stream: the batcher feeds it on one thread while its
+        interims are queued and completed on another."""
 
     @property
     def samples(self) -> int:
@@ -223,15 +229,18 @@ class AsrStream:
         return self.model.seconds_per_sample * length
 
     def queue_interim(self) -> None:
-        """Queue an interim decode of the open utterance's window (see _WINDOW)."""
+        """Queue an interim decode of the open utterance's window (see _WINDOW) and, if the
+        window has grown too long, of the part before its new start (a commit)."""
         if self.samples - self._window_start > _WINDOW:
             first = max(self._window_start + _COMMIT_MIN, self.samples - 2 * _WINDOW_MIN) // WINDOW
             end = (self.samples - _WINDOW_MIN) // WINDOW
             if end > first:
                 cut = self._endpointer.quietest(first, end) * WINDOW
-                self._queue("commit", cut, self.samples, self._window_start, self._window_tokens)
+                self._windowing.append(self._queue("commit", cut, self.samples, self._window_start,
+                                                   self._window_tokens))
                 self._window_start = cut
-        self._queue("interim", self.samples, self.samples, self._window_start, self._window_tokens)
+        self._windowing.append(self._queue("interim", self.samples, self.samples, self._window_start,
+                                           self._window_tokens))
 
     def _on_event(self, event: Event) -> None:
         at = self._endpointer.window * WINDOW
@@ -337,18 +346,27 @@ class AsrStream:
             self._base += drop
 
     def complete(self, job: DecodeJob) -> None:
-        """Take a decoded job back (called by the model's `decode_jobs`)."""
-        if job.hyp is not None and job.utterance == self._utterance:
-            if job.kind in ("interim", "eou"):  # a speculative final shows as an interim
-                self.last_interim_at = self._now + job.seconds
-            if job.kind == "interim":
-                self._interim_cost, self._interim_samples = job.seconds, len(job.audio)
-        self._done.append(job)
+        """Take a decoded job back (called by the model's `decode_jobs`, on any thread)."""
+        with self.lock:
+            if job in self._windowing:
+                self._windowing.remove(job)
+            if job.hyp is not None and job.utterance == self._utterance:
+                if job.kind in ("interim", "eou"):  # a speculative final shows as an interim
+                    self.last_interim_at = self._now + job.seconds
+                if job.kind == "interim":
+                    self._interim_cost, self._interim_samples = job.seconds, len(job.audio)
+            self._done.append(job)
 
     def take_results(self) -> list[Result]:
         """Results of the jobs decoded since the last call, in order; stale interims dropped."""
         # A speculative decode handed back and not yet taken may come back again as the final.
         done, self._done = sorted({id(j): j for j in self._done}.values(), key=lambda j: j.seq), []
+        # The interim lane hands back a window's commit and interim one by one: an interim is
+        # taken only after its commit (its text is the committed text, then the window's).
+        if self._windowing:
+            first = min(j.seq for j in self._windowing)
+            self._done = [j for j in done if j.kind in ("commit", "interim") and j.seq > first]
+            done = [j for j in done if j not in self._done]
         finals = {j.utterance for j in done if j.kind == "final"}
         results = []
         for job in done:
