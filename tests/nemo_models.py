@@ -197,8 +197,8 @@ def make_nemo(
         h = "a1b2c3d4e5f60718293a4b5c6d7e8f90"
         config["tokenizer"].update({
             "model_path": f"nemo:{h}_tokenizer.model",
-            "vocab_path": f"nemo:0f1e2d3c4b5a69788796a5b4c3d2e1f0_vocab.txt",
-            "spe_tokenizer_vocab": f"nemo:99aa88bb77cc66dd55ee44ff33001122_tokenizer.vocab",
+            "vocab_path": "nemo:0f1e2d3c4b5a69788796a5b4c3d2e1f0_vocab.txt",
+            "spe_tokenizer_vocab": "nemo:99aa88bb77cc66dd55ee44ff33001122_tokenizer.vocab",
         })
         if tokenizer:
             members[f"{h}_tokenizer.model"] = tok_path.read_bytes()

@@ -50,11 +50,15 @@ def build(
         help="Built-in importer: moonshine-base-en, piper-joe-medium or silero-vad.")] = None,
     from_wheel: Annotated[Optional[Path], typer.Option(
         help="Read the built-in model pack from this .whl instead of the installed package.")] = None,
-    name: Annotated[Optional[str], typer.Option(help="Model name (loose files; overrides the YAML).")] = None,
+    name: Annotated[Optional[str], typer.Option(help="Model name (loose files or --nemo; overrides the YAML).")] = None,
     language_code: Annotated[Optional[str], typer.Option(help="Language code, e.g. en-US.")] = None,
     sample_rate: Annotated[Optional[int], typer.Option(help="Sample rate in Hz.")] = None,
     model_family: Annotated[Optional[str], typer.Option(help="Model family a pipeline drives.")] = None,
     license: Annotated[Optional[str], typer.Option(help="Licence of the weights.")] = None,
+    nemo: Annotated[Optional[Path], typer.Option(
+        help="A NeMo ASR checkpoint (.nemo: RNN-T, TDT or CTC); give its ONNX export with --onnx.")] = None,
+    onnx: Annotated[Optional[Path], typer.Option(
+        help="The folder NeMo's model.export('model.onnx') wrote (alone: with nemo.yaml or model_config.yaml).")] = None,
 ) -> None:
     """Pack ONNX networks and artifacts into an RMIR archive."""
     from edged.importers import source_for_build
@@ -68,7 +72,8 @@ def build(
     overrides = {"name": name, "language_code": language_code, "sample_rate": sample_rate,
                  "model_family": model_family, "license": license}
     with tempfile.TemporaryDirectory(prefix=".edged-build-", dir=ref.path.parent.resolve()) as work:
-        src = source_for_build(pipeline.value, sources or [], builtin, from_wheel, overrides, Path(work))
+        src = source_for_build(pipeline.value, sources or [], builtin, from_wheel, overrides, Path(work),
+                               nemo=nemo, onnx_dir=onnx)
         manifest = build_rmir(src, ref, progress_bar(f"build {ref.path.name}"))
     typer.echo(f"Built {ref.path} ({manifest.name}, {manifest.pipeline}, "
                f"{mb(ref.path.stat().st_size)}{', encrypted' if ref.key else ''})")
@@ -139,7 +144,7 @@ def models(
     config: ConfigOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
-    """List deployed models: pipeline, language, backend, size, load memory, staleness."""
+    """List deployed models: pipeline, language, backend, model family, size, load memory, staleness."""
     from edged.backends.probe import probe
     from edged.repository.records import backend_summary, current_target, list_models
 
@@ -152,6 +157,7 @@ def models(
             "name": m.name,
             "pipeline": m.manifest.pipeline if m.manifest else "?",
             "language": m.manifest.language_code if m.manifest else "?",
+            "family": m.manifest.model_family if m.manifest else "?",
             "backend": backend_summary(m.record),
             "size_mb": round(m.size_bytes / 2**20, 1),
             "load_memory_mb": m.record.load.memory_mb if m.record else None,
@@ -164,9 +170,9 @@ def models(
     if not items:
         typer.echo(f"No deployed models in {settings.model_loc / 'models'}; run `edged init`.")
         return
-    rows = [[i["name"], i["pipeline"], i["language"], i["backend"], f"{i['size_mb']} MB",
+    rows = [[i["name"], i["pipeline"], i["language"], i["backend"], i["family"], f"{i['size_mb']} MB",
              f"{i['load_memory_mb']} MB", str(i["state"])] for i in items]
-    typer.echo(table(["NAME", "PIPELINE", "LANGUAGE", "BACKEND", "SIZE", "LOAD MEMORY", "STATE"], rows))
+    typer.echo(table(["NAME", "PIPELINE", "LANGUAGE", "BACKEND", "FAMILY", "SIZE", "LOAD MEMORY", "STATE"], rows))
 
 
 @app.command("config")

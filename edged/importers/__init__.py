@@ -62,10 +62,21 @@ def source_for_build(
     wheel: Path | None,
     overrides: dict[str, Any],
     workdir: Path,
+    nemo: Path | None = None,
+    onnx_dir: Path | None = None,
 ) -> ModelSource:
-    """What `edged build` packs: a built-in pack, a description YAML, or loose .onnx + artifact files."""
+    """What `edged build` packs: a built-in pack, a description YAML, loose .onnx + artifact files,
+    or a NeMo model (`nemo` checkpoint and/or `onnx_dir`, its ONNX export)."""
     from edged.importers.custom import import_description, source_from_files
 
+    if nemo is not None or onnx_dir is not None:
+        if builtin or files:
+            raise ModelImportError("Give either --nemo/--onnx or other sources, not both.")
+        if pipeline != "speech_recognition":
+            raise ModelImportError(f"A NeMo model is a speech_recognition model, not {pipeline}.")
+        from edged.importers.nemo import import_nemo
+
+        return import_nemo(nemo, onnx_dir, workdir, overrides)
     if builtin:
         if files:
             raise ModelImportError("Give either --builtin or source files, not both.")
