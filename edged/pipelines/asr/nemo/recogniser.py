@@ -156,9 +156,3 @@ class NemoRecogniser:
         times = [(min(length, s * self.frame_seconds), min(length, e * self.frame_seconds))
                  for s, e in zip(decoded.starts, decoded.ends)]
         return Hypothesis(decoded.tokens, decoded.logprobs, frames, "eos", token_times=times)
-
-
-def is_nemo(family: str) -> bool:
-    """Whether a manifest's model family is served by NemoRecogniser."""
-    return family in NEMO_FAMILIES
-
