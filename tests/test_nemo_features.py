@@ -38,11 +38,16 @@ def reference_librosa(audio: np.ndarray, s: FeatureSettings) -> np.ndarray:
     with pad_mode='constant')."""
     librosa = pytest.importorskip("librosa")
     x = audio.astype(np.float64)
+    pad = (s.fft_size - s.hop_length) // 2
+    if s.exact_pad:  # NeMo pads first; the pre-emphasis mask then keeps the first len(audio) samples
+        x = np.concatenate([np.zeros(pad), x, np.zeros(pad)])
     x = np.concatenate([x[:1], x[1:] - s.preemph * x[:-1]]) if s.preemph is not None else x
+    if s.exact_pad:
+        x[len(audio):] = 0.0
     win = s.win_length
     window = {"hann": np.hanning, "hamming": np.hamming}[s.window](win)  # torch periodic=False
     spec = librosa.stft(x, n_fft=s.fft_size, hop_length=s.hop_length, win_length=win, window=window,
-                        center=True, pad_mode="constant")
+                        center=not s.exact_pad, pad_mode="constant")
     power = np.abs(spec) ** s.mag_power
     fb = librosa.filters.mel(sr=s.sample_rate, n_fft=s.fft_size, n_mels=s.features, fmin=s.lowfreq,
                              fmax=s.highfreq or s.sample_rate / 2, norm=s.mel_norm, dtype=np.float64)
@@ -54,7 +59,8 @@ def reference_librosa(audio: np.ndarray, s: FeatureSettings) -> np.ndarray:
 
 def _normalise_reference(mel: np.ndarray, samples: int, s: FeatureSettings) -> np.ndarray:
     """normalize_batch and the masking of frames past get_seq_len, one utterance, float64."""
-    valid = (samples + 2 * (s.fft_size // 2) - s.fft_size) // s.hop_length
+    pad = (s.fft_size - s.hop_length) // 2 if s.exact_pad else s.fft_size // 2
+    valid = (samples + 2 * pad - s.fft_size) // s.hop_length
     part = mel[:, :valid]
     if s.normalize == "per_feature":
         mel = (mel - part.mean(axis=1, keepdims=True)) / (part.std(axis=1, ddof=1, keepdims=True) + 1e-5)
@@ -133,6 +139,15 @@ def test_other_settings_follow_librosa() -> None:
                         mag_power=1.0, lowfreq=20.0, highfreq=7600.0, mel_norm=None, features=40)
     audio = speech(1.5)
     got, _ = MelFeatures(s)([audio])
+    assert float(np.abs(got[0] - reference_librosa(audio, s)).max()) < _TOLERANCE
+
+
+def test_exact_pad_follows_nemo() -> None:
+    """exact_pad: (n_fft - hop) / 2 zeros each side and no centring, one frame less."""
+    s = FeatureSettings(exact_pad=True)
+    audio = speech(2.0)
+    got, lengths = MelFeatures(s)([audio])
+    assert int(lengths[0]) == len(audio) // 160 - 1 and got.shape[2] == len(audio) // 160
     assert float(np.abs(got[0] - reference_librosa(audio, s)).max()) < _TOLERANCE
 
 
