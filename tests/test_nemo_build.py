@@ -402,6 +402,12 @@ def test_not_a_nemo_archive_and_bad_layout_yaml(tmp_path: Path) -> None:
     assert "unknown key(s) subsampling" in import_error(tmp_path, None, layout)
     (layout / "nemo.yaml").write_text("model_family: nemo-tdt\n", encoding="utf-8")
     assert "durations" in import_error(tmp_path, None, layout)
+    (layout / "nemo.yaml").write_text("model_family: [nemo-rnnt\n  subsampling_factor: 4\n", encoding="utf-8")
+    assert "not readable YAML" in import_error(tmp_path, None, layout)
+    (layout / "nemo.yaml").write_text("model_family: nemo-rnnt\n", encoding="utf-8")
+    encoder = layout / "encoder-model.onnx"
+    encoder.write_bytes(encoder.read_bytes()[:5000])
+    assert "not a readable ONNX model" in import_error(tmp_path, None, layout)
 
 
 # --- pure helpers ----------------------------------------------------------------------------------
@@ -555,3 +561,20 @@ def test_same_nemo_model_builds_the_same_bytes(tmp_path: Path) -> None:
     build(tmp_path / "one", files.nemo_path, files.onnx_dir)
     build(tmp_path / "two", files.nemo_path, files.onnx_dir)
     assert (tmp_path / "one" / "out.rmir").read_bytes() == (tmp_path / "two" / "out.rmir").read_bytes()
+
+
+def test_unresolvable_subsampling_is_measured_and_jasper_strides_multiply(tmp_path: Path) -> None:
+    """An interpolation edged cannot resolve is measured from the encoder, not guessed; a
+    ConvASREncoder's block strides multiply (Citrinet, ContextNet)."""
+    from edged.importers.nemo_config import _subsampling
+
+    files = make_nemo(tmp_path / "src", "rnnt", subsampling=8)
+    config = yaml.safe_load(extract_member(files.nemo_path, "model_config.yaml"))
+    config["encoder"]["subsampling_factor"] = "${model.encoder_subsampling}"
+    repack(files.nemo_path, "model_config.yaml", yaml.safe_dump(config).encode())
+    manifest, _ = build(tmp_path, files.nemo_path, files.onnx_dir)
+    assert manifest.parameters["subsampling_factor"] == 8
+    blocks = [{"stride": [1]}, {"stride": [2]}, {"stride": [2]}, {"stride": [1]}, {"stride": [2]}]
+    assert _subsampling({"_target_": "nemo.collections.asr.modules.ConvASREncoder", "jasper": blocks}) == 8
+    assert _subsampling({"jasper": [{"stride": ["${x}"]}]}) is None
+    assert _subsampling({"_target_": "nemo.collections.asr.modules.ConformerEncoder"}) == 4

@@ -30,6 +30,7 @@ from edged.importers.nemo_onnx import (
     find_export,
     load_network,
     name_dynamic_dims,
+    one_line,
 )
 from edged.rmir.archive import file_sha256
 from edged.rmir.build import ModelSource
@@ -180,10 +181,14 @@ def _measure_subsampling(encoder: Path, sizes: dict[str, int]) -> int:
 
     features = sizes.get("features", 80)
     frames = 960  # divisible by 2, 4, 8 and 16
-    session = ort.InferenceSession(str(encoder), providers=["CPUExecutionProvider"])
     feeds = {"audio_signal": np.zeros((1, features, frames), np.float32), "length": np.array([frames], np.int64)}
-    names = [o.name for o in session.get_outputs()]
-    out = session.run(None, feeds)[names.index("outputs" if "outputs" in names else "logprobs")]
+    try:
+        session = ort.InferenceSession(str(encoder), providers=["CPUExecutionProvider"])
+        names = [o.name for o in session.get_outputs()]
+        out = session.run(None, feeds)[names.index("outputs" if "outputs" in names else "logprobs")]
+    except Exception as exc:  # ONNX Runtime raises its own types for a graph it cannot run
+        raise ModelImportError(f"{encoder.name} could not be run to measure its subsampling ({one_line(exc)}); give "
+                               "subsampling_factor in nemo.yaml.") from None
     got = out.shape[2] if "outputs" in names else out.shape[1]
     factor = round(frames / max(1, got))
     _LOGGER.info("Measured the encoder's subsampling: %d feature frames -> %d (factor %d)", frames, got, factor)

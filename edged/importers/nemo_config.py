@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 
 from edged.errors import ModelImportError
+from edged.importers.nemo_onnx import one_line
 from edged.importers.spmodel import read_pieces
 
 FAMILIES = ("nemo-rnnt", "nemo-tdt", "nemo-ctc")
@@ -92,8 +93,7 @@ def read_nemo_archive(path: Path) -> tuple[dict[str, Any], dict[str, bytes]]:
     except tarfile.ReadError:
         raise ModelImportError(f"{path} is not a .nemo archive (a tar file, plain or gzipped).") from None
     except (tarfile.TarError, OSError, EOFError) as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise ModelImportError(f"{path} cannot be read as a .nemo archive ({reason}).") from None
+        raise ModelImportError(f"{path} cannot be read as a .nemo archive ({one_line(exc)}).") from None
     return _parse_config(config_text, f"{path.name}: model_config.yaml"), files
 
 
@@ -108,7 +108,7 @@ def _parse_config(text: bytes | str, what: str) -> dict[str, Any]:
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ModelImportError(f"{what} is not readable YAML ({exc}).") from None
+        raise ModelImportError(f"{what} is not readable YAML ({one_line(exc)}).") from None
     if not isinstance(data, dict):
         raise ModelImportError(f"{what} is not a NeMo model config (a mapping).")
     return _resolve(data, data)
@@ -155,8 +155,13 @@ def describe_config(config: dict[str, Any], files: dict[str, bytes], *, source: 
     prednet = _section(decoder, "prednet")
     state = None
     if isinstance(prednet.get("pred_hidden"), int):
-        state = {"layers": int(prednet.get("pred_rnn_layers") or 1), "hidden": int(prednet["pred_hidden"])}
+        layers = prednet.get("pred_rnn_layers", 1)
+        if isinstance(layers, int):
+            state = {"layers": layers, "hidden": int(prednet["pred_hidden"])}
     greedy = _section(_section(config, "decoding"), "greedy")
+    max_symbols = greedy.get("max_symbols")
+    if not isinstance(max_symbols, int) or max_symbols <= 0:
+        max_symbols = _DEFAULT_MAX_SYMBOLS  # NeMo's None is no limit; edged caps it
     encoder = _section(config, "encoder")
     tokenizer = _section(config, "tokenizer")
     if "BPE" in cls or tokenizer:
@@ -168,7 +173,7 @@ def describe_config(config: dict[str, Any], files: dict[str, bytes], *, source: 
         durations=durations,
         preprocessor=preprocessor_settings(_section(config, "preprocessor"), source),
         subsampling_factor=_subsampling(encoder),
-        max_symbols_per_step=int(greedy.get("max_symbols") or _DEFAULT_MAX_SYMBOLS),
+        max_symbols_per_step=max_symbols,
         decoder_state=state,
         pieces=pieces,
         tokenizer_model=model,
@@ -209,7 +214,7 @@ def describe_layout_dir(onnx_dir: Path) -> NemoDescription:
         max_symbols = int(data.get("max_symbols_per_step") or _DEFAULT_MAX_SYMBOLS)
         sub = int(sub) if sub is not None else None
     except (TypeError, ValueError) as exc:
-        raise ModelImportError(f"{desc_file} has a malformed value ({exc}).") from None
+        raise ModelImportError(f"{desc_file} has a malformed value ({one_line(exc)}).") from None
     return NemoDescription(
         kind="ctc" if family == "nemo-ctc" else "transducer",
         durations=durations,
@@ -254,7 +259,7 @@ def preprocessor_settings(cfg: dict[str, Any], source: str) -> dict[str, Any]:
         guard = out["log_zero_guard_value"]
         out["log_zero_guard_value"] = _GUARDS[guard] if isinstance(guard, str) and guard in _GUARDS else float(guard)
     except (TypeError, ValueError) as exc:
-        raise ModelImportError(f"{source}: a preprocessor setting is malformed ({exc}).") from None
+        raise ModelImportError(f"{source}: a preprocessor setting is malformed ({one_line(exc)}).") from None
     out["window"] = out["window"] or "none"  # FilterbankFeatures: None or "none" is a rectangular window
     if isinstance(out["normalize"], dict):
         raise ModelImportError(f"{source}: the preprocessor normalises with fixed_mean/fixed_std, which edged "
@@ -297,15 +302,19 @@ def _duration_list(value: Any, what: str) -> tuple[int, ...]:
 
 def _subsampling(encoder: dict[str, Any]) -> int | None:
     """Encoder frames per feature frame from its config; None where it cannot tell (then measured)."""
-    if isinstance(encoder.get("subsampling_factor"), int):
-        return int(encoder["subsampling_factor"])
+    if "subsampling_factor" in encoder:  # an unresolved interpolation is measured, not guessed
+        value = encoder["subsampling_factor"]
+        return value if isinstance(value, int) and value > 0 else None
     blocks = encoder.get("jasper")  # ConvASREncoder (QuartzNet, Citrinet, ContextNet): strided blocks
     if isinstance(blocks, list) and blocks:
         factor = 1
-        for block in blocks:
-            stride = block.get("stride", [1]) if isinstance(block, dict) else [1]
-            factor *= int(stride[0] if isinstance(stride, list) else stride)
-        return factor
+        try:
+            for block in blocks:
+                stride = block.get("stride", [1]) if isinstance(block, dict) else [1]
+                factor *= int(stride[0] if isinstance(stride, list) else stride)
+        except (TypeError, ValueError, IndexError):
+            return None
+        return factor if factor > 0 else None
     if str(encoder.get("_target_", "")).endswith("ConformerEncoder"):
         return 4  # ConformerEncoder's default
     return None
@@ -357,7 +366,11 @@ def _char_labels(config: dict[str, Any], kind: str, source: str) -> list[str]:
 def read_tokens_txt(path: Path) -> list[str]:
     """Tokens of a `<piece> <id>` file in id order; a trailing `<blk>` (sherpa-onnx's) is the blank, dropped."""
     pieces: list[str] = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ModelImportError(f"{path} cannot be read as UTF-8 text ({one_line(exc)}).") from None
+    for number, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         piece, _, index = line.rpartition(" ")

@@ -94,7 +94,7 @@ def load_network(path: Path) -> onnx.ModelProto:
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as exc:  # onnx raises DecodeError and others for a bad file
-        raise ModelImportError(f"{path} is not a readable ONNX model ({exc}).") from None
+        raise ModelImportError(f"{path} is not a readable ONNX model ({one_line(exc)}).") from None
     if any(t.data_location == TensorProto.EXTERNAL for t in model.graph.initializer):
         raise ModelImportError(f"{path.name} keeps its weights in external data files (an export over 2 GB); "
                                "edged packs single-file ONNX networks only.")
@@ -160,6 +160,11 @@ def name_dynamic_dims(model: onnx.ModelProto, network: str) -> onnx.ModelProto:
             if new and len(new) == 1:
                 dim.dim_param = next(iter(new))
     return model
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception's first line, for a one-sentence error (YAML and ONNX Runtime messages run long)."""
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0].rstrip(".:")
 
 
 def _what(network: str) -> str:
