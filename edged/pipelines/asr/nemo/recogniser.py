@@ -86,6 +86,8 @@ class NemoRecogniser:
         """Seconds per encoder frame."""
         self._min_samples = self._shortest(model)
         self._warned_boost = False
+        _LOGGER.info("%s: NeMo %s, %d tokens, %d features, encoder frames of %.0f ms", model.name, self.family,
+                     self.vocabulary, settings.features, 1000 * self.frame_seconds)
 
     def _shortest(self, model: LoadedModel) -> int:
         """Fewest samples an utterance is padded to: two encoder frames, or the least feature
