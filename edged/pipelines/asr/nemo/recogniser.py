@@ -71,7 +71,8 @@ class NemoRecogniser:
                 self.state_shape = (int(state["layers"]), int(state["hidden"]))
             self.durations = [int(d) for d in params.get("durations") or []]
         except (KeyError, TypeError, ValueError) as exc:
-            raise ModelLoadError(f"Model {model.name} lacks {exc} for NeMo decoding; rebuild its RMIR.") from None
+            raise ModelLoadError(f"Model {model.name}'s manifest lacks or mis-states {exc} for NeMo decoding; "
+                                 "rebuild its RMIR.") from None
         if self.family == "nemo-tdt" and not self.durations:
             raise ModelLoadError(f"Model {model.name} is a TDT model without durations; rebuild its RMIR.")
         if settings.sample_rate != MODEL_RATE:
