@@ -192,7 +192,7 @@ class AsrServicer(rasr_grpc.RivaSpeechRecognitionServicer):
                         "type": kind, "language_code": manifest.language_code,
                         "streaming": "true" if kind == "online" else "false",
                         "automatic_punctuation": "true" if punctuated else "false",
-                        "sample_rate": str(manifest.sample_rate)}))
+                        "sample_rate": str(manifest.sample_rate), "model_family": manifest.model_family}))
         if request.model_name and not response.model_config:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                                 f"Model {request.model_name!r} is not deployed; deployed ASR models: "

@@ -33,6 +33,7 @@ from edged.pipelines.asr.audio import (
 from edged.pipelines.asr.batcher import AsrBatcher
 from edged.pipelines.asr.jobs import StreamConfig, offline_config
 from edged.pipelines.asr.model import AsrModel
+from edged.pipelines.asr.nemo import NEMO_FAMILIES
 from edged.pipelines.asr.results import Result
 from edged.pipelines.asr.stream import AsrStream
 from edged.rmir.manifest import Manifest
@@ -50,6 +51,9 @@ if TYPE_CHECKING:
 _LOGGER = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+ASR_FAMILIES = frozenset({"moonshine", *NEMO_FAMILIES})
+"""Model families of speech_recognition models that edged recognises with."""
 
 MAX_ALTERNATIVES = 4
 """Most alternatives a final carries (a beam of this width decodes it)."""
@@ -194,9 +198,9 @@ class AsrService(SpeechService):
         return await metrics.run_inference(self._interim_pool, "asr", fn, *args)
 
     def models(self) -> dict[str, Manifest]:
-        """The deployed ASR models edged has a pipeline for (Moonshine), by name."""
+        """The deployed ASR models edged has a pipeline for (Moonshine, NeMo RNN-T/TDT/CTC), by name."""
         return {n: m for n, m in self._registry.manifests("speech_recognition").items()
-                if m.model_family == "moonshine"}
+                if m.model_family in ASR_FAMILIES}
 
     def select(self, model: str = "", language_code: str = "") -> str:
         """The model a request names, or the first for its language; RequestError listing them."""

@@ -1,4 +1,4 @@
-"""A loaded ASR model: Moonshine recogniser, Silero VAD, default endpointing; streams and jobs."""
+"""A loaded ASR model: its recogniser (Moonshine or NeMo), Silero VAD, default endpointing; streams and jobs."""
 
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ from edged.loader import LoadedModel
 from edged.pipelines.asr.audio import MODEL_RATE
 from edged.pipelines.asr.endpointing import EndpointParams, Vad
 from edged.pipelines.asr.jobs import DecodeJob, StreamConfig
+from edged.pipelines.asr.nemo import NEMO_FAMILIES
+from edged.pipelines.asr.nemo.recogniser import NemoRecogniser
 from edged.pipelines.asr.recogniser import Hypothesis, Recogniser, beam_width
 from edged.pipelines.asr.resultmaker import ResultMaker
 from edged.pipelines.asr.stream import AsrStream
@@ -62,13 +64,15 @@ def _fill_lanes(groups: list[list[DecodeJob]], lanes: int) -> list[list[DecodeJo
 
 
 class AsrModel:
-    """Moonshine + Silero VAD, shared by every stream; `decode_jobs` runs many streams' jobs."""
+    """A recogniser (Moonshine, or NeMo by the manifest's family) + Silero VAD, shared by every
+    stream; `decode_jobs` runs many streams' jobs."""
 
     def __init__(self, asr: LoadedModel, vad: LoadedModel) -> None:
         if "vad" not in vad.sessions:
             raise ModelLoadError(f"Model {vad.name} has no 'vad' network; redeploy silero-vad.")
         self.name = asr.name
-        self.recogniser = Recogniser(asr)
+        self.recogniser: Recogniser | NemoRecogniser = (
+            NemoRecogniser(asr) if asr.manifest.model_family in NEMO_FAMILIES else Recogniser(asr))
         self.vad = Vad(vad.sessions["vad"])
         params = dict(asr.manifest.parameters.get("endpointing", {}))
         threshold = vad.manifest.parameters.get("threshold")

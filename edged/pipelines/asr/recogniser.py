@@ -72,6 +72,9 @@ class Hypothesis:
     """[layers, heads, tokens, frames] when the decoder exposes `cross_attentions.N` outputs."""
     alternatives: list[Hypothesis] = field(default_factory=list)
     """Further distinct hypotheses of the same audio, best first (a beam search's; see Recogniser.beam)."""
+    token_times: list[tuple[float, float]] | None = None
+    """Start and end seconds of each token from the audio's start, where the decoder knows them
+    (NeMo transducers and CTC: the frames where tokens were emitted); None for Moonshine."""
 
     @property
     def confidence(self) -> float:

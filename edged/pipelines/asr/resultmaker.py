@@ -67,14 +67,17 @@ class ResultMaker:
         return tuple(found)
 
     def words(self, job: DecodeJob, hyp: Hypothesis, config: StreamConfig) -> tuple[Word, ...]:
-        """Words with confidences and times from cross-attention DTW (see alignment.py).
+        """Words with confidences and times: from the tokens' own times where the decoder gives
+        them (NeMo), else from cross-attention DTW (see alignment.py).
 
         A model whose decoder does not expose cross-attention gives each word the span of
         its utterance.
         """
         start_ms = 1000.0 * job.start / MODEL_RATE
         end_ms = start_ms + 1000.0 * len(job.audio) / MODEL_RATE
-        if hyp.cross_attention is not None and self.alignment_heads:
+        if hyp.token_times is not None and len(hyp.token_times) == len(hyp.tokens):
+            timed = token_timed_words(self.tokenizer, hyp, start_ms)
+        elif hyp.cross_attention is not None and self.alignment_heads:
             timed = [(w.text, w.start_ms, w.end_ms, w.confidence or 0.0) for w in align_words(
                 hyp.tokens, [self.tokenizer.piece_bytes(t) for t in hyp.tokens], hyp.cross_attention,
                 len(job.audio), list(self.alignment_heads), offset_ms=start_ms, audio=job.audio,
@@ -90,6 +93,18 @@ class ResultMaker:
             if shown:
                 words.append(Word(shown, int(begin), int(t1), float(conf)))
         return tuple(words)
+
+
+def token_timed_words(tokenizer: Tokenizer, hyp: Hypothesis, offset_ms: float) -> list[tuple[str, int, int, float]]:
+    """(word, start ms, end ms, confidence) of each word from its tokens' times (`token_times`):
+    from its first token's start to its last token's end."""
+    assert hyp.token_times is not None
+    words = []
+    for text, first, end, conf in split_words(tokenizer, hyp):
+        t0 = offset_ms + 1000.0 * hyp.token_times[first][0]
+        t1 = offset_ms + 1000.0 * hyp.token_times[end - 1][1]
+        words.append((text, int(round(t0)), int(round(max(t0, t1))), conf))
+    return words
 
 
 def _shown(text: str, config: StreamConfig) -> str:
