@@ -130,23 +130,18 @@ class OnnxRuntimeBackend:
 
     def load(self, path: Path, options: BackendOptions) -> OrtSession:
         """Load a deployed network; it was optimised at deploy time, so no graph work is redone."""
-        import onnxruntime as ort
-
-        try:
-            session = ort.InferenceSession(
-                str(path), self._options(options, "none"), providers=["CPUExecutionProvider"]
-            )
-        except Exception as exc:
-            raise BackendError(f"ONNX Runtime cannot load {path}: {exc}") from None
-        return OrtSession(session, path)
+        return self._session(path, options, "none")
 
     def load_graph(self, path: Path, options: BackendOptions) -> OrtSession:
         """Load an ONNX graph that was not deployed, optimising it at load (benchmark references)."""
+        return self._session(path, options, "all")
+
+    def _session(self, path: Path, options: BackendOptions, optimisation: str) -> OrtSession:
         import onnxruntime as ort
 
         try:
             session = ort.InferenceSession(
-                str(path), self._options(options, "all"), providers=["CPUExecutionProvider"]
+                str(path), self._options(options, optimisation), providers=["CPUExecutionProvider"]
             )
         except Exception as exc:
             raise BackendError(f"ONNX Runtime cannot load {path}: {exc}") from None
