@@ -341,7 +341,8 @@ def _generator_like(path: Path, channels: int = 32) -> Path:
     inits = [w("w_in", c, 8, 1, 3), w("w_up", c, c, 1, 4), w("w_out", 1, c, 1, 3),
              numpy_helper.from_array(np.array(2.0, np.float32), "two")]
     inits += [w(f"w_b{b}k{k}", c, c, 1, 3) for b in range(2) for k in range(2)]
-    graph = helper.make_graph(nodes, "generator", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 1, "t"])],
+    graph = helper.make_graph(nodes, "generator",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 1, "t"])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
     return path
