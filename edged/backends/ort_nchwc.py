@@ -16,7 +16,9 @@ once for all its readers) and one out of it for a plain reader, and drops the re
 reads. The arithmetic is the same, so the outputs are the same bits; `same_outputs` checks that
 on a probe input before a deployment keeps the rewrite (it also catches a broadcast).
 
-Measured on the Piper decoder (2 x86 cores, AVX512): 34 reorders -> 8.
+Measured on the Piper decoder (x86, AVX512, ORT 1.32, 380 frames, one thread, ORT's profiler):
+34 reorders -> 8, their share of the time 14.5 % -> 1.4 %, a run 269 -> 239 ms. Also tried:
+fusing the residual Adds into the convolutions' Sum input (no faster, and not bit-exact).
 """
 
 from __future__ import annotations
