@@ -13,7 +13,7 @@ import pytest
 
 from edged.backends import BackendOptions, get_backend, implemented_backends
 from edged.backends.choice import select_backend, tensorrt_possible
-from edged.backends.onnxruntime import OnnxRuntimeBackend
+from edged.backends.onnxruntime import OPTIMISER_REVISION, OnnxRuntimeBackend
 from edged.backends.probe import Capabilities, probe
 from edged.errors import BackendError, ConfigError
 from edged.repository.records import (
@@ -229,7 +229,7 @@ def test_probe_finds_this_machine() -> None:
     assert device["arch"] == found.arch and device["cpu_isa"] == list(found.cpu_isa)
     target_here = current_target(found, "cpu")
     assert target_here.backend == "onnxruntime"
-    assert target_here.versions == {"onnxruntime": found.onnxruntime}
+    assert target_here.versions == {"onnxruntime": f"{found.onnxruntime}+edged.{OPTIMISER_REVISION}"}
 
 
 def test_probe_is_stable() -> None:
@@ -273,7 +273,7 @@ def test_ort_deploy_and_load_matches_original(tmp_path: Path) -> None:
     assert set(got) == {"y"}
     assert got["y"].shape == (2, 5, 16)
     np.testing.assert_allclose(got["y"], reference, rtol=1e-5, atol=1e-6)
-    assert backend.version() == importlib.metadata.version("onnxruntime")
+    assert backend.version() == f"{importlib.metadata.version('onnxruntime')}+edged.{OPTIMISER_REVISION}"
 
 
 def test_ort_deploy_garbage_is_backend_error(tmp_path: Path) -> None:
@@ -303,3 +303,108 @@ def test_capabilities_device_is_plain_data() -> None:
 
     device = dataclasses.replace(caps(), jetson_model="NVIDIA Jetson AGX Orin").device()
     assert yaml.safe_load(yaml.safe_dump(device)) == device
+
+
+def _generator_like(path: Path, channels: int = 32) -> Path:
+    """A tiny HiFi-GAN-like graph (the Piper decoder's pattern): a 2-D conv, a ConvTranspose,
+    a residual block whose LeakyRelus read Adds, the mean of two blocks, a final conv."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(11)
+    c = channels
+
+    def w(name: str, *shape: int) -> Any:
+        return numpy_helper.from_array((rng.standard_normal(shape) * 0.2).astype(np.float32), name)
+
+    p = {"pads": [0, 1, 0, 1]}
+    nodes = [
+        helper.make_node("Conv", ["x", "w_in"], ["h"], **p),
+        helper.make_node("LeakyRelu", ["h"], ["h_act"], alpha=0.1),
+        helper.make_node("ConvTranspose", ["h_act", "w_up"], ["u"], strides=[1, 2], pads=[0, 1, 0, 1]),
+    ]
+    branches = []
+    for b in range(2):
+        x = "u"
+        for k in range(2):
+            t = f"b{b}k{k}"
+            nodes += [helper.make_node("LeakyRelu", [x], [f"{t}/act"], alpha=0.1),
+                      helper.make_node("Conv", [f"{t}/act", f"w_{t}"], [f"{t}/conv"], dilations=[1, k + 1],
+                                       pads=[0, k + 1, 0, k + 1]),
+                      helper.make_node("Add", [f"{t}/conv", x], [f"{t}/sum"])]
+            x = f"{t}/sum"
+        branches.append(x)
+    nodes += [helper.make_node("Add", branches, ["mix"]),
+              helper.make_node("Div", ["mix", "two"], ["mean"]),
+              helper.make_node("LeakyRelu", ["mean"], ["mean_act"], alpha=0.01),
+              helper.make_node("Conv", ["mean_act", "w_out"], ["y"], **p)]
+    inits = [w("w_in", c, 8, 1, 3), w("w_up", c, c, 1, 4), w("w_out", 1, c, 1, 3),
+             numpy_helper.from_array(np.array(2.0, np.float32), "two")]
+    inits += [w(f"w_b{b}k{k}", c, c, 1, 3) for b in range(2) for k in range(2)]
+    graph = helper.make_graph(nodes, "generator",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 1, "t"])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+def _ort_optimised(src: Path, dst: Path) -> Path:
+    """ONNX Runtime's own optimisation of `src` (ORT_ENABLE_ALL), saved at `dst`."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.optimized_model_filepath = str(dst)
+    so.log_severity_level = 3
+    ort.InferenceSession(str(src), so, providers=["CPUExecutionProvider"])
+    return dst
+
+
+@pytest.mark.parametrize("channels", [32, 24])
+def test_ort_deploy_keeps_elementwise_ops_blocked(tmp_path: Path, channels: int) -> None:
+    """Where ONNX Runtime leaves its blocked layout around each LeakyRelu and residual Add, the
+    deployed graph has fewer reorders and gives the same bits as ONNX Runtime's own graph."""
+    import onnx
+
+    from edged.backends.ort_nchwc import count_reorders
+
+    src = _generator_like(tmp_path / "generator.onnx", channels)
+    own = onnx.load(str(_ort_optimised(src, tmp_path / "own.onnx")))
+    if not count_reorders(own):
+        pytest.skip("ONNX Runtime uses no blocked layout on this CPU")
+    out_dir = tmp_path / "deployed"
+    out_dir.mkdir()
+    backend = OnnxRuntimeBackend()
+    options = BackendOptions(intra_op_threads=1, inter_op_threads=1)
+    entry = backend.deploy_network(src, out_dir, network_spec(src, "decoder"), options)
+    deployed = onnx.load(str(out_dir / entry["file"]))
+    assert entry["nchwc_kept"] >= 9 and entry["reorders"] == count_reorders(deployed)
+    assert count_reorders(deployed) < count_reorders(own)
+    assert not any(n.op_type == "LeakyRelu" and n.output[0] in {"b0k1/act", "b1k1/act", "mean_act"}
+                   for n in deployed.graph.node)  # each now reads and writes a blocked tensor
+
+    x = {"x": np.random.default_rng(5).standard_normal((1, 8, 1, 50)).astype(np.float32)}
+    got = backend.load(out_dir / entry["file"], options).run(x)["y"]
+    want = backend.load(tmp_path / "own.onnx", options).run(x)["y"]
+    assert got.shape == (1, 1, 1, 100) and np.array_equal(got, want)
+    original = backend.load(src, options).run(x)["y"]
+    np.testing.assert_allclose(got, original, rtol=1e-4, atol=1e-5)
+
+
+def test_blocked_rewrite_that_changes_outputs_is_refused() -> None:
+    """same_outputs compares on a probe input; a graph computing something else is refused."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from edged.backends.ort_nchwc import same_outputs
+
+    def model(op: str) -> bytes:
+        graph = helper.make_graph([helper.make_node(op, ["x"], ["y"])], "g",
+                                  [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, "t"])],
+                                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, "t"])])
+        m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+        onnx.checker.check_model(m)
+        return m.SerializeToString()
+
+    assert same_outputs(model("Relu"), model("Relu"))
+    assert not same_outputs(model("Relu"), model("Abs"))

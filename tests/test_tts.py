@@ -219,6 +219,43 @@ def test_chunked_decoding_equals_whole_decoding(tts: TtsModel, monkeypatch: pyte
     assert np.abs(np.concatenate(parts) - whole).max() < 1e-4
 
 
+def test_deployed_decoder_computes_onnx_runtimes_samples(tts: TtsModel, repo: Path, tmp_path: Path,
+                                                        default_rmirs: dict[str, Path]) -> None:
+    """Deploy keeps the decoder's LeakyRelus and residual Adds in ONNX Runtime's blocked layout
+    (edged.backends.ort_nchwc): on real sentences' latents it gives the very samples of ONNX
+    Runtime's own optimisation of the imported decoder, and 60 dB or more from the unoptimised one."""
+    import onnx
+    import yaml
+
+    from edged.backends.onnxruntime import OnnxRuntimeBackend
+    from edged.backends.ort_nchwc import count_reorders
+    from edged.rmir import extract_rmir
+    from tests.test_backends import _ort_optimised
+
+    (tmp_path / "rmir").mkdir()
+    extract_rmir(RmirRef(default_rmirs["piper-joe-medium"]), tmp_path / "rmir")
+    imported = tmp_path / "rmir" / "decoder.onnx"
+    own = _ort_optimised(imported, tmp_path / "own.onnx")
+    record = yaml.safe_load((repo / "models" / "piper-joe-medium" / "deploy.yaml").read_text())
+    if count_reorders(onnx.load(str(own))):
+        assert record["networks"]["decoder"]["nchwc_kept"] > 0
+        assert record["networks"]["decoder"]["reorders"] < count_reorders(onnx.load(str(own)))
+    backend, options = OnnxRuntimeBackend(), BackendOptions()
+    own_session, plain = backend.load(own, options), backend.load(imported, options)
+    net = tts.network
+    deployed = net._decoder
+    assert deployed is not None
+    for sentence in SENTENCES[:3]:
+        latent = net.encode(tts.config.phoneme_ids.ids(phonemize_text(normalise(sentence), "en-us")), 1.0)
+        net.prepare(latent, latent.frames)
+        feeds = {"z": latent.z, **latent.extra}
+        got = next(iter(deployed.run(feeds).values()))
+        assert np.array_equal(got, next(iter(own_session.run(feeds).values())))
+        reference = next(iter(plain.run(feeds).values()))
+        snr = 10 * np.log10(np.sum(reference**2) / np.sum((got - reference) ** 2))
+        assert snr >= 60.0
+
+
 def test_seams_with_trimmed_context_stay_far_below_hearing(tts: TtsModel) -> None:
     """The pipeline runs 3/4 of the exact context either side of a range: on real sentences cut
     as a stream cuts them, the audio stays 50 dB or more from the whole utterance's, and no seam

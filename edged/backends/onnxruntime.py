@@ -17,6 +17,11 @@ from edged.rmir.manifest import NetworkSpec
 
 _LOGGER = logging.getLogger(__name__)
 
+OPTIMISER_REVISION = 2
+"""Revision of what deploy does to a graph beyond ONNX Runtime's own optimisation (2: element-wise
+operations kept in the blocked layout, edged.backends.ort_nchwc); part of `version()`, so a
+deployment made by another revision is stale and `edged init` redoes it."""
+
 
 def _out_of_space(folder: Path, src: Path) -> bool:
     """True if `folder`'s file system has less room left than the network being optimised."""
@@ -25,6 +30,37 @@ def _out_of_space(folder: Path, src: Path) -> bool:
         return st.f_bavail * st.f_frsize < src.stat().st_size
     except OSError:
         return False
+
+
+def runtime_version() -> str:
+    """'<ONNX Runtime version>+edged.<optimiser revision>', as deploy.yaml records it."""
+    return f"{importlib.metadata.version('onnxruntime')}+edged.{OPTIMISER_REVISION}"
+
+
+def _keep_blocked(path: Path, name: str) -> dict[str, Any]:
+    """Rewrite the optimised graph at `path` with edged.backends.ort_nchwc where that removes
+    layout reorders and gives the same outputs; what was done, for deploy.yaml (`nchwc_kept`)."""
+    import onnx
+
+    from edged.backends.ort_nchwc import count_reorders, keep_blocked, same_outputs
+
+    model = onnx.load(str(path))
+    before = count_reorders(model)
+    if not before:
+        return {}
+    original = model.SerializeToString()
+    moved = keep_blocked(model)
+    after = count_reorders(model)
+    if not moved or after >= before:
+        return {}
+    rewritten = model.SerializeToString()
+    if not same_outputs(original, rewritten):
+        _LOGGER.info("Network %s keeps ONNX Runtime's layout: the blocked rewrite changes its outputs", name)
+        return {}
+    path.write_bytes(rewritten)
+    _LOGGER.info("Network %s: %d element-wise nodes kept in the blocked layout (reorders %d -> %d)",
+                 name, moved, before, after)
+    return {"nchwc_kept": moved, "reorders": after}
 
 
 class OrtSession:
@@ -54,8 +90,8 @@ class OnnxRuntimeBackend:
     name = "onnxruntime"
 
     def version(self) -> str:
-        """ONNX Runtime's version (a different one makes a deployment stale)."""
-        return importlib.metadata.version("onnxruntime")
+        """ONNX Runtime's version and edged's optimiser revision (another makes a deployment stale)."""
+        return runtime_version()
 
     def _options(self, options: BackendOptions, level: str) -> Any:
         import onnxruntime as ort
@@ -99,7 +135,8 @@ class OnnxRuntimeBackend:
                 int8_path.unlink(missing_ok=True)
         if not dst.is_file():
             raise BackendError(f"ONNX Runtime did not write the optimised network {network.name!r}.")
-        return {"file": dst.name, "optimization": "all", "size": dst.stat().st_size, **int8}
+        blocked = _keep_blocked(dst, network.name)
+        return {"file": dst.name, "optimization": "all", "size": dst.stat().st_size, **int8, **blocked}
 
     @staticmethod
     def _int8_source(src: Path, dst_dir: Path, network: NetworkSpec,

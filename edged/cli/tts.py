@@ -101,8 +101,10 @@ def bench_tts_command(
             from edged.backends import BackendOptions
             from edged.client.ttsref import WholeGraphVoice, original_graph
 
-            whole = WholeGraphVoice(model, reference_graph or original_graph(model.manifest),
-                                    BackendOptions.from_settings(settings))
+            # The voice's threads: edged.loader runs a voice on one lane whatever
+            # inference_lanes says (ASR's), so the reference must not divide the cores by it.
+            options = replace(BackendOptions.from_settings(settings), lanes=1)
+            whole = WholeGraphVoice(model, reference_graph or original_graph(model.manifest), options)
     result = bench_tts(speaker, texts, streams, sample_rate, voice,
                        whole.speak if whole else None, whole.model.sample_rate if whole else 22050,
                        local=not server)

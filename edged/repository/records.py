@@ -224,8 +224,10 @@ class DeployRecord:
 
 
 def _onnxruntime_version() -> str | None:
+    from edged.backends.onnxruntime import runtime_version  # its optimiser revision included
+
     try:
-        return importlib.metadata.version("onnxruntime")
+        return runtime_version()
     except importlib.metadata.PackageNotFoundError:
         return None
 
