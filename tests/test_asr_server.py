@@ -532,3 +532,50 @@ def test_streams_at_once_through_the_batcher_get_the_finals_each_gets_alone(asr_
     for results in asyncio.run(run()):
         assert [r.transcript for r in results if r.is_final] == alone
         assert len([r for r in results if not r.is_final]) >= 3
+
+
+def test_a_session_that_ends_unfinished_leaves_no_stream_for_interims(asr_repo: Path) -> None:
+    """A stream given no new audio gets no new interim of the same audio, and a client that
+    vanishes mid-speech (its session ends without finish) leaves no stream in the interim lane."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from edged.config import Settings
+    from edged.service.asr import RecognitionRequest
+    from edged.service.context import ServiceContext
+
+    pcm, rate = pcm_of(beckett_path())
+
+    async def run() -> tuple[int, int, int]:
+        with ThreadPoolExecutor(2) as pool:
+            ctx = ServiceContext.create(Settings(model_loc=asr_repo, service_enabled_tts=False), pool)
+            ctx.registry.scan()
+            await ctx.registry.load_initial()
+            assert ctx.asr is not None
+            batcher = ctx.asr.batcher
+            request = RecognitionRequest(encoding="LINEAR_PCM", sample_rate=rate, interim_results=True)
+            async with ctx.asr.session(request) as session:
+                chunk, t0 = 2 * int(0.16 * rate), time.monotonic()
+                for i in range(0, 2 * int(1.2 * rate), chunk):  # "Ever tried." at the pace of speech
+                    await asyncio.sleep(max(0.0, t0 + i / (2 * rate) - time.monotonic()))
+                    await session.feed(pcm[i:i + chunk])
+                (stream,) = session.opened
+                assert stream.in_speech
+                during = len(batcher._active)
+                model = stream.model
+                decoded: list[str] = []
+                decode_jobs = model.decode_jobs
+
+                def recording(jobs: list[DecodeJob]) -> None:
+                    decoded.extend(j.kind for j in jobs)
+                    decode_jobs(jobs)
+
+                model.decode_jobs = recording  # type: ignore[method-assign]
+                for _ in range(8):  # no audio, while other streams' cycles wake the interim lane
+                    batcher._wake.set()
+                    await asyncio.sleep(0.15)
+                model.decode_jobs = decode_jobs  # type: ignore[method-assign]
+            return during, len(batcher._active), decoded.count("interim")
+
+    during, after, stale = asyncio.run(run())
+    assert during == 1 and after == 0
+    assert stale <= 1  # at most the interim of the last chunk's audio (16 before interims needed new audio)

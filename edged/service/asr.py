@@ -126,6 +126,11 @@ class AsrSession:
         return self._start()
 
     @property
+    def opened(self) -> list[AsrStream]:
+        """The pipeline streams made so far (none before the first audio)."""
+        return self._streams
+
+    @property
     def samples(self) -> int:
         """Samples of audio received, at the model's rate."""
         return self.streams[0].samples
@@ -265,10 +270,21 @@ class AsrService(SpeechService):
         name = self.select(request.model, request.language_code)
         with metrics.track_request("asr", name):
             if local:
-                yield await self._open(name, request, offline, local)
+                async with self._closing(await self._open(name, request, offline, local)) as session:
+                    yield session
             else:
                 async with self._admission.stream("asr", self._settings.asr_max_streams):
-                    yield await self._open(name, request, offline, local)
+                    async with self._closing(await self._open(name, request, offline, local)) as session:
+                        yield session
+
+    @asynccontextmanager
+    async def _closing(self, session: AsrSession) -> AsyncIterator[AsrSession]:
+        """The session, its streams closed in the batcher however the body ends."""
+        try:
+            yield session
+        finally:
+            for stream in session.opened:
+                self.batcher.close(stream)
 
     async def _open(self, name: str, request: RecognitionRequest, offline: bool, local: bool) -> AsrSession:
         model = await self._pipeline(name)

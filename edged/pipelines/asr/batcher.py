@@ -97,6 +97,11 @@ class AsrBatcher:
         on the same executor as the streams."""
         return await self._submit(stream, data, offline=True)
 
+    def close(self, stream: AsrStream) -> None:
+        """A stream's session ended (finished or not: a client may vanish): no more interims."""
+        stream.finished = True
+        self._active.pop(id(stream), None)
+
     async def _submit(self, stream: AsrStream, data: bytes | np.ndarray | None, offline: bool,
                       end_utterance: bool = False) -> list[Result]:
         self._ensure_running()
@@ -115,7 +120,8 @@ class AsrBatcher:
                 # cycle ends, whatever other streams wait for.
                 self._answer(list(zip(items, outcomes)))
                 for item, outcome in zip(items, outcomes):
-                    if item.offline or item.data is None or isinstance(outcome, BaseException):
+                    if (item.offline or item.data is None or item.stream.finished
+                            or isinstance(outcome, BaseException)):
                         self._active.pop(id(item.stream), None)
                     else:
                         self._active[id(item.stream)] = item.stream

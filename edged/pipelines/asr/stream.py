@@ -119,6 +119,8 @@ class AsrStream:
         """Decode jobs waiting for the model's `decode_jobs`."""
         self._windowing: list[DecodeJob] = []
         """Commit and interim jobs queued and not handed back yet."""
+        self._interim_at = 0
+        """Samples received when the last interim was queued (the next needs new audio)."""
         self._done: list[DecodeJob] = []
         self._seq = 0
         self.finished = False
@@ -214,6 +216,9 @@ class AsrStream:
         # Not in a pause either: it may be the utterance's end, whose decode should not wait.
         if not (self.config.interim_results and ep.in_speech and ep.last_speech >= ep.window - _PAUSE_WINDOWS
                 and not self.finished and self.samples - self._utt_start >= _MIN_INTERIM
+                and self.samples > self._interim_at
+
+
                 and not any(j.kind == "interim" for j in self.jobs)):
             return False
         cost = self.interim_estimate()
@@ -231,6 +236,7 @@ class AsrStream:
     def queue_interim(self) -> None:
         """Queue an interim decode of the open utterance's window (see _WINDOW) and, if the
         window has grown too long, of the part before its new start (a commit)."""
+        self._interim_at = self.samples
         if self.samples - self._window_start > _WINDOW:
             first = max(self._window_start + _COMMIT_MIN, self.samples - 2 * _WINDOW_MIN) // WINDOW
             end = (self.samples - _WINDOW_MIN) // WINDOW
