@@ -55,7 +55,8 @@ ort_inter_op_threads=1
 # ASR decodes that run side by side, each with its share of the cores as threads: streams'
 # interims beside their finals, the batches of one step (several streams' finals, a recording's
 # segments). With 1, finals and interims take turns on all the cores. On this project's 2-core
-# test machine 2 lanes gave 8 real-time streams faster finals and twice as many interims as 1.
+# test machine, 8 real-time streams got finals p95 415 ms and an interim every 0.98 s (p95) with 2
+# lanes, 990 ms and 1.73 s with 1.
 # Accepts an integer from 1 to 16.
 inference_lanes=2
 

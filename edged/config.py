@@ -317,8 +317,8 @@ class Settings:
         doc="ASR decodes that run side by side, each with its share of the cores as threads: "
             "streams' interims beside their finals, the batches of one step (several streams' "
             "finals, a recording's segments). With 1, finals and interims take turns on all "
-            "the cores. On this project's 2-core test machine 2 lanes gave 8 real-time streams "
-            "faster finals and twice as many interims as 1.")
+            "the cores. On this project's 2-core test machine, 8 real-time streams got finals "
+            "p95 415 ms and an interim every 0.98 s (p95) with 2 lanes, 990 ms and 1.73 s with 1.")
     trt_fp16: bool = setting(
         True, kind=Bool(),
         doc="Build TensorRT engines in FP16 where the GPU supports it; numerically sensitive layers "
