@@ -154,6 +154,20 @@ def _stream_clip(asr: Any, pcm: bytes, rate: int, chunk_ms: int, realtime: bool)
     return log
 
 
+@dataclass
+class _Pooled:
+    """Every clip's latencies, interim gaps and staleness of one streaming pass, together."""
+
+    latencies: list[float]
+    gaps: list[float]
+    behind: list[float]
+
+    @classmethod
+    def of(cls, logs: dict[int, _StreamLog]) -> _Pooled:
+        return cls([x for log in logs.values() for x in log.latencies], [x for log in logs.values() for x in log.gaps],
+                   [x for log in logs.values() for x in log.behind])
+
+
 def _pcm(path: Path) -> tuple[bytes, int]:
     with wave.open(str(path), "rb") as w:
         if w.getsampwidth() != 2 or w.getnchannels() != 1:
@@ -313,9 +327,8 @@ def run_bench(address: str, manifest: Path, streams: int = 1, chunk_ms: int = 16
         logs, t_stream = _stream_pass(address, pcms, streams, chunk_ms, realtime)
     for i, (_, text) in enumerate(clips):
         errors_str += word_errors(text, " ".join(logs[i].finals))[0]
-    latencies = [x for log in logs.values() for x in log.latencies]
-    gaps = [x for log in logs.values() for x in log.gaps]
-    behind = [x for log in logs.values() for x in log.behind]
+    pooled = _Pooled.of(logs)
+    latencies, gaps, behind = pooled.latencies, pooled.gaps, pooled.behind
     ms = 1000.0
     return BenchReport(
         clips=len(clips), audio_s=round(audio_s, 1),
@@ -370,17 +383,17 @@ def run_sweep(address: str, manifest: Path, max_streams: int, chunk_ms: int = 16
         with _sampled(server_pid) as sampler:
             # Enough clips (the manifest's, again if need be) to keep n streams busy for `seconds`.
             logs, _ = _stream_pass(address, pcms * math.ceil(1 + n * seconds / audio_s), n, chunk_ms, True, seconds)
-        latencies = [x for log in logs.values() for x in log.latencies]
-        behind = [x for log in logs.values() for x in log.behind]
-        worst = max(behind, default=0.0) * ms
+        pooled = _Pooled.of(logs)
+        final_p95 = _pct(pooled.latencies, 0.95) * ms
+        behind_p95 = _pct(pooled.behind, 0.95) * ms
         rows.append(SweepRow(
             streams=n, finals=sum(len(log.finals) for log in logs.values()),
-            final_latency_p50_ms=round(_pct(latencies, 0.5) * ms, 1),
-            final_latency_p95_ms=round(_pct(latencies, 0.95) * ms, 1),
-            interim_gap_p95_ms=round(_pct([x for log in logs.values() for x in log.gaps], 0.95) * ms, 1),
-            behind_p95_ms=round(_pct(behind, 0.95) * ms, 1), behind_max_ms=round(worst, 1),
+            final_latency_p50_ms=round(_pct(pooled.latencies, 0.5) * ms, 1),
+            final_latency_p95_ms=round(final_p95, 1),
+            interim_gap_p95_ms=round(_pct(pooled.gaps, 0.95) * ms, 1),
+            behind_p95_ms=round(behind_p95, 1), behind_max_ms=round(max(pooled.behind, default=0.0) * ms, 1),
             server_cpu_percent=round(sampler.cpu_percent, 1) if server_pid else None,
-            keeps_up=_pct(behind, 0.95) * ms <= KEEP_UP_BEHIND_MS and _pct(latencies, 0.95) * ms <= FINAL_P95_MS))
+            keeps_up=behind_p95 <= KEEP_UP_BEHIND_MS and final_p95 <= FINAL_P95_MS))
         _LOGGER.info("sweep: %s", rows[-1])
     return rows
 

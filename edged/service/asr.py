@@ -17,7 +17,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, TypeVar
 
@@ -269,22 +269,15 @@ class AsrService(SpeechService):
             self._admission.refuse_if_draining("asr")
         name = self.select(request.model, request.language_code)
         with metrics.track_request("asr", name):
-            if local:
-                async with self._closing(await self._open(name, request, offline, local)) as session:
+            async with AsyncExitStack() as stack:
+                if not local:
+                    await stack.enter_async_context(self._admission.stream("asr", self._settings.asr_max_streams))
+                session = await self._open(name, request, offline, local)
+                try:
                     yield session
-            else:
-                async with self._admission.stream("asr", self._settings.asr_max_streams):
-                    async with self._closing(await self._open(name, request, offline, local)) as session:
-                        yield session
-
-    @asynccontextmanager
-    async def _closing(self, session: AsrSession) -> AsyncIterator[AsrSession]:
-        """The session, its streams closed in the batcher however the body ends."""
-        try:
-            yield session
-        finally:
-            for stream in session.opened:
-                self.batcher.close(stream)
+                finally:  # however the body ends (a client may vanish): no more interims
+                    for stream in session.opened:
+                        self.batcher.close(stream)
 
     async def _open(self, name: str, request: RecognitionRequest, offline: bool, local: bool) -> AsrSession:
         model = await self._pipeline(name)

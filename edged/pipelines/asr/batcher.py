@@ -191,7 +191,7 @@ class AsrBatcher:
             _LOGGER.debug("ASR cycle: %d items, %s in %.0f ms", len(items),
                           [(j.kind, round(len(j.audio) / MODEL_RATE, 1)) for j in required],
                           1000 * (time.perf_counter() - t0))
-        return [o if o is not None else _take(item.stream) for item, o in zip(items, outcomes)]
+        return [o if o is not None else item.stream.take_results() for item, o in zip(items, outcomes)]
 
     def _speculate(self) -> None:
         """On the executor: decode the speculative finals that are still undecoded (a final
@@ -234,11 +234,6 @@ def _choose_interims(streams: list[AsrStream], now: float) -> list[AsrStream]:
         spent += cost
         chosen.append(stream)
     return chosen
-
-
-def _take(stream: AsrStream) -> list[Result]:
-    with stream.lock:
-        return stream.take_results()
 
 
 def _decode(jobs: list[DecodeJob]) -> None:

@@ -217,8 +217,6 @@ class AsrStream:
         if not (self.config.interim_results and ep.in_speech and ep.last_speech >= ep.window - _PAUSE_WINDOWS
                 and not self.finished and self.samples - self._utt_start >= _MIN_INTERIM
                 and self.samples > self._interim_at
-
-
                 and not any(j.kind == "interim" for j in self.jobs)):
             return False
         cost = self.interim_estimate()
@@ -364,7 +362,12 @@ class AsrStream:
             self._done.append(job)
 
     def take_results(self) -> list[Result]:
-        """Results of the jobs decoded since the last call, in order; stale interims dropped."""
+        """Results of the jobs decoded since the last call, in order; stale interims dropped
+        (on any thread, as `complete`)."""
+        with self.lock:
+            return self._take_results()
+
+    def _take_results(self) -> list[Result]:
         # A speculative decode handed back and not yet taken may come back again as the final.
         done, self._done = sorted({id(j): j for j in self._done}.values(), key=lambda j: j.seq), []
         # The interim lane hands back a window's commit and interim one by one: an interim is
