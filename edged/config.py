@@ -645,17 +645,26 @@ def _build(
 
 
 def load_settings(
-    path: Path | None, env: Mapping[str, str] | None = None
+    path: Path | None, env: Mapping[str, str] | None = None, overrides: Mapping[str, str] | None = None,
 ) -> tuple[Settings, list[str]]:
     """Read config.sh with bash and return the validated Settings and any warnings.
 
     `path=None` gives the defaults (relative paths against the working directory). `env` holds
     variables config.sh runs with, as if exported before it (it may reference them; a setting
     name in `env` counts as set); nothing else of the caller's environment is visible to it.
+    `overrides` are settings given after config.sh ran (`edged start --set NAME=VALUE`): they
+    win over the file, and relative paths among them resolve against its folder like its own.
     Raises ConfigError listing every invalid value.
     """
+    overrides = dict(overrides or {})
+    names_of = {name: (f.name, *spec.aliases) for f, spec in _specs() for name in (f.name, *spec.aliases)}
+    known = set(names_of)
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise ConfigError(f"{', '.join(map(_quote, unknown))}: not a setting of edged; "
+                          "`edged config --docs` lists them.")
     if path is None:
-        return _build({}, Path.cwd(), "defaults")
+        return _build(overrides, Path.cwd(), "defaults")
     path = Path(path)
     label = str(path)
     if not path.is_file():
@@ -663,9 +672,12 @@ def load_settings(
         raise ConfigError(
             f"{label} {what}; write one with `edged config --example > config.sh` or start from "
             f"the config.sh shipped with edged.")
-    names = {name for f, spec in _specs() for name in (f.name, *spec.aliases)}
-    variables, assoc, warnings = _read_variables(path, label, env, names)
-    settings, more = _build(variables, Path(os.path.abspath(path)).parent, label, assoc)
+    variables, assoc, warnings = _read_variables(path, label, env, known)
+    for name in overrides:  # an override replaces the setting under any of its names
+        for other in names_of[name]:
+            variables.pop(other, None)
+    variables.update(overrides)
+    settings, more = _build(variables, Path(os.path.abspath(path)).parent, label, assoc - set(overrides))
     return settings, warnings + more
 
 

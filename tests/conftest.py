@@ -17,7 +17,40 @@ from edged.rmir import RmirRef
 from edged.rmir.build import ModelSource, build_rmir
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+# The team's data beside the clone (held-out sentences, the evalcorpus). A user's clone has none:
+# tests reach it only through the fixtures below, which skip with a reason where it is absent, and
+# carry the `shared` marker so CI can run just them in a clone that has it (`pytest -m shared`).
 SHARED = REPO_ROOT.parent / "shared"
+SHARED_FIXTURES = ("evalcorpus", "tts_sentences")
+
+
+def shared_path(*parts: str) -> Path:
+    """A file or folder of ../shared, or skip the test saying it is absent."""
+    path = SHARED.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"../shared/{'/'.join(parts)} is not here (only the project's own checkouts have ../shared)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def evalcorpus() -> Path:
+    """../shared/evalcorpus (real English speech; manifest.jsonl and clips/), or skip."""
+    shared_path("evalcorpus", "manifest.jsonl")
+    return shared_path("evalcorpus")
+
+
+@pytest.fixture(scope="session")
+def tts_sentences() -> list[str]:
+    """The held-out sentences of ../shared/tts_sentences.txt, or skip."""
+    text = shared_path("tts_sentences.txt").read_text(encoding="utf-8")
+    return [s.strip() for s in text.splitlines() if s.strip()]
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark the tests that use ../shared, so `pytest -m shared` runs exactly those."""
+    for item in items:
+        if set(SHARED_FIXTURES) & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.shared)
 
 
 def make_tiny_onnx(path: Path, hidden: int = 8, seed: int = 0) -> Path:

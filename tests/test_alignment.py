@@ -32,9 +32,8 @@ from edged.pipelines.asr.alignment import (
     snap_to_pauses,
 )
 from edged.repository.records import DeployTarget
-from tests.conftest import SHARED, require_default_packs
+from tests.conftest import require_default_packs
 
-EVALCORPUS = SHARED / "evalcorpus"
 BECKETT_IDS = [1, 18274, 1898, 3926, 5229, 29892, 694, 4383, 1018, 1449, 4418, 1449, 4418, 2253, 29889, 2]
 LAYERS = 8
 
@@ -439,18 +438,16 @@ def boundary_errors(words: list[WordTime], segments: list[dict]) -> list[float]:
     return errors
 
 
-def test_long_clip_sentence_boundaries(moonshine: Moonshine) -> None:
+def test_long_clip_sentence_boundaries(moonshine: Moonshine, evalcorpus: Path) -> None:
     """Median |error| at the long-lj clips' sentence boundaries ≤ 120 ms (issue 3's target)."""
-    manifest = EVALCORPUS / "manifest.jsonl"
-    if not manifest.is_file():
-        pytest.skip(f"{EVALCORPUS} is not there")
+    manifest = evalcorpus / "manifest.jsonl"
     clips = [json.loads(line) for line in manifest.read_text().splitlines() if line.strip()]
     clips = [c for c in clips if c["id"].startswith("long-lj-") and c.get("segments")]
     if not clips:
         pytest.skip("no long-lj clips with segments in the evalcorpus")
     errors: list[float] = []
     for clip in clips:
-        audio = read_wav(EVALCORPUS / clip["audio"])
+        audio = read_wav(evalcorpus / clip["audio"])
         words = [w for a, b in utterances(audio) for w in moonshine.words(audio[a:b], offset_ms=a / 16)]
         errors += boundary_errors(words, clip["segments"])
     expected = sum(2 * len(c["segments"]) for c in clips)

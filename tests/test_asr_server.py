@@ -30,11 +30,10 @@ from edged.pipelines.asr.stream import _WINDOW
 from edged.repository.deploy import deploy
 from edged.repository.records import DeployTarget
 from edged.rmir import RmirRef
-from tests.conftest import SHARED, require_default_packs
+from tests.conftest import require_default_packs
 from tests.test_server import free_port, serving
 
 MAX_STREAMS = 8
-EVALCORPUS = SHARED / "evalcorpus"
 BECKETT_TEXT = "Ever tried ever failed, no matter try again fail again fail better."
 
 
@@ -317,10 +316,8 @@ def test_stream_limit_and_idle_timeout(asr_server: str) -> None:
     assert outcomes == [grpc.StatusCode.DEADLINE_EXCEEDED] * MAX_STREAMS
 
 
-def _evalcorpus(limit_s: float) -> list[dict[str, object]]:
-    if not (EVALCORPUS / "manifest.jsonl").is_file():
-        pytest.skip(f"{EVALCORPUS} is not here")
-    clips = [json.loads(line) for line in (EVALCORPUS / "manifest.jsonl").read_text().splitlines() if line.strip()]
+def _evalcorpus(evalcorpus: Path, limit_s: float) -> list[dict[str, object]]:
+    clips = [json.loads(line) for line in (evalcorpus / "manifest.jsonl").read_text().splitlines() if line.strip()]
     # Spread over categories, short clips first, within the time budget.
     chosen, total = [], 0.0
     seen: set[object] = set()
@@ -332,13 +329,13 @@ def _evalcorpus(limit_s: float) -> list[dict[str, object]]:
     return chosen
 
 
-def test_evalcorpus_wer_offline_and_streaming(asr_server: str) -> None:
+def test_evalcorpus_wer_offline_and_streaming(asr_server: str, evalcorpus: Path) -> None:
     """A sample of real speech: WER bounds for offline and streaming recognition."""
     asr = service(asr_server)
     errors = {"offline": 0, "streaming": 0}
     words = 0
-    for clip in _evalcorpus(limit_s=45):
-        pcm, rate = pcm_of(EVALCORPUS / str(clip["audio"]))
+    for clip in _evalcorpus(evalcorpus, limit_s=45):
+        pcm, rate = pcm_of(evalcorpus / str(clip["audio"]))
         offline = " ".join(r.alternatives[0].transcript for r in asr.offline_recognize(
             pcm, config(encoding=riva.client.AudioEncoding.LINEAR_PCM, sample_rate_hertz=rate)).results)
         streaming = _stream_text(asr, pcm, rate, 0.16, 0)
@@ -392,12 +389,12 @@ def test_bench_asr_reports_real_time_figures_and_where_it_saturates(asr_server: 
 
 
 def test_stream_interims_windowed_finals_unchanged(asr_model: AsrModel, monkeypatch: pytest.MonkeyPatch,
-                                                   float_decoder: OrtSession) -> None:
+                                                   float_decoder: OrtSession, evalcorpus: Path) -> None:
     """Long speech streamed in real time with interims: interims decode bounded windows, most
     finals are the speculative decodes started at the likely end, and the finals read exactly
     as without interims (drafts only save decoder calls; on the float32 decoder, since int8
     activations round a draft and a step slightly differently)."""
-    clip = EVALCORPUS / "clips" / "long-lj-LJ001-0001-to-0008.wav"
+    clip = evalcorpus / "clips" / "long-lj-LJ001-0001-to-0008.wav"
     if not clip.is_file():
         pytest.skip(f"{clip} is not there")
     monkeypatch.setattr(asr_model.recogniser, "decoder", float_decoder)

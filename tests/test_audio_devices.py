@@ -30,7 +30,6 @@ from edged.audio.devices import (
 from edged.audio.resample import resample
 from edged.errors import AudioDeviceError
 from tests.alsa_fixture import MIC, SPEAKER, AlsaTestDevices, Feed, wav_to_pcm
-from tests.conftest import SHARED
 
 _MOONSHINE = importlib.util.find_spec("moonshine_cpp")  # locate only: importing it loads native code
 BECKETT = Path(_MOONSHINE.origin).parent / "test-data" / "beckett.wav" if _MOONSHINE and _MOONSHINE.origin else None
@@ -373,12 +372,11 @@ def test_reconnector_reopens_a_hung_microphone_and_mutes(devices: AlsaTestDevice
 
 
 @needs_pyaudio
-@pytest.mark.skipif(not (SHARED / "evalcorpus").is_dir(), reason="../shared/evalcorpus is not here")
-def test_microphone_hears_an_evalcorpus_clip(devices: AlsaTestDevices) -> None:
+def test_microphone_hears_an_evalcorpus_clip(devices: AlsaTestDevices, evalcorpus: Path) -> None:
     """A recorded-speech clip from the evaluation corpus comes through the microphone intact."""
-    manifest = [json.loads(line) for line in (SHARED / "evalcorpus" / "manifest.jsonl").read_text().splitlines()]
+    manifest = [json.loads(line) for line in (evalcorpus / "manifest.jsonl").read_text().splitlines()]
     clip = min(manifest, key=lambda entry: entry["duration_s"])
-    wav = SHARED / "evalcorpus" / clip["audio"]
+    wav = evalcorpus / clip["audio"]
     mic = Microphone(MIC)
     mic.open()
     try:

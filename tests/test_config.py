@@ -311,3 +311,20 @@ def test_readme_embeds_the_reference() -> None:
         "README.md's settings table is out of date; paste settings_reference_markdown() between "
         "the markers"
     )
+
+
+def test_overrides_win_over_the_file_and_resolve_paths_like_it(tmp_path: Path) -> None:
+    """`edged start --set NAME=VALUE`: after config.sh, validated, relative paths against its folder."""
+    folder = tmp_path / "user"
+    folder.mkdir()
+    cfg = folder / "config.sh"
+    cfg.write_text('model_loc="model_repository"\nriva_speech_api_port=50051\n', encoding="utf-8")
+    settings, _ = load_settings(cfg, overrides={"riva_speech_api_port": "50099", "http_enabled": "false"})
+    assert settings.riva_speech_api_port == 50099 and settings.http_enabled is False
+    assert settings.model_loc == folder / "model_repository"
+    moved, _ = load_settings(cfg, overrides={"riva_model_loc": "elsewhere"})
+    assert moved.model_loc == folder / "elsewhere"
+    with pytest.raises(ConfigError, match="not a setting of edged"):
+        load_settings(cfg, overrides={"riva_speech_port": "1"})
+    with pytest.raises(ConfigError, match="riva_speech_api_port"):
+        load_settings(cfg, overrides={"riva_speech_api_port": "many"})

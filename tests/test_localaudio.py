@@ -27,7 +27,7 @@ from edged.proto import edged_pb2, edged_pb2_grpc
 from edged.repository.deploy import deploy
 from edged.repository.records import DeployTarget
 from edged.rmir import RmirRef
-from tests.conftest import SHARED, require_default_packs
+from tests.conftest import require_default_packs
 from tests.test_asr_server import BECKETT_TEXT, beckett_path
 from tests.test_server import (
     deployed_tiny,
@@ -250,11 +250,9 @@ def test_mute_and_unmute(daemon: Daemon) -> None:
 
 
 @pytest.mark.timeout(600)
-def test_microphone_on_evalcorpus_clips(daemon: Daemon) -> None:
+def test_microphone_on_evalcorpus_clips(daemon: Daemon, evalcorpus: Path) -> None:
     """Real read speech through the microphone: WER bound; latency from the end of each clip."""
-    manifest = SHARED / "evalcorpus" / "manifest.jsonl"
-    if not manifest.is_file():
-        pytest.skip(f"{manifest} is not there")
+    manifest = evalcorpus / "manifest.jsonl"
     clips = [json.loads(line) for line in manifest.read_text().splitlines()][:6]
     follower = _Follower(daemon.address)
     after_clip: list[float] = []

@@ -45,12 +45,18 @@ def setup_logging(level: str) -> None:
     )
 
 
-def load_config(config: Path | None) -> Any:
+def load_config(config: Path | None, overrides: list[str] | None = None) -> Any:
+    """config.sh (or ./config.sh, or the defaults), with `NAME=VALUE` overrides after it."""
     from edged.config import load_settings
+    from edged.errors import ConfigError
 
     if config is None and Path("config.sh").is_file():
         config = Path("config.sh")
-    settings, warnings = load_settings(config)
+    pairs = [item.partition("=") for item in overrides or []]
+    bad = [name for name, eq, _ in pairs if not eq or not name]
+    if bad:
+        raise ConfigError(f"--set takes NAME=VALUE, not {bad[0]!r}.")
+    settings, warnings = load_settings(config, overrides={name: value for name, _, value in pairs})
     setup_logging(settings.log_level)
     for warning in warnings:
         logging.getLogger("edged.config").warning("%s", warning)

