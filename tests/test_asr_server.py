@@ -377,6 +377,12 @@ def test_bench_asr_reports_real_time_figures_and_where_it_saturates(asr_server: 
             "behind_p95_ms", "behind_max_ms"} <= set(report)
     assert report["wer_streaming"] <= 20.0 and report["realtime"] is True
     assert 0.0 <= report["behind_p95_ms"] <= report["behind_max_ms"] < 10_000
+    # The final that ends the stream, timed from the client's last chunk.
+    assert 0.0 <= report["stop_final_p50_ms"] <= report["stop_final_p95_ms"] < 10_000 and report["stagger_s"] == 0.0
+    staggered = subprocess.run([*base, "--streams", "2", "--realtime", "--json", "--stagger", "1.5"],
+                               capture_output=True, text=True, timeout=180, check=False)
+    assert staggered.returncode == 0, staggered.stderr
+    assert json.loads(staggered.stdout)["stagger_s"] == 1.5
     out = subprocess.run([*base, "--streams", "2", "--sweep", "--sweep-seconds", "5", "--json"],
                          capture_output=True, text=True, timeout=180, check=False)
     assert out.returncode == 0, out.stderr

@@ -125,6 +125,10 @@ class _StreamLog:
     behind: list[float] = field(default_factory=list)
     """Per interim: audio seconds sent by then minus the audio it describes (how stale the
     text a live caption shows is; a final's is its latency)."""
+    stop_final: float | None = None
+    """Seconds from the client's last chunk to the stream's last final (what push-to-talk, a
+    Wyoming `audio-stop` or a file upload waits for); 0 when that final came before; None
+    without finals."""
 
 
 def _stream_clip(asr: Any, pcm: bytes, rate: int, chunk_ms: int, realtime: bool) -> _StreamLog:
@@ -163,6 +167,7 @@ def _stream_clip(asr: Any, pcm: bytes, rate: int, chunk_ms: int, realtime: bool)
                 when = next((t for audio_s, t in sent if audio_s >= result.audio_processed - 1e-3), None)
                 if when is not None and not done_sending[0]:
                     log.latencies.append(now - when)
+                log.stop_final = max(0.0, now - done_sending[0]) if done_sending[0] else 0.0
                 last_response = None
             else:
                 if last_response is not None:
@@ -179,11 +184,13 @@ class _Pooled:
     latencies: list[float]
     gaps: list[float]
     behind: list[float]
+    stop_finals: list[float]
 
     @classmethod
     def of(cls, logs: dict[int, _StreamLog]) -> _Pooled:
         return cls([x for log in logs.values() for x in log.latencies], [x for log in logs.values() for x in log.gaps],
-                   [x for log in logs.values() for x in log.behind])
+                   [x for log in logs.values() for x in log.behind],
+                   [log.stop_final for log in logs.values() if log.stop_final is not None])
 
 
 def _pcm(path: Path) -> tuple[bytes, int]:
@@ -225,6 +232,11 @@ class BenchReport:
     """Per interim result: how much more audio the client had sent than the result describes
     (`audio_processed`); at the pace of speech, how far behind real time the shown text is."""
     behind_max_ms: float = float("nan")
+    stop_final_p50_ms: float = float("nan")
+    """From the client's last chunk to the stream's last final (the final that ends a stream)."""
+    stop_final_p95_ms: float = float("nan")
+    stagger_s: float = 0.0
+    """Streams started at random offsets within this many seconds (0: all at once)."""
 
     def text(self) -> str:
         """The report as aligned lines."""
@@ -290,16 +302,22 @@ def _clips(manifest: Path) -> tuple[list[tuple[Path, str]], list[tuple[bytes, in
 
 
 def _stream_pass(address: str, pcms: list[tuple[bytes, int]], streams: int, chunk_ms: int, realtime: bool,
-                 seconds: float = 0.0) -> tuple[dict[int, _StreamLog], float]:
+                 seconds: float = 0.0, stagger: float = 0.0) -> tuple[dict[int, _StreamLog], float]:
     """Stream the clips on `streams` concurrent clients, each taking the next clip when done
-    (none after `seconds` of wall time, if set); each clip's log and the wall time."""
+    (none after `seconds` of wall time, if set); each clip's log and the wall time. `stagger`:
+    each client starts at a random offset within that many seconds (as real traffic arrives;
+    the same offsets every run)."""
+    import random
+
     logs: dict[int, _StreamLog] = {}
     queue = list(range(len(pcms)))
     lock = threading.Lock()
+    offsets = [random.Random(n).uniform(0.0, stagger) for n in range(max(1, streams))]
     t0 = time.perf_counter()
 
-    def worker() -> None:
+    def worker(offset: float) -> None:
         client = _service(address)
+        time.sleep(offset)
         while True:
             with lock:
                 if not queue or (seconds and time.perf_counter() - t0 > seconds):
@@ -307,7 +325,7 @@ def _stream_pass(address: str, pcms: list[tuple[bytes, int]], streams: int, chun
                 i = queue.pop(0)
             logs[i] = _stream_clip(client, pcms[i][0], pcms[i][1], chunk_ms, realtime)
 
-    threads = [threading.Thread(target=worker) for _ in range(max(1, streams))]
+    threads = [threading.Thread(target=worker, args=(offset,)) for offset in offsets]
     for t in threads:
         t.start()
     for t in threads:
@@ -316,7 +334,7 @@ def _stream_pass(address: str, pcms: list[tuple[bytes, int]], streams: int, chun
 
 
 def run_bench(address: str, manifest: Path, streams: int = 1, chunk_ms: int = 160,
-              realtime: bool = False, server_pid: int | None = None) -> BenchReport:
+              realtime: bool = False, server_pid: int | None = None, stagger: float = 0.0) -> BenchReport:
     """Offline pass (WER, RTF), then a streaming pass with `streams` clients (WER, latency, cadence)."""
     import grpc
     import riva.client
@@ -342,7 +360,7 @@ def run_bench(address: str, manifest: Path, streams: int = 1, chunk_ms: int = 16
             errors_off += e
             words += n
             _LOGGER.info("offline %s: %s", path.name, hyp)
-        logs, t_stream = _stream_pass(address, pcms, streams, chunk_ms, realtime)
+        logs, t_stream = _stream_pass(address, pcms, streams, chunk_ms, realtime, stagger=stagger)
     for i, (_, text) in enumerate(clips):
         errors_str += word_errors(text, " ".join(logs[i].finals))[0]
     pooled = _Pooled.of(logs)
@@ -363,6 +381,9 @@ def run_bench(address: str, manifest: Path, streams: int = 1, chunk_ms: int = 16
         server_rss_peak_mb=round(sampler.peak_rss / 2**20, 1) if server_pid else None,
         behind_p95_ms=round(_pct(behind, 0.95) * ms, 1),
         behind_max_ms=round(max(behind, default=float("nan")) * ms, 1),
+        stop_final_p50_ms=round(_pct(pooled.stop_finals, 0.5) * ms, 1),
+        stop_final_p95_ms=round(_pct(pooled.stop_finals, 0.95) * ms, 1),
+        stagger_s=stagger,
     )
 
 
