@@ -6,7 +6,7 @@ maps to its own status, so the doors never repeat the class hierarchy.
 """
 
 KINDS = ("failed", "exhausted", "unavailable", "unknown_model", "unknown_voice", "bad_audio",
-         "bad_request", "off", "unauthorized")
+         "bad_request", "off", "unauthorized", "timeout")
 """Every `EdgedError.kind`: what a door tells a client about the error."""
 
 
@@ -113,6 +113,12 @@ class FeatureOffError(EdgedError):
 
 class AudioDeviceError(EdgedError):
     """A microphone or speaker cannot be found, opened or used (PortAudio's reason in one sentence)."""
+
+
+class IdleTimeoutError(EdgedError):
+    """A client sent nothing for longer than its door waits (asr_stream_idle_timeout_s)."""
+
+    kind = "timeout"
 
 
 class DrainingError(EdgedError):

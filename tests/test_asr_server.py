@@ -561,7 +561,7 @@ def test_a_session_that_ends_unfinished_leaves_no_stream_for_interims(asr_repo: 
                 for i in range(0, 2 * int(1.2 * rate), chunk):  # "Ever tried." at the pace of speech
                     await asyncio.sleep(max(0.0, t0 + i / (2 * rate) - time.monotonic()))
                     await session.feed(pcm[i:i + chunk])
-                (stream,) = session.opened
+                (stream,) = session.streams
                 assert stream.in_speech
                 during = len(batcher._active)
                 model = stream.model

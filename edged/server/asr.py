@@ -15,10 +15,10 @@ from riva.client.proto import riva_asr_pb2 as rasr
 from riva.client.proto import riva_asr_pb2_grpc as rasr_grpc
 from riva.client.proto import riva_audio_pb2 as raudio
 
-from edged.errors import AudioFormatError, RequestError
+from edged.errors import AudioFormatError, IdleTimeoutError, RequestError
 from edged.server.context import ServerContext
 from edged.server.status import abort
-from edged.service.asr import AsrService, RecognitionRequest, Transcript
+from edged.service.asr import AsrService, AsrSession, RecognitionRequest, Transcript
 
 # Requests read ahead of recognition per stream (then the client waits, as gRPC flow control).
 _READ_AHEAD = 64
@@ -114,7 +114,7 @@ class AsrServicer(rasr_grpc.RivaSpeechRecognitionServicer):
         except StopAsyncIteration:
             return
         except asyncio.TimeoutError:
-            await self._idle(context)
+            await abort(context, self._idle_error(), "ASR stream")
         if not first.HasField("streaming_config"):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                                 "The first StreamingRecognizeRequest must hold streaming_config.")
@@ -125,46 +125,47 @@ class AsrServicer(rasr_grpc.RivaSpeechRecognitionServicer):
             streaming = first.streaming_config
             wanted = recognition_request(streaming.config, streaming.interim_results)
             async with self._asr.session(wanted) as session:
-                end = False
-                while not end:
-                    requests = await self._next(queue, context)
-                    end = requests[-1] is None
-                    transcripts: list[Transcript] = []
-                    for audio, eou in _segments([r for r in requests if r is not None]):
-                        transcripts += await session.feed(audio, eou)
-                    if end:
-                        transcripts += await session.finish()
-                    for t in transcripts:
-                        response = rasr.StreamingRecognizeResponse(results=[rasr.StreamingRecognitionResult(
-                            alternatives=_alternatives(t, wanted.word_times), is_final=t.result.is_final,
-                            stability=t.result.stability, channel_tag=t.channel + 1,
-                            audio_processed=t.result.audio_processed)])
-                        if first.HasField("id"):
-                            response.id.CopyFrom(first.id)
-                        yield response
+                session.feed_from(self._feed(session, queue))
+                async for t in session.results():  # each one as soon as it is decoded
+                    response = rasr.StreamingRecognizeResponse(results=[rasr.StreamingRecognitionResult(
+                        alternatives=_alternatives(t, wanted.word_times), is_final=t.result.is_final,
+                        stability=t.result.stability, channel_tag=t.channel + 1,
+                        audio_processed=t.result.audio_processed)])
+                    if first.HasField("id"):
+                        response.id.CopyFrom(first.id)
+                    yield response
         except Exception as exc:  # noqa: BLE001 - every error becomes a status (status.abort)
             await abort(context, exc, "ASR stream")
         finally:
             reader.cancel()
 
-    async def _next(self, queue: _Queue, context: grpc.aio.ServicerContext) -> list[rasr.StreamingRecognizeRequest | None]:
+    async def _feed(self, session: AsrSession, queue: _Queue) -> None:
+        """The client's audio into the session as it comes, then its end."""
+        end = False
+        while not end:
+            requests = await self._next(queue)
+            end = requests[-1] is None
+            for audio, eou in _segments([r for r in requests if r is not None]):
+                await session.feed(audio, eou)
+        await session.finish()
+
+    async def _next(self, queue: _Queue) -> list[rasr.StreamingRecognizeRequest | None]:
         """The requests that came since the last call (at least one; None marks the end);
-        DEADLINE_EXCEEDED after the idle timeout. A stream that fell behind catches up in one go."""
+        IdleTimeoutError after the idle timeout. A stream that fell behind catches up in one go."""
         try:
             got = [await asyncio.wait_for(queue.get(), self._idle_timeout_s)]
         except asyncio.TimeoutError:
-            await self._idle(context)
+            raise self._idle_error() from None
         while got[-1] is not None and not isinstance(got[-1], BaseException) and not queue.empty():
             got.append(queue.get_nowait())
         if isinstance(got[-1], BaseException):
             raise got[-1]
         return got  # type: ignore[return-value]
 
-    async def _idle(self, context: grpc.aio.ServicerContext) -> None:
-        """End a stream that sent nothing for the idle timeout (DEADLINE_EXCEEDED)."""
-        await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED,
-                            f"No audio for {self._idle_timeout_s:g} s; the stream was ended "
-                            "(asr_stream_idle_timeout_s).")
+    def _idle_error(self) -> IdleTimeoutError:
+        """What ends a stream that sent nothing for the idle timeout (DEADLINE_EXCEEDED)."""
+        return IdleTimeoutError(f"No audio for {self._idle_timeout_s:g} s; the stream was ended "
+                                "(asr_stream_idle_timeout_s).")
 
     @staticmethod
     async def _read(requests: AsyncIterator[rasr.StreamingRecognizeRequest], queue: _Queue) -> None:

@@ -39,7 +39,7 @@ from edged.errors import (
 from edged.pipelines.asr.audio import MODEL_RATE
 from edged.pipelines.asr.results import Result
 from edged.proto import edged_pb2
-from edged.service.asr import AsrSession, RecognitionRequest, Transcript
+from edged.service.asr import AsrSession, RecognitionRequest
 from edged.service.tts import SpeechRequest, Synthesis
 
 if TYPE_CHECKING:
@@ -233,6 +233,7 @@ class LocalAudio:
         sessions = AsyncExitStack()
         session: AsrSession | None = None
         clock = _Clock()
+        publisher: asyncio.Task[None] | None = None
         device: Microphone | None = None
         was_speaking = False
         try:
@@ -240,7 +241,8 @@ class LocalAudio:
                 block = await asyncio.to_thread(_read_block, mics, int(BLOCK_S * MODEL_RATE), 1.0)
                 if mics.microphone is not device:  # opened, lost or reopened: utterances end there
                     if session is not None:
-                        self._publish_all(await session.finish(), clock)
+                        await session.finish()
+                        await _ended(publisher)
                         session = None
                         await sessions.aclose()
                     if device is not None:
@@ -252,29 +254,32 @@ class LocalAudio:
                         self._mic_device, self._mic_rate = device.device_name, device.open_rate
                         session = await sessions.enter_async_context(asr.session(LOCAL_REQUEST, local=True))
                         clock = _Clock()
+                        publisher = asyncio.get_running_loop().create_task(self._publish_from(session, clock))
+                        sessions.callback(publisher.cancel)
                 self._mic = device
                 self._mic_state = "listening" if mics.state == "open" else mics.state
                 if block is None or session is None:
                     continue
                 clock.mark(session.samples + len(block), time.time())
                 session.set_interim_results(any(self._subscribers.values()))
-                results = await session.feed_samples(np.clip(block, -1.0, 1.0).astype(np.float32))
+                await session.feed_samples(np.clip(block, -1.0, 1.0).astype(np.float32))
                 self._audio_s += len(block) / MODEL_RATE
                 speaking = session.in_speech
                 if speaking and not was_speaking:
                     self._barge_in()
                 was_speaking = speaking
-                self._publish_all(results, clock)
         finally:
             if session is not None:
-                self._publish_all(await session.finish(), clock)
+                await session.finish()
+                await _ended(publisher)
             await sessions.aclose()
             if device is not None:
                 self._overflows_before += device.overflows
             self._mic = None
 
-    def _publish_all(self, transcripts: list[Transcript], clock: _Clock) -> None:
-        for transcript in transcripts:
+    async def _publish_from(self, session: AsrSession, clock: _Clock) -> None:
+        """Hand on each of a session's results the moment it is decoded."""
+        async for transcript in session.results():
             self._publish(transcript.result, clock)
 
     def _publish(self, result: Result, clock: _Clock) -> None:
@@ -409,6 +414,12 @@ class LocalAudio:
         _LOGGER.debug("Spoke utterance %d: %.2f s, first audio after %.0f ms", utt.id, seconds, first_ms)
         return edged_pb2.SpeakResponse(id=utt.id, first_audio_ms=first_ms, seconds=seconds,
                                        interrupted=utt.interrupted or handle.stopped, queued=utt.queued)
+
+
+async def _ended(publisher: asyncio.Task[None] | None) -> None:
+    """Wait until a finished session's publisher has handed on its last results."""
+    if publisher is not None:
+        await publisher
 
 
 def _read_block(mics: Reconnector, samples: int, timeout: float) -> np.ndarray | None:

@@ -23,6 +23,7 @@ _CODES = {
     "bad_request": grpc.StatusCode.INVALID_ARGUMENT,
     "unavailable": grpc.StatusCode.UNAVAILABLE,
     "off": grpc.StatusCode.FAILED_PRECONDITION,
+    "timeout": grpc.StatusCode.DEADLINE_EXCEEDED,
     "failed": grpc.StatusCode.FAILED_PRECONDITION,
 }
 """The status of each error kind (edged.errors.KINDS; any other: FAILED_PRECONDITION)."""

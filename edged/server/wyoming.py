@@ -58,7 +58,6 @@ from edged import __version__
 from edged.errors import AudioFormatError, EdgedError, RequestError, TtsRequestError
 from edged.server.security import is_loopback
 from edged.service.asr import AsrService, AsrSession, RecognitionRequest
-from edged.service.asr import Transcript as Recognised
 from edged.service.context import ServiceContext
 from edged.service.tts import SpeechRequest, TtsService
 
@@ -83,6 +82,7 @@ _CODES = {
     "bad_request": "bad-request",
     "unknown_model": "unavailable",
     "unavailable": "unavailable",
+    "timeout": "timeout",
 }
 """Wyoming error codes of edged's error kinds (edged.errors.KINDS; any other: "failed")."""
 
@@ -162,6 +162,8 @@ class _Transcription:
         self.format = start
         self.finals: list[str] = []
         self.converter = AudioChunkConverter(width=2) if start.width != 2 else None
+        self.sender: asyncio.Task[None] | None = None
+        """Sends each final as a transcript-chunk the moment it is decoded; ends after audio-stop's."""
 
 
 class WyomingHandler(AsyncEventHandler):
@@ -292,6 +294,8 @@ class WyomingHandler(AsyncEventHandler):
         self._refused = ""
         language = asr.models()[session.model_name].language_code
         await self.write_event(TranscriptStart(language=language).event())
+        self._asr.sender = asyncio.get_running_loop().create_task(self._send_finals(self._asr))
+        self._stack.callback(self._asr.sender.cancel)
 
     async def _audio_chunk(self, chunk: AudioChunk) -> None:
         asr = self._asr
@@ -307,10 +311,10 @@ class WyomingHandler(AsyncEventHandler):
                 f"audio-start said {start.rate} Hz, width {start.width}, {start.channels}.")
         if asr.converter is not None:
             chunk = asr.converter.convert(chunk)
-        await self._send_finals(asr, await asr.session.feed(chunk.audio))
+        await asr.session.feed(chunk.audio)
 
-    async def _send_finals(self, asr: _Transcription, results: list[Recognised]) -> None:
-        for t in results:
+    async def _send_finals(self, asr: _Transcription) -> None:
+        async for t in asr.session.results():
             text = t.result.transcript.strip()
             if t.result.is_final and t.channel == 0 and text:
                 await self.write_event(TranscriptChunk(text=(" " if asr.finals else "") + text).event())
@@ -324,7 +328,9 @@ class WyomingHandler(AsyncEventHandler):
                 return
             raise AudioFormatError("audio-stop came before audio-start; send audio-start, audio-chunks, "
                                    "then audio-stop.")
-        await self._send_finals(asr, await asr.session.finish())
+        await asr.session.finish()
+        if asr.sender is not None:
+            await asr.sender  # every final is out as a transcript-chunk
         language = self._asr_service().models()[asr.session.model_name].language_code
         await self._close_session()
         await self.write_event(Transcript(text=" ".join(asr.finals).strip(), language=language).event())

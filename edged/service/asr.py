@@ -3,8 +3,13 @@
 Every door (gRPC, the machine's microphone, ...) recognises through `AsrService`:
 
     async with ctx.asr.session(RecognitionRequest(...)) as session:
-        results = await session.feed(audio)         # or feed_samples(float32 at MODEL_RATE)
-        results += await session.finish()
+        session.feed_from(door_feeding())           # a task: await session.feed(audio) ... finish()
+        async for transcript in session.results():  # each interim or final the moment it is decoded
+            send(transcript)
+
+`feed` hands in a chunk (and waits while the batcher is busy with it: back-pressure); results
+leave through `results()` as soon as they are decoded, whether the client's next chunk has come
+or not, and `results()` ends after the results of `finish()`.
 
 A session holds an admission slot, counts the request in the metrics and owns one pipeline
 stream per recognised channel; every stream of every door goes through the one `AsrBatcher`.
@@ -14,8 +19,9 @@ Errors are `edged.errors` exceptions (each door maps them to its own statuses).
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, replace
@@ -108,27 +114,33 @@ class AsrSession:
         self._separate = separate_channels
         self._streams: list[AsrStream] = []
         self._counted = 0.0
+        self._outbox: asyncio.Queue[Transcript | BaseException | None] = asyncio.Queue()
+        """Results in the order they were decoded; None after the last; an error ends them."""
+        self._feeding: asyncio.Task[None] | None = None
 
-    def _start(self, audio: bytes = b"") -> list[AsrStream]:
+    def _start(self, audio: bytes = b"", push: bool = True) -> list[AsrStream]:
         """The pipeline streams, made with the first audio: one, or one per channel (whose
-        count a WAV or FLAC header in that audio gives when the request's encoding is unset)."""
+        count a WAV or FLAC header in that audio gives when the request's encoding is unset);
+        `push`: their results go to `results()` (else, offline, with the answer)."""
         if not self._streams:
             channels = self._config.channels
             if self._separate and not self._config.encoding:
                 channels = header_channels(audio) or channels
             recognised = range(channels) if self._separate else range(1)
             self._streams = [self._model.start_stream(replace(self._config, channel=c)) for c in recognised]
+            for stream in self._streams if push else ():
+                stream.listener = functools.partial(self._push, stream.config.channel)
         return self._streams
+
+    def _push(self, channel: int, results: list[Result]) -> None:
+        self._count(self.seconds)
+        for result in results:
+            self._outbox.put_nowait(Transcript(result, channel))
 
     @property
     def streams(self) -> list[AsrStream]:
         """The pipeline streams (one per recognised channel)."""
         return self._start()
-
-    @property
-    def opened(self) -> list[AsrStream]:
-        """The pipeline streams made so far (none before the first audio)."""
-        return self._streams
 
     @property
     def samples(self) -> int:
@@ -151,26 +163,66 @@ class AsrSession:
             if stream.config.interim_results != on:
                 stream.config = replace(stream.config, interim_results=on)
 
-    async def feed(self, audio: bytes, end_utterance: bool = False) -> list[Transcript]:
-        """The next chunk of client audio (in the request's encoding); the results it completes.
-        `end_utterance`: the open utterance ends after this chunk (Riva's force_eou)."""
+    async def feed(self, audio: bytes, end_utterance: bool = False) -> None:
+        """The next chunk of client audio (in the request's encoding); returns once it is handled,
+        its results on their way to `results()`. `end_utterance`: the open utterance ends after
+        this chunk (Riva's force_eou)."""
         batcher = self._service.batcher
-        return self._tagged(await asyncio.gather(*(batcher.feed(s, audio, end_utterance)
-                                                   for s in self._start(audio))))
+        await asyncio.gather(*(batcher.feed(s, audio, end_utterance) for s in self._start(audio)))
 
-    async def feed_samples(self, samples: np.ndarray) -> list[Transcript]:
+    async def feed_samples(self, samples: np.ndarray) -> None:
         """The next mono float32 samples at MODEL_RATE (the daemon's own microphone)."""
-        return self._tagged([await self._service.batcher.feed(self.streams[0], samples)])
+        await self._service.batcher.feed(self.streams[0], samples)
 
-    async def finish(self) -> list[Transcript]:
-        """End of audio: the last results."""
+    async def finish(self) -> None:
+        """End of audio: the last results go to `results()`, which then ends."""
         batcher = self._service.batcher
-        return self._tagged(await asyncio.gather(*(batcher.finish(s) for s in self.streams)))
+        await asyncio.gather(*(batcher.finish(s) for s in self.streams))
+        self._outbox.put_nowait(None)
+
+    def fail(self, error: BaseException) -> None:
+        """End `results()` with `error` (a door's feeding failed: bad audio, a limit, a timeout)."""
+        self._outbox.put_nowait(error)
+
+    def feed_from(self, feeding: Awaitable[None]) -> asyncio.Task[None]:
+        """Run a door's feeding (its `feed` calls, then `finish`) as a task beside `results()`;
+        an error in it ends `results()` with that error. Cancelled when the session closes."""
+
+        async def run() -> None:
+            try:
+                await feeding
+            except Exception as exc:  # noqa: BLE001 - handed to the reader of results(), which maps it
+                self.fail(exc)
+
+        self._feeding = asyncio.get_running_loop().create_task(run(), name="edged-asr-feeding")
+        return self._feeding
+
+    async def results(self) -> AsyncIterator[Transcript]:
+        """Each interim and final as soon as it is decoded, in order, until the last (after
+        `finish`); raises what ended the feeding, if it failed."""
+        while True:
+            item = await self._outbox.get()
+            if item is None:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+    async def collect(self) -> list[Transcript]:
+        """Every result still to come, until the last (for a door that answers once, after `finish`)."""
+        return [transcript async for transcript in self.results()]
+
+    def close(self) -> None:
+        """The session ends (however: a client may vanish): no more feeding or interims."""
+        if self._feeding is not None:
+            self._feeding.cancel()
+        for stream in self._streams:
+            self._service.batcher.close(stream)
 
     async def recognize(self, audio: bytes) -> list[Transcript]:
         """A whole recording at once (offline: no interims, segments decoded in batches)."""
         batcher = self._service.batcher
-        return self._tagged(await asyncio.gather(*(batcher.recognize(s, audio) for s in self._start(audio))))
+        return self._tagged(await asyncio.gather(*(batcher.recognize(s, audio) for s in self._start(audio, push=False))))
 
     def _tagged(self, outcomes: list[list[Result]]) -> list[Transcript]:
         self._count(self.seconds)
@@ -275,9 +327,8 @@ class AsrService(SpeechService):
                 session = await self._open(name, request, offline, local)
                 try:
                     yield session
-                finally:  # however the body ends (a client may vanish): no more interims
-                    for stream in session.opened:
-                        self.batcher.close(stream)
+                finally:
+                    session.close()
 
     async def _open(self, name: str, request: RecognitionRequest, offline: bool, local: bool) -> AsrSession:
         model = await self._pipeline(name)

@@ -120,14 +120,13 @@ class AsrBatcher:
                 # cycle ends, whatever other streams wait for.
                 self._answer(list(zip(items, outcomes)))
                 for item, outcome in zip(items, outcomes):
-                    if (item.offline or item.data is None or item.stream.finished
-                            or isinstance(outcome, BaseException)):
+                    if item.offline or item.data is None or item.stream.finished or outcome is not None:
                         self._active.pop(id(item.stream), None)
                     else:
                         self._active[id(item.stream)] = item.stream
                 self._wake.set()
                 if self._speculative:
-                    await self._call(self._run_inference, self._speculate)
+                    _deliver(await self._call(self._run_inference, self._speculate))
             except Exception as exc:  # a bug in a cycle must not end the loop for everyone
                 _LOGGER.exception("ASR batch failed")
                 self._answer([(item, exc) for item in items])
@@ -141,6 +140,7 @@ class AsrBatcher:
             try:
                 while chosen := _choose_interims(list(self._active.values()), time.monotonic()):
                     await self._call(self._run_interims, self._interims, chosen)
+                    _deliver(chosen)
             except Exception:  # a bug must not end interims for everyone
                 _LOGGER.exception("ASR interims failed")
 
@@ -152,20 +152,27 @@ class AsrBatcher:
             return await run(fn, *args)
 
     @staticmethod
-    def _answer(outcomes: list[tuple[_Item, list[Result] | BaseException]]) -> None:
+    def _answer(outcomes: list[tuple[_Item, BaseException | None]]) -> None:
+        """On the loop: each item's results (taken here, so that a stream's results, these and
+        those decoded between chunks, leave in the order they were taken) or its error. A
+        stream with a listener gets its results through it; the others with their answer."""
         for item, outcome in outcomes:
+            results = [] if outcome is not None else item.stream.take_results()
+            if results and item.stream.listener is not None:
+                item.stream.listener(results)
+                results = []
             if item.future.done():  # the client went away meanwhile (or was answered)
                 continue
-            if isinstance(outcome, BaseException):
+            if outcome is not None:
                 item.future.set_exception(outcome)
             else:
-                item.future.set_result(outcome)
+                item.future.set_result(results)
 
-    def _required(self, items: list[_Item]) -> list[list[Result] | BaseException]:
-        """On the executor: feed every item and decode what it needs (finals); its results."""
+    def _required(self, items: list[_Item]) -> list[BaseException | None]:
+        """On the executor: feed every item and decode what it needs (finals); each item's error."""
         now = time.monotonic()
         t0 = time.perf_counter()
-        outcomes: list[list[Result] | BaseException | None] = []
+        outcomes: list[BaseException | None] = []
         required: list[DecodeJob] = []
         for item in items:
             stream = item.stream
@@ -191,17 +198,17 @@ class AsrBatcher:
             _LOGGER.debug("ASR cycle: %d items, %s in %.0f ms", len(items),
                           [(j.kind, round(len(j.audio) / MODEL_RATE, 1)) for j in required],
                           1000 * (time.perf_counter() - t0))
-        return [o if o is not None else item.stream.take_results() for item, o in zip(items, outcomes)]
+        return outcomes
 
-    def _speculate(self) -> None:
+    def _speculate(self) -> list[AsrStream]:
         """On the executor: decode the speculative finals that are still undecoded (a final
-        that took one over was decoded with the finals); their streams take the results
-        with their next chunk's."""
+        that took one over was decoded with the finals); returns their streams."""
         jobs = [j for j in self._speculative if j.hyp is None]
         self._speculative = []
         _decode(jobs)
         if _LOGGER.isEnabledFor(logging.DEBUG) and jobs:
             _LOGGER.debug("ASR speculative finals: %s", [round(len(j.audio) / MODEL_RATE, 1) for j in jobs])
+        return list({id(j.stream): j.stream for j in jobs if isinstance(j.stream, AsrStream)}.values())
 
     @staticmethod
     def _interims(streams: list[AsrStream]) -> None:
@@ -234,6 +241,15 @@ def _choose_interims(streams: list[AsrStream], now: float) -> list[AsrStream]:
         spent += cost
         chosen.append(stream)
     return chosen
+
+
+def _deliver(streams: list[AsrStream]) -> None:
+    """Hand the results decoded between chunks to the streams' listeners at once (on the loop)."""
+    for stream in streams:
+        if stream.listener is not None and not stream.finished:
+            results = stream.take_results()
+            if results:
+                stream.listener(results)
 
 
 def _decode(jobs: list[DecodeJob]) -> None:

@@ -11,6 +11,7 @@ import logging
 import math
 import threading
 import time
+from collections.abc import Callable
 from typing import Protocol
 
 import numpy as np
@@ -124,6 +125,9 @@ class AsrStream:
         self._done: list[DecodeJob] = []
         self._seq = 0
         self.finished = False
+        self.listener: Callable[[list[Result]], None] | None = None
+        """Takes the results decoded between chunks (interims, speculative finals) the moment
+        they are ready, on the event loop; without one they wait for the next chunk's results."""
         self.lock = threading.RLock()
         """Held by whoever changes the stream: the batcher feeds it on one thread while its
         interims are queued and completed on another."""

@@ -37,6 +37,7 @@ _STATUSES = {
     "bad_request": (400, "invalid_request_error"),
     "unavailable": (503, "server_error"),
     "off": (400, "invalid_request_error"),
+    "timeout": (408, "invalid_request_error"),
     "failed": (400, "invalid_request_error"),
 }
 """The HTTP status and OpenAI error type of each error kind (edged.errors.KINDS)."""

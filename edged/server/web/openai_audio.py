@@ -148,21 +148,21 @@ class OpenAiAudioApi:
             response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
             texts: list[str] = []
 
-            async def send(transcripts: list[Transcript]) -> None:
-                for t in transcripts:
+            async def feed_rest() -> None:
+                for i in range(_STREAM_CHUNK, len(audio), _STREAM_CHUNK):
+                    await session.feed(audio[i:i + _STREAM_CHUNK])
+                await session.finish()
+
+            await session.feed(audio[:_STREAM_CHUNK])  # errors here are still an HTTP status
+            await response.prepare(request)
+            try:
+                session.feed_from(feed_rest())
+                async for t in session.results():  # each final as soon as it is decoded
                     if t.result.is_final and t.result.transcript:
                         delta = (" " if texts else "") + t.result.transcript.strip()
                         texts.append(delta)
                         await response.write(b"data: " + json.dumps(
                             {"type": "transcript.text.delta", "delta": delta}).encode() + b"\n\n")
-
-            first = await session.feed(audio[:_STREAM_CHUNK])  # errors here are still an HTTP status
-            await response.prepare(request)
-            await send(first)
-            try:
-                for i in range(_STREAM_CHUNK, len(audio), _STREAM_CHUNK):
-                    await send(await session.feed(audio[i:i + _STREAM_CHUNK]))
-                await send(await session.finish())
                 await response.write(b"data: " + json.dumps(
                     {"type": "transcript.text.done", "text": "".join(texts)}).encode() + b"\n\n")
                 await response.write_eof()

@@ -272,13 +272,28 @@ class _Transcription:
         self._eou = False
         self._item = _id("item")
         self._fed = False
+        self._finishing = False
+        self._sender: asyncio.Task[None] | None = None
 
     async def _open(self) -> AsrSession:
         if self._session is None:
             request, _ = recognition_request(self._config)
             self._session = await self._stack.enter_async_context(self._asr.session(request))
             self._request = request
+            self._sender = asyncio.get_running_loop().create_task(self._forward(self._session))
+            self._stack.callback(self._sender.cancel)
         return self._session
+
+    async def _forward(self, session: AsrSession) -> None:
+        """Send each result the moment it is decoded; those that come after input_audio_buffer.done
+        together at the end, the last final marked is_last_result."""
+        tail: list[Transcript] = []
+        async for t in session.results():
+            if self._finishing:
+                tail.append(t)
+            else:
+                await self._send([t])
+        await self._send(tail, last=True)
 
     async def run(self) -> None:
         """Serve events until input_audio_buffer.done or the client leaves."""
@@ -301,7 +316,10 @@ class _Transcription:
                     elif kind == "input_audio_buffer.done":
                         await self._commit()
                         session = await self._open()
-                        await self._send(await session.finish(), last=True)
+                        self._finishing = True
+                        await session.finish()
+                        assert self._sender is not None
+                        await self._sender
                         return
                     else:
                         raise BadInput(f"Unknown event type {kind!r} for intent=transcription.")
@@ -333,7 +351,7 @@ class _Transcription:
             return
         session = await self._open()
         self._fed = True
-        await self._send(await session.feed(audio, end_utterance=eou))
+        await session.feed(audio, end_utterance=eou)
 
     async def _send(self, transcripts: list[Transcript], last: bool = False) -> None:
         finals = [t for t in transcripts if t.result.is_final]
