@@ -20,7 +20,7 @@ import textwrap
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 from edged.errors import ConfigError
 
@@ -29,7 +29,7 @@ __all__ = [
     "example_config_sh", "load_settings", "setting", "settings_reference_markdown",
 ]
 
-Raw = Union[str, tuple[str, ...]]
+Raw = str | tuple[str, ...]
 """A variable as bash left it: a scalar, or the elements of an indexed array."""
 
 _META_KEY = "edged.setting"

@@ -34,7 +34,10 @@ class StreamResampler:
 
     def __init__(self, src_rate: int, dst_rate: int) -> None:
         self.src_rate, self.dst_rate = src_rate, dst_rate
-        self._stream = None if src_rate == dst_rate else soxr.ResampleStream(src_rate, dst_rate, 1, dtype="float32", quality="HQ")
+        self._stream = (
+            None if src_rate == dst_rate
+            else soxr.ResampleStream(src_rate, dst_rate, 1, dtype="float32", quality="HQ")
+        )
 
     def process(self, chunk: np.ndarray, last: bool = False) -> np.ndarray:
         """Resample the next chunk; `last=True` flushes what the filter still holds."""

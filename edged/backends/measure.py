@@ -33,7 +33,7 @@ def main(argv: list[str]) -> None:
     options = BackendOptions(int(argv[1]), int(argv[2]))
     # Import the runtime first so its own libraries are not counted as the model's memory.
     if argv[0] == "onnxruntime":
-        import onnxruntime  # noqa: F401
+        import onnxruntime  # noqa: F401 - loaded for its libraries, before the baseline is taken
     elif argv[0] == "tensorrt":
         from edged.backends.tensorrt.library import import_trt, trt_module_info
 

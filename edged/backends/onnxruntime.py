@@ -180,6 +180,6 @@ class OnnxRuntimeBackend:
             session = ort.InferenceSession(
                 str(path), self._options(options, optimisation), providers=["CPUExecutionProvider"]
             )
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - ONNX Runtime raises its own types for a graph it cannot load
             raise BackendError(f"ONNX Runtime cannot load {path}: {exc}") from None
         return OrtSession(session, path)

@@ -84,6 +84,6 @@ def device_report(caps: Capabilities, requested: str = "auto") -> dict[str, Any]
     try:
         choice = select_backend(caps, requested, implemented_backends())
         report["backend"] = {"requested": requested, "chosen": choice.backend, "reason": choice.reason}
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:  # noqa: BLE001 - the report shows what failed rather than failing
         report["backend"] = {"requested": requested, "error": str(exc)}
     return report

@@ -6,7 +6,7 @@ import logging
 import sys
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 
@@ -21,7 +21,7 @@ bench_app = typer.Typer(no_args_is_help=True, help="Measure a running server (or
 app.add_typer(bench_app, name="bench")
 
 ConfigOpt = Annotated[
-    Optional[Path],
+    Path | None,
     typer.Option(
         "--config", "-c", envvar="EDGED_CONFIG",
         help="config.sh to read (default: ./config.sh if present, else built-in defaults).",

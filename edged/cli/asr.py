@@ -64,7 +64,8 @@ def bench_asr(
     realtime: Annotated[bool, typer.Option(help="Send chunks at the pace of speech.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the figures as JSON.")] = False,
     sweep: Annotated[bool, typer.Option(
-        help="Instead: real-time streaming at 1, 2, 4, ... up to --streams streams, to see where it saturates.")] = False,
+        help="Instead: real-time streaming at 1, 2, 4, ... up to --streams streams, "
+             "to see where it saturates.")] = False,
     sweep_seconds: Annotated[float, typer.Option(min=5, help="Seconds of clips started per stream count.")] = 60.0,
     stagger: Annotated[float, typer.Option(
         min=0, help="Start the streams at random offsets within this many seconds (0: all together).")] = 0.0,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 
@@ -89,12 +89,12 @@ def transcripts(
 
 @app.command()
 def dictate(
-    server: Annotated[Optional[str], typer.Option(
+    server: Annotated[str | None, typer.Option(
         "--server", help="HOST:PORT of an edged or Riva server (default: the local edged from config.sh).")] = None,
-    device: Annotated[Optional[str], typer.Option(
+    device: Annotated[str | None, typer.Option(
         "--device", help="Microphone: PortAudio index or part of its name (default: the default input).")] = None,
     list_devices: Annotated[bool, typer.Option("--list-devices", help="List audio devices and exit.")] = False,
-    output: Annotated[Optional[Path], typer.Option(
+    output: Annotated[Path | None, typer.Option(
         "--output", "-o", help="Also append each final transcript to this file.")] = None,
     language: Annotated[str, typer.Option(help="Language code sent to the server.")] = "en-US",
     duration: Annotated[float, typer.Option(help="Stop after this many seconds (0: at Ctrl-C).")] = 0.0,
@@ -109,8 +109,8 @@ def dictate(
     if list_devices:
         from edged.audio.devices import list_devices as devices
 
-        rows = [[str(d.index), d.name, str(d.max_input_channels), str(d.max_output_channels),
-                 f"{d.default_rate:.0f}", ("in " if d.is_default_input else "") + ("out" if d.is_default_output else "")]
+        rows = [[str(d.index), d.name, str(d.max_input_channels), str(d.max_output_channels), f"{d.default_rate:.0f}",
+                 ("in " if d.is_default_input else "") + ("out" if d.is_default_output else "")]
                 for d in devices()]
         typer.echo(table(["index", "name", "in", "out", "rate", "default"], rows))
         return

@@ -7,7 +7,7 @@ import os
 import tempfile
 import time
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 
@@ -44,21 +44,22 @@ def init(config: ConfigOpt = None) -> None:
 def build(
     pipeline: Annotated[Pipeline, typer.Argument(help="speech_recognition, speech_synthesis or vad.")],
     out: Annotated[str, typer.Argument(help="Output archive, OUT.rmir or OUT.rmir:KEY to encrypt.")],
-    sources: Annotated[Optional[list[Path]], typer.Argument(
+    sources: Annotated[list[Path] | None, typer.Argument(
         help="A model description .yaml, or .onnx networks plus artifact files.")] = None,
-    builtin: Annotated[Optional[str], typer.Option(
+    builtin: Annotated[str | None, typer.Option(
         help="Built-in importer: moonshine-base-en, piper-joe-medium or silero-vad.")] = None,
-    from_wheel: Annotated[Optional[Path], typer.Option(
+    from_wheel: Annotated[Path | None, typer.Option(
         help="Read the built-in model pack from this .whl instead of the installed package.")] = None,
-    name: Annotated[Optional[str], typer.Option(help="Model name (loose files or --nemo; overrides the YAML).")] = None,
-    language_code: Annotated[Optional[str], typer.Option(help="Language code, e.g. en-US.")] = None,
-    sample_rate: Annotated[Optional[int], typer.Option(help="Sample rate in Hz.")] = None,
-    model_family: Annotated[Optional[str], typer.Option(help="Model family a pipeline drives.")] = None,
-    license: Annotated[Optional[str], typer.Option(help="Licence of the weights.")] = None,
-    nemo: Annotated[Optional[Path], typer.Option(
+    name: Annotated[str | None, typer.Option(help="Model name (loose files or --nemo; overrides the YAML).")] = None,
+    language_code: Annotated[str | None, typer.Option(help="Language code, e.g. en-US.")] = None,
+    sample_rate: Annotated[int | None, typer.Option(help="Sample rate in Hz.")] = None,
+    model_family: Annotated[str | None, typer.Option(help="Model family a pipeline drives.")] = None,
+    license: Annotated[str | None, typer.Option(help="Licence of the weights.")] = None,
+    nemo: Annotated[Path | None, typer.Option(
         help="A NeMo ASR checkpoint (.nemo: RNN-T, TDT or CTC); give its ONNX export with --onnx.")] = None,
-    onnx: Annotated[Optional[Path], typer.Option(
-        help="The folder NeMo's model.export('model.onnx') wrote (alone: with nemo.yaml or model_config.yaml).")] = None,
+    onnx: Annotated[Path | None, typer.Option(
+        help="The folder NeMo's model.export('model.onnx') wrote "
+             "(alone: with nemo.yaml or model_config.yaml).")] = None,
 ) -> None:
     """Pack ONNX networks and artifacts into an RMIR archive."""
     from edged.importers import source_for_build
@@ -180,7 +181,7 @@ def config_cmd(
     config: ConfigOpt = None,
     example: Annotated[bool, typer.Option("--example", help="Print a commented config.sh with every default.")] = False,
     docs: Annotated[bool, typer.Option("--docs", help="Print the settings reference (Markdown).")] = False,
-    get: Annotated[Optional[str], typer.Option("--get", help="Print one setting's value (for scripts).")] = None,
+    get: Annotated[str | None, typer.Option("--get", help="Print one setting's value (for scripts).")] = None,
 ) -> None:
     """Check config.sh and show the settings it gives (or print an example / the reference)."""
     from edged.config import example_config_sh, settings_reference_markdown
@@ -194,6 +195,9 @@ def config_cmd(
         if get not in type(settings).__dataclass_fields__:
             raise ConfigError(f"There is no setting {get!r}; `edged config --docs` lists them.")
         value = getattr(settings, get)
-        typer.echo("\n".join(value) if isinstance(value, tuple) else str(value).lower() if isinstance(value, bool) else str(value))
+        if isinstance(value, tuple):
+            typer.echo("\n".join(value))
+        else:
+            typer.echo(str(value).lower() if isinstance(value, bool) else str(value))
     else:
         typer.echo(repr(load_config(config)))

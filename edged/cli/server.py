@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 
@@ -12,9 +12,9 @@ from edged import __version__
 from edged.cli.app import ConfigOpt, app, load_config, table
 from edged.errors import ConfigError
 
-AddressOpt = Annotated[Optional[str], typer.Option(help="HOST:PORT (default: from config.sh).")]
-ClientCertOpt = Annotated[Optional[Path], typer.Option(help="Client certificate (PEM) for mutual TLS.")]
-ClientKeyOpt = Annotated[Optional[Path], typer.Option(help="Client key (PEM) for mutual TLS.")]
+AddressOpt = Annotated[str | None, typer.Option(help="HOST:PORT (default: from config.sh).")]
+ClientCertOpt = Annotated[Path | None, typer.Option(help="Client certificate (PEM) for mutual TLS.")]
+ClientKeyOpt = Annotated[Path | None, typer.Option(help="Client key (PEM) for mutual TLS.")]
 
 
 def _config_path(config: Path | None) -> Path | None:
@@ -41,7 +41,7 @@ def start(
                                "pid file and log in $model_loc.")] = False,
     wait: Annotated[float, typer.Option(help="With --detach: seconds to wait for SERVING.")] = 300.0,
     supervise: Annotated[bool, typer.Option(hidden=True)] = False,
-    overrides: Annotated[Optional[list[str]], typer.Option(
+    overrides: Annotated[list[str] | None, typer.Option(
         "--set", metavar="NAME=VALUE",
         help="Override one setting of config.sh for this run (repeatable; foreground only).")] = None,
 ) -> None:

@@ -452,7 +452,8 @@ def sweep_text(rows: list[SweepRow]) -> str:
     if first_not is None:
         lines.append(f"Keeps up with real time at every count tried (up to {rows[-1].streams} streams).")
     else:
-        lines.append(f"Saturates between {max(kept) if kept else 0} and {first_not} streams: at {first_not} the interims' "
+        lines.append(f"Saturates between {max(kept) if kept else 0} and {first_not} streams: "
+                     f"at {first_not} the interims' "
                      f"p95 fell more than {KEEP_UP_BEHIND_MS:g} ms behind real time or the finals' p95 "
                      f"passed {FINAL_P95_MS:g} ms.")
     return "\n".join(lines)

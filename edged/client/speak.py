@@ -121,7 +121,7 @@ def write_wav(chunks: Iterable[AudioChunk], path: Path) -> float:
     try:
         for chunk in chunks:
             if writer is None:
-                writer = wave.open(str(path), "wb")
+                writer = wave.open(str(path), "wb")  # noqa: SIM115 - opened at the first chunk, closed in finally
                 writer.setnchannels(1)
                 writer.setsampwidth(2)
                 writer.setframerate(chunk.sample_rate)

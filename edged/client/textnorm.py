@@ -35,7 +35,7 @@ def _year_words(n: int) -> str:
         return f"{number_words(head)} hundred"
     if head % 10 == 0:
         return number_words(n)
-    return f"{number_words(head)} {number_words(tail)}" if tail >= 10 else f"{number_words(head)} oh {number_words(tail)}"
+    return f"{number_words(head)} {number_words(tail) if tail >= 10 else 'oh ' + number_words(tail)}"
 
 
 def _numbers(match: re.Match[str]) -> str:

@@ -211,7 +211,8 @@ def _batch_from_encoder(model: onnx.ModelProto) -> onnx.ModelProto:
             rewired += 1
     if rewired != _DECODER_LAYERS:
         raise ModelImportError(f"Moonshine decoder: {rewired} cross-attention batch sizes, expected {_DECODER_LAYERS}.")
-    graph.node.insert(0, helper.make_node("Shape", ["encoder_hidden_states"], [batch], name="/edged/encoder_hidden_states/Shape"))
+    shape = helper.make_node("Shape", ["encoder_hidden_states"], [batch], name="/edged/encoder_hidden_states/Shape")
+    graph.node.insert(0, shape)
     return model
 
 

@@ -186,7 +186,7 @@ def _measure_subsampling(encoder: Path, sizes: dict[str, int]) -> int:
         session = ort.InferenceSession(str(encoder), providers=["CPUExecutionProvider"])
         names = [o.name for o in session.get_outputs()]
         out = session.run(None, feeds)[names.index("outputs" if "outputs" in names else "logprobs")]
-    except Exception as exc:  # ONNX Runtime raises its own types for a graph it cannot run
+    except Exception as exc:  # noqa: BLE001 - ONNX Runtime raises its own types for a graph it cannot run
         raise ModelImportError(f"{encoder.name} could not be run to measure its subsampling ({one_line(exc)}); give "
                                "subsampling_factor in nemo.yaml.") from None
     got = out.shape[2] if "outputs" in names else out.shape[1]

@@ -77,7 +77,7 @@ def find_export(onnx_dir: Path) -> ExportFiles:
     if enc and dec:
         return ExportFiles({"encoder": enc[0], "decoder_joint": dec[0]})
     if enc or dec:
-        have, lack = ("encoder", "decoder_joint") if enc else ("decoder_joint", "encoder")
+        lack = "decoder_joint" if enc else "encoder"
         raise ModelImportError(f"{onnx_dir} has {(enc or dec)[0].name} but no {lack}*.onnx; a transducer "
                                f"export writes both encoder-model.onnx and decoder_joint-model.onnx.")
     if len(rest) == 1:
@@ -93,7 +93,7 @@ def load_network(path: Path) -> onnx.ModelProto:
     """Load one exported ONNX file with its weights; ModelImportError for what edged cannot pack."""
     try:
         model = onnx.load(str(path), load_external_data=False)
-    except Exception as exc:  # onnx raises DecodeError and others for a bad file
+    except Exception as exc:  # noqa: BLE001 - onnx raises DecodeError and others for a bad file
         raise ModelImportError(f"{path} is not a readable ONNX model ({one_line(exc)}).") from None
     if any(t.data_location == TensorProto.EXTERNAL for t in model.graph.initializer):
         raise ModelImportError(f"{path.name} keeps its weights in external data files (an export over 2 GB); "

@@ -19,9 +19,9 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from edged import __version__
 from edged.errors import FetchError
@@ -202,7 +202,7 @@ def _attempt(
         token = base64.b64encode(userinfo.encode()).decode("ascii")
         request.add_unredirected_header("Authorization", f"Basic {token}")
     try:
-        response = urllib.request.urlopen(request, timeout=timeout_s)  # noqa: S310 (scheme checked)
+        response = urllib.request.urlopen(request, timeout=timeout_s)  # RemoteSource admits http(s) URLs only
     except urllib.error.HTTPError as exc:
         exc.close()
         if exc.code == 416 and offset:

@@ -131,7 +131,7 @@ def _open_tar(ref: RmirRef) -> Iterator[tuple[tarfile.TarFile, BinaryIO, _Hashin
     """The archive as a tar stream, its plaintext stream, and the raw file's hashing reader."""
     where = str(ref.path)
     try:
-        f = open(ref.path, "rb")
+        f = open(ref.path, "rb")  # noqa: SIM115 - outside `with` so only open's errors are mapped; `with f` follows
     except FileNotFoundError:
         raise RmirError(f"{where} does not exist; check the path.") from None
     except OSError as exc:
@@ -231,7 +231,7 @@ def extract_rmir(
 
 def _copy_hashed(src: IO[bytes], dst_path: Path | None) -> str:
     h = hashlib.sha256()
-    dst = open(dst_path, "wb") if dst_path else None
+    dst = open(dst_path, "wb") if dst_path else None  # noqa: SIM115 - optional, so closed in finally
     try:
         while block := src.read(_BLOCK):
             h.update(block)

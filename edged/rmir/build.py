@@ -60,7 +60,7 @@ def _describe_network(path: Path) -> tuple[tuple[TensorSpec, ...], tuple[TensorS
 
     try:
         model = onnx.load(str(path), load_external_data=False)
-    except Exception as exc:  # onnx raises DecodeError and others for a bad file
+    except Exception as exc:  # noqa: BLE001 - onnx raises DecodeError and others for a bad file
         raise RmirError(f"{path} is not a readable ONNX model ({exc}).") from None
     if model.graph.ByteSize() == 0:
         raise RmirError(f"{path} is not a readable ONNX model (empty graph).")

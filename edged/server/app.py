@@ -158,7 +158,8 @@ class Server:
             core.tts.warm_up()  # each voice as soon as it is loaded, while the others load
         await core.registry.load_initial()
         entries = core.registry.entries.values()
-        if not core.registry.loaded and not (settings.lazy_loading and any(e.state is ModelState.UNLOADED for e in entries)):
+        waiting = settings.lazy_loading and any(e.state is ModelState.UNLOADED for e in entries)
+        if not core.registry.loaded and not waiting:
             reasons = "; ".join(f"{e.name}: {e.reason}" for e in entries)
             raise EdgedError(
                 f"No deployed model could be loaded from {settings.model_loc / 'models'}"

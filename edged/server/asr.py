@@ -90,7 +90,9 @@ class AsrServicer(rasr_grpc.RivaSpeechRecognitionServicer):
         self._asr = asr
         self._idle_timeout_s = idle_timeout_s
 
-    async def Recognize(self, request: rasr.RecognizeRequest, context: grpc.aio.ServicerContext) -> rasr.RecognizeResponse:
+    async def Recognize(
+        self, request: rasr.RecognizeRequest, context: grpc.aio.ServicerContext
+    ) -> rasr.RecognizeResponse:
         """Offline recognition of a whole recording."""
         try:
             wanted = recognition_request(request.config)
@@ -178,8 +180,9 @@ class AsrServicer(rasr_grpc.RivaSpeechRecognitionServicer):
             return
         await queue.put(None)
 
-    async def GetRivaSpeechRecognitionConfig(self, request: rasr.RivaSpeechRecognitionConfigRequest,
-                                             context: grpc.aio.ServicerContext) -> rasr.RivaSpeechRecognitionConfigResponse:
+    async def GetRivaSpeechRecognitionConfig(
+        self, request: rasr.RivaSpeechRecognitionConfigRequest, context: grpc.aio.ServicerContext
+    ) -> rasr.RivaSpeechRecognitionConfigResponse:
         """The deployed ASR models, each as an online (streaming) and an offline entry."""
         models = self._asr.models()
         response = rasr.RivaSpeechRecognitionConfigResponse()

@@ -62,7 +62,9 @@ class HttpEndpoint:
             head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), _READ_TIMEOUT_S)
             method, path, _ = head.decode("latin-1").split(" ", 2)
             status, ctype, body = self.respond(method, path, _is_local(writer))
-            reason = {200: "OK", 403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed", 503: "Service Unavailable"}[status]
+            reason = {
+                200: "OK", 403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed", 503: "Service Unavailable"
+            }[status]
             writer.write(
                 f"HTTP/1.1 {status} {reason}\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"
                 "Connection: close\r\n\r\n".encode("latin-1") + (b"" if method == "HEAD" else body))

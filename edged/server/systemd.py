@@ -11,6 +11,7 @@ import logging
 import os
 import socket
 import sys
+from typing import ClassVar
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -27,7 +28,7 @@ def _send(message: str) -> bool:
     else:
         try:
             return bool(daemon.notify(message))
-        except Exception as exc:  # never let systemd-python take the server down
+        except Exception as exc:  # noqa: BLE001 - never let systemd-python take the server down
             _LOGGER.debug("sd_notify(%s) failed: %s", message, exc)
             return False
     if address.startswith("@"):
@@ -87,7 +88,9 @@ def under_journald() -> bool:
 class _JournalPrefixFormatter(logging.Formatter):
     """`<N>` syslog priority prefixes that journald turns into levels (sd-daemon.h); no timestamp."""
 
-    _PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3, logging.CRITICAL: 2}
+    _PRIORITY: ClassVar[dict[int, int]] = {
+        logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3, logging.CRITICAL: 2
+    }
 
     def format(self, record: logging.LogRecord) -> str:
         prefix = f"<{self._PRIORITY.get(record.levelno, 6)}>"

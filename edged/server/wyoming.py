@@ -191,7 +191,7 @@ class WyomingHandler(AsyncEventHandler):
             await self._dispatch(event)
         except (ConnectionError, BrokenPipeError):
             return False
-        except Exception as exc:  # noqa: BLE001 - every error becomes an error event
+        except Exception as exc:  # every error becomes an error event
             # the rest of a failed stream (its chunks, its stop) is dropped quietly
             if self._asr is not None:
                 self._refused = "audio"

@@ -159,7 +159,8 @@ class ModelRegistry:
 
     def _no_room(self, entry: ModelEntry, room: float) -> str:
         cap = self._settings.memory_budget_mb
-        limit = f"memory_budget_mb={cap}" if cap else f"free memory less memory_reserve_mb={self._settings.memory_reserve_mb}"
+        reserve = self._settings.memory_reserve_mb
+        limit = f"memory_budget_mb={cap}" if cap else f"free memory less memory_reserve_mb={reserve}"
         return (f"needs {entry.memory_mb:.0f} MB, only {max(room, 0):.0f} MB of the budget is left "
                 f"({limit}); raise the budget or disable a service")
 
@@ -169,7 +170,7 @@ class ModelRegistry:
         loop = asyncio.get_running_loop()
         try:
             model = await loop.run_in_executor(self._executor, load_model, entry.deployed, self._options)
-        except Exception as exc:  # a corrupt network makes a runtime raise anything
+        except Exception as exc:  # noqa: BLE001 - a corrupt network makes a runtime raise anything
             what = str(exc) if isinstance(exc, EdgedError) else f"{type(exc).__name__}: {exc}"
             entry.state = ModelState.FAILED
             entry.reason = (f"{what.rstrip('.')}; redeploy it with `edged deploy -f "

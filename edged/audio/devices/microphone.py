@@ -171,7 +171,9 @@ class Microphone:
             raise AudioDeviceError(f"The microphone {name!r} stopped delivering audio (unplugged or failed).")
         silent_for = time.monotonic() - self._last_callback
         if silent_for > self.stall_s:
-            raise AudioDeviceError(f"The microphone {name!r} delivered no audio for {silent_for:.1f} s (unplugged or hung).")
+            raise AudioDeviceError(
+                f"The microphone {name!r} delivered no audio for {silent_for:.1f} s (unplugged or hung)."
+            )
 
     def _report_overflows(self) -> None:
         """Log lost audio at most every 10 s (never from the audio callback)."""
@@ -179,7 +181,9 @@ class Microphone:
         now = time.monotonic()
         if lost > self._reported_overflows and now - self._warned_at >= 10.0:
             _LOGGER.warning(
-                "Microphone %r lost %d block(s) of audio so far (reader too slow or host overrun)", self.device_name, lost
+                "Microphone %r lost %d block(s) of audio so far (reader too slow or host overrun)",
+                self.device_name,
+                lost,
             )
             self._reported_overflows, self._warned_at = lost, now
 
@@ -207,7 +211,9 @@ class Reconnector:
     touched from the reader's thread, inside read().
     """
 
-    def __init__(self, factory: Callable[[], Microphone], *, first_delay_s: float = 1.0, max_delay_s: float = 30.0) -> None:
+    def __init__(
+        self, factory: Callable[[], Microphone], *, first_delay_s: float = 1.0, max_delay_s: float = 30.0
+    ) -> None:
         self.factory = factory
         self.first_delay_s, self.max_delay_s = first_delay_s, max_delay_s
         self.microphone: Microphone | None = None

@@ -205,7 +205,11 @@ def open_stream(
                 try:
                     pa.is_format_supported(
                         candidate,
-                        **{f"{kind}_device": device.index, f"{kind}_channels": channels, f"{kind}_format": pyaudio.paInt16},
+                        **{
+                            f"{kind}_device": device.index,
+                            f"{kind}_channels": channels,
+                            f"{kind}_format": pyaudio.paInt16,
+                        },
                     )
                     stream = pa.open(
                         rate=candidate,
@@ -222,5 +226,6 @@ def open_stream(
                 return stream, candidate, channels
     tried = ", ".join(str(r) for r in rates)
     raise AudioDeviceError(
-        f"The {NOUN[kind]} {device.name!r} could not be opened at {tried} Hz ({error}): check it or choose another device."
+        f"The {NOUN[kind]} {device.name!r} could not be opened at {tried} Hz ({error}): "
+        "check it or choose another device."
     )

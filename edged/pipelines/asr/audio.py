@@ -174,7 +174,7 @@ class AudioDecoder:
             self._format, offset, self._data_left = parsed
             self._check_channel(self._format.channels)
             return offset
-        if head[:4] == b"fLaC" and self._encoding in ("", "FLAC") or self._encoding == "FLAC":
+        if (head[:4] == b"fLaC" and self._encoding in ("", "FLAC")) or self._encoding == "FLAC":
             self._flac = bytearray()
             return 0
         if not self._encoding:

@@ -63,7 +63,11 @@ class AsrBatcher:
         self._run_inference = run
         if run_interims is None:
             pool = ThreadPoolExecutor(1, thread_name_prefix="edged-asr-interims")
-            run_interims = lambda fn, *args: asyncio.get_running_loop().run_in_executor(pool, fn, *args)  # noqa: E731
+
+            def on_pool(fn: Callable[..., Any], *args: Any) -> Awaitable[Any]:
+                return asyncio.get_running_loop().run_in_executor(pool, fn, *args)
+
+            run_interims = on_pool
         self._run_interims = run_interims
         self._turns = asyncio.Lock() if lanes < 2 else None
         """Taken by each call when finals and interims take turns on one lane."""

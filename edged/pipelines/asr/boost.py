@@ -10,8 +10,9 @@ decoding and the beam prefer the phrase.
 
 A positive boost is a budget, in nats (`NATS_PER_BOOST` each, at most `MAX_BUDGET`): a phrase
 is written where the model gives it, whole, a log-probability above -budget, and puts its first
-token less than `FIRST_SHARE` x budget behind the model's own choice. The first token's bonus is that share, each next one's what
-is left of the budget after the model's surprisal (-log p) at the phrase's tokens before it.
+token less than `FIRST_SHARE` x budget behind the model's own choice. The first token's bonus is
+that share, each next one's what is left of the budget after the model's surprisal (-log p) at
+the phrase's tokens before it.
 Greedy decoding cannot take a token back, so before a bonus starts a phrase the recogniser reads
 the whole phrase in one decoder call and starts it only if it fits (Recogniser.decode); a beam
 ranks by log-probability plus `credit`.
@@ -179,10 +180,10 @@ class PhraseBias:
 
     def starts(self, history: Sequence[int], best: int) -> dict[int, float]:
         """Bonus per token that starts a phrase after `history` (`FIRST_SHARE` of its budget; a
-        negative boost: its penalty), where the model's own best next token is `best`. Only where the model itself starts a word (its best token has a
-        leading space, or the utterance starts and it is not EOS): the bonus replaces a word,
-        it does not break one in two, nor go on after the model's EOS (which would repeat the
-        phrase at the end of every utterance)."""
+        negative boost: its penalty), where the model's own best next token is `best`. Only where
+        the model itself starts a word (its best token has a leading space, or the utterance
+        starts and it is not EOS): the bonus replaces a word, it does not break one in two, nor go
+        on after the model's EOS (which would repeat the phrase at the end of every utterance)."""
         at_start = not history
         if not (best < len(self._word_start) and self._word_start[best]) and not (at_start and best != self._eos):
             return {}

@@ -472,13 +472,15 @@ class Recogniser:
                     scored = own[i].copy()
                     bias.add(scored, tokens, logprobs)
                     boosted = np.flatnonzero(scored != own[i])  # the model's best tokens, and these
-                    tops = np.concatenate([np.argsort(-own[i])[:width + 1], boosted[np.argsort(-scored[boosted])][:width + 1]])
+                    tops = np.concatenate(
+                        [np.argsort(-own[i])[:width + 1], boosted[np.argsort(-scored[boosted])][:width + 1]]
+                    )
                     for token in map(int, dict.fromkeys(tops.tolist())):
                         lp = float(own[i, token])
                         if token == self.eos:
                             score = sum(logprobs) + lp + bias.credit(tokens, logprobs, partial=False)
                         else:
-                            score = sum(logprobs) + lp + bias.credit(tokens + [token], logprobs + [lp])
+                            score = sum(logprobs) + lp + bias.credit([*tokens, token], [*logprobs, lp])
                         candidates.append((score, i, token))
                 else:
                     total = beams[i][2]
@@ -492,7 +494,7 @@ class Recogniser:
                 if token == self.eos:
                     ended.append((tokens, logprobs, total, "eos"))
                     continue
-                tokens, logprobs = tokens + [token], logprobs + [float(own[i, token])]
+                tokens, logprobs = [*tokens, token], [*logprobs, float(own[i, token])]
                 cut = repetition_cut(tokens)
                 if cut is not None:
                     ended.append((tokens[:cut], logprobs[:cut], total, "loop"))

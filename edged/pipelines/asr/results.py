@@ -60,7 +60,7 @@ def split_words(tokenizer: Tokenizer, hyp: Hypothesis) -> list[tuple[str, int, i
     """(word, first token, end token, confidence) for each word; a word starts at a leading space."""
     words: list[tuple[str, int, int, float]] = []
     first, pieces = 0, b""
-    for i, token in enumerate(hyp.tokens + [-1]):
+    for i, token in enumerate([*hyp.tokens, -1]):
         piece = tokenizer.piece_bytes(token) if token >= 0 else b" "
         if piece.startswith(b" ") and pieces.strip():
             probs = hyp.logprobs[first:i]

@@ -188,7 +188,8 @@ _NUM = r"\d{1,3}(?:,\d{3})+|\d+"
 _RULES: list[tuple[re.Pattern[str], Callable[[re.Match[str]], str]]] = [
     (re.compile(r"\b[\w.+-]+@[\w-]+(?:\.[\w-]+)+\b"), _email),
     (re.compile(r"\bhttps?://[^\s]+[^\s.,;:!?)]|\bwww\.[^\s]+[^\s.,;:!?)]"), _url),
-    (re.compile(r"(?P<cur>[$€£¥])(?P<whole>" + _NUM + r")(?P<frac>\.\d+)?(?:\s?(?P<scale>million|billion|thousand|trillion))?\b"), _money),
+    (re.compile(r"(?P<cur>[$€£¥])(?P<whole>" + _NUM + r")(?P<frac>\.\d+)?"
+                r"(?:\s?(?P<scale>million|billion|thousand|trillion))?\b"), _money),
     (re.compile(r"\b(?P<num>\d+(?:\.\d+)?)\s?%"), lambda m: f"{cardinal(m['num'])} percent"),
     (re.compile(r"\b(?P<y>\d{4})-(?P<mo>\d{2})-(?P<d>\d{2})\b"), _date_iso),
     (re.compile(r"\b(?P<h>[01]?\d|2[0-3]):(?P<m>[0-5]\d)(?:\s?(?P<ampm>[ap]\.?m\.?)(?=\W|$))?", re.IGNORECASE), _time),

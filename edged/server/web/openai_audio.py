@@ -67,8 +67,8 @@ def subtitles(segs: list[dict[str, Any]], vtt: bool) -> str:
 
 def wav_header(rate: int) -> bytes:
     """A 16-bit mono WAV header of unknown length (streamed: sizes at their maximum, as OpenAI does)."""
-    return (b"RIFF" + struct.pack("<I", 0xFFFFFFFF) + b"WAVEfmt " + struct.pack("<IHHIIHH", 16, 1, 1, rate, rate * 2, 2, 16)
-            + b"data" + struct.pack("<I", 0xFFFFFFFF))
+    return (b"RIFF" + struct.pack("<I", 0xFFFFFFFF) + b"WAVEfmt "
+            + struct.pack("<IHHIIHH", 16, 1, 1, rate, rate * 2, 2, 16) + b"data" + struct.pack("<I", 0xFFFFFFFF))
 
 
 class OpenAiAudioApi:

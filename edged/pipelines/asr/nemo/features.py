@@ -75,7 +75,9 @@ class FeatureSettings:
             settings = cls(**known)
             settings.fft_size  # noqa: B018 - checks the window size and the FFT size
         except (TypeError, ValueError) as exc:
-            raise ModelLoadError(f"The NeMo preprocessor settings do not make sense ({exc}); rebuild the RMIR.") from None
+            raise ModelLoadError(
+                f"The NeMo preprocessor settings do not make sense ({exc}); rebuild the RMIR."
+            ) from None
         if settings.frame_splicing != 1:
             raise ModelLoadError(f"NeMo preprocessor frame_splicing {settings.frame_splicing} is not supported "
                                  "(edged computes frame_splicing 1 only); retrain or re-export without it.")
