@@ -108,9 +108,10 @@ def keep_int8(model: Any) -> int:
 
     def dequantised(name: str) -> tuple[str, float, float] | None:
         """(int8 initializer, scale, offset) of a weight made as Cast(q) * scale (+ offset)."""
-        node, offset = producer.get(name), 0.0
+        node = producer.get(name)
+        offset: float | None = 0.0
         if node is not None and node.op_type == "Add":
-            offset = scalar(node.input[1])  # type: ignore[assignment]
+            offset = scalar(node.input[1])
             node = producer.get(node.input[0])
         if node is None or node.op_type != "Mul" or offset is None:
             return None

@@ -101,7 +101,7 @@ def transcribe_files(address: str, files: list[Path], punctuation: bool = True) 
         try:
             response = asr.offline_recognize(path.read_bytes(), config)
         except grpc.RpcError as exc:
-            raise EdgedError(f"{path}: {exc.details()}") from None  # type: ignore[attr-defined]
+            raise EdgedError(f"{path}: {exc.details()}") from None
         except OSError as exc:
             raise EdgedError(f"{path}: {exc.strerror}") from None
         results = [{
@@ -353,7 +353,7 @@ def run_bench(address: str, manifest: Path, streams: int = 1, chunk_ms: int = 16
             try:
                 response = asr.offline_recognize(pcm, config)
             except grpc.RpcError as exc:
-                raise EdgedError(f"{path}: {exc.details()}") from None  # type: ignore[attr-defined]
+                raise EdgedError(f"{path}: {exc.details()}") from None
             t_off += time.perf_counter() - t0
             hyp = " ".join(r.alternatives[0].transcript.strip() for r in response.results if r.alternatives)
             e, n = word_errors(text, hyp)

@@ -44,7 +44,7 @@ class Target:
 
 
 def _error(exc: grpc.RpcError, address: str) -> EdgedError:
-    code, details = exc.code(), exc.details()  # type: ignore[attr-defined]
+    code, details = exc.code(), exc.details()
     if code == grpc.StatusCode.UNAVAILABLE and "connect" in (details or "").lower():
         return DaemonError(f"No edged answers at {address}; start it with `edged start`.")
     return EdgedError(details or code.name)

@@ -65,7 +65,7 @@ class WholeGraphVoice:
         """The sentence's 16-bit PCM at the voice's rate (text processing included, as in a request)."""
         config = self.model.config
         ids = self.ids(sentence)
-        feeds = {
+        feeds: dict[str, np.ndarray] = {
             "input": np.asarray([ids], dtype=np.int64),
             "input_lengths": np.asarray([len(ids)], dtype=np.int64),
             "scales": np.asarray([config.noise_scale, config.length_scale, config.noise_w], dtype=np.float32),

@@ -18,6 +18,7 @@ from __future__ import annotations
 import copy
 import re
 from pathlib import Path
+from typing import Any
 
 import onnx
 from onnx import TensorProto, helper
@@ -232,8 +233,9 @@ def _prune(model: onnx.ModelProto, outputs: list[str]) -> onnx.ModelProto:
     inputs = [i for i in graph.input if i.name in needed]
     inits = [t for t in graph.initializer if t.name in needed]
     value_info = [v for v in graph.value_info if v.name in needed]
-    for field, items in ((graph.node, kept), (graph.output, new_outputs), (graph.input, inputs),
-                         (graph.initializer, inits), (graph.value_info, value_info)):
+    fields: tuple[tuple[Any, list[Any]], ...] = ((graph.node, kept), (graph.output, new_outputs), (graph.input, inputs),
+                                                 (graph.initializer, inits), (graph.value_info, value_info))
+    for field, items in fields:
         del field[:]
         field.extend(items)
     return model

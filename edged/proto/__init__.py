@@ -22,7 +22,7 @@ def _load() -> tuple[Any, Any]:
     if added:
         sys.path.insert(0, root)
     try:
-        return grpc.protos_and_services("edged/proto/edged.proto")  # type: ignore[no-any-return]
+        return grpc.protos_and_services("edged/proto/edged.proto")
     finally:
         if added:
             sys.path.remove(root)

@@ -112,15 +112,15 @@ def _tarinfo(name: str, size: int) -> tarfile.TarInfo:
 class _HashingReader(io.RawIOBase):
     """Passes reads through while hashing the raw file bytes (the RMIR's own sha256)."""
 
-    def __init__(self, f: BinaryIO) -> None:
+    def __init__(self, f: io.BufferedIOBase) -> None:
         super().__init__()
         self._f, self.sha = f, hashlib.sha256()
 
     def readable(self) -> bool:
         return True
 
-    def readinto(self, b: bytearray | memoryview) -> int:  # type: ignore[override]
-        n = self._f.readinto(b)  # type: ignore[attr-defined]
+    def readinto(self, b: bytearray | memoryview) -> int:  # type: ignore[override]  # io passes these; typeshed: any buffer
+        n = self._f.readinto(b)
         if n:
             self.sha.update(memoryview(b)[:n])
         return n or 0

@@ -122,7 +122,7 @@ class DecryptingReader(io.RawIOBase):
         self._done = last
         return plain
 
-    def readinto(self, b: bytearray | memoryview) -> int:  # type: ignore[override]
+    def readinto(self, b: bytearray | memoryview) -> int:  # type: ignore[override]  # io passes these; typeshed: any buffer
         while self._pos >= len(self._buf) and not self._done:
             self._buf, self._pos = self._next_chunk(), 0
         n = min(len(b), len(self._buf) - self._pos)

@@ -162,7 +162,7 @@ class AsrServicer(rasr_grpc.RivaSpeechRecognitionServicer):
             got.append(queue.get_nowait())
         if isinstance(got[-1], BaseException):
             raise got[-1]
-        return got  # type: ignore[return-value]
+        return got
 
     def _idle_error(self) -> IdleTimeoutError:
         """What ends a stream that sent nothing for the idle timeout (DEADLINE_EXCEEDED)."""

@@ -23,7 +23,7 @@ class ServerContext:
 
     services: ServiceContext
     server: grpc.aio.Server
-    health: health.aio.HealthServicer = field(default_factory=health.aio.HealthServicer)
+    health: health.aio.HealthServicer = field(default_factory=health.aio.HealthServicer)  # type: ignore[attr-defined,name-defined]  # grpc-stubs lack health.aio
     local_audio: LocalAudio | None = None
     """The machine's microphone and speaker (None when config.sh turns both off)."""
     _published: dict[str, int] = field(default_factory=dict, repr=False)

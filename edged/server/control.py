@@ -56,7 +56,7 @@ def status(ctx: ServerContext) -> Any:
     )
 
 
-class ControlServicer(edged_pb2_grpc.EdgedServicer):  # type: ignore[misc]
+class ControlServicer(edged_pb2_grpc.EdgedServicer):
     """Translates edged.v1 calls to the server's registry; errors become status codes."""
 
     def __init__(self, ctx: ServerContext) -> None:

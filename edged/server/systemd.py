@@ -22,7 +22,7 @@ def _send(message: str) -> bool:
     if not address:
         return False
     try:
-        from systemd import daemon  # type: ignore
+        from systemd import daemon
     except ImportError:
         pass
     else:
@@ -100,9 +100,9 @@ class _JournalPrefixFormatter(logging.Formatter):
 def journal_handler() -> logging.Handler:
     """A handler for the journal: systemd-python's JournalHandler, else prefixed stderr lines."""
     try:
-        from systemd.journal import JournalHandler  # type: ignore
+        from systemd.journal import JournalHandler
     except ImportError:
         handler: logging.Handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(_JournalPrefixFormatter("%(name)s: %(message)s"))
         return handler
-    return JournalHandler(SYSLOG_IDENTIFIER="edged")  # type: ignore
+    return JournalHandler(SYSLOG_IDENTIFIER="edged")

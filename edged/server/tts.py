@@ -30,8 +30,8 @@ _CUSTOM_DICTIONARY_FIELD = 7
 def custom_dictionary(request: riva_tts_pb2.SynthesizeSpeechRequest) -> str:
     """The request's custom_dictionary, whether or not the generated module knows the field."""
     if "custom_dictionary" in request.DESCRIPTOR.fields_by_name:
-        return str(request.custom_dictionary)  # type: ignore[attr-defined]
-    for item in unknown_fields.UnknownFieldSet(request):
+        return str(request.custom_dictionary)
+    for item in unknown_fields.UnknownFieldSet(request):  # type: ignore[attr-defined]  # iterates by __getitem__, which the stubs leave out
         if item.field_number == _CUSTOM_DICTIONARY_FIELD and isinstance(item.data, bytes):
             return item.data.decode("utf-8", "replace")
     return ""

@@ -164,8 +164,8 @@ class ModelRegistry:
         return (f"needs {entry.memory_mb:.0f} MB, only {max(room, 0):.0f} MB of the budget is left "
                 f"({limit}); raise the budget or disable a service")
 
-    async def _load(self, entry: ModelEntry) -> None:
-        """Load one model on the inference executor; a failure marks it failed, never raises."""
+    async def _load(self, entry: ModelEntry) -> bool:
+        """Load one model on the inference executor: whether it loaded (a failure marks it failed, never raises)."""
         entry.state, entry.reason = ModelState.LOADING, ""
         loop = asyncio.get_running_loop()
         try:
@@ -176,10 +176,11 @@ class ModelRegistry:
             entry.reason = (f"{what.rstrip('.')}; redeploy it with `edged deploy -f "
                             f"$model_loc/rmir/{entry.name}.rmir $model_loc/models`")
             _LOGGER.error("Model %s failed to load: %s", entry.name, entry.reason)
-            return
+            return False
         self.loaded[entry.name] = model
         entry.state, entry.last_used = ModelState.LOADED, time.monotonic()
         metrics.MODEL_MEMORY.labels(entry.name).set(entry.memory_mb * MIB)
+        return True
 
     async def load(self, name: str, evict: bool = False) -> ModelEntry:
         """Load a model now if it fits (with `evict`, after unloading the least recently used others)."""
@@ -200,8 +201,7 @@ class ModelRegistry:
             if entry.memory_mb > room:
                 entry.state, entry.reason = ModelState.LEFT_OUT, self._no_room(entry, room)
                 raise ModelDoesNotFitError(f"Model {name} does not fit: {entry.reason}.")
-            await self._load(entry)
-            if entry.state is not ModelState.LOADED:
+            if not await self._load(entry):
                 raise ModelStateError(entry.reason)
             return entry
 

@@ -84,7 +84,7 @@ def _make_progress(trt: Any, label: str) -> Any | None:
     if not hasattr(trt, "IProgressMonitor"):
         return None
 
-    class _Progress(trt.IProgressMonitor):  # type: ignore[misc,name-defined]
+    class _Progress(trt.IProgressMonitor):
         def __init__(self) -> None:
             trt.IProgressMonitor.__init__(self)
             self.start = time.monotonic()

@@ -125,7 +125,7 @@ def engine_stale_reasons(built_for: dict[str, Any], here: EngineTarget) -> list[
 def make_logger(trt: Any) -> Any:
     """A TensorRT logger that forwards to Python logging and keeps the errors for the message."""
 
-    class _Logger(trt.ILogger):  # type: ignore[misc,name-defined]
+    class _Logger(trt.ILogger):
         def __init__(self) -> None:
             trt.ILogger.__init__(self)
             self.errors: list[str] = []

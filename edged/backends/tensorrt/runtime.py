@@ -64,7 +64,7 @@ def _make_output_allocator(trt: Any) -> Any:
     """An IOutputAllocator for outputs whose shape is known only after running (data-dependent)."""
     from edged.backends import cuda
 
-    class _OutputAllocator(trt.IOutputAllocator):  # type: ignore[misc,name-defined]
+    class _OutputAllocator(trt.IOutputAllocator):
         def __init__(self) -> None:
             trt.IOutputAllocator.__init__(self)
             self.buffers: dict[str, cuda.DeviceBuffer] = {}

@@ -347,7 +347,7 @@ class Recogniser:
         for attempt in range(_PHRASE_RETRIES + 1):
             failed = []
             for b in todo:
-                covered = biases[b].covered(hyps[b].tokens)  # type: ignore[union-attr]
+                covered = biases[b].covered(hyps[b].tokens)  # type: ignore[union-attr]  # todo: rows with a bias
                 bad = next((i for i in rows[b].flips if i < len(hyps[b].tokens) and i not in covered), None)
                 if bad is not None:
                     rows[b].bans.add(bad)

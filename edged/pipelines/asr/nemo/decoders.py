@@ -70,7 +70,7 @@ def _put(states: States, rows: np.ndarray, new: States, picked: np.ndarray) -> N
     states[1][:, rows] = new[1][:, picked]
 
 
-def rnnt_greedy(step: JointStep, encoded: np.ndarray, lengths: Sequence[int], blank: int,
+def rnnt_greedy(step: JointStep, encoded: np.ndarray, lengths: Sequence[int] | np.ndarray, blank: int,
                 max_symbols: int, states: States) -> list[Decoded]:
     """Greedy RNN-T decoding of encoder outputs [batch, dim, frames] (valid `lengths` each),
     from initial `states` [layers, batch, hidden] (zeros for an utterance's start)."""
@@ -99,7 +99,7 @@ def rnnt_greedy(step: JointStep, encoded: np.ndarray, lengths: Sequence[int], bl
     return results
 
 
-def tdt_greedy(step: JointStep, encoded: np.ndarray, lengths: Sequence[int], blank: int,
+def tdt_greedy(step: JointStep, encoded: np.ndarray, lengths: Sequence[int] | np.ndarray, blank: int,
                durations: Sequence[int], max_symbols: int, states: States) -> list[Decoded]:
     """Greedy TDT decoding (token and duration heads after the joint) of encoder outputs
     [batch, dim, frames], from initial `states`."""
