@@ -447,7 +447,7 @@ def decoder_joint_model(rng: np.random.Generator, vocab: int, enc_dim: int, pred
     hs, cs = [], []
     for layer in range(pred_layers):
         def state(name: str) -> str:
-            return g.op("Slice", [name, g.const([layer], dtype=np.int64), g.const([layer + 1], dtype=np.int64),
+            return g.op("Slice", [name, g.const([layer], dtype=np.int64), g.const([layer + 1], dtype=np.int64),  # noqa: B023 - called in this iteration only
                                   g.const([0], dtype=np.int64)])
         w = g.weight((1, 4 * h_dim, h_dim), h_dim)
         r = g.weight((1, 4 * h_dim, h_dim), h_dim)

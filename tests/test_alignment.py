@@ -417,7 +417,7 @@ def normal(word: str) -> str:
 
 
 def boundary_errors(words: list[WordTime], segments: list[dict]) -> list[float]:
-    """|predicted − reference| (s) at each sentence's start and end, matching words by text."""
+    """|predicted - reference| (s) at each sentence's start and end, matching words by text."""
     ref, sentence = [], []
     for index, seg in enumerate(segments):
         for w in seg["text"].split():
@@ -486,7 +486,7 @@ def test_drafts_give_the_greedy_decode_in_fewer_calls(loaded_moonshine: LoadedMo
     plain = recogniser.decode(audios)
     plain_calls, calls[0] = calls[0], 0
     assert all(len(h.tokens) >= 5 for h in plain)
-    for make in (lambda t: t, lambda t: t[:len(t) // 2], lambda t: t[:2] + [t[2] + 1] + t[3:],
+    for make in (lambda t: t, lambda t: t[:len(t) // 2], lambda t: [*t[:2], t[2] + 1, *t[3:]],
                  lambda t: t[2:]):
         hyps = recogniser.decode(audios, [make(h.tokens) for h in plain])
         for got, want in zip(hyps, plain):

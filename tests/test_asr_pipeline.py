@@ -238,7 +238,7 @@ def test_endpointer_no_presplit_once_the_utterance_ends_at_its_likely_end() -> N
 def test_repeat_cut_after_the_cap() -> None:
     """A phrase decoded twice (the decoder went back over the audio) is cut after the first."""
     phrase = [11, 12, 13, 14, 15]
-    assert repeat_cut([1, 2] + phrase + [3] + phrase + [4]) == 7
+    assert repeat_cut([1, 2, *phrase, 3, *phrase, 4]) == 7
     assert repeat_cut([1, 2, 3, 4, 1, 2, 3]) is None  # shorter than 4 tokens twice
     assert repeat_cut(list(range(30))) is None
 

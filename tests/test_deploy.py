@@ -140,7 +140,7 @@ def wait_for_staging(models_dir: Path, proc: subprocess.Popen[bytes], timeout_s:
         if found:
             return found[0]
         if proc.poll() is not None:
-            out, err = proc.communicate()
+            _, err = proc.communicate()
             pytest.fail(f"the deploy finished (rc {proc.returncode}) before its staging folder was seen: {err!r}")
         time.sleep(0.002)
     proc.kill()

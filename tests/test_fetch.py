@@ -46,10 +46,10 @@ class Served:
 class _Handler(BaseHTTPRequestHandler):
     server: _Server
 
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+    def log_message(self, format: str, *args: object) -> None:
         pass
 
-    def do_GET(self) -> None:  # noqa: N802
+    def do_GET(self) -> None:
         served = self.server.served
         served.requests.append({k.lower(): v for k, v in self.headers.items()})
         action = served.plan.pop(0) if served.plan else "ok"

@@ -65,7 +65,7 @@ def test_too_many_sessions_are_refused_and_counted(tight: int) -> None:
             for _ in range(2):  # a second update reopens the session in the same slot
                 await first.send(update)
                 assert json.loads(await first.recv())["type"] == "transcription_session.updated"
-            status = requests.get(f"http://127.0.0.1:{tight}/v1/edged/status", headers=headers(), timeout=10).json()  # noqa: ASYNC210
+            status = requests.get(f"http://127.0.0.1:{tight}/v1/edged/status", headers=headers(), timeout=10).json()  # noqa: ASYNC210 - the server runs in another process
             async with websockets.connect(url, additional_headers=headers()) as second:
                 await second.recv()
                 await second.send(update)

@@ -151,7 +151,7 @@ def http_status(port: int, path: str, method: str = "GET") -> int:
 
 
 def test_hpa_metric_is_exported_by_a_daemon_and_drain_refuses_new_streams(
-        tmp_path: Path, deployed_tiny: Path, adapter_rule: dict[str, Any]) -> None:
+        tmp_path: Path, deployed_tiny: Path, adapter_rule: dict[str, Any]) -> None:  # noqa: F811 - the fixture
     """A real `edged start`: the HPA's metric and the adapter's series are on its /metrics; `edged
     drain` makes it not ready and NOT_SERVING, refuses a new stream with UNAVAILABLE, stays live,
     and SIGTERM still ends it with status 0."""

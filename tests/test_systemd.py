@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import signal
@@ -44,7 +45,7 @@ class NotifySocket:
         while not self._done.is_set():
             try:
                 data = self.sock.recv(4096).decode()
-            except socket.timeout:
+            except TimeoutError:
                 continue
             self.messages.append((time.monotonic(), data))
             if data.startswith("READY=1") and self._port:
@@ -140,7 +141,7 @@ def test_server_notifies_systemd_in_order(tmp_path: Path, deployed_tiny: Path) -
     assert "WATCHDOG" not in kinds[stopping:]
     beats = [t for (t, m) in notify.messages[ready:stopping] if m == "WATCHDOG=1"]
     assert len(beats) >= 3, kinds  # 0.3 s apart for 1.6 s
-    gaps = sorted(b - a for a, b in zip(beats, beats[1:]))
+    gaps = sorted(b - a for a, b in itertools.pairwise(beats))
     assert 0.2 < gaps[len(gaps) // 2] < 0.45  # a busy machine may delay one tick, not the rhythm
     assert notify.messages[stopping][0] - stop_sent < 2.0
     assert "draining 0 stream(s)" in notify.messages[stopping][1]
