@@ -24,7 +24,7 @@ def chromium_args(wav: Path) -> list[str]:
 
 
 @pytest.fixture()
-def page(tmp_path: Path, web: tuple[str, int]) -> Any:  # noqa: F811
+def page(tmp_path: Path, web: tuple[str, int]) -> Any:  # noqa: F811 - a fixture imported above
     if not CHROMIUM.exists():
         pytest.skip("Debian's chromium is not installed (.ci/run installs it)")
     sync_api = pytest.importorskip("playwright.sync_api")
@@ -40,7 +40,7 @@ def page(tmp_path: Path, web: tuple[str, int]) -> Any:  # noqa: F811
             browser.close()
 
 
-def test_console_dictates_speaks_and_shows_status(page: Any, tmp_path: Path, web: tuple[str, int]) -> None:  # noqa: F811
+def test_console_dictates_speaks_and_shows_status(page: Any, tmp_path: Path, web: tuple[str, int]) -> None:  # noqa: F811 - a fixture imported above
     """Dictation shows the transcript of the fake mic; Speak plays audio; the status lists the models."""
     page.wait_for_function("document.querySelector('#models').children.length >= 3", timeout=20000)
     assert page.text_content("#health") == "SERVING"

@@ -133,7 +133,7 @@ def test_undecodable_audio_and_idle_conversations(tight: int) -> None:
     assert missing.status_code == 404 and missing.json()["error"]["message"]
 
 
-def test_sigterm_with_an_open_websocket_stops_cleanly(tmp_path: Path, deployed_tiny: Path) -> None:  # noqa: F811
+def test_sigterm_with_an_open_websocket_stops_cleanly(tmp_path: Path, deployed_tiny: Path) -> None:  # noqa: F811 - a fixture imported above
     """The HTTP door closes its open conversations (1001, going away) at shutdown; the daemon exits 0."""
     import signal
 

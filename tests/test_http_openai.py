@@ -16,7 +16,7 @@ from tests.test_riva_fidelity import beckett, spoken, voice  # noqa: F401 - fixt
 
 
 @pytest.fixture(scope="module")
-def client(web: tuple[str, int]) -> openai.OpenAI:  # noqa: F811
+def client(web: tuple[str, int]) -> openai.OpenAI:  # noqa: F811 - a fixture imported above
     return openai.OpenAI(base_url=f"http://127.0.0.1:{web[1]}/v1", api_key="unused", max_retries=0)
 
 
@@ -25,7 +25,7 @@ def test_models_list_the_deployed_models(client: openai.OpenAI) -> None:
     assert {"moonshine-base-en", "piper-joe-medium"} <= ids, ids
 
 
-def test_transcription_formats(client: openai.OpenAI, voice: Any) -> None:  # noqa: F811
+def test_transcription_formats(client: openai.OpenAI, voice: Any) -> None:  # noqa: F811 - a fixture imported above
     wav = wav_bytes(beckett())
     text = client.audio.transcriptions.create(model="whisper-1", file=("b.wav", wav), language="en",
                                               prompt="ignored").text

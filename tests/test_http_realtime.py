@@ -92,7 +92,7 @@ def finals(events: list[dict[str, Any]]) -> str:
                     if e["type"] == "conversation.item.input_audio_transcription.completed").strip()
 
 
-def test_transcription_of_pcm16_with_interims_and_words(web: tuple[str, int], voice: Any) -> None:  # noqa: F811
+def test_transcription_of_pcm16_with_interims_and_words(web: tuple[str, int], voice: Any) -> None:  # noqa: F811 - a fixture imported above
     """pcm16 chunks as from a microphone: interim deltas, then a final with words_info and is_last_result."""
     events = asyncio.run(transcribe(asr_args(web[1]), spoken(voice, SENTENCE)))
     kinds = [e["type"] for e in events]
@@ -114,7 +114,7 @@ def test_transcription_of_a_wav_file(web: tuple[str, int]) -> None:
     assert not any("words_info" in e for e in events)
 
 
-def test_force_eou_ends_an_utterance(web: tuple[str, int], voice: Any) -> None:  # noqa: F811
+def test_force_eou_ends_an_utterance(web: tuple[str, int], voice: Any) -> None:  # noqa: F811 - a fixture imported above
     """runtime_config.force_eou on an append ends the utterance there, as over gRPC."""
     audio = spoken(voice, SENTENCE)[: RATE * 2 * 2]  # cut mid-sentence, no trailing silence
     size = 3200
@@ -125,7 +125,7 @@ def test_force_eou_ends_an_utterance(web: tuple[str, int], voice: Any) -> None: 
     assert done and not done[0]["is_last_result"], events[-3:]
 
 
-def test_word_boosting_and_profanity_filter_as_over_grpc(web: tuple[str, int], voice: Any) -> None:  # noqa: F811
+def test_word_boosting_and_profanity_filter_as_over_grpc(web: tuple[str, int], voice: Any) -> None:  # noqa: F811 - a fixture imported above
     """The stock client's boosted_lm_words change the text as gRPC's speech_contexts do."""
     audio = spoken(voice, RARE_SENTENCE)
     plain = finals(asyncio.run(transcribe(asr_args(web[1]), audio)))
@@ -250,7 +250,7 @@ async def _ws_final_latency(http: int, audio: bytes, speech_end_s: float) -> flo
             sender.cancel()
 
 
-def test_final_latency_over_websocket_is_grpcs(web: tuple[str, int], voice: Any) -> None:  # noqa: F811
+def test_final_latency_over_websocket_is_grpcs(web: tuple[str, int], voice: Any) -> None:  # noqa: F811 - a fixture imported above
     """The same clips streamed in real time: the WebSocket's finals come as soon as gRPC's."""
     grpc_s, ws_s = [], []
     for sentence in LATENCY_SENTENCES:
