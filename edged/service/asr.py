@@ -222,7 +222,8 @@ class AsrSession:
     async def recognize(self, audio: bytes) -> list[Transcript]:
         """A whole recording at once (offline: no interims, segments decoded in batches)."""
         batcher = self._service.batcher
-        return self._tagged(await asyncio.gather(*(batcher.recognize(s, audio) for s in self._start(audio, push=False))))
+        streams = self._start(audio, push=False)
+        return self._tagged(await asyncio.gather(*(batcher.recognize(s, audio) for s in streams)))
 
     def _tagged(self, outcomes: list[list[Result]]) -> list[Transcript]:
         self._count(self.seconds)
