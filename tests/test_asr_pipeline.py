@@ -23,7 +23,7 @@ from edged.pipelines.asr.endpointing import (
     EndpointParams,
     Vad,
 )
-from edged.pipelines.asr.jobs import DecodeJob, StreamConfig
+from edged.pipelines.asr.jobs import DecodeJob, JobKind, StreamConfig
 from edged.pipelines.asr.profanity import PROFANITIES, mask
 from edged.pipelines.asr.recogniser import Hypothesis, repeat_cut, repetition_cut
 from edged.pipelines.asr.resultmaker import ResultMaker
@@ -154,7 +154,7 @@ def test_endpointer_start_eou_end() -> None:
     silence, speech = [0.0] * 40, [0.9] * 60
     events = _events(params, silence + speech + silence)
     kinds = [k for k, _ in events]
-    assert kinds == ["start", "eou", "end"]
+    assert kinds == ["start", "likely_end", "end"]
     start, eou, end = (w for _, w in events)
     assert abs(start - 40) <= params.start_history_ms // WINDOW_MS
     assert eou == end == 100  # both point just after the last speech window
@@ -182,9 +182,9 @@ def test_endpointer_pause_splits_only_long_utterances() -> None:
     params = EndpointParams(pause_split_ms=2000)
     pause = [0.0] * 12  # 384 ms: a likely end, not an end
     short = _events(params, [0.0] * 10 + [0.9] * 30 + pause + [0.9] * 30 + [0.0] * 40)
-    assert [k for k, _ in short] == ["start", "eou", "eou", "end"]
+    assert [k for k, _ in short] == ["start", "likely_end", "likely_end", "end"]
     long = _events(params, [0.0] * 10 + [0.9] * 80 + pause + [0.9] * 30 + [0.0] * 40)
-    assert [k for k, _ in long] == ["start", "eou", "pause", "eou", "end"]
+    assert [k for k, _ in long] == ["start", "likely_end", "pause", "likely_end", "end"]
     assert long[1][1] == long[2][1] == 90  # the pause ends the utterance where the eou saw it
 
 
@@ -194,11 +194,11 @@ def test_endpointer_lone_windows_after_a_likely_end_do_not_move_the_end() -> Non
     params = EndpointParams()
     click = [0.0] * 8 + [0.8] + [0.0] * 40
     events = _events(params, [0.0] * 10 + [0.9] * 40 + click)
-    assert [k for k, _ in events] == ["start", "eou", "end"]
+    assert [k for k, _ in events] == ["start", "likely_end", "end"]
     assert events[1][1] == events[2][1] == 50
     words = [0.0] * 8 + [0.9] * 8 + [0.0] * 40
     events = _events(params, [0.0] * 10 + [0.9] * 40 + words)
-    assert [k for k, _ in events][:2] == ["start", "eou"] and events[-1] == ("end", 50 + 8 + 8)
+    assert [k for k, _ in events][:2] == ["start", "likely_end"] and events[-1] == ("end", 50 + 8 + 8)
 
 
 def test_endpointer_likely_end_without_speech_windows() -> None:
@@ -206,7 +206,7 @@ def test_endpointer_likely_end_without_speech_windows() -> None:
     the probabilities stay just above stop_threshold_eou."""
     params = EndpointParams(stop_threshold_eou=0.3, stop_threshold=0.3)
     events = _events(params, [0.0] * 10 + [0.9] * 30 + [0.4] * 15 + [0.0] * 40)
-    assert [k for k, _ in events][:2] == ["start", "eou"]
+    assert [k for k, _ in events][:2] == ["start", "likely_end"]
     assert events[1][1] == 40
 
 
@@ -228,11 +228,11 @@ def test_endpointer_no_presplit_once_the_utterance_ends_at_its_likely_end() -> N
     wasted (without the rule: start, eou, presplit, end)."""
     params = EndpointParams(max_utterance_ms=6400, pause_split_ms=3200)
     events = _events(params, [0.0] * 10 + [0.9] * 164 + [0.0] * 40)
-    assert [k for k, _ in events] == ["start", "eou", "end"]
+    assert [k for k, _ in events] == ["start", "likely_end", "end"]
     # A likely end of a shorter utterance does not stop the announcement.
     params = EndpointParams(max_utterance_ms=6400, pause_split_ms=6400)
     events = _events(params, [0.0] * 10 + [0.9] * 164 + [0.0] * 40)
-    assert [k for k, _ in events] == ["start", "eou", "presplit", "end"]
+    assert [k for k, _ in events] == ["start", "likely_end", "presplit", "end"]
 
 
 def test_repeat_cut_after_the_cap() -> None:
@@ -357,7 +357,7 @@ def test_results_are_masked_when_the_filter_is_on() -> None:
     words = [" Oh", " shit,", " it", " works."]
     maker = ResultMaker(_tokenizer(words), language_code="en-GB")
     hyp = Hypothesis([259, 260, 261, 262], [-0.1] * 4, 10, "eos")
-    job = DecodeJob(None, "final", 1, np.zeros(16000, np.float32), 0, 16000, hyp=hyp)  # type: ignore[arg-type]
+    job = DecodeJob(None, JobKind.FINAL, 1, np.zeros(16000, np.float32), 0, 16000, hyp=hyp)  # type: ignore[arg-type]
     plain = maker.result(job, StreamConfig(word_times=True), 0)
     assert plain is not None and plain.transcript == "Oh shit, it works."
     final = maker.result(job, StreamConfig(word_times=True, profanity_filter=True), 0)
@@ -366,7 +366,7 @@ def test_results_are_masked_when_the_filter_is_on() -> None:
     bare = maker.result(job, StreamConfig(word_times=True, profanity_filter=True, punctuation=False), 0)
     assert bare is not None and bare.transcript == "oh s*** it works"
     assert [w.word for w in bare.words] == ["oh", "s***", "it", "works"]
-    interim = DecodeJob(None, "interim", 1, job.audio, 0, 16000, hyp=hyp)  # type: ignore[arg-type]
+    interim = DecodeJob(None, JobKind.INTERIM, 1, job.audio, 0, 16000, hyp=hyp)  # type: ignore[arg-type]
     shown = maker.result(interim, StreamConfig(profanity_filter=True), 2)
     assert shown is not None and not shown.is_final and shown.transcript == "Oh s***, it works."
     assert final.language_code == shown.language_code == "en-GB"
@@ -400,7 +400,7 @@ def test_final_alternatives_are_shown_as_the_transcript() -> None:
                hyp([259, 263, 261, 262], -0.4),  # "Oh ship it works."
                hyp([259, 260, 265, 266], -0.5),  # "Oh shit, it's work."
                hyp([259, 263, 265, 266], -0.6))
-    job = DecodeJob(None, "final", 1, np.zeros(16000, np.float32), 0, 16000, hyp=best)  # type: ignore[arg-type]
+    job = DecodeJob(None, JobKind.FINAL, 1, np.zeros(16000, np.float32), 0, 16000, hyp=best)  # type: ignore[arg-type]
     config = StreamConfig(punctuation=False, profanity_filter=True, max_alternatives=3)
     result = maker.result(job, config, 0)
     assert result is not None and result.transcript == "oh s*** it works"
@@ -408,6 +408,6 @@ def test_final_alternatives_are_shown_as_the_transcript() -> None:
         ("oh ship it works", round(math.exp(-0.4), 3)), ("oh s*** it's work", round(math.exp(-0.5), 3))]
     one = maker.result(job, StreamConfig(), 0)
     assert one is not None and one.alternatives == ()
-    interim = DecodeJob(None, "interim", 1, job.audio, 0, 16000, hyp=best)  # type: ignore[arg-type]
+    interim = DecodeJob(None, JobKind.INTERIM, 1, job.audio, 0, 16000, hyp=best)  # type: ignore[arg-type]
     shown = maker.result(interim, config, 0)
     assert shown is not None and shown.alternatives == ()

@@ -10,7 +10,7 @@ import pytest
 
 from edged.backends.base import BackendOptions
 from edged.config import Settings
-from edged.pipelines.asr.jobs import DecodeJob
+from edged.pipelines.asr.jobs import DecodeJob, JobKind
 from edged.pipelines.asr.model import _fill_lanes
 from edged.pipelines.lanes import Lanes
 
@@ -66,7 +66,7 @@ def test_lanes_come_from_settings() -> None:
 
 def test_a_lone_batch_is_split_so_that_every_lane_has_one() -> None:
     def job(seconds: float) -> DecodeJob:
-        return DecodeJob(None, "final", 0, np.zeros(int(seconds * 16000), np.float32), 0, 0)  # type: ignore[arg-type]
+        return DecodeJob(None, JobKind.FINAL, 0, np.zeros(int(seconds * 16000), np.float32), 0, 0)  # type: ignore[arg-type]
 
     batch = [job(2.0), job(2.1), job(2.2)]
     assert [len(g) for g in _fill_lanes([batch], 2)] == [2, 1]

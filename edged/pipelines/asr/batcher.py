@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from edged.pipelines.asr.audio import MODEL_RATE
-from edged.pipelines.asr.jobs import DecodeJob, JobRunner
+from edged.pipelines.asr.jobs import DecodeJob, JobKind, JobRunner
 from edged.pipelines.asr.results import Result
 from edged.pipelines.asr.stream import AsrStream
 
@@ -194,8 +194,8 @@ class AsrBatcher:
                     continue
                 outcomes.append(None)
                 # Speculative finals wait for a call of their own (_speculate), after the finals.
-                required.extend(j for j in stream.jobs if j.kind != "eou")
-                self._speculative.extend(j for j in stream.jobs if j.kind == "eou")
+                required.extend(j for j in stream.jobs if j.kind is not JobKind.SPECULATIVE)
+                self._speculative.extend(j for j in stream.jobs if j.kind is JobKind.SPECULATIVE)
                 stream.jobs.clear()
         _decode(required)
         if _LOGGER.isEnabledFor(logging.DEBUG) and required:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 from collections import deque
 from dataclasses import dataclass, replace
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -372,13 +373,30 @@ class VadState:
         self.pending = np.zeros(0, dtype=np.float32)
 
 
+class EventKind(str, Enum):
+    """What the endpointer saw."""
+
+    START = "start"
+    """Speech began (the window: the utterance's first)."""
+    LIKELY_END = "likely_end"
+    """A short silence (stop_history_eou_ms) after speech: the end looks likely."""
+    END = "end"
+    """The silence lasted stop_history_ms: the utterance ended."""
+    PAUSE = "pause"
+    """A pause long enough (pause_split_ms) to end a long utterance there."""
+    PRESPLIT = "presplit"
+    """A forced split of an over-long utterance comes in about a second."""
+    SPLIT = "split"
+    """An over-long utterance is split here."""
+
+
 @dataclass(frozen=True)
 class Event:
-    """Something the endpointer saw: 'start', 'eou', 'end', 'pause', 'presplit' or 'split'."""
+    """Something the endpointer saw."""
 
-    kind: str
+    kind: EventKind
     window: int
-    """For start: first window of the utterance; for eou/end/pause: window after its last
+    """For start: first window of the utterance; for likely_end/end/pause: window after its last
     speech (the next utterance of a pause starts at `Endpointer.start`); for presplit and
     split: where the forced split is (presplit comes about a second before it)."""
 
@@ -419,7 +437,7 @@ class Endpointer:
         if not self.in_speech:
             return None
         self.in_speech, self._eou_sent, self._split_at, self._probs = False, False, None, []
-        return Event("end", self.last_speech)
+        return Event(EventKind.END, self.last_speech)
 
     def update(self, prob: float) -> list[Event]:
         """Feed one window's probability; returns what happened at it."""
@@ -433,7 +451,7 @@ class Endpointer:
                 self.start = self.window - self._start_n
                 self._probs = recent[-self._start_n:]
                 self.last_speech = self.window
-                events.append(Event("start", self.start))
+                events.append(Event(EventKind.START, self.start))
             return events
         self._probs.append(prob)
         # After a likely end, speech goes on only on the evidence that starts an utterance: a
@@ -442,7 +460,7 @@ class Endpointer:
                 not self._eou_sent or np.mean(recent[-self._start_n:]) >= self.params.start_threshold):
             if self._eou_sent and self.ends_at_likely_end():
                 # Speech goes on after a likely end: end the long utterance there.
-                events.append(Event("pause", self.last_speech))
+                events.append(Event(EventKind.PAUSE, self.last_speech))
                 start = max(self.last_speech, self.window - self._start_n)
                 self._probs = self._probs[start - self.start:]
                 self.start, self._split_at = start, None
@@ -451,21 +469,21 @@ class Endpointer:
         length = self.window - self.start
         if length >= self._stop_n and np.mean(recent[-self._stop_n:]) < self.params.stop_threshold:
             self.in_speech = False
-            events.append(Event("end", self.last_speech))
+            events.append(Event(EventKind.END, self.last_speech))
         elif (not self._eou_sent and self.last_speech < self.window and length >= self._eou_n
               and (np.mean(recent[-self._eou_n:]) < self.params.stop_threshold_eou
                    or self.window - self.last_speech >= self._eou_n)):
             self._eou_sent = True
-            events.append(Event("eou", self.last_speech))
+            events.append(Event(EventKind.LIKELY_END, self.last_speech))
         elif (length >= self._max_n - self._presplit_n and self._split_at is None
               and not (self._eou_sent and self.ends_at_likely_end())):
             # Where a forced split will be, a little ahead, so that its final can start early
             # (not when the utterance ends at the likely end already found: no split comes).
             self._split_at = self.quietest(self.start + self._max_n // 2, self.window)
-            events.append(Event("presplit", self._split_at))
+            events.append(Event(EventKind.PRESPLIT, self._split_at))
         elif length >= self._max_n:
             split = self._split_at if self._split_at is not None else self.window - 1
-            events.append(Event("split", split))
+            events.append(Event(EventKind.SPLIT, split))
             self._probs = self._probs[split - self.start:]
             self.start, self._split_at = split, None
             self.last_speech = max(self.last_speech, split)

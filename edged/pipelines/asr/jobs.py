@@ -7,6 +7,7 @@ A job names its stream only through `JobOwner`, and the stream its model only th
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from enum import Enum
 from typing import Protocol
 
 import numpy as np
@@ -74,14 +75,26 @@ class JobOwner(Protocol):
         """Take a decoded job back."""
 
 
+class JobKind(str, Enum):
+    """What a decode job is for."""
+
+    INTERIM = "interim"
+    """The open utterance's text so far (its window; the text before it is committed)."""
+    COMMIT = "commit"
+    """The part of the open utterance before an interim's window, decoded once and kept."""
+    SPECULATIVE = "speculative"
+    """A final decoded ahead, where the utterance's end looks likely; it becomes the final if
+    the end comes there (and shows as an interim meanwhile)."""
+    FINAL = "final"
+    """The utterance's final text."""
+
+
 @dataclass(eq=False)  # jobs are compared by identity (they hold arrays)
 class DecodeJob:
     """Audio of one utterance (or its open part) to decode, and what to do with the result."""
 
     stream: JobOwner
-    kind: str
-    """'interim', 'commit' (the part of an interim before its window), 'eou' (speculative
-    final) or 'final'."""
+    kind: JobKind
     utterance: int
     audio: np.ndarray
     start: int

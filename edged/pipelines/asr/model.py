@@ -9,7 +9,7 @@ from edged.errors import ModelLoadError
 from edged.loader import LoadedModel
 from edged.pipelines.asr.audio import MODEL_RATE
 from edged.pipelines.asr.endpointing import EndpointParams, Vad
-from edged.pipelines.asr.jobs import DecodeJob, StreamConfig
+from edged.pipelines.asr.jobs import DecodeJob, JobKind, StreamConfig
 from edged.pipelines.asr.nemo import NEMO_FAMILIES
 from edged.pipelines.asr.nemo.recogniser import NemoRecogniser
 from edged.pipelines.asr.recogniser import Hypothesis, Recogniser, beam_width
@@ -23,6 +23,8 @@ MAX_BATCH = 8
 # Utterances decoded together are zero-padded to the longest (the encoder has no mask), so only
 # utterances of similar length share a batch (and streaming finals only equal lengths).
 _MAX_PAD_RATIO = 1.25
+# Jobs that decode a whole utterance (a final, or one decoded ahead that may become it).
+_WHOLE = (JobKind.FINAL, JobKind.SPECULATIVE)
 _MAX_PAD_SAMPLES = MODEL_RATE
 # Activations grow with the batch's total audio; bounding it bounds the memory a batch takes.
 _MAX_BATCH_SAMPLES = 40 * MODEL_RATE
@@ -31,7 +33,7 @@ def _exact(job: DecodeJob) -> bool:
     """Whether a job is a streaming final, decoded without padding (batched only with equal
     lengths): padding changes what Moonshine hears, and streams' finals gain little from
     batches since their drafts leave few decoder calls."""
-    return job.kind in ("final", "eou") and job.stream.config.speculative
+    return job.kind in _WHOLE and job.stream.config.speculative
 
 
 def _batches(todo: list[DecodeJob]) -> list[list[DecodeJob]]:
@@ -111,11 +113,11 @@ class AsrModel:
     def _decode_batch(self, group: list[DecodeJob]) -> tuple[list[Hypothesis], float]:
         """One batch's hypotheses and the seconds they took (on a lane: touches no stream)."""
         t0 = time.perf_counter()
-        attention = any(j.kind in ("final", "eou") and j.stream.config.word_times for j in group)
+        attention = any(j.kind in _WHOLE and j.stream.config.word_times for j in group)
         rec = self.recogniser
         biases = [rec.phrase_bias(j.stream.config.boost) for j in group]
         # Finals (and speculative finals, which may become them) with alternatives: a beam each.
-        beams = [j.kind in ("final", "eou") and j.stream.config.max_alternatives > 1 for j in group]
+        beams = [j.kind in _WHOLE and j.stream.config.max_alternatives > 1 for j in group]
         greedy = [i for i, beam in enumerate(beams) if not beam]
         hyps = dict(zip(greedy, rec.decode([group[i].audio for i in greedy], [group[i].draft for i in greedy],
                                            attention, [biases[i] for i in greedy])))

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from edged.pipelines.asr.alignment import align_words
 from edged.pipelines.asr.audio import MODEL_RATE
-from edged.pipelines.asr.jobs import DecodeJob, StreamConfig
+from edged.pipelines.asr.jobs import DecodeJob, JobKind, StreamConfig
 from edged.pipelines.asr.profanity import mask
 from edged.pipelines.asr.recogniser import Hypothesis
 from edged.pipelines.asr.results import (
@@ -40,7 +40,7 @@ class ResultMaker:
         text = _shown(self.tokenizer.decode(hyp.tokens), config)
         start_s = (job.start if start is None else start) / MODEL_RATE
         end_s = (job.start + len(job.audio)) / MODEL_RATE
-        if job.kind != "final":
+        if job.kind is not JobKind.FINAL:
             stability = min(1.0, stable / len(hyp.tokens)) if hyp.tokens else 0.0
             return Result(False, text, hyp.confidence, round(stability, 3), job.fired_at / MODEL_RATE, start_s, end_s,
                           language_code=self.language_code)

@@ -23,9 +23,10 @@ from edged.pipelines.asr.endpointing import (
     Endpointer,
     EndpointParams,
     Event,
+    EventKind,
     Vad,
 )
-from edged.pipelines.asr.jobs import DecodeJob, JobRunner, StreamConfig
+from edged.pipelines.asr.jobs import DecodeJob, JobKind, JobRunner, StreamConfig
 from edged.pipelines.asr.recogniser import Hypothesis
 from edged.pipelines.asr.resultmaker import ResultMaker
 from edged.pipelines.asr.results import Result
@@ -221,7 +222,7 @@ class AsrStream:
         if not (self.config.interim_results and ep.in_speech and ep.last_speech >= ep.window - _PAUSE_WINDOWS
                 and not self.finished and self.samples - self._utt_start >= _MIN_INTERIM
                 and self.samples > self._interim_at
-                and not any(j.kind == "interim" for j in self.jobs)):
+                and not any(j.kind is JobKind.INTERIM for j in self.jobs)):
             return False
         cost = self.interim_estimate()
         since = now - self.last_interim_at
@@ -244,28 +245,28 @@ class AsrStream:
             end = (self.samples - _WINDOW_MIN) // WINDOW
             if end > first:
                 cut = self._endpointer.quietest(first, end) * WINDOW
-                self._windowing.append(self._queue("commit", cut, self.samples, self._window_start,
+                self._windowing.append(self._queue(JobKind.COMMIT, cut, self.samples, self._window_start,
                                                    self._window_tokens))
                 self._window_start = cut
-        self._windowing.append(self._queue("interim", self.samples, self.samples, self._window_start,
+        self._windowing.append(self._queue(JobKind.INTERIM, self.samples, self.samples, self._window_start,
                                            self._window_tokens))
 
     def _on_event(self, event: Event) -> None:
         at = self._endpointer.window * WINDOW
-        if event.kind == "start":
+        if event.kind is EventKind.START:
             onset = event.window * WINDOW
             self._new_utterance(max(self._base, self._utt_end, onset - _PREROLL), onset - _ONSET)
-        elif event.kind == "eou" and self.config.speculative:
+        elif event.kind is EventKind.LIKELY_END and self.config.speculative:
             self._speculate_at = event.window
-        elif event.kind == "presplit" and self.config.speculative:
+        elif event.kind is EventKind.PRESPLIT and self.config.speculative:
             self._speculate(("split", event.window), event.window * WINDOW, at)
-        elif event.kind == "end":
+        elif event.kind is EventKind.END:
             self._queue_final(min(at, event.window * WINDOW + _TAIL_PAD), at, ("speech", event.window))
-        elif event.kind == "pause":
+        elif event.kind is EventKind.PAUSE:
             end = self._queue_final(min(at, event.window * WINDOW + _TAIL_PAD), at, ("speech", event.window))
             onset = self._endpointer.start * WINDOW
             self._new_utterance(max(end, onset - _PREROLL), onset - _ONSET)
-        elif event.kind == "split":
+        elif event.kind is EventKind.SPLIT:
             split = event.window * WINDOW
             self._queue_final(split, at, ("split", event.window))
             self._new_utterance(split, split)
@@ -280,14 +281,15 @@ class AsrStream:
         self._window_start, self._window_tokens, self._committed, self._committed_logprobs = start, [], [], []
         self.last_interim_at = self._now
 
-    def _queue(self, kind: str, end: int, fired_at: int, start: int | None = None,
+    def _queue(self, kind: JobKind, end: int, fired_at: int, start: int | None = None,
                draft: list[int] | None = None) -> DecodeJob:
         """Queue a decode of stream samples [start (the utterance's), end)."""
         start = self._utt_start if start is None else start
         audio = self._audio[start - self._base:end - self._base].copy()
         self._seq += 1
         if draft is None:
-            draft = whole_draft(self._whole, self._draft) if kind in ("eou", "final") else self._draft
+            whole = kind in (JobKind.SPECULATIVE, JobKind.FINAL)
+            draft = whole_draft(self._whole, self._draft) if whole else self._draft
         job = DecodeJob(self, kind, self._utterance, audio, start, fired_at, list(draft), seq=self._seq,
                         speech_start=self._speech_start)
         self.jobs.append(job)
@@ -308,7 +310,7 @@ class AsrStream:
         for old in replaced:
             self.jobs.remove(old)
         self._speculated = [(k, j) for k, j in self._speculated if j not in replaced]
-        self._speculated.append((key, self._queue("eou", end, fired_at)))
+        self._speculated.append((key, self._queue(JobKind.SPECULATIVE, end, fired_at)))
 
     def _reusable(self, key: tuple[str, int]) -> DecodeJob | None:
         """The speculative decode that can be the final ending at `key`: one with the same end,
@@ -335,14 +337,14 @@ class AsrStream:
             _LOGGER.debug("Final at %.2f s reuses a speculative decode (%s)", fired_at / MODEL_RATE,
                           "done" if spec.hyp is not None else "queued")
             self._seq += 1
-            spec.kind, spec.fired_at, spec.seq = "final", fired_at, self._seq
+            spec.kind, spec.fired_at, spec.seq = JobKind.FINAL, fired_at, self._seq
             if spec not in self.jobs:  # already decoded: hand it back as the final
                 self.jobs.append(spec)
             self._utt_end = spec.start + len(spec.audio)
             return self._utt_end
         _LOGGER.debug("Final at %.2f s: new decode (speculative: %s; the end: %s, %.2f s)",
                       fired_at / MODEL_RATE, tried or "none", key, end / MODEL_RATE)
-        self._queue("final", end, fired_at)
+        self._queue(JobKind.FINAL, end, fired_at)
         self._utt_end = end
         return end
 
@@ -359,9 +361,9 @@ class AsrStream:
             if job in self._windowing:
                 self._windowing.remove(job)
             if job.hyp is not None and job.utterance == self._utterance:
-                if job.kind in ("interim", "eou"):  # a speculative final shows as an interim
+                if job.kind in (JobKind.INTERIM, JobKind.SPECULATIVE):  # a speculative final shows as an interim
                     self.last_interim_at = self._now + job.seconds
-                if job.kind == "interim":
+                if job.kind is JobKind.INTERIM:
                     self._interim_cost, self._interim_samples = job.seconds, len(job.audio)
             self._done.append(job)
 
@@ -378,33 +380,33 @@ class AsrStream:
         # taken only after its commit (its text is the committed text, then the window's).
         if self._windowing:
             first = min(j.seq for j in self._windowing)
-            self._done = [j for j in done if j.kind in ("commit", "interim") and j.seq > first]
+            self._done = [j for j in done if j.kind in (JobKind.COMMIT, JobKind.INTERIM) and j.seq > first]
             done = [j for j in done if j not in self._done]
-        finals = {j.utterance for j in done if j.kind == "final"}
+        finals = {j.utterance for j in done if j.kind is JobKind.FINAL}
         results = []
         for job in done:
             if job.hyp is None:
                 continue
             hyp = job.hyp
             if job.utterance == self._utterance:
-                if job.kind == "commit":
+                if job.kind is JobKind.COMMIT:
                     self._committed += hyp.tokens
                     self._committed_logprobs += hyp.logprobs
-                elif job.kind == "interim":  # the committed text, then the window's
+                elif job.kind is JobKind.INTERIM:  # the committed text, then the window's
                     self._window_tokens = hyp.tokens
                     hyp = Hypothesis(self._committed + hyp.tokens, self._committed_logprobs + hyp.logprobs,
                                      hyp.frames, hyp.stopped)
                     self._follow(hyp.tokens)
-                if job.kind != "commit":
+                if job.kind is not JobKind.COMMIT:
                     self._draft = hyp.tokens
-                if job.kind == "eou":
+                if job.kind is JobKind.SPECULATIVE:
                     self._whole = hyp.tokens
-            if job.kind == "commit" or (job.kind == "eou" and not self.config.interim_results):
+            if job.kind is JobKind.COMMIT or (job.kind is JobKind.SPECULATIVE and not self.config.interim_results):
                 continue
-            if job.kind != "final" and (job.utterance in finals or job.utterance != self._utterance
-                                        or not self._endpointer.in_speech):
+            if job.kind is not JobKind.FINAL and (job.utterance in finals or job.utterance != self._utterance
+                                                  or not self._endpointer.in_speech):
                 continue
-            start = self._utt_start if job.kind == "interim" else None  # its window's start otherwise
+            start = self._utt_start if job.kind is JobKind.INTERIM else None  # its window's start otherwise
             result = self.model.results.result(job, self.config, len(self._stable), hyp, start)
             if result is not None:
                 results.append(result)
