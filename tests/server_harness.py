@@ -15,9 +15,9 @@ from pathlib import Path
 import grpc
 
 from edged.config import load_settings
+from edged.daemon.app import serve
+from edged.doors.grpc.context import ServerContext
 from edged.errors import ResourceExhaustedError
-from edged.server.app import serve
-from edged.server.context import ServerContext
 
 SERVICE = "edgedtest.Hold"
 METHOD = f"/{SERVICE}/Hold"

@@ -80,7 +80,7 @@ def test_load_ratio_is_the_busiest_service_and_drain_refuses_new_streams() -> No
 
 def test_drain_is_answered_only_on_this_machine() -> None:
     """POST /v2/drain drains; from another machine it is refused; GET is not a drain."""
-    from edged.server.http import HttpEndpoint
+    from edged.daemon.probes import HttpEndpoint
 
     drained: list[bool] = []
     endpoint = HttpEndpoint(lambda: not drained, lambda: drained.append(True))

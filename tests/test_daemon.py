@@ -20,12 +20,12 @@ import yaml
 
 from edged.backends import BackendOptions
 from edged.client.status import fetch_status
+from edged.daemon.exits import EXIT_BOOT_FAILURE
 from edged.proto import edged_pb2, edged_pb2_grpc
 from edged.repository.deploy import deploy
 from edged.repository.records import DeployTarget
 from edged.rmir import RmirRef
 from edged.rmir.build import build_rmir
-from edged.server.exits import EXIT_BOOT_FAILURE
 from tests.conftest import REPO_ROOT, tiny_source
 from tests.server_harness import MAX_STREAMS, METHOD
 from tests.test_server import free_port, health_status, wait_serving, write_config

@@ -19,9 +19,9 @@ from cryptography.x509.oid import NameOID
 from edged.client.health import channel_credentials, check_health
 from edged.client.status import api_metadata
 from edged.config import load_settings
+from edged.daemon.exits import EXIT_BOOT_FAILURE
+from edged.daemon.security import is_loopback, warn_if_exposed
 from edged.proto import edged_pb2, edged_pb2_grpc
-from edged.server.exits import EXIT_BOOT_FAILURE
-from edged.server.security import is_loopback, warn_if_exposed
 from tests.test_server import deployed_tiny, free_port, start_server, write_config
 
 __all__ = ["deployed_tiny"]  # a fixture this module uses

@@ -18,10 +18,10 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from edged.backends import BackendOptions
 from edged.client.health import check_health
+from edged.daemon.app import EXIT_BOOT_FAILURE
 from edged.repository.deploy import deploy
 from edged.repository.records import DeployTarget
 from edged.rmir import RmirRef
-from edged.server.app import EXIT_BOOT_FAILURE
 
 _GIVEN: set[int] = set()
 

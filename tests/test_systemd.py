@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from edged.server import systemd
+from edged.daemon import systemd
 from tests.test_server import deployed_tiny, free_port, health_status, write_config
 
 __all__ = ["deployed_tiny"]  # a fixture this module uses

@@ -39,8 +39,8 @@ from wyoming.tts import (
 )
 
 from edged.client.textnorm import word_errors
+from edged.doors.wyoming.door import split_sentences
 from edged.proto import edged_pb2, edged_pb2_grpc
-from edged.server.wyoming import split_sentences
 from tests.test_asr_server import beckett_path, pcm_of
 from tests.test_server import free_port, start_server, wait_serving
 

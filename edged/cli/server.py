@@ -50,13 +50,13 @@ def start(
         raise ConfigError("--set works for a server in the foreground; put the setting in config.sh for --detach.")
     settings = load_config(config, overrides)
     if supervise:
-        from edged.server.supervisor import supervise as run_supervisor
+        from edged.daemon.supervisor import supervise as run_supervisor
 
         raise typer.Exit(run_supervisor(_config_path(config), settings.model_loc, settings.shutdown_grace_s))
     if detach:
         from edged.client.health import channel_credentials, check_health, local_address
-        from edged.server.supervisor import LOG_NAME
-        from edged.server.supervisor import detach as run_detached
+        from edged.daemon.supervisor import LOG_NAME
+        from edged.daemon.supervisor import detach as run_detached
 
         address = local_address(settings.listen_address, settings.riva_speech_api_port)
         creds = channel_credentials(settings)
@@ -69,7 +69,7 @@ def start(
             raise typer.Exit(code)
         typer.echo(f"edged is SERVING at {address} (log: {settings.model_loc / LOG_NAME})")
         return
-    from edged.server.app import run
+    from edged.daemon.app import run
 
     raise typer.Exit(run(settings))
 
@@ -87,7 +87,7 @@ def _why_not_started(log: Path) -> list[str]:
 @app.command()
 def stop(config: ConfigOpt = None) -> None:
     """Stop a server started with --detach: SIGTERM, drain, SIGKILL after the grace period."""
-    from edged.server.supervisor import stop as stop_daemon
+    from edged.daemon.supervisor import stop as stop_daemon
 
     settings = load_config(config)
     typer.echo(stop_daemon(settings.model_loc, settings.shutdown_grace_s))
@@ -103,8 +103,8 @@ def status(
 ) -> None:
     """Models with state and memory, streams, uptime and health of the running server."""
     from edged.client.status import fetch_status
+    from edged.daemon.supervisor import PID_NAME, read_pid
     from edged.errors import DaemonError
-    from edged.server.supervisor import PID_NAME, read_pid
 
     settings, address, creds = _client(config, address, tls_cert, tls_key)
     try:

@@ -6,7 +6,7 @@ and systemd's READY=1 follow once the models that fit the memory budget are load
 loop ticks once a second: idle unloads, memory pressure, health and the systemd watchdog.
 SIGTERM or SIGINT stops accepting, lets open streams finish within `shutdown_grace_s`, unloads.
 The speech services (`edged.service`) are made at start-up; gRPC servicers, added by installers
-(see `edged.server.services`), translate Riva's messages to them.
+(see `edged.doors.grpc.services`), translate Riva's messages to them.
 """
 
 from __future__ import annotations
@@ -24,21 +24,21 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from edged.config import Settings
+from edged.daemon import systemd
+from edged.daemon.exits import EXIT_BOOT_FAILURE, EXIT_OK
+from edged.daemon.probes import HttpEndpoint
+from edged.daemon.security import ApiKeyInterceptor, server_credentials, warn_if_exposed
+from edged.doors.grpc.context import ServerContext, ServiceInstaller
+from edged.doors.grpc.control import install as install_control
+from edged.doors.grpc.control import status as control_status
+from edged.doors.local.audio import LocalAudio
+from edged.doors.wyoming.door import WyomingServer
 from edged.errors import EdgedError
-from edged.server import systemd
-from edged.server.context import ServerContext, ServiceInstaller
-from edged.server.control import install as install_control
-from edged.server.control import status as control_status
-from edged.server.exits import EXIT_BOOT_FAILURE, EXIT_OK
-from edged.server.http import HttpEndpoint
-from edged.server.localaudio import LocalAudio
-from edged.server.security import ApiKeyInterceptor, server_credentials, warn_if_exposed
-from edged.server.wyoming import WyomingServer
 from edged.service.context import ServiceContext
 from edged.service.registry import ModelState, available_mb
 
 if TYPE_CHECKING:
-    from edged.server.web import WebDoor
+    from edged.doors.web import WebDoor
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -179,7 +179,7 @@ class Server:
         """The HTTP door (realtime WebSocket, OpenAI audio API, console) on http_port."""
         from google.protobuf.json_format import MessageToDict
 
-        from edged.server.web import WebDoor
+        from edged.doors.web import WebDoor
 
         settings = self.settings
         door = WebDoor(ctx.services, lambda: MessageToDict(control_status(ctx), preserving_proto_field_name=True))
@@ -276,7 +276,7 @@ async def serve(settings: Settings, installers: list[ServiceInstaller] | None = 
 
 def run(settings: Settings) -> int:
     """Programmatic entry point of `edged start` (foreground), logging to journald under systemd."""
-    from edged.server.services import default_installers
+    from edged.doors.grpc.services import default_installers
 
     if systemd.under_journald():
         root = logging.getLogger()

@@ -19,9 +19,9 @@ from typing import Any
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
+from edged.doors.web.auth import Auth
+from edged.doors.web.errors import BadInput, error_event, error_response
 from edged.errors import RequestError
-from edged.server.web.auth import Auth
-from edged.server.web.errors import BadInput, error_event, error_response
 from edged.service.asr import (
     ENDPOINT_FIELDS,
     AsrSession,

@@ -55,8 +55,8 @@ from wyoming.tts import (
 )
 
 from edged import __version__
+from edged.daemon.security import is_loopback
 from edged.errors import AudioFormatError, EdgedError, RequestError, TtsRequestError
-from edged.server.security import is_loopback
 from edged.service.asr import AsrService, AsrSession, RecognitionRequest
 from edged.service.context import ServiceContext
 from edged.service.tts import SpeechRequest, TtsService

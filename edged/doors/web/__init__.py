@@ -2,7 +2,7 @@
 browser console, on `http_port`, with the gRPC API's TLS certificates and `api_key`.
 
 Every route only translates to the speech services (`edged.service`); errors go through one map
-(`edged.server.web.errors`).
+(`edged.doors.web.errors`).
 """
 
 from __future__ import annotations
@@ -15,11 +15,11 @@ from typing import Any
 from aiohttp import web
 
 from edged.config import Settings
-from edged.server.web.auth import Auth
-from edged.server.web.console import Console
-from edged.server.web.errors import http_errors
-from edged.server.web.openai_audio import OpenAiAudioApi
-from edged.server.web.realtime import RealtimeApi
+from edged.doors.web.auth import Auth
+from edged.doors.web.console import Console
+from edged.doors.web.errors import http_errors
+from edged.doors.web.openai_audio import OpenAiAudioApi
+from edged.doors.web.realtime import RealtimeApi
 from edged.service.context import ServiceContext
 
 _LOGGER = logging.getLogger(__name__)

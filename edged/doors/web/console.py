@@ -9,8 +9,8 @@ from typing import Any
 
 from aiohttp import web
 
-from edged.server.web.auth import Auth
-from edged.server.web.errors import error_response
+from edged.doors.web.auth import Auth
+from edged.doors.web.errors import error_response
 
 STATIC = Path(__file__).parent / "static"
 

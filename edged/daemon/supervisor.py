@@ -21,8 +21,8 @@ from pathlib import Path
 
 import psutil
 
+from edged.daemon.exits import EXIT_BOOT_FAILURE, EXIT_OK
 from edged.errors import DaemonError
-from edged.server.exits import EXIT_BOOT_FAILURE, EXIT_OK
 
 _LOGGER = logging.getLogger(__name__)
 

@@ -19,9 +19,9 @@ from typing import Any
 import numpy as np
 from aiohttp import web
 
+from edged.doors.web.auth import Auth
+from edged.doors.web.errors import BadInput, error_response, logged
 from edged.pipelines.tts.encode import OggOpusEncoder
-from edged.server.web.auth import Auth
-from edged.server.web.errors import BadInput, error_response, logged
 from edged.service.asr import RecognitionRequest, Transcript
 from edged.service.context import ServiceContext
 from edged.service.tts import SpeechRequest

@@ -16,10 +16,10 @@ import grpc
 from google.protobuf import unknown_fields
 from riva.client.proto import riva_audio_pb2, riva_tts_pb2
 
+from edged.doors.grpc.context import ServerContext
+from edged.doors.grpc.status import abort
 from edged.errors import TtsRequestError
 from edged.pipelines.tts.encode import OggOpusEncoder
-from edged.server.context import ServerContext
-from edged.server.status import abort
 from edged.service.tts import SpeechRequest, TtsService
 
 SERVICE = "nvidia.riva.tts.RivaSpeechSynthesis"

@@ -10,7 +10,7 @@ from typing import Any
 
 from aiohttp import web
 
-from edged.server.web.errors import Unauthorized
+from edged.doors.web.errors import Unauthorized
 
 TOKEN_PREFIX = "realtime-token."
 SECRET_TTL_S = 600.0

@@ -1,7 +1,7 @@
 """nvidia.riva.asr.RivaSpeechRecognition: Riva messages to the ASR service and back.
 
 Recognize, StreamingRecognize and GetRivaSpeechRecognitionConfig. The servicer only converts
-messages and maps errors to status codes (`edged.server.status`); model choice, limits and the
+messages and maps errors to status codes (`edged.doors.grpc.status`); model choice, limits and the
 batched inference are the ASR service's (`edged.service.asr`).
 """
 
@@ -15,9 +15,9 @@ from riva.client.proto import riva_asr_pb2 as rasr
 from riva.client.proto import riva_asr_pb2_grpc as rasr_grpc
 from riva.client.proto import riva_audio_pb2 as raudio
 
+from edged.doors.grpc.context import ServerContext
+from edged.doors.grpc.status import abort
 from edged.errors import AudioFormatError, IdleTimeoutError, RequestError
-from edged.server.context import ServerContext
-from edged.server.status import abort
 from edged.service.asr import AsrService, AsrSession, RecognitionRequest, Transcript
 
 # Requests read ahead of recognition per stream (then the client waits, as gRPC flow control).

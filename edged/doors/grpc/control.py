@@ -1,5 +1,5 @@
 """edged's own gRPC service (edged.v1.Edged): status, loading and unloading models, and the
-machine's microphone and speaker (see `edged.server.localaudio`)."""
+machine's microphone and speaker (see `edged.doors.local.audio`)."""
 
 from __future__ import annotations
 
@@ -12,13 +12,13 @@ import grpc
 import psutil
 
 from edged import __version__
+from edged.doors.grpc.status import abort
 from edged.errors import FeatureOffError
 from edged.proto import edged_pb2, edged_pb2_grpc
-from edged.server.status import abort
 from edged.service.registry import MIB, ModelEntry, ModelState, available_mb
 
 if TYPE_CHECKING:
-    from edged.server.context import ServerContext
+    from edged.doors.grpc.context import ServerContext
 
 SERVICE_NAME = edged_pb2.DESCRIPTOR.services_by_name["Edged"].full_name
 

@@ -14,7 +14,7 @@ from edged.config import Settings
 from edged.service.context import ServiceContext
 
 if TYPE_CHECKING:
-    from edged.server.localaudio import LocalAudio
+    from edged.doors.local.audio import LocalAudio
 
 
 @dataclass

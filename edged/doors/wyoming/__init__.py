@@ -1,0 +1,1 @@
+"""The Wyoming door (Home Assistant)."""
