@@ -39,7 +39,7 @@ from wyoming.tts import (
 )
 
 from edged.client.textnorm import word_errors
-from edged.doors.wyoming.door import split_sentences
+from edged.pipelines.tts.segment import complete_sentences
 from edged.proto import edged_pb2, edged_pb2_grpc
 from tests.test_asr_server import beckett_path, pcm_of
 from tests.test_server import free_port, start_server, wait_serving
@@ -155,8 +155,12 @@ def _wer(reference: str, text: str) -> float:
 
 
 def test_sentences_split_at_their_ends() -> None:
-    assert split_sentences("Hello there. How are you? I am fi") == (["Hello there.", "How are you?"], "I am fi")
-    assert split_sentences("No end yet") == ([], "No end yet")
+    """Streamed text (synthesize-chunk) is cut where the synthesiser cuts sentences."""
+    assert complete_sentences("Hello there. How are you? I am fi") == (["Hello there.", "How are you?"], "I am fi")
+    assert complete_sentences("No end yet") == ([], "No end yet")
+    # What normalisation reads out ("Dr.", "p.m.") ends no sentence, as in the whole-text path.
+    assert complete_sentences("Call Dr. Smith at 5 p.m. today. Then") == (["Call Dr. Smith at 5 p.m. today."], "Then")
+    assert complete_sentences('He said "stop." Then\n\nmore') == (['He said "stop."', "Then"], "more")
 
 
 def test_describe_lists_models_and_voice(daemon: Daemon) -> None:

@@ -15,6 +15,7 @@ from riva.client.proto import riva_asr_pb2 as rasr
 from riva.client.proto import riva_asr_pb2_grpc as rasr_grpc
 from riva.client.proto import riva_audio_pb2 as raudio
 
+from edged.doors import common
 from edged.doors.grpc.context import ServerContext
 from edged.doors.grpc.status import abort
 from edged.errors import AudioFormatError, IdleTimeoutError, RequestError
@@ -32,11 +33,6 @@ _ENCODINGS = {
     raudio.MULAW: "MULAW",
     raudio.ALAW: "ALAW",
 }
-_ENDPOINTING = {  # EndpointingConfig field: RecognitionRequest endpointing name
-    "start_history": "start_history_ms", "start_threshold": "start_threshold",
-    "stop_history": "stop_history_ms", "stop_threshold": "stop_threshold",
-    "stop_history_eou": "stop_history_eou_ms", "stop_threshold_eou": "stop_threshold_eou",
-}
 
 _Queue = asyncio.Queue["rasr.StreamingRecognizeRequest | BaseException | None"]
 
@@ -51,7 +47,7 @@ def recognition_request(config: rasr.RecognitionConfig, interim: bool = False) -
     endpointing: tuple[tuple[str, float], ...] = ()
     if config.HasField("endpointing_config"):
         ec = config.endpointing_config
-        endpointing = tuple((ours, float(getattr(ec, theirs))) for theirs, ours in _ENDPOINTING.items())
+        endpointing = common.endpointing({name: getattr(ec, name) for name in common.RIVA_ENDPOINTING})
     return RecognitionRequest(
         model=config.model, language_code=config.language_code, encoding=_ENCODINGS[config.encoding],
         sample_rate=config.sample_rate_hertz, channels=config.audio_channel_count or 1,
@@ -77,10 +73,6 @@ def _alternatives(t: Transcript, word_times: bool) -> list[rasr.SpeechRecognitio
     return [best, *(rasr.SpeechRecognitionAlternative(
         transcript=a.transcript + end, confidence=a.confidence, language_code=[t.result.language_code])
         for a in result.alternatives)]
-
-
-def _force_eou(request: rasr.StreamingRecognizeRequest) -> bool:
-    return request.runtime_config.get("force_eou", "").strip().lower() in ("true", "1", "yes")
 
 
 class AsrServicer(rasr_grpc.RivaSpeechRecognitionServicer):
@@ -213,7 +205,7 @@ def _segments(requests: list[rasr.StreamingRecognizeRequest]) -> list[tuple[byte
         if r.HasField("streaming_config"):
             raise RequestError("streaming_config may only be sent in the first request of a stream.")
         audio.append(r.audio_content)
-        if _force_eou(r):
+        if common.force_eou(r.runtime_config):
             out.append((b"".join(audio), True))
             audio = []
     if any(audio) or not out:

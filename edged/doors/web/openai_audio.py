@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 from aiohttp import web
 
+from edged.doors import common
 from edged.doors.web.auth import Auth
 from edged.doors.web.errors import BadInput, error_response, logged
 from edged.pipelines.tts.encode import OggOpusEncoder
@@ -99,8 +100,7 @@ class OpenAiAudioApi:
         """POST /v1/audio/transcriptions (multipart: file, model, language, response_format, ...)."""
         try:
             self._auth.check_http(request)
-            if self._ctx.asr is None:
-                raise BadInput("The ASR service is turned off on this server (config.sh).")
+            asr = common.asr_service(self._ctx)
             if not request.content_type.startswith("multipart/"):
                 raise BadInput("Send the audio as multipart/form-data with a `file` field.")
             form = await request.post()
@@ -114,17 +114,17 @@ class OpenAiAudioApi:
             granularities = {str(g) for g in form.getall("timestamp_granularities[]", [])}
             model = str(form.get("model", ""))
             wanted = RecognitionRequest(
-                model=model if model in self._ctx.asr.models() else "",
+                model=model if model in asr.models() else "",
                 language_code=str(form.get("language", "")), word_times=True)
             if str(form.get("stream", "false")).lower() == "true":
                 return await self._stream(request, wanted, audio)
-            async with self._ctx.asr.session(wanted, offline=True) as session:
+            async with asr.session(wanted, offline=True) as session:
                 transcripts = await session.recognize(audio)
                 duration = session.seconds
         except Exception as exc:  # noqa: BLE001 - one error map (errors.py)
             return error_response(exc, "Transcription")
         finals = [t for t in transcripts if t.result.is_final and t.result.transcript]
-        text = " ".join(t.result.transcript.strip() for t in finals)
+        text = common.finals_text(transcripts)
         if fmt == "text":
             return web.Response(text=text + "\n", content_type="text/plain")
         segs = segments(finals)
@@ -143,8 +143,7 @@ class OpenAiAudioApi:
 
     async def _stream(self, request: web.Request, wanted: RecognitionRequest, audio: bytes) -> web.StreamResponse:
         """stream=true: each final as a `transcript.text.delta` event, then `transcript.text.done`."""
-        assert self._ctx.asr is not None
-        async with self._ctx.asr.session(wanted) as session:
+        async with common.asr_service(self._ctx).session(wanted) as session:
             response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
             texts: list[str] = []
 
@@ -177,9 +176,7 @@ class OpenAiAudioApi:
         """POST /v1/audio/speech (JSON: model, input, voice, response_format, speed), streamed."""
         try:
             self._auth.check_http(request)
-            tts = self._ctx.tts
-            if tts is None:
-                raise BadInput("The TTS service is turned off on this server (config.sh).")
+            tts = common.tts_service(self._ctx)
             try:
                 body = await request.json()
             except ValueError as exc:

@@ -19,11 +19,11 @@ from typing import Any
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
+from edged.doors import common
 from edged.doors.web.auth import Auth
 from edged.doors.web.errors import BadInput, error_event, error_response
 from edged.errors import RequestError
 from edged.service.asr import (
-    ENDPOINT_FIELDS,
     AsrSession,
     RecognitionRequest,
     Transcript,
@@ -33,9 +33,6 @@ from edged.service.tts import SpeechRequest
 
 _LOGGER = logging.getLogger(__name__)
 
-_ENDPOINTING = dict(zip(("start_history", "start_threshold", "stop_history", "stop_threshold",
-                         "stop_history_eou", "stop_threshold_eou"), ENDPOINT_FIELDS))
-"""Riva's endpointing_config field: RecognitionRequest endpointing name."""
 _PCM_FORMATS = ("pcm16", "pcm", "linear_pcm", "")
 
 
@@ -101,8 +98,7 @@ def recognition_request(session: dict[str, Any]) -> tuple[RecognitionRequest, bo
                       for entry in boosting.get("word_boosting_list", []) or []
                       for p in entry.get("phrases", []) if str(p).strip()) \
             if boosting.get("enable_word_boosting", bool(boosting.get("word_boosting_list"))) else ()
-        ends = tuple((_ENDPOINTING[k], float(v)) for k, v in endpointing.items()
-                     if k in _ENDPOINTING and float(v) > 0)
+        ends = common.endpointing(endpointing)
         raw = fmt != "none"
         request = RecognitionRequest(
             model=str(transcription.get("model") or ""),
@@ -119,11 +115,6 @@ def recognition_request(session: dict[str, Any]) -> tuple[RecognitionRequest, bo
     except (TypeError, ValueError, AttributeError) as exc:
         raise BadInput(f"The transcription session config has a value of the wrong type: {exc}.") from None
     return request, request.interim_results
-
-
-def _runtime_force_eou(event: dict[str, Any]) -> bool:
-    runtime = event.get("runtime_config") or {}
-    return isinstance(runtime, dict) and str(runtime.get("force_eou", "")).strip().lower() in ("true", "1", "yes")
 
 
 def _b64(event: dict[str, Any], field: str) -> bytes:
@@ -305,7 +296,8 @@ class _Transcription:
                         await self._update(event)
                     elif kind == "input_audio_buffer.append":
                         self._buffer.append(_b64(event, "audio"))
-                        self._eou = self._eou or _runtime_force_eou(event)
+                        runtime = event.get("runtime_config")
+                        self._eou = self._eou or (isinstance(runtime, dict) and common.force_eou(runtime))
                     elif kind == "input_audio_buffer.commit":
                         await self._commit()
                         await self._ws.send_json({"type": "input_audio_buffer.committed",

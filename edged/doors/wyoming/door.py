@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import socket
 from contextlib import AsyncExitStack
 from typing import Any
@@ -56,10 +55,12 @@ from wyoming.tts import (
 
 from edged import __version__
 from edged.daemon.security import is_loopback
-from edged.errors import AudioFormatError, EdgedError, RequestError, TtsRequestError
-from edged.service.asr import AsrService, AsrSession, RecognitionRequest
+from edged.doors import common
+from edged.errors import AudioFormatError, EdgedError, RequestError
+from edged.pipelines.tts.segment import complete_sentences
+from edged.service.asr import AsrSession, RecognitionRequest
 from edged.service.context import ServiceContext
-from edged.service.tts import SpeechRequest, TtsService
+from edged.service.tts import SpeechRequest
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -68,8 +69,6 @@ PROGRAM = "edged"
 SERVICE_TYPE = "_wyoming._tcp.local."
 _WIDTHS = (1, 2, 4)
 """Sample widths accepted (1 and 4 are converted to 16-bit, which is what LINEAR_PCM means)."""
-_SENTENCE = re.compile(r"(.*?[.!?;\u2026\u3002\uff01\uff1f]+[\"'\u201d\u2019)\]]*)\s+(.*)", re.DOTALL)
-"""A complete sentence (its end followed by space) and the rest of the text."""
 _URLS = {
     "moonshine": "https://github.com/usefulsensors/moonshine",
     "piper": "https://github.com/rhasspy/piper",
@@ -82,6 +81,7 @@ _CODES = {
     "bad_request": "bad-request",
     "unknown_model": "unavailable",
     "unavailable": "unavailable",
+    "off": "unavailable",
     "timeout": "timeout",
 }
 """Wyoming error codes of edged's error kinds (edged.errors.KINDS; any other: "failed")."""
@@ -92,16 +92,6 @@ def error_for(exc: BaseException) -> Error:
     if isinstance(exc, EdgedError):
         return Error(text=str(exc), code=_CODES.get(exc.kind, "failed"))
     return Error(text=f"The server failed: {type(exc).__name__}: {exc}", code="internal")
-
-
-def split_sentences(text: str) -> tuple[list[str], str]:
-    """The complete sentences at the start of `text` and what follows them (not yet complete)."""
-    sentences = []
-    while (match := _SENTENCE.match(text)) is not None:
-        if match.group(1).strip():
-            sentences.append(match.group(1).strip())
-        text = match.group(2)
-    return sentences, text
 
 
 def _attribution(family: str, license: str) -> Attribution:
@@ -267,15 +257,10 @@ class WyomingHandler(AsyncEventHandler):
 
     # Speech recognition
 
-    def _asr_service(self) -> AsrService:
-        if self._ctx.asr is None:
-            raise RequestError("Speech recognition is off on this server (service_enabled_asr=false).")
-        return self._ctx.asr
-
     async def _audio_start(self, start: AudioStart) -> None:
         await self._close_session()
         self._refused = "audio"
-        asr = self._asr_service()
+        asr = common.asr_service(self._ctx)
         if start.width not in _WIDTHS:
             raise AudioFormatError(f"Audio of sample width {start.width} is not supported; send 16-bit "
                                    "PCM (width 2), or width 1 or 4.")
@@ -331,36 +316,31 @@ class WyomingHandler(AsyncEventHandler):
         await asr.session.finish()
         if asr.sender is not None:
             await asr.sender  # every final is out as a transcript-chunk
-        language = self._asr_service().models()[asr.session.model_name].language_code
+        language = common.asr_service(self._ctx).models()[asr.session.model_name].language_code
         await self._close_session()
-        await self.write_event(Transcript(text=" ".join(asr.finals).strip(), language=language).event())
+        await self.write_event(Transcript(text=" ".join(asr.finals), language=language).event())
         await self.write_event(TranscriptStop().event())
 
     # Speech synthesis
-
-    def _tts_service(self) -> TtsService:
-        if self._ctx.tts is None:
-            raise TtsRequestError("Speech synthesis is off on this server (service_enabled_tts=false).")
-        return self._ctx.tts
 
     def _speech_request(self, text: str, voice: SynthesizeVoice | None) -> SpeechRequest:
         """A Wyoming voice (a model or family name, a speaker, a language) as edged's request."""
         name, language = (voice.name or "", voice.language or "") if voice else ("", "")
         if voice and voice.speaker:  # "English-US" + "Joe" is the voice "English-US.Joe"
-            voices = self._tts_service().voices()
+            voices = common.tts_service(self._ctx).voices()
             family = next((v.family for v in voices if name in (v.model, v.family)), name)
             name = f"{family}.{voice.speaker}"
         return SpeechRequest(text=text, voice=name, language_code=language)
 
     async def _synthesize(self, text: str, voice: SynthesizeVoice | None) -> None:
         """One `synthesize`: its audio stream, in its own TTS slot."""
-        async with self._tts_service().session():
+        async with common.tts_service(self._ctx).session():
             await self._speak([text], voice)
             await self._end_audio()
 
     async def _speak(self, texts: list[str], voice: SynthesizeVoice | None) -> None:
         """Speak each text in turn into the connection's audio stream (audio-start before the first)."""
-        tts = self._tts_service()
+        tts = common.tts_service(self._ctx)
         for text in texts:
             synthesis = await tts.prepare(self._speech_request(text, voice))
             rate = synthesis.sample_rate
@@ -380,7 +360,7 @@ class WyomingHandler(AsyncEventHandler):
     async def _synthesize_start(self, start: SynthesizeStart) -> None:
         await self._close_session()
         self._refused = "synthesis"
-        await self._stack.enter_async_context(self._tts_service().session())
+        await self._stack.enter_async_context(common.tts_service(self._ctx).session())
         self._streaming_tts, self._tts_voice, self._tts_text = True, start.voice, ""
         self._tts_started, self._refused = False, ""
 
@@ -389,7 +369,7 @@ class WyomingHandler(AsyncEventHandler):
             if self._refused == "synthesis":
                 return
             raise RequestError("synthesize-chunk came before synthesize-start.")
-        sentences, self._tts_text = split_sentences(self._tts_text + chunk.text)
+        sentences, self._tts_text = complete_sentences(self._tts_text + chunk.text)
         if sentences:
             await self._speak(sentences, self._tts_voice)
 

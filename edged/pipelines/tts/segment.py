@@ -27,6 +27,8 @@ PHRASE_PART_WORDS = (3, 8)
 """...with this many words before it (and at least the fewest after)."""
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])[\"')\]]*\s+|\n\s*\n")
+_ENDS_SENTENCE = re.compile(r"[.!?][\"')\]]*\s*$")
+"""Text that ends with a sentence's punctuation (after normalisation, an abbreviation's is gone)."""
 _CLAUSE_END = re.compile(r"(?<=[,;:])\s+")
 _PHRASE_STARTS = frozenset({
     "when", "while", "where", "whereas", "because", "since", "until", "unless", "although",
@@ -97,6 +99,25 @@ def _by_style(spans: list[Span]) -> list[Utterance]:
             runs.append([])
         runs[-1].append(span)
     return [Utterance(tuple(run)) for run in runs]
+
+
+def complete_sentences(text: str) -> tuple[list[str], str]:
+    """The complete sentences at the start of streamed `text` and the rest, not complete yet.
+
+    A sentence ends where `utterances` ends one (sentence punctuation then space, or a blank
+    line), except where the punctuation belongs to what normalisation reads out ("Dr.", "p.m."),
+    so text synthesised as it streams in is cut as the whole text would be.
+    """
+    sentences: list[str] = []
+    start = 0
+    for match in _SENTENCE_END.finditer(text):
+        after_punctuation = match.start() > 0 and text[match.start() - 1] in ".!?"
+        if after_punctuation and not _ENDS_SENTENCE.search(normalise(text[start:match.start()])):
+            continue  # an abbreviation's period, read out as a word
+        if text[start:match.end()].strip():
+            sentences.append(text[start:match.end()].strip())
+        start = match.end()
+    return sentences, text[start:]
 
 
 def _prepared(items: Iterable[Item]) -> Iterator[Item]:

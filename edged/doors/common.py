@@ -1,0 +1,50 @@
+"""What every door shares: the services a request needs (or why they are off), Riva's endpointing
+names and force_eou, and the text of a recording's finals."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from edged.errors import FeatureOffError
+from edged.service.asr import ENDPOINT_FIELDS, AsrService, Transcript
+from edged.service.context import ServiceContext
+from edged.service.tts import TtsService
+
+RIVA_ENDPOINTING = dict(zip(("start_history", "start_threshold", "stop_history", "stop_threshold",
+                             "stop_history_eou", "stop_threshold_eou"), ENDPOINT_FIELDS, strict=True))
+"""Riva's EndpointingConfig field: its name in RecognitionRequest.endpointing."""
+
+_TRUE = ("true", "1", "yes")
+
+
+def asr_service(ctx: ServiceContext) -> AsrService:
+    """The ASR service, or FeatureOffError naming the setting that turned it off."""
+    if ctx.asr is None:
+        raise FeatureOffError("Speech recognition is off on this server (service_enabled_asr=false in config.sh).")
+    return ctx.asr
+
+
+def tts_service(ctx: ServiceContext) -> TtsService:
+    """The TTS service, or FeatureOffError naming the setting that turned it off."""
+    if ctx.tts is None:
+        raise FeatureOffError("Speech synthesis is off on this server (service_enabled_tts=false in config.sh).")
+    return ctx.tts
+
+
+def endpointing(fields: Mapping[str, Any]) -> tuple[tuple[str, float], ...]:
+    """The endpointing overrides of a Riva EndpointingConfig's fields, by Riva's names (others
+    ignored; 0 or less keeps the model's). ValueError or TypeError for a value that is no number."""
+    given = ((ours, float(fields[theirs])) for theirs, ours in RIVA_ENDPOINTING.items() if theirs in fields)
+    return tuple((name, value) for name, value in given if value > 0)
+
+
+def force_eou(runtime_config: Mapping[str, Any] | None) -> bool:
+    """Whether Riva's runtime_config asks to end the utterance now (`force_eou`: true, 1 or yes)."""
+    return str((runtime_config or {}).get("force_eou", "")).strip().lower() in _TRUE
+
+
+def finals_text(transcripts: Iterable[Transcript]) -> str:
+    """The first channel's final texts, joined by spaces (a recording's whole transcript)."""
+    return " ".join(text for t in transcripts
+                    if t.result.is_final and t.channel == 0 and (text := t.result.transcript.strip()))
