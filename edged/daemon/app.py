@@ -17,7 +17,6 @@ import signal
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -28,17 +27,16 @@ from edged.daemon import systemd
 from edged.daemon.exits import EXIT_BOOT_FAILURE, EXIT_OK
 from edged.daemon.probes import HttpEndpoint
 from edged.daemon.security import ApiKeyInterceptor, server_credentials, warn_if_exposed
+from edged.doors.door import Door
 from edged.doors.grpc.context import ServerContext, ServiceInstaller
 from edged.doors.grpc.control import install as install_control
 from edged.doors.grpc.control import status as control_status
+from edged.doors.grpc.door import GrpcDoor
 from edged.doors.local.audio import LocalAudio
 from edged.doors.wyoming.door import WyomingServer
 from edged.errors import EdgedError
 from edged.service.context import ServiceContext
 from edged.service.registry import ModelState, available_mb
-
-if TYPE_CHECKING:
-    from edged.doors.web import WebDoor
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -67,8 +65,8 @@ class Server:
         self._installers = installers or []
         self._stop = asyncio.Event()
         self._http: HttpEndpoint | None = None
-        self._wyoming: WyomingServer | None = None
-        self._web: WebDoor | None = None
+        self._doors: list[Door] = []
+        """The doors started so far, in order; stopped together at shutdown."""
         self.ctx: ServerContext | None = None
         self._last_status = ""
         self._under_pressure = False
@@ -142,17 +140,15 @@ class Server:
                     f"Cannot listen on {settings.listen_address}:{settings.metrics_port} for metrics "
                     f"({exc.strerror}); change metrics_port in config.sh (0 turns it off).") from None
         await ctx.publish_health()
-        await server.start()
+        await self._start(GrpcDoor(server))
         if settings.http_enabled:
-            await self._start_web(ctx)
+            await self._start(self._web_door(ctx))
         warn_if_exposed(settings)
         _LOGGER.info("Listening on %s (%s)%s; loading models", _address(settings),
                      "TLS" if credentials else "plaintext",
                      f", metrics on port {settings.metrics_port}" if settings.metrics_port else "")
-        if settings.wyoming_enabled:
-            wyoming = WyomingServer(core)
-            await wyoming.start()  # answers while models load: requests load them or say why not
-            self._wyoming = wyoming
+        if settings.wyoming_enabled:  # answers while models load: requests load them or say why not
+            await self._start(WyomingServer(core))
         systemd.status("Loading models")
         if core.tts is not None:
             core.tts.warm_up()  # each voice as soon as it is loaded, while the others load
@@ -170,27 +166,24 @@ class Server:
         await ctx.publish_health()
         if settings.local_mic_enabled or settings.local_speaker_enabled:
             ctx.local_audio = LocalAudio(core)
-            await ctx.local_audio.start()
+            await self._start(ctx.local_audio)
         self._last_status = core.status_line()
         _LOGGER.info("Ready: %s", self._last_status)
         systemd.ready(self._last_status)
 
-    async def _start_web(self, ctx: ServerContext) -> None:
+    async def _start(self, door: Door) -> None:
+        """Start a door; it is stopped at shutdown (with those started before it)."""
+        await door.start()
+        self._doors.append(door)
+
+    @staticmethod
+    def _web_door(ctx: ServerContext) -> Door:
         """The HTTP door (realtime WebSocket, OpenAI audio API, console) on http_port."""
         from google.protobuf.json_format import MessageToDict
 
         from edged.doors.web import WebDoor
 
-        settings = self.settings
-        door = WebDoor(ctx.services, lambda: MessageToDict(control_status(ctx), preserving_proto_field_name=True))
-        try:
-            await door.start(settings)
-        except OSError as exc:
-            raise EdgedError(
-                f"Cannot listen on {settings.listen_address}:{settings.http_port} for HTTP "
-                f"({exc.strerror}); change http_port in config.sh (http_enabled=false turns it off).") from None
-        self._web = door
-        _LOGGER.info("HTTP (realtime WebSocket, OpenAI audio API, console) on port %d", settings.http_port)
+        return WebDoor(ctx.services, lambda: MessageToDict(control_status(ctx), preserving_proto_field_name=True))
 
     def _bind(self, server: grpc.aio.Server, credentials: grpc.ServerCredentials | None) -> None:
         address = _address(self.settings)
@@ -251,21 +244,24 @@ class Server:
         systemd.stopping(f"Stopping: draining {streams} stream(s)")
         _LOGGER.info("Stopping: draining %d stream(s), at most %d s", streams, self.settings.shutdown_grace_s)
         await ctx.publish_health()
-        if self._wyoming is not None:
-            self._wyoming.close_listener()
-        if ctx.local_audio is not None:
-            await ctx.local_audio.stop()  # also ends Transcripts subscriptions, which never end alone
-        await ctx.server.stop(grace=self.settings.shutdown_grace_s)
-        if self._wyoming is not None:
-            await self._wyoming.stop()
-            self._wyoming = None
-        if self._web is not None:
-            await self._web.stop()
+        doors, self._doors = self._doors, []
+        for door in doors:
+            await door.stop_accepting()
+        grace = self.settings.shutdown_grace_s
+        await asyncio.gather(*(self._stop_door(door, grace) for door in doors))
         if self._http is not None:
             await self._http.stop()
         core.registry.unload_all()
         core.executor.shutdown(wait=False, cancel_futures=True)
         _LOGGER.info("Stopped")
+
+    @staticmethod
+    async def _stop_door(door: Door, grace_s: float) -> None:
+        """Stop one door; a failure is logged and the others still stop."""
+        try:
+            await door.stop(grace_s)
+        except Exception:
+            _LOGGER.exception("The %s door did not stop cleanly", door.name)
 
 
 async def serve(settings: Settings, installers: list[ServiceInstaller] | None = None,

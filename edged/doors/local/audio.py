@@ -89,6 +89,8 @@ class _Clock:
 class LocalAudio:
     """The daemon's microphone loop, transcript fan-out and speaker queue."""
 
+    name = "local audio"
+
     def __init__(self, ctx: ServiceContext) -> None:
         settings = ctx.settings
         self._ctx = ctx
@@ -144,8 +146,9 @@ class LocalAudio:
             else:
                 self._speaker_state = state
 
-    async def stop(self) -> None:
-        """Stop playing and listening, end every Transcripts subscription, close the devices."""
+    async def stop_accepting(self) -> None:
+        """Shutdown, first: stop playing and listening, end every Transcripts subscription (which
+        never end alone, so the gRPC door's drain would wait for them), close the devices."""
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -159,6 +162,9 @@ class LocalAudio:
         if self._speaker is not None:
             await asyncio.to_thread(self._speaker.close)
             self._speaker = None
+
+    async def stop(self, grace_s: float) -> None:
+        """Nothing left after `stop_accepting`."""
 
     # -- microphone --------------------------------------------------------------------------
 

@@ -20,6 +20,7 @@ from edged.doors.web.console import Console
 from edged.doors.web.errors import http_errors
 from edged.doors.web.openai_audio import OpenAiAudioApi
 from edged.doors.web.realtime import RealtimeApi
+from edged.errors import EdgedError
 from edged.service.context import ServiceContext
 
 _LOGGER = logging.getLogger(__name__)
@@ -38,10 +39,13 @@ def ssl_context(settings: Settings) -> ssl.SSLContext | None:
 
 
 class WebDoor:
-    """The HTTP server of the daemon: `start()` binds (OSError when it cannot), `stop()` closes."""
+    """The HTTP server of the daemon: `start()` binds, `stop()` closes."""
+
+    name = "HTTP"
 
     def __init__(self, ctx: ServiceContext, status: Callable[[], dict[str, Any]]) -> None:
         settings = ctx.settings
+        self._settings = settings
         max_bytes = settings.max_message_mb * 2**20
         auth = Auth(settings.api_key)
         self._app = web.Application(client_max_size=max_bytes, middlewares=[http_errors])
@@ -57,21 +61,28 @@ class WebDoor:
         """The aiohttp application."""
         return self._app
 
-    async def start(self, settings: Settings) -> None:
-        """Listen on listen_address:http_port; OSError if the port cannot be bound."""
+    async def start(self) -> None:
+        """Listen on listen_address:http_port; EdgedError naming http_port if it cannot be bound."""
+        settings = self._settings
         self._runner = web.AppRunner(self._app, access_log=None, handle_signals=False)
         await self._runner.setup()
         site = web.TCPSite(self._runner, settings.listen_address, settings.http_port,
                            ssl_context=ssl_context(settings), shutdown_timeout=1.0)
         try:
             await site.start()
-        except OSError:
+        except OSError as exc:
             await self._runner.cleanup()
             self._runner = None
-            raise
+            raise EdgedError(
+                f"Cannot listen on {settings.listen_address}:{settings.http_port} for HTTP ({exc.strerror}); "
+                "change http_port in config.sh (http_enabled=false turns it off).") from None
+        _LOGGER.info("HTTP (realtime WebSocket, OpenAI audio API, console) on port %d", settings.http_port)
 
-    async def stop(self) -> None:
-        """Close the listening socket and the open connections."""
+    async def stop_accepting(self) -> None:
+        """Nothing before `stop`: new streams are refused by admission once the daemon drains."""
+
+    async def stop(self, grace_s: float) -> None:
+        """Close the listening socket and the open connections (their sessions end)."""
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None

@@ -406,6 +406,8 @@ class _TcpServer(AsyncTcpServer):
 class WyomingServer:
     """The Wyoming TCP server of a running daemon, and its zeroconf advertisement."""
 
+    name = "Wyoming"
+
     def __init__(self, ctx: ServiceContext) -> None:
         self._ctx = ctx
         self._server: _TcpServer | None = None
@@ -433,12 +435,12 @@ class WyomingServer:
             self._advertising = asyncio.get_running_loop().create_task(self._advertise(),
                                                                        name="edged-wyoming-zeroconf")
 
-    def close_listener(self) -> None:
+    async def stop_accepting(self) -> None:
         """Shutdown, first: accept no more connections."""
         if self._server is not None:
             self._server.close_listener()
 
-    async def stop(self, timeout_s: float = 5.0) -> None:
+    async def stop(self, grace_s: float = 5.0) -> None:
         """Shutdown: withdraw the advertisement, end the connections (their sessions close)."""
         if self._advertising is not None:
             self._advertising.cancel()
@@ -452,7 +454,7 @@ class WyomingServer:
             self._zeroconf = None
         if self._server is not None:
             self._server.close_listener()
-            await self._server.end_connections(timeout_s)
+            await self._server.end_connections(grace_s)
             self._server = None
 
     async def _advertise(self) -> None:
