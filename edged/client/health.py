@@ -100,7 +100,8 @@ def decode_check_response(data: bytes) -> str:
             if field == 1:
                 status = value
         elif wire == 2:
-            pos += varint()
+            size = varint()  # not `pos += varint()`: that would add to pos as it was before the length
+            pos += size
         elif wire == 5:
             pos += 4
         elif wire == 1:
