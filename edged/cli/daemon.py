@@ -32,11 +32,11 @@ def client(config: Path | None, address: str | None, cert: Path | None, key: Pat
 
 def start(config: Path | None, detach: bool = False, wait: float = 300.0, supervise: bool = False) -> int:
     """Run the server in the foreground, under a supervisor (`supervise`), or detached until SERVING."""
-    settings = load_config(config)
     if supervise:
         from edged.server.supervisor import supervise as run_supervisor
 
-        return run_supervisor(config_path(config), settings.model_loc, settings.shutdown_grace_s)
+        return run_supervisor(config_path(config), lambda: load_config(config))
+    settings = load_config(config)
     if detach:
         from edged.client.health import local_address
         from edged.server.supervisor import LOG_NAME

@@ -23,10 +23,15 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from edged.errors import DaemonError
 from edged.server.exits import EXIT_BOOT_FAILURE, EXIT_OK
+
+if TYPE_CHECKING:
+    from edged.config import Settings
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -94,8 +99,12 @@ class Supervisor:
         self._stopping = False
         self._exit_code: int | None = None
 
-    def run(self) -> int:
-        """Supervise until stopped or the server cannot boot; returns the exit status."""
+    def run(self, first: subprocess.Popen[bytes] | None = None) -> int:
+        """Supervise until stopped or the server cannot boot; returns the exit status.
+
+        `first`: a server already started with this supervisor's command, to supervise as if
+        it had started it.
+        """
         wake_r, wake_w = os.pipe()
         os.set_blocking(wake_r, False)
         os.set_blocking(wake_w, False)
@@ -105,7 +114,11 @@ class Supervisor:
         self._pid_file.write_text(f"{os.getpid()}\n")
         _LOGGER.info("Supervisor %d started", os.getpid())
         try:
-            self._spawn()
+            if first is None:
+                self._spawn()
+            else:
+                self._adopt(first)
+                self._dispatch()  # it may have ended before the SIGCHLD handler was there
             while self._exit_code is None:
                 select.select([wake_r], [], [], self._timeout())
                 try:
@@ -144,9 +157,12 @@ class Supervisor:
             self._kill_at = None
 
     def _spawn(self) -> None:
-        self._child = subprocess.Popen(self._command, stdin=subprocess.DEVNULL)
+        self._adopt(subprocess.Popen(self._command, stdin=subprocess.DEVNULL))
+
+    def _adopt(self, child: subprocess.Popen[bytes]) -> None:
+        self._child = child
         self._child_started = time.monotonic()
-        _LOGGER.info("Started server %d", self._child.pid)
+        _LOGGER.info("Started server %d", child.pid)
 
     def _handle_stop(self) -> None:
         if self._stopping:
@@ -180,9 +196,21 @@ class Supervisor:
             self._backoff = min(self._backoff * 2, BACKOFF_MAX_S)
 
 
-def supervise(config: Path | None, model_loc: Path, grace_s: float) -> int:
-    """Run the supervisor in this process (the detached side of `edged start --detach`)."""
-    return Supervisor(server_command(config), model_loc / PID_NAME, grace_s).run()
+def supervise(config: Path | None, settings: Callable[[], Settings]) -> int:
+    """Run the supervisor in this process (the detached side of `edged start --detach`).
+
+    The server starts first and the supervisor reads config.sh (`settings()`) while it does:
+    `edged start --detach` waits for the server, not for the supervisor's own start-up.
+    """
+    command = server_command(config)
+    first = subprocess.Popen(command, stdin=subprocess.DEVNULL)
+    try:
+        loaded = settings()
+    except BaseException:
+        first.terminate()  # it reads the same config.sh, and will not get further
+        first.wait()
+        raise
+    return Supervisor(command, loaded.model_loc / PID_NAME, loaded.shutdown_grace_s).run(first)
 
 
 def detach(config: Path | None, model_loc: Path, wait_s: float) -> int:
