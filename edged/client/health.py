@@ -4,7 +4,7 @@
 it together. So the whole server's health on this machine is read from the readiness endpoint of
 its metrics port (`/v2/health/ready`: 200 exactly when gRPC health says SERVING for the empty
 service name, the same state of the same process; Kubernetes probes it too) over a plain socket,
-where config.sh has one and no TLS; otherwise, and where no edged answers there, from gRPC. This
+where config.sh has one and no TLS; otherwise, and where something else answers there, from gRPC. This
 module imports grpc only when it opens a channel, and writes the two one-field health messages
 itself rather than importing the protobuf runtime and grpc_health's descriptors for them.
 """
@@ -113,7 +113,8 @@ def decode_check_response(data: bytes) -> str:
 
 def check_ready(address: str, timeout: float = 3.0) -> str | None:
     """SERVING or NOT_SERVING from edged's readiness endpoint at `address` (its metrics port),
-    DEADLINE_EXCEEDED if it does not answer in time, None if no edged answers there."""
+    UNAVAILABLE if nothing listens there, DEADLINE_EXCEEDED if it does not answer in time, None
+    if something other than edged answers."""
     host, port = address.rsplit(":", 1)
     request = f"GET /v2/health/ready HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n"
     reply = b""
@@ -124,6 +125,8 @@ def check_ready(address: str, timeout: float = 3.0) -> str | None:
                 reply += data
     except TimeoutError:
         return "DEADLINE_EXCEEDED"
+    except ConnectionRefusedError:
+        return "UNAVAILABLE"
     except OSError:
         return None
     lines = reply.split(b"\r\n\r\n", 1)[0].decode("latin-1").split("\r\n")
@@ -137,7 +140,12 @@ def check_ready(address: str, timeout: float = 3.0) -> str | None:
 def server_health(settings: Settings, service: str = "", timeout: float = 3.0,
                   credentials: grpc.ChannelCredentials | None = None, address: str | None = None) -> str:
     """The health of the server config.sh describes (or the one at `address`), as `check_health`
-    names it: by its readiness endpoint where that says the same, else by gRPC."""
+    names it: by its readiness endpoint where that says the same, else by gRPC.
+
+    The server opens its metrics port before its gRPC port, and cannot run without it: where
+    nothing listens there, nothing serves on the gRPC port either (UNAVAILABLE), which a script
+    waiting for the server to come up learns without importing grpc at each try.
+    """
     if address is None and not service and settings.metrics_port and settings.ssl_server_cert is None:
         state = check_ready(local_address(settings.listen_address, settings.metrics_port), timeout)
         if state is not None:
