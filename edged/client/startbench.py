@@ -207,17 +207,23 @@ def bench_start(config: Path | None, settings: Settings, runs: int = 5,
     figures: dict[str, list[float]] = {k: [] for k in ("detach", "foreground", "in_process", "startup",
                                                           "health", "status")}
     # The in-process start-up would log like a server (the measured commands log to a file).
-    logging.getLogger("edged").setLevel(logging.ERROR)
-    with tempfile.TemporaryDirectory(prefix="edged-bench-start-") as tmp:
-        log = Path(tmp) / "commands.log"
-        for run in range(runs):
-            figures["detach"].append(_run_detach(config, log))
-            took, health_s, status_s = _run_foreground(config, log, None)
-            figures["foreground"].append(took)
-            figures["health"].append(health_s or 0.0)
-            figures["status"].append(status_s or 0.0)
-            figures["in_process"].append(_run_foreground(config, log, ready)[0])
-            figures["startup"].append(asyncio.run(_startup_in_process(settings)))
-            if progress:
-                progress(f"run {run + 1}/{runs}: " + ", ".join(f"{k} {v[-1]:.2f} s" for k, v in figures.items()))
+    edged_logger = logging.getLogger("edged")
+    level = edged_logger.level
+    edged_logger.setLevel(logging.ERROR)
+    try:
+        with tempfile.TemporaryDirectory(prefix="edged-bench-start-") as tmp:
+            log = Path(tmp) / "commands.log"
+            for run in range(runs):
+                figures["detach"].append(_run_detach(config, log))
+                took, health_s, status_s = _run_foreground(config, log, None)
+                figures["foreground"].append(took)
+                figures["health"].append(health_s or 0.0)
+                figures["status"].append(status_s or 0.0)
+                figures["in_process"].append(_run_foreground(config, log, ready)[0])
+                figures["startup"].append(asyncio.run(_startup_in_process(settings)))
+                if progress:
+                    progress(f"run {run + 1}/{runs}: "
+                             + ", ".join(f"{k} {v[-1]:.2f} s" for k, v in figures.items()))
+    finally:
+        edged_logger.setLevel(level)
     return StartReport(runs, **{k: Spread.of(v) for k, v in figures.items()})
