@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-import logging
-import sys
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+
+from edged.cli.common import load_config, setup_logging, table
+
+__all__ = ["ConfigOpt", "Pipeline", "app", "bench_app", "load_config", "mb", "progress_bar", "setup_logging",
+           "table"]
 
 app = typer.Typer(
     add_completion=False,
@@ -37,43 +40,10 @@ class Pipeline(str, Enum):
     vad = "vad"
 
 
-def setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level, logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-
-
-def load_config(config: Path | None, overrides: list[str] | None = None) -> Any:
-    """config.sh (or ./config.sh, or the defaults), with `NAME=VALUE` overrides after it."""
-    from edged.config import load_settings
-    from edged.errors import ConfigError
-
-    if config is None and Path("config.sh").is_file():
-        config = Path("config.sh")
-    pairs = [item.partition("=") for item in overrides or []]
-    bad = [name for name, eq, _ in pairs if not eq or not name]
-    if bad:
-        raise ConfigError(f"--set takes NAME=VALUE, not {bad[0]!r}.")
-    settings, warnings = load_settings(config, overrides={name: value for name, _, value in pairs})
-    setup_logging(settings.log_level)
-    for warning in warnings:
-        logging.getLogger("edged.config").warning("%s", warning)
-    return settings
-
-
 def progress_bar(label: str) -> Any:
     from edged.progress import ProgressBar
 
     return ProgressBar(label)
-
-
-def table(headers: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths))]
-    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
-    return "\n".join(line.rstrip() for line in lines)
 
 
 def mb(n: float) -> str:

@@ -9,7 +9,8 @@ from typing import Annotated, Any
 import typer
 
 from edged.cli.app import ConfigOpt, app, table
-from edged.cli.server import AddressOpt, ClientCertOpt, ClientKeyOpt, _client
+from edged.cli.daemon import client as _client
+from edged.cli.server import AddressOpt, ClientCertOpt, ClientKeyOpt
 
 
 def _target(config: Path | None, address: str | None, cert: Path | None, key: Path | None) -> Any:

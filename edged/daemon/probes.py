@@ -17,6 +17,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 _LOGGER = logging.getLogger(__name__)
 _READ_TIMEOUT_S = 5.0
+SERVER = "edged"
+"""The Server header of every answer: `edged health` trusts a readiness answer only from edged."""
 
 
 class HttpEndpoint:
@@ -66,7 +68,8 @@ class HttpEndpoint:
                 200: "OK", 403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed", 503: "Service Unavailable"
             }[status]
             writer.write(
-                f"HTTP/1.1 {status} {reason}\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"
+                f"HTTP/1.1 {status} {reason}\r\nServer: {SERVER}\r\nContent-Type: {ctype}\r\n"
+                f"Content-Length: {len(body)}\r\n"
                 "Connection: close\r\n\r\n".encode("latin-1") + (b"" if method == "HEAD" else body))
             await writer.drain()
         except (asyncio.TimeoutError, asyncio.IncompleteReadError, ValueError, ConnectionError) as exc:

@@ -20,7 +20,7 @@ from edged.backends import get_backend, implemented_backends
 from edged.backends.choice import Choice, select_backend
 from edged.backends.probe import Capabilities
 from edged.errors import BackendError, ConfigError, EdgedError
-from edged.rmir.manifest import MANIFEST_NAME, Manifest, manifest_from_yaml
+from edged.rmir.manifest import MANIFEST_NAME, Manifest, load_yaml, manifest_from_yaml
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -278,7 +278,7 @@ def stale_reasons(record: DeployRecord, target: DeployTarget, source_sha: str | 
 def read_record(model_dir: Path) -> DeployRecord | None:
     """The deploy record of a model folder, or None if it has none (or an unreadable one)."""
     try:
-        data = yaml.safe_load((model_dir / DEPLOY_RECORD).read_text(encoding="utf-8"))
+        data = load_yaml((model_dir / DEPLOY_RECORD).read_text(encoding="utf-8"))
         return DeployRecord.from_dict(data) if isinstance(data, dict) else None
     except (OSError, yaml.YAMLError, ValueError, TypeError):
         return None
