@@ -406,6 +406,13 @@ class Settings:
         8, kind=Int(min=0),
         doc="Speech synthesis requests served at once; more are refused with RESOURCE_EXHAUSTED; "
             "0 for no limit.")
+    tts_lanes: int = setting(
+        2, kind=Int(min=1, max=16),
+        doc="Speech synthesis network runs in flight at once, each on ONNX Runtime's threads: "
+            "several requests' chunks side by side (a new request's first audio first), or the "
+            "next chunks of a request streaming alone together. With 1, runs take turns. On this "
+            "project's 2-core test machine, 4 concurrent streams: aggregate real-time factor "
+            "TBD with 2 lanes, TBD with 1.")
     asr_max_streams: int = setting(
         16, kind=Int(min=1, max=1024),
         doc="Most concurrent ASR streams (StreamingRecognize); one more is refused with "

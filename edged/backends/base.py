@@ -48,6 +48,8 @@ class BackendOptions:
     """TensorRT execution contexts per engine: how many calls to one network run at once."""
     lanes: int = 1
     """Calls of one model that run side by side (see edged.pipelines.lanes)."""
+    tts_lanes: int = 1
+    """Runs of a voice's networks in flight at once (edged.loader.LANE_NETWORKS)."""
 
     @classmethod
     def from_settings(cls, settings: Any) -> BackendOptions:
@@ -59,6 +61,7 @@ class BackendOptions:
             trt_fp16=settings.trt_fp16,
             trt_contexts=settings.trt_execution_contexts,
             lanes=settings.inference_lanes,
+            tts_lanes=settings.tts_lanes,
         )
 
 

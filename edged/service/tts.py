@@ -7,8 +7,8 @@ Every door (gRPC, the machine's speaker, ...) synthesises through `TtsService`:
         async for chunk in ctx.tts.chunks(synthesis):  # 16-bit PCM AudioChunks, first one early
             ...
 
-One synthesis step runs on the inference executor at a time, first audio of new requests
-first (`AsyncRunGate`); each request's steps are paced by how far its audio is ahead.
+Up to `tts_lanes` synthesis steps run at once on the service's own executor, first audio of new
+requests first (`AsyncRunGate`); each request's steps are paced by how far its audio is ahead.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -87,7 +88,7 @@ class Synthesis:
 
 
 class TtsService(SpeechService):
-    """Synthesis for every door: voice choice, voices made once, one step at a time."""
+    """Synthesis for every door: voice choice, voices made once, `tts_lanes` steps at a time."""
 
     def __init__(self, settings: Settings, executor: Executor, registry: ModelRegistry,
                  admission: Admission) -> None:
@@ -96,9 +97,13 @@ class TtsService(SpeechService):
         """Until start-up has loaded the models: warm_up keeps looking for newly loaded voices."""
         self._voices: dict[str, tuple[LoadedModel, TtsModel]] = {}
         self._voice_lock = asyncio.Lock()
-        self._gate = AsyncRunGate()
-        """One synthesis step on the executor at a time, first audio of new requests first: a
-        step uses every core, and the executor's other worker stays free for ASR."""
+        lanes = settings.tts_lanes
+        self._gate = AsyncRunGate(lanes)
+        """`tts_lanes` synthesis steps at a time, first audio of new requests first: the voice
+        runs as many networks at once (edged.pipelines.tts.synthesizer)."""
+        self._steps = ThreadPoolExecutor(lanes, thread_name_prefix="edged-tts")
+        """Where steps run: apart from the inference executor, so that they never queue behind ASR
+        and ASR never waits for them."""
         self._warming: asyncio.Task[None] | None = None
 
     def _names(self) -> list[str]:
@@ -197,7 +202,7 @@ class TtsService(SpeechService):
             while True:
                 async with self._gate.turn(pace.key()):
                     chunk: AudioChunk | None = await metrics.run_inference(
-                        self._executor, model.name, next, steps, None)
+                        self._steps, model.name, next, steps, None)
                 if chunk is None:
                     return
                 pace.emitted(chunk.seconds)

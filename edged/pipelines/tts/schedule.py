@@ -24,7 +24,7 @@ class RunGate:
     """Grants `slots` concurrent turns, lowest key first (ties: first come)."""
 
     def __init__(self, slots: int = 1) -> None:
-        self._free = slots
+        self._slots = self._free = slots
         self._cond = threading.Condition()
         self._waiting: list[tuple[Key, int]] = []
         self._order = itertools.count()
@@ -32,8 +32,9 @@ class RunGate:
         """Requests currently streaming from the model."""
 
     @contextmanager
-    def turn(self, key: Key) -> Iterator[None]:
-        """Hold a turn for the duration of the block."""
+    def turn(self, key: Key) -> Iterator[bool]:
+        """Hold a turn for the duration of the block; it gives whether other turns were held or
+        awaited when this one was granted (the run will likely share the cores)."""
         with self._cond:
             entry = (key, next(self._order))
             heapq.heappush(self._waiting, entry)
@@ -41,8 +42,9 @@ class RunGate:
                 self._cond.wait()
             heapq.heappop(self._waiting)
             self._free -= 1
+            shared = self._free < self._slots - 1 or bool(self._waiting)
         try:
-            yield
+            yield shared
         finally:
             with self._cond:
                 self._free += 1

@@ -3,14 +3,19 @@
 Each utterance runs the voice's encoder once, then its flow and decoder chunk by chunk (see
 VoiceNetwork): a request's first chunk is a few frames, made by running the flow on just what
 they need; later chunks grow with the audio the listener has ahead, bounded so that concurrent
-requests take turns (RunGate: a request's first audio first, then the most urgent)."""
+requests take turns (RunGate: a request's first audio first, then the most urgent). The voice has
+`lanes` runs in flight at once: several requests' chunks side by side, or a request streaming
+alone its next chunks together, on the model's lane threads."""
 
 from __future__ import annotations
 
 import logging
+import math
 import re
 import time
+from collections import deque
 from collections.abc import Iterable, Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,10 +25,10 @@ from edged.audio.resample import StreamResampler, float_to_pcm16
 from edged.errors import TtsError, TtsRequestError, UnknownVoiceError
 from edged.loader import LoadedModel
 from edged.pipelines.tts.phonemes import phonemize_text
-from edged.pipelines.tts.schedule import Pace, RunGate
+from edged.pipelines.tts.schedule import Key, Pace, RunGate
 from edged.pipelines.tts.segment import Utterance, utterances
 from edged.pipelines.tts.ssml import Break, Item, Span, Style, is_ssml, parse_ssml
-from edged.pipelines.tts.voice import VoiceConfig, VoiceNetwork
+from edged.pipelines.tts.voice import Latent, VoiceConfig, VoiceNetwork
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -66,8 +71,11 @@ SHARED_CHUNK_FRAMES = 96
 HEADROOM = 2.0
 """A chunk may take at most 1/HEADROOM of the time its listener still has audio for..."""
 REST_HEADROOM = 1.25
-"""...but a stream alone decodes the whole rest of its utterance in one run if that takes at most
-1/REST_HEADROOM of it: one seam fewer (its context decoded twice) for a small risk of a stall."""
+"""...but a stream alone decodes the whole rest of its utterance at once if that takes at most
+1/REST_HEADROOM of it: few seams (their context decoded twice) for a small risk of a stall."""
+MIN_SPLIT_FRAMES = 48
+"""Smallest part when a stream alone splits the rest of its utterance among the free lanes: below
+it the context decoded twice costs more than the second lane gains."""
 
 SILENCE = 0.01
 """Amplitude below which an utterance's edge counts as silence (-40 dBFS)."""
@@ -164,9 +172,14 @@ class TtsModel:
         if "voice_config" not in params:
             raise TtsError(f"Model {model.name} is not a Piper voice (its manifest names no voice_config).")
         self.config = VoiceConfig.load(model.path / str(params["voice_config"]))
-        self.network = VoiceNetwork(model.sessions, self.config, params)
+        self.network = VoiceNetwork(model.sessions, self.config, params, model.lane_sessions)
         self.max_text_chars = max_text_chars
-        self._gate = RunGate()
+        self.lanes = max(1, model.lanes)
+        """Network runs in flight at once (decoder runs side by side on the lane decoder)."""
+        self._gate = RunGate(self.lanes)
+        self._pool = ThreadPoolExecutor(self.lanes, thread_name_prefix="edged-tts-lane") \
+            if self.lanes > 1 else None
+        """Runs a stream's chunks beyond the one its own thread waits for."""
         self._frame_seconds = 0.001
         """Decoder seconds per frame (context included), as recently measured: sizes the chunks."""
         self.family, self.subvoices = subvoices(model.name, params)
@@ -256,23 +269,43 @@ class TtsModel:
             if len(tail):
                 yield AudioChunk(float_to_pcm16(tail), rate_hz)
 
-    def _chunk_frames(self, pace: Pace, remaining: int) -> int:
+    def _chunk_frames(self, pace: Pace, remaining: int, queued: float = 0.0, parts: int = 1) -> int:
         """Frames to decode next: few for a request's first audio, then as many as its listener's
-        lead allows (bounded, smaller while other requests wait for their turns)."""
+        lead allows (`queued`: seconds of audio already being decoded ahead of this chunk),
+        bounded, smaller while other requests wait for their turns. A stream alone with the lead
+        for the whole rest decodes it at once, in up to `parts` runs side by side."""
         context = 2 * self.network.seam_context
         if pace.first is None:
             size = FIRST_CHUNK_FRAMES
         else:
             alone = self._gate.streams <= 1
-            ahead = pace.ahead()
-            if alone and remaining + context <= self.network.max_run_frames and \
-                    (remaining + context // 2) * self._frame_seconds * REST_HEADROOM <= ahead:
-                return remaining
+            ahead = pace.ahead() + queued
+            if alone and remaining + context <= self.network.max_run_frames:
+                parts = max(1, min(parts, remaining // MIN_SPLIT_FRAMES))
+                part = math.ceil(remaining / parts)
+                if (part + context // 2) * self._frame_seconds * REST_HEADROOM <= ahead:
+                    return part
             cap = MAX_CHUNK_FRAMES if alone else SHARED_CHUNK_FRAMES
             lead = ahead / HEADROOM / self._frame_seconds - context
             size = min(max(int(lead), FIRST_CHUNK_FRAMES), cap)
         # A short rest goes along: its own run would decode more context than frames.
         return remaining if remaining - size < context else size
+
+    def _depth(self, pace: Pace) -> int:
+        """How many of a stream's chunks may be decoded at once: one (its first audio, or while
+        other requests share the voice), or one per lane for a stream alone."""
+        return self.lanes if pace.first is not None and self._gate.streams <= 1 else 1
+
+    def _decode(self, latent: Latent, start: int, stop: int, key: Key, side_by_side: bool) -> np.ndarray:
+        """Audio of frames [start, stop) in the voice's turn for `key` (the flow already ran);
+        on the lane decoder if `side_by_side` or if other runs hold or await turns."""
+        with self._gate.turn(key) as shared:
+            t1 = time.perf_counter()
+            audio = self.network.decode(latent, start, stop, side_by_side or shared)
+            seam = self.network.seam_context
+            run = min(latent.frames, stop + seam) - max(0, start - seam)
+            self._frame_seconds = 0.7 * self._frame_seconds + 0.3 * (time.perf_counter() - t1) / run
+        return audio
 
     def _speak(self, unit: Utterance, speaker: int, rate: float, pace: Pace) -> Iterator[np.ndarray]:
         """One utterance's audio in chunks, with the unit's style applied."""
@@ -289,28 +322,50 @@ class TtsModel:
             latent = self.network.encode(ids, length, speaker)
         shift = StreamResampler(round(self.sample_rate * style.pitch), self.sample_rate) \
             if style.pitch != 1.0 else None
+        frame_audio = self.network.hop / self.sample_rate / style.pitch
         start, frames, samples = 0, latent.frames, 0
         leading = unit.tight_start  # still cutting the leading silence
-        while start < frames:
-            stop = start + self._chunk_frames(pace, frames - start)
-            with self._gate.turn(pace.key()):
-                self.network.prepare(latent, stop, ahead=pace.first is not None)
-                t1 = time.perf_counter()
-                audio = self.network.decode(latent, start, stop)
-                seam = self.network.seam_context
-                run = min(frames, stop + seam) - max(0, start - seam)
-                self._frame_seconds = 0.7 * self._frame_seconds + 0.3 * (time.perf_counter() - t1) / run
-            start = stop
-            if shift is not None:
-                audio = shift.process(audio, last=start >= frames)
-            if style.gain != 1.0:
-                audio = np.clip(audio * style.gain, -1.0, 1.0)
-            if leading:
-                audio, leading = _cut_leading(audio, round(TIGHT_EDGES_S[0] * self.sample_rate))
-            if unit.tight_end and start >= frames:
-                audio = _cut_trailing(audio, round(TIGHT_EDGES_S[1] * self.sample_rate))
-            samples += len(audio)
-            if len(audio):
-                yield audio
+        # Chunks being decoded on the lanes, in order: (frames, audio), the audio made inline or
+        # by a lane thread.
+        inflight: deque[tuple[int, Future[np.ndarray]]] = deque()
+        try:
+            while start < frames or inflight:
+                while start < frames and len(inflight) < self._depth(pace):
+                    queued = sum(n for n, _ in inflight) * frame_audio
+                    stop = start + self._chunk_frames(pace, frames - start, queued,
+                                                      self._depth(pace) - len(inflight))
+                    key = pace.key() if pace.first is None else (1, pace.key()[1] + queued)
+                    if latent.ready < min(frames, stop + self.network.seam_context):
+                        with self._gate.turn(key):
+                            self.network.prepare(latent, stop, ahead=pace.first is not None)
+                    depth = self._depth(pace)
+                    if self._pool is None or (not inflight and depth == 1):
+                        # Inline: the voice's turns stay in the gate's order, no lane thread between.
+                        done: Future[np.ndarray] = Future()
+                        done.set_result(self._decode(latent, start, stop, key, False))
+                        inflight.append((stop - start, done))
+                    else:
+                        inflight.append((stop - start, self._pool.submit(
+                            self._decode, latent, start, stop, key, depth > 1)))
+                    start = stop
+                    if inflight[-1][1].done():
+                        break  # decoded inline: hand it over before planning the next
+                count, future = inflight.popleft()
+                audio = future.result()
+                last = start >= frames and not inflight
+                if shift is not None:
+                    audio = shift.process(audio, last=last)
+                if style.gain != 1.0:
+                    audio = np.clip(audio * style.gain, -1.0, 1.0)
+                if leading:
+                    audio, leading = _cut_leading(audio, round(TIGHT_EDGES_S[0] * self.sample_rate))
+                if unit.tight_end and last:
+                    audio = _cut_trailing(audio, round(TIGHT_EDGES_S[1] * self.sample_rate))
+                samples += len(audio)
+                if len(audio):
+                    yield audio
+        finally:
+            for _, future in inflight:
+                future.cancel()
         _LOGGER.debug("Synthesised %d phonemes (%.2f s of audio) in %.3f s", len(ids),
                       samples / self.sample_rate, time.perf_counter() - t0)

@@ -91,7 +91,8 @@ class VoiceNetwork:
     see SEAM_CONTEXT_SHARE).
     """
 
-    def __init__(self, sessions: Mapping[str, Session], config: VoiceConfig, parameters: Mapping[str, Any]) -> None:
+    def __init__(self, sessions: Mapping[str, Session], config: VoiceConfig, parameters: Mapping[str, Any],
+                 lane_sessions: Mapping[str, Session] | None = None) -> None:
         self.config = config
         self.chunked = {"encoder", "flow", "decoder"} <= set(sessions)
         if not self.chunked and "voice" not in sessions:
@@ -111,6 +112,8 @@ class VoiceNetwork:
                            "flow_context_frames; rebuild its RMIR.")
         self._encoder = sessions["encoder"] if self.chunked else sessions["voice"]
         self._flow, self._decoder = sessions.get("flow"), sessions.get("decoder")
+        self._lane_decoder = (lane_sessions or {}).get("decoder", self._decoder)
+        """The decoder for runs side by side with others: a lane's share of the cores as threads."""
         self._has_sid = any(i.name == "sid" for i in self._encoder.inputs)
 
     def encode(self, ids: list[int], length_scale: float, speaker: int = 0) -> Latent:
@@ -136,15 +139,17 @@ class VoiceNetwork:
         if self.chunked and latent.ready < need:
             self._run_flow(latent, latent.frames if ahead else need)
 
-    def decode(self, latent: Latent, start: int, stop: int) -> np.ndarray:
-        """Audio of frames [start, stop) (the flow runs first if `prepare` did not)."""
+    def decode(self, latent: Latent, start: int, stop: int, side_by_side: bool = False) -> np.ndarray:
+        """Audio of frames [start, stop) (the flow runs first if `prepare` did not); with
+        `side_by_side`, on the lane decoder (other runs go at the same time)."""
         if not self.chunked:
             return latent.z
-        assert self._decoder is not None
+        decoder = self._lane_decoder if side_by_side else self._decoder
+        assert decoder is not None
         self.prepare(latent, stop)
         lo, hi = max(0, start - self.seam_context), min(latent.frames, stop + self.seam_context)
         z = np.ascontiguousarray(latent.z[:, :, lo:hi])
-        audio = np.asarray(next(iter(self._decoder.run({"z": z, **latent.extra}).values())),
+        audio = np.asarray(next(iter(decoder.run({"z": z, **latent.extra}).values())),
                            dtype=np.float32).reshape(-1)
         return audio[(start - lo) * self.hop:(stop - lo) * self.hop]
 
