@@ -73,17 +73,22 @@ def bench_tts_command(
     reference_graph: Annotated[Path | None, typer.Option(
         help="The original Piper graph for --reference (default: from the installed voice package).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the figures as JSON.")] = False,
+    sweep: Annotated[bool, typer.Option(
+        help="Instead: 1, 2, 4, ... up to --streams streams, to see where synthesis stops keeping up "
+             "with real-time listeners.")] = False,
     config: ConfigOpt = None,
 ) -> None:
     """Time to first audio (p50, p95), real-time factor and memory, locally or against a server."""
     from dataclasses import replace
 
     from edged.client.speak import LocalSpeaker, RemoteSpeaker, Speaker, load_local_tts
-    from edged.client.ttsbench import bench_tts, read_sentences
+    from edged.client.ttsbench import bench_tts, read_sentences, sweep_text, sweep_tts
 
     texts = read_sentences(sentences)
     if server and (reference or reference_graph):
         raise ConfigError("--reference runs the local voice; leave out --server.")
+    if sweep and (reference or reference_graph):
+        raise ConfigError("--sweep runs edged alone; leave out --reference.")
     memory_mb = None
     speaker: Speaker
     whole = None
@@ -105,6 +110,10 @@ def bench_tts_command(
             # inference_lanes says (ASR's), so the reference must not divide the cores by it.
             options = replace(BackendOptions.from_settings(settings), lanes=1)
             whole = WholeGraphVoice(model, reference_graph or original_graph(model.manifest), options)
+    if sweep:
+        rows = sweep_tts(speaker, texts, streams, sample_rate, voice, local=not server)
+        typer.echo(json.dumps([asdict(r) for r in rows], indent=2) if as_json else sweep_text(rows))
+        return
     result = bench_tts(speaker, texts, streams, sample_rate, voice,
                        whole.speak if whole else None, whole.model.sample_rate if whole else 22050,
                        local=not server)
@@ -124,6 +133,8 @@ def bench_tts_command(
                    f"{ref.aggregate_rtf:.3f} aggregate, first audio p50 {ref.ttfa_p50 * 1000:.0f} ms; "
                    f"edged/reference RTF ratio {result.rtf_ratio:.3f}, CPU time ratio {result.cpu_ratio:.3f}")
     typer.echo(f"playback stalls: {result.stall_seconds:.2f} s in {result.stalled} of "
-               f"{result.sentences * result.streams} requests")
+               f"{result.sentences * result.streams} requests (longest {result.stall_max_seconds:.2f} s); "
+               f"listeners of whole streams: {sum(result.stream_stall_seconds):.2f} s (longest "
+               f"{result.stream_stall_max_seconds:.2f} s)")
     if memory_mb is not None:
         typer.echo(f"memory: model load {memory_mb:.0f} MB, process {figures['process_rss_mb']:.0f} MB")

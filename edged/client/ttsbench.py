@@ -3,20 +3,35 @@
 With a reference (`--reference`: the voice's whole graph, one call per sentence, see
 edged.client.ttsref), every stream speaks each sentence with edged, then with the reference, the
 streams meeting between the two, so that the load of the machine weighs on both alike.
+
+Two listeners measure stalls: one per request, playing it in real time from its first chunk (all
+requests of a stream start at once with a reference, as a burst), and one per stream, playing its
+requests back to back on a clock that runs only in edged's turns (the reference's turns are
+paused out), as someone hearing a long text read sentence by sentence.
 """
 
 from __future__ import annotations
 
+import bisect
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from edged.client.speak import Speaker
 from edged.errors import ConfigError
+
+_LOGGER = logging.getLogger(__name__)
+
+KEEP_UP_STALL_SHARE = 0.01
+"""A stream count keeps up (`--sweep`) while request listeners' stalls stay within this share of
+the audio..."""
+KEEP_UP_LONGEST_STALL_S = 0.5
+"""...and none waits longer than this at once."""
 
 Reference = Callable[[str], bytes]
 """A sentence to 16-bit PCM at `ReferenceFigures.sample_rate`, in one go."""
@@ -67,6 +82,13 @@ class TtsBenchResult:
     load hardly changes, unlike the wall time; local models only (None against a server)."""
     cpu_ratio: float | None = None
     """cpu_rtf / reference.cpu_rtf."""
+    stall_max_seconds: float = 0.0
+    """The longest single wait of a request's listener."""
+    stream_stall_seconds: list[float] = field(default_factory=list)
+    """Per stream: what a listener of the whole stream (its requests back to back, from its first
+    chunk, on a clock that runs in edged's turns only) waited for audio."""
+    stream_stall_max_seconds: float = 0.0
+    """The longest single wait of a stream's listener."""
 
 
 def read_sentences(path: Path) -> list[str]:
@@ -90,6 +112,42 @@ class _Tally:
     stalls: list[float]
     wall: float = 0.0
     cpu: float = 0.0
+    longest: float = 0.0
+    """The longest single stall of a request."""
+
+
+class _Listener:
+    """Plays a stream's chunks back to back in real time from the first, on the clock it is given."""
+
+    def __init__(self) -> None:
+        self.until: float | None = None
+        """When the audio it has runs out."""
+        self.stalled = 0.0
+        self.longest = 0.0
+
+    def hear(self, at: float, seconds: float) -> None:
+        """A chunk of `seconds` arrives at `at`."""
+        if self.until is None:
+            self.until = at
+        wait = max(0.0, at - self.until)
+        self.stalled += wait
+        self.longest = max(self.longest, wait)
+        self.until = max(self.until, at) + seconds
+
+
+def _turn_clock(windows: list[tuple[float, float]]) -> Callable[[float], float]:
+    """Maps a wall time to the time spent in `windows` (sorted, disjoint) before it."""
+    starts = [a for a, _ in windows]
+    before = [0.0]
+    for a, b in windows:
+        before.append(before[-1] + b - a)
+
+    def clock(t: float) -> float:
+        i = max(0, bisect.bisect_right(starts, t) - 1)
+        a, b = windows[i]
+        return before[i] + min(max(t - a, 0.0), b - a)
+
+    return clock
 
 
 def bench_tts(speaker: Speaker, sentences: list[str], streams: int = 1, sample_rate: int = 22050,
@@ -103,24 +161,28 @@ def bench_tts(speaker: Speaker, sentences: list[str], streams: int = 1, sample_r
     if reference is not None:
         reference(sentences[0])
     ours, theirs = _Tally([], [], [], []), _Tally([], [], [], [])
+    arrivals: list[list[tuple[float, float]]] = [[] for _ in range(streams)]
+    """Per stream: (wall time, seconds) of each of edged's chunks."""
     lock = threading.Lock()
     marks: list[tuple[float, float]] = []
     barrier = threading.Barrier(streams, action=lambda: marks.append((time.perf_counter(), time.process_time())))
 
-    def edged(sentence: str) -> None:
+    def edged(sentence: str, stream: int) -> None:
         t0 = time.perf_counter()
-        first, seconds, stall = None, 0.0, 0.0
+        first, seconds, listener = None, 0.0, _Listener()
         for chunk in speaker.speak([sentence], sample_rate, voice, 1.0):
-            now = time.perf_counter() - t0
+            arrived = time.perf_counter()
+            arrivals[stream].append((arrived, chunk.seconds))
             if first is None:
-                first = now
-            stall += max(0.0, now - (first + stall + seconds))  # the listener ran out
+                first = arrived - t0
+            listener.hear(arrived, chunk.seconds)
             seconds += chunk.seconds
         with lock:
             ours.ttfa.append(first or 0.0)
             ours.busy.append(time.perf_counter() - t0)
             ours.audio.append(seconds)
-            ours.stalls.append(stall)
+            ours.stalls.append(listener.stalled)
+            ours.longest = max(ours.longest, listener.longest)
 
     def whole(sentence: str) -> None:
         assert reference is not None
@@ -131,25 +193,34 @@ def bench_tts(speaker: Speaker, sentences: list[str], streams: int = 1, sample_r
             theirs.ttfa.append(theirs.busy[-1])
             theirs.audio.append(seconds)
 
-    def run() -> None:
+    def run(stream: int) -> None:
         for sentence in sentences:
             if reference is None:
-                edged(sentence)
+                edged(sentence, stream)
                 continue
             barrier.wait()
-            edged(sentence)
+            edged(sentence, stream)
             barrier.wait()
             whole(sentence)
         if reference is not None:
             barrier.wait()
 
     t0, c0 = time.perf_counter(), time.process_time()
-    threads = [threading.Thread(target=run, name=f"bench-{i}") for i in range(streams)]
+    threads = [threading.Thread(target=run, args=(i,), name=f"bench-{i}") for i in range(streams)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     ours.wall, ours.cpu = time.perf_counter() - t0, time.process_time() - c0
+    # Stream listeners hear on the clock of edged's turns: between the marks before edged's turn
+    # of each sentence and before the reference's (without a reference, the whole run).
+    walls = [wall for wall, _ in marks]
+    clock = _turn_clock(list(zip(walls[0::2], walls[1::2])) if reference is not None
+                        else [(t0, t0 + ours.wall)])
+    listeners = [_Listener() for _ in range(streams)]
+    for listener, chunks in zip(listeners, arrivals):
+        for arrived, seconds in chunks:
+            listener.hear(clock(arrived), seconds)
     figures = None
     if reference is not None:
         # marks: before edged's turn of each sentence, before the reference's, ..., after the last.
@@ -174,4 +245,64 @@ def bench_tts(speaker: Speaker, sentences: list[str], streams: int = 1, sample_r
         aggregate_rtf=ours.wall / max(sum(ours.audio), 1e-9), reference=figures,
         rtf_ratio=rtf / figures.rtf if figures is not None and figures.rtf > 0 else None,
         cpu_rtf=cpu_rtf, cpu_ratio=cpu_rtf / figures.cpu_rtf
-        if figures is not None and cpu_rtf is not None and figures.cpu_rtf > 0 else None)
+        if figures is not None and cpu_rtf is not None and figures.cpu_rtf > 0 else None,
+        stall_max_seconds=ours.longest, stream_stall_seconds=[listener.stalled for listener in listeners],
+        stream_stall_max_seconds=max(listener.longest for listener in listeners))
+
+
+@dataclass(frozen=True)
+class SweepRow:
+    """One stream count of `edged bench tts --sweep`."""
+
+    streams: int
+    ttfa_p50_ms: float
+    ttfa_p95_ms: float
+    aggregate_rtf: float
+    stall_seconds: float
+    """Request listeners' stalls, over all requests."""
+    stall_share: float
+    """stall_seconds over the audio."""
+    stall_max_seconds: float
+    stream_stall_max_seconds: float
+    keeps_up: bool
+    """Stalls within KEEP_UP_STALL_SHARE of the audio, none longer than KEEP_UP_LONGEST_STALL_S."""
+
+
+def sweep_tts(speaker: Speaker, sentences: list[str], max_streams: int, sample_rate: int = 22050,
+              voice: str = "", local: bool = False) -> list[SweepRow]:
+    """`bench_tts` at 1, 2, 4, ... up to `max_streams` concurrent streams: where synthesis stops
+    keeping up with listeners playing in real time."""
+    counts = sorted({min(max_streams, 2 ** k) for k in range(max_streams.bit_length() + 1)})
+    rows = []
+    for n in counts:
+        r = bench_tts(speaker, sentences, n, sample_rate, voice, local=local)
+        share = r.stall_seconds / max(r.audio_seconds, 1e-9)
+        rows.append(SweepRow(
+            streams=n, ttfa_p50_ms=round(r.ttfa_p50 * 1000, 1), ttfa_p95_ms=round(r.ttfa_p95 * 1000, 1),
+            aggregate_rtf=round(r.aggregate_rtf, 4), stall_seconds=round(r.stall_seconds, 2),
+            stall_share=round(share, 4), stall_max_seconds=round(r.stall_max_seconds, 3),
+            stream_stall_max_seconds=round(r.stream_stall_max_seconds, 3),
+            keeps_up=share <= KEEP_UP_STALL_SHARE and r.stall_max_seconds <= KEEP_UP_LONGEST_STALL_S))
+        _LOGGER.info("sweep: %s", rows[-1])
+    return rows
+
+
+def sweep_text(rows: list[SweepRow]) -> str:
+    """The sweep as a table and where synthesis stops keeping up."""
+    head = ["streams", "first audio p50 ms", "p95 ms", "aggregate rtf", "stalls s", "stalls %",
+            "longest stall s", "stream longest s", "keeps up"]
+    lines = ["  ".join(head)]
+    for r in rows:
+        cells = [r.streams, r.ttfa_p50_ms, r.ttfa_p95_ms, r.aggregate_rtf, r.stall_seconds,
+                 round(100 * r.stall_share, 2), r.stall_max_seconds, r.stream_stall_max_seconds,
+                 "yes" if r.keeps_up else "no"]
+        lines.append("  ".join(str(c).rjust(len(h)) for c, h in zip(cells, head)))
+    kept = [r.streams for r in rows if r.keeps_up]
+    first_not = next((r.streams for r in rows if not r.keeps_up), None)
+    if first_not is None:
+        lines.append(f"Keeps up with real time at every count tried (up to {rows[-1].streams} streams).")
+    else:
+        lines.append(f"Stops keeping up between {max(kept) if kept else 0} and {first_not} streams: at "
+                     f"{first_not} the requests' listeners waited more than {100 * KEEP_UP_STALL_SHARE:g} % "
+                     f"of the audio, or one waited more than {KEEP_UP_LONGEST_STALL_S:g} s at once.")
+    return "\n".join(lines)

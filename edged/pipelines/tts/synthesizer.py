@@ -62,7 +62,10 @@ class AudioChunk:
 
 
 FIRST_CHUNK_FRAMES = 16
-"""Frames of a request's first chunk (0.19 s at 22.05 kHz): its first audio waits only for them."""
+"""Frames of a request's first chunk (0.19 s at 22.05 kHz): its first audio waits only for them.
+While other requests stream it is that times their number per lane: its listener must not run
+out while the others' first chunks take their turns (they go first)."""
+MAX_FIRST_CHUNK_FRAMES = 64
 MAX_CHUNK_FRAMES = 384
 """Largest chunk of one stream alone (fewer chunks, less decoder context decoded twice); with
 its context and a short rest it stays within the voice's max_run_frames (1024)."""
@@ -276,7 +279,8 @@ class TtsModel:
         for the whole rest decodes it at once, in up to `parts` runs side by side."""
         context = 2 * self.network.seam_context
         if pace.first is None:
-            size = FIRST_CHUNK_FRAMES
+            sharing = math.ceil(self._gate.streams / self.lanes)
+            size = min(FIRST_CHUNK_FRAMES * max(1, sharing), MAX_FIRST_CHUNK_FRAMES)
         else:
             alone = self._gate.streams <= 1
             ahead = pace.ahead() + queued
@@ -296,10 +300,14 @@ class TtsModel:
         other requests share the voice), or one per lane for a stream alone."""
         return self.lanes if pace.first is not None and self._gate.streams <= 1 else 1
 
-    def _decode(self, latent: Latent, start: int, stop: int, key: Key, side_by_side: bool) -> np.ndarray:
-        """Audio of frames [start, stop) in the voice's turn for `key` (the flow already ran);
-        on the lane decoder if `side_by_side` or if other runs hold or await turns."""
+    def _decode(self, latent: Latent, start: int, stop: int, key: Key, side_by_side: bool,
+                ahead: bool | None = None) -> np.ndarray:
+        """Audio of frames [start, stop) in the voice's turn for `key`, after the flow (`prepare`
+        with `ahead`, in the same turn; None: it already ran); on the lane decoder if
+        `side_by_side` or if other runs hold or await turns."""
         with self._gate.turn(key) as shared:
+            if ahead is not None:
+                self.network.prepare(latent, stop, ahead)
             t1 = time.perf_counter()
             audio = self.network.decode(latent, start, stop, side_by_side or shared)
             seam = self.network.seam_context
@@ -335,22 +343,25 @@ class TtsModel:
                     stop = start + self._chunk_frames(pace, frames - start, queued,
                                                       self._depth(pace) - len(inflight))
                     key = pace.key() if pace.first is None else (1, pace.key()[1] + queued)
-                    if latent.ready < min(frames, stop + self.network.seam_context):
-                        with self._gate.turn(key):
-                            self.network.prepare(latent, stop, ahead=pace.first is not None)
+                    # The flow on the rest of the utterance at once (fewer seams) while the stream
+                    # is alone; while others wait for their turns, on just what this chunk needs.
+                    ahead = pace.first is not None and self._gate.streams <= 1
                     depth = self._depth(pace)
                     if self._pool is None or (not inflight and depth == 1):
                         # Inline: the voice's turns stay in the gate's order, no lane thread between.
                         done: Future[np.ndarray] = Future()
-                        done.set_result(self._decode(latent, start, stop, key, False))
+                        done.set_result(self._decode(latent, start, stop, key, False, ahead))
                         inflight.append((stop - start, done))
                     else:
+                        if latent.ready < min(frames, stop + self.network.seam_context):
+                            with self._gate.turn(key):  # before lanes read the frames
+                                self.network.prepare(latent, stop, ahead)
                         inflight.append((stop - start, self._pool.submit(
                             self._decode, latent, start, stop, key, depth > 1)))
                     start = stop
                     if inflight[-1][1].done():
                         break  # decoded inline: hand it over before planning the next
-                count, future = inflight.popleft()
+                _, future = inflight.popleft()
                 audio = future.result()
                 last = start >= frames and not inflight
                 if shift is not None:
