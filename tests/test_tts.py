@@ -442,6 +442,147 @@ def test_intelligibility_through_edged_asr(tts: TtsModel, repo: Path, cpu_target
     assert errors / total <= 0.08, f"WER {errors / total:.1%}"
 
 
+def _generated_sentences(count: int) -> list[str]:
+    """Sentences of several lengths made here (not read from shared/)."""
+    subjects = ["The old ferry", "A small robot in the hall", "Our neighbour's tall green kite",
+                "The train to the northern coast", "Every lamp along the harbour wall"]
+    verbs = ["drifted slowly past", "waited patiently beside", "turned away from", "circled above"]
+    objects = ["the quiet market square.", "the bridge, while the rain kept falling on the roofs.",
+               "a field of yellow flowers and the river that runs through the valley below."]
+    return [f"{subjects[i % len(subjects)]} {verbs[i % len(verbs)]} {objects[i % len(objects)]}"
+            for i in range(count)]
+
+
+@pytest.fixture(scope="module")
+def tts_lanes(repo: Path, cpu_target: DeployTarget) -> TtsModel:
+    """The default voice with two lanes (tts_lanes=2): its decoder also on one-thread sessions."""
+    from edged.loader import load_model
+
+    model = next(m for m in list_models(repo / "models", cpu_target) if m.name == "piper-joe-medium")
+    return TtsModel(load_model(model, BackendOptions(tts_lanes=2)), MAX_CHARS)
+
+
+def test_lanes_keep_the_whole_utterances_audio(tts_lanes: TtsModel, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Requests side by side on two lanes, and a request alone with the rest of its utterance
+    split between the lanes (on the one-thread lane decoder), give the audio of the whole
+    utterance's run to the 50 dB of the seams' check, every sample where it belongs."""
+    from edged.pipelines.tts.schedule import Pace
+
+    model, net = tts_lanes, tts_lanes.network
+    assert model.lanes == 2 and net._lane_decoder is not net._decoder
+    # Sentences the pipeline speaks as one utterance (a long one's first clause goes alone, its
+    # edges' silence cut).
+    units = {t: [u for u in utterances([Span(normalise(t))]) if isinstance(u, Utterance)]
+             for t in _generated_sentences(15)}
+    texts = [t for t, us in units.items() if len(us) == 1 and not us[0].tight_start][:5]
+    assert len(texts) == 5
+    latents = {}
+    whole = {}
+    for text in texts:
+        parts = []
+        for unit in units[text]:  # a long first sentence is two utterances (its first clause)
+            ids = model.config.phoneme_ids.ids(" ".join(phonemize_text(s.text, "en-us") for s in unit.spans))
+            latent = net.encode(ids, 1.0)
+            latents[tuple(ids)] = replace(latent, z=np.empty_like(latent.prior), prior=latent.prior.copy())
+            exact = replace(latent, prior=latent.prior.copy())
+            seams = net.seam_context, net.flow_seam
+            net.seam_context, net.flow_seam = net.context, net.flow_context
+            try:
+                parts.append(net.decode(exact, 0, exact.frames))
+            finally:
+                net.seam_context, net.flow_seam = seams
+        whole[text] = np.concatenate(parts)
+
+    def fixed(ids: list[int], length_scale: float, speaker: int = 0):  # type: ignore[no-untyped-def]
+        latent = latents[tuple(ids)]  # the same noise as the whole run, a fresh copy each time
+        return replace(latent, z=np.empty_like(latent.z), prior=latent.prior.copy(), ready=0)
+
+    split = []
+    decode = net.decode
+
+    def counted(latent, start, stop, side_by_side=False):  # type: ignore[no-untyped-def]
+        split.append(side_by_side)
+        return decode(latent, start, stop, side_by_side)
+
+    monkeypatch.setattr(net, "encode", fixed)
+    monkeypatch.setattr(net, "decode", counted)
+
+    def speak(text: str, pace: Pace, out: dict[str, np.ndarray]) -> None:
+        with model._gate.stream():
+            parts = []
+            for unit in units[text]:
+                for audio in model._speak(unit, 0, 1.0, pace):
+                    pace.emitted(len(audio) / model.sample_rate)
+                    parts.append(audio)
+        out[text] = np.concatenate(parts)
+
+    got: dict[str, np.ndarray] = {}
+    lead = Pace()
+    lead.emitted(30.0)  # a listener with seconds of audio ahead: the rest goes to both lanes
+    speak(texts[0], lead, got)
+    assert any(split), "a request alone with a lead decodes on the lanes side by side"
+    threads = [threading.Thread(target=speak, args=(t, Pace(), got)) for t in texts[1:]]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    signal = error = 0.0
+    for text in texts:
+        assert len(got[text]) == len(whole[text])
+        signal += float((whole[text] ** 2).sum())
+        error += float(((got[text] - whole[text]) ** 2).sum())
+    assert 10 * np.log10(signal / error) >= 50.0
+
+
+def test_first_chunk_grows_with_the_streams_per_lane(tts_lanes: TtsModel) -> None:
+    """Alone, a request's first audio is 16 frames; while others stream, enough more that its
+    listener outlasts their first chunks on the lanes (bounded)."""
+    from edged.pipelines.tts.schedule import Pace
+
+    model = tts_lanes
+    assert model._chunk_frames(Pace(), 500) == 16
+    with model._gate.stream(), model._gate.stream(), model._gate.stream():
+        assert model._chunk_frames(Pace(), 500) == 32
+        with model._gate.stream(), model._gate.stream(), model._gate.stream(), model._gate.stream():
+            assert model._chunk_frames(Pace(), 500) == 64
+        with model._gate.stream(), model._gate.stream(), model._gate.stream(), model._gate.stream(), \
+                model._gate.stream(), model._gate.stream():
+            assert model._chunk_frames(Pace(), 500) == 64
+
+
+def test_bench_listeners_of_streams_hear_edgeds_turns_only() -> None:
+    """The whole-stream listener's clock runs in edged's turns only: a reference turn between two
+    requests neither drains its audio nor counts as a wait."""
+    from edged.client.ttsbench import _Listener, _turn_clock
+
+    clock = _turn_clock([(0.0, 1.0), (5.0, 6.0)])  # edged's turns; 1 to 5 is the reference's
+    assert [clock(t) for t in (0.5, 1.0, 3.0, 5.0, 5.5)] == [0.5, 1.0, 1.0, 1.0, 1.5]
+    listener = _Listener()
+    for at, seconds in [(0.1, 0.2), (0.2, 1.5), (5.2, 0.5)]:  # audio until 1.8; the next request at 1.2
+        listener.hear(clock(at), seconds)
+    assert listener.stalled == pytest.approx(0.0, abs=1e-9)
+    late = _Listener()
+    for at, seconds in [(0.1, 0.2), (0.5, 0.2)]:  # the listener ran out at 0.3, waited 0.2
+        late.hear(at, seconds)
+    assert late.stalled == pytest.approx(0.2) and late.longest == pytest.approx(0.2)
+
+
+def test_bench_sweep_reports_where_synthesis_keeps_up(tts_lanes: TtsModel) -> None:
+    """`edged bench tts --sweep`: a row per stream count (1, 2, ... up to the most asked), each
+    with first audio, throughput, stalls and whether listeners were kept fed; the per-stream
+    stall figures come with every bench run."""
+    from edged.client.speak import LocalSpeaker
+    from edged.client.ttsbench import sweep_text, sweep_tts
+
+    rows = sweep_tts(LocalSpeaker(tts_lanes), _generated_sentences(2), 3, local=True)
+    assert [r.streams for r in rows] == [1, 2, 3]
+    assert all(0.0 < r.ttfa_p50_ms <= r.ttfa_p95_ms and 0.0 < r.aggregate_rtf < 2.0 for r in rows)
+    assert all(r.stall_max_seconds <= r.stall_seconds + 1e-9 for r in rows)
+    text = sweep_text(rows)
+    assert text.splitlines()[0].startswith("streams") and len(text.splitlines()) == 5
+    assert "Keeps up" in text or "Stops keeping up" in text
+
+
 # --- the Riva API against a real server -------------------------------------------------------
 
 @pytest.fixture(scope="module")
