@@ -171,6 +171,13 @@ tts_max_text_chars=10000
 # Accepts an integer of at least 0.
 tts_max_streams=8
 
+# Speech synthesis network runs in flight at once, each on ONNX Runtime's threads: several
+# requests' chunks side by side (a new request's first audio first), or the next chunks of a
+# request streaming alone together. With 1, runs take turns. On this project's 2-core test
+# machine, 4 concurrent streams: aggregate real-time factor TBD with 2 lanes, TBD with 1.
+# Accepts an integer from 1 to 16.
+tts_lanes=3
+
 # Most concurrent ASR streams (StreamingRecognize); one more is refused with RESOURCE_EXHAUSTED.
 # Accepts an integer from 1 to 1024.
 asr_max_streams=16

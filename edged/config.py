@@ -407,7 +407,7 @@ class Settings:
         doc="Speech synthesis requests served at once; more are refused with RESOURCE_EXHAUSTED; "
             "0 for no limit.")
     tts_lanes: int = setting(
-        2, kind=Int(min=1, max=16),
+        3, kind=Int(min=1, max=16),
         doc="Speech synthesis network runs in flight at once, each on ONNX Runtime's threads: "
             "several requests' chunks side by side (a new request's first audio first), or the "
             "next chunks of a request streaming alone together. With 1, runs take turns. On this "

@@ -534,20 +534,21 @@ def test_lanes_keep_the_whole_utterances_audio(tts_lanes: TtsModel, monkeypatch:
     assert 10 * np.log10(signal / error) >= 50.0
 
 
-def test_first_chunk_grows_with_the_streams_per_lane(tts_lanes: TtsModel) -> None:
-    """Alone, a request's first audio is 16 frames; while others stream, enough more that its
-    listener outlasts their first chunks on the lanes (bounded)."""
+def test_first_chunk_grows_with_the_requests_starting_per_lane(tts_lanes: TtsModel) -> None:
+    """Alone, or beside requests already playing, a request's first audio is 16 frames; while
+    others also wait for their first audio, enough more that its listener outlasts their first
+    chunks on the lanes (bounded)."""
     from edged.pipelines.tts.schedule import Pace
 
-    model = tts_lanes
+    model, gate = tts_lanes, tts_lanes._gate
     assert model._chunk_frames(Pace(), 500) == 16
-    with model._gate.stream(), model._gate.stream(), model._gate.stream():
-        assert model._chunk_frames(Pace(), 500) == 32
-        with model._gate.stream(), model._gate.stream(), model._gate.stream(), model._gate.stream():
-            assert model._chunk_frames(Pace(), 500) == 64
-        with model._gate.stream(), model._gate.stream(), model._gate.stream(), model._gate.stream(), \
-                model._gate.stream(), model._gate.stream():
-            assert model._chunk_frames(Pace(), 500) == 64
+    with gate.stream() as a, gate.stream() as b, gate.stream():
+        assert model._chunk_frames(Pace(), 500) == 32  # 3 starting on 2 lanes
+        a(), b()  # two have their first audio
+        assert gate.streams == 3 and gate.starting == 1 and model._chunk_frames(Pace(), 500) == 16
+        with gate.stream(), gate.stream(), gate.stream(), gate.stream(), gate.stream(), gate.stream():
+            assert model._chunk_frames(Pace(), 500) == 64  # 7 starting: 4 per lane, at most 64
+    assert gate.streams == gate.starting == 0
 
 
 def test_bench_listeners_of_streams_hear_edgeds_turns_only() -> None:

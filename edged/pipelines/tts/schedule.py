@@ -14,7 +14,7 @@ import heapq
 import itertools
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 
 Key = tuple[int, float]
@@ -30,6 +30,8 @@ class RunGate:
         self._order = itertools.count()
         self.streams = 0
         """Requests currently streaming from the model."""
+        self.starting = 0
+        """Those of them still waiting for their first audio."""
 
     @contextmanager
     def turn(self, key: Key) -> Iterator[bool]:
@@ -51,13 +53,25 @@ class RunGate:
                 self._cond.notify_all()
 
     @contextmanager
-    def stream(self) -> Iterator[None]:
-        """Count a request as streaming for the duration of the block."""
+    def stream(self) -> Iterator[Callable[[], None]]:
+        """Count a request as streaming for the duration of the block, and as starting until it
+        calls the function it is given (at its first audio)."""
+        started = False
+
+        def first_audio() -> None:
+            nonlocal started
+            if not started:
+                started = True
+                with self._cond:
+                    self.starting -= 1
+
         with self._cond:
             self.streams += 1
+            self.starting += 1
         try:
-            yield
+            yield first_audio
         finally:
+            first_audio()
             with self._cond:
                 self.streams -= 1
 

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from edged.audio.resample import StreamResampler, float_to_pcm16
+from edged.backends.base import cpu_cores
 from edged.errors import TtsError, TtsRequestError, UnknownVoiceError
 from edged.loader import LoadedModel
 from edged.pipelines.tts.phonemes import phonemize_text
@@ -63,9 +64,10 @@ class AudioChunk:
 
 FIRST_CHUNK_FRAMES = 16
 """Frames of a request's first chunk (0.19 s at 22.05 kHz): its first audio waits only for them.
-While other requests stream it is that times their number per lane: its listener must not run
-out while the others' first chunks take their turns (they go first)."""
+While other requests also wait for their first audio it is that times their number per lane: its
+listener must not run out while the others' first chunks take their turns (they go first)."""
 MAX_FIRST_CHUNK_FRAMES = 64
+"""Bound of that growth (0.74 s): first audio still within a few tenths of a second."""
 MAX_CHUNK_FRAMES = 384
 """Largest chunk of one stream alone (fewer chunks, less decoder context decoded twice); with
 its context and a short rest it stays within the voice's max_run_frames (1024)."""
@@ -180,6 +182,8 @@ class TtsModel:
         self.lanes = max(1, model.lanes)
         """Network runs in flight at once (decoder runs side by side on the lane decoder)."""
         self._gate = RunGate(self.lanes)
+        self._alone_depth = min(self.lanes, cpu_cores())
+        """A stream alone splits the rest of an utterance in at most one part per core."""
         self._pool = ThreadPoolExecutor(self.lanes, thread_name_prefix="edged-tts-lane") \
             if self.lanes > 1 else None
         """Runs a stream's chunks beyond the one its own thread waits for."""
@@ -252,7 +256,7 @@ class TtsModel:
         """Chunks for parsed items, lazily (long documents never sit whole in memory)."""
         resampler = StreamResampler(self.sample_rate, rate_hz)
         pace = Pace()
-        with self._gate.stream():
+        with self._gate.stream() as first_audio:
             for unit in utterances(_apply_dictionary(items, dictionary or {})):
                 if isinstance(unit, Break):
                     pieces: Iterable[np.ndarray] = [
@@ -266,6 +270,7 @@ class TtsModel:
                     if len(out):
                         chunk = AudioChunk(float_to_pcm16(out), rate_hz, text)
                         pace.emitted(chunk.seconds)
+                        first_audio()
                         text = ""
                         yield chunk
             tail = resampler.process(np.zeros(0, dtype=np.float32), last=True)
@@ -279,7 +284,7 @@ class TtsModel:
         for the whole rest decodes it at once, in up to `parts` runs side by side."""
         context = 2 * self.network.seam_context
         if pace.first is None:
-            sharing = math.ceil(self._gate.streams / self.lanes)
+            sharing = math.ceil(self._gate.starting / self.lanes)
             size = min(FIRST_CHUNK_FRAMES * max(1, sharing), MAX_FIRST_CHUNK_FRAMES)
         else:
             alone = self._gate.streams <= 1
@@ -298,7 +303,7 @@ class TtsModel:
     def _depth(self, pace: Pace) -> int:
         """How many of a stream's chunks may be decoded at once: one (its first audio, or while
         other requests share the voice), or one per lane for a stream alone."""
-        return self.lanes if pace.first is not None and self._gate.streams <= 1 else 1
+        return self._alone_depth if pace.first is not None and self._gate.streams <= 1 else 1
 
     def _decode(self, latent: Latent, start: int, stop: int, key: Key, side_by_side: bool,
                 ahead: bool | None = None) -> np.ndarray:
