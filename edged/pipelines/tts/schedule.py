@@ -3,8 +3,10 @@
 Each network run (an utterance's encoder, a chunk of its decoder) asks the model's `RunGate` for
 a turn with a key; keys order as `(0, request start)` for a request that has produced no audio
 yet, then `(1, deadline)` for the others, the deadline being when its listener runs out of audio.
-One run at a time uses the whole CPU (ONNX Runtime's own threads), so a new request waits for
-at most one chunk already running, and concurrent streams never oversubscribe the cores.
+The gate has a slot per lane (`tts_lanes`): a few runs go side by side, a run that shares the
+cores on sessions with a lane's share of the threads, so a new request waits for at most the
+first of the chunks already running to end, and concurrent streams never oversubscribe the
+cores by more than a run or two.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ class RunGate:
             heapq.heappop(self._waiting)
             self._free -= 1
             shared = self._free < self._slots - 1 or bool(self._waiting)
+            self._cond.notify_all()  # with a slot left, the next in line goes too
         try:
             yield shared
         finally:
