@@ -344,7 +344,8 @@ def _generator_like(path: Path, channels: int = 32) -> Path:
     graph = helper.make_graph(nodes, "generator",
                               [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 1, "t"])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    # IR 8 as the other generated graphs: onnx's default IR is newer than Jetson's onnxruntime (1.23) reads.
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), str(path))
     return path
 
 
@@ -402,7 +403,7 @@ def test_blocked_rewrite_that_changes_outputs_is_refused() -> None:
         graph = helper.make_graph([helper.make_node(op, ["x"], ["y"])], "g",
                                   [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, "t"])],
                                   [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, "t"])])
-        m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+        m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
         onnx.checker.check_model(m)
         return m.SerializeToString()
 
