@@ -279,7 +279,7 @@ def sweep_tts(speaker: Speaker, sentences: list[str], max_streams: int, sample_r
         share = r.stall_seconds / max(r.audio_seconds, 1e-9)
         rows.append(SweepRow(
             streams=n, ttfa_p50_ms=round(r.ttfa_p50 * 1000, 1), ttfa_p95_ms=round(r.ttfa_p95 * 1000, 1),
-            aggregate_rtf=round(r.aggregate_rtf, 4), stall_seconds=round(r.stall_seconds, 2),
+            aggregate_rtf=round(r.aggregate_rtf, 4), stall_seconds=round(r.stall_seconds, 3),
             stall_share=round(share, 4), stall_max_seconds=round(r.stall_max_seconds, 3),
             stream_stall_max_seconds=round(r.stream_stall_max_seconds, 3),
             keeps_up=share <= KEEP_UP_STALL_SHARE and r.stall_max_seconds <= KEEP_UP_LONGEST_STALL_S))

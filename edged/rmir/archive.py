@@ -148,7 +148,9 @@ def _open_tar(ref: RmirRef) -> Iterator[tuple[tarfile.TarFile, BinaryIO, _Hashin
         try:
             with tarfile.open(fileobj=stream, mode="r|") as tar:
                 yield tar, stream, hashing
-        except (tarfile.ReadError, EOFError) as exc:
+        # TarError, not only ReadError: Python 3.10 reads a file of zeros as a stream that must
+        # seek backwards (StreamError), 3.11 and later as a ReadError.
+        except (tarfile.TarError, EOFError) as exc:
             raise RmirError(
                 f"{where} is truncated or is not an RMIR archive ({exc}); copy or fetch it again."
             ) from None
