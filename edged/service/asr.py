@@ -208,10 +208,6 @@ class AsrSession:
                 raise item
             yield item
 
-    async def collect(self) -> list[Transcript]:
-        """Every result still to come, until the last (for a door that answers once, after `finish`)."""
-        return [transcript async for transcript in self.results()]
-
     def close(self) -> None:
         """The session ends (however: a client may vanish): no more feeding or interims."""
         if self._feeding is not None:
