@@ -439,21 +439,13 @@ def run_sweep(address: str, manifest: Path, max_streams: int, chunk_ms: int = 16
 
 def sweep_text(rows: list[SweepRow]) -> str:
     """The sweep as a table and where it saturates."""
+    from edged.client.sweep import sweep_table
+
     head = ["streams", "finals", "final p50 ms", "final p95 ms", "interim gap p95 ms", "behind p95 ms",
             "behind max ms", "server cpu %", "keeps up"]
-    lines = ["  ".join(head)]
-    for r in rows:
-        cells = [r.streams, r.finals, r.final_latency_p50_ms, r.final_latency_p95_ms, r.interim_gap_p95_ms,
-                 r.behind_p95_ms, r.behind_max_ms, "-" if r.server_cpu_percent is None else r.server_cpu_percent,
-                 "yes" if r.keeps_up else "no"]
-        lines.append("  ".join(str(c).rjust(len(h)) for c, h in zip(cells, head)))
-    kept = [r.streams for r in rows if r.keeps_up]
-    first_not = next((r.streams for r in rows if not r.keeps_up), None)
-    if first_not is None:
-        lines.append(f"Keeps up with real time at every count tried (up to {rows[-1].streams} streams).")
-    else:
-        lines.append(f"Saturates between {max(kept) if kept else 0} and {first_not} streams: "
-                     f"at {first_not} the interims' "
-                     f"p95 fell more than {KEEP_UP_BEHIND_MS:g} ms behind real time or the finals' p95 "
-                     f"passed {FINAL_P95_MS:g} ms.")
-    return "\n".join(lines)
+    return sweep_table(head, [(r.streams, r.keeps_up, [
+        r.streams, r.finals, r.final_latency_p50_ms, r.final_latency_p95_ms, r.interim_gap_p95_ms, r.behind_p95_ms,
+        r.behind_max_ms, "-" if r.server_cpu_percent is None else r.server_cpu_percent,
+        "yes" if r.keeps_up else "no"]) for r in rows],
+        "Saturates between {kept} and {first} streams: at {first} the interims' p95 fell more than "
+        f"{KEEP_UP_BEHIND_MS:g} ms behind real time or the finals' p95 passed {FINAL_P95_MS:g} ms.")

@@ -289,20 +289,13 @@ def sweep_tts(speaker: Speaker, sentences: list[str], max_streams: int, sample_r
 
 def sweep_text(rows: list[SweepRow]) -> str:
     """The sweep as a table and where synthesis stops keeping up."""
+    from edged.client.sweep import sweep_table
+
     head = ["streams", "first audio p50 ms", "p95 ms", "aggregate rtf", "stalls s", "stalls %",
             "longest stall s", "stream longest s", "keeps up"]
-    lines = ["  ".join(head)]
-    for r in rows:
-        cells = [r.streams, r.ttfa_p50_ms, r.ttfa_p95_ms, r.aggregate_rtf, r.stall_seconds,
-                 round(100 * r.stall_share, 2), r.stall_max_seconds, r.stream_stall_max_seconds,
-                 "yes" if r.keeps_up else "no"]
-        lines.append("  ".join(str(c).rjust(len(h)) for c, h in zip(cells, head)))
-    kept = [r.streams for r in rows if r.keeps_up]
-    first_not = next((r.streams for r in rows if not r.keeps_up), None)
-    if first_not is None:
-        lines.append(f"Keeps up with real time at every count tried (up to {rows[-1].streams} streams).")
-    else:
-        lines.append(f"Stops keeping up between {max(kept) if kept else 0} and {first_not} streams: at "
-                     f"{first_not} the requests' listeners waited more than {100 * KEEP_UP_STALL_SHARE:g} % "
-                     f"of the audio, or one waited more than {KEEP_UP_LONGEST_STALL_S:g} s at once.")
-    return "\n".join(lines)
+    return sweep_table(head, [(r.streams, r.keeps_up, [
+        r.streams, r.ttfa_p50_ms, r.ttfa_p95_ms, r.aggregate_rtf, r.stall_seconds, round(100 * r.stall_share, 2),
+        r.stall_max_seconds, r.stream_stall_max_seconds, "yes" if r.keeps_up else "no"]) for r in rows],
+        "Stops keeping up between {kept} and {first} streams: at {first} the requests' listeners waited more "
+        f"than {100 * KEEP_UP_STALL_SHARE:g} % of the audio, or one waited more than "
+        f"{KEEP_UP_LONGEST_STALL_S:g} s at once.")
