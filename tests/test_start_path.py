@@ -14,16 +14,11 @@ import pytest
 import typer
 from grpc_health.v1 import health_pb2
 
-from edged.backends import BackendOptions
 from edged.cli import quick, typer_app
 from edged.client.health import check_ready, decode_check_response, encode_check_request
 from edged.client.startbench import StartReport, bench_start
 from edged.config import load_settings
-from edged.repository.deploy import deploy
-from edged.repository.records import DeployTarget
-from edged.rmir import RmirRef
-from edged.rmir.build import build_rmir
-from tests.conftest import REPO_ROOT, tiny_source
+from tests.conftest import REPO_ROOT
 from tests.test_server import free_port, write_config
 
 
@@ -98,18 +93,8 @@ def test_readiness_is_trusted_only_from_edged() -> None:
     assert check_ready(f"127.0.0.1:{free_port()}") == "UNAVAILABLE"
 
 
-@pytest.fixture
-def tiny_repo(tmp_path: Path, cpu_target: DeployTarget) -> Path:
-    """A tiny ASR and a tiny TTS model deployed in tmp_path/repo."""
-    for name, pipeline in (("tiny-asr", "speech_recognition"), ("tiny-tts", "speech_synthesis")):
-        rmir = tmp_path / f"{name}.rmir"
-        build_rmir(tiny_source(tmp_path / f"src-{name}", name, pipeline), RmirRef(rmir))
-        deploy(RmirRef(rmir), tmp_path / "repo" / "models", cpu_target, BackendOptions())
-    return tmp_path / "repo"
-
-
 @pytest.mark.timeout(120)
-def test_bench_start_times_every_path(tmp_path: Path, tiny_repo: Path) -> None:
+def test_bench_start_times_every_path(tmp_path: Path, two_models: Path) -> None:
     """One run by each path: every figure is there, `edged start --detach` returned, and after it
     `edged stop` left nothing running."""
     cfg = write_config(tmp_path, free_port())
@@ -120,7 +105,7 @@ def test_bench_start_times_every_path(tmp_path: Path, tiny_repo: Path) -> None:
         assert len(spread.runs) == 1 and 0 < spread.low == spread.median == spread.high < 60
     assert report.startup.median < report.in_process.median  # no interpreter or imports in-process
     assert "edged start --detach" in report.text() and '"detach"' in report.json()
-    assert not (tiny_repo / "edged.pid").exists()
+    assert not (two_models / "edged.pid").exists()
 
 
 def test_bench_start_command_refuses_a_busy_port(tmp_path: Path) -> None:
