@@ -9,13 +9,11 @@ Served by aiohttp (the HTTP door's framework) on the daemon's one event loop.
 from __future__ import annotations
 
 import ipaddress
-import logging
 from collections.abc import Callable
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-_LOGGER = logging.getLogger(__name__)
 SERVER = "edged"
 """The Server header of every answer: `edged health` trusts a readiness answer only from edged."""
 
