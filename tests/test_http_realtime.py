@@ -260,7 +260,8 @@ def test_final_latency_over_websocket_is_grpcs(web: tuple[str, int], voice: Any)
         ws_s.append(asyncio.run(_ws_final_latency(web[1], audio, speech_end_s)))
     print(f"final latency after end of speech (s): gRPC {[round(x, 3) for x in grpc_s]}, "
           f"WebSocket {[round(x, 3) for x in ws_s]}")
-    assert sum(ws_s) / len(ws_s) < sum(grpc_s) / len(grpc_s) + 0.15, (grpc_s, ws_s)
+    # The fastest of each: load from elsewhere on the machine only ever adds, to either door.
+    assert min(ws_s) < min(grpc_s) + 0.15, (grpc_s, ws_s)
 
 
 def test_first_audio_over_websocket_is_grpcs(web: tuple[str, int]) -> None:
@@ -296,4 +297,5 @@ def test_first_audio_over_websocket_is_grpcs(web: tuple[str, int]) -> None:
         grpc_s.append(grpc_first(t))
         ws_s.append(asyncio.run(ws_first(t)))
     print(f"first audio (s): gRPC {[round(x, 3) for x in grpc_s]}, WebSocket {[round(x, 3) for x in ws_s]}")
-    assert sum(ws_s) / len(ws_s) < sum(grpc_s) / len(grpc_s) + 0.1, (grpc_s, ws_s)
+    # The fastest of each: load from elsewhere on the machine only ever adds, to either door.
+    assert min(ws_s) < min(grpc_s) + 0.1, (grpc_s, ws_s)
