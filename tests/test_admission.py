@@ -6,8 +6,8 @@ import asyncio
 
 import pytest
 
-from edged.errors import ResourceExhaustedError
-from edged.service.admission import Admission
+from edged.errors import IdleTimeoutError, ResourceExhaustedError
+from edged.service.admission import Admission, Waiting
 
 
 def test_limit_refuses_at_once_and_frees_slots() -> None:
@@ -91,3 +91,43 @@ def test_drain_is_answered_only_on_this_machine() -> None:
     assert endpoint.respond("POST", "/v2/drain")[0] == 200
     assert endpoint.respond("GET", "/v2/health/ready")[0] == 503
     assert endpoint.respond("GET", "/v2/health/live")[0] == 200
+
+
+def test_a_slot_ends_streams_whose_client_keeps_them_waiting() -> None:
+    """Past the idle timeout on what a stream waits its client for (send or read), the session is
+    told with the setting named; one that does not let go is cancelled; server time never counts."""
+
+    async def scenario() -> None:
+        admission = Admission(reserve_mb=0, available_mb=lambda: 1000.0)
+        told: list[IdleTimeoutError] = []
+
+        async def stream(behaviour: str) -> str:
+            async with admission.stream("asr", 0, 0.6, "asr_stream_idle_timeout_s") as slot:
+                quit_when_told = asyncio.Event()
+                slot.on_idle = lambda error: (told.append(error), quit_when_told.set())
+                if behaviour == "busy client":  # sends every 0.1 s for 2 s
+                    for _ in range(20):
+                        with slot.waiting(Waiting.SEND):
+                            await asyncio.sleep(0.1)
+                elif behaviour == "slow server":  # works for 2 s, waiting on no one
+                    await asyncio.sleep(2.0)
+                elif behaviour == "quiet client":  # waits for audio that never comes; ends when told
+                    with slot.waiting(Waiting.SEND):
+                        await quit_when_told.wait()
+                else:  # "deaf client": a write that never returns, whatever the session is told
+                    with slot.waiting(Waiting.READ):
+                        await asyncio.sleep(60)
+                return behaviour
+
+        started = asyncio.get_running_loop().time()
+        outcomes = await asyncio.gather(*(stream(b) for b in ("busy client", "slow server", "quiet client",
+                                                              "deaf client")), return_exceptions=True)
+        elapsed = asyncio.get_running_loop().time() - started
+        assert outcomes[:3] == ["busy client", "slow server", "quiet client"], outcomes
+        assert isinstance(outcomes[3], asyncio.CancelledError), outcomes
+        assert elapsed < 4.0 and admission.total == 0, (elapsed, admission.active)
+        assert sorted(str(e) for e in told) == [
+            "The client read nothing for 0.6 s; the asr stream was ended (asr_stream_idle_timeout_s).",
+            "The client sent nothing for 0.6 s; the asr stream was ended (asr_stream_idle_timeout_s)."]
+
+    asyncio.run(scenario())

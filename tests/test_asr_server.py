@@ -273,6 +273,17 @@ def test_errors_are_precise(asr_server: str) -> None:
         (pcm, config(encoding=lin, sample_rate_hertz=4000), "4000 Hz"),
         (bytes(16000 * 2 * 121), config(encoding=lin, sample_rate_hertz=16000), "limit of 120 s"),
     ]
+    too_many = config(encoding=lin, sample_rate_hertz=rate)
+    riva.client.add_word_boosting_to_config(too_many, [f"word{i}" for i in range(101)], 20.0)
+    unbounded = config(encoding=lin, sample_rate_hertz=rate)
+    riva.client.add_word_boosting_to_config(unbounded, ["Beckett"], float("inf"))
+    endless = config(encoding=lin, sample_rate_hertz=rate)
+    riva.client.add_endpoint_parameters_to_config(endless, 0, 0, 0, 0, float("inf"), 0)
+    above_one = config(encoding=lin, sample_rate_hertz=rate)
+    riva.client.add_endpoint_parameters_to_config(above_one, 0, 0, 0, 0, 0, 2.5)
+    cases += [(pcm, too_many, "101 boosted phrases are too many; at most 100"),
+              (pcm, unbounded, "a boost must be a finite number"),
+              (pcm, endless, "stop_threshold is inf"), (pcm, above_one, "it must be from 0 to 1")]
     for audio, cfg, message in cases:
         code, details = _code(lambda audio=audio, cfg=cfg: asr.offline_recognize(audio, cfg))
         assert code == grpc.StatusCode.INVALID_ARGUMENT and message in details, (message, details)

@@ -109,7 +109,8 @@ def test_oversized_bodies_and_messages(tight: int) -> None:
 
 def test_undecodable_audio_and_idle_conversations(tight: int) -> None:
     """A file that is no WAV or FLAC ends the conversation with an invalid_request error; so does silence
-    from the client for asr_stream_idle_timeout_s; unknown routes get this door's JSON errors."""
+    from the client for asr_stream_idle_timeout_s; audio held uncommitted beyond max_message_mb is
+    refused chunk by chunk; unknown routes get this door's JSON errors."""
     async def run(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
         got = []
         async with websockets.connect(f"ws://127.0.0.1:{tight}/v1/realtime?intent=transcription",
@@ -127,6 +128,10 @@ def test_undecodable_audio_and_idle_conversations(tight: int) -> None:
                            {"type": "input_audio_buffer.append", "audio": garbage},
                            {"type": "input_audio_buffer.commit"}]))
     assert got[-1]["type"] == "error" and got[-1]["error"]["type"] == "invalid_request_error", got
+    chunk = base64.b64encode(bytes(400_000)).decode()  # 533 kB messages, under the 1 MiB message limit
+    appended = asyncio.run(run([{"type": "input_audio_buffer.append", "audio": chunk}] * 3))
+    refusals = [e for e in appended if e["type"] == "error" and "max_message_mb" in e["error"]["message"]]
+    assert len(refusals) == 1 and "dropped" in refusals[0]["error"]["message"], appended
     idle = asyncio.run(run([]))
     assert idle[-1]["type"] == "error" and "asr_stream_idle_timeout_s" in idle[-1]["error"]["message"]
     missing = requests.get(f"http://127.0.0.1:{tight}/v1/nothing", headers=headers(), timeout=10)

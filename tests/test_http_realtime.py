@@ -260,8 +260,9 @@ def test_final_latency_over_websocket_is_grpcs(web: tuple[str, int], voice: Any)
         ws_s.append(asyncio.run(_ws_final_latency(web[1], audio, speech_end_s)))
     print(f"final latency after end of speech (s): gRPC {[round(x, 3) for x in grpc_s]}, "
           f"WebSocket {[round(x, 3) for x in ws_s]}")
-    # The fastest of each: load from elsewhere on the machine only ever adds, to either door.
-    assert min(ws_s) < min(grpc_s) + 0.15, (grpc_s, ws_s)
+    # The fastest of each (load from elsewhere only ever adds), within half again plus a margin:
+    # a door that waited for the client's next chunk, or for the stream's end, would be seconds late.
+    assert min(ws_s) < 1.5 * min(grpc_s) + 0.15, (grpc_s, ws_s)
 
 
 def test_first_audio_over_websocket_is_grpcs(web: tuple[str, int]) -> None:
@@ -297,5 +298,6 @@ def test_first_audio_over_websocket_is_grpcs(web: tuple[str, int]) -> None:
         grpc_s.append(grpc_first(t))
         ws_s.append(asyncio.run(ws_first(t)))
     print(f"first audio (s): gRPC {[round(x, 3) for x in grpc_s]}, WebSocket {[round(x, 3) for x in ws_s]}")
-    # The fastest of each: load from elsewhere on the machine only ever adds, to either door.
-    assert min(ws_s) < min(grpc_s) + 0.1, (grpc_s, ws_s)
+    # The fastest of each (load from elsewhere only ever adds), within half again plus a margin:
+    # a door that held the first audio back (until the synthesis ended, say) would be later.
+    assert min(ws_s) < 1.5 * min(grpc_s) + 0.1, (grpc_s, ws_s)

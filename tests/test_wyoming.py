@@ -9,6 +9,7 @@ open; zeroconf discovery where multicast works here.
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 import subprocess
 import time
@@ -253,12 +254,19 @@ def test_bad_input_is_answered_and_leaves_no_stream(daemon: Daemon) -> None:
             errors.append(Error.from_event(await _read(client)))
             await client.write_event(Event(type="audio-start", data={"width": 2}))  # no rate
             errors.append(Error.from_event(await _read(client)))
-        # bytes that are no Wyoming event at all: the connection ends, the server does not
-        reader, writer = await asyncio.open_connection("127.0.0.1", daemon.wyoming_port)
-        writer.write(b'{"data": {}}\n[1, 2]\n')
-        await writer.drain()
-        assert await asyncio.wait_for(reader.read(), timeout=10) == b""
-        writer.close()
+        # bytes that are no Wyoming event at all, an event announcing more than the server reads,
+        # a header line with no end: an error event, then the connection ends (the server does not)
+        for sent in (b'{"data": {}}\n[1, 2]\n', b'{"type": "audio-chunk", "payload_length": 2147483648}\n',
+                     b'{"type": "audio-chunk", "data_length": -1}\n', b"{" + b" " * 100_000):
+            reader, writer = await asyncio.open_connection("127.0.0.1", daemon.wyoming_port)
+            writer.write(sent)
+            await writer.drain()
+            got = await asyncio.wait_for(reader.read(), timeout=10)
+            writer.close()
+            header, _, rest = got.partition(b"\n")
+            framing_error = json.loads(header)
+            assert framing_error["type"] == "error" and len(rest) == framing_error["data_length"], got
+            errors.append(Error(**json.loads(rest)))
         # a client that goes away in the middle of its audio
         client = AsyncTcpClient("127.0.0.1", daemon.wyoming_port)
         await client.connect()
@@ -272,7 +280,8 @@ def test_bad_input_is_answered_and_leaves_no_stream(daemon: Daemon) -> None:
     errors = asyncio.run(run())
     assert all(e.text and "\n" not in e.text for e in errors), errors
     assert [e.code for e in errors] == ["bad-request", "audio-format", "audio-format", "bad-request",
-                                         "bad-request"], errors
+                                         "bad-request"] + ["bad-request"] * 4, errors
+    assert "max_message_mb" in errors[6].text and "data_length" in errors[7].text, errors
     assert _open_asr_streams(daemon.grpc_port) == 0
     text, _ = asyncio.run(_transcribe(daemon.wyoming_port, pcm, rate))  # still answers
     assert _wer(BECKETT, text) <= 0.2, text
@@ -281,18 +290,27 @@ def test_bad_input_is_answered_and_leaves_no_stream(daemon: Daemon) -> None:
 
 def test_full_server_answers_resource_exhausted(default_repo: Path) -> None:
     """With asr_max_streams=1, a second Wyoming stream gets a resource-exhausted error event."""
-    proc, d = _start(default_repo.parent, default_repo, "full", "wyoming_zeroconf=false\nasr_max_streams=1\n")
+    proc, d = _start(default_repo.parent, default_repo, "full",
+                     "wyoming_zeroconf=false\nasr_max_streams=1\nasr_stream_idle_timeout_s=4\n")
     try:
-        async def run() -> Error:
+        async def run() -> tuple[Error, Error, Event | None, Event]:
             async with AsyncTcpClient("127.0.0.1", d.wyoming_port) as first, \
                     AsyncTcpClient("127.0.0.1", d.wyoming_port) as second:
                 await first.write_event(AudioStart(rate=16000, width=2, channels=1).event())
                 assert TranscriptStart.is_type((await _read(first)).type)
                 await second.write_event(AudioStart(rate=16000, width=2, channels=1).event())
-                return Error.from_event(await _read(second))
+                refused = Error.from_event(await _read(second))
+                # The first client now sends nothing: past the idle timeout it is told, and let go.
+                idle = Error.from_event(await _read(first))
+                after = await asyncio.wait_for(first.read_event(), timeout=10)
+                await second.write_event(AudioStart(rate=16000, width=2, channels=1).event())
+                return refused, idle, after, await _read(second)
 
-        error = asyncio.run(run())
-        assert error.code == "resource-exhausted" and "limit is 1" in error.text, error
+        refused, idle, after, served = asyncio.run(run())
+        assert refused.code == "resource-exhausted" and "limit is 1" in refused.text, refused
+        assert idle.code == "timeout" and "asr_stream_idle_timeout_s" in idle.text, idle
+        assert after is None, after  # the connection was closed
+        assert TranscriptStart.is_type(served.type), served
         assert _open_asr_streams(d.grpc_port) == 0
     finally:
         _stop(proc)

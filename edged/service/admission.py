@@ -6,6 +6,12 @@ the message, and each door answers with its own status for it (gRPC: RESOURCE_EX
 draining server (`drain()`, before a Kubernetes pod stops) refuses new streams with DrainingError
 (gRPC: UNAVAILABLE, so a client retries elsewhere) while the open ones go on.
 
+A slot also watches its client (`Slot`): a stream whose client sends nothing it owes, or reads
+nothing it was sent, for longer than its idle timeout is ended, so no client can hold a slot by
+going quiet. The session is told first (`Slot.on_idle`: it ends its results with
+IdleTimeoutError, which the door answers with its own status); a holder that has not let go a
+moment later (its client reads nothing, so the answer never leaves) is cancelled.
+
 Admission also keeps the load gauges the autoscaler reads: `edged_active_streams{service}`,
 `edged_stream_capacity{service}` and `edged_load_ratio`, the busiest service's open streams over
 its limit (see `load_ratio`).
@@ -13,15 +19,104 @@ its limit (see `load_ratio`).
 
 from __future__ import annotations
 
+import asyncio
+import enum
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 
-from edged.errors import DrainingError, ResourceExhaustedError
+from edged.errors import DrainingError, IdleTimeoutError, ResourceExhaustedError
 from edged.service import metrics
 
 _LOGGER = logging.getLogger(__name__)
+
+IDLE_CHECK_S = 0.5
+"""How often a slot looks at its client's clocks."""
+IDLE_CANCEL_GRACE_S = 1.0
+"""How long a session told it is idle has to let its slot go before its holder is cancelled."""
+
+
+class Waiting(enum.Enum):
+    """What a stream may wait on its client for."""
+
+    SEND = "send"
+    """The client's next audio or text (it has not said it is done)."""
+    READ = "read"
+    """The client to take what was sent to it (a write that does not return)."""
+
+
+class Slot:
+    """One stream's admission slot, and the clocks of what it waits on its client for.
+
+    A session calls `waiting(Waiting.SEND)` while it waits for its client's next input and
+    `waiting(Waiting.READ)` while a door writes to its client; time the server spends working is
+    never idle. Past `idle_timeout_s` on either clock, `on_idle` is called with the error to end
+    the session with; if the slot is still held IDLE_CANCEL_GRACE_S later, the task that took it
+    is cancelled."""
+
+    def __init__(self, service: str, idle_timeout_s: float, setting: str) -> None:
+        self.service = service
+        self.idle_timeout_s = idle_timeout_s
+        self.setting = setting
+        self.on_idle: Callable[[IdleTimeoutError], None] | None = None
+        self._since: dict[Waiting, float] = {}
+        self._holder = asyncio.current_task()
+        self._expired_at: float | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        if idle_timeout_s > 0:
+            self._timer = asyncio.get_running_loop().call_later(IDLE_CHECK_S, self._check)
+
+    def start_waiting(self, on: Waiting) -> None:
+        """From now on the stream waits on its client for `on` (until `stop_waiting`)."""
+        self._since.setdefault(on, time.monotonic())
+
+    def stop_waiting(self, on: Waiting) -> None:
+        """The client did what the stream waited for."""
+        self._since.pop(on, None)
+
+    @contextmanager
+    def waiting(self, on: Waiting) -> Iterator[None]:
+        """The body waits on the client for `on`."""
+        self.start_waiting(on)
+        try:
+            yield
+        finally:
+            self.stop_waiting(on)
+
+    def idle(self, now: float) -> Waiting | None:
+        """What the client has kept the stream waiting for longer than the idle timeout, if anything."""
+        for on, since in self._since.items():
+            if now - since > self.idle_timeout_s:
+                return on
+        return None
+
+    def release(self) -> None:
+        """The slot is given back: stop watching."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _check(self) -> None:
+        now = time.monotonic()
+        self._timer = asyncio.get_running_loop().call_later(IDLE_CHECK_S, self._check)
+        if self._expired_at is not None:
+            if now - self._expired_at >= IDLE_CANCEL_GRACE_S and self._holder is not None:
+                _LOGGER.info("An idle %s stream did not end when told; cancelling it", self.service)
+                self._holder.cancel()
+                self.release()
+            return
+        on = self.idle(now)
+        if on is None:
+            return
+        self._expired_at = now
+        metrics.IDLE_ENDED.labels(self.service, on.value).inc()
+        doing = "sent nothing" if on is Waiting.SEND else "read nothing"
+        error = IdleTimeoutError(f"The client {doing} for {self.idle_timeout_s:g} s; the {self.service} stream "
+                                 f"was ended ({self.setting}).")
+        _LOGGER.info("Ending an idle %s stream: its client %s for %g s", self.service, doing, self.idle_timeout_s)
+        if self.on_idle is not None:
+            self.on_idle(error)
 
 
 class Admission:
@@ -81,8 +176,11 @@ class Admission:
                 "connect to another replica.")
 
     @asynccontextmanager
-    async def stream(self, service: str, limit: int = 0) -> AsyncIterator[None]:
-        """Hold one of `service`'s `limit` slots (0: no count limit) for the body's duration."""
+    async def stream(self, service: str, limit: int = 0, idle_timeout_s: float = 0.0,
+                     idle_setting: str = "") -> AsyncIterator[Slot]:
+        """Hold one of `service`'s `limit` slots (0: no count limit) for the body's duration;
+        the slot ends a stream whose client keeps it waiting past `idle_timeout_s` (0: never),
+        naming `idle_setting` (see `Slot`)."""
         if limit and self.limits.get(service) != limit:
             self.set_limit(service, limit)
         self.refuse_if_draining(service)
@@ -97,9 +195,11 @@ class Admission:
         metrics.ACTIVE_STREAMS.labels(service=service).inc()
         self._publish_load()
         started = time.monotonic()
+        slot = Slot(service, idle_timeout_s, idle_setting)
         try:
-            yield
+            yield slot
         finally:
+            slot.release()
             self.active[service] -= 1
             metrics.ACTIVE_STREAMS.labels(service=service).dec()
             self._publish_load()

@@ -21,15 +21,16 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+import math
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 
-from edged.errors import AudioFormatError, RequestError
+from edged.errors import AudioFormatError, IdleTimeoutError, RequestError
 from edged.pipelines.asr.audio import (
     ENCODINGS,
     MAX_CHANNELS,
@@ -44,6 +45,7 @@ from edged.pipelines.asr.results import Result
 from edged.pipelines.asr.stream import AsrStream
 from edged.rmir.manifest import Manifest
 from edged.service import metrics
+from edged.service.admission import Slot, Waiting
 from edged.service.base import SpeechService
 
 if TYPE_CHECKING:
@@ -63,6 +65,11 @@ ASR_FAMILIES = frozenset({"moonshine", *NEMO_FAMILIES})
 
 MAX_ALTERNATIVES = 4
 """Most alternatives a final carries (a beam of this width decodes it)."""
+
+MAX_BOOST_PHRASES = 100
+"""Most boosted phrases a request may give (each costs work at every decoding step)."""
+MAX_BOOST_PHRASE_CHARS = 100
+"""Longest boosted phrase, in characters."""
 
 ENDPOINT_FIELDS = ("start_history_ms", "start_threshold", "stop_history_ms", "stop_threshold",
                    "stop_history_eou_ms", "stop_threshold_eou")
@@ -102,6 +109,28 @@ class Transcript:
     """The recognised channel (0 for the first)."""
 
 
+def _check_boost(boost: tuple[tuple[str, float], ...]) -> None:
+    """RequestError unless the boosted phrases are within MAX_BOOST_PHRASES and
+    MAX_BOOST_PHRASE_CHARS, with finite scores."""
+    if len(boost) > MAX_BOOST_PHRASES:
+        raise RequestError(f"{len(boost)} boosted phrases are too many; at most {MAX_BOOST_PHRASES}.")
+    for phrase, score in boost:
+        if len(phrase) > MAX_BOOST_PHRASE_CHARS:
+            raise RequestError(f"The boosted phrase {phrase[:40]!r}... is {len(phrase)} characters long; "
+                               f"at most {MAX_BOOST_PHRASE_CHARS}.")
+        if not math.isfinite(score):
+            raise RequestError(f"The boost of {phrase!r} is {score}; a boost must be a finite number.")
+
+
+def _check_endpointing(endpointing: tuple[tuple[str, float], ...]) -> None:
+    """RequestError unless every endpointing override is finite and not negative, and a
+    threshold at most 1."""
+    for name, value in endpointing:
+        if not math.isfinite(value) or value < 0 or ("threshold" in name and value > 1):
+            bound = "from 0 to 1" if "threshold" in name else "a finite number of milliseconds, not negative"
+            raise RequestError(f"Endpointing {name} is {value}; it must be {bound} (0 keeps the model's).")
+
+
 class AsrSession:
     """One client's recognition: a pipeline stream per recognised channel, fed the same audio."""
 
@@ -117,6 +146,10 @@ class AsrSession:
         self._outbox: asyncio.Queue[Transcript | BaseException | None] = asyncio.Queue()
         """Results in the order they were decoded; None after the last; an error ends them."""
         self._feeding: asyncio.Task[None] | None = None
+        self._slot: Slot | None = None
+        """The admission slot that watches the client (none for the daemon's own microphone)."""
+        self._sending = True
+        """The client may send more audio (until `finish`)."""
 
     def _start(self, audio: bytes = b"", push: bool = True) -> list[AsrStream]:
         """The pipeline streams, made with the first audio: one, or one per channel (whose
@@ -131,6 +164,18 @@ class AsrSession:
             for stream in self._streams if push else ():
                 stream.listener = functools.partial(self._push, stream.config.channel)
         return self._streams
+
+    def watch(self, slot: Slot) -> None:
+        """Hold `slot` to its idle timeout: waiting for the client's audio from now until `finish`,
+        and for the door to come back for the next result; an idle client ends `results()`."""
+        self._slot = slot
+        slot.on_idle = self._expire
+        slot.start_waiting(Waiting.SEND)
+
+    def _expire(self, error: IdleTimeoutError) -> None:
+        if self._feeding is not None:
+            self._feeding.cancel()
+        self.fail(error)
 
     def _push(self, channel: int, results: list[Result]) -> None:
         self._count(self.seconds)
@@ -168,17 +213,34 @@ class AsrSession:
         its results on their way to `results()`. `end_utterance`: the open utterance ends after
         this chunk (Riva's force_eou)."""
         batcher = self._service.batcher
-        await asyncio.gather(*(batcher.feed(s, audio, end_utterance) for s in self._start(audio)))
+        with self._client_sent():
+            await asyncio.gather(*(batcher.feed(s, audio, end_utterance) for s in self._start(audio)))
 
     async def feed_samples(self, samples: np.ndarray) -> None:
         """The next mono float32 samples at MODEL_RATE (the daemon's own microphone)."""
-        await self._service.batcher.feed(self.streams[0], samples)
+        with self._client_sent():
+            await self._service.batcher.feed(self.streams[0], samples)
 
     async def finish(self) -> None:
         """End of audio: the last results go to `results()`, which then ends."""
         batcher = self._service.batcher
+        self._sending = False
+        if self._slot is not None:
+            self._slot.stop_waiting(Waiting.SEND)
         await asyncio.gather(*(batcher.finish(s) for s in self.streams))
         self._outbox.put_nowait(None)
+
+    @contextmanager
+    def _client_sent(self) -> Iterator[None]:
+        """The body handles what the client sent: the server's time, not the client's."""
+        slot = self._slot
+        if slot is not None:
+            slot.stop_waiting(Waiting.SEND)
+        try:
+            yield
+        finally:
+            if slot is not None and self._sending:
+                slot.start_waiting(Waiting.SEND)
 
     def fail(self, error: BaseException) -> None:
         """End `results()` with `error` (a door's feeding failed: bad audio, a limit, a timeout)."""
@@ -206,7 +268,11 @@ class AsrSession:
                 return
             if isinstance(item, BaseException):
                 raise item
-            yield item
+            if self._slot is None:
+                yield item
+                continue
+            with self._slot.waiting(Waiting.READ):  # the door sends it to its client
+                yield item
 
     def close(self) -> None:
         """The session ends (however: a client may vanish): no more feeding or interims."""
@@ -297,6 +363,8 @@ class AsrService(SpeechService):
             raise AudioFormatError(f"{request.channels} channels are too many; at most {MAX_CHANNELS}.")
         if request.max_alternatives < 0:
             raise RequestError("max_alternatives cannot be negative.")
+        _check_boost(request.boost)
+        _check_endpointing(request.endpointing)
         endpoint = model.endpoint.override(**dict(request.endpointing)) if request.endpointing else model.endpoint
         config = StreamConfig(
             encoding=request.encoding, sample_rate=request.sample_rate, channels=request.channels or 1,
@@ -319,9 +387,14 @@ class AsrService(SpeechService):
         name = self.select(request.model, request.language_code)
         with metrics.track_request("asr", name):
             async with AsyncExitStack() as stack:
+                slot = None
                 if not local:
-                    await stack.enter_async_context(self._admission.stream("asr", self._settings.asr_max_streams))
+                    slot = await stack.enter_async_context(self._admission.stream(
+                        "asr", self._settings.asr_max_streams, self._settings.asr_stream_idle_timeout_s,
+                        "asr_stream_idle_timeout_s"))
                 session = await self._open(name, request, offline, local)
+                if slot is not None and not offline:
+                    session.watch(slot)
                 try:
                     yield session
                 finally:

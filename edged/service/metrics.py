@@ -38,6 +38,9 @@ LOAD_RATIO = Gauge("edged_load_ratio", "Open streams over capacity of the busies
 REFUSED = Counter("edged_refused_streams",
                   "Streams refused: RESOURCE_EXHAUSTED (streams, memory) or UNAVAILABLE (draining).",
                   ["reason"])
+IDLE_ENDED = Counter("edged_idle_streams_ended",
+                     "Streams ended because their client sent (or read) nothing for the idle timeout.",
+                     ["service", "waiting"])
 AUDIO_SECONDS = Counter("edged_audio_seconds", "Seconds of audio recognised (asr) or synthesised (tts).",
                         ["service", "model"])
 MODEL_MEMORY = Gauge("edged_model_memory_bytes", "Memory each loaded model took at deploy.", ["model"])

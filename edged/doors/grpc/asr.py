@@ -144,12 +144,9 @@ class AsrServicer(rasr_grpc.RivaSpeechRecognitionServicer):
         await session.finish()
 
     async def _next(self, queue: _Queue) -> list[rasr.StreamingRecognizeRequest | None]:
-        """The requests that came since the last call (at least one; None marks the end);
-        IdleTimeoutError after the idle timeout. A stream that fell behind catches up in one go."""
-        try:
-            got = [await asyncio.wait_for(queue.get(), self._idle_timeout_s)]
-        except asyncio.TimeoutError:
-            raise self._idle_error() from None
+        """The requests that came since the last call (at least one; None marks the end). A stream
+        that fell behind catches up in one go; one whose client goes quiet is ended by its slot."""
+        got = [await queue.get()]
         while got[-1] is not None and not isinstance(got[-1], BaseException) and not queue.empty():
             got.append(queue.get_nowait())
         if isinstance(got[-1], BaseException):
@@ -157,8 +154,8 @@ class AsrServicer(rasr_grpc.RivaSpeechRecognitionServicer):
         return got
 
     def _idle_error(self) -> IdleTimeoutError:
-        """What ends a stream that sent nothing for the idle timeout (DEADLINE_EXCEEDED)."""
-        return IdleTimeoutError(f"No audio for {self._idle_timeout_s:g} s; the stream was ended "
+        """What ends a stream whose first request does not come (DEADLINE_EXCEEDED)."""
+        return IdleTimeoutError(f"No request for {self._idle_timeout_s:g} s; the stream was ended "
                                 "(asr_stream_idle_timeout_s).")
 
     @staticmethod

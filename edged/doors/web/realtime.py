@@ -199,7 +199,7 @@ class RealtimeApi:
                             "conversation": {"id": conversation, "object": "realtime.conversation"}})
         try:
             if intent == "transcription":
-                await _Transcription(self._ctx, ws, self._idle_s).run()
+                await _Transcription(self._ctx, ws, self._idle_s, self._max).run()
             else:
                 await _Synthesis(self._ctx, ws).run()
         except Exception as exc:  # noqa: BLE001 - one error map (errors.py); the socket closes after
@@ -249,8 +249,10 @@ async def _events(ws: web.WebSocketResponse, idle_s: float | None = None) -> Any
 class _Transcription:
     """One transcription conversation: events in, the session's transcripts out."""
 
-    def __init__(self, ctx: ServiceContext, ws: web.WebSocketResponse, idle_s: float) -> None:
+    def __init__(self, ctx: ServiceContext, ws: web.WebSocketResponse, idle_s: float, max_buffer: int) -> None:
         assert ctx.asr is not None
+        self._max_buffer = max_buffer
+        """Most bytes of audio held between commits (max_message_mb)."""
         self._idle_s = idle_s
         self._ctx = ctx
         self._asr = ctx.asr
@@ -295,7 +297,7 @@ class _Transcription:
                     if kind == "transcription_session.update":
                         await self._update(event)
                     elif kind == "input_audio_buffer.append":
-                        self._buffer.append(_b64(event, "audio"))
+                        self._append(_b64(event, "audio"))
                         runtime = event.get("runtime_config")
                         self._eou = self._eou or (isinstance(runtime, dict) and common.force_eou(runtime))
                     elif kind == "input_audio_buffer.commit":
@@ -335,6 +337,15 @@ class _Transcription:
         await self._open()
         await self._ws.send_json({"type": "transcription_session.updated", "event_id": _id("event"),
                                   "session": {k: v for k, v in self._config.items() if k != "client_secret"}})
+
+    def _append(self, audio: bytes) -> None:
+        """Hold `audio` until the next commit; BadInput (the chunk dropped) past max_message_mb."""
+        held = sum(map(len, self._buffer))
+        if held + len(audio) > self._max_buffer:
+            raise BadInput(f"The audio buffer would hold {held + len(audio)} bytes, more than max_message_mb "
+                           f"({self._max_buffer // (1024 * 1024)} MiB) allows between commits; this chunk was "
+                           "dropped: send input_audio_buffer.commit more often.")
+        self._buffer.append(audio)
 
     async def _commit(self) -> None:
         audio, eou = b"".join(self._buffer), self._eou

@@ -17,6 +17,7 @@ server is advertised on the LAN as `_wyoming._tcp.local.` (zeroconf) for Home As
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
 from contextlib import AsyncExitStack
@@ -56,7 +57,8 @@ from wyoming.tts import (
 from edged import __version__
 from edged.daemon.security import is_loopback
 from edged.doors import common
-from edged.errors import AudioFormatError, EdgedError, RequestError
+from edged.doors.wyoming.framing import FrameError, read_event
+from edged.errors import AudioFormatError, EdgedError, IdleTimeoutError, RequestError
 from edged.pipelines.tts.segment import complete_sentences
 from edged.service.asr import AsrSession, RecognitionRequest
 from edged.service.context import ServiceContext
@@ -200,13 +202,22 @@ class WyomingHandler(AsyncEventHandler):
         return True
 
     async def run(self) -> None:
-        """Read events until the client goes; one that cannot even be framed ends the connection."""
+        """Read events until the client goes; one that cannot be framed within the limits is
+        answered with an `error` event and ends the connection."""
+        max_payload = self._ctx.settings.max_message_mb * 1024 * 1024
         try:
-            await super().run()
+            while (event := await read_event(self.reader, max_payload)) is not None:
+                if not await self.handle_event(event):
+                    break
+        except FrameError as exc:
+            _LOGGER.info("Wyoming connection closed: %s", exc)
+            with contextlib.suppress(ConnectionError):
+                await self.write_event(error_for(exc).event())
         except (ConnectionError, asyncio.IncompleteReadError):
             _LOGGER.debug("Wyoming client went away mid-event")
-        except Exception as exc:  # noqa: BLE001 - a connection's end must not take the server along
-            _LOGGER.warning("Wyoming connection closed: unreadable event (%s: %s)", type(exc).__name__, exc)
+        finally:
+            await self.disconnect()
+            self.writer.close()
 
     async def disconnect(self) -> None:
         """The client went away: close whatever session it left open."""
@@ -299,11 +310,16 @@ class WyomingHandler(AsyncEventHandler):
         await asr.session.feed(chunk.audio)
 
     async def _send_finals(self, asr: _Transcription) -> None:
-        async for t in asr.session.results():
-            text = t.result.transcript.strip()
-            if t.result.is_final and t.channel == 0 and text:
-                await self.write_event(TranscriptChunk(text=(" " if asr.finals else "") + text).event())
-                asr.finals.append(text)
+        try:
+            async for t in asr.session.results():
+                text = t.result.transcript.strip()
+                if t.result.is_final and t.channel == 0 and text:
+                    await self.write_event(TranscriptChunk(text=(" " if asr.finals else "") + text).event())
+                    asr.finals.append(text)
+        except IdleTimeoutError as exc:  # the client went quiet: say so; the slot then closes the connection
+            self._refused = "audio"
+            _LOGGER.info("Wyoming audio ended: %s", exc)
+            await self.write_event(error_for(exc).event())
 
     async def _audio_stop(self) -> None:
         asr = self._asr
