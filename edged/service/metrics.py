@@ -38,6 +38,9 @@ LOAD_RATIO = Gauge("edged_load_ratio", "Open streams over capacity of the busies
 REFUSED = Counter("edged_refused_streams",
                   "Streams refused: RESOURCE_EXHAUSTED (streams, memory) or UNAVAILABLE (draining).",
                   ["reason"])
+CLIENT_ERRORS = Counter("edged_client_errors",
+                        "Requests refused with a precise answer (the client's mistake or a limit it hit), "
+                        "by door and kind.", ["door", "kind"])
 AUDIO_SECONDS = Counter("edged_audio_seconds", "Seconds of audio recognised (asr) or synthesised (tts).",
                         ["service", "model"])
 MODEL_MEMORY = Gauge("edged_model_memory_bytes", "Memory each loaded model took at deploy.", ["model"])
