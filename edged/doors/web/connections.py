@@ -36,7 +36,8 @@ def malformed_answer(exc: HttpProcessingError) -> tuple[int, str]:
                      "the server reads no more.")
     if "Too many headers" in exc.message:
         return 431, f"The request has more than {MAX_HEADERS} headers; the server reads no more."
-    return 400, f"The request is not valid HTTP/1.1: {exc.message}"
+    first = (exc.message.strip().splitlines() or ["unreadable"])[0].rstrip(":.")
+    return 400, f"The request is not valid HTTP/1.1: {first}."
 
 
 class ClientErrorHandler(RequestHandler):
