@@ -49,7 +49,7 @@ class HttpEndpoint:
         runner = DoorRunner(app, "metrics")
         await runner.setup()
         try:
-            await web.TCPSite(runner, host, port, shutdown_timeout=1.0).start()
+            await web.TCPSite(runner, host, port).start()
         except OSError:
             await runner.cleanup()
             raise

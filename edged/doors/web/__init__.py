@@ -99,7 +99,7 @@ class WebDoor:
         self._runner = DoorRunner(self._app, "http")
         await self._runner.setup()
         site = web.TCPSite(self._runner, settings.listen_address, settings.http_port,
-                           ssl_context=ssl_context(settings), shutdown_timeout=1.0)
+                           ssl_context=ssl_context(settings))
         try:
             await site.start()
         except OSError as exc:

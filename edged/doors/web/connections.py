@@ -78,10 +78,11 @@ class _Server(web.Server):
 
 class DoorRunner(web.AppRunner):
     """`web.AppRunner` whose connections are `ClientErrorHandler`s (the door names the counter's
-    `door` label), with no access log and the header limits above."""
+    `door` label), with no access log, the header limits above, and `shutdown_timeout` seconds
+    for open requests when it stops."""
 
-    def __init__(self, app: web.Application, door: str) -> None:
-        super().__init__(app, handle_signals=False, access_log=None)
+    def __init__(self, app: web.Application, door: str, shutdown_timeout: float = 1.0) -> None:
+        super().__init__(app, handle_signals=False, access_log=None, shutdown_timeout=shutdown_timeout)
         self._door = door
 
     async def _make_server(self) -> web.Server:
