@@ -92,7 +92,8 @@ def test_policy_names_and_origins() -> None:
     policy = OriginPolicy.from_settings(Settings(http_allowed_origins=(ALLOWED,)))
     assert host_name("[::1]:9000") == "::1" and host_name("Example.COM:80") == "example.com"
     for ok in ("127.0.0.1:9000", "[::1]:9000", "10.1.2.3", "localhost:9000", "app.localhost",
-               "allowed.example:8080", socket.gethostname(), None, ""):
+               "allowed.example:8080", socket.gethostname(), f"{socket.gethostname().split('.')[0]}.local:9000",
+               None, ""):
         assert policy.host_refusal(ok) is None, ok
     refusal = policy.host_refusal("evil.example:9000")
     assert refusal is not None and "http_allowed_origins" in refusal

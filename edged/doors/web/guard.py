@@ -46,9 +46,11 @@ def is_ip_literal(name: str) -> bool:
 
 
 def machine_names() -> frozenset[str]:
-    """This machine's host names, short and fully qualified, in lower case."""
+    """This machine's host names in lower case: short, fully qualified, and the short one under
+    `.local` (mDNS, how a LAN's browsers usually reach a Jetson)."""
     names = {socket.gethostname(), socket.getfqdn()}
-    return frozenset(n.lower() for name in names if name for n in (name, name.split(".", 1)[0]))
+    short = {name.split(".", 1)[0] for name in names if name}
+    return frozenset(n.lower() for n in {*names, *short, *(f"{s}.local" for s in short)} if n)
 
 
 def is_websocket(request: web.BaseRequest) -> bool:
