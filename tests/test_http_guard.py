@@ -6,6 +6,7 @@ requests answered (400, 431) with one INFO line and a count, never a traceback."
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import re
 import socket
@@ -20,7 +21,7 @@ import pytest
 import requests
 
 from edged.backends import BackendOptions
-from edged.config import Settings
+from edged.config import Settings, normal_origin
 from edged.doors.common import printable
 from edged.doors.web.guard import OriginPolicy, host_name
 from edged.repository.deploy import deploy
@@ -215,3 +216,35 @@ def test_malformed_requests_are_one_info_line_and_counted(daemon: Daemon) -> Non
     lines = [line for line in daemon.log.read_text().splitlines() if "Malformed request" in line]
     assert len(lines) >= 2 and all(" INFO " in line for line in lines), lines
     assert "Traceback" not in daemon.log.read_text()
+
+
+def test_escaping_and_origin_parsing_hold_for_any_text() -> None:
+    """Property-based (hypothesis): an escaped text is one line that reads back as the text; any
+    Host or Origin a client sends is answered (accepted or refused), never an exception; a
+    normalised origin normalises to itself."""
+    hypothesis = pytest.importorskip("hypothesis")
+    st = pytest.importorskip("hypothesis.strategies")
+    policy = OriginPolicy.from_settings(Settings(http_allowed_origins=(ALLOWED,)))
+
+    @hypothesis.settings(max_examples=300, deadline=None)
+    @hypothesis.given(st.text())
+    def escaped(text: str) -> None:
+        line = printable(text)
+        assert "\n" not in line and "\r" not in line
+        assert ast.literal_eval(repr(text)[0] + line + repr(text)[-1]) == text
+
+    @hypothesis.settings(max_examples=300, deadline=None)
+    @hypothesis.given(st.one_of(st.text(), st.from_regex(r"\Ahttps?://[a-z0-9.\[\]:-]{0,30}(/)?\Z")), st.text())
+    def answered(origin: str, host: str) -> None:
+        refusal = policy.host_refusal(host)
+        assert refusal is None or "http_allowed_origins" in refusal
+        allowed = policy.allows(origin, host)
+        try:
+            normal = normal_origin(origin)
+        except ValueError:
+            assert not allowed
+        else:
+            assert normal_origin(normal) == normal
+
+    escaped()
+    answered()
