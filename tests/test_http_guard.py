@@ -148,6 +148,8 @@ def test_foreign_host_is_refused_on_every_route_of_both_ports(daemon: Daemon) ->
                         timeout=10).status_code == 200
     assert requests.get(f"{daemon.url}/v1/edged/status", headers={"Host": f"localhost:{daemon.http}"},
                         timeout=10).status_code == 200
+    # HAProxy's `option httpchk GET /v2/health/ready` (tests/test_scaleout.py) sends HTTP/1.0 with no Host.
+    assert re.match(rb"HTTP/1\.[01] 200 ", raw_request(daemon.metrics, b"GET /v2/health/ready HTTP/1.0\r\n\r\n"))
     drain = requests.post(f"http://127.0.0.1:{daemon.metrics}/v2/drain", headers={"Origin": EVIL}, timeout=10)
     assert drain.status_code == 403 and "http_allowed_origins" in drain.json()["error"]
     assert requests.get(f"http://127.0.0.1:{daemon.metrics}/v2/health/ready", timeout=10).status_code == 200
