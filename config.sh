@@ -112,6 +112,15 @@ http_enabled=true
 # Accepts an integer from 1 to 65535.
 http_port=9000
 
+# Web origins besides the server's own (for example `https://speech.example`) whose pages may open
+# the realtime WebSocket and send POST, PUT or DELETE requests to the HTTP door and the metrics
+# port (CORS headers are sent for these only); their host names are also accepted in `Host`.
+# Others get 403, and a `Host` that is none of this machine's addresses or names is refused on
+# every route (DNS rebinding). A console reached through a reverse proxy under another name needs
+# that name listed here.
+# Accepts comma-separated origins (http[s]://host[:port]), or empty for none.
+http_allowed_origins=""
+
 # PEM certificate (chain) of the gRPC server; with `ssl_server_key` it turns on TLS.
 # Accepts a path (relative to the directory of config.sh), or empty for none.
 ssl_server_cert=""

@@ -17,6 +17,7 @@ import shutil
 import signal
 import subprocess
 import textwrap
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -161,6 +162,38 @@ class Choice(Kind):
 
 class Text(Kind):
     """Any text."""
+
+
+class Origins(Kind):
+    """Comma-separated web origins (`scheme://host[:port]`), kept as normalised origins."""
+
+    accepts = "comma-separated origins (http[s]://host[:port]), or empty for none"
+
+    def parse_scalar(self, text: str, base_dir: Path) -> tuple[str, ...]:
+        items = [item.strip() for item in text.split(",") if item.strip()]
+        try:
+            return tuple(normal_origin(item) for item in items)
+        except ValueError:
+            raise _Invalid(self.accepts) from None
+
+    def shell(self, value: Any) -> str:
+        return _shell_quote(",".join(value))
+
+    def markdown(self, value: Any) -> str:
+        return f"`{','.join(value)}`" if value else '`""`'
+
+
+def normal_origin(text: str) -> str:
+    """`scheme://host[:port]` as browsers send it in `Origin` (lower case, no default port, no
+    path); ValueError for anything else."""
+    parts = urllib.parse.urlsplit(text.strip().lower())
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.path not in ("", "/") \
+            or parts.query or parts.fragment or parts.username or parts.password:
+        raise ValueError(f"not an origin: {text!r}")
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    port = parts.port  # ValueError for a port that is no number
+    default = 443 if parts.scheme == "https" else 80
+    return f"{parts.scheme}://{host}" + (f":{port}" if port and port != default else "")
 
 
 class FsPath(Kind):
@@ -360,6 +393,14 @@ class Settings:
     http_port: int = setting(
         9000, kind=Int(min=1, max=65535),
         doc="TCP port of the HTTP door (`http_enabled`), on `listen_address`.")
+    http_allowed_origins: tuple[str, ...] = setting(
+        (), kind=Origins(),
+        doc="Web origins besides the server's own (for example `https://speech.example`) whose pages "
+            "may open the realtime WebSocket and send POST, PUT or DELETE requests to the HTTP door "
+            "and the metrics port (CORS headers are sent for these only); their host names are also "
+            "accepted in `Host`. Others get 403, and a `Host` that is none of this machine's "
+            "addresses or names is refused on every route (DNS rebinding). A console reached "
+            "through a reverse proxy under another name needs that name listed here.")
     ssl_server_cert: Path | None = setting(
         None, kind=OptionalPath(),
         doc="PEM certificate (chain) of the gRPC server; with `ssl_server_key` it turns on TLS.")

@@ -6,7 +6,7 @@ maps to its own status, so the doors never repeat the class hierarchy.
 """
 
 KINDS = ("failed", "exhausted", "unavailable", "unknown_model", "unknown_voice", "bad_audio",
-         "bad_request", "off", "unauthorized", "timeout")
+         "bad_request", "off", "unauthorized", "timeout", "forbidden", "unsupported_media_type")
 """Every `EdgedError.kind`: what a door tells a client about the error."""
 
 

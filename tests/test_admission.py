@@ -79,11 +79,18 @@ def test_load_ratio_is_the_busiest_service_and_drain_refuses_new_streams() -> No
 
 
 def test_drain_is_answered_only_on_this_machine() -> None:
-    """POST /v2/drain drains; from another machine it is refused; GET is not a drain."""
+    """POST /v2/drain drains, DELETE undoes it; from another machine both are refused; GET is not a drain."""
     from edged.daemon.probes import HttpEndpoint
 
     drained: list[bool] = []
-    endpoint = HttpEndpoint(lambda: not drained, lambda: drained.append(True))
+
+    def drain(on: bool) -> None:
+        if on:
+            drained.append(True)
+        else:
+            drained.clear()
+
+    endpoint = HttpEndpoint(lambda: not drained, drain)
     assert endpoint.respond("GET", "/v2/health/ready")[0] == 200
     assert endpoint.respond("GET", "/v2/drain")[0] == 405
     assert endpoint.respond("POST", "/v2/drain", local=False)[0] == 403
@@ -91,6 +98,9 @@ def test_drain_is_answered_only_on_this_machine() -> None:
     assert endpoint.respond("POST", "/v2/drain")[0] == 200
     assert endpoint.respond("GET", "/v2/health/ready")[0] == 503
     assert endpoint.respond("GET", "/v2/health/live")[0] == 200
+    assert endpoint.respond("DELETE", "/v2/drain", local=False)[0] == 403
+    assert endpoint.respond("DELETE", "/v2/drain") == (200, "text/plain", b"serving\n")
+    assert endpoint.respond("GET", "/v2/health/ready")[0] == 200
 
 
 def test_a_slot_ends_streams_whose_client_keeps_them_waiting() -> None:

@@ -63,3 +63,17 @@ def test_console_dictates_speaks_and_shows_status(page: Any, tmp_path: Path, web
     with urllib.request.urlopen(f"http://127.0.0.1:{web[1]}/v1/edged/status", timeout=10) as r:
         status = json.load(r)
     assert status["health"] == "SERVING" and {m["name"] for m in status["models"]} >= {"moonshine-base-en"}
+
+
+def test_a_page_of_another_origin_cannot_open_the_websocket(page: Any, web: tuple[str, int],  # noqa: F811 - a fixture imported above
+                                                             default_repo: Path) -> None:
+    """The console's origin is http://127.0.0.1:PORT; from it, a WebSocket to localhost:PORT is
+    cross-origin (Origin and Host differ): the browser's connection fails and the server logs a 403."""
+    outcome = page.evaluate("""(port) => new Promise(done => {
+        const ws = new WebSocket(`ws://localhost:${port}/v1/realtime?intent=transcription`);
+        ws.onopen = () => { ws.close(); done('open'); };
+        ws.onerror = () => done('refused');
+    })""", web[1])
+    assert outcome == "refused"
+    log = (default_repo.parent / "server.log").read_text()
+    assert "GET /v1/realtime refused (403): Requests from the web page at 'http://127.0.0.1:" in log

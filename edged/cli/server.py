@@ -80,11 +80,18 @@ def version() -> None:
 def drain(
     config: ConfigOpt = None,
     wait: Annotated[float, typer.Option(help="Seconds to wait for the open streams to end.")] = 0.0,
+    undo: Annotated[bool, typer.Option("--undo", help="Take new streams again (undo a drain).")] = False,
 ) -> None:
-    """Stop taking new streams (NOT_SERVING, UNAVAILABLE) while open ones finish; for preStop hooks."""
+    """Stop taking new streams (NOT_SERVING, UNAVAILABLE) while open ones finish; for preStop hooks.
+    `edged status` shows DRAINING meanwhile; `--undo` serves again."""
     from edged.client.drain import drain as drain_server
+    from edged.client.drain import undo_drain
 
     settings = load_config(config)
+    if undo:
+        undo_drain(settings.listen_address, settings.metrics_port)
+        typer.echo("serving: the drain is undone")
+        return
     left = drain_server(settings.listen_address, settings.metrics_port, wait)
     typer.echo(f"draining: {left} stream(s) still open")
 

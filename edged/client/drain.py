@@ -3,7 +3,7 @@
 `POST /v2/drain` on the metrics port makes the server NOT_SERVING (readiness 503) and refuse new
 streams with UNAVAILABLE; its open streams go on. With a wait, this returns once they have ended
 (read from `edged_active_streams` on `/metrics`) or the wait is over, so the SIGTERM that follows
-finds nothing left to cut.
+finds nothing left to cut. `undo_drain` (`DELETE /v2/drain`, `edged drain --undo`) serves again.
 """
 
 from __future__ import annotations
@@ -42,3 +42,14 @@ def drain(listen_address: str, metrics_port: int, wait_s: float = 0.0, timeout: 
             time.sleep(_POLL_S)
     except OSError as exc:
         raise EdgedError(f"Cannot drain the server at {base} ({exc}); is it running?") from None
+
+
+def undo_drain(listen_address: str, metrics_port: int, timeout: float = 5.0) -> None:
+    """Make a drained server at `metrics_port` take new streams again (SERVING once its models serve)."""
+    if not metrics_port:
+        raise EdgedError("metrics_port is 0 in config.sh, so there is no drain endpoint; set it.")
+    base = "http://" + local_address(listen_address, metrics_port)
+    try:
+        urllib.request.urlopen(urllib.request.Request(base + "/v2/drain", method="DELETE"), timeout=timeout).read()
+    except OSError as exc:
+        raise EdgedError(f"Cannot undo the drain of the server at {base} ({exc}); is it running?") from None

@@ -33,6 +33,7 @@ from edged.doors.grpc.control import install as install_control
 from edged.doors.grpc.control import status as control_status
 from edged.doors.grpc.door import GrpcDoor
 from edged.doors.local.audio import LocalAudio
+from edged.doors.web.guard import OriginPolicy
 from edged.doors.wyoming.door import WyomingServer
 from edged.errors import EdgedError
 from edged.service.context import ServiceContext
@@ -72,15 +73,20 @@ class Server:
         self._under_pressure = False
         self._health_task: asyncio.Task[None] | None = None
 
-    def drain(self) -> None:
+    def drain(self, on: bool = True) -> None:
         """NOT_SERVING and no new streams (UNAVAILABLE) while open ones finish: a pod's preStop
-        hook calls this so the balancer takes the pod out before SIGTERM; the process stays up."""
+        hook calls this so the balancer takes the pod out before SIGTERM; the process stays up.
+        `on=False` undoes it (`edged drain --undo`): SERVING again once the models serve."""
         ctx = self.ctx
         if ctx is None:
             return
-        ctx.services.admission.drain()
+        admission = ctx.services.admission
+        if on:
+            admission.drain()
+        else:
+            admission.resume()
         self._health_task = asyncio.get_running_loop().create_task(ctx.publish_health())  # held: not GC'd
-        systemd.status(f"Draining: {ctx.services.admission.total} stream(s) open")
+        systemd.status(f"Draining: {admission.total} stream(s) open" if on else ctx.services.status_line())
 
     def request_stop(self) -> None:
         """Ask the main loop to shut down (signal handlers only do this)."""
@@ -131,7 +137,7 @@ class Server:
              reflection.SERVICE_NAME], server)
         self._bind(server, credentials)
         if settings.metrics_port:
-            self._http = HttpEndpoint(lambda: core.ready, self.drain)
+            self._http = HttpEndpoint(lambda: core.ready, self.drain, OriginPolicy.from_settings(settings))
             try:
                 await self._http.start(settings.listen_address, settings.metrics_port)
             except OSError as exc:

@@ -1,12 +1,15 @@
 """What every door shares: the services a request needs (or why they are off), Riva's endpointing
-names and force_eou, and the text of a recording's finals."""
+names and force_eou, the text of a recording's finals, and how a refused request is logged and
+counted (`log_refusal`, with client text escaped by `printable`)."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 from edged.errors import FeatureOffError
+from edged.service import metrics
 from edged.service.asr import ENDPOINT_FIELDS, AsrService, Transcript
 from edged.service.context import ServiceContext
 from edged.service.tts import TtsService
@@ -48,3 +51,16 @@ def finals_text(transcripts: Iterable[Transcript]) -> str:
     """The first channel's final texts, joined by spaces (a recording's whole transcript)."""
     return " ".join(text for t in transcripts
                     if t.result.is_final and t.channel == 0 and (text := t.result.transcript.strip()))
+
+
+def printable(text: str) -> str:
+    """`text` with line breaks and other control characters escaped as Python's repr does, for a
+    log line that holds what a client sent (a `%0a` in a URL path must not start a new line)."""
+    return repr(text)[1:-1]
+
+
+def log_refusal(logger: logging.Logger, door: str, kind: str, what: str, status: str, message: str) -> None:
+    """One INFO line for a request a door refused (client text escaped), counted in
+    `edged_client_errors_total{door,kind}`; every door logs its refusals through this."""
+    metrics.CLIENT_ERRORS.labels(door=door, kind=kind).inc()
+    logger.info("%s refused (%s): %s", printable(what), status, printable(message))

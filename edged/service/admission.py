@@ -152,6 +152,12 @@ class Admission:
             _LOGGER.info("Draining: refusing new streams, %d open one(s) go on", self.total)
         self.draining = True
 
+    def resume(self) -> None:
+        """Take new streams again (undo `drain`)."""
+        if self.draining:
+            _LOGGER.info("Drain undone: taking new streams again")
+        self.draining = False
+
     @property
     def total(self) -> int:
         """Streams open across all services."""

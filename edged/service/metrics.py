@@ -41,6 +41,9 @@ REFUSED = Counter("edged_refused_streams",
 IDLE_ENDED = Counter("edged_idle_streams_ended",
                      "Streams ended because their client sent (or read) nothing for the idle timeout.",
                      ["service", "waiting"])
+CLIENT_ERRORS = Counter("edged_client_errors",
+                        "Requests refused with a precise answer (the client's mistake or a limit it hit), "
+                        "by door and kind.", ["door", "kind"])
 AUDIO_SECONDS = Counter("edged_audio_seconds", "Seconds of audio recognised (asr) or synthesised (tts).",
                         ["service", "model"])
 MODEL_MEMORY = Gauge("edged_model_memory_bytes", "Memory each loaded model took at deploy.", ["model"])

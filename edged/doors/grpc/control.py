@@ -41,7 +41,7 @@ def status(ctx: ServerContext) -> Any:
     services = sorted({*admission.active, *admission.limits})
     return edged_pb2.StatusResponse(
         version=__version__, pid=os.getpid(), uptime_s=now - core.started,
-        health="SERVING" if core.is_serving() else "NOT_SERVING",
+        health="SERVING" if core.is_serving() else "DRAINING" if core.admission.draining else "NOT_SERVING",
         services=[edged_pb2.ServiceHealth(name=n, status="SERVING" if core.is_serving(n) else "NOT_SERVING")
                   for n in core.health_names() if n],
         models=[model_status(e, now) for e in registry.entries.values()],

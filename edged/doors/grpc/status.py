@@ -11,6 +11,7 @@ from typing import NoReturn
 
 import grpc
 
+from edged.doors.common import log_refusal, printable
 from edged.errors import EdgedError
 
 _LOGGER = logging.getLogger(__name__)
@@ -24,6 +25,8 @@ _CODES = {
     "unavailable": grpc.StatusCode.UNAVAILABLE,
     "off": grpc.StatusCode.FAILED_PRECONDITION,
     "timeout": grpc.StatusCode.DEADLINE_EXCEEDED,
+    "forbidden": grpc.StatusCode.PERMISSION_DENIED,
+    "unsupported_media_type": grpc.StatusCode.INVALID_ARGUMENT,
     "failed": grpc.StatusCode.FAILED_PRECONDITION,
 }
 """The status of each error kind (edged.errors.KINDS; any other: FAILED_PRECONDITION)."""
@@ -43,8 +46,9 @@ async def abort(context: grpc.aio.ServicerContext, exc: BaseException, what: str
         raise exc
     code, message = status_for(exc)
     if code is grpc.StatusCode.INTERNAL:
-        _LOGGER.error("%s failed", what, exc_info=exc)
+        _LOGGER.error("%s failed", printable(what), exc_info=exc)
     else:
-        _LOGGER.info("%s refused (%s): %s", what, code.name, message)
+        kind = exc.kind if isinstance(exc, EdgedError) else "failed"
+        log_refusal(_LOGGER, "grpc", kind, what, code.name, message)
     await context.abort(code, message)
     raise AssertionError("not reached: abort raises")

@@ -21,7 +21,7 @@ from aiohttp import web
 
 from edged.doors import common
 from edged.doors.web.auth import Auth
-from edged.doors.web.errors import BadInput, error_response, logged
+from edged.doors.web.errors import BadInput, NotJson, error_response, logged
 from edged.pipelines.tts.encode import OggOpusEncoder
 from edged.service.asr import RecognitionRequest, Transcript
 from edged.service.context import ServiceContext
@@ -176,6 +176,9 @@ class OpenAiAudioApi:
         """POST /v1/audio/speech (JSON: model, input, voice, response_format, speed), streamed."""
         try:
             self._auth.check_http(request)
+            if request.content_type != "application/json":
+                raise NotJson(f"/v1/audio/speech takes a JSON body (Content-Type: application/json), "
+                              f"not {request.content_type!r}.")
             tts = common.tts_service(self._ctx)
             try:
                 body = await request.json()

@@ -194,7 +194,8 @@ class WyomingHandler(AsyncEventHandler):
             if error.code == "internal":
                 _LOGGER.exception("Wyoming %s failed", event.type)
             else:
-                _LOGGER.info("Wyoming %s refused (%s): %s", event.type, error.code, error.text)
+                common.log_refusal(_LOGGER, "wyoming", getattr(exc, "kind", "bad_request"),
+                                   f"Wyoming {event.type}", error.code or "failed", error.text)
             try:
                 await self.write_event(error.event())
             except (ConnectionError, BrokenPipeError):
@@ -210,7 +211,8 @@ class WyomingHandler(AsyncEventHandler):
                 if not await self.handle_event(event):
                     break
         except FrameError as exc:
-            _LOGGER.info("Wyoming connection closed: %s", exc)
+            common.log_refusal(_LOGGER, "wyoming", exc.kind, "Wyoming event (the connection is closed)",
+                               "bad-request", str(exc))
             with contextlib.suppress(ConnectionError):
                 await self.write_event(error_for(exc).event())
         except (ConnectionError, asyncio.IncompleteReadError):
@@ -236,7 +238,7 @@ class WyomingHandler(AsyncEventHandler):
         if parser is None and kind != "select-program":  # answered; an open stream carries on
             error = Error(text=f"edged does not serve Wyoming {kind!r} events; it answers describe, "
                                "transcribe with audio, synthesize and synthesize-start.", code="bad-request")
-            _LOGGER.info("Wyoming %s refused (%s)", kind, error.code)
+            common.log_refusal(_LOGGER, "wyoming", "bad_request", f"Wyoming {kind}", "bad-request", error.text)
             await self.write_event(error.event())
             return
         try:
@@ -318,7 +320,7 @@ class WyomingHandler(AsyncEventHandler):
                     asr.finals.append(text)
         except IdleTimeoutError as exc:  # the client went quiet: say so; the slot then closes the connection
             self._refused = "audio"
-            _LOGGER.info("Wyoming audio ended: %s", exc)
+            common.log_refusal(_LOGGER, "wyoming", exc.kind, "Wyoming audio", "timeout", str(exc))
             await self.write_event(error_for(exc).event())
 
     async def _audio_stop(self) -> None:
