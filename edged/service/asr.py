@@ -44,7 +44,7 @@ from edged.pipelines.asr.nemo import NEMO_FAMILIES
 from edged.pipelines.asr.results import Result
 from edged.pipelines.asr.stream import AsrStream
 from edged.rmir.manifest import Manifest
-from edged.service import metrics
+from edged.service import memory, metrics
 from edged.service.admission import Slot, Waiting
 from edged.service.base import SpeechService
 
@@ -410,5 +410,9 @@ class AsrService(SpeechService):
 
     async def recognize(self, request: RecognitionRequest, audio: bytes) -> list[Transcript]:
         """Offline recognition of a whole recording."""
-        async with self.session(request, offline=True) as session:
-            return await session.recognize(audio)
+        try:
+            async with self.session(request, offline=True) as session:
+                return await session.recognize(audio)
+        finally:
+            if len(audio) >= memory.LARGE_REQUEST_BYTES:
+                await asyncio.get_running_loop().run_in_executor(self._executor, memory.release_free_memory)

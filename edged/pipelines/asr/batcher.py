@@ -36,6 +36,10 @@ _MAX_ITEMS_PER_CYCLE = 32
 _SLICE_S = 0.15
 # A stream handled this many seconds later than real time gets no interims until it catches up.
 _MAX_LAG_S = 0.3
+# Offline recognition feeds a recording this many bytes at a time (about 2 minutes of 16 kHz
+# 16-bit audio), decoding each slice's finals before the next: a long recording's segments are
+# still decoded in batches, and memory stays bounded.
+_OFFLINE_SLICE_BYTES = 4 * 1024 * 1024
 
 
 @dataclass
@@ -182,7 +186,9 @@ class AsrBatcher:
             stream = item.stream
             with stream.lock:  # the interim lane may be queueing or completing its interim
                 try:
-                    if item.data is not None:
+                    if item.offline and isinstance(item.data, bytes):
+                        _feed_offline(stream, item.data, now)
+                    elif item.data is not None:
                         stream.feed(item.data, now)
                     if item.end_utterance:
                         stream.end_utterance()
@@ -254,6 +260,17 @@ def _deliver(streams: list[AsrStream]) -> None:
             results = stream.take_results()
             if results:
                 stream.listener(results)
+
+
+def _feed_offline(stream: AsrStream, data: bytes, now: float) -> None:
+    """Feed a whole recording a slice at a time, decoding the finals each slice completes, so
+    that memory stays bounded by the slice (and the longest utterance), whatever its length."""
+    for start in range(0, len(data), _OFFLINE_SLICE_BYTES):
+        stream.feed(data[start:start + _OFFLINE_SLICE_BYTES], now)
+        if start + _OFFLINE_SLICE_BYTES < len(data):
+            jobs = list(stream.jobs)
+            stream.jobs.clear()
+            _decode(jobs)
 
 
 def _decode(jobs: list[DecodeJob]) -> None:
