@@ -1,4 +1,4 @@
-"""Commands that run or ask the server: start, stop, status, health, version, drain, bench start.
+"""Commands that run or ask the server: start, stop, status, health, version, drain, bench start, bench soak.
 
 `start`, `status` and `health` also run without Typer (edged.cli.quick); their work is in
 edged.cli.daemon, shared by both.
@@ -13,7 +13,7 @@ import typer
 
 from edged import __version__
 from edged.cli import daemon
-from edged.cli.app import ConfigOpt, app, bench_app, load_config
+from edged.cli.app import ConfigOpt, app, bench_app, load_config, setup_logging
 
 AddressOpt = Annotated[str | None, typer.Option(help="HOST:PORT (default: from config.sh).")]
 ClientCertOpt = Annotated[Path | None, typer.Option(help="Client certificate (PEM) for mutual TLS.")]
@@ -113,4 +113,40 @@ def bench_start(
     settings = load_config(config)
     report = run_bench(daemon.config_path(config), settings, runs,
                        None if as_json else lambda line: typer.echo(line, err=True))
+    typer.echo(report.json() if as_json else report.text())
+
+
+@bench_app.command("soak")
+def bench_soak(
+    manifest: Annotated[Path, typer.Option(help="JSON lines: audio (path relative to it) per clip.")],
+    minutes: Annotated[float, typer.Option(min=0.5, help="How long to run.")] = 10.0,
+    server: Annotated[str | None, typer.Option(
+        "--server", help="HOST:PORT of a running edged (default: start a private one from config.sh).")] = None,
+    pid: Annotated[int | None, typer.Option(help="With --server: the server's process, to sample.")] = None,
+    config: ConfigOpt = None,
+    asr_streams: Annotated[int, typer.Option(min=0, max=64, help="Real-time ASR streams.")] = 4,
+    tts_streams: Annotated[int, typer.Option(min=0, max=64, help="TTS streams.")] = 2,
+    abusers: Annotated[int, typer.Option(min=0, max=32, help="Abusive clients of each kind.")] = 2,
+    interval: Annotated[float, typer.Option(min=5, help="Seconds between samples.")] = 30.0,
+    abuse: Annotated[list[str] | None, typer.Option(
+        help="An abusive client kind to run (repeat; default all): idle-asr, ssml-bomb, junk-audio.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the figures as JSON.")] = False,
+) -> None:
+    """Real-time ASR and TTS streams with abusive clients beside them: RSS, file descriptors,
+    threads, latency p95 and failures every --interval seconds (see edged.client.soak)."""
+    from contextlib import nullcontext
+
+    from edged.client.asr import private_server
+    from edged.client.soak import ABUSERS, run_soak
+
+    unknown = sorted(set(abuse or ()) - set(ABUSERS))
+    if unknown:
+        raise typer.BadParameter(f"unknown abusive clients {unknown}; choose from {', '.join(ABUSERS)}",
+                                 param_hint="--abuse")
+    setup_logging("WARNING")
+    serving = nullcontext((server, pid)) if server else private_server(
+        config or (Path("config.sh") if Path("config.sh").is_file() else None), tts=True)
+    with serving as (address, server_pid):
+        report = run_soak(address, manifest, minutes, server_pid, asr_streams, tts_streams, abusers, interval,
+                          tuple(abuse) if abuse else ABUSERS)
     typer.echo(report.json() if as_json else report.text())

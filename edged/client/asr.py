@@ -29,8 +29,9 @@ _LOGGER = logging.getLogger(__name__)
 
 
 @contextmanager
-def private_server(config: Path | None, timeout: float = 180.0) -> Iterator[tuple[str, int]]:
-    """`edged start` with config.sh's models on a free loopback port; yields (address, pid).
+def private_server(config: Path | None, timeout: float = 180.0, tts: bool = False) -> Iterator[tuple[str, int]]:
+    """`edged start` with config.sh's models on a free loopback port (gRPC only; ASR, and TTS
+    with `tts`); yields (address, pid).
 
     The user's config.sh is read as it is (its relative paths against its own folder) with the
     network settings overridden (`--set`), so the private server finds the user's models.
@@ -41,7 +42,7 @@ def private_server(config: Path | None, timeout: float = 180.0) -> Iterator[tupl
         s.bind(("127.0.0.1", 0))
         port = int(s.getsockname()[1])
     overrides = {"riva_speech_api_port": str(port), "listen_address": "127.0.0.1", "metrics_port": "0",
-                 "http_enabled": "false", "service_enabled_tts": "false", "wyoming_enabled": "false",
+                 "http_enabled": "false", "service_enabled_tts": str(tts).lower(), "wyoming_enabled": "false",
                  "local_mic_enabled": "false", "local_speaker_enabled": "false",
                  "ssl_server_cert": "", "ssl_server_key": "", "ssl_root_cert": "", "ssl_use_mutual_auth": "false",
                  "api_key": ""}
@@ -56,7 +57,7 @@ def private_server(config: Path | None, timeout: float = 180.0) -> Iterator[tupl
                 while check_health(address, "", timeout=2) != "SERVING":
                     if proc.poll() is not None or time.monotonic() > deadline:
                         tail = (Path(tmp) / "server.log").read_text(errors="replace").strip().splitlines()[-3:]
-                        raise EdgedError("The private ASR server did not start: " + " | ".join(tail))
+                        raise EdgedError("The private server did not start: " + " | ".join(tail))
                     time.sleep(0.1)
                 yield address, proc.pid
             finally:
