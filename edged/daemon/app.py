@@ -17,6 +17,7 @@ import signal
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -30,7 +31,6 @@ from edged.daemon.security import ApiKeyInterceptor, server_credentials, warn_if
 from edged.doors.door import Door
 from edged.doors.grpc.context import ServerContext, ServiceInstaller
 from edged.doors.grpc.control import install as install_control
-from edged.doors.grpc.control import status as control_status
 from edged.doors.grpc.door import GrpcDoor
 from edged.doors.local.audio import LocalAudio
 from edged.doors.wyoming.door import WyomingServer
@@ -179,11 +179,9 @@ class Server:
     @staticmethod
     def _web_door(ctx: ServerContext) -> Door:
         """The HTTP door (realtime WebSocket, OpenAI audio API, console) on http_port."""
-        from google.protobuf.json_format import MessageToDict
-
         from edged.doors.web import WebDoor
 
-        return WebDoor(ctx.services, lambda: MessageToDict(control_status(ctx), preserving_proto_field_name=True))
+        return WebDoor(ctx.services, lambda: asdict(ctx.status()))
 
     def _bind(self, server: grpc.aio.Server, credentials: grpc.ServerCredentials | None) -> None:
         address = _address(self.settings)
