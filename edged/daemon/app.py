@@ -16,7 +16,6 @@ import logging
 import signal
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 
 import grpc
@@ -35,6 +34,7 @@ from edged.doors.grpc.door import GrpcDoor
 from edged.doors.local.audio import LocalAudio
 from edged.doors.wyoming.door import WyomingServer
 from edged.errors import EdgedError
+from edged.pipelines.pools import Pools
 from edged.service.context import ServiceContext
 from edged.service.registry import ModelState, available_mb
 
@@ -118,8 +118,7 @@ class Server:
             ("grpc.max_receive_message_length", max_bytes),
             ("grpc.max_send_message_length", max_bytes),
         ])
-        executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="edged-infer")
-        core = ServiceContext.create(settings, executor)
+        core = ServiceContext.create(settings, Pools())
         ctx = ServerContext(core, server)
         self.ctx = ctx
         health_pb2_grpc.add_HealthServicer_to_server(ctx.health, server)
@@ -249,8 +248,8 @@ class Server:
         await asyncio.gather(*(self._stop_door(door, grace) for door in doors))
         if self._http is not None:
             await self._http.stop()
+        await asyncio.to_thread(core.pools.shutdown)  # every pool the server made; waits STOP_WAIT_S at most
         core.registry.unload_all()
-        core.executor.shutdown(wait=False, cancel_futures=True)
         _LOGGER.info("Stopped")
 
     @staticmethod
