@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from edged.backends.onnxruntime import OrtSession
 from edged.backends.probe import probe
+from edged.pipelines.pools import Pools
 from edged.repository.records import DeployTarget, current_target
 from edged.rmir import RmirRef
 from edged.rmir.build import ModelSource, build_rmir
@@ -44,6 +46,13 @@ def tts_sentences() -> list[str]:
     """The held-out sentences of ../shared/tts_sentences.txt, or skip."""
     text = shared_path("tts_sentences.txt").read_text(encoding="utf-8")
     return [s.strip() for s in text.splitlines() if s.strip()]
+
+
+@pytest.fixture(scope="module")
+def pools() -> Iterator[Pools]:
+    """Thread pools (models' lanes, executors) for one test module, shut down after it."""
+    with Pools() as made:
+        yield made
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -10,8 +10,9 @@ import subprocess
 import threading
 import time
 import wave
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
@@ -27,6 +28,7 @@ from edged.pipelines.asr.jobs import DecodeJob, StreamConfig
 from edged.pipelines.asr.model import AsrModel
 from edged.pipelines.asr.results import Result
 from edged.pipelines.asr.stream import _WINDOW
+from edged.pipelines.pools import Pools
 from edged.repository.deploy import deploy
 from edged.repository.records import DeployTarget
 from edged.rmir import RmirRef
@@ -62,14 +64,14 @@ def asr_repo(tmp_path_factory: pytest.TempPathFactory, default_rmirs: dict[str, 
 
 
 @pytest.fixture(scope="module")
-def asr_model(asr_repo: Path, cpu_target: DeployTarget) -> AsrModel:
+def asr_model(asr_repo: Path, cpu_target: DeployTarget, pools: Pools) -> AsrModel:
     """The ASR pipeline in this process (Moonshine and Silero, 2 threads)."""
     from edged.loader import load_model
     from edged.repository.records import list_models
 
     models = {m.name: m for m in list_models(asr_repo / "models", cpu_target)}
     options = BackendOptions(intra_op_threads=2)
-    return AsrModel(load_model(models["moonshine-base-en"], options), load_model(models["silero-vad"], options))
+    return AsrModel(load_model(models["moonshine-base-en"], options), load_model(models["silero-vad"], options), pools)
 
 
 @pytest.fixture(scope="module")
@@ -471,12 +473,20 @@ def test_stream_recognises_one_channel(asr_model: AsrModel) -> None:
     assert word_errors("Try again. Fail again. Fail better.", second)[0] <= 1, second
 
 
+def _runners(pools: Pools) -> tuple[Callable[..., Awaitable[Any]], Callable[..., Awaitable[Any]]]:
+    """A batcher's `run` and `run_interims` as the service gives them: a one-thread inference
+    executor and a one-thread interim lane, both of `pools`."""
+    def on(name: str) -> Callable[..., Awaitable[Any]]:
+        pool = pools.get(name, 1)
+        return lambda fn, *args: asyncio.get_running_loop().run_in_executor(pool, fn, *args)
+
+    return on("infer"), on("asr-interims")
+
+
 def test_end_utterance_gives_the_final_now_and_the_stream_goes_on(asr_model: AsrModel) -> None:
     """Ending the open utterance mid-speech (Riva's force_eou, through the batcher as the
     service does it) gives its final at once, with the words so far; the speech after it makes
     utterances of its own. Outside an utterance it does nothing."""
-    from concurrent.futures import ThreadPoolExecutor
-
     from edged.pipelines.asr.batcher import AsrBatcher
 
     pcm, rate = pcm_of(beckett_path())
@@ -484,9 +494,8 @@ def test_end_utterance_gives_the_final_now_and_the_stream_goes_on(asr_model: Asr
     chunk = 2 * int(0.08 * rate)
 
     async def run() -> tuple[list[Result], list[Result], list[Result], list[Result]]:
-        loop = asyncio.get_running_loop()
-        with ThreadPoolExecutor(1) as pool:
-            batcher = AsrBatcher(lambda fn, *args: loop.run_in_executor(pool, fn, *args))
+        with Pools() as pools:
+            batcher = AsrBatcher(*_runners(pools))
             stream = asr_model.start_stream(StreamConfig(encoding="LINEAR_PCM", sample_rate=rate, word_times=True))
             before = []
             for i in range(0, cut, chunk):
@@ -519,8 +528,6 @@ def test_streams_at_once_through_the_batcher_get_the_finals_each_gets_alone(asr_
     speculative finals in a call of their own, interims on a lane of their own (beside the
     finals, or in turns with them on one lane). Each stream gets exactly the finals it gets
     alone, once each, and interims while it speaks."""
-    from concurrent.futures import ThreadPoolExecutor
-
     from edged.pipelines.asr.batcher import AsrBatcher
 
     pcm, rate = pcm_of(beckett_path())
@@ -538,9 +545,8 @@ def test_streams_at_once_through_the_batcher_get_the_finals_each_gets_alone(asr_
         return results + await batcher.finish(stream)
 
     async def run() -> list[list[Result]]:
-        loop = asyncio.get_running_loop()
-        with ThreadPoolExecutor(1) as pool:
-            batcher = AsrBatcher(lambda fn, *args: loop.run_in_executor(pool, fn, *args), lanes=lanes)
+        with Pools() as pools:
+            batcher = AsrBatcher(*_runners(pools), lanes=lanes)
             return list(await asyncio.gather(*(one(batcher, float(d)) for d in range(3))))
 
     for results in asyncio.run(run()):
@@ -551,8 +557,6 @@ def test_streams_at_once_through_the_batcher_get_the_finals_each_gets_alone(asr_
 def test_a_session_that_ends_unfinished_leaves_no_stream_for_interims(asr_repo: Path) -> None:
     """A stream given no new audio gets no new interim of the same audio, and a client that
     vanishes mid-speech (its session ends without finish) leaves no stream in the interim lane."""
-    from concurrent.futures import ThreadPoolExecutor
-
     from edged.config import Settings
     from edged.service.asr import RecognitionRequest
     from edged.service.context import ServiceContext
@@ -560,8 +564,8 @@ def test_a_session_that_ends_unfinished_leaves_no_stream_for_interims(asr_repo: 
     pcm, rate = pcm_of(beckett_path())
 
     async def run() -> tuple[int, int, int]:
-        with ThreadPoolExecutor(2) as pool:
-            ctx = ServiceContext.create(Settings(model_loc=asr_repo, service_enabled_tts=False), pool)
+        with Pools() as pools:
+            ctx = ServiceContext.create(Settings(model_loc=asr_repo, service_enabled_tts=False), pools)
             ctx.registry.scan()
             await ctx.registry.load_initial()
             assert ctx.asr is not None

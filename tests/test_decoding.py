@@ -27,6 +27,7 @@ from edged.pipelines.asr.boost import (
     variants,
 )
 from edged.pipelines.asr.tokenizer import Tokenizer
+from edged.pipelines.pools import Pools
 from edged.repository.records import DeployTarget
 from tests.conftest import require_default_packs
 
@@ -125,18 +126,18 @@ def models(tmp_path_factory: pytest.TempPathFactory, default_rmirs: dict[str, Pa
 
 
 @pytest.fixture(scope="module")
-def asr(models: dict):  # type: ignore[no-untyped-def]
+def asr(models: dict, pools: Pools):  # type: ignore[no-untyped-def]
     from edged.pipelines.asr.model import AsrModel
 
-    return AsrModel(models["moonshine-base-en"], models["silero-vad"])
+    return AsrModel(models["moonshine-base-en"], models["silero-vad"], pools)
 
 
 @pytest.fixture(scope="module")
-def speech(models: dict) -> np.ndarray:
+def speech(models: dict, pools: Pools) -> np.ndarray:
     """edged's voice saying SENTENCE at 16 kHz, without the VITS noise (the same audio every run)."""
     from edged.pipelines.tts import SynthesisRequest, TtsModel
 
-    tts = TtsModel(models["piper-joe-medium"], 600)
+    tts = TtsModel(models["piper-joe-medium"], pools, 600)
     tts.network.config = replace(tts.network.config, noise_scale=0.0, noise_w=0.0)
     pcm = b"".join(c.pcm for c in tts.synthesize(SynthesisRequest(SENTENCE, sample_rate=16000)))
     return np.frombuffer(pcm, dtype="<i2").astype(np.float32) / 32768.0

@@ -13,10 +13,11 @@ from edged.config import Settings
 from edged.pipelines.asr.jobs import DecodeJob, JobKind
 from edged.pipelines.asr.model import _fill_lanes
 from edged.pipelines.lanes import Lanes
+from edged.pipelines.pools import Pools
 
 
-def test_map_keeps_order_and_runs_calls_side_by_side() -> None:
-    lanes = Lanes(2, "test")
+def test_map_keeps_order_and_runs_calls_side_by_side(pools: Pools) -> None:
+    lanes = Lanes(2, pools, "test")
     running, most = 0, 0
     lock = threading.Lock()
 
@@ -34,14 +35,14 @@ def test_map_keeps_order_and_runs_calls_side_by_side() -> None:
     assert most == 2
 
 
-def test_one_lane_runs_on_the_calling_thread() -> None:
-    lanes = Lanes(1, "test")
+def test_one_lane_runs_on_the_calling_thread(pools: Pools) -> None:
+    lanes = Lanes(1, pools, "test")
     threads = lanes.map(lambda _: threading.current_thread(), range(3))
     assert threads == [threading.current_thread()] * 3
 
 
-def test_an_error_is_raised_after_the_other_calls_ended() -> None:
-    lanes = Lanes(2, "test")
+def test_an_error_is_raised_after_the_other_calls_ended(pools: Pools) -> None:
+    lanes = Lanes(2, pools, "test")
     started: list[int] = []
     finished: list[int] = []
 

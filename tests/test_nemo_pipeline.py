@@ -30,6 +30,7 @@ from edged.pipelines.asr.model import AsrModel
 from edged.pipelines.asr.nemo.recogniser import NemoRecogniser
 from edged.pipelines.asr.nemo.tokens import PieceTokenizer
 from edged.pipelines.asr.results import Result
+from edged.pipelines.pools import Pools
 from edged.repository.deploy import deploy
 from edged.repository.records import DeployTarget, list_models
 from edged.rmir import RmirRef
@@ -77,12 +78,12 @@ def nemo_repo(tmp_path_factory: pytest.TempPathFactory, cpu_target: DeployTarget
 
 
 @pytest.fixture(scope="module")
-def pipelines(nemo_repo: Path, cpu_target: DeployTarget) -> dict[str, AsrModel]:
+def pipelines(nemo_repo: Path, cpu_target: DeployTarget, pools: Pools) -> dict[str, AsrModel]:
     """Each family's AsrModel in this process."""
     models = {m.name: m for m in list_models(nemo_repo / "models", cpu_target)}
     options = BackendOptions(intra_op_threads=1)
     vad = load_model(models["silero-vad"], options)
-    return {family: AsrModel(load_model(models[f"nemo-{family}"], options), vad) for family in FAMILIES}
+    return {family: AsrModel(load_model(models[f"nemo-{family}"], options), vad, pools) for family in FAMILIES}
 
 
 def _finals(results: list[Result]) -> list[Result]:

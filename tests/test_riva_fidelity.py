@@ -24,6 +24,7 @@ from riva.client.proto import riva_common_pb2
 from edged.backends import BackendOptions
 from edged.client.textnorm import word_errors
 from edged.pipelines.asr.audio import decode_all
+from edged.pipelines.pools import Pools
 from edged.pipelines.tts import SynthesisRequest, TtsModel
 from edged.repository.records import DeployTarget, list_models
 from tests.test_asr_server import beckett_path, pcm_of, stereo_wav
@@ -37,12 +38,12 @@ PROFANE_SENTENCE = "Well this is shit, I said."
 
 
 @pytest.fixture(scope="module")
-def voice(default_repo: Path, cpu_target: DeployTarget) -> TtsModel:
+def voice(default_repo: Path, cpu_target: DeployTarget, pools: Pools) -> TtsModel:
     """edged's voice in this process without the VITS noise, so that its speech is the same every run."""
     from edged.loader import load_model
 
     deployed = next(m for m in list_models(default_repo / "models", cpu_target) if m.name == "piper-joe-medium")
-    tts = TtsModel(load_model(deployed, BackendOptions()), 600)
+    tts = TtsModel(load_model(deployed, BackendOptions()), pools, 600)
     tts.network.config = replace(tts.network.config, noise_scale=0.0, noise_w=0.0)
     return tts
 

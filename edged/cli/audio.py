@@ -52,14 +52,12 @@ def mic(
     tls_key: ClientKeyOpt = None,
 ) -> None:
     """Mute or unmute the daemon's microphone, or show its state."""
-    from edged.client.local import set_microphone
+    from edged.client.local import microphone_status, set_microphone
     from edged.errors import ConfigError
 
     target = _target(config, address, tls_cert, tls_key)
     if state == "status":
-        from edged.proto import edged_pb2
-
-        status = target.call("Status", edged_pb2.StatusRequest(), timeout=10).microphone
+        status = microphone_status(target)
     elif state in ("on", "off"):
         status = set_microphone(target, muted=state == "off")
     else:

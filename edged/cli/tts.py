@@ -46,15 +46,17 @@ def speak(
         play,
         write_wav,
     )
+    from edged.pipelines.pools import Pools
 
     if (text is None) == (file is None):
         raise ConfigError("Give either a text or --file DOCUMENT.")
     if (output is None) == (not play_audio):
         raise ConfigError("Give either -o OUT.wav or --play.")
     texts = paragraphs(file) if file is not None else iter([text or ""])
-    speaker: Speaker = RemoteSpeaker(server) if server else LocalSpeaker(load_local_tts(load_config(config)))
-    chunks = speaker.speak(texts, sample_rate, voice, rate)
-    seconds = write_wav(chunks, output) if output is not None else play(chunks)
+    with Pools() as pools:
+        speaker: Speaker = RemoteSpeaker(server) if server else LocalSpeaker(load_local_tts(load_config(config), pools))
+        chunks = speaker.speak(texts, sample_rate, voice, rate)
+        seconds = write_wav(chunks, output) if output is not None else play(chunks)
     typer.echo(f"{seconds:.2f} s of speech" + (f" written to {output}" if output else " played"))
 
 
@@ -83,42 +85,44 @@ def bench_tts_command(
 
     from edged.client.speak import LocalSpeaker, RemoteSpeaker, Speaker, load_local_tts
     from edged.client.ttsbench import bench_tts, read_sentences, sweep_text, sweep_tts
+    from edged.pipelines.pools import Pools
 
     texts = read_sentences(sentences)
     if server and (reference or reference_graph):
         raise ConfigError("--reference runs the local voice; leave out --server.")
     if sweep and (reference or reference_graph):
         raise ConfigError("--sweep runs edged alone; leave out --reference.")
-    memory_mb = None
-    speaker: Speaker
-    whole = None
-    if server:
-        speaker = RemoteSpeaker(server)
-    else:
-        settings = load_config(config)
-        if intra_threads is not None:
-            settings = replace(settings, ort_intra_op_threads=intra_threads)
-        before = _rss_mb()
-        model = load_local_tts(settings)
-        speaker = LocalSpeaker(model)
-        memory_mb = _rss_mb() - before
-        if reference or reference_graph:
-            from edged.backends import BackendOptions
-            from edged.client.ttsref import WholeGraphVoice, original_graph
+    with Pools() as pools:  # the local voice's lanes, shut down when the bench ends
+        memory_mb = None
+        speaker: Speaker
+        whole = None
+        if server:
+            speaker = RemoteSpeaker(server)
+        else:
+            settings = load_config(config)
+            if intra_threads is not None:
+                settings = replace(settings, ort_intra_op_threads=intra_threads)
+            before = _rss_mb()
+            model = load_local_tts(settings, pools)
+            speaker = LocalSpeaker(model)
+            memory_mb = _rss_mb() - before
+            if reference or reference_graph:
+                from edged.backends import BackendOptions
+                from edged.client.ttsref import WholeGraphVoice, original_graph
 
-            # The voice's threads: edged.loader runs a voice on one lane whatever
-            # inference_lanes says (ASR's), so the reference must not divide the cores by it.
-            options = replace(BackendOptions.from_settings(settings), lanes=1)
-            whole = WholeGraphVoice(model, reference_graph or original_graph(model.manifest), options)
-    if sweep:
-        rows = sweep_tts(speaker, texts, streams, sample_rate, voice, local=not server)
-        typer.echo(json.dumps([asdict(r) for r in rows], indent=2) if as_json else sweep_text(rows))
-        return
-    result = bench_tts(speaker, texts, streams, sample_rate, voice,
-                       whole.speak if whole else None, whole.model.sample_rate if whole else 22050,
-                       local=not server)
-    figures = {**asdict(result), "model_memory_mb": memory_mb,
-               "process_rss_mb": None if server else _rss_mb()}
+                # The voice's threads: edged.loader runs a voice on one lane whatever
+                # inference_lanes says (ASR's), so the reference must not divide the cores by it.
+                options = replace(BackendOptions.from_settings(settings), lanes=1)
+                whole = WholeGraphVoice(model, reference_graph or original_graph(model.manifest), options)
+        if sweep:
+            rows = sweep_tts(speaker, texts, streams, sample_rate, voice, local=not server)
+            typer.echo(json.dumps([asdict(r) for r in rows], indent=2) if as_json else sweep_text(rows))
+            return
+        result = bench_tts(speaker, texts, streams, sample_rate, voice,
+                           whole.speak if whole else None, whole.model.sample_rate if whole else 22050,
+                           local=not server)
+        figures = {**asdict(result), "model_memory_mb": memory_mb,
+                   "process_rss_mb": None if server else _rss_mb()}
     if as_json:
         typer.echo(json.dumps(figures, indent=2))
         return

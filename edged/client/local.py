@@ -63,6 +63,11 @@ def set_microphone(target: Target, muted: bool) -> Any:
     return target.call("SetMicrophone", edged_pb2.MicrophoneRequest(muted=muted), timeout=10)
 
 
+def microphone_status(target: Target) -> Any:
+    """The MicrophoneStatus part of the daemon's status."""
+    return target.call("Status", edged_pb2.StatusRequest(), timeout=10).microphone
+
+
 def follow_transcripts(target: Target, interim: bool = False) -> Iterator[Any]:
     """The daemon microphone's transcripts as they come, until the daemon stops."""
     with open_channel(target.address, target.credentials) as channel:

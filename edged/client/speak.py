@@ -16,6 +16,7 @@ from typing import Any, Protocol
 
 from edged.config import Settings
 from edged.errors import ConfigError, TtsError
+from edged.pipelines.pools import Pools
 from edged.pipelines.tts import AudioChunk, SynthesisRequest, TtsModel
 from edged.pipelines.tts.ssml import Boundary, Item, is_ssml
 
@@ -47,8 +48,9 @@ class Speaker(Protocol):
         ...
 
 
-def load_local_tts(settings: Settings) -> TtsModel:
-    """The first deployed speech synthesis model in the configured repository, loaded."""
+def load_local_tts(settings: Settings, pools: Pools) -> TtsModel:
+    """The first deployed speech synthesis model in the configured repository, loaded (its lanes
+    on `pools`)."""
     from edged.backends import BackendOptions
     from edged.backends.probe import probe
     from edged.loader import load_model
@@ -58,7 +60,7 @@ def load_local_tts(settings: Settings) -> TtsModel:
     for model in list_models(settings.model_loc / "models", target):
         if model.manifest and model.manifest.pipeline == "speech_synthesis":
             options = BackendOptions.from_settings(settings)
-            return TtsModel(load_model(model, options), settings.tts_max_text_chars)
+            return TtsModel(load_model(model, options), pools, settings.tts_max_text_chars)
     raise TtsError(f"No speech synthesis model is deployed in {settings.model_loc / 'models'}; "
                    "run `edged init`.")
 

@@ -16,7 +16,7 @@ import logging
 import signal
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -30,12 +30,12 @@ from edged.daemon.security import ApiKeyInterceptor, server_credentials, warn_if
 from edged.doors.door import Door
 from edged.doors.grpc.context import ServerContext, ServiceInstaller
 from edged.doors.grpc.control import install as install_control
-from edged.doors.grpc.control import status as control_status
 from edged.doors.grpc.door import GrpcDoor
 from edged.doors.local.audio import LocalAudio
 from edged.doors.web.guard import OriginPolicy
 from edged.doors.wyoming.door import WyomingServer
 from edged.errors import EdgedError
+from edged.pipelines.pools import Pools
 from edged.service.context import ServiceContext
 from edged.service.registry import ModelState, available_mb
 
@@ -124,8 +124,7 @@ class Server:
             ("grpc.max_receive_message_length", max_bytes),
             ("grpc.max_send_message_length", max_bytes),
         ])
-        executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="edged-infer")
-        core = ServiceContext.create(settings, executor)
+        core = ServiceContext.create(settings, Pools())
         ctx = ServerContext(core, server)
         self.ctx = ctx
         health_pb2_grpc.add_HealthServicer_to_server(ctx.health, server)
@@ -185,11 +184,9 @@ class Server:
     @staticmethod
     def _web_door(ctx: ServerContext) -> Door:
         """The HTTP door (realtime WebSocket, OpenAI audio API, console) on http_port."""
-        from google.protobuf.json_format import MessageToDict
-
         from edged.doors.web import WebDoor
 
-        return WebDoor(ctx.services, lambda: MessageToDict(control_status(ctx), preserving_proto_field_name=True))
+        return WebDoor(ctx.services, lambda: asdict(ctx.status()))
 
     def _bind(self, server: grpc.aio.Server, credentials: grpc.ServerCredentials | None) -> None:
         address = _address(self.settings)
@@ -257,8 +254,8 @@ class Server:
         await asyncio.gather(*(self._stop_door(door, grace) for door in doors))
         if self._http is not None:
             await self._http.stop()
+        await asyncio.to_thread(core.pools.shutdown)  # every pool the server made; waits STOP_WAIT_S at most
         core.registry.unload_all()
-        core.executor.shutdown(wait=False, cancel_futures=True)
         _LOGGER.info("Stopped")
 
     @staticmethod

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
+
+from edged.pipelines.pools import Pools
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -21,10 +22,10 @@ R = TypeVar("R")
 class Lanes:
     """Runs independent calls side by side: one on the calling thread, the rest on a pool."""
 
-    def __init__(self, count: int, name: str) -> None:
+    def __init__(self, count: int, pools: Pools, name: str) -> None:
+        """`count` lanes; the pool of the other `count - 1` is `pools`' `<name>-lane`."""
         self.count = max(1, count)
-        self._pool = ThreadPoolExecutor(self.count - 1, thread_name_prefix=f"edged-{name}-lane") \
-            if self.count > 1 else None
+        self._pool = pools.get(f"{name}-lane", self.count - 1) if self.count > 1 else None
 
     def map(self, fn: Callable[[T], R], items: Iterable[T]) -> list[R]:
         """`[fn(x) for x in items]`, up to `count` at a time, each lane taking the next item

@@ -23,7 +23,6 @@ import functools
 import logging
 import math
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, TypeVar
@@ -53,6 +52,7 @@ if TYPE_CHECKING:
 
     from edged.config import Settings
     from edged.loader import LoadedModel
+    from edged.pipelines.pools import Pools
     from edged.service.admission import Admission
     from edged.service.registry import ModelRegistry
 
@@ -301,12 +301,11 @@ class AsrSession:
 class AsrService(SpeechService):
     """Recognition for every door: chooses models, caches their pipelines, batches all streams."""
 
-    def __init__(self, settings: Settings, executor: Executor, registry: ModelRegistry,
+    def __init__(self, settings: Settings, executor: Executor, pools: Pools, registry: ModelRegistry,
                  admission: Admission) -> None:
-        super().__init__(settings, executor, registry, admission)
-        self._interim_pool = ThreadPoolExecutor(1, thread_name_prefix="edged-asr-interims")
-        self.batcher = AsrBatcher(self._run_inference, run_interims=self._run_interims,
-                                  lanes=settings.inference_lanes)
+        super().__init__(settings, executor, pools, registry, admission)
+        self._interim_pool = pools.get("asr-interims", 1)
+        self.batcher = AsrBatcher(self._run_inference, self._run_interims, lanes=settings.inference_lanes)
         """The one batcher every stream of this server goes through."""
         self._pipelines: dict[str, tuple[LoadedModel, LoadedModel, AsrModel]] = {}
 
@@ -348,7 +347,7 @@ class AsrService(SpeechService):
         asr, vad = await registry.use(name), await registry.use(vads[0])
         cached = self._pipelines.get(name)
         if cached is None or cached[0] is not asr or cached[1] is not vad:
-            cached = (asr, vad, AsrModel(asr, vad))
+            cached = (asr, vad, AsrModel(asr, vad, self._pools))
             self._pipelines[name] = cached
         return cached[2]
 

@@ -7,10 +7,11 @@ A door (gRPC, the machine's microphone and speaker, later HTTP or Wyoming) holds
 from __future__ import annotations
 
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 
 from edged.config import Settings
+from edged.pipelines.pools import Pools
 from edged.service.admission import Admission
 from edged.service.asr import AsrService
 from edged.service.registry import ModelRegistry, ModelState, available_mb
@@ -24,14 +25,19 @@ SERVICE_PIPELINES = {
 }
 """Health names that serve only while a model of their pipeline is loaded (or loadable)."""
 
+INFERENCE_THREADS = 2
+"""Blocking model calls that run at once on the inference executor (the batcher's calls, model loads)."""
+
 
 @dataclass
 class ServiceContext:
     """The state of a running server that is not any protocol's: models, streams, services."""
 
     settings: Settings
-    executor: ThreadPoolExecutor
-    """The inference executor: every blocking model call runs here."""
+    pools: Pools
+    """Every thread pool of the server (shut down once, at its stop)."""
+    executor: Executor
+    """The inference executor (`pools`' "infer"): every blocking model call runs here."""
     registry: ModelRegistry
     """Model states and memory; `await registry.use(name)` loads lazily and marks use."""
     admission: Admission
@@ -52,16 +58,18 @@ class ServiceContext:
         return self.serving and not self.admission.draining
 
     @classmethod
-    def create(cls, settings: Settings, executor: ThreadPoolExecutor) -> ServiceContext:
-        """A context with its registry and admission, and the services config.sh enables."""
+    def create(cls, settings: Settings, pools: Pools) -> ServiceContext:
+        """A context with its registry and admission, and the services config.sh enables, their
+        thread pools taken from `pools`."""
+        executor = pools.get("infer", INFERENCE_THREADS)
         registry = ModelRegistry(settings, executor)
         admission = Admission(settings.memory_reserve_mb, available_mb)
         if settings.service_enabled_asr:
             admission.set_limit("asr", settings.asr_max_streams)
         if settings.service_enabled_tts:
             admission.set_limit("tts", settings.tts_max_streams)
-        parts = (settings, executor, registry, admission)
-        return cls(settings, executor, registry, admission,
+        parts = (settings, executor, pools, registry, admission)
+        return cls(settings, pools, executor, registry, admission,
                    asr=AsrService(*parts) if settings.service_enabled_asr else None,
                    tts=TtsService(*parts) if settings.service_enabled_tts else None)
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -33,6 +32,7 @@ if TYPE_CHECKING:
 
     from edged.config import Settings
     from edged.loader import LoadedModel
+    from edged.pipelines.pools import Pools
     from edged.service.admission import Admission
     from edged.service.registry import ModelRegistry
 
@@ -90,9 +90,9 @@ class Synthesis:
 class TtsService(SpeechService):
     """Synthesis for every door: voice choice, voices made once, `tts_lanes` steps at a time."""
 
-    def __init__(self, settings: Settings, executor: Executor, registry: ModelRegistry,
+    def __init__(self, settings: Settings, executor: Executor, pools: Pools, registry: ModelRegistry,
                  admission: Admission) -> None:
-        super().__init__(settings, executor, registry, admission)
+        super().__init__(settings, executor, pools, registry, admission)
         self._loading = True
         """Until start-up has loaded the models: warm_up keeps looking for newly loaded voices."""
         self._voices: dict[str, tuple[LoadedModel, TtsModel]] = {}
@@ -101,7 +101,7 @@ class TtsService(SpeechService):
         self._gate = AsyncRunGate(lanes)
         """`tts_lanes` synthesis steps at a time, first audio of new requests first: the voice
         runs as many networks at once (edged.pipelines.tts.synthesizer)."""
-        self._steps = ThreadPoolExecutor(lanes, thread_name_prefix="edged-tts")
+        self._steps = pools.get("tts", lanes)
         """Where steps run: apart from the inference executor, so that they never queue behind ASR
         and ASR never waits for them."""
         self._warming: asyncio.Task[None] | None = None
@@ -156,7 +156,7 @@ class TtsService(SpeechService):
             cached = self._voices.get(name)
             if cached is None or cached[0] is not loaded:
                 model = await asyncio.get_running_loop().run_in_executor(
-                    self._executor, TtsModel, loaded, self._settings.tts_max_text_chars)
+                    self._executor, TtsModel, loaded, self._pools, self._settings.tts_max_text_chars)
                 cached = self._voices[name] = (loaded, model)
             return cached[1]
 

@@ -12,6 +12,7 @@ from grpc_health.v1 import health, health_pb2
 
 from edged.config import Settings
 from edged.service.context import ServiceContext
+from edged.service.status import ServerStatus, server_status
 
 if TYPE_CHECKING:
     from edged.doors.local.audio import LocalAudio
@@ -32,6 +33,10 @@ class ServerContext:
     def settings(self) -> Settings:
         """The server's settings."""
         return self.services.settings
+
+    def status(self) -> ServerStatus:
+        """The server's status, its microphone and speaker included."""
+        return server_status(self.services, self.local_audio.status() if self.local_audio else None)
 
     async def publish_health(self) -> None:
         """Set every health name to SERVING or NOT_SERVING from the current state, where it changed."""

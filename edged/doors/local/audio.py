@@ -12,6 +12,9 @@ Speaker (`local_speaker_enabled`): Speak requests queue; one task plays them in 
 service synthesises chunk by chunk on the inference executor and each chunk goes straight to the playback
 thread, so sound starts with the first clause. `interrupt`, StopSpeaking and barge-in (the
 microphone hears speech while playing, `local_barge_in`) stop what plays.
+
+It takes and gives the plain types of `edged.service.local_audio` (`Heard`, `SpeakRequest`,
+`SpeakOutcome`, `LocalAudioStatus`); the gRPC door converts them to edged.v1's messages.
 """
 
 from __future__ import annotations
@@ -38,8 +41,16 @@ from edged.errors import (
 )
 from edged.pipelines.asr.audio import MODEL_RATE
 from edged.pipelines.asr.results import Result
-from edged.proto import edged_pb2
 from edged.service.asr import AsrSession, RecognitionRequest
+from edged.service.local_audio import (
+    Heard,
+    HeardWord,
+    LocalAudioStatus,
+    MicrophoneStatus,
+    SpeakerStatus,
+    SpeakOutcome,
+    SpeakRequest,
+)
 from edged.service.tts import SpeechRequest, Synthesis
 
 if TYPE_CHECKING:
@@ -64,7 +75,7 @@ class _Utterance:
     id: int
     synthesis: Synthesis
     received: float
-    done: asyncio.Future[edged_pb2.SpeakResponse]
+    done: asyncio.Future[SpeakOutcome]
     queued: int = 0
     interrupted: bool = False
 
@@ -105,7 +116,7 @@ class LocalAudio:
         self._overflows_before = 0
         self._audio_s = 0.0
         self._finals = 0
-        self._subscribers: dict[asyncio.Queue[edged_pb2.Transcript | None], bool] = {}
+        self._subscribers: dict[asyncio.Queue[Heard | None], bool] = {}
         self._speaker: Speaker | None = None
         self._speaker_state = "idle" if self.speaker_enabled else "off"
         self._queue: deque[_Utterance] = deque()
@@ -157,7 +168,7 @@ class LocalAudio:
             _offer(subscriber, None)
         for utt in [*self._queue, *([self._current] if self._current else [])]:
             if not utt.done.done():
-                utt.done.set_result(edged_pb2.SpeakResponse(id=utt.id, interrupted=True))
+                utt.done.set_result(SpeakOutcome(utt.id, interrupted=True))
         self._queue.clear()
         if self._speaker is not None:
             await asyncio.to_thread(self._speaker.close)
@@ -168,19 +179,19 @@ class LocalAudio:
 
     # -- microphone --------------------------------------------------------------------------
 
-    def subscribe(self, interim: bool) -> asyncio.Queue[edged_pb2.Transcript | None]:
+    def subscribe(self, interim: bool) -> asyncio.Queue[Heard | None]:
         """A queue receiving the microphone's transcripts (None when the daemon stops)."""
         if not self.mic_enabled:
             raise FeatureOffError("The microphone is off on this server; set local_mic_enabled=true "
                                      "in config.sh and restart edged.")
-        subscriber: asyncio.Queue[edged_pb2.Transcript | None] = asyncio.Queue(SUBSCRIBER_QUEUE)
+        subscriber: asyncio.Queue[Heard | None] = asyncio.Queue(SUBSCRIBER_QUEUE)
         self._subscribers[subscriber] = interim
         return subscriber
 
-    def unsubscribe(self, subscriber: asyncio.Queue[edged_pb2.Transcript | None]) -> None:
+    def unsubscribe(self, subscriber: asyncio.Queue[Heard | None]) -> None:
         self._subscribers.pop(subscriber, None)
 
-    def set_muted(self, muted: bool) -> edged_pb2.MicrophoneStatus:
+    def set_muted(self, muted: bool) -> MicrophoneStatus:
         """Mute (close the device) or unmute (open it again)."""
         if not self.mic_enabled:
             raise FeatureOffError("The microphone is off on this server; set local_mic_enabled=true "
@@ -191,9 +202,14 @@ class LocalAudio:
             self._mic_changed.set()
         return self.mic_status()
 
-    def mic_status(self) -> edged_pb2.MicrophoneStatus:
+    def status(self) -> LocalAudioStatus:
+        """The microphone's and the speaker's state and counts."""
+        return LocalAudioStatus(self.mic_status(), self.speaker_status())
+
+    def mic_status(self) -> MicrophoneStatus:
+        """The microphone's state and counts."""
         mic = self._mic
-        return edged_pb2.MicrophoneStatus(
+        return MicrophoneStatus(
             enabled=self.mic_enabled, state=self._mic_state, device=self._mic_device,
             device_rate=self._mic_rate, muted=self._muted,
             overflows=self._overflows_before + (mic.overflows if mic is not None else 0),
@@ -291,30 +307,29 @@ class LocalAudio:
     def _publish(self, result: Result, clock: _Clock) -> None:
         """Hand a result to the log, the subscribers and the transcripts file."""
         now = time.time()
-        message = edged_pb2.Transcript(
+        heard = Heard(
             text=result.transcript, is_final=result.is_final, confidence=result.confidence,
             stability=result.stability, start_s=clock.wall(result.start_s), end_s=clock.wall(result.end_s),
             latency_ms=max(0.0, 1000.0 * (now - clock.wall(result.audio_processed))),
-            words=[edged_pb2.Word(word=w.word, start_s=clock.wall(w.start_ms / 1000),
-                                  end_s=clock.wall(w.end_ms / 1000), confidence=w.confidence)
+            words=[HeardWord(w.word, clock.wall(w.start_ms / 1000), clock.wall(w.end_ms / 1000), w.confidence)
                    for w in result.words])
         if result.is_final:
             self._finals += 1
             _LOGGER.info("Heard: %s", result.transcript)
-            self._write_transcript(message)
+            self._write_transcript(heard)
         for subscriber, interim in self._subscribers.items():
             if result.is_final or interim:
-                _offer(subscriber, message)
+                _offer(subscriber, heard)
 
-    def _write_transcript(self, message: Any) -> None:
+    def _write_transcript(self, heard: Heard) -> None:
         path = self._ctx.settings.local_transcripts_file
         if path is None:
             return
         record = {
-            "time": _iso(message.end_s), "start": _iso(message.start_s), "end": _iso(message.end_s),
-            "text": message.text, "confidence": round(message.confidence, 3),
+            "time": _iso(heard.end_s), "start": _iso(heard.start_s), "end": _iso(heard.end_s),
+            "text": heard.text, "confidence": round(heard.confidence, 3),
             "words": [{"word": w.word, "start": round(w.start_s, 3), "end": round(w.end_s, 3),
-                       "confidence": round(w.confidence, 3)} for w in message.words],
+                       "confidence": round(w.confidence, 3)} for w in heard.words],
         }
         try:
             with open(path, "a", encoding="utf-8") as f:
@@ -329,7 +344,7 @@ class LocalAudio:
 
     # -- speaker -----------------------------------------------------------------------------
 
-    async def speak(self, request: Any) -> edged_pb2.SpeakResponse:
+    async def speak(self, request: SpeakRequest) -> SpeakOutcome:
         """Queue a Speak request (checked now); with `wait`, answer when it has been played."""
         tts = self._ctx.tts
         if not self.speaker_enabled or tts is None:
@@ -346,25 +361,26 @@ class LocalAudio:
         self._queue.append(utt)
         self._queue_changed.set()
         if not request.wait:
-            return edged_pb2.SpeakResponse(id=utt.id, queued=utt.queued)
+            return SpeakOutcome(utt.id, queued=utt.queued)
         return await asyncio.shield(utt.done)
 
-    def stop_speaking(self) -> edged_pb2.SpeakerStatus:
+    def stop_speaking(self) -> SpeakerStatus:
         """Stop what plays now and drop the queue."""
         if not self.speaker_enabled:
             raise FeatureOffError("The speaker is off on this server; set local_speaker_enabled=true "
                                      "in config.sh and restart edged.")
         while self._queue:
             utt = self._queue.popleft()
-            utt.done.set_result(edged_pb2.SpeakResponse(id=utt.id, interrupted=True, queued=utt.queued))
+            utt.done.set_result(SpeakOutcome(utt.id, interrupted=True, queued=utt.queued))
         if self._current is not None:
             self._current.interrupted = True
             if self._speaker is not None:
                 self._speaker.stop()
         return self.speaker_status()
 
-    def speaker_status(self) -> edged_pb2.SpeakerStatus:
-        return edged_pb2.SpeakerStatus(
+    def speaker_status(self) -> SpeakerStatus:
+        """The speaker's state and counts."""
+        return SpeakerStatus(
             enabled=self.speaker_enabled, state=self._speaker_state,
             device=self._speaker.device_name if self._speaker is not None else "",
             queued=len(self._queue), played=self._played)
@@ -382,14 +398,14 @@ class LocalAudio:
             except EdgedError as exc:
                 self._speaker_state = f"failed: {exc}"
                 _LOGGER.error("Speaker: %s", exc)
-                response = edged_pb2.SpeakResponse(id=utt.id, interrupted=True, queued=utt.queued)
+                response = SpeakOutcome(utt.id, interrupted=True, queued=utt.queued)
             finally:
                 self._current = None
                 self._handle = None
             if not utt.done.done():
                 utt.done.set_result(response)
 
-    async def _play(self, utt: _Utterance) -> edged_pb2.SpeakResponse:
+    async def _play(self, utt: _Utterance) -> SpeakOutcome:
         """Synthesise chunk by chunk on the executor, each chunk straight to the device."""
         from edged.audio.devices import ChunkFeed, Speaker
 
@@ -418,8 +434,8 @@ class LocalAudio:
         self._speaker_state = "idle"
         first_ms = 1000.0 * (handle.first_audio_at - utt.received) if handle.first_audio_at else 0.0
         _LOGGER.debug("Spoke utterance %d: %.2f s, first audio after %.0f ms", utt.id, seconds, first_ms)
-        return edged_pb2.SpeakResponse(id=utt.id, first_audio_ms=first_ms, seconds=seconds,
-                                       interrupted=utt.interrupted or handle.stopped, queued=utt.queued)
+        return SpeakOutcome(utt.id, first_audio_ms=first_ms, seconds=seconds,
+                            interrupted=utt.interrupted or handle.stopped, queued=utt.queued)
 
 
 async def _ended(publisher: asyncio.Task[None] | None) -> None:

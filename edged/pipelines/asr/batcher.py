@@ -18,7 +18,6 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -58,20 +57,13 @@ class _Item:
 class AsrBatcher:
     """One consumer task feeding all streams' work to the inference executor in batches."""
 
-    def __init__(self, run: Callable[..., Awaitable[Any]], max_queue: int = 256,
-                 run_interims: Callable[..., Awaitable[Any]] | None = None, lanes: int = 1) -> None:
+    def __init__(self, run: Callable[..., Awaitable[Any]], run_interims: Callable[..., Awaitable[Any]],
+                 max_queue: int = 256, lanes: int = 1) -> None:
         """`run(fn, *args)` runs blocking `fn` on the inference executor and returns its result;
-        `run_interims` likewise on the thread interims run on (default: one of the batcher's
-        own). With one lane (`lanes`: the calls of the model that may run at once, see
-        edged.pipelines.lanes) finals and interims take turns; with more they run side by side."""
+        `run_interims` likewise on the thread interims run on (a pool of one thread, apart from the
+        inference executor). With one lane (`lanes`: the calls of the model that may run at once,
+        see edged.pipelines.lanes) finals and interims take turns; with more they run side by side."""
         self._run_inference = run
-        if run_interims is None:
-            pool = ThreadPoolExecutor(1, thread_name_prefix="edged-asr-interims")
-
-            def on_pool(fn: Callable[..., Any], *args: Any) -> Awaitable[Any]:
-                return asyncio.get_running_loop().run_in_executor(pool, fn, *args)
-
-            run_interims = on_pool
         self._run_interims = run_interims
         self._turns = asyncio.Lock() if lanes < 2 else None
         """Taken by each call when finals and interims take turns on one lane."""

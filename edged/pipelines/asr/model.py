@@ -16,6 +16,7 @@ from edged.pipelines.asr.recogniser import Hypothesis, Recogniser, beam_width
 from edged.pipelines.asr.resultmaker import ResultMaker
 from edged.pipelines.asr.stream import AsrStream
 from edged.pipelines.lanes import Lanes
+from edged.pipelines.pools import Pools
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -69,7 +70,8 @@ class AsrModel:
     """A recogniser (Moonshine, or NeMo by the manifest's family) + Silero VAD, shared by every
     stream; `decode_jobs` runs many streams' jobs."""
 
-    def __init__(self, asr: LoadedModel, vad: LoadedModel) -> None:
+    def __init__(self, asr: LoadedModel, vad: LoadedModel, pools: Pools) -> None:
+        """`pools` holds the thread pool of its lanes (one per model name, kept across reloads)."""
         if "vad" not in vad.sessions:
             raise ModelLoadError(f"Model {vad.name} has no 'vad' network; redeploy silero-vad.")
         self.name = asr.name
@@ -83,7 +85,7 @@ class AsrModel:
         self.endpoint = EndpointParams.from_manifest(params)
         heads = [(int(h[0]), int(h[1])) for h in asr.manifest.parameters.get("alignment_heads", [])]
         self.results = ResultMaker(self.recogniser.tokenizer, tuple(heads), asr.manifest.language_code)
-        self.lanes = Lanes(asr.lanes, "asr")
+        self.lanes = Lanes(asr.lanes, pools, f"asr-{asr.name}")
         self.seconds_per_sample = 0.05 / MODEL_RATE
         """Recent decode wall time per sample of audio (a moving average over batches)."""
 

@@ -15,7 +15,7 @@ import re
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator, Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,6 +25,7 @@ from edged.audio.resample import StreamResampler, float_to_pcm16
 from edged.backends.base import cpu_cores
 from edged.errors import TtsError, TtsRequestError, UnknownVoiceError
 from edged.loader import LoadedModel
+from edged.pipelines.pools import Pools
 from edged.pipelines.tts.phonemes import phonemize_text
 from edged.pipelines.tts.schedule import Key, Pace, RunGate
 from edged.pipelines.tts.segment import Utterance, utterances
@@ -169,7 +170,8 @@ class Voice:
 class TtsModel:
     """A loaded Piper voice: shared by every request, each request a generator of chunks."""
 
-    def __init__(self, model: LoadedModel, max_text_chars: int = 10000) -> None:
+    def __init__(self, model: LoadedModel, pools: Pools, max_text_chars: int = 10000) -> None:
+        """`pools` holds the thread pool of its lanes (one per voice name, kept across reloads)."""
         params = model.manifest.parameters
         self.name = model.name
         self.manifest = model.manifest
@@ -184,8 +186,7 @@ class TtsModel:
         self._gate = RunGate(self.lanes)
         self._alone_depth = min(self.lanes, cpu_cores())
         """A stream alone splits the rest of an utterance in at most one part per core."""
-        self._pool = ThreadPoolExecutor(self.lanes, thread_name_prefix="edged-tts-lane") \
-            if self.lanes > 1 else None
+        self._pool = pools.get(f"tts-{model.name}-lane", self.lanes) if self.lanes > 1 else None
         """Runs a stream's chunks beyond the one its own thread waits for."""
         self._frame_seconds = 0.001
         """Decoder seconds per frame (context included), as recently measured: sizes the chunks."""
