@@ -30,6 +30,7 @@ from edged.pipelines.asr.stream import _WINDOW
 from edged.repository.deploy import deploy
 from edged.repository.records import DeployTarget
 from edged.rmir import RmirRef
+from tests.asr_driving import stream_results
 from tests.conftest import require_default_packs
 from tests.test_server import free_port, serving
 
@@ -416,15 +417,9 @@ def test_stream_interims_windowed_finals_unchanged(asr_model: AsrModel, monkeypa
     monkeypatch.setattr(asr_model, "decode_jobs", recording)
 
     def finals(interims: bool) -> tuple[list[str], int]:
-        stream = asr_model.start_stream(StreamConfig(encoding="LINEAR_PCM", sample_rate=rate,
-                                                     interim_results=interims))
-        chunk, texts, count = rate * 2 * 160 // 1000, [], 0
-        for i in range(0, len(pcm), chunk):  # a clock at the pace of the audio
-            for r in stream.accept(pcm[i:i + chunk], now=i / (2 * rate)):
-                texts += [r.transcript] if r.is_final else []
-                count += not r.is_final
-        texts += [r.transcript for r in stream.finish() if r.is_final]
-        return texts, count
+        config = StreamConfig(encoding="LINEAR_PCM", sample_rate=rate, interim_results=interims)
+        results = stream_results(lambda: asr_model.start_stream(config), pcm, 2 * rate)  # 160 ms chunks
+        return [r.transcript for r in results if r.is_final], sum(not r.is_final for r in results)
 
     plain, _ = finals(False)
     decoded.clear()
@@ -439,12 +434,10 @@ def test_stream_interims_windowed_finals_unchanged(asr_model: AsrModel, monkeypa
 
 def _run_stream(asr_model: AsrModel, config: StreamConfig, data: bytes, bytes_per_s: int,
                 chunk_s: float = 0.16) -> list[str]:
-    """The finals' transcripts of `data` streamed in chunks, on a clock at the pace of the audio."""
-    stream = asr_model.start_stream(config)
-    chunk, texts = int(bytes_per_s * chunk_s) // 4 * 4, []
-    for i in range(0, len(data), chunk):
-        texts += [r.transcript for r in stream.accept(data[i:i + chunk], now=i / bytes_per_s) if r.is_final]
-    return texts + [r.transcript for r in stream.finish() if r.is_final]
+    """The finals' transcripts of `data` streamed in chunks through the batcher, on a clock at
+    the pace of the audio."""
+    results = stream_results(lambda: asr_model.start_stream(config), data, bytes_per_s, chunk_s)
+    return [r.transcript for r in results if r.is_final]
 
 
 def test_stream_recognises_one_channel(asr_model: AsrModel) -> None:
