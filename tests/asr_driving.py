@@ -11,7 +11,12 @@ import asyncio
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+import pytest
+
+from edged.pipelines.asr.audio import MODEL_RATE
 from edged.pipelines.asr.batcher import AsrBatcher
+from edged.pipelines.asr.jobs import DecodeJob
+from edged.pipelines.asr.model import AsrModel
 from edged.pipelines.asr.results import Result
 from edged.pipelines.asr.stream import AsrStream
 
@@ -36,6 +41,18 @@ async def inline(fn: Callable[..., T], *args: Any) -> T:
 def inline_batcher(clock: Clock, lanes: int = 1) -> AsrBatcher:
     """A batcher whose finals and interims run on the loop, on `clock`."""
     return AsrBatcher(inline, run_interims=inline, lanes=lanes, clock=clock)
+
+
+def steady_decodes(model: AsrModel, monkeypatch: pytest.MonkeyPatch, seconds_per_s: float = 0.05) -> None:
+    """Have a real model's decodes report `seconds_per_s` per second of audio instead of their
+    wall time, so that when interims are due (which counts decode times) does not depend on
+    how busy the machine is."""
+    decode_batch = model._decode_batch
+
+    def steady(group: list[DecodeJob]) -> tuple[Any, float]:
+        return decode_batch(group)[0], seconds_per_s * sum(len(j.audio) for j in group) / MODEL_RATE
+
+    monkeypatch.setattr(model, "_decode_batch", steady)
 
 
 async def settle() -> None:

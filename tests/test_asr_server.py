@@ -30,7 +30,7 @@ from edged.pipelines.asr.stream import _WINDOW
 from edged.repository.deploy import deploy
 from edged.repository.records import DeployTarget
 from edged.rmir import RmirRef
-from tests.asr_driving import stream_results
+from tests.asr_driving import steady_decodes, stream_results
 from tests.conftest import require_default_packs
 from tests.test_server import free_port, serving
 
@@ -397,7 +397,8 @@ def test_bench_asr_reports_real_time_figures_and_where_it_saturates(asr_server: 
 
 def test_stream_interims_windowed_finals_unchanged(asr_model: AsrModel, monkeypatch: pytest.MonkeyPatch,
                                                    float_decoder: OrtSession, evalcorpus: Path) -> None:
-    """Long speech streamed in real time with interims: interims decode bounded windows, most
+    """Long speech streamed in real time with interims (on a test clock, decodes counted at 50 ms
+    per second of audio whatever the machine's load): interims decode bounded windows, most
     finals are the speculative decodes started at the likely end, and the finals read exactly
     as without interims (drafts only save decoder calls; on the float32 decoder, since int8
     activations round a draft and a step slightly differently)."""
@@ -405,6 +406,7 @@ def test_stream_interims_windowed_finals_unchanged(asr_model: AsrModel, monkeypa
     if not clip.is_file():
         pytest.skip(f"{clip} is not there")
     monkeypatch.setattr(asr_model.recogniser, "decoder", float_decoder)
+    steady_decodes(asr_model, monkeypatch)
     pcm, rate = pcm_of(clip)
     pcm = pcm[:rate * 2 * 30]
     decoded: list[tuple[str, int]] = []
