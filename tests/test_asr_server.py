@@ -32,6 +32,7 @@ from edged.pipelines.pools import Pools
 from edged.repository.deploy import deploy
 from edged.repository.records import DeployTarget
 from edged.rmir import RmirRef
+from tests.asr_driving import steady_decodes, stream_results
 from tests.conftest import require_default_packs
 from tests.test_server import free_port, serving
 
@@ -409,7 +410,8 @@ def test_bench_asr_reports_real_time_figures_and_where_it_saturates(asr_server: 
 
 def test_stream_interims_windowed_finals_unchanged(asr_model: AsrModel, monkeypatch: pytest.MonkeyPatch,
                                                    float_decoder: OrtSession, evalcorpus: Path) -> None:
-    """Long speech streamed in real time with interims: interims decode bounded windows, most
+    """Long speech streamed in real time with interims (on a test clock, decodes counted at 50 ms
+    per second of audio whatever the machine's load): interims decode bounded windows, most
     finals are the speculative decodes started at the likely end, and the finals read exactly
     as without interims (drafts only save decoder calls; on the float32 decoder, since int8
     activations round a draft and a step slightly differently)."""
@@ -417,6 +419,7 @@ def test_stream_interims_windowed_finals_unchanged(asr_model: AsrModel, monkeypa
     if not clip.is_file():
         pytest.skip(f"{clip} is not there")
     monkeypatch.setattr(asr_model.recogniser, "decoder", float_decoder)
+    steady_decodes(asr_model, monkeypatch)
     pcm, rate = pcm_of(clip)
     pcm = pcm[:rate * 2 * 30]
     decoded: list[tuple[str, int]] = []
@@ -429,15 +432,9 @@ def test_stream_interims_windowed_finals_unchanged(asr_model: AsrModel, monkeypa
     monkeypatch.setattr(asr_model, "decode_jobs", recording)
 
     def finals(interims: bool) -> tuple[list[str], int]:
-        stream = asr_model.start_stream(StreamConfig(encoding="LINEAR_PCM", sample_rate=rate,
-                                                     interim_results=interims))
-        chunk, texts, count = rate * 2 * 160 // 1000, [], 0
-        for i in range(0, len(pcm), chunk):  # a clock at the pace of the audio
-            for r in stream.accept(pcm[i:i + chunk], now=i / (2 * rate)):
-                texts += [r.transcript] if r.is_final else []
-                count += not r.is_final
-        texts += [r.transcript for r in stream.finish() if r.is_final]
-        return texts, count
+        config = StreamConfig(encoding="LINEAR_PCM", sample_rate=rate, interim_results=interims)
+        results = stream_results(lambda: asr_model.start_stream(config), pcm, 2 * rate)  # 160 ms chunks
+        return [r.transcript for r in results if r.is_final], sum(not r.is_final for r in results)
 
     plain, _ = finals(False)
     decoded.clear()
@@ -452,12 +449,10 @@ def test_stream_interims_windowed_finals_unchanged(asr_model: AsrModel, monkeypa
 
 def _run_stream(asr_model: AsrModel, config: StreamConfig, data: bytes, bytes_per_s: int,
                 chunk_s: float = 0.16) -> list[str]:
-    """The finals' transcripts of `data` streamed in chunks, on a clock at the pace of the audio."""
-    stream = asr_model.start_stream(config)
-    chunk, texts = int(bytes_per_s * chunk_s) // 4 * 4, []
-    for i in range(0, len(data), chunk):
-        texts += [r.transcript for r in stream.accept(data[i:i + chunk], now=i / bytes_per_s) if r.is_final]
-    return texts + [r.transcript for r in stream.finish() if r.is_final]
+    """The finals' transcripts of `data` streamed in chunks through the batcher, on a clock at
+    the pace of the audio."""
+    results = stream_results(lambda: asr_model.start_stream(config), data, bytes_per_s, chunk_s)
+    return [r.transcript for r in results if r.is_final]
 
 
 def test_stream_recognises_one_channel(asr_model: AsrModel) -> None:

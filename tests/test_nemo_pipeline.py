@@ -35,6 +35,7 @@ from edged.repository.deploy import deploy
 from edged.repository.records import DeployTarget, list_models
 from edged.rmir import RmirRef
 from edged.rmir.build import build_rmir
+from tests.asr_driving import offline_results, stream_results
 from tests.nemo_models import make_nemo
 from tests.test_server import free_port, serving
 
@@ -111,14 +112,9 @@ def test_streaming_finals_equal_offline(pipelines: dict[str, AsrModel], family: 
     assert isinstance(model.recogniser, NemoRecogniser) and model.recogniser.family == FAMILIES[family]
     pcm = beckett_pcm()
     config = StreamConfig(encoding="LINEAR_PCM", sample_rate=16000, word_times=True, interim_results=True)
-    offline = model.start_stream(offline_config(config))
-    want = _finals(offline.accept(pcm) + offline.finish())
+    want = _finals(offline_results(model.start_stream(offline_config(config)), pcm))
     assert len(want) >= 3 and all(r.transcript for r in want)
-    stream = model.start_stream(config)
-    got: list[Result] = []
-    for i in range(0, len(pcm), 3200):
-        got += stream.accept(pcm[i:i + 3200], now=i / 32000)
-    got += stream.finish()
+    got = stream_results(lambda: model.start_stream(config), pcm, 32000, chunk_s=0.1)
     assert [r.transcript for r in _finals(got)] == [r.transcript for r in want]
     assert any(not r.is_final for r in got)
     _check_words(want, len(pcm) / 32000)

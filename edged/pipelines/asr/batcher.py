@@ -58,12 +58,14 @@ class AsrBatcher:
     """One consumer task feeding all streams' work to the inference executor in batches."""
 
     def __init__(self, run: Callable[..., Awaitable[Any]], run_interims: Callable[..., Awaitable[Any]],
-                 max_queue: int = 256, lanes: int = 1) -> None:
+                 max_queue: int = 256, lanes: int = 1, clock: Callable[[], float] = time.monotonic) -> None:
         """`run(fn, *args)` runs blocking `fn` on the inference executor and returns its result;
         `run_interims` likewise on the thread interims run on (a pool of one thread, apart from the
         inference executor). With one lane (`lanes`: the calls of the model that may run at once,
-        see edged.pipelines.lanes) finals and interims take turns; with more they run side by side."""
+        see edged.pipelines.lanes) finals and interims take turns; with more they run side by side.
+        `clock`: seconds, for when chunks are handled and interims are due (tests give their own)."""
         self._run_inference = run
+        self._clock = clock
         self._run_interims = run_interims
         self._turns = asyncio.Lock() if lanes < 2 else None
         """Taken by each call when finals and interims take turns on one lane."""
@@ -71,7 +73,7 @@ class AsrBatcher:
         self._task: asyncio.Task[None] | None = None
         self._interim_task: asyncio.Task[None] | None = None
         self._speculative: list[DecodeJob] = []
-        """Speculative final decodes (kind 'eou') the last cycle's feeding queued."""
+        """Speculative final decodes (JobKind.SPECULATIVE) the last cycle's feeding queued."""
         self._active: dict[int, AsrStream] = {}
         """Streams (not offline) fed since they started and not finished: interims are theirs."""
         self._wake = asyncio.Event()
@@ -138,7 +140,7 @@ class AsrBatcher:
             await self._wake.wait()
             self._wake.clear()
             try:
-                while chosen := _choose_interims(list(self._active.values()), time.monotonic()):
+                while chosen := _choose_interims(list(self._active.values()), self._clock()):
                     await self._call(self._run_interims, self._interims, chosen)
                     _deliver(chosen)
             except Exception:  # a bug must not end interims for everyone
@@ -170,7 +172,7 @@ class AsrBatcher:
 
     def _required(self, items: list[_Item]) -> list[BaseException | None]:
         """On the executor: feed every item and decode what it needs (finals); each item's error."""
-        now = time.monotonic()
+        now = self._clock()
         t0 = time.perf_counter()
         outcomes: list[BaseException | None] = []
         required: list[DecodeJob] = []
@@ -212,15 +214,14 @@ class AsrBatcher:
             _LOGGER.debug("ASR speculative finals: %s", [round(len(j.audio) / MODEL_RATE, 1) for j in jobs])
         return list({id(j.stream): j.stream for j in jobs if isinstance(j.stream, AsrStream)}.values())
 
-    @staticmethod
-    def _interims(streams: list[AsrStream]) -> None:
+    def _interims(self, streams: list[AsrStream]) -> None:
         """On the executor: interims of `streams` (see _choose_interims), kept by each stream
         for its next results."""
         t0 = time.perf_counter()
         interims: list[DecodeJob] = []
         for stream in streams:
             with stream.lock:
-                if stream.interim_due(time.monotonic()):  # still (its chunk may have ended the utterance)
+                if stream.interim_due(self._clock()):  # still (its chunk may have ended the utterance)
                     stream.queue_interim()
                     interims.extend(stream.jobs)
                     stream.jobs.clear()
