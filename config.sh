@@ -102,6 +102,14 @@ wyoming_port=10300
 # Accepts true or false (also yes/no, on/off, 1/0).
 wyoming_zeroconf=true
 
+# Addresses or networks (CIDR) that may use the Wyoming door; others are answered with an `error`
+# event and disconnected. Empty: anyone who reaches the port (Wyoming has no credentials: Home
+# Assistant's integration sends none, so list its machine's address, or 127.0.0.1 where it runs on
+# this one).
+# Accepts comma-separated IP addresses or networks (192.168.1.10, 192.168.1.0/24, fd00::/8), or
+# empty for any.
+wyoming_allowed_clients=""
+
 # Serve the HTTP door on `http_port`: Riva's realtime WebSocket API, the OpenAI-compatible audio
 # API (`/v1/audio/...`) and the browser console (`/`), with the gRPC API's TLS certificates and
 # `api_key`.

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import ipaddress
 import json
 import os
 import re
@@ -173,6 +174,25 @@ class Origins(Kind):
         items = [item.strip() for item in text.split(",") if item.strip()]
         try:
             return tuple(normal_origin(item) for item in items)
+        except ValueError:
+            raise _Invalid(self.accepts) from None
+
+    def shell(self, value: Any) -> str:
+        return _shell_quote(",".join(value))
+
+    def markdown(self, value: Any) -> str:
+        return f"`{','.join(value)}`" if value else '`""`'
+
+
+class Networks(Kind):
+    """Comma-separated IP addresses or networks (CIDR), kept as normalised network strings."""
+
+    accepts = "comma-separated IP addresses or networks (192.168.1.10, 192.168.1.0/24, fd00::/8), or empty for any"
+
+    def parse_scalar(self, text: str, base_dir: Path) -> tuple[str, ...]:
+        items = [item.strip() for item in text.split(",") if item.strip()]
+        try:
+            return tuple(str(ipaddress.ip_network(item, strict=False)) for item in items)
         except ValueError:
             raise _Invalid(self.accepts) from None
 
@@ -385,6 +405,12 @@ class Settings:
         True, kind=Bool(),
         doc="Advertise the Wyoming server on the LAN (mDNS `_wyoming._tcp.local.`) so Home "
             "Assistant discovers it; without multicast this only logs a warning.")
+    wyoming_allowed_clients: tuple[str, ...] = setting(
+        (), kind=Networks(),
+        doc="Addresses or networks (CIDR) that may use the Wyoming door; others are answered with "
+            "an `error` event and disconnected. Empty: anyone who reaches the port (Wyoming has no "
+            "credentials: Home Assistant's integration sends none, so list its machine's address, "
+            "or 127.0.0.1 where it runs on this one).")
     http_enabled: bool = setting(
         True, kind=Bool(),
         doc="Serve the HTTP door on `http_port`: Riva's realtime WebSocket API, the OpenAI-compatible "

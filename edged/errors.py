@@ -115,8 +115,15 @@ class AudioDeviceError(EdgedError):
     """A microphone or speaker cannot be found, opened or used (PortAudio's reason in one sentence)."""
 
 
+class ForbiddenError(EdgedError):
+    """A client this server does not serve: a page of a foreign origin, a `Host` that is not
+    this server's (edged.doors.web.guard), an address `wyoming_allowed_clients` does not list."""
+
+    kind = "forbidden"
+
+
 class IdleTimeoutError(EdgedError):
-    """A client sent nothing for longer than its door waits (asr_stream_idle_timeout_s)."""
+    """A client sent (or read) nothing for longer than its door waits (asr_stream_idle_timeout_s)."""
 
     kind = "timeout"
 

@@ -291,7 +291,8 @@ def test_bad_input_is_answered_and_leaves_no_stream(daemon: Daemon) -> None:
 def test_full_server_answers_resource_exhausted(default_repo: Path) -> None:
     """With asr_max_streams=1, a second Wyoming stream gets a resource-exhausted error event."""
     proc, d = _start(default_repo.parent, default_repo, "full",
-                     "wyoming_zeroconf=false\nasr_max_streams=1\nasr_stream_idle_timeout_s=4\n")
+                     "wyoming_zeroconf=false\nasr_max_streams=1\nasr_stream_idle_timeout_s=4\n"
+                     "wyoming_allowed_clients=127.0.0.0/8,::1\n")  # this machine: served
     try:
         async def run() -> tuple[Error, Error, Event | None, Event]:
             async with AsyncTcpClient("127.0.0.1", d.wyoming_port) as first, \
@@ -314,6 +315,26 @@ def test_full_server_answers_resource_exhausted(default_repo: Path) -> None:
         assert _open_asr_streams(d.grpc_port) == 0
     finally:
         _stop(proc)
+
+
+def test_a_client_wyoming_allowed_clients_does_not_list_is_turned_away(default_repo: Path) -> None:
+    """With wyoming_allowed_clients set, a client from elsewhere gets a forbidden error, then the door closes."""
+    proc, d = _start(default_repo.parent, default_repo, "allowlist",
+                     "wyoming_zeroconf=false\nwyoming_allowed_clients=192.0.2.0/24\n")
+    try:
+        async def run() -> tuple[Error, Event | None]:
+            async with AsyncTcpClient("127.0.0.1", d.wyoming_port) as client:
+                await client.write_event(Describe().event())
+                refused = Error.from_event(await _read(client))
+                return refused, await asyncio.wait_for(client.read_event(), timeout=10)
+
+        refused, after = asyncio.run(run())
+        assert refused.code == "forbidden" and "wyoming_allowed_clients" in refused.text, refused
+        assert after is None
+    finally:
+        _stop(proc)
+    log = d.log.read_text()
+    assert "wyoming_allowed_clients" in log and "Traceback" not in log, log
 
 
 def test_sigterm_with_an_open_wyoming_stream(default_repo: Path) -> None:

@@ -20,11 +20,11 @@ from edged.config import Settings
 from edged.doors.web.auth import Auth
 from edged.doors.web.connections import DoorRunner
 from edged.doors.web.console import Console
-from edged.doors.web.errors import Forbidden, error_response, http_errors
+from edged.doors.web.errors import error_response, http_errors
 from edged.doors.web.guard import STATE_CHANGING, OriginPolicy, is_websocket
 from edged.doors.web.openai_audio import OpenAiAudioApi
 from edged.doors.web.realtime import RealtimeApi
-from edged.errors import DrainingError, EdgedError
+from edged.errors import DrainingError, EdgedError, ForbiddenError
 from edged.service.context import ServiceContext
 
 _LOGGER = logging.getLogger(__name__)
@@ -71,7 +71,7 @@ class WebDoor:
         what = f"{request.method} {request.path}"
         refusal = self._policy.origin_refusal(request)
         if refusal is not None:
-            return error_response(Forbidden(refusal), what)
+            return error_response(ForbiddenError(refusal), what)
         if self._policy.is_preflight(request):
             return web.Response(status=204)
         if request.method in STATE_CHANGING or is_websocket(request):

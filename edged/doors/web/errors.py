@@ -33,12 +33,6 @@ class Unauthorized(EdgedError):
     kind = "unauthorized"
 
 
-class Forbidden(EdgedError):
-    """A page of a foreign origin, or a `Host` that is not this server's (edged.doors.web.guard)."""
-
-    kind = "forbidden"
-
-
 class NotJson(EdgedError):
     """A body that is not `application/json` where JSON is expected (a cross-site form's
     `text/plain` POST, for one)."""

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import socket
 from contextlib import AsyncExitStack
@@ -58,7 +59,7 @@ from edged import __version__
 from edged.daemon.security import is_loopback
 from edged.doors import common
 from edged.doors.wyoming.framing import FrameError, read_event
-from edged.errors import AudioFormatError, EdgedError, IdleTimeoutError, RequestError
+from edged.errors import AudioFormatError, EdgedError, ForbiddenError, IdleTimeoutError, RequestError
 from edged.pipelines.tts.segment import complete_sentences
 from edged.service.asr import AsrSession, RecognitionRequest
 from edged.service.context import ServiceContext
@@ -85,6 +86,7 @@ _CODES = {
     "unavailable": "unavailable",
     "off": "unavailable",
     "timeout": "timeout",
+    "forbidden": "forbidden",
 }
 """Wyoming error codes of edged's error kinds (edged.errors.KINDS; any other: "failed")."""
 
@@ -204,12 +206,18 @@ class WyomingHandler(AsyncEventHandler):
 
     async def run(self) -> None:
         """Read events until the client goes; one that cannot be framed within the limits is
-        answered with an `error` event and ends the connection."""
+        answered with an `error` event and ends the connection; so is a client whose address
+        `wyoming_allowed_clients` does not list."""
         max_payload = self._ctx.settings.max_message_mb * 1024 * 1024
         try:
+            self._check_client()
             while (event := await read_event(self.reader, max_payload)) is not None:
                 if not await self.handle_event(event):
                     break
+        except ForbiddenError as exc:
+            common.log_refusal(_LOGGER, "wyoming", exc.kind, "Wyoming connection", "forbidden", str(exc))
+            with contextlib.suppress(ConnectionError):
+                await self.write_event(error_for(exc).event())
         except FrameError as exc:
             common.log_refusal(_LOGGER, "wyoming", exc.kind, "Wyoming event (the connection is closed)",
                                "bad-request", str(exc))
@@ -220,6 +228,21 @@ class WyomingHandler(AsyncEventHandler):
         finally:
             await self.disconnect()
             self.writer.close()
+
+    def _check_client(self) -> None:
+        """ForbiddenError unless `wyoming_allowed_clients` is empty or lists the client's address."""
+        allowed = self._ctx.settings.wyoming_allowed_clients
+        if not allowed:
+            return
+        peer = self.writer.get_extra_info("peername")
+        host = peer[0] if isinstance(peer, tuple) and peer else ""
+        try:
+            address = ipaddress.ip_address(host.removeprefix("::ffff:") if "." in host else host)
+        except ValueError:
+            address = None
+        if address is None or not any(address in ipaddress.ip_network(n) for n in allowed):
+            raise ForbiddenError(f"{host or 'This client'} may not use this Wyoming server "
+                                 "(wyoming_allowed_clients).")
 
     async def disconnect(self) -> None:
         """The client went away: close whatever session it left open."""
