@@ -205,8 +205,10 @@ asr_max_streams=16
 # Accepts an integer of at least 1.
 asr_max_audio_seconds=3600
 
-# Seconds a recognition stream may go without sending audio before it is ended with
-# DEADLINE_EXCEEDED.
+# Seconds a recognition stream's client may go without sending audio (or without reading the
+# results sent to it) before the stream is ended, on every door (gRPC DEADLINE_EXCEEDED, HTTP 408
+# or a realtime error event, a Wyoming `timeout` error), so an idle client cannot keep a stream
+# slot.
 # Accepts an integer from 1 to 3600.
 asr_stream_idle_timeout_s=30
 

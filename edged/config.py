@@ -491,8 +491,10 @@ class Settings:
         doc="Most seconds of audio one recognition request (offline or streaming) may send.")
     asr_stream_idle_timeout_s: int = setting(
         30, kind=Int(min=1, max=3600),
-        doc="Seconds a recognition stream may go without sending audio before it is ended with "
-            "DEADLINE_EXCEEDED.")
+        doc="Seconds a recognition stream's client may go without sending audio (or without "
+            "reading the results sent to it) before the stream is ended, on every door (gRPC "
+            "DEADLINE_EXCEEDED, HTTP 408 or a realtime error event, a Wyoming `timeout` error), so "
+            "an idle client cannot keep a stream slot.")
     asr_interim_interval_ms: int = setting(
         480, kind=Int(min=100, max=5000),
         doc="How often an interim result is made while someone speaks (streams asking for "
