@@ -242,7 +242,7 @@ def test_streams_ask_for_boosts_and_alternatives(asr, speech: np.ndarray) -> Non
     for name, config in {"plain": StreamConfig(), "boost": StreamConfig(boost=((NAME, 20.0),)),
                          "alternatives": StreamConfig(max_alternatives=3)}.items():
         stream = asr.start_stream(offline_config(config))
-        stream.feed(_wav(audio))
+        stream.feed(_wav(audio), now=0.0)
         stream.feed_end()
         jobs = list(stream.jobs)
         asr.decode_jobs(stream.jobs)
