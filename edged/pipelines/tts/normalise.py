@@ -83,13 +83,16 @@ def cardinal(number: str | int) -> str:
     """'1200' -> 'one thousand two hundred'; decimals read 'point' and digit by digit."""
     text = str(number).replace(",", "")
     whole, _, fraction = text.lstrip("-+").partition(".")
-    words = _integer(int(whole or "0")) + (f" point {digits(fraction)}" if fraction else "")
+    # Past decillions digit by digit, without making an int of thousands of digits (Python refuses).
+    significant = whole.lstrip("0")
+    spoken = digits(significant) if len(significant) > 3 * len(_SCALES) else _integer(int(significant or "0"))
+    words = spoken + (f" point {digits(fraction)}" if fraction else "")
     return f"minus {words}" if text.startswith("-") else words
 
 
 def ordinal(number: str | int) -> str:
     """'14' -> 'fourteenth', '21' -> 'twenty-first'."""
-    head, space, last = cardinal(int(str(number).replace(",", ""))).rpartition(" ")
+    head, space, last = cardinal(str(number).replace(",", "").lstrip("+")).rpartition(" ")
     before, hyphen, word = last.rpartition("-")
     word = _ORDINALS.get(word) or (f"{word[:-1]}ieth" if word.endswith("y") else f"{word}th")
     return head + space + before + hyphen + word
