@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-from contextlib import AsyncExitStack
+from contextlib import AsyncExitStack, aclosing
 from typing import Any
 
 from wyoming.asr import (
@@ -56,7 +56,7 @@ from wyoming.tts import (
 from edged import __version__
 from edged.daemon.security import is_loopback
 from edged.doors import common
-from edged.errors import AudioFormatError, EdgedError, RequestError
+from edged.errors import AudioFormatError, EdgedError, IdleTimeoutError, RequestError
 from edged.pipelines.tts.segment import complete_sentences
 from edged.service.asr import AsrSession, RecognitionRequest
 from edged.service.context import ServiceContext
@@ -92,6 +92,23 @@ def error_for(exc: BaseException) -> Error:
     if isinstance(exc, EdgedError):
         return Error(text=str(exc), code=_CODES.get(exc.kind, "failed"))
     return Error(text=f"The server failed: {type(exc).__name__}: {exc}", code="internal")
+
+
+def check_text_fields(request: Synthesize | SynthesizeStart | SynthesizeChunk, kind: str) -> None:
+    """RequestError naming a synthesis event's field that is not text (the wyoming package takes
+    whatever JSON holds): `text` must be a string, a voice's name, language and speaker strings or
+    absent."""
+    fields: dict[str, Any] = {}
+    if not isinstance(request, SynthesizeStart):
+        fields["text"] = request.text
+    voice = getattr(request, "voice", None)
+    if voice is not None:
+        fields |= {f"voice.{name}": getattr(voice, name) for name in ("name", "language", "speaker")
+                   if getattr(voice, name) is not None}
+    for name, value in fields.items():
+        if not isinstance(value, str):
+            raise RequestError(f"The Wyoming {kind!r} event's `{name}` must be a string, not "
+                               f"{type(value).__name__}.")
 
 
 def _attribution(family: str, license: str) -> Attribution:
@@ -188,6 +205,9 @@ class WyomingHandler(AsyncEventHandler):
             elif self._streaming_tts:
                 self._refused = "synthesis"
             await self._close_session()
+            if isinstance(exc, IdleTimeoutError):  # it reads nothing: an error event would wait too
+                _LOGGER.info("Wyoming %s ended: %s", event.type, exc)
+                return False
             error = error_for(exc)
             if error.code == "internal":
                 _LOGGER.exception("Wyoming %s failed", event.type)
@@ -232,6 +252,8 @@ class WyomingHandler(AsyncEventHandler):
             request = parser.from_event(event) if parser is not None else None
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise RequestError(f"The Wyoming {kind!r} event is malformed ({type(exc).__name__}: {exc}).") from None
+        if isinstance(request, (Synthesize, SynthesizeStart, SynthesizeChunk)):
+            check_text_fields(request, kind)
         if isinstance(request, Describe):
             await self.write_event(describe(self._ctx).event())
         elif isinstance(request, Ping):
@@ -347,9 +369,11 @@ class WyomingHandler(AsyncEventHandler):
             if not self._tts_started:
                 await self.write_event(AudioStart(rate=rate, width=2, channels=1).event())
                 self._tts_started = True
-            async for chunk in tts.chunks(synthesis):
-                if chunk.pcm:
-                    await self.write_event(AudioChunk(rate=rate, width=2, channels=1, audio=chunk.pcm).event())
+            async with aclosing(tts.chunks(synthesis)) as chunks:  # a client gone stops the voice
+                async for chunk in chunks:
+                    if chunk.pcm:
+                        event = AudioChunk(rate=rate, width=2, channels=1, audio=chunk.pcm).event()
+                        await tts.client_wait(self.write_event(event), "read the audio")
 
     async def _end_audio(self) -> None:
         """audio-stop, where an audio stream was started."""
