@@ -10,6 +10,7 @@ spoken in turn on the same response stream.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import aclosing
 
@@ -22,6 +23,8 @@ from edged.doors.grpc.status import abort
 from edged.errors import TtsRequestError
 from edged.pipelines.tts.encode import OggOpusEncoder
 from edged.service.tts import SpeechRequest, TtsService
+
+_LOGGER = logging.getLogger(__name__)
 
 SERVICE = "nvidia.riva.tts.RivaSpeechSynthesis"
 _RESPONSE_OVERHEAD = 1024
@@ -114,6 +117,9 @@ class TtsServicer:
                     if encoder is not None:
                         await self._send(context, _response(request, encoder.finish(), ""))
         except Exception as exc:  # noqa: BLE001 - every error becomes a status (status.abort)
+            if context.cancelled():  # the client went (a write failed for it): nobody to answer
+                _LOGGER.info("TTS stream ended: the client cancelled it")
+                return
             await abort(context, exc, "TTS stream")
 
     async def _send(self, context: grpc.aio.ServicerContext, response: riva_tts_pb2.SynthesizeSpeechResponse) -> None:
