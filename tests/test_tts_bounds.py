@@ -302,30 +302,31 @@ def test_http_client_that_goes_away_stops_the_synthesis(daemon: Daemon, fmt: str
     assert_work_stopped(daemon)
 
 
-def _raw_http_reader_that_stops(d: Daemon, text: str) -> socket.socket:
-    """A connection with a tiny receive buffer that asks for speech and then reads nothing."""
+def assert_unread_answer_frees_its_slot(d: Daemon, port: int, request: bytes) -> None:
+    """A connection with a tiny receive buffer sends `request` and then reads nothing: once the
+    buffers are full its slot is freed within about tts_stream_idle_timeout_s."""
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    sock.connect(("127.0.0.1", d.http))
-    body = json.dumps({"input": text, "response_format": "pcm"}).encode()
-    sock.sendall(b"POST /v1/audio/speech HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-                 + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
-    return sock
+    sock.connect(("127.0.0.1", port))
+    sock.sendall(request)
+    try:
+        deadline = time.monotonic() + IDLE_S + 20
+        time.sleep(0.5)
+        while _active_tts(d) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert _active_tts(d) == 0, "a client that stopped reading still holds its slot"
+    finally:
+        sock.close()
+    assert_work_stopped(d)
 
 
 def test_http_client_that_stops_reading_is_cut_off(daemon: Daemon) -> None:
     """A client that stops reading a long answer holds its slot at most about
     tts_stream_idle_timeout_s after the buffers fill, then its connection is closed."""
-    sock = _raw_http_reader_that_stops(daemon, LONG_TEXT)
-    try:
-        deadline = time.monotonic() + IDLE_S + 20
-        time.sleep(0.5)
-        while _active_tts(daemon) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert _active_tts(daemon) == 0
-    finally:
-        sock.close()
-    assert_work_stopped(daemon)
+    body = json.dumps({"input": LONG_TEXT, "response_format": "pcm"}).encode()
+    assert_unread_answer_frees_its_slot(daemon, daemon.http, (
+        b"POST /v1/audio/speech HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        + f"Content-Length: {len(body)}\r\n\r\n".encode() + body))
 
 
 # --- Wyoming --------------------------------------------------------------------------------------
@@ -374,16 +375,5 @@ def test_wyoming_client_that_goes_away_or_stops_reading_frees_its_slot(daemon: D
     asyncio.run(leave())
     assert_work_stopped(daemon)
 
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    sock.connect(("127.0.0.1", daemon.wyoming))
-    sock.sendall(json.dumps({"type": "synthesize", "data": {"text": LONG_TEXT}}).encode() + b"\n")
-    try:
-        deadline = time.monotonic() + IDLE_S + 20
-        time.sleep(0.5)
-        while _active_tts(daemon) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert _active_tts(daemon) == 0
-    finally:
-        sock.close()
-    assert_work_stopped(daemon)
+    event = json.dumps({"type": "synthesize", "data": {"text": LONG_TEXT}}).encode() + b"\n"
+    assert_unread_answer_frees_its_slot(daemon, daemon.wyoming, event)
