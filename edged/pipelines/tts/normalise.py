@@ -110,14 +110,14 @@ def year(number: int) -> str:
 
 def digits(text: str) -> str:
     """Each digit by name: '0142' -> 'zero one four two'."""
-    return " ".join(_DIGITS[int(d)] for d in text if d.isdigit())
+    return " ".join(_DIGITS[int(d)] for d in text if d.isdecimal())  # not "²", which int() refuses
 
 
 def spell(text: str) -> str:
     """Letters and digits one by one ('ABC1' -> 'eigh B C one'), for say-as characters."""
     out = []
     for ch in text:
-        if ch.isdigit():
+        if ch.isdecimal():
             out.append(_DIGITS[int(ch)])
         elif ch.isalpha():
             # espeak reads a lone "A" as the article; "eigh" gets the letter's name.
@@ -132,11 +132,11 @@ def telephone(text: str) -> str:
 
 def _money(m: re.Match[str]) -> str:
     one, many, sub_one, sub_many = _CURRENCIES[m["cur"]]
-    whole = int(m["whole"].replace(",", ""))
+    whole = m["whole"].replace(",", "").lstrip("0")  # as text: it may have thousands of digits
     scale = m["scale"]
     if scale:
         return f"{cardinal(m['whole'] + (m['frac'] or ''))} {scale} {many}"
-    parts = [f"{cardinal(whole)} {one if whole == 1 else many}"] if whole or not m["frac"] else []
+    parts = [f"{cardinal(whole or '0')} {one if whole == '1' else many}"] if whole or not m["frac"] else []
     if m["frac"]:
         cents = int((m["frac"][1:] + "0")[:2])
         if cents:
