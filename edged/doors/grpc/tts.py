@@ -20,7 +20,7 @@ from riva.client.proto import riva_audio_pb2, riva_tts_pb2
 
 from edged.doors.grpc.context import ServerContext
 from edged.doors.grpc.status import abort
-from edged.errors import TtsRequestError
+from edged.errors import EdgedError, TtsRequestError
 from edged.pipelines.tts.encode import OggOpusEncoder
 from edged.service.tts import SpeechRequest, TtsService
 
@@ -74,6 +74,10 @@ def speech_request(request: riva_tts_pb2.SynthesizeSpeechRequest, max_bytes: int
                          max_bytes=max_bytes)
 
 
+class _ClientGone(Exception):
+    """A SynthesizeOnline client went while its audio was being written."""
+
+
 class TtsServicer:
     """Translates Riva TTS calls to the TTS service."""
 
@@ -117,13 +121,19 @@ class TtsServicer:
                     if encoder is not None:
                         await self._send(context, _response(request, encoder.finish(), ""))
         except Exception as exc:  # noqa: BLE001 - every error becomes a status (status.abort)
-            if context.cancelled():  # the client went (a write failed for it): nobody to answer
-                _LOGGER.info("TTS stream ended: the client cancelled it")
+            if isinstance(exc, _ClientGone) or context.cancelled():  # nobody to answer
+                _LOGGER.info("TTS stream ended: the client went")
                 return
             await abort(context, exc, "TTS stream")
 
     async def _send(self, context: grpc.aio.ServicerContext, response: riva_tts_pb2.SynthesizeSpeechResponse) -> None:
-        await self._tts.client_wait(context.write(response), "read the audio")
+        try:
+            await self._tts.client_wait(context.write(response), "read the audio")
+        except EdgedError:
+            raise
+        except Exception as exc:  # a write fails only once the call is over (cancelled, connection lost)
+            raise _ClientGone from exc
+
 
     async def GetRivaSynthesisConfig(self, request: riva_tts_pb2.RivaSynthesisConfigRequest,
                                      context: grpc.aio.ServicerContext,
