@@ -183,6 +183,24 @@ lazy_loading=false
 # Accepts an integer from 1 to 1000000.
 tts_max_text_chars=10000
 
+# Longest audio (seconds) one speech synthesis request may make; a request that would make more is
+# refused with INVALID_ARGUMENT: before any work where its breaks alone pass it, else before the
+# voice decodes the utterance that would (a stream then ends with that status after the audio
+# before it). A unary Synthesize is also held to `max_message_mb` of PCM.
+# Accepts an integer from 1 to 86400.
+tts_max_audio_s=900
+
+# Most seconds of silence the SSML `<break>`s of one speech synthesis request may add up to (each
+# is at most 10 s); more is refused with INVALID_ARGUMENT before any work.
+# Accepts an integer from 0 to 3600.
+tts_max_breaks_s=60
+
+# Seconds a speech synthesis stream waits for its client: to read the next audio (gRPC
+# SynthesizeOnline, HTTP speech), or to send its first or next request (SynthesizeOnline); then it
+# is ended with DEADLINE_EXCEEDED (HTTP: the connection is closed) and its slot freed.
+# Accepts an integer from 1 to 3600.
+tts_stream_idle_timeout_s=30
+
 # Speech synthesis requests served at once; more are refused with RESOURCE_EXHAUSTED; 0 for no
 # limit.
 # Accepts an integer of at least 0.

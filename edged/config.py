@@ -469,6 +469,23 @@ class Settings:
         10000, kind=Int(min=1, max=1000000),
         doc="Longest text (characters, SSML markup included) one speech synthesis request may "
             "carry; longer requests are refused with INVALID_ARGUMENT.")
+    tts_max_audio_s: int = setting(
+        900, kind=Int(min=1, max=86400),
+        doc="Longest audio (seconds) one speech synthesis request may make; a request that would "
+            "make more is refused with INVALID_ARGUMENT: before any work where its breaks alone "
+            "pass it, else before the voice decodes the utterance that would (a stream then ends "
+            "with that status after the audio before it). A unary Synthesize is also held to "
+            "`max_message_mb` of PCM.")
+    tts_max_breaks_s: int = setting(
+        60, kind=Int(min=0, max=3600),
+        doc="Most seconds of silence the SSML `<break>`s of one speech synthesis request may add "
+            "up to (each is at most 10 s); more is refused with INVALID_ARGUMENT before any work.")
+    tts_stream_idle_timeout_s: int = setting(
+        30, kind=Int(min=1, max=3600),
+        doc="Seconds a speech synthesis stream waits for its client: to read the next audio (gRPC "
+            "SynthesizeOnline, HTTP speech), or to send its first or next request (SynthesizeOnline); "
+            "then it is ended with DEADLINE_EXCEEDED (HTTP: the connection is closed) and its slot "
+            "freed.")
     tts_max_streams: int = setting(
         8, kind=Int(min=0),
         doc="Speech synthesis requests served at once; more are refused with RESOURCE_EXHAUSTED; "

@@ -136,8 +136,9 @@ def asr(models: dict, pools: Pools):  # type: ignore[no-untyped-def]
 def speech(models: dict, pools: Pools) -> np.ndarray:
     """edged's voice saying SENTENCE at 16 kHz, without the VITS noise (the same audio every run)."""
     from edged.pipelines.tts import SynthesisRequest, TtsModel
+    from edged.pipelines.tts.limits import SynthesisLimits
 
-    tts = TtsModel(models["piper-joe-medium"], pools, 600)
+    tts = TtsModel(models["piper-joe-medium"], pools, SynthesisLimits(max_text_chars=600))
     tts.network.config = replace(tts.network.config, noise_scale=0.0, noise_w=0.0)
     pcm = b"".join(c.pcm for c in tts.synthesize(SynthesisRequest(SENTENCE, sample_rate=16000)))
     return np.frombuffer(pcm, dtype="<i2").astype(np.float32) / 32768.0

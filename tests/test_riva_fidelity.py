@@ -26,6 +26,7 @@ from edged.client.textnorm import word_errors
 from edged.pipelines.asr.audio import decode_all
 from edged.pipelines.pools import Pools
 from edged.pipelines.tts import SynthesisRequest, TtsModel
+from edged.pipelines.tts.limits import SynthesisLimits
 from edged.repository.records import DeployTarget, list_models
 from tests.test_asr_server import beckett_path, pcm_of, stereo_wav
 from tests.test_server import free_port, serving
@@ -43,7 +44,7 @@ def voice(default_repo: Path, cpu_target: DeployTarget, pools: Pools) -> TtsMode
     from edged.loader import load_model
 
     deployed = next(m for m in list_models(default_repo / "models", cpu_target) if m.name == "piper-joe-medium")
-    tts = TtsModel(load_model(deployed, BackendOptions()), pools, 600)
+    tts = TtsModel(load_model(deployed, BackendOptions()), pools, SynthesisLimits(max_text_chars=600))
     tts.network.config = replace(tts.network.config, noise_scale=0.0, noise_w=0.0)
     return tts
 

@@ -21,6 +21,7 @@ import pytest
 from edged.backends import BackendOptions
 from edged.errors import TtsRequestError
 from edged.pipelines.pools import Pools
+from edged.pipelines.tts.limits import SynthesisLimits
 from edged.pipelines.tts.normalise import normalise
 from edged.pipelines.tts.phonemes import phonemize_text
 from edged.pipelines.tts.schedule import AsyncRunGate, RunGate
@@ -192,7 +193,7 @@ def _load(repo: Path, cpu_target: DeployTarget, name: str):  # type: ignore[no-u
 @pytest.fixture(scope="module")
 def tts(repo: Path, cpu_target: DeployTarget, pools: Pools) -> TtsModel:
     """The default voice loaded in this process."""
-    return TtsModel(_load(repo, cpu_target, "piper-joe-medium"), pools, MAX_CHARS)
+    return TtsModel(_load(repo, cpu_target, "piper-joe-medium"), pools, SynthesisLimits(max_text_chars=MAX_CHARS))
 
 
 def _audio(tts: TtsModel, text: str, rate: int = 0) -> np.ndarray:
@@ -460,7 +461,7 @@ def tts_lanes(repo: Path, cpu_target: DeployTarget, pools: Pools) -> TtsModel:
     from edged.loader import load_model
 
     model = next(m for m in list_models(repo / "models", cpu_target) if m.name == "piper-joe-medium")
-    return TtsModel(load_model(model, BackendOptions(tts_lanes=2)), pools, MAX_CHARS)
+    return TtsModel(load_model(model, BackendOptions(tts_lanes=2)), pools, SynthesisLimits(max_text_chars=MAX_CHARS))
 
 
 def test_lanes_keep_the_whole_utterances_audio(tts_lanes: TtsModel, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -292,7 +292,7 @@ def test_full_server_answers_resource_exhausted(default_repo: Path) -> None:
     """With asr_max_streams=1, a second Wyoming stream gets a resource-exhausted error event."""
     proc, d = _start(default_repo.parent, default_repo, "full",
                      "wyoming_zeroconf=false\nasr_max_streams=1\nasr_stream_idle_timeout_s=4\n"
-                     "wyoming_allowed_clients=127.0.0.0/8,::1\n")  # this machine: served
+                     "wyoming_allowed_clients=127.0.0.0/8,::1\ntts_stream_idle_timeout_s=3\n")  # this machine: served
     try:
         async def run() -> tuple[Error, Error, Event | None, Event]:
             async with AsyncTcpClient("127.0.0.1", d.wyoming_port) as first, \
@@ -313,6 +313,16 @@ def test_full_server_answers_resource_exhausted(default_repo: Path) -> None:
         assert after is None, after  # the connection was closed
         assert TranscriptStart.is_type(served.type), served
         assert _open_asr_streams(d.grpc_port) == 0
+
+        async def quiet_synthesis() -> tuple[Error, Event | None]:
+            async with AsyncTcpClient("127.0.0.1", d.wyoming_port) as client:
+                await client.write_event(SynthesizeStart().event())  # then no text
+                idle = Error.from_event(await _read(client))
+                return idle, await asyncio.wait_for(client.read_event(), timeout=10)
+
+        idle_tts, after_tts = asyncio.run(quiet_synthesis())
+        assert idle_tts.code == "timeout" and "tts_stream_idle_timeout_s" in idle_tts.text, idle_tts
+        assert after_tts is None
     finally:
         _stop(proc)
 

@@ -18,6 +18,7 @@ from edged.config import Settings
 from edged.errors import ConfigError, TtsError
 from edged.pipelines.pools import Pools
 from edged.pipelines.tts import AudioChunk, SynthesisRequest, TtsModel
+from edged.pipelines.tts.limits import SynthesisLimits
 from edged.pipelines.tts.ssml import Boundary, Item, is_ssml
 
 _LOGGER = logging.getLogger(__name__)
@@ -60,7 +61,7 @@ def load_local_tts(settings: Settings, pools: Pools) -> TtsModel:
     for model in list_models(settings.model_loc / "models", target):
         if model.manifest and model.manifest.pipeline == "speech_synthesis":
             options = BackendOptions.from_settings(settings)
-            return TtsModel(load_model(model, options), pools, settings.tts_max_text_chars)
+            return TtsModel(load_model(model, options), pools, SynthesisLimits.from_settings(settings))
     raise TtsError(f"No speech synthesis model is deployed in {settings.model_loc / 'models'}; "
                    "run `edged init`.")
 
@@ -78,16 +79,15 @@ class LocalSpeaker:
         first = next(texts, None)
         if first is None:
             return
-        speaker = model.check(SynthesisRequest(first, voice, sample_rate, rate=rate))
+        plan = model.check(SynthesisRequest(first, voice, sample_rate, rate=rate))
 
         def items() -> Iterator[Item]:
-            yield from model.parse(first)
+            yield from plan.items
             for text in texts:
-                model.check(SynthesisRequest(text, voice, sample_rate, rate=rate))
                 yield Boundary()
-                yield from model.parse(text)
+                yield from model.check(SynthesisRequest(text, voice, sample_rate, rate=rate)).items
 
-        yield from model.stream(items(), sample_rate or model.sample_rate, speaker, rate=rate)
+        yield from model.stream(items(), sample_rate or model.sample_rate, plan.speaker, rate=rate)
 
 
 @dataclass

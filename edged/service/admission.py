@@ -84,6 +84,16 @@ class Slot:
         finally:
             self.stop_waiting(on)
 
+    @contextmanager
+    def busy(self, on: Waiting) -> Iterator[None]:
+        """The body is the server's work on what the client sent: `on` is not waited for
+        meanwhile, and is again after."""
+        self.stop_waiting(on)
+        try:
+            yield
+        finally:
+            self.start_waiting(on)
+
     def idle(self, now: float) -> Waiting | None:
         """What the client has kept the stream waiting for longer than the idle timeout, if anything."""
         for on, since in self._since.items():

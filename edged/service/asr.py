@@ -22,8 +22,8 @@ import asyncio
 import functools
 import logging
 import math
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractContextManager, AsyncExitStack, asynccontextmanager, nullcontext
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, TypeVar
 
@@ -148,8 +148,6 @@ class AsrSession:
         self._feeding: asyncio.Task[None] | None = None
         self._slot: Slot | None = None
         """The admission slot that watches the client (none for the daemon's own microphone)."""
-        self._sending = True
-        """The client may send more audio (until `finish`)."""
 
     def _start(self, audio: bytes = b"", push: bool = True) -> list[AsrStream]:
         """The pipeline streams, made with the first audio: one, or one per channel (whose
@@ -224,23 +222,14 @@ class AsrSession:
     async def finish(self) -> None:
         """End of audio: the last results go to `results()`, which then ends."""
         batcher = self._service.batcher
-        self._sending = False
         if self._slot is not None:
             self._slot.stop_waiting(Waiting.SEND)
         await asyncio.gather(*(batcher.finish(s) for s in self.streams))
         self._outbox.put_nowait(None)
 
-    @contextmanager
-    def _client_sent(self) -> Iterator[None]:
+    def _client_sent(self) -> AbstractContextManager[None]:
         """The body handles what the client sent: the server's time, not the client's."""
-        slot = self._slot
-        if slot is not None:
-            slot.stop_waiting(Waiting.SEND)
-        try:
-            yield
-        finally:
-            if slot is not None and self._sending:
-                slot.start_waiting(Waiting.SEND)
+        return self._slot.busy(Waiting.SEND) if self._slot is not None else nullcontext()
 
     def fail(self, error: BaseException) -> None:
         """End `results()` with `error` (a door's feeding failed: bad audio, a limit, a timeout)."""

@@ -9,22 +9,30 @@ Every door (gRPC, the machine's speaker, ...) synthesises through `TtsService`:
 
 Up to `tts_lanes` synthesis steps run at once on the service's own executor, first audio of new
 requests first (`AsyncRunGate`); each request's steps are paced by how far its audio is ahead.
+
+Bounded for every door alike: `prepare` checks the text, SSML, breaks and the audio the answer may
+carry before any work (edged.pipelines.tts.limits); a door's waits on its client go through
+`client_wait` (tts_stream_idle_timeout_s); and work stops with its client: a door cancelled while
+a step runs (its client cancelled, went away, or passed its deadline) waits in `chunks` for that
+step to end and for the voice to drop the request, so the door's slot is freed only then.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Generator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from edged.errors import UnknownVoiceError
+from edged.errors import IdleTimeoutError, TtsRequestError, UnknownVoiceError
 from edged.pipelines.tts import AudioChunk, SynthesisRequest, TtsModel
+from edged.pipelines.tts.limits import AudioLimit, SynthesisLimits
 from edged.pipelines.tts.schedule import AsyncRunGate, Pace
-from edged.pipelines.tts.synthesizer import parse_custom_dictionary, subvoices
+from edged.pipelines.tts.synthesizer import Plan, parse_custom_dictionary, subvoices
 from edged.service import metrics
+from edged.service.admission import Slot
 from edged.service.base import SpeechService
 
 if TYPE_CHECKING:
@@ -39,6 +47,8 @@ if TYPE_CHECKING:
 _LOGGER = logging.getLogger(__name__)
 
 _PIPELINE = "speech_synthesis"
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -56,6 +66,8 @@ class SpeechRequest:
     """Pronunciations in Riva's format ("word  phonemes" per line or comma-separated)."""
     rate: float = 1.0
     """Speaking-rate factor (2.0 is twice as fast)."""
+    max_bytes: int = 0
+    """Largest answer the door can send at once (a unary Synthesize's max_message_mb); 0: streamed."""
 
 
 @dataclass(frozen=True)
@@ -80,6 +92,7 @@ class Synthesis:
 
     model: TtsModel
     request: SynthesisRequest
+    plan: Plan
 
     @property
     def sample_rate(self) -> int:
@@ -141,14 +154,21 @@ class TtsService(SpeechService):
         raise UnknownVoiceError(f"{what}; voices: {', '.join(names)}.")
 
     async def prepare(self, request: SpeechRequest) -> Synthesis:
-        """The voice for a request, loaded, and the request checked (TtsRequestError)."""
+        """The voice for a request, loaded, and the request checked against every limit that can
+        be before any work (TtsRequestError)."""
+        limit = self._settings.tts_max_text_chars
+        if len(request.custom_dictionary) > limit:
+            raise TtsRequestError(f"The custom_dictionary is {len(request.custom_dictionary)} characters long; "
+                                  f"the limit is {limit} (tts_max_text_chars in config.sh).")
         name = self._choose(request.voice, request.language_code)
         model = await self._voice(name, await self._registry.use(name))
-        synthesis = Synthesis(model, SynthesisRequest(
+        rate_hz = request.sample_rate or model.sample_rate
+        message = AudioLimit.of_message(request.max_bytes, rate_hz) if request.max_bytes else None
+        checked = SynthesisRequest(
             text=request.text, voice_name=request.voice, sample_rate=request.sample_rate,
-            custom_dictionary=parse_custom_dictionary(request.custom_dictionary), rate=request.rate))
-        model.check(synthesis.request)
-        return synthesis
+            custom_dictionary=parse_custom_dictionary(request.custom_dictionary), rate=request.rate,
+            max_audio=message)
+        return Synthesis(model, checked, model.check(checked))
 
     async def _voice(self, name: str, loaded: LoadedModel) -> TtsModel:
         """The TtsModel of a loaded voice, made (and warmed up) once, on the executor."""
@@ -156,7 +176,7 @@ class TtsService(SpeechService):
             cached = self._voices.get(name)
             if cached is None or cached[0] is not loaded:
                 model = await asyncio.get_running_loop().run_in_executor(
-                    self._executor, TtsModel, loaded, self._pools, self._settings.tts_max_text_chars)
+                    self._executor, TtsModel, loaded, self._pools, SynthesisLimits.from_settings(self._settings))
                 cached = self._voices[name] = (loaded, model)
             return cached[1]
 
@@ -187,24 +207,66 @@ class TtsService(SpeechService):
         self._loading = False
 
     @asynccontextmanager
-    async def session(self) -> AsyncIterator[None]:
-        """Hold a TTS admission slot for the body (ResourceExhaustedError when full)."""
-        async with self._admission.stream("tts", self._settings.tts_max_streams):
-            yield
+    async def session(self) -> AsyncIterator[Slot]:
+        """Hold a TTS admission slot for the body (ResourceExhaustedError when full). A door whose
+        stream waits on its client for more text marks it on the slot (`Slot.waiting`), which ends
+        the stream past tts_stream_idle_timeout_s."""
+        async with self._admission.stream("tts", self._settings.tts_max_streams,
+                                          self._settings.tts_stream_idle_timeout_s,
+                                          "tts_stream_idle_timeout_s") as slot:
+            yield slot
 
-    async def chunks(self, synthesis: Synthesis) -> AsyncIterator[AudioChunk]:
-        """The request's audio as it is synthesised, each step on the inference executor in its
-        turn; counted as one request of its voice."""
+    async def chunks(self, synthesis: Synthesis) -> AsyncGenerator[AudioChunk, None]:
+        """The request's audio as it is synthesised, each step on the service's executor in its
+        turn; counted as one request of its voice. Cancelled, or closed early, it returns only once
+        the voice has stopped working on the request (its step ended, its lanes' runs too)."""
         model = synthesis.model
         with metrics.track_request("tts", model.name):
-            steps: Iterator[AudioChunk] = model.synthesize(synthesis.request)
+            steps: Generator[AudioChunk, None, None] = model.synthesize(synthesis.request, synthesis.plan)
             pace = Pace()
-            while True:
-                async with self._gate.turn(pace.key()):
-                    chunk: AudioChunk | None = await metrics.run_inference(
-                        self._steps, model.name, next, steps, None)
-                if chunk is None:
-                    return
-                pace.emitted(chunk.seconds)
-                metrics.AUDIO_SECONDS.labels("tts", model.name).inc(chunk.seconds)
-                yield chunk
+            finished = False
+            try:
+                while True:
+                    async with self._gate.turn(pace.key()):
+                        step = asyncio.ensure_future(
+                            metrics.run_inference(self._steps, model.name, next, steps, None))
+                        try:
+                            chunk: AudioChunk | None = await asyncio.shield(step)
+                        except asyncio.CancelledError:
+                            await _settled(step)  # the step's thread goes on: its turn too
+                            raise
+                    if chunk is None:
+                        finished = True
+                        return
+                    pace.emitted(chunk.seconds)
+                    metrics.AUDIO_SECONDS.labels("tts", model.name).inc(chunk.seconds)
+                    yield chunk
+            finally:
+                if not finished:  # ends the voice's work on the request (lane runs cancelled or awaited)
+                    await _settled(asyncio.get_running_loop().run_in_executor(self._steps, steps.close))
+
+    async def client_wait(self, awaitable: Awaitable[T], waiting_for: str) -> T:
+        """`awaitable` (a write the client must read, or its next request) within
+        tts_stream_idle_timeout_s; IdleTimeoutError naming the setting when the client takes longer."""
+        timeout = self._settings.tts_stream_idle_timeout_s
+        try:
+            return await asyncio.wait_for(awaitable, timeout)
+        except asyncio.TimeoutError:
+            raise IdleTimeoutError(f"The client did not {waiting_for} for {timeout} s "
+                                   "(tts_stream_idle_timeout_s in config.sh); the synthesis is ended.") from None
+
+
+async def _settled(future: Awaitable[Any]) -> None:
+    """Wait until `future` is done (its outcome is its owner's to read), then raise CancelledError
+    if the caller was cancelled meanwhile: work on a thread cannot be cancelled, only waited for."""
+    task = asyncio.ensure_future(future)
+    cancelled = False
+    while not task.done():
+        try:
+            await asyncio.wait({task})
+        except asyncio.CancelledError:
+            cancelled = True
+    if not task.cancelled():
+        task.exception()  # read: its owner may be gone
+    if cancelled:
+        raise asyncio.CancelledError

@@ -10,7 +10,9 @@ spoken in turn on the same response stream.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 
 import grpc
 from google.protobuf import unknown_fields
@@ -18,11 +20,15 @@ from riva.client.proto import riva_audio_pb2, riva_tts_pb2
 
 from edged.doors.grpc.context import ServerContext
 from edged.doors.grpc.status import abort
-from edged.errors import TtsRequestError
+from edged.errors import EdgedError, TtsRequestError
 from edged.pipelines.tts.encode import OggOpusEncoder
 from edged.service.tts import SpeechRequest, TtsService
 
+_LOGGER = logging.getLogger(__name__)
+
 SERVICE = "nvidia.riva.tts.RivaSpeechSynthesis"
+_RESPONSE_OVERHEAD = 1024
+"""Bytes of a Synthesize response besides its audio and text (framing, metadata, id)."""
 _CUSTOM_DICTIONARY_FIELD = 7
 """`custom_dictionary` in riva_tts.proto since Riva 2.17; older generated modules lack it."""
 
@@ -57,51 +63,77 @@ def _response(request: riva_tts_pb2.SynthesizeSpeechRequest, audio: bytes, text:
     return response
 
 
-def speech_request(request: riva_tts_pb2.SynthesizeSpeechRequest) -> SpeechRequest:
-    """The service request of a Riva SynthesizeSpeechRequest; TtsRequestError for zero-shot data."""
+def speech_request(request: riva_tts_pb2.SynthesizeSpeechRequest, max_bytes: int = 0) -> SpeechRequest:
+    """The service request of a Riva SynthesizeSpeechRequest (`max_bytes`: the most audio its one
+    answer may carry; 0: streamed); TtsRequestError for zero-shot data."""
     if request.HasField("zero_shot_data") and request.zero_shot_data.audio_prompt:
         raise TtsRequestError("zero_shot_data is not supported: the deployed voices are not zero-shot "
                               "models; leave it out and choose a voice with voice_name.")
     return SpeechRequest(text=request.text, voice=request.voice_name, language_code=request.language_code,
-                         sample_rate=request.sample_rate_hz, custom_dictionary=custom_dictionary(request))
+                         sample_rate=request.sample_rate_hz, custom_dictionary=custom_dictionary(request),
+                         max_bytes=max_bytes)
+
+
+class _ClientGone(Exception):
+    """A SynthesizeOnline client went while its audio was being written."""
 
 
 class TtsServicer:
     """Translates Riva TTS calls to the TTS service."""
 
-    def __init__(self, tts: TtsService) -> None:
+    def __init__(self, tts: TtsService, max_message_bytes: int) -> None:
         self._tts = tts
+        self._max_message_bytes = max_message_bytes
 
     async def Synthesize(self, request: riva_tts_pb2.SynthesizeSpeechRequest,
                          context: grpc.aio.ServicerContext) -> riva_tts_pb2.SynthesizeSpeechResponse:
-        """The whole utterance in one response."""
+        """The whole utterance in one response, of PCM no larger than a message may be (checked
+        before the work, then as each utterance is encoded)."""
         try:
             async with self._tts.session():
-                synthesis = await self._tts.prepare(speech_request(request))
                 encoder = _encoder(request)
-                pcm = [c.pcm async for c in self._tts.chunks(synthesis)]
+                # The response carries the text back, and a few bytes of framing.
+                room = self._max_message_bytes - len(request.text.encode()) - _RESPONSE_OVERHEAD
+                synthesis = await self._tts.prepare(speech_request(request, room if encoder is None else 0))
+                async with aclosing(self._tts.chunks(synthesis)) as chunks:
+                    pcm = [c.pcm async for c in chunks]
             audio = pcm if encoder is None else [*map(encoder.encode, pcm), encoder.finish()]
         except Exception as exc:  # noqa: BLE001 - every error becomes a status (status.abort)
             await abort(context, exc, "TTS request")
         return _response(request, b"".join(audio), request.text)
 
     async def SynthesizeOnline(self, requests: AsyncIterator[riva_tts_pb2.SynthesizeSpeechRequest],
-                               context: grpc.aio.ServicerContext,
-                               ) -> AsyncIterator[riva_tts_pb2.SynthesizeSpeechResponse]:
-        """Audio chunks as they are synthesised: the first after the first clause."""
+                               context: grpc.aio.ServicerContext) -> None:
+        """Audio chunks as they are synthesised: the first after the first clause. Written with
+        `context.write` (not yielded) so that a client that stops reading, or sends nothing, is
+        ended after tts_stream_idle_timeout_s."""
         try:
             async with self._tts.session():
-                async for request in requests:
+                incoming = aiter(requests)
+                while (request := await self._tts.client_wait(anext(incoming, None), "send a request")):
                     synthesis = await self._tts.prepare(speech_request(request))
                     encoder = _encoder(request)
-                    async for chunk in self._tts.chunks(synthesis):
-                        audio = chunk.pcm if encoder is None else encoder.encode(chunk.pcm)
-                        if audio or chunk.text:
-                            yield _response(request, audio, chunk.text)
+                    async with aclosing(self._tts.chunks(synthesis)) as chunks:
+                        async for chunk in chunks:
+                            audio = chunk.pcm if encoder is None else encoder.encode(chunk.pcm)
+                            if audio or chunk.text:
+                                await self._send(context, _response(request, audio, chunk.text))
                     if encoder is not None:
-                        yield _response(request, encoder.finish(), "")
+                        await self._send(context, _response(request, encoder.finish(), ""))
         except Exception as exc:  # noqa: BLE001 - every error becomes a status (status.abort)
+            if isinstance(exc, _ClientGone) or context.cancelled():  # nobody to answer
+                _LOGGER.info("TTS stream ended: the client went")
+                return
             await abort(context, exc, "TTS stream")
+
+    async def _send(self, context: grpc.aio.ServicerContext, response: riva_tts_pb2.SynthesizeSpeechResponse) -> None:
+        try:
+            await self._tts.client_wait(context.write(response), "read the audio")
+        except EdgedError:
+            raise
+        except Exception as exc:  # a write fails only once the call is over (cancelled, connection lost)
+            raise _ClientGone from exc
+
 
     async def GetRivaSynthesisConfig(self, request: riva_tts_pb2.RivaSynthesisConfigRequest,
                                      context: grpc.aio.ServicerContext,
@@ -131,7 +163,7 @@ def install(ctx: ServerContext) -> list[str]:
     """Add the Riva TTS service (SynthesizeOnline as stream-to-stream) when TTS is enabled."""
     if ctx.services.tts is None:
         return []
-    servicer = TtsServicer(ctx.services.tts)
+    servicer = TtsServicer(ctx.services.tts, ctx.settings.max_message_mb * 2**20)
     req, resp = riva_tts_pb2.SynthesizeSpeechRequest, riva_tts_pb2.SynthesizeSpeechResponse
     handlers = {
         "Synthesize": grpc.unary_unary_rpc_method_handler(

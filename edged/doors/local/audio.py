@@ -26,7 +26,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Coroutine
-from contextlib import AsyncExitStack
+from contextlib import AsyncExitStack, aclosing
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -419,12 +419,13 @@ class LocalAudio:
         try:
             tts = self._ctx.tts
             assert tts is not None  # speak() queues nothing without it
-            async for chunk in tts.chunks(utt.synthesis):
-                if utt.interrupted or handle.done.is_set():
-                    break
-                pcm = np.frombuffer(chunk.pcm, dtype="<i2")
-                seconds += len(pcm) / chunk.sample_rate
-                chunks.put(pcm)
+            async with aclosing(tts.chunks(utt.synthesis)) as audio:  # interrupted: the voice stops too
+                async for chunk in audio:
+                    if utt.interrupted or handle.done.is_set():
+                        break
+                    pcm = np.frombuffer(chunk.pcm, dtype="<i2")
+                    seconds += len(pcm) / chunk.sample_rate
+                    chunks.put(pcm)
         finally:
             chunks.end()
         await asyncio.to_thread(handle.done.wait)

@@ -14,6 +14,7 @@ import io
 import json
 import logging
 import struct
+from collections.abc import AsyncIterator
 from typing import Any
 
 import numpy as np
@@ -22,10 +23,11 @@ from aiohttp import web
 from edged.doors import common
 from edged.doors.web.auth import Auth
 from edged.doors.web.errors import BadInput, NotJson, error_response, logged
+from edged.pipelines.tts import AudioChunk
 from edged.pipelines.tts.encode import OggOpusEncoder
 from edged.service.asr import RecognitionRequest, Transcript
 from edged.service.context import ServiceContext
-from edged.service.tts import SpeechRequest
+from edged.service.tts import SpeechRequest, Synthesis, TtsService
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -210,42 +212,59 @@ class OpenAiAudioApi:
         except Exception as exc:  # noqa: BLE001 - one error map (errors.py)
             return error_response(exc, "Speech")
 
-    async def _speak(self, request: web.Request, synthesis: Any, fmt: str) -> web.StreamResponse:
-        assert self._ctx.tts is not None
+    async def _speak(self, request: web.Request, synthesis: Synthesis, fmt: str) -> web.StreamResponse:
+        """Stream the audio; a client that goes away or stops reading stops the synthesis."""
+        tts = self._ctx.tts
+        assert tts is not None
         rate = synthesis.sample_rate
         types = {"wav": "audio/wav", "pcm": "audio/pcm", "flac": "audio/flac", "opus": "audio/ogg"}
-        chunks = self._ctx.tts.chunks(synthesis)
-        first = await chunks.__anext__()  # errors before the first audio are still an HTTP status
-        response = web.StreamResponse(headers={"Content-Type": types[fmt]})
-        await response.prepare(request)
-        try:
-            await self._write(response, first, chunks, fmt, rate)
-        except Exception as exc:  # noqa: BLE001 - the status is sent: the stream can only end early
-            logged(exc, "Speech stream")
-        finally:
-            close = getattr(chunks, "aclose", None)  # an async generator: a client that left stops it
-            if close is not None:
-                await close()
+        async with contextlib.aclosing(tts.chunks(synthesis)) as chunks:
+            # Errors before the first audio are still an HTTP status; a request of only silence
+            # so short that it rounds to nothing is an empty stream.
+            first = await anext(chunks, None) or AudioChunk(b"", rate)
+            response = web.StreamResponse(headers={"Content-Type": types[fmt]})
+            await response.prepare(request)
+            try:
+                await _SpeechWriter(request, response, tts).write(first, chunks, fmt, rate)
+            except Exception as exc:  # noqa: BLE001 - the status is sent: the stream can only end early
+                logged(exc, "Speech stream")
+                if request.transport is not None:
+                    request.transport.close()  # what was sent is cut short: the client must see it end
         return response
 
-    @staticmethod
-    async def _write(response: web.StreamResponse, first: Any, chunks: Any, fmt: str, rate: int) -> None:
+
+class _SpeechWriter:
+    """Writes one speech answer, each write within tts_stream_idle_timeout_s of the client reading."""
+
+    def __init__(self, request: web.Request, response: web.StreamResponse, tts: TtsService) -> None:
+        self._request = request
+        self._response = response
+        self._tts = tts
+
+    async def _send(self, data: bytes) -> None:
+        await self._tts.client_wait(self._response.write(data), "read the audio")
+
+    async def write(self, first: AudioChunk, chunks: AsyncIterator[AudioChunk], fmt: str, rate: int) -> None:
         """The audio in its format, as it comes."""
         if fmt == "flac":  # libsndfile seeks back to finish a FLAC header: encoded whole
-            pcm = [first.pcm] + [c.pcm async for c in chunks]
+            pcm = [first.pcm]
+            async for c in chunks:
+                if self._request.transport is None or self._request.transport.is_closing():
+                    raise ConnectionResetError("The client closed the connection.")  # nothing written to fail
+                pcm.append(c.pcm)
             import soundfile
 
             out = io.BytesIO()
             soundfile.write(out, np.frombuffer(b"".join(pcm), dtype="<i2"), rate, format="FLAC")
-            await response.write(out.getvalue())
+            await self._send(out.getvalue())
         elif fmt == "opus":
             encoder = OggOpusEncoder(rate)
-            await response.write(encoder.encode(first.pcm))
+            await self._send(encoder.encode(first.pcm))
             async for c in chunks:
-                await response.write(encoder.encode(c.pcm))
-            await response.write(encoder.finish())
+                await self._send(encoder.encode(c.pcm))
+            await self._send(encoder.finish())
         else:
-            await response.write((wav_header(rate) if fmt == "wav" else b"") + first.pcm)
+            await self._send((wav_header(rate) if fmt == "wav" else b"") + first.pcm)
             async for c in chunks:
-                await response.write(c.pcm)
-        await response.write_eof()
+                await self._send(c.pcm)
+        await self._response.write_eof()

@@ -14,7 +14,7 @@ import binascii
 import json
 import logging
 import uuid
-from contextlib import AsyncExitStack
+from contextlib import AsyncExitStack, aclosing
 from typing import Any
 
 from aiohttp import WSCloseCode, WSMsgType, web
@@ -427,7 +427,8 @@ class _Synthesis:
                     except BadInput as exc:
                         await self._ws.send_json(error_event(exc, "Realtime synthesis"))
             finally:
-                speaker.cancel()  # the client left: stop synthesising for it
+                speaker.cancel()  # the client left: stop synthesising for it, and free the slot once stopped
+                await asyncio.wait({speaker})
 
     def _flush(self) -> None:
         text = "".join(self._text).strip()
@@ -475,10 +476,12 @@ class _Synthesis:
             try:
                 synthesis = await self._tts.prepare(self._speech(text, self._config))
                 samples = 0
-                async for chunk in self._tts.chunks(synthesis):
-                    samples += len(chunk.pcm) // 2
-                    await self._ws.send_json({"type": "conversation.item.speech.data", "event_id": _id("event"),
-                                              "item_id": item, "audio": base64.b64encode(chunk.pcm).decode("ascii")})
+                async with aclosing(self._tts.chunks(synthesis)) as chunks:
+                    async for chunk in chunks:
+                        samples += len(chunk.pcm) // 2
+                        await self._ws.send_json({
+                            "type": "conversation.item.speech.data", "event_id": _id("event"), "item_id": item,
+                            "audio": base64.b64encode(chunk.pcm).decode("ascii")})
                 await self._ws.send_json({
                     "type": "conversation.item.speech.completed", "event_id": _id("event"), "item_id": item,
                     "is_last_result": False, "synthesis_metadata": {

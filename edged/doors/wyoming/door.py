@@ -21,7 +21,7 @@ import contextlib
 import ipaddress
 import logging
 import socket
-from contextlib import AsyncExitStack
+from contextlib import AsyncExitStack, aclosing
 from typing import Any
 
 from wyoming.asr import (
@@ -61,6 +61,7 @@ from edged.doors import common
 from edged.doors.wyoming.framing import FrameError, read_event
 from edged.errors import AudioFormatError, EdgedError, ForbiddenError, IdleTimeoutError, RequestError
 from edged.pipelines.tts.segment import complete_sentences
+from edged.service.admission import Slot, Waiting
 from edged.service.asr import AsrSession, RecognitionRequest
 from edged.service.context import ServiceContext
 from edged.service.tts import SpeechRequest
@@ -96,6 +97,23 @@ def error_for(exc: BaseException) -> Error:
     if isinstance(exc, EdgedError):
         return Error(text=str(exc), code=_CODES.get(exc.kind, "failed"))
     return Error(text=f"The server failed: {type(exc).__name__}: {exc}", code="internal")
+
+
+def check_text_fields(request: Synthesize | SynthesizeStart | SynthesizeChunk, kind: str) -> None:
+    """RequestError naming a synthesis event's field that is not text (the wyoming package takes
+    whatever JSON holds): `text` must be a string, a voice's name, language and speaker strings or
+    absent."""
+    fields: dict[str, Any] = {}
+    if not isinstance(request, SynthesizeStart):
+        fields["text"] = request.text
+    voice = getattr(request, "voice", None)
+    if voice is not None:
+        fields |= {f"voice.{name}": getattr(voice, name) for name in ("name", "language", "speaker")
+                   if getattr(voice, name) is not None}
+    for name, value in fields.items():
+        if not isinstance(value, str):
+            raise RequestError(f"The Wyoming {kind!r} event's `{name}` must be a string, not "
+                               f"{type(value).__name__}.")
 
 
 def _attribution(family: str, license: str) -> Attribution:
@@ -178,6 +196,8 @@ class WyomingHandler(AsyncEventHandler):
         self._tts_text = ""
         self._tts_started = False
         self._streaming_tts = False
+        self._tts_slot: Slot | None = None
+        """The streaming synthesis' slot, which waits for its text."""
 
     async def handle_event(self, event: Event) -> bool:
         """Answer one event; an error becomes an `error` event and the connection stays open."""
@@ -192,6 +212,9 @@ class WyomingHandler(AsyncEventHandler):
             elif self._streaming_tts:
                 self._refused = "synthesis"
             await self._close_session()
+            if isinstance(exc, IdleTimeoutError):  # it reads nothing: an error event would wait too
+                _LOGGER.info("Wyoming %s ended: %s", event.type, exc)
+                return False
             error = error_for(exc)
             if error.code == "internal":
                 _LOGGER.exception("Wyoming %s failed", event.type)
@@ -250,7 +273,7 @@ class WyomingHandler(AsyncEventHandler):
 
     async def _close_session(self) -> None:
         self._asr = None
-        self._streaming_tts, self._tts_started = False, False
+        self._streaming_tts, self._tts_started, self._tts_slot = False, False, None
         self._tts_text = ""
         await self._stack.aclose()
         self._stack = AsyncExitStack()
@@ -268,6 +291,8 @@ class WyomingHandler(AsyncEventHandler):
             request = parser.from_event(event) if parser is not None else None
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise RequestError(f"The Wyoming {kind!r} event is malformed ({type(exc).__name__}: {exc}).") from None
+        if isinstance(request, (Synthesize, SynthesizeStart, SynthesizeChunk)):
+            check_text_fields(request, kind)
         if isinstance(request, Describe):
             await self.write_event(describe(self._ctx).event())
         elif isinstance(request, Ping):
@@ -388,9 +413,11 @@ class WyomingHandler(AsyncEventHandler):
             if not self._tts_started:
                 await self.write_event(AudioStart(rate=rate, width=2, channels=1).event())
                 self._tts_started = True
-            async for chunk in tts.chunks(synthesis):
-                if chunk.pcm:
-                    await self.write_event(AudioChunk(rate=rate, width=2, channels=1, audio=chunk.pcm).event())
+            async with aclosing(tts.chunks(synthesis)) as chunks:  # a client gone stops the voice
+                async for chunk in chunks:
+                    if chunk.pcm:
+                        event = AudioChunk(rate=rate, width=2, channels=1, audio=chunk.pcm).event()
+                        await tts.client_wait(self.write_event(event), "read the audio")
 
     async def _end_audio(self) -> None:
         """audio-stop, where an audio stream was started."""
@@ -401,9 +428,18 @@ class WyomingHandler(AsyncEventHandler):
     async def _synthesize_start(self, start: SynthesizeStart) -> None:
         await self._close_session()
         self._refused = "synthesis"
-        await self._stack.enter_async_context(common.tts_service(self._ctx).session())
+        slot = await self._stack.enter_async_context(common.tts_service(self._ctx).session())
+        slot.on_idle = self._tell_idle
+        slot.start_waiting(Waiting.SEND)  # for the text (the slot closes the connection if none comes)
         self._streaming_tts, self._tts_voice, self._tts_text = True, start.voice, ""
-        self._tts_started, self._refused = False, ""
+        self._tts_started, self._refused, self._tts_slot = False, "", slot
+
+    def _tell_idle(self, error: IdleTimeoutError) -> None:
+        """A stream's client sent nothing for the idle timeout: an error event (its slot then closes
+        the connection)."""
+        common.log_refusal(_LOGGER, "wyoming", error.kind, "Wyoming synthesis", "timeout", str(error))
+        self._refused = "synthesis"
+        asyncio.get_running_loop().create_task(self.write_event(error_for(error).event()))
 
     async def _synthesize_chunk(self, chunk: SynthesizeChunk) -> None:
         if not self._streaming_tts:
@@ -411,8 +447,9 @@ class WyomingHandler(AsyncEventHandler):
                 return
             raise RequestError("synthesize-chunk came before synthesize-start.")
         sentences, self._tts_text = complete_sentences(self._tts_text + chunk.text)
-        if sentences:
-            await self._speak(sentences, self._tts_voice)
+        if sentences and self._tts_slot is not None:
+            with self._tts_slot.busy(Waiting.SEND):
+                await self._speak(sentences, self._tts_voice)
 
     async def _synthesize_stop(self) -> None:
         if not self._streaming_tts:
@@ -421,6 +458,8 @@ class WyomingHandler(AsyncEventHandler):
                 await self.write_event(SynthesizeStopped().event())
                 return
             raise RequestError("synthesize-stop came before synthesize-start.")
+        if self._tts_slot is not None:
+            self._tts_slot.stop_waiting(Waiting.SEND)
         rest = self._tts_text.strip()
         await self._speak([rest] if rest else [], self._tts_voice)
         await self._end_audio()

@@ -83,13 +83,16 @@ def cardinal(number: str | int) -> str:
     """'1200' -> 'one thousand two hundred'; decimals read 'point' and digit by digit."""
     text = str(number).replace(",", "")
     whole, _, fraction = text.lstrip("-+").partition(".")
-    words = _integer(int(whole or "0")) + (f" point {digits(fraction)}" if fraction else "")
+    # Past decillions digit by digit, without making an int of thousands of digits (Python refuses).
+    significant = whole.lstrip("0")
+    spoken = digits(significant) if len(significant) > 3 * len(_SCALES) else _integer(int(significant or "0"))
+    words = spoken + (f" point {digits(fraction)}" if fraction else "")
     return f"minus {words}" if text.startswith("-") else words
 
 
 def ordinal(number: str | int) -> str:
     """'14' -> 'fourteenth', '21' -> 'twenty-first'."""
-    head, space, last = cardinal(int(str(number).replace(",", ""))).rpartition(" ")
+    head, space, last = cardinal(str(number).replace(",", "").lstrip("+")).rpartition(" ")
     before, hyphen, word = last.rpartition("-")
     word = _ORDINALS.get(word) or (f"{word[:-1]}ieth" if word.endswith("y") else f"{word}th")
     return head + space + before + hyphen + word
@@ -107,14 +110,14 @@ def year(number: int) -> str:
 
 def digits(text: str) -> str:
     """Each digit by name: '0142' -> 'zero one four two'."""
-    return " ".join(_DIGITS[int(d)] for d in text if d.isdigit())
+    return " ".join(_DIGITS[int(d)] for d in text if d.isdecimal())  # not "²", which int() refuses
 
 
 def spell(text: str) -> str:
     """Letters and digits one by one ('ABC1' -> 'eigh B C one'), for say-as characters."""
     out = []
     for ch in text:
-        if ch.isdigit():
+        if ch.isdecimal():
             out.append(_DIGITS[int(ch)])
         elif ch.isalpha():
             # espeak reads a lone "A" as the article; "eigh" gets the letter's name.
@@ -129,11 +132,11 @@ def telephone(text: str) -> str:
 
 def _money(m: re.Match[str]) -> str:
     one, many, sub_one, sub_many = _CURRENCIES[m["cur"]]
-    whole = int(m["whole"].replace(",", ""))
+    whole = m["whole"].replace(",", "").lstrip("0")  # as text: it may have thousands of digits
     scale = m["scale"]
     if scale:
         return f"{cardinal(m['whole'] + (m['frac'] or ''))} {scale} {many}"
-    parts = [f"{cardinal(whole)} {one if whole == 1 else many}"] if whole or not m["frac"] else []
+    parts = [f"{cardinal(whole or '0')} {one if whole == '1' else many}"] if whole or not m["frac"] else []
     if m["frac"]:
         cents = int((m["frac"][1:] + "0")[:2])
         if cents:

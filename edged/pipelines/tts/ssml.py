@@ -4,10 +4,17 @@ Supported: <speak>, <p>, <s>, <break time strength>, <prosody rate pitch volume>
 <say-as interpret-as>, <sub alias>, <phoneme alphabet="ipa" ph>, <emphasis level>.
 <emphasis> is approximated: strong/moderate read 15 % slower and 4 dB louder, reduced 10 %
 faster and 4 dB softer. Any problem is a TtsRequestError naming it and its line and column.
+
+Bounded whatever the document: nested <prosody> and <emphasis> multiply, and the product is held
+within the range one element may ask for (rate 25 % to 400 %, pitch -12 to +12 semitones, volume
+up to +20 dB), as a Riva user nesting x-slow in x-slow expects the slowest rate rather than a
+refusal; elements nest at most MAX_DEPTH deep; a request's breaks add up to at most the caller's
+`max_breaks_s`; a DOCTYPE (and so any entity that could expand) is refused.
 """
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, replace
 from xml.parsers import expat
@@ -16,6 +23,15 @@ from edged.errors import TtsRequestError
 from edged.pipelines.tts import normalise
 
 MAX_BREAK_S = 10.0
+"""Longest one <break> may be."""
+MAX_DEPTH = 32
+"""Most elements open at once, <speak> included."""
+RATE_RANGE = (0.25, 4.0)
+"""Speaking-rate factors one element may ask for, and that nested ones are held within."""
+PITCH_RANGE = (0.5, 2.0)
+"""Pitch factors likewise (-12 to +12 semitones)."""
+MAX_GAIN = 10.0
+"""Largest linear gain likewise (+20 dB)."""
 
 
 @dataclass(frozen=True)
@@ -25,6 +41,20 @@ class Style:
     rate: float = 1.0
     pitch: float = 1.0
     gain: float = 1.0
+
+    def bounded(self) -> Style:
+        """This style held within what one element may ask for (nested elements multiply)."""
+        return Style(rate=_within(self.rate, RATE_RANGE), pitch=_within(self.pitch, PITCH_RANGE),
+                     gain=min(self.gain, MAX_GAIN))
+
+
+def _within(value: float, bounds: tuple[float, float]) -> float:
+    return min(max(value, bounds[0]), bounds[1])
+
+
+def effective_rate(style_rate: float, request_rate: float) -> float:
+    """The speaking rate of a span: its style's times the request's, held within RATE_RANGE."""
+    return _within(style_rate * request_rate, RATE_RANGE)
 
 
 @dataclass(frozen=True)
@@ -79,7 +109,7 @@ def _rate(value: str) -> float:
         # "150%" is 1.5 times as fast; "+20%" / "-20%" are relative to the current rate.
         number = float(m[1])
         factor = 1 + number / 100 if value[0] in "+-" else number / 100
-        if 0.25 <= factor <= 4.0:
+        if RATE_RANGE[0] <= factor <= RATE_RANGE[1]:
             return factor
     raise ValueError("rate must be x-slow, slow, medium, fast, x-fast or a percentage from 25% to 400%")
 
@@ -167,7 +197,11 @@ def _date(text: str, fmt: str) -> str:
 class _Parser:
     """Expat handlers building the item list; a stack of open elements carries the style."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_breaks_s: float, breaks_setting: str) -> None:
+        self.max_breaks_s = max_breaks_s
+        self.breaks_setting = breaks_setting
+        self.breaks_s = 0.0
+        """Seconds of the breaks so far."""
         self.items: list[Item] = []
         self.stack: list[tuple[str, Style]] = []
         self.capture: tuple[str, dict[str, str], list[str]] | None = None
@@ -175,6 +209,10 @@ class _Parser:
         self.parser.StartElementHandler = self.start
         self.parser.EndElementHandler = self.end
         self.parser.CharacterDataHandler = self.data
+        self.parser.StartDoctypeDeclHandler = self.doctype
+
+    def doctype(self, *_: object) -> None:
+        self.fail("a DOCTYPE is not allowed")
 
     def fail(self, message: str) -> None:
         raise TtsRequestError(
@@ -188,6 +226,8 @@ class _Parser:
     def start(self, tag: str, attrs: dict[str, str]) -> None:
         if not self.stack and tag != "speak":
             self.fail(f"the root element must be <speak>, not <{tag}>")
+        if len(self.stack) >= MAX_DEPTH:
+            self.fail(f"elements may nest at most {MAX_DEPTH} deep")
         if tag not in _ATTRIBUTES:
             self.fail(f"<{tag}> is not supported (supported: {', '.join(sorted(_ATTRIBUTES))})")
         if self.capture is not None:
@@ -200,19 +240,20 @@ class _Parser:
             if tag in ("p", "s"):
                 self.items.append(Boundary())
             elif tag == "break":
-                self.items.append(Break(_break_seconds(attrs)))
+                self.add_break(_break_seconds(attrs))
             elif tag == "prosody":
                 style = replace(
                     style,
                     rate=style.rate * _rate(attrs["rate"].strip()) if "rate" in attrs else style.rate,
                     pitch=style.pitch * _pitch(attrs["pitch"].strip()) if "pitch" in attrs else style.pitch,
-                    gain=style.gain * _gain(attrs["volume"].strip()) if "volume" in attrs else style.gain)
+                    gain=style.gain * _gain(attrs["volume"].strip()) if "volume" in attrs else style.gain,
+                ).bounded()
             elif tag == "emphasis":
                 level = attrs.get("level", "moderate")
                 if level not in _EMPHASIS:
                     raise ValueError(f"emphasis level must be one of {', '.join(_EMPHASIS)}")
                 rate, db = _EMPHASIS[level]
-                style = replace(style, rate=style.rate * rate, gain=style.gain * 10 ** (db / 20))
+                style = replace(style, rate=style.rate * rate, gain=style.gain * 10 ** (db / 20)).bounded()
             elif tag == "say-as":
                 kind = attrs.get("interpret-as", "")
                 if kind not in _SAY_AS:
@@ -231,6 +272,13 @@ class _Parser:
         except ValueError as exc:
             self.fail(str(exc))
         self.stack.append((tag, style))
+
+    def add_break(self, seconds: float) -> None:
+        self.breaks_s += seconds
+        if self.breaks_s > self.max_breaks_s:
+            raise ValueError(f"the breaks add up to more than {self.max_breaks_s:g} s, the most one "
+                             f"request may ask for ({self.breaks_setting})")
+        self.items.append(Break(seconds))
 
     def end(self, tag: str) -> None:
         style = self.style
@@ -267,9 +315,10 @@ class _Parser:
             self.items.append(Span(text, self.style))
 
 
-def parse_ssml(text: str) -> list[Item]:
-    """Parse an SSML document into spans, breaks and boundaries; TtsRequestError if invalid."""
-    parser = _Parser()
+def parse_ssml(text: str, max_breaks_s: float = math.inf, breaks_setting: str = "") -> list[Item]:
+    """Parse an SSML document into spans, breaks and boundaries; TtsRequestError if invalid or if
+    its breaks add up to more than `max_breaks_s` (`breaks_setting` says where that is set)."""
+    parser = _Parser(max_breaks_s, breaks_setting)
     try:
         parser.parser.Parse(text, True)
     except expat.ExpatError as exc:

@@ -14,8 +14,8 @@ import math
 import re
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator, Mapping
-from concurrent.futures import Future
+from collections.abc import Generator, Iterable, Iterator, Mapping
+from concurrent.futures import Future, wait
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,10 +26,11 @@ from edged.backends.base import cpu_cores
 from edged.errors import TtsError, TtsRequestError, UnknownVoiceError
 from edged.loader import LoadedModel
 from edged.pipelines.pools import Pools
-from edged.pipelines.tts.phonemes import phonemize_text
+from edged.pipelines.tts.limits import AudioBudget, AudioLimit, SynthesisLimits
+from edged.pipelines.tts.phonemes import phoneme_runs, phonemize_text
 from edged.pipelines.tts.schedule import Key, Pace, RunGate
 from edged.pipelines.tts.segment import Utterance, utterances
-from edged.pipelines.tts.ssml import Break, Item, Span, Style, is_ssml, parse_ssml
+from edged.pipelines.tts.ssml import RATE_RANGE, Break, Item, Span, Style, effective_rate, is_ssml, parse_ssml
 from edged.pipelines.tts.voice import Latent, VoiceConfig, VoiceNetwork
 
 _LOGGER = logging.getLogger(__name__)
@@ -47,6 +48,17 @@ class SynthesisRequest:
     custom_dictionary: Mapping[str, str] = field(default_factory=dict)
     rate: float = 1.0
     """Speaking-rate factor on top of SSML prosody (2.0 is twice as fast)."""
+    max_audio: AudioLimit | None = None
+    """The most audio its answer can carry, where less than tts_max_audio_s (a door's message size)."""
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A request checked before any work: what it says, who says it, and the most audio it may make."""
+
+    items: tuple[Item, ...]
+    speaker: int
+    limit: AudioLimit
 
 
 @dataclass(frozen=True)
@@ -105,6 +117,13 @@ def _cut_trailing(audio: np.ndarray, keep: int) -> np.ndarray:
     """Audio up to `keep` samples after its last loud one."""
     loud = np.flatnonzero(np.abs(audio) > SILENCE)
     return audio[:int(loud[-1]) + 1 + keep] if len(loud) else audio[:0]
+
+
+def _silence(samples: int, most: int) -> Iterator[np.ndarray]:
+    """`samples` of silence in pieces of at most `most` (a long break is several chunks, each
+    small enough for any message size)."""
+    for start in range(0, samples, most):
+        yield np.zeros(min(most, samples - start), dtype=np.float32)
 
 
 def length_scale_for(stretch: float) -> float:
@@ -170,7 +189,7 @@ class Voice:
 class TtsModel:
     """A loaded Piper voice: shared by every request, each request a generator of chunks."""
 
-    def __init__(self, model: LoadedModel, pools: Pools, max_text_chars: int = 10000) -> None:
+    def __init__(self, model: LoadedModel, pools: Pools, limits: SynthesisLimits | None = None) -> None:
         """`pools` holds the thread pool of its lanes (one per voice name, kept across reloads)."""
         params = model.manifest.parameters
         self.name = model.name
@@ -180,7 +199,7 @@ class TtsModel:
             raise TtsError(f"Model {model.name} is not a Piper voice (its manifest names no voice_config).")
         self.config = VoiceConfig.load(model.path / str(params["voice_config"]))
         self.network = VoiceNetwork(model.sessions, self.config, params, model.lane_sessions)
-        self.max_text_chars = max_text_chars
+        self.limits = limits or SynthesisLimits()
         self.lanes = max(1, model.lanes)
         """Network runs in flight at once (decoder runs side by side on the lane decoder)."""
         self._gate = RunGate(self.lanes)
@@ -219,52 +238,78 @@ class TtsModel:
         """The speaker id a voice name selects here; None if this model lacks it."""
         return self._names.get(voice_name.lower()) if voice_name else 0
 
-    def check(self, request: SynthesisRequest) -> int:
-        """Validate a request before any work; returns the speaker id."""
-        if not request.text.strip():
+    def check(self, request: SynthesisRequest) -> Plan:
+        """Validate a request before any work (TtsRequestError, UnknownVoiceError); its plan."""
+        text = request.text
+        if not text.strip():
             raise TtsRequestError("The text to synthesise is empty.")
-        if len(request.text) > self.max_text_chars:
+        if len(text) > self.limits.max_text_chars:
             raise TtsRequestError(
-                f"The text is {len(request.text)} characters long; the limit is "
-                f"{self.max_text_chars} (tts_max_text_chars in config.sh).")
+                f"The text is {len(text)} characters long; the limit is "
+                f"{self.limits.max_text_chars} (tts_max_text_chars in config.sh).")
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise TtsRequestError(f"The text is not valid Unicode (character {exc.start + 1} is a lone "
+                                  "surrogate).") from None
         if request.sample_rate and not MIN_RATE_HZ <= request.sample_rate <= MAX_RATE_HZ:
             raise TtsRequestError(
                 f"Sample rate {request.sample_rate} Hz is not supported; ask for {MIN_RATE_HZ} "
                 f"to {MAX_RATE_HZ} Hz (0 gives the voice's {self.sample_rate} Hz).")
-        if not 0.25 <= request.rate <= 4.0:
-            raise TtsRequestError(f"Speaking rate {request.rate:g} is outside 0.25 to 4.")
+        if not RATE_RANGE[0] <= request.rate <= RATE_RANGE[1]:
+            raise TtsRequestError(f"Speaking rate {request.rate:g} is outside {RATE_RANGE[0]:g} to {RATE_RANGE[1]:g}.")
         speaker = self.speaker(request.voice_name)
         if speaker is None:
             raise UnknownVoiceError(
                 f"Voice {request.voice_name!r} is not available; voices: "
                 f"{', '.join(v.name for v in self.voices())}.")
-        return speaker
+        items = tuple(self.parse(text))
+        silence = sum(i.seconds for i in items if isinstance(i, Break))
+        if silence == 0 and not any(isinstance(i, Span) and i.text.strip() for i in items):
+            raise TtsRequestError("The SSML has no text to speak and no break: it is empty.")
+        limit = self.audio_limit(request)
+        if silence > limit.seconds:
+            raise TtsRequestError(limit.refusal)
+        return Plan(items, speaker, limit)
 
-    def synthesize(self, request: SynthesisRequest) -> Iterator[AudioChunk]:
-        """Validate now (TtsRequestError), then stream chunks: the first holds the first frames of
-        the first clause (~0.2 s), the next as many as keep a real-time listener fed."""
-        speaker = self.check(request)
-        return self.stream(self.parse(request.text), request.sample_rate or self.sample_rate, speaker,
-                           request.custom_dictionary, request.rate)
+    def audio_limit(self, request: SynthesisRequest) -> AudioLimit:
+        """The most audio a request may make: tts_max_audio_s, or its own `max_audio` if tighter."""
+        return AudioLimit.of_duration(self.limits.max_audio_s).tighter(request.max_audio)
 
-    @staticmethod
-    def parse(text: str) -> list[Item]:
-        """SSML (text starting with <speak>) or plain text as pipeline items; TtsRequestError if invalid."""
-        return parse_ssml(text) if is_ssml(text) else [Span(text)]
+    def synthesize(self, request: SynthesisRequest, plan: Plan | None = None,
+                   ) -> Generator[AudioChunk, None, None]:
+        """Validate now (TtsRequestError) unless `plan` is its check's, then stream chunks: the
+        first holds the first frames of the first clause (~0.2 s), the next as many as keep a
+        real-time listener fed; TtsRequestError from the chunk whose utterance would go past the
+        request's audio limit."""
+        plan = plan or self.check(request)
+        return self.stream(plan.items, request.sample_rate or self.sample_rate, plan.speaker,
+                           request.custom_dictionary, request.rate, AudioBudget(plan.limit))
+
+    def parse(self, text: str) -> list[Item]:
+        """SSML (text starting with <speak>) or plain text as pipeline items; TtsRequestError if
+        invalid or if its breaks add up to more than tts_max_breaks_s."""
+        if not is_ssml(text):
+            return [Span(text)]
+        return parse_ssml(text, self.limits.max_breaks_s, "tts_max_breaks_s in config.sh")
 
     def stream(self, items: Iterable[Item], rate_hz: int, speaker: int = 0,
-               dictionary: Mapping[str, str] | None = None, rate: float = 1.0) -> Iterator[AudioChunk]:
-        """Chunks for parsed items, lazily (long documents never sit whole in memory)."""
+               dictionary: Mapping[str, str] | None = None, rate: float = 1.0,
+               budget: AudioBudget | None = None) -> Generator[AudioChunk, None, None]:
+        """Chunks for parsed items, lazily (long documents never sit whole in memory), within
+        `budget` (none: unbounded)."""
+        budget = budget or AudioBudget(None)
         resampler = StreamResampler(self.sample_rate, rate_hz)
         pace = Pace()
         with self._gate.stream() as first_audio:
             for unit in utterances(_apply_dictionary(items, dictionary or {})):
                 if isinstance(unit, Break):
-                    pieces: Iterable[np.ndarray] = [
-                        np.zeros(round(unit.seconds * self.sample_rate), dtype=np.float32)]
+                    budget.take(unit.seconds)
+                    pieces: Iterable[np.ndarray] = _silence(round(unit.seconds * self.sample_rate),
+                                                            self.sample_rate)
                     text = ""
                 else:
-                    pieces = self._speak(unit, speaker, rate, pace)
+                    pieces = self._speak(unit, speaker, rate, pace, budget)
                     text = unit.text
                 for audio in pieces:
                     out = resampler.process(audio)
@@ -321,24 +366,36 @@ class TtsModel:
             self._frame_seconds = 0.7 * self._frame_seconds + 0.3 * (time.perf_counter() - t1) / run
         return audio
 
-    def _speak(self, unit: Utterance, speaker: int, rate: float, pace: Pace) -> Iterator[np.ndarray]:
-        """One utterance's audio in chunks, with the unit's style applied."""
-        t0 = time.perf_counter()
+    def _speak(self, unit: Utterance, speaker: int, rate: float, pace: Pace,
+               budget: AudioBudget | None = None) -> Iterator[np.ndarray]:
+        """One utterance's audio in chunks, with the unit's style applied; a long one in runs
+        (phoneme_runs), each run's audio taken from the budget (if any) before it is decoded."""
+        budget = budget or AudioBudget(None)
         voice = self.config.espeak_voice
         ipa = " ".join(s.text.strip() if s.kind == "ipa" else phonemize_text(s.text, voice)
                        for s in unit.spans)
-        ids = self.config.phoneme_ids.ids(ipa)
-        style: Style = unit.style
+        runs = phoneme_runs(ipa)
+        for i, (phonemes, joined) in enumerate(runs):
+            tight_start = runs[i - 1][1] if i else unit.tight_start
+            tight_end = joined if i < len(runs) - 1 else unit.tight_end
+            yield from self._run(self.config.phoneme_ids.ids(phonemes), unit.style, speaker, rate, pace,
+                                 budget, tight_start, tight_end)
+
+    def _run(self, ids: list[int], style: Style, speaker: int, rate: float, pace: Pace, budget: AudioBudget,
+             tight_start: bool, tight_end: bool) -> Iterator[np.ndarray]:
+        """One run of the voice: its encoder, then its frames decoded chunk by chunk."""
+        t0 = time.perf_counter()
         # Pitch: synthesise `pitch` times longer, then squeeze back to the original length, which
         # raises the pitch by that factor while the duration stays as the rate asks.
-        length = self.config.length_scale * length_scale_for(style.pitch / (style.rate * rate))
+        length = self.config.length_scale * length_scale_for(style.pitch / effective_rate(style.rate, rate))
         with self._gate.turn(pace.key()):
             latent = self.network.encode(ids, length, speaker)
+        budget.take(self.network.seconds(latent) / style.pitch)
         shift = StreamResampler(round(self.sample_rate * style.pitch), self.sample_rate) \
             if style.pitch != 1.0 else None
         frame_audio = self.network.hop / self.sample_rate / style.pitch
         start, frames, samples = 0, latent.frames, 0
-        leading = unit.tight_start  # still cutting the leading silence
+        leading = tight_start  # still cutting the leading silence
         # Chunks being decoded on the lanes, in order: (frames, audio), the audio made inline or
         # by a lane thread.
         inflight: deque[tuple[int, Future[np.ndarray]]] = deque()
@@ -376,13 +433,14 @@ class TtsModel:
                     audio = np.clip(audio * style.gain, -1.0, 1.0)
                 if leading:
                     audio, leading = _cut_leading(audio, round(TIGHT_EDGES_S[0] * self.sample_rate))
-                if unit.tight_end and last:
+                if tight_end and last:
                     audio = _cut_trailing(audio, round(TIGHT_EDGES_S[1] * self.sample_rate))
                 samples += len(audio)
                 if len(audio):
                     yield audio
-        finally:
+        finally:  # a request that ends early: its runs not started never start, the others end
             for _, future in inflight:
                 future.cancel()
+            wait([future for _, future in inflight])
         _LOGGER.debug("Synthesised %d phonemes (%.2f s of audio) in %.3f s", len(ids),
                       samples / self.sample_rate, time.perf_counter() - t0)

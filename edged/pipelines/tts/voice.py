@@ -132,6 +132,11 @@ class VoiceNetwork:
         prior = np.asarray(outputs.pop("z_p"), dtype=np.float32)
         return Latent(np.empty_like(prior), 0, prior, outputs)
 
+    def seconds(self, latent: Latent) -> float:
+        """How long the utterance's audio is (known once it is encoded, before it is decoded)."""
+        samples = latent.frames * self.hop if self.chunked else latent.z.shape[-1]
+        return float(samples) / self.config.sample_rate
+
     def prepare(self, latent: Latent, stop: int, ahead: bool = True) -> None:
         """Run the flow so that frames up to `stop` can be decoded: on every frame still to make
         (`ahead`), or on just those (a request's first audio)."""
