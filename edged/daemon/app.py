@@ -40,6 +40,7 @@ from edged.doors.wyoming.door import WyomingServer
 from edged.errors import EdgedError
 from edged.pipelines.pools import Pools
 from edged.service.context import ServiceContext
+from edged.service.memory import limit_allocator_arenas
 from edged.service.registry import ModelState, available_mb
 
 _LOGGER = logging.getLogger(__name__)
@@ -292,6 +293,7 @@ def run(settings: Settings) -> int:
         for handler in list(root.handlers):
             root.removeHandler(handler)
         root.addHandler(systemd.journal_handler())
+    limit_allocator_arenas()  # before the server starts its threads
     server = Server(settings, default_installers())
     code = asyncio.run(server.serve())
     if server.left_running:
