@@ -39,8 +39,9 @@ from edged.doors.web.guard import OriginPolicy
 from edged.doors.wyoming.door import WyomingServer
 from edged.errors import EdgedError
 from edged.pipelines.pools import Pools
+from edged.service.admission import high_water_mb
 from edged.service.context import ServiceContext
-from edged.service.memory import limit_allocator_arenas
+from edged.service.memory import limit_allocator_arenas, rss_mb
 from edged.service.registry import ModelState, available_mb
 
 _LOGGER = logging.getLogger(__name__)
@@ -174,6 +175,9 @@ class Server:
             raise EdgedError(
                 f"No deployed model could be loaded from {settings.model_loc / 'models'}"
                 + (f" ({reasons})" if reasons else "") + "; run `edged init` first.")
+        registry = core.registry
+        core.admission.high_water_mb = high_water_mb(settings.memory_high_water_mb, rss_mb(),
+                                                     registry.budget_mb - registry.used_mb())
         core.serving = True
         if core.tts is not None:
             core.tts.loaded()
@@ -182,7 +186,8 @@ class Server:
             ctx.local_audio = LocalAudio(core)
             await self._start(ctx.local_audio)
         self._last_status = core.status_line()
-        _LOGGER.info("Ready: %s", self._last_status)
+        _LOGGER.info("Ready: %s; new streams refused past %.0f MB of RSS (memory_high_water_mb)",
+                     self._last_status, core.admission.high_water_mb)
         systemd.ready(self._last_status)
 
     async def _start(self, door: Door) -> None:

@@ -15,6 +15,8 @@ import ctypes.util
 import functools
 from collections.abc import Callable
 
+import psutil
+
 LARGE_REQUEST_BYTES = 1024 * 1024
 """A request of at least this many bytes of audio gives its memory back when it ends."""
 ALLOCATOR_ARENAS = 2
@@ -38,6 +40,11 @@ def _libc_function(name: str) -> Callable[..., int] | None:
     libc = _libc()
     function: Callable[..., int] | None = getattr(libc, name, None) if libc is not None else None
     return function
+
+
+def rss_mb() -> float:
+    """This process's resident memory (RSS), in MiB."""
+    return float(psutil.Process().memory_info().rss) / 2**20
 
 
 def release_free_memory() -> None:

@@ -1,4 +1,5 @@
-"""SIGTERM ends the daemon within `shutdown_grace_s` + 1 s, whatever its clients are doing."""
+"""The daemon's bounds with the default models: SIGTERM ends it within `shutdown_grace_s` + 1 s
+whatever its clients are doing, and past its RSS high-water mark new streams are refused."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import grpc
 import pytest
 import riva.client
 
+from edged.client.status import fetch_status
 from tests.test_asr_server import beckett_path, pcm_of
 from tests.test_server import free_port, start_server, wait_serving, write_config
 
@@ -99,3 +101,27 @@ def test_sigterm_with_work_in_flight_exits_within_grace(tmp_path: Path, default_
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+@pytest.mark.timeout(120)
+def test_past_the_high_water_mark_new_streams_are_refused(tmp_path: Path, default_repo: Path) -> None:
+    """With `memory_high_water_mb` below the server's RSS a Recognize is refused with
+    RESOURCE_EXHAUSTED naming the setting, health stays SERVING, and `edged status` shows the mark."""
+    (tmp_path / "repo").symlink_to(default_repo)
+    port = free_port()
+    proc = start_server(write_config(tmp_path, port, "memory_high_water_mb=64\n"), tmp_path / "server.log")
+    try:
+        wait_serving(proc, port)
+        pcm, rate = pcm_of(beckett_path())
+        cfg = riva.client.RecognitionConfig(encoding=riva.client.AudioEncoding.LINEAR_PCM,
+                                            sample_rate_hertz=rate, language_code="en-US")
+        with pytest.raises(grpc.RpcError) as refused:
+            riva.client.ASRService(riva.client.Auth(uri=f"127.0.0.1:{port}")).offline_recognize(pcm, cfg)
+        assert refused.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "memory_high_water_mb=64" in str(refused.value.details())
+        status = fetch_status(f"127.0.0.1:{port}")
+        assert status["memory"]["high_water_mb"] == 64 and status["memory"]["rss_mb"] > 64
+        assert status["health"] == "SERVING" and status["streams"]["asr"]["active"] == 0
+    finally:
+        proc.terminate()
+        assert proc.wait(30) == 0
