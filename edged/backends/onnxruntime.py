@@ -101,9 +101,7 @@ class OnnxRuntimeBackend:
             max(1, cpu_cores() // options.lanes) if options.lanes > 1 else 0)
         so.inter_op_num_threads = options.inter_op_threads
         so.log_severity_level = 3  # ORT's own warnings would flood the journal
-        # No arena: ORT's CPU arena keeps the largest activations a session ever needed (a long
-        # recording's batch), for good; without it they go back when the run ends.
-        so.enable_cpu_mem_arena = False
+        so.enable_cpu_mem_arena = options.memory_arena
         # Idle intra-op threads sleep instead of spinning: the cores are shared (ASR, TTS, VAD
         # sessions, other processes), and a spinning or preempted thread stalls every parallel
         # operator. Measured on 2 loaded cores, Piper decoder: 2.2x faster, as fast as 1 thread.

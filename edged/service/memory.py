@@ -5,7 +5,8 @@ so RSS stays near a large request's peak long after it. `release_free_memory()` 
 return what it holds free (`malloc_trim`), and `limit_allocator_arenas()`, called before the
 daemon starts its threads, keeps the threads from holding an arena each (a 20 MB Recognize
 peaked 250 MB higher with one arena per inference thread); elsewhere (musl, macOS) both do
-nothing. ONNX Runtime's own arena is off for the same reason (edged.backends.onnxruntime).
+nothing. Recognition runs ONNX Runtime without its own arena for the same reason
+(edged.loader.ARENA_FREE_PIPELINES).
 """
 
 from __future__ import annotations
