@@ -169,6 +169,12 @@ memory_budget_mb=0
 # Accepts an integer of at least 0.
 memory_reserve_mb=256
 
+# The server's own memory (RSS, MiB) past which new streams are refused (RESOURCE_EXHAUSTED), once
+# giving back the allocator's free memory has not brought it under; `auto`: its RSS when ready
+# plus what the models' budget has left then (`memory_budget_mb`); 0 turns the check off.
+# Accepts auto, or an integer of at least 0.
+memory_high_water_mb=auto
+
 # Unload a model after this many seconds without use (it loads again on its next request); 0 keeps
 # models loaded.
 # Accepts an integer of at least 0.

@@ -144,6 +144,28 @@ class Int(Kind):
         return str(value)
 
 
+class IntOrAuto(Kind):
+    """`auto` (None: the server derives the value) or a whole number, optionally bounded."""
+
+    def __init__(self, min: int | None = None, max: int | None = None) -> None:
+        self._number = Int(min, max)
+        self.accepts = f"auto, or {self._number.accepts}"
+
+    def parse_scalar(self, text: str, base_dir: Path) -> int | None:
+        if text.strip().lower() == "auto":
+            return None
+        try:
+            return self._number.parse_scalar(text, base_dir)
+        except _Invalid:
+            raise _Invalid(self.accepts) from None
+
+    def shell(self, value: Any) -> str:
+        return "auto" if value is None else str(value)
+
+    def markdown(self, value: Any) -> str:
+        return f"`{self.shell(value)}`"
+
+
 class Choice(Kind):
     """One of a fixed set of words, matched without regard to case."""
 
@@ -457,6 +479,12 @@ class Settings:
         256, kind=Int(min=0),
         doc="Memory (MiB) kept free: models are not loaded into it, and new streams are refused "
             "(RESOURCE_EXHAUSTED) while less than this is available.")
+    memory_high_water_mb: int | None = setting(
+        None, kind=IntOrAuto(min=0),
+        doc="The server's own memory (RSS, MiB) past which new streams are refused "
+            "(RESOURCE_EXHAUSTED), once giving back the allocator's free memory has not brought it "
+            "under; `auto`: its RSS when ready plus what the models' budget has left then "
+            "(`memory_budget_mb`); 0 turns the check off.")
     model_idle_unload_s: int = setting(
         0, kind=Int(min=0),
         doc="Unload a model after this many seconds without use (it loads again on its next "

@@ -46,6 +46,12 @@ def unloadable_reason(model: DeployedModel) -> str | None:
 LANE_PIPELINES = frozenset({"speech_recognition"})
 """Pipelines whose sessions all get a lane's share of the cores (see edged.pipelines.lanes)."""
 
+ARENA_FREE_PIPELINES = frozenset({"speech_recognition"})
+"""Pipelines whose sessions run without ONNX Runtime's CPU arena (BackendOptions.memory_arena):
+the arena keeps the largest activations a session ever needed, for good, and a long recording's
+batches made it grow by 250 MB (daemon, default models, a 20 MB Recognize); recognition runs as
+fast without it. Speech synthesis keeps it: Piper's many small runs took 25 % more CPU without."""
+
 LANE_NETWORKS = {"speech_synthesis": ("decoder",)}
 """Networks a pipeline also loads with a lane's share of the cores (`tts_lanes` of them): a voice
 keeps its sessions on every core for a run alone (a request's first audio, the encoder, the
@@ -63,6 +69,8 @@ def load_model(model: DeployedModel, options: BackendOptions) -> LoadedModel:
         options.tts_lanes if pipeline == "speech_synthesis" else 1
     if pipeline not in LANE_PIPELINES:
         options = replace(options, lanes=1)
+    if pipeline in ARENA_FREE_PIPELINES:
+        options = replace(options, memory_arena=False)
     backend = get_backend(str(model.record.backend))
     t0 = time.perf_counter()
     sessions = {

@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from edged.errors import IdleTimeoutError, ResourceExhaustedError
-from edged.service.admission import Admission, Waiting
+from edged.service.admission import Admission, Waiting, high_water_mb
 
 
 def test_limit_refuses_at_once_and_frees_slots() -> None:
@@ -46,6 +46,47 @@ def test_memory_pressure_refuses_new_streams() -> None:
 
     asyncio.run(scenario())
 
+
+def test_rss_past_the_high_water_mark_refuses_new_streams_after_releasing_memory() -> None:
+    """Past the high-water mark the allocator's free memory is given back first: a stream is
+    refused, naming the setting, only if RSS stays past the mark; under it streams are taken."""
+
+    async def scenario() -> None:
+        rss = [500.0]
+        freeable = [0.0]
+        """What the allocator holds free, given back by release()."""
+        released: list[float] = []
+
+        def release() -> None:
+            released.append(rss[0])
+            rss[0] -= freeable[0]
+
+        admission = Admission(reserve_mb=0, available_mb=lambda: 8000.0, high_water_mb=800,
+                              rss_mb=lambda: rss[0], release_memory=release)
+        async with admission.stream("asr"):
+            assert released == []  # under the mark nothing is released
+        rss[0] = 900.0
+        with pytest.raises(ResourceExhaustedError, match=r"900 MB in use, memory_high_water_mb=800"):
+            async with admission.stream("tts"):
+                pass
+        assert released == [900.0] and admission.total == 0
+        freeable[0] = 150.0  # giving back brings RSS under the mark
+        async with admission.stream("tts"):
+            assert rss[0] == 750.0 and admission.active["tts"] == 1
+        admission.high_water_mb = 0  # off: RSS is not looked at
+        rss[0] = 10_000.0
+        async with admission.stream("asr"):
+            pass
+
+    asyncio.run(scenario())
+
+
+def test_high_water_mark_from_the_setting_or_derived_from_the_budget() -> None:
+    """`auto` is the RSS when ready plus what the models' budget has left; a number is taken as is."""
+    assert high_water_mb(None, ready_rss_mb=450.0, budget_left_mb=1200.0) == 1650.0
+    assert high_water_mb(None, ready_rss_mb=450.0, budget_left_mb=-30.0) == 450.0
+    assert high_water_mb(2048, ready_rss_mb=450.0, budget_left_mb=1200.0) == 2048.0
+    assert high_water_mb(0, ready_rss_mb=450.0, budget_left_mb=1200.0) == 0.0
 
 
 def test_load_ratio_is_the_busiest_service_and_drain_refuses_new_streams() -> None:

@@ -517,6 +517,32 @@ def test_end_utterance_gives_the_final_now_and_the_stream_goes_on(asr_model: Asr
     assert word_errors("Ever failed, no matter try again fail again fail better.", text)[0] <= 1, text
 
 
+def test_long_recording_is_recognised_slice_by_slice(asr_model: AsrModel) -> None:
+    """A recording of several offline slices through the batcher: each slice's memory is given
+    back before the next (release_memory between slices), and the results, taken slice by slice,
+    come back whole and in order: every repetition of the clip recognised as the clip alone."""
+    from edged.pipelines.asr.batcher import _OFFLINE_SLICE_BYTES, AsrBatcher
+    from edged.pipelines.asr.jobs import offline_config
+
+    pcm, rate = pcm_of(beckett_path())
+    repeats = _OFFLINE_SLICE_BYTES // len(pcm) + 2  # a little over one slice
+    releases: list[float] = []
+
+    async def run() -> list[Result]:
+        with Pools() as pools:
+            batcher = AsrBatcher(*_runners(pools), release_memory=lambda: releases.append(time.monotonic()))
+            config = offline_config(StreamConfig(encoding="LINEAR_PCM", sample_rate=rate))
+            return await batcher.recognize(asr_model.start_stream(config), pcm * repeats)
+
+    results = asyncio.run(run())
+    assert len(releases) == (len(pcm) * repeats - 1) // _OFFLINE_SLICE_BYTES
+    assert all(r.is_final for r in results)
+    assert all(a.end_s <= b.start_s for a, b in itertools.pairwise(results))
+    text = " ".join(r.transcript for r in results)
+    errors, words = word_errors(" ".join([BECKETT_TEXT] * repeats), text)
+    assert errors / words <= 0.1, text
+
+
 @pytest.mark.parametrize("lanes", [1, 2])
 def test_streams_at_once_through_the_batcher_get_the_finals_each_gets_alone(asr_model: AsrModel, lanes: int) -> None:
     """Three real-time streams through one batcher, started a second apart: finals first,

@@ -43,11 +43,12 @@ def test_nested_values_convert() -> None:
         services=[ServiceHealth("asr", "SERVING")],
         models=[ModelStatus("m", "speech_recognition", "asr", "loaded", 600.0, "", 1.5)],
         streams=[StreamCount("asr", 2, 8)], memory_budget_mb=1000.0, memory_available_mb=2000.0,
-        rss_mb=700.0, listen="127.0.0.1:50051",
+        rss_mb=700.0, memory_high_water_mb=1500.0, listen="127.0.0.1:50051",
         microphone=MicrophoneStatus(True, "listening", "mic", 48000, False, 1, 2.5, 3),
         speaker=SpeakerStatus(True, "idle", "spk", 1, 4))
     converted = message(edged_pb2.StatusResponse, status)
     assert converted.pid == 42 and converted.models[0].idle_s == 1.5 and converted.streams[0].limit == 8
+    assert converted.memory_high_water_mb == 1500.0
     assert converted.microphone.device_rate == 48000 and converted.speaker.played == 4
     assert converted.services[0].status == "SERVING"
     heard = Heard("hello there", True, 0.5, 1.0, 10.0, 11.0, 120.0,

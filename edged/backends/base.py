@@ -50,6 +50,9 @@ class BackendOptions:
     """Calls of one model that run side by side (see edged.pipelines.lanes)."""
     tts_lanes: int = 1
     """Runs of a voice's networks in flight at once (edged.loader.LANE_NETWORKS)."""
+    memory_arena: bool = True
+    """ONNX Runtime on the CPU keeps freed activations in its arena for the next run (quicker
+    small allocations, but the arena never shrinks from its largest run); False frees them."""
 
     @classmethod
     def from_settings(cls, settings: Any) -> BackendOptions:

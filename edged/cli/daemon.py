@@ -94,8 +94,9 @@ def status(config: Path | None, address: str | None = None, as_json: bool = Fals
     lines = [
         (f"edged {info['version']} at {address}: {info['health']}, up {info['uptime_s']:.0f} s, "
          f"pid {info['pid']}{supervisor}"),
-        (f"memory: server {mem['rss_mb']} MB, models budget {mem['budget_mb']} MB, "
-         f"{mem['available_mb']} MB available"),
+        (f"memory: server {mem['rss_mb']} MB"
+         + (f" (new streams refused past {mem['high_water_mb']} MB)" if mem["high_water_mb"] else "")
+         + f", models budget {mem['budget_mb']} MB, {mem['available_mb']} MB available"),
         "health: " + ", ".join(f"{name} {state}" for name, state in info["services"].items()),
         "streams: " + (", ".join(f"{s} {c['active']}" + (f"/{c['limit']}" if c["limit"] else "")
                                  for s, c in info["streams"].items()) or "none"),

@@ -35,7 +35,7 @@ def fetch_status(address: str, credentials: grpc.ChannelCredentials | None = Non
                     "idle_s": round(m.idle_s, 1)} for m in resp.models],
         "streams": {s.service: {"active": s.active, "limit": s.limit} for s in resp.streams},
         "memory": {"budget_mb": round(resp.memory_budget_mb), "available_mb": round(resp.memory_available_mb),
-                   "rss_mb": round(resp.rss_mb)},
+                   "rss_mb": round(resp.rss_mb), "high_water_mb": round(resp.memory_high_water_mb)},
         "microphone": {"state": resp.microphone.state or "off", "device": resp.microphone.device,
                        "device_rate": resp.microphone.device_rate, "muted": resp.microphone.muted,
                        "overflows": resp.microphone.overflows, "audio_s": round(resp.microphone.audio_s, 1),

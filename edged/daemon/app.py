@@ -4,7 +4,9 @@ Start-up checks the config, binds the gRPC port (and the HTTP metrics port) firs
 health as NOT_SERVING while the models load, so a probe can tell "loading" from "dead"; SERVING
 and systemd's READY=1 follow once the models that fit the memory budget are loaded. The main
 loop ticks once a second: idle unloads, memory pressure, health and the systemd watchdog.
-SIGTERM or SIGINT stops accepting, lets open streams finish within `shutdown_grace_s`, unloads.
+SIGTERM or SIGINT stops accepting, lets open streams finish within `shutdown_grace_s`, unloads;
+the whole stop takes at most STOP_MARGIN_S more: inference calls still running by then are left
+behind and the process exits without waiting for them (see `run`).
 The speech services (`edged.service`) are made at start-up; gRPC servicers, added by installers
 (see `edged.doors.grpc.services`), translate Riva's messages to them.
 """
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import time
 from collections.abc import Callable
@@ -36,12 +39,17 @@ from edged.doors.web.guard import OriginPolicy
 from edged.doors.wyoming.door import WyomingServer
 from edged.errors import EdgedError
 from edged.pipelines.pools import Pools
+from edged.service.admission import high_water_mb
 from edged.service.context import ServiceContext
+from edged.service.memory import limit_allocator_arenas, rss_mb
 from edged.service.registry import ModelState, available_mb
 
 _LOGGER = logging.getLogger(__name__)
 
 TICK_S = 1.0
+STOP_MARGIN_S = 0.5
+"""How long past `shutdown_grace_s` the stop may wait for running inference calls (the pools'
+threads); issue 25's bound is the grace period + 1 s, signal to exit."""
 
 
 def _address(settings: Settings) -> str:
@@ -72,6 +80,8 @@ class Server:
         self._last_status = ""
         self._under_pressure = False
         self._health_task: asyncio.Task[None] | None = None
+        self.left_running: list[str] = []
+        """Threads whose inference calls still ran when shutdown stopped waiting for them."""
 
     def drain(self, on: bool = True) -> None:
         """NOT_SERVING and no new streams (UNAVAILABLE) while open ones finish: a pod's preStop
@@ -165,6 +175,9 @@ class Server:
             raise EdgedError(
                 f"No deployed model could be loaded from {settings.model_loc / 'models'}"
                 + (f" ({reasons})" if reasons else "") + "; run `edged init` first.")
+        registry = core.registry
+        core.admission.high_water_mb = high_water_mb(settings.memory_high_water_mb, rss_mb(),
+                                                     registry.budget_mb - registry.used_mb())
         core.serving = True
         if core.tts is not None:
             core.tts.loaded()
@@ -173,7 +186,8 @@ class Server:
             ctx.local_audio = LocalAudio(core)
             await self._start(ctx.local_audio)
         self._last_status = core.status_line()
-        _LOGGER.info("Ready: %s", self._last_status)
+        _LOGGER.info("Ready: %s; new streams refused past %.0f MB of RSS (memory_high_water_mb)",
+                     self._last_status, core.admission.high_water_mb)
         systemd.ready(self._last_status)
 
     async def _start(self, door: Door) -> None:
@@ -243,6 +257,7 @@ class Server:
             return
         core = ctx.services
         core.serving = False
+        deadline = time.monotonic() + self.settings.shutdown_grace_s + STOP_MARGIN_S
         streams = core.admission.total
         systemd.stopping(f"Stopping: draining {streams} stream(s)")
         _LOGGER.info("Stopping: draining %d stream(s), at most %d s", streams, self.settings.shutdown_grace_s)
@@ -254,7 +269,8 @@ class Server:
         await asyncio.gather(*(self._stop_door(door, grace) for door in doors))
         if self._http is not None:
             await self._http.stop()
-        await asyncio.to_thread(core.pools.shutdown)  # every pool the server made; waits STOP_WAIT_S at most
+        # Every pool the server made, waiting for running calls only until the deadline.
+        self.left_running = await asyncio.to_thread(core.pools.shutdown, max(0.0, deadline - time.monotonic()))
         core.registry.unload_all()
         _LOGGER.info("Stopped")
 
@@ -282,7 +298,15 @@ def run(settings: Settings) -> int:
         for handler in list(root.handlers):
             root.removeHandler(handler)
         root.addHandler(systemd.journal_handler())
-    return asyncio.run(serve(settings, default_installers()))
+    limit_allocator_arenas()  # before the server starts its threads
+    server = Server(settings, default_installers())
+    code = asyncio.run(server.serve())
+    if server.left_running:
+        # A running ONNX Runtime call cannot be interrupted, and the interpreter would wait for
+        # its thread at exit: leave now, within the stop's bound (everything else is stopped).
+        logging.shutdown()
+        os._exit(code)
+    return code
 
 
 __all__ = ["EXIT_BOOT_FAILURE", "EXIT_OK", "Server", "run", "serve"]

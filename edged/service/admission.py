@@ -1,5 +1,9 @@
 """Admission control: a stream gets a slot only while its service has one free and memory is not short.
 
+Memory is short when less than `memory_reserve_mb` is available on the machine, or when the
+server's own RSS is past its high-water mark (`memory_high_water_mb`; the allocator's free memory
+is given back first, and the stream is refused only if that does not bring RSS under the mark).
+
 The speech services wrap each request or stream in `async with ctx.admission.stream("asr", limit):`;
 when the server is full it raises ResourceExhaustedError at once (never queues), with the limit in
 the message, and each door answers with its own status for it (gRPC: RESOURCE_EXHAUSTED). A
@@ -129,12 +133,27 @@ class Slot:
             self.on_idle(error)
 
 
+def high_water_mb(setting: int | None, ready_rss_mb: float, budget_left_mb: float) -> float:
+    """The high-water mark `memory_high_water_mb` gives (None: `auto`, the RSS when the server
+    became ready plus what the models' budget had left then; 0: none)."""
+    if setting is not None:
+        return float(setting)
+    return ready_rss_mb + max(0.0, budget_left_mb)
+
+
 class Admission:
     """Counts open streams per service and refuses new ones beyond a limit or under memory pressure."""
 
-    def __init__(self, reserve_mb: float, available_mb: Callable[[], float]) -> None:
+    def __init__(self, reserve_mb: float, available_mb: Callable[[], float], high_water_mb: float = 0.0,
+                 rss_mb: Callable[[], float] = lambda: 0.0, release_memory: Callable[[], None] = lambda: None) -> None:
+        """`available_mb` and `rss_mb` read the machine's available memory and the server's RSS;
+        `release_memory` gives the allocator's free memory back; `high_water_mb` 0: RSS unchecked."""
         self._reserve_mb = reserve_mb
         self._available_mb = available_mb
+        self.high_water_mb = high_water_mb
+        """The server's RSS (MiB) past which new streams are refused; 0: no such check."""
+        self._rss_mb = rss_mb
+        self._release_memory = release_memory
         self.active: dict[str, int] = {}
         self.limits: dict[str, int] = {}
         self.draining = False
@@ -174,13 +193,23 @@ class Admission:
         return sum(self.active.values())
 
     def check_memory(self) -> None:
-        """ResourceExhaustedError if less than the reserve is available."""
+        """ResourceExhaustedError if less than the reserve is available, or if the server's RSS is
+        past the high-water mark even after giving back the allocator's free memory."""
         free = self._available_mb()
         if free < self._reserve_mb:
             metrics.REFUSED.labels(reason="memory").inc()
             raise ResourceExhaustedError(
                 f"Memory is short ({free:.0f} MB available, memory_reserve_mb={self._reserve_mb:.0f}); "
                 "try again later.")
+        if not self.high_water_mb or self._rss_mb() < self.high_water_mb:
+            return
+        self._release_memory()
+        rss = self._rss_mb()
+        if rss >= self.high_water_mb:
+            metrics.REFUSED.labels(reason="memory").inc()
+            raise ResourceExhaustedError(
+                f"The server's memory is past its high-water mark ({rss:.0f} MB in use, "
+                f"memory_high_water_mb={self.high_water_mb:.0f}); try again later.")
 
     def refuse_if_draining(self, service: str) -> None:
         """DrainingError while draining: a service calls this before anything else about a new

@@ -294,7 +294,8 @@ class AsrService(SpeechService):
                  admission: Admission) -> None:
         super().__init__(settings, executor, pools, registry, admission)
         self._interim_pool = pools.get("asr-interims", 1)
-        self.batcher = AsrBatcher(self._run_inference, self._run_interims, lanes=settings.inference_lanes)
+        self.batcher = AsrBatcher(self._run_inference, self._run_interims, lanes=settings.inference_lanes,
+                                  release_memory=memory.release_free_memory)
         """The one batcher every stream of this server goes through."""
         self._pipelines: dict[str, tuple[LoadedModel, LoadedModel, AsrModel]] = {}
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 from edged.config import Settings
 from edged.pipelines.pools import Pools
+from edged.service import memory
 from edged.service.admission import Admission
 from edged.service.asr import AsrService
 from edged.service.registry import ModelRegistry, ModelState, available_mb
@@ -63,7 +64,8 @@ class ServiceContext:
         thread pools taken from `pools`."""
         executor = pools.get("infer", INFERENCE_THREADS)
         registry = ModelRegistry(settings, executor)
-        admission = Admission(settings.memory_reserve_mb, available_mb)
+        admission = Admission(settings.memory_reserve_mb, available_mb, rss_mb=memory.rss_mb,
+                              release_memory=memory.release_free_memory)
         if settings.service_enabled_asr:
             admission.set_limit("asr", settings.asr_max_streams)
         if settings.service_enabled_tts:

@@ -2,7 +2,11 @@
 
 glibc's allocator keeps the memory a burst freed (many arenas, one per thread that allocated),
 so RSS stays near a large request's peak long after it. `release_free_memory()` asks glibc to
-return what it holds free (`malloc_trim`); elsewhere (musl, macOS) it does nothing.
+return what it holds free (`malloc_trim`), and `limit_allocator_arenas()`, called before the
+daemon starts its threads, keeps the threads from holding an arena each (a 20 MB Recognize
+peaked 250 MB higher with one arena per inference thread); elsewhere (musl, macOS) both do
+nothing. Recognition runs ONNX Runtime without its own arena for the same reason
+(edged.loader.ARENA_FREE_PIPELINES).
 """
 
 from __future__ import annotations
@@ -12,24 +16,47 @@ import ctypes.util
 import functools
 from collections.abc import Callable
 
+import psutil
+
 LARGE_REQUEST_BYTES = 1024 * 1024
 """A request of at least this many bytes of audio gives its memory back when it ends."""
+ALLOCATOR_ARENAS = 2
+"""glibc malloc arenas the daemon's threads share (glibc's default: 8 per core)."""
+_M_ARENA_MAX = -8
+"""mallopt's parameter number for the arena count (malloc.h)."""
 
 
 @functools.cache
-def _malloc_trim() -> Callable[[int], int] | None:
+def _libc() -> ctypes.CDLL | None:
     name = ctypes.util.find_library("c")
     if not name:
         return None
     try:
-        trim: Callable[[int], int] = ctypes.CDLL(name).malloc_trim
-    except (OSError, AttributeError):
+        return ctypes.CDLL(name)
+    except OSError:
         return None
-    return trim
+
+
+def _libc_function(name: str) -> Callable[..., int] | None:
+    libc = _libc()
+    function: Callable[..., int] | None = getattr(libc, name, None) if libc is not None else None
+    return function
+
+
+def rss_mb() -> float:
+    """This process's resident memory (RSS), in MiB."""
+    return float(psutil.Process().memory_info().rss) / 2**20
 
 
 def release_free_memory() -> None:
     """Return the allocator's free memory to the system (glibc; a few milliseconds)."""
-    trim = _malloc_trim()
+    trim = _libc_function("malloc_trim")
     if trim is not None:
         trim(0)
+
+
+def limit_allocator_arenas(count: int = ALLOCATOR_ARENAS) -> bool:
+    """Have glibc's threads share `count` malloc arenas (threads started later are bound by it);
+    False where the allocator has no such setting."""
+    mallopt = _libc_function("mallopt")
+    return mallopt is not None and mallopt(_M_ARENA_MAX, count) == 1

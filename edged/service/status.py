@@ -10,12 +10,11 @@ import os
 import time
 from dataclasses import dataclass, field
 
-import psutil
-
 from edged import __version__
 from edged.service.context import ServiceContext
 from edged.service.local_audio import LocalAudioStatus, MicrophoneStatus, SpeakerStatus
-from edged.service.registry import MIB, ModelEntry, ModelState, available_mb
+from edged.service.memory import rss_mb
+from edged.service.registry import ModelEntry, ModelState, available_mb
 
 
 @dataclass(frozen=True)
@@ -69,6 +68,8 @@ class ServerStatus:
     memory_budget_mb: float
     memory_available_mb: float
     rss_mb: float
+    memory_high_water_mb: float
+    """The RSS past which new streams are refused (memory_high_water_mb); 0: none."""
     listen: str
     """address:port of the gRPC door."""
     microphone: MicrophoneStatus = field(default_factory=MicrophoneStatus)
@@ -101,7 +102,8 @@ def server_status(core: ServiceContext, local: LocalAudioStatus | None = None) -
                  for s in sorted({*admission.active, *admission.limits})],
         memory_budget_mb=core.registry.budget_mb,
         memory_available_mb=available_mb(),
-        rss_mb=psutil.Process().memory_info().rss / MIB,
+        rss_mb=rss_mb(),
+        memory_high_water_mb=admission.high_water_mb,
         listen=f"{core.settings.listen_address}:{core.settings.riva_speech_api_port}",
         microphone=local.microphone, speaker=local.speaker,
     )
