@@ -166,8 +166,14 @@ _REQUESTS: dict[str, Any] = {
 """The events a client may send, by type, and the class that reads each."""
 
 
+READ_AHEAD_S = 4.0
+"""Seconds of a client's audio read ahead of recognition: a client that sends faster than real
+time (a whole command at once) has it recognised in a few large feeds rather than chunk by chunk."""
+
+
 class _Transcription:
-    """One `audio-start` ... `audio-stop` of a connection: its session and the text so far."""
+    """One `audio-start` ... `audio-stop` of a connection: its session, the audio read ahead of
+    it (fed by `feed_queued`, joined), and the text so far."""
 
     def __init__(self, session: AsrSession, start: AudioStart) -> None:
         self.session = session
@@ -176,6 +182,51 @@ class _Transcription:
         self.converter = AudioChunkConverter(width=2) if start.width != 2 else None
         self.sender: asyncio.Task[None] | None = None
         """Sends each final as a transcript-chunk the moment it is decoded; ends after audio-stop's."""
+        self.feeder: asyncio.Task[None] | None = None
+        """Runs `feed_queued`."""
+        self._queued: list[bytes] = []
+        self._queued_bytes = 0
+        self._most_bytes = max(1, int(READ_AHEAD_S * start.rate * 2 * start.channels))
+        self._arrived = asyncio.Event()
+        self.room = asyncio.Event()
+        """Set while less than READ_AHEAD_S is queued (the client's next chunk may be read)."""
+        self.room.set()
+        self._ended = False
+        self.error: Exception | None = None
+        """What ended the feeding early (bad audio, a limit): the door's next event raises it."""
+
+    def queue(self, audio: bytes) -> None:
+        """Audio for `feed_queued`; `room` is cleared past READ_AHEAD_S."""
+        self._queued.append(audio)
+        self._queued_bytes += len(audio)
+        self._arrived.set()
+        if self._queued_bytes >= self._most_bytes:
+            self.room.clear()
+
+    def end(self) -> None:
+        """audio-stop: `feed_queued` feeds what is queued, then finishes the session."""
+        self._ended = True
+        self._arrived.set()
+
+    async def feed_queued(self) -> None:
+        """The feeding task: whatever has been queued since the last feed, as one feed; then
+        (after `end`) the session's finish. An error stops the feeding and is kept in `error`."""
+        while True:
+            await self._arrived.wait()
+            self._arrived.clear()
+            while self._queued:
+                audio = b"".join(self._queued)
+                self._queued, self._queued_bytes = [], 0
+                self.room.set()
+                if self.error is None:
+                    try:
+                        await self.session.feed(audio)
+                    except Exception as exc:  # noqa: BLE001 - raised by the door at the client's next event
+                        self.error = exc
+            if self._ended:
+                if self.error is None:
+                    await self.session.finish()
+                return
 
 
 class WyomingHandler(AsyncEventHandler):
@@ -340,8 +391,11 @@ class WyomingHandler(AsyncEventHandler):
         self._refused = ""
         language = asr.models()[session.model_name].language_code
         await self.write_event(TranscriptStart(language=language).event())
-        self._asr.sender = asyncio.get_running_loop().create_task(self._send_finals(self._asr))
+        loop = asyncio.get_running_loop()
+        self._asr.sender = loop.create_task(self._send_finals(self._asr))
         self._stack.callback(self._asr.sender.cancel)
+        self._asr.feeder = loop.create_task(self._asr.feed_queued())
+        self._stack.callback(self._asr.feeder.cancel)
 
     async def _audio_chunk(self, chunk: AudioChunk) -> None:
         asr = self._asr
@@ -355,9 +409,12 @@ class WyomingHandler(AsyncEventHandler):
             raise AudioFormatError(
                 f"audio-chunk is {chunk.rate} Hz, width {chunk.width}, {chunk.channels} channel(s), but "
                 f"audio-start said {start.rate} Hz, width {start.width}, {start.channels}.")
+        if asr.error is not None:
+            raise asr.error
         if asr.converter is not None:
             chunk = asr.converter.convert(chunk)
-        await asr.session.feed(chunk.audio)
+        asr.queue(chunk.audio)
+        await asr.room.wait()
 
     async def _send_finals(self, asr: _Transcription) -> None:
         try:
@@ -379,7 +436,11 @@ class WyomingHandler(AsyncEventHandler):
                 return
             raise AudioFormatError("audio-stop came before audio-start; send audio-start, audio-chunks, "
                                    "then audio-stop.")
-        await asr.session.finish()
+        asr.end()
+        if asr.feeder is not None:
+            await asr.feeder  # the audio read ahead is recognised, the session finished
+        if asr.error is not None:
+            raise asr.error
         if asr.sender is not None:
             await asr.sender  # every final is out as a transcript-chunk
         language = common.asr_service(self._ctx).models()[asr.session.model_name].language_code
