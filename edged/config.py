@@ -232,7 +232,12 @@ def normal_origin(text: str) -> str:
     if parts.scheme not in ("http", "https") or not parts.hostname or parts.path not in ("", "/") \
             or parts.query or parts.fragment or parts.username or parts.password:
         raise ValueError(f"not an origin: {text!r}")
-    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    if ":" in parts.hostname:  # an IPv6 literal (older Pythons let malformed brackets through)
+        host = f"[{ipaddress.ip_address(parts.hostname)}]"
+    elif re.fullmatch(r"[a-z0-9_.-]+", parts.hostname):  # browsers send names in punycode
+        host = parts.hostname
+    else:
+        raise ValueError(f"not an origin: {text!r}")
     port = parts.port  # ValueError for a port that is no number
     default = 443 if parts.scheme == "https" else 80
     return f"{parts.scheme}://{host}" + (f":{port}" if port and port != default else "")
