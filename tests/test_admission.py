@@ -182,3 +182,35 @@ def test_a_slot_ends_streams_whose_client_keeps_them_waiting() -> None:
             "The client sent nothing for 0.6 s; the asr stream was ended (asr_stream_idle_timeout_s)."]
 
     asyncio.run(scenario())
+
+
+def test_settled_waits_for_the_last_open_stream_to_end_its_clean_up() -> None:
+    """A stopping server waits here before it shuts its pools: a session still cleaning up
+    after its door cancelled it holds its slot until the clean-up ends."""
+    admission = Admission(reserve_mb=0, available_mb=lambda: 1e6)
+
+    async def main() -> tuple[bool, bool, bool, float]:
+        assert await admission.settled(0.0)  # nothing open
+        cleaned = asyncio.Event()
+
+        async def session() -> None:
+            async with admission.stream("tts", 2):
+                try:
+                    await asyncio.sleep(60)
+                finally:  # a cancelled stream's clean-up, still under its slot
+                    await asyncio.sleep(0.2)
+                    cleaned.set()
+
+        task = asyncio.create_task(session())
+        await asyncio.sleep(0.05)
+        early = await admission.settled(0.05)  # open, and its client is not done
+        task.cancel()
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        settled = await admission.settled(5.0)
+        return early, settled, cleaned.is_set(), loop.time() - started
+
+    early, settled, cleaned, waited = asyncio.run(main())
+    assert not early
+    assert settled and cleaned and waited < 2.0
+    assert admission.total == 0

@@ -269,6 +269,9 @@ class Server:
         await asyncio.gather(*(self._stop_door(door, grace) for door in doors))
         if self._http is not None:
             await self._http.stop()
+        # Cancelled calls end their streams' work on the pools: let them, then shut the pools.
+        if not await core.admission.settled(max(0.0, deadline - time.monotonic())):
+            _LOGGER.warning("%d stream(s) still open at the stop's deadline", core.admission.total)
         # Every pool the server made, waiting for running calls only until the deadline.
         self.left_running = await asyncio.to_thread(core.pools.shutdown, max(0.0, deadline - time.monotonic()))
         core.registry.unload_all()

@@ -24,6 +24,7 @@ its limit (see `load_ratio`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import logging
 import time
@@ -157,6 +158,8 @@ class Admission:
         self.active: dict[str, int] = {}
         self.limits: dict[str, int] = {}
         self.draining = False
+        self._none_open = asyncio.Event()
+        """Set as the last open stream ends (awaited by `settled`)."""
 
     def set_limit(self, service: str, limit: int) -> None:
         """Declare `service`'s stream limit (0: none) so its capacity shows before its first stream."""
@@ -191,6 +194,16 @@ class Admission:
     def total(self) -> int:
         """Streams open across all services."""
         return sum(self.active.values())
+
+    async def settled(self, timeout_s: float) -> bool:
+        """Wait until no stream is open (their sessions have ended, clean-up included), at most
+        `timeout_s`; whether none is. A stopping server waits here after its doors have cancelled
+        their calls, before it shuts the pools that a stream's clean-up still uses."""
+        if self.total:
+            self._none_open.clear()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._none_open.wait(), timeout_s)
+        return not self.total
 
     def check_memory(self) -> None:
         """ResourceExhaustedError if less than the reserve is available, or if the server's RSS is
@@ -246,6 +259,8 @@ class Admission:
         finally:
             slot.release()
             self.active[service] -= 1
+            if not self.total:
+                self._none_open.set()
             metrics.ACTIVE_STREAMS.labels(service=service).dec()
             self._publish_load()
             _LOGGER.debug("%s stream closed after %.2f s", service, time.monotonic() - started)

@@ -243,7 +243,18 @@ class TtsService(SpeechService):
                     yield chunk
             finally:
                 if not finished:  # ends the voice's work on the request (lane runs cancelled or awaited)
-                    await _settled(asyncio.get_running_loop().run_in_executor(self._steps, steps.close))
+                    await self._close_steps(steps)
+
+    async def _close_steps(self, steps: Generator[AudioChunk, None, None]) -> None:
+        """End a request's synthesis on the service's executor. Once the server's pools are shut
+        down (a stream cancelled as the daemon stops) there is nothing to close it on, and no need:
+        its voice's lane pools were shut down with them."""
+        try:
+            closing = asyncio.get_running_loop().run_in_executor(self._steps, steps.close)
+        except RuntimeError:
+            _LOGGER.debug("Pools already shut down; the synthesis ends with the process")
+            return
+        await _settled(closing)
 
     async def client_wait(self, awaitable: Awaitable[T], waiting_for: str) -> T:
         """`awaitable` (a write the client must read, or its next request) within

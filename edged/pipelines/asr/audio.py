@@ -238,7 +238,9 @@ class AudioDecoder:
         try:
             samples, rate = soundfile.read(io.BytesIO(data), dtype="float32", always_2d=True)
         except (RuntimeError, soundfile.LibsndfileError) as exc:
-            raise AudioFormatError(f"The FLAC audio cannot be decoded: {exc}.") from None
+            # libsndfile's own words, without the "Error opening <BytesIO object at 0x...>" around them
+            reason = (getattr(exc, "error_string", "") or str(exc).rsplit(": ", 1)[-1]).removeprefix("Error : ")
+            raise AudioFormatError(f"The FLAC audio cannot be decoded: {reason.rstrip('.')}.") from None
         SampleFormat("FLAC", 2, rate, samples.shape[1]).check()
         self._check_channel(samples.shape[1])
         return self._convert(samples, rate, last=True)
