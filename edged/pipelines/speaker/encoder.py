@@ -1,0 +1,59 @@
+"""A speaker encoder: audio in, one unit-length embedding out (cosine similarity = dot product)."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+
+from edged.errors import ModelLoadError
+from edged.loader import LoadedModel
+from edged.pipelines.speaker.features import FrontEndSettings, SpeakerFeatures
+
+MAX_BATCH = 64
+"""Encoder windows per network run (the top of the RMIR's batch range)."""
+
+
+def unit(vectors: np.ndarray) -> np.ndarray:
+    """Rows scaled to length 1 (a zero row stays zero)."""
+    norms = np.linalg.norm(vectors, axis=-1, keepdims=True)
+    return (vectors / np.maximum(norms, 1e-12)).astype(np.float32)
+
+
+class SpeakerEncoder:
+    """Embeds utterances with a deployed `speaker` model (network `embedder`)."""
+
+    def __init__(self, model: LoadedModel) -> None:
+        if "embedder" not in model.sessions:
+            raise ModelLoadError(f"Model {model.name} has no 'embedder' network; rebuild its RMIR.")
+        params = model.manifest.parameters
+        self.name = model.name
+        self.session = model.sessions["embedder"]
+        self.features = SpeakerFeatures(FrontEndSettings.from_parameters(params.get("frontend", {})))
+        self.input = str(params.get("input", self.session.inputs[0].name))
+        self.output = str(params.get("output", self.session.outputs[0].name))
+        self.sample_rate = self.features.settings.sample_rate
+        self.dim = int(params.get("embedding_dim", 256))
+
+    @property
+    def window_samples(self) -> int:
+        """Audio one encoder window covers."""
+        s = self.features.settings
+        return s.n_fft + (s.window_frames - 1) * s.hop_length
+
+    def embed(self, audio: np.ndarray) -> np.ndarray:
+        """The speaker's embedding [dim] of one utterance: its windows embedded, each normalised,
+        averaged and normalised again."""
+        return self.embed_many([audio])[0]
+
+    def embed_many(self, audios: list[np.ndarray]) -> np.ndarray:
+        """Embeddings [len(audios), dim] of several utterances, their windows run in shared batches."""
+        if not audios:
+            return np.zeros((0, self.dim), np.float32)
+        windows = [self.features.windows(a) for a in audios]
+        stacked = np.concatenate(windows)
+        outs = [self.session.run({self.input: stacked[i:i + MAX_BATCH]}, [self.output])[self.output]
+                for i in range(0, len(stacked), MAX_BATCH)]
+        per_window = unit(np.concatenate(outs))
+        bounds = np.cumsum([0] + [len(w) for w in windows])
+        return unit(np.stack([per_window[a:b].mean(axis=0) for a, b in itertools.pairwise(bounds)]))
