@@ -10,6 +10,9 @@ from edged.errors import ModelLoadError
 from edged.loader import LoadedModel
 from edged.pipelines.speaker.features import FrontEndSettings, SpeakerFeatures
 
+DEFAULT_THRESHOLD = 0.6
+"""Clustering threshold of a model whose manifest gives none (tuned on the voicefilter encoder)."""
+
 MAX_BATCH = 64
 """Encoder windows per network run (the top of the RMIR's batch range)."""
 
@@ -34,6 +37,8 @@ class SpeakerEncoder:
         self.output = str(params.get("output", self.session.outputs[0].name))
         self.sample_rate = self.features.settings.sample_rate
         self.dim = int(params.get("embedding_dim", 256))
+        self.cluster_threshold = float(params.get("cluster_threshold", DEFAULT_THRESHOLD))
+        """Cosine similarity above which groups of utterances are one speaker."""
 
     @property
     def window_samples(self) -> int:
