@@ -3,6 +3,9 @@
 
 from __future__ import annotations
 
+import importlib.util
+import subprocess
+import sys
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +19,7 @@ from edged.backends import BackendOptions
 from edged.client.speakerbench import equal_error_rate, pair_scores
 from edged.pipelines.speaker.clustering import cluster_speakers
 from edged.pipelines.speaker.diarize import DiarizeOptions, SpeakerTurn, pieces, speaker_at
-from edged.pipelines.speaker.encoder import unit
+from edged.pipelines.speaker.encoder import SpeakerEncoder, unit
 from edged.pipelines.tts import TtsModel
 from edged.repository.deploy import deploy
 from edged.repository.records import DeployTarget
@@ -171,3 +174,29 @@ def test_negative_max_speaker_count_is_refused(address: str) -> None:
         asr.offline_recognize(bytes(RATE * 2), cfg)
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "max_speaker_count" in str(caught.value.details())
+
+
+def test_speaker_bench_on_espeak_voices(speaker_encoder: SpeakerEncoder) -> None:
+    """`edged bench speakers`' figures on espeak-ng's six voices: pairs of every kind, an EER
+    well under chance, a DER where pyannote.metrics is installed, a CPU cost."""
+    from edged.client.speakerbench import bench_speakers, espeak_utterances
+
+    utterances = espeak_utterances()
+    figures = bench_speakers(speaker_encoder, utterances, conversations=2)
+    count = len(utterances)
+    assert figures.same_pairs + figures.different_pairs == count * (count - 1) // 2
+    assert figures.speakers == 6 and figures.eer < 0.25
+    assert figures.cpu_per_audio_s > 0
+    if importlib.util.find_spec("pyannote") is not None:
+        assert figures.der is not None and 0.0 <= figures.der < 0.5
+        assert figures.conversations == 2
+    assert "EER" in figures.text()
+
+
+def test_bench_without_a_speaker_model_says_what_to_do(tmp_path: Path) -> None:
+    """`edged bench speakers` where none is deployed: exit 1, one line naming models_speaker."""
+    (tmp_path / "config.sh").write_text(f'model_loc="{tmp_path / "repo"}"\n', encoding="utf-8")
+    proc = subprocess.run([sys.executable, "-m", "edged", "bench", "speakers", "-c", str(tmp_path / "config.sh"),
+                           "--no-espeak"], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert proc.returncode != 0
+    assert "models_speaker" in proc.stderr and "Traceback" not in proc.stderr

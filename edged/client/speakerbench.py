@@ -15,6 +15,7 @@ import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -22,6 +23,9 @@ from edged.audio.resample import resample
 from edged.errors import ConfigError
 from edged.pipelines.speaker.diarize import DiarizeOptions, SpeakerTurn, diarize
 from edged.pipelines.speaker.encoder import SpeakerEncoder
+
+if TYPE_CHECKING:
+    from edged.config import Settings
 
 ESPEAK_VOICES = ("en-us", "en+f3", "en-gb-x-rp+m2", "en+f5", "en-us+m7", "en-029+f2")
 """espeak-ng voice variants that act as extra speakers."""
@@ -201,3 +205,19 @@ def bench_speakers(encoder: SpeakerEncoder, utterances: list[Utterance], convers
         conversations=len(every), der=float(np.mean(every)) if every else None,
         der_by_speakers={k: float(np.mean(v)) for k, v in by_count.items()},
         cpu_per_audio_s=cpu / audio_s)
+
+
+def deployed_encoder(settings: Settings, name: str = "") -> SpeakerEncoder:
+    """The speaker model `name` (or the first) deployed in config.sh's model repository, loaded here."""
+    from edged.backends import BackendOptions
+    from edged.backends.probe import probe
+    from edged.loader import load_model
+    from edged.repository.records import current_target, list_models
+
+    target = current_target(probe(), settings.backend)
+    found = [m for m in list_models(settings.model_loc / "models", target)
+             if m.manifest is not None and m.manifest.pipeline == "speaker" and (not name or m.name == name)]
+    if not found:
+        raise ConfigError(f"No speaker model {name or ''} is deployed in {settings.model_loc}; add "
+                          "builtin:voicefilter-dvector to models_speaker in config.sh and run `edged init`.")
+    return SpeakerEncoder(load_model(found[0], BackendOptions.from_settings(settings)))
