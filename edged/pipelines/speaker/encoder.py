@@ -24,19 +24,24 @@ def unit(vectors: np.ndarray) -> np.ndarray:
 
 
 class SpeakerEncoder:
-    """Embeds utterances with a deployed `speaker` model (network `embedder`)."""
+    """Embeds utterances with a deployed `speaker` model: its network `embedder` (or its only network,
+    as `edged build speaker OUT.rmir my.onnx --name NAME` packs a user's own encoder), which takes
+    windows of log-mel frames [batch, frames, mels] and gives an embedding [batch, dim]."""
 
     def __init__(self, model: LoadedModel) -> None:
-        if "embedder" not in model.sessions:
-            raise ModelLoadError(f"Model {model.name} has no 'embedder' network; rebuild its RMIR.")
+        sessions = model.sessions
+        if "embedder" not in sessions and len(sessions) != 1:
+            raise ModelLoadError(f"Model {model.name} has no 'embedder' network; rebuild its RMIR "
+                                 "with its speaker encoder named embedder (or as its only network).")
         params = model.manifest.parameters
         self.name = model.name
-        self.session = model.sessions["embedder"]
+        self.session = sessions["embedder"] if "embedder" in sessions else next(iter(sessions.values()))
         self.features = SpeakerFeatures(FrontEndSettings.from_parameters(params.get("frontend", {})))
         self.input = str(params.get("input", self.session.inputs[0].name))
         self.output = str(params.get("output", self.session.outputs[0].name))
         self.sample_rate = self.features.settings.sample_rate
-        self.dim = int(params.get("embedding_dim", 256))
+        last = self.session.outputs[0].shape[-1] if self.session.outputs[0].shape else None
+        self.dim = int(params.get("embedding_dim") or (last if isinstance(last, int) else 256))
         self.cluster_threshold = float(params.get("cluster_threshold", DEFAULT_THRESHOLD))
         """Cosine similarity above which groups of utterances are one speaker."""
 
