@@ -91,6 +91,7 @@ def bench_speakers_command(
         help="JSON lines with audio (path relative to it) and speaker per clip, e.g. an evalcorpus.")] = None,
     espeak: Annotated[bool, typer.Option(help="Add espeak-ng's voices as extra speakers.")] = True,
     conversations: Annotated[int, typer.Option(min=0, max=1000, help="Simulated conversations for DER.")] = 12,
+    seed: Annotated[int, typer.Option(help="Seed of the simulated conversations.")] = 0,
     model: Annotated[str, typer.Option(help="The deployed speaker model (default: the first).")] = "",
     config: ConfigOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the figures as JSON.")] = False,
@@ -102,5 +103,5 @@ def bench_speakers_command(
     setup_logging("WARNING")
     encoder = deployed_encoder(load_config(config), model)
     utterances = (evalcorpus_utterances(manifest) if manifest else []) + (espeak_utterances() if espeak else [])
-    figures = bench_speakers(encoder, utterances, conversations)
+    figures = bench_speakers(encoder, utterances, conversations, seed)
     typer.echo(figures.json() if as_json else figures.text())

@@ -11,7 +11,9 @@ from edged.loader import LoadedModel
 from edged.pipelines.speaker.features import FrontEndSettings, SpeakerFeatures
 
 DEFAULT_THRESHOLD = 0.6
-"""Clustering threshold of a model whose manifest gives none (tuned on the voicefilter encoder)."""
+"""Clustering threshold of a model whose manifest gives none. With the voicefilter encoder on 12
+simulated conversations (`edged bench speakers`, seed 0), DER by threshold: 0.5: 4.7 %, 0.55: 5.0 %,
+0.6: 2.7 %, 0.65: 2.2 %, 0.7: 9.2 %, 0.8: 22 %; 0.6 keeps away from the cliff above 0.65."""
 
 MAX_BATCH = 64
 """Encoder windows per network run (the top of the RMIR's batch range)."""
