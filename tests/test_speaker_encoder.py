@@ -74,3 +74,11 @@ def test_embed_many_matches_embed(speaker_encoder: SpeakerEncoder) -> None:
     cosines = (together * alone).sum(axis=1)
     assert cosines.min() > 0.98, cosines
     assert speaker_encoder.embed_many([]).shape == (0, 256)
+
+
+def test_speaking_leaves_phonemes_as_they_were() -> None:
+    """espeak-ng's synthesis (another voice, a callback) does not change the phonemes Piper gets."""
+    before = Espeak.phonemize("The birch canoe slid on the smooth planks.", "en-us")
+    pcm, rate = Espeak.speak("Hello there.", "en+f3")
+    assert rate > 8000 and len(pcm) > rate // 4 and np.abs(pcm).max() > 1000
+    assert Espeak.phonemize("The birch canoe slid on the smooth planks.", "en-us") == before
