@@ -148,7 +148,7 @@ def default_rmirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
     out_dir = tmp_path_factory.mktemp("default-rmirs")
     rmirs = {}
-    for name in BUILTINS:
+    for name in (n for n, (pipeline, _, _) in BUILTINS.items() if pipeline != "wake_word"):
         work = out_dir / f"work-{name}"
         work.mkdir()
         rmirs[name] = out_dir / f"{name}.rmir"
@@ -167,6 +167,27 @@ def default_repo(tmp_path_factory: pytest.TempPathFactory, default_rmirs: dict[s
     for name in ("moonshine-base-en", "silero-vad", "piper-joe-medium"):
         deploy(RmirRef(default_rmirs[name]), repo / "models", cpu_target, BackendOptions())
     return repo
+
+
+WAKE_WORDS = ("wake-okay-nabu", "wake-hey-jarvis", "wake-alexa", "wake-hey-mycroft")
+
+
+@pytest.fixture(scope="session")
+def wake_rmirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The four wake-word RMIRs built from the installed pymicro-wakeword, once per test session."""
+    for module in ("pymicro_wakeword", "micro_features_cpp"):
+        if importlib.util.find_spec(module) is None:
+            pytest.skip(f"{module} is not installed (pip install 'edged[wake]')")
+    from edged.importers import builtin_source
+
+    out_dir = tmp_path_factory.mktemp("wake-rmirs")
+    rmirs = {}
+    for name in WAKE_WORDS:
+        work = out_dir / f"work-{name}"
+        work.mkdir()
+        rmirs[name] = out_dir / f"{name}.rmir"
+        build_rmir(builtin_source(name, work), RmirRef(rmirs[name]))
+    return rmirs
 
 
 @pytest.fixture(scope="session")
