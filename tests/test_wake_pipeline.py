@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from edged.backends import BackendOptions
+from edged.client.wake_audio import espeak, mix_at_snr, pcm16, pink_noise, silence
 from edged.errors import ModelImportError, RmirError
 from edged.importers import source_for_build
 from edged.loader import load_model
@@ -24,7 +25,6 @@ from edged.repository.deploy import deploy
 from edged.repository.records import DeployTarget, list_models
 from edged.rmir import RmirRef, read_manifest
 from edged.rmir.build import build_rmir
-from tests.wake_audio import espeak, mix_at_snr, pcm16, pink_noise, silence
 
 PROBABILITY_TOLERANCE = 1e-6
 POSITIVES = {"wake-okay-nabu": "Okay, Nabu.", "wake-alexa": "Alexa.", "wake-hey-mycroft": "Hey Mycroft."}

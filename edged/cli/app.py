@@ -38,6 +38,7 @@ class Pipeline(str, Enum):
     speech_recognition = "speech_recognition"
     speech_synthesis = "speech_synthesis"
     vad = "vad"
+    wake_word = "wake_word"
 
 
 def progress_bar(label: str) -> Any:

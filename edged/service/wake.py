@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from edged.audio.resample import StreamResampler, float_to_pcm16, pcm16_to_float
-from edged.errors import AudioFormatError, UnknownWakeWordError
+from edged.errors import AudioFormatError, DrainingError, IdleTimeoutError, UnknownWakeWordError
 from edged.pipelines.wake.detector import SAMPLE_RATE, Detection, WakeListener, WakeWordModel
 from edged.service import metrics
 from edged.service.admission import Slot, Waiting
@@ -89,6 +89,12 @@ class WakeSession:
             audio = self._resampler.process(audio)
         return self._listener.accept(float_to_pcm16(np.asarray(audio, dtype=np.float32)))
 
+    def on_idle(self, tell: Callable[[IdleTimeoutError], None]) -> None:
+        """Call `tell` when the client has sent nothing for wake_stream_idle_timeout_s (its slot then
+        ends the stream)."""
+        if self._slot is not None:
+            self._slot.on_idle = tell
+
     def close(self) -> None:
         """Free the session's interpreters."""
         self._listener.close()
@@ -138,8 +144,13 @@ class WakeService(SpeechService):
         return chosen
 
     async def run(self, step: Callable[[bytes], list[Detection]], pcm: bytes) -> list[Detection]:
-        """Run a session's listening step on the service's executor."""
-        return await asyncio.get_running_loop().run_in_executor(self._runs, step, pcm)
+        """Run a session's listening step on the service's executor; DrainingError once the server
+        has shut its pools (a stream still sending as the daemon stops)."""
+        try:
+            running = asyncio.get_running_loop().run_in_executor(self._runs, step, pcm)
+        except RuntimeError:
+            raise DrainingError("The server is stopping; connect again once it is back.") from None
+        return await running
 
     async def _model(self, name: str) -> WakeWordModel:
         loaded = await self._registry.use(name)

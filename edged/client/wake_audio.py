@@ -1,4 +1,5 @@
-"""Test audio for wake words: phrases spoken by espeak-ng voices, noise mixed at a given SNR.
+"""Audio for wake-word tests and `edged bench wake`: phrases spoken by espeak-ng voices, inside
+longer speech, with noise mixed at a given SNR.
 
 espeak-ng's library and data come from the `espeakng-loader` wheel edged already uses for
 phonemes; here it speaks (AUDIO_OUTPUT_SYNCHRONOUS with a callback that keeps the samples).
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import ctypes
 import threading
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -17,14 +19,27 @@ RATE = 16000
 _SYNCHRONOUS = 2
 _CALLBACK = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.c_void_p)
 _lock = threading.Lock()
-_state: dict[str, object] = {}
+
+
+@dataclass
+class _Espeak:
+    """The library, initialised once in synchronous mode, and the samples its callback keeps."""
+
+    lib: ctypes.CDLL
+    rate: int
+    chunks: list[np.ndarray]
+    callback: object
+    """Kept referenced: the library calls it."""
+
+
+_espeak_once: list[_Espeak] = []
 
 ESPEAK_VOICES = ("en-us+m3", "en-us+f2", "en+m1", "en+f3", "en-us+m5", "en+f4", "en-us+m1", "en+m3")
 """espeak-ng voices (language + variant) that speak the positives."""
 
 
-def _espeak() -> tuple[ctypes.CDLL, int, list[np.ndarray]]:
-    if "lib" not in _state:
+def _espeak() -> _Espeak:
+    if not _espeak_once:
         import espeakng_loader
 
         lib = ctypes.CDLL(espeakng_loader.get_library_path())
@@ -42,14 +57,15 @@ def _espeak() -> tuple[ctypes.CDLL, int, list[np.ndarray]]:
 
         callback = _CALLBACK(keep)
         lib.espeak_SetSynthCallback(callback)
-        _state.update(lib=lib, rate=rate, chunks=chunks, callback=callback)
-    return _state["lib"], int(_state["rate"]), _state["chunks"]  # type: ignore[return-value]
+        _espeak_once.append(_Espeak(lib, int(rate), chunks, callback))
+    return _espeak_once[0]
 
 
 def espeak(text: str, voice: str, words_per_minute: int = 150) -> np.ndarray:
     """`text` spoken by espeak-ng's `voice`, as float32 at 16 kHz."""
     with _lock:
-        lib, rate, chunks = _espeak()
+        engine = _espeak()
+        lib, rate, chunks = engine.lib, engine.rate, engine.chunks
         chunks.clear()
         if lib.espeak_SetVoiceByName(voice.encode()) != 0:
             raise ValueError(f"espeak-ng has no voice {voice!r}")
@@ -90,3 +106,40 @@ def pcm16(audio: np.ndarray) -> bytes:
 def silence(seconds: float) -> np.ndarray:
     """Digital silence at 16 kHz."""
     return np.zeros(int(seconds * RATE), np.float32)
+
+
+WAKE_PHRASES = {"wake-okay-nabu": "Okay, Nabu.", "wake-alexa": "Alexa.", "wake-hey-mycroft": "Hey Mycroft.",
+                "wake-hey-jarvis": "Hey Jarvis."}
+"""What each built-in wake word's phrase is written as for a synthesiser."""
+
+CARRIER_SENTENCES = (
+    "The library opens at nine on weekdays.",
+    "We walked along the river until the rain started.",
+    "Please put the groceries in the kitchen.",
+    "The meeting moved to the second floor.",
+)
+"""Ordinary speech around a wake phrase (before it, and the command after it)."""
+
+
+@dataclass(frozen=True)
+class Positive:
+    """A wake phrase inside longer speech: its audio and where the phrase's sound ends (s)."""
+
+    audio: np.ndarray
+    phrase_end_s: float
+    voice: str
+    snr_db: float | None
+
+
+def positive(phrase: np.ndarray, before: np.ndarray, after: np.ndarray, snr_db: float | None,
+             seed: int, voice: str = "") -> Positive:
+    """`before`, a pause, the phrase, a pause, `after` (the command), with pink noise at `snr_db`
+    (None: clean)."""
+    parts = [silence(0.4), before, silence(0.6), phrase]
+    loud = np.flatnonzero(np.abs(phrase) > 0.02 * np.max(np.abs(phrase)))
+    trailing = len(phrase) - (int(loud[-1]) + 1 if len(loud) else len(phrase))
+    end = (sum(len(p) for p in parts) - trailing) / RATE  # where the voice stops, not its padding
+    speech = np.concatenate([*parts, silence(0.5), after, silence(0.4)])
+    if snr_db is not None:
+        speech = mix_at_snr(speech, pink_noise(len(speech) / RATE, seed), snr_db)
+    return Positive(speech, end, voice, snr_db)
