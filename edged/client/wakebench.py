@@ -106,8 +106,9 @@ async def _read(client: AsyncTcpClient) -> Event:
     return event
 
 
-async def listen(host: str, port: int, pcm: bytes, pace: float = 0.0) -> tuple[list[Detection], list[float]]:
-    """One stream: detect (any), the audio in CHUNK_SAMPLES chunks (`pace` 1.0: in real time), stop;
+async def listen(host: str, port: int, pcm: bytes, names: list[str], pace: float = 0.0
+                 ) -> tuple[list[Detection], list[float]]:
+    """One stream: detect `names`, the audio in CHUNK_SAMPLES chunks (`pace` 1.0: in real time), stop;
     the detections and when each arrived (monotonic s), and the send time of every chunk start."""
     found: list[Detection] = []
     arrived: list[float] = []
@@ -121,7 +122,7 @@ async def listen(host: str, port: int, pcm: bytes, pace: float = 0.0) -> tuple[l
                     arrived.append(time.monotonic())
 
         reader = asyncio.get_running_loop().create_task(receive())
-        await client.write_event(Detect().event())
+        await client.write_event(Detect(names=names).event())
         await client.write_event(AudioStart(rate=RATE, width=2, channels=1).event())
         step = CHUNK_SAMPLES * 2
         start = time.monotonic()
@@ -204,21 +205,22 @@ async def _gather_limited(jobs: list[Awaitable[T]], limit: int) -> list[T]:
 
 def run_wake_bench(host: str, port: int, pid: int | None, corpus: Path | None = None,
                    streams: int = 8, voices: tuple[str, ...] = ESPEAK_VOICES,
-                   cpu_seconds: float = 10.0) -> WakeBenchReport:
-    """Every figure of the module's docstring against the server at host:port."""
+                   cpu_seconds: float = 10.0, words: tuple[str, ...] = ()) -> WakeBenchReport:
+    """Every figure of the module's docstring against the server at host:port (`words`: only
+    these built-in wake words; empty: every one it serves)."""
     report = WakeBenchReport(streams=streams)
 
     async def measure() -> None:
         info = await _info(host, port)
         served = [m.name for p in info.wake for m in p.models]
-        names = [n for n in WAKE_PHRASES if n in served]
+        names = [n for n in WAKE_PHRASES if n in served and (not words or n in words)]
         if not names:
             raise RuntimeError(f"The server at {host}:{port} serves none of {', '.join(WAKE_PHRASES)}.")
         tts: dict[str, np.ndarray | None] = {}
         for text in [*(WAKE_PHRASES[n] for n in names), *CARRIER_SENTENCES[:2], *PASSAGES]:
             tts[text] = await _synthesize(host, port, text) if info.tts else None
         clips = _positives(tts, names, voices)
-        heard = await _gather_limited([listen(host, port, pcm16(c.audio)) for _, c in clips], streams)
+        heard = await _gather_limited([listen(host, port, pcm16(c.audio), names) for _, c in clips], streams)
         for snr in SNRS:
             label = _snr_label(snr)
             rows = [(n, c, h) for (n, c), h in zip(clips, heard, strict=True) if c.snr_db == snr]
@@ -229,7 +231,7 @@ def run_wake_bench(host: str, port: int, pid: int | None, corpus: Path | None = 
         negatives += [a for p in PASSAGES if (a := tts.get(p)) is not None]
         negatives += _corpus(corpus) if corpus else []
         report.speech_s = sum(len(a) for a in negatives) / RATE
-        heard_neg = await _gather_limited([listen(host, port, pcm16(a)) for a in negatives], streams)
+        heard_neg = await _gather_limited([listen(host, port, pcm16(a), names) for a in negatives], streams)
         report.false_accepts = {"edged": sum(len(f) for f, _ in heard_neg),
                                 "package": sum(package_fires(pcm16(a), names) for a in negatives)}
         hours = report.speech_s / 3600
@@ -237,7 +239,8 @@ def run_wake_bench(host: str, port: int, pid: int | None, corpus: Path | None = 
         report.latency_ms = await _latency(host, port, [(n, c) for n, c in clips if c.snr_db in (None, 20.0)],
                                            streams)
         if pid is not None:
-            report.cpu_per_stream_pct = await _cpu_per_stream(host, port, pid, negatives, streams, cpu_seconds)
+            report.cpu_per_stream_pct = await _cpu_per_stream(host, port, pid, negatives, names, streams,
+                                                              cpu_seconds)
 
     asyncio.run(measure())
     return report
@@ -265,7 +268,8 @@ async def _latency(host: str, port: int, clips: list[tuple[str, Positive]], stre
     """Stream positives in real time, `streams` at once; ms from the phrase's end being sent to
     its detection."""
     picked = clips[:: max(1, len(clips) // (2 * streams))][: 2 * streams]
-    results = await _gather_limited([listen(host, port, pcm16(c.audio), pace=1.0) for _, c in picked], streams)
+    results = await _gather_limited([listen(host, port, pcm16(c.audio), [n], pace=1.0) for n, c in picked],
+                                    streams)
     delays = []
     for (name, clip), (found, times) in zip(picked, results, strict=True):
         for d, at in zip(found, times[1:], strict=True):
@@ -277,14 +281,15 @@ async def _latency(host: str, port: int, clips: list[tuple[str, Positive]], stre
     return {"p50": float(np.percentile(delays, 50)), "p95": float(np.percentile(delays, 95)), "clips": len(delays)}
 
 
-async def _cpu_per_stream(host: str, port: int, pid: int, negatives: list[np.ndarray], streams: int,
-                          seconds: float) -> float:
-    """The server's CPU time while `streams` listen in real time for `seconds`, per stream."""
+async def _cpu_per_stream(host: str, port: int, pid: int, negatives: list[np.ndarray], names: list[str],
+                          streams: int, seconds: float) -> float:
+    """The server's CPU time while `streams` listen for `names` in real time for `seconds`, per stream."""
     speech = np.concatenate(negatives)[: int(seconds * RATE)]
+    clips = [pcm16(np.roll(speech, i * RATE)) for i in range(streams)]
     process = psutil.Process(pid)
     before = process.cpu_times()
     t0 = time.monotonic()
-    await asyncio.gather(*(listen(host, port, pcm16(np.roll(speech, i * RATE)), pace=1.0) for i in range(streams)))
+    await asyncio.gather(*(listen(host, port, pcm, names, pace=1.0) for pcm in clips))
     wall = time.monotonic() - t0
     after = process.cpu_times()
     used = (after.user - before.user) + (after.system - before.system)
