@@ -165,7 +165,9 @@ def default_init(tmp_path_factory: pytest.TempPathFactory) -> DefaultInit:
     return result
 
 
-RMIRS = {f"{name}.rmir" for name in BUILTINS}
+DEFAULTS = {name for name, (pipeline, _, _) in BUILTINS.items() if pipeline != "wake_word"}
+"""What the default config.sh gathers (wake words are opt-in: models_wake is empty)."""
+RMIRS = {f"{name}.rmir" for name in DEFAULTS}
 
 
 def test_default_init_builds_and_deploys_all_three(default_init: DefaultInit) -> None:
@@ -180,7 +182,7 @@ def test_default_init_builds_and_deploys_all_three(default_init: DefaultInit) ->
         assert "onnxruntime" in detail
     repo = default_init.folder / "model_repository"
     assert {p.name for p in (repo / "rmir").iterdir()} == RMIRS  # no build leftovers
-    assert visible_models(repo / "models") == set(BUILTINS)
+    assert visible_models(repo / "models") == DEFAULTS
 
 
 def test_default_init_second_run_is_cheap(default_init: DefaultInit) -> None:
@@ -199,7 +201,7 @@ def test_models_lists_the_defaults(default_init: DefaultInit) -> None:
     proc = cli("models", "-c", str(default_init.config), "--json", cwd=default_init.folder)
     assert proc.returncode == 0, proc.stderr
     items = {i["name"]: i for i in json.loads(proc.stdout)}
-    assert set(items) == set(BUILTINS)
+    assert set(items) == DEFAULTS
     for name, item in items.items():
         assert item["backend"] == "onnxruntime", name
         assert item["state"] == "ok", name

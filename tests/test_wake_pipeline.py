@@ -134,3 +134,21 @@ def test_only_wake_word_archives_may_lack_networks() -> None:
     assert manifest_from_dict({**base, "pipeline": "wake_word"}).networks == ()
     with pytest.raises(RmirError, match="no networks"):
         manifest_from_dict({**base, "pipeline": "vad"})
+
+
+def test_init_gathers_and_deploys_models_wake(tmp_path: Path, wake_rmirs: dict[str, Path]) -> None:
+    """`edged init` with models_wake (and the other services off) builds and deploys the wake words;
+    a second run finds them current."""
+    from edged.config import load_settings
+    from edged.repository.init import run_init
+
+    config = tmp_path / "config.sh"
+    config.write_text('model_loc="repo"\nservice_enabled_asr=false\nservice_enabled_tts=false\n'
+                      'models_wake=( "builtin:wake-okay-nabu" "builtin:wake-alexa" )\n', encoding="utf-8")
+    settings, _ = load_settings(config)
+    assert settings.enabled_services() == ("wake",)
+    first = run_init(settings)
+    assert [(r.rmir, r.gathered, r.deployed) for r in first.rows] == [
+        ("wake-alexa.rmir", "built", "deployed"), ("wake-okay-nabu.rmir", "built", "deployed")]
+    second = run_init(settings)
+    assert [(r.gathered, r.deployed) for r in second.rows] == [("present", "skipped")] * 2
