@@ -204,14 +204,14 @@ def test_evalcorpus_speech_is_not_detected(daemon: Daemon, evalcorpus: Path) -> 
 
 def test_other_rates_and_stereo_are_converted(daemon: Daemon) -> None:
     voice = "en-us+m3"
-    clip = positive(espeak("Hey Mycroft.", voice, 165), espeak(CARRIER_SENTENCES[1], voice, 160),
+    clip = positive(espeak("Okay, Nabu.", voice, 165), espeak(CARRIER_SENTENCES[1], voice, 160),
                     espeak(CARRIER_SENTENCES[3], voice, 160), 20.0, seed=2)
     at_48k = resample(clip.audio, 16000, 48000)
     stereo = np.stack([at_48k, at_48k], axis=1).reshape(-1)
 
     async def run() -> list[Event]:
         async with AsyncTcpClient("127.0.0.1", daemon.wyoming_port) as client:
-            await client.write_event(Detect(names=["hey_mycroft"]).event())
+            await client.write_event(Detect(names=["okay_nabu"]).event())
             await client.write_event(AudioStart(rate=48000, width=2, channels=2).event())
             pcm = pcm16(stereo)
             for i in range(0, len(pcm), 4096):
@@ -219,7 +219,7 @@ def test_other_rates_and_stereo_are_converted(daemon: Daemon) -> None:
             await client.write_event(AudioStop().event())
             return [await _read(client)]
 
-    assert [d.name for d in _detections(asyncio.run(run()))] == ["wake-hey-mycroft"]
+    assert [d.name for d in _detections(asyncio.run(run()))] == ["wake-okay-nabu"]
 
 
 def test_bad_input_is_answered_and_leaves_no_stream(daemon: Daemon) -> None:
