@@ -172,6 +172,27 @@ def default_repo(tmp_path_factory: pytest.TempPathFactory, default_rmirs: dict[s
     return repo
 
 
+WAKE_WORDS = ("wake-okay-nabu", "wake-hey-jarvis", "wake-alexa", "wake-hey-mycroft")
+
+
+@pytest.fixture(scope="session")
+def wake_rmirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The four wake-word RMIRs built from the installed pymicro-wakeword, once per test session."""
+    for module in ("pymicro_wakeword", "micro_features_cpp"):
+        if importlib.util.find_spec(module) is None:
+            pytest.skip(f"{module} is not installed (pip install 'edged[wake]')")
+    from edged.importers import builtin_source
+
+    out_dir = tmp_path_factory.mktemp("wake-rmirs")
+    rmirs = {}
+    for name in WAKE_WORDS:
+        work = out_dir / f"work-{name}"
+        work.mkdir()
+        rmirs[name] = out_dir / f"{name}.rmir"
+        build_rmir(builtin_source(name, work), RmirRef(rmirs[name]))
+    return rmirs
+
+
 @pytest.fixture(scope="session")
 def float_decoder(tmp_path_factory: pytest.TempPathFactory, default_rmirs: dict[str, Path]) -> OrtSession:
     """The RMIR's step decoder as the importer wrote it (float32 weights, ORT-optimised at load;

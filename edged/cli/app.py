@@ -39,6 +39,7 @@ class Pipeline(str, Enum):
     speech_synthesis = "speech_synthesis"
     vad = "vad"
     speaker = "speaker"
+    wake_word = "wake_word"
 
 
 def progress_bar(label: str) -> Any:

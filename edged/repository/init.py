@@ -66,6 +66,7 @@ def _enabled_sources(settings: Settings) -> list[str]:
         sources += [*settings.models_asr, *settings.models_vad, *settings.models_speaker]
     if settings.service_enabled_tts:
         sources += settings.models_tts
+    sources += settings.models_wake
     return sources
 
 
