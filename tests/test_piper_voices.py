@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import logging
 import signal
 import subprocess
@@ -277,3 +278,18 @@ def test_build_refuses_a_voice_without_its_config_or_espeak_voice(tmp_path: Path
     wrong = _edged("build", "speech_recognition", str(tmp_path / "a.rmir"), "--piper", str(voice.onnx))
     assert "A Piper voice is a speech_synthesis model" in wrong.stderr
     assert "Traceback" not in bad.stderr + missing.stderr + wrong.stderr
+
+
+def test_voice_config_language_and_phoneme_type(tmp_path: Path) -> None:
+    """Only an espeak voice of English is normalised; a `text` voice needs no espeak block."""
+    from edged.pipelines.tts.voice import VoiceConfig
+
+    voice = make_piper_voice(tmp_path, "de_DE-cfg-x_low")
+    config = voice.config
+    for espeak, english in (("en-us", True), ("en-gb-x-rp", True), ("de", False), ("es-419", False)):
+        voice.config_path.write_text(json.dumps({**config, "espeak": {"voice": espeak}}), encoding="utf-8")
+        assert VoiceConfig.load(voice.config_path).english is english
+    text_voice = {k: v for k, v in config.items() if k != "espeak"} | {"phoneme_type": "text"}
+    voice.config_path.write_text(json.dumps(text_voice), encoding="utf-8")
+    loaded = VoiceConfig.load(voice.config_path)
+    assert (loaded.phoneme_type, loaded.espeak_voice, loaded.english) == ("text", "", False)

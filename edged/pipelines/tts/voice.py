@@ -45,7 +45,7 @@ class VoiceConfig:
             inference = config.get("inference", {})
             return cls(
                 sample_rate=int(config["audio"]["sample_rate"]),
-                espeak_voice=str(config["espeak"]["voice"]),
+                espeak_voice=str((config.get("espeak") or {}).get("voice", "")),
                 phoneme_ids=PhonemeIds(config["phoneme_id_map"], config.get("phoneme_map") or {}),
                 noise_scale=float(inference.get("noise_scale", 0.667)),
                 length_scale=float(inference.get("length_scale", 1.0)),
