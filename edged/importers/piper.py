@@ -150,11 +150,11 @@ def split_voice(model: Any) -> dict[str, Any] | None:
     first_layer = [n for n in graph.node if n.name.startswith(f"/flow/flows.{last}/")]
     made = {o for n in first_layer for o in n.output} | set(weights)
     # The extractor reads the cut tensors' types from value_info, which not every export carries.
+    inferred = shape_inference.infer_shapes(model).graph.value_info
     known = {v.name for v in graph.value_info}
-    graph.value_info.extend(v for v in shape_inference.infer_shapes(model).graph.value_info
-                            if v.name not in known)
-    ranks = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim] for v in graph.value_info}
-    mask = next((i for i in masking.input if ranks.get(i, [0, 0])[1] == 1), None)
+    graph.value_info.extend(v for v in inferred if v.name not in known)
+    ranks = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim] for v in inferred}
+    mask = next((i for i in masking.input if ranks.get(i, [0, 0])[1:2] == [1]), None)
     outer = {i for n in first_layer for i in n.input if i and i not in made
              and producer.get(i) is not None and producer[i].op_type != "Constant"}
     prior = outer - {mask, cond.input[0] if cond is not None else ""}
