@@ -1,0 +1,147 @@
+"""Compressed recordings as clients upload them (MP3, Ogg Vorbis or Opus, WebM, MP4/M4A) to 16 kHz
+mono 16-bit PCM, decoded frame by frame and stopped as soon as they pass a duration limit, so that
+a small file that unpacks to hours of audio (a decompression bomb) costs no more than the limit.
+
+MP3 and Ogg go through libsndfile (python-soundfile, a dependency already); WebM (what a browser's
+MediaRecorder makes) and MP4/M4A (phones, Safari) through FFmpeg's libraries as the `av` wheel
+(PyAV) bundles them, installed with `pip install 'edged[media]'`.
+"""
+
+from __future__ import annotations
+
+import enum
+import importlib.util
+import io
+import wave
+from collections.abc import Iterator
+
+import numpy as np
+
+from edged.audio.resample import StreamResampler, float_to_pcm16
+from edged.errors import AudioFormatError, RequestError
+
+MODEL_RATE = 16000
+_BLOCK = 8192
+"""Frames libsndfile decodes at a time."""
+
+
+class Container(enum.Enum):
+    """A compressed container edged recognises by its first bytes; the value is its name for people."""
+
+    MP3 = "MP3"
+    OGG = "Ogg"
+    WEBM = "WebM"
+    MP4 = "MP4 (M4A)"
+
+    @property
+    def needs_ffmpeg(self) -> bool:
+        """Whether decoding it needs the `av` wheel (edged[media])."""
+        return self in (Container.WEBM, Container.MP4)
+
+
+def sniff(head: bytes) -> Container | None:
+    """The compressed container `head` (a file's first bytes) starts, or None (WAV, FLAC, other)."""
+    if head[:4] == b"OggS":
+        return Container.OGG
+    if head[:4] == b"\x1a\x45\xdf\xa3":  # EBML: Matroska, of which WebM is a profile
+        return Container.WEBM
+    if head[4:8] == b"ftyp":
+        return Container.MP4
+    if head[:3] == b"ID3" or (len(head) > 1 and head[0] == 0xFF and head[1] & 0xE0 == 0xE0 and (head[1] >> 1) & 3):
+        return Container.MP3  # an ID3v2 tag or an MPEG audio frame (layer bits set: not AAC's ADTS)
+    return None
+
+
+def ffmpeg_available() -> bool:
+    """Whether the `av` wheel is installed (without importing it)."""
+    return importlib.util.find_spec("av") is not None
+
+
+def decode_to_wav(data: bytes, container: Container, max_seconds: float) -> bytes:
+    """The recording as a 16 kHz mono 16-bit WAV file. AudioFormatError naming the container if it
+    cannot be read; RequestError as soon as the audio passes `max_seconds` (0: no limit)."""
+    if container.needs_ffmpeg and not ffmpeg_available():
+        raise AudioFormatError(f"{container.value} audio needs FFmpeg's decoders, which this server lacks "
+                               "(pip install 'edged[media]'); send WAV, FLAC, MP3 or Ogg.")
+    blocks = _ffmpeg_blocks(data, container) if container.needs_ffmpeg else _libsndfile_blocks(data, container)
+    resampler: StreamResampler | None = None
+    pcm: list[bytes] = []
+    seconds = 0.0
+    for samples, rate in blocks:
+        if resampler is None or resampler.src_rate != rate:
+            if resampler is not None:
+                pcm.append(float_to_pcm16(resampler.process(np.zeros(0, np.float32), last=True)))
+            resampler = StreamResampler(rate, MODEL_RATE)
+        seconds += len(samples) / rate
+        if max_seconds and seconds > max_seconds:
+            raise RequestError(f"The audio is longer than the limit of {max_seconds:g} s per request "
+                               "(asr_max_audio_seconds in config.sh).")
+        pcm.append(float_to_pcm16(resampler.process(samples, last=False)))
+    if resampler is None or not seconds:
+        raise AudioFormatError(f"The {container.value} file holds no audio that can be decoded.")
+    pcm.append(float_to_pcm16(resampler.process(np.zeros(0, np.float32), last=True)))
+    out = io.BytesIO()
+    with wave.open(out, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(MODEL_RATE)
+        w.writeframes(b"".join(pcm))
+    return out.getvalue()
+
+
+def _libsndfile_blocks(data: bytes, container: Container) -> Iterator[tuple[np.ndarray, int]]:
+    """Mono float32 blocks (channels averaged) and their rate, through libsndfile."""
+    import soundfile
+
+    try:
+        with soundfile.SoundFile(io.BytesIO(data)) as f:
+            if f.format != container.name:
+                raise AudioFormatError(f"The file starts like {container.value} but libsndfile reads it as {f.format}.")
+            while True:
+                block = f.read(_BLOCK, dtype="float32", always_2d=True)
+                if not len(block):
+                    return
+                yield block.mean(axis=1), f.samplerate
+    except (RuntimeError, soundfile.LibsndfileError) as exc:
+        # libsndfile's own words, without the "Error opening <BytesIO object at 0x...>" around them
+        reason = (getattr(exc, "error_string", "") or str(exc).rsplit(": ", 1)[-1]).removeprefix("Error : ")
+        if reason.startswith("File does not exist"):  # what libsndfile says of an MPEG stream it cannot sync to
+            reason = "no audio frames in it"
+        raise AudioFormatError(f"The {container.value} audio cannot be decoded: {reason.rstrip('.')}.") from None
+
+
+def _ffmpeg_blocks(data: bytes, container: Container) -> Iterator[tuple[np.ndarray, int]]:
+    """Mono float32 blocks (channels averaged) of the first audio track and their rate, through
+    FFmpeg (PyAV); frames are gathered into blocks of about a second, as each costs a numpy call."""
+    import av
+
+    try:
+        with av.open(io.BytesIO(data), mode="r") as media:
+            track = next((s for s in media.streams if s.type == "audio"), None)
+            if track is None:
+                raise AudioFormatError(f"The {container.value} file has no audio track.")
+            held: list[np.ndarray] = []
+            rate = 0
+            for frame in media.decode(track):
+                if held and (frame.sample_rate != rate or sum(map(len, held)) >= rate):
+                    yield np.concatenate(held), rate
+                    held = []
+                rate = frame.sample_rate
+                held.append(_mono(frame.to_ndarray(), frame.format.is_planar, len(frame.layout.channels)))
+            if held:
+                yield np.concatenate(held), rate
+    except av.FFmpegError as exc:
+        reason = str(getattr(exc, "strerror", "") or exc)
+        raise AudioFormatError(f"The {container.value} audio cannot be decoded: {reason.rstrip('.')}.") from None
+
+
+_FULL_SCALE = {np.dtype(np.uint8): 128.0, np.dtype(np.int16): 32768.0, np.dtype(np.int32): 2147483648.0}
+
+
+def _mono(samples: np.ndarray, planar: bool, channels: int) -> np.ndarray:
+    """A decoded frame's samples ([channels, n] planar, else [1, n * channels]) as mono float32."""
+    if samples.dtype == np.uint8:
+        samples = samples.astype(np.float32) - 128.0
+    frames = samples if planar else samples.reshape(-1, channels).T
+    mono = frames[0] if channels == 1 else frames.mean(axis=0)
+    return (mono / _FULL_SCALE.get(samples.dtype, 1.0) if samples.dtype.kind in "iu" else mono).astype(np.float32)

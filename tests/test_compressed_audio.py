@@ -1,0 +1,84 @@
+"""Compressed uploads (edged.audio.compressed) decoded by the real libraries, in this process:
+files made by real encoders, truncated and corrupt ones, and one that unpacks to far more audio
+than the limit."""
+
+from __future__ import annotations
+
+import io
+import re
+import time
+import wave
+import zipfile
+
+import numpy as np
+import pytest
+
+from edged.audio.compressed import Container, decode_to_wav, sniff
+from edged.errors import AudioFormatError, RequestError
+from tests.encoders import UPLOADS, encode, opus_bomb
+
+RATE = 16000
+TONE_HZ = 440.0
+SECONDS = 3.0
+KINDS = {"webm": Container.WEBM, "m4a": Container.MP4, "mp3": Container.MP3, "ogg": Container.OGG}
+
+
+def tone() -> bytes:
+    t = np.arange(int(RATE * SECONDS)) / RATE
+    return (np.sin(2 * np.pi * TONE_HZ * t) * 12000).astype("<i2").tobytes()
+
+
+def read_wav(data: bytes) -> tuple[np.ndarray, int]:
+    with wave.open(io.BytesIO(data)) as w:
+        assert w.getnchannels() == 1 and w.getsampwidth() == 2
+        return np.frombuffer(w.readframes(w.getnframes()), "<i2") / 32768, w.getframerate()
+
+
+@pytest.mark.parametrize("ext", list(UPLOADS))
+def test_each_format_decodes_to_the_same_sound(ext: str) -> None:
+    data = encode(tone(), RATE, ext)
+    assert sniff(data[:16]) is KINDS[ext]
+    samples, rate = read_wav(decode_to_wav(data, KINDS[ext], max_seconds=60))
+    assert rate == RATE
+    assert abs(len(samples) / rate - SECONDS) < 0.1, len(samples) / rate  # encoder delay and padding at most
+    spectrum = np.abs(np.fft.rfft(samples))
+    assert abs(np.argmax(spectrum) * rate / len(samples) - TONE_HZ) < 2
+    assert 0.2 < np.sqrt(np.mean(samples[rate // 2:-rate // 2] ** 2)) < 0.35  # 12000/32768/sqrt(2) = 0.26
+
+
+def test_what_is_not_compressed_is_left_alone() -> None:
+    assert sniff(b"RIFF\x00\x00\x00\x00WAVEfmt ") is None
+    assert sniff(b"fLaC\x00\x00\x00\x22") is None
+    zipped = io.BytesIO()
+    with zipfile.ZipFile(zipped, "w") as z:
+        z.writestr("a", b"a")
+    assert sniff(zipped.getvalue()[:16]) is None
+
+
+@pytest.mark.parametrize("ext", list(UPLOADS))
+def test_truncated_and_corrupt_files_name_their_format(ext: str) -> None:
+    data = encode(tone(), RATE, ext)
+    name = KINDS[ext].value
+    with pytest.raises(AudioFormatError, match=re.escape(f"The {name}")) as cut:
+        decode_to_wav(data[:40], KINDS[ext], max_seconds=60)
+    with pytest.raises(AudioFormatError, match=re.escape(f"The {name}")) as corrupt:
+        decode_to_wav(data[:16] + bytes(b ^ 0x5A for b in data[16:]), KINDS[ext], max_seconds=60)
+    for refusal in (cut.value, corrupt.value):
+        assert "\n" not in str(refusal) and "0x" not in str(refusal), refusal
+
+
+def test_a_file_cut_in_its_audio_gives_the_audio_before_the_cut() -> None:
+    """As FFmpeg does (and so OpenAI's API): what arrived is recognised."""
+    data = encode(tone(), RATE, "ogg")
+    samples, rate = read_wav(decode_to_wav(data[:len(data) // 2], Container.OGG, max_seconds=60))
+    assert 0.5 < len(samples) / rate < SECONDS - 0.5
+
+
+def test_decoding_stops_as_soon_as_the_limit_is_passed() -> None:
+    """Ten minutes of Opus in a few hundred KB: refused after about the limit's worth of decoding."""
+    bomb = opus_bomb(600)
+    assert len(bomb) < 400_000
+    started = time.monotonic()
+    with pytest.raises(RequestError, match="limit of 5 s"):
+        decode_to_wav(bomb, Container.WEBM, max_seconds=5)
+    assert time.monotonic() - started < 3  # decoding all of it takes several seconds on a 2-core CI machine
