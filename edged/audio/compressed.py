@@ -1,16 +1,15 @@
-"""Compressed recordings as clients upload them (MP3, Ogg Vorbis or Opus, WebM, MP4/M4A) to 16 kHz
-mono 16-bit PCM, decoded frame by frame and stopped as soon as they pass a duration limit, so that
-a small file that unpacks to hours of audio (a decompression bomb) costs no more than the limit.
+"""Compressed recordings as clients upload them (MP3, Ogg Vorbis or Opus) to 16 kHz mono 16-bit
+PCM, decoded frame by frame and stopped as soon as they pass a duration limit, so that a small file
+that unpacks to hours of audio (a decompression bomb) costs no more than the limit.
 
-MP3 and Ogg go through libsndfile (python-soundfile, a dependency already); WebM (what a browser's
-MediaRecorder makes) and MP4/M4A (phones, Safari) through FFmpeg's libraries as the `av` wheel
-(PyAV) bundles them, installed with `pip install 'edged[media]'`.
+They go through libsndfile (python-soundfile, a dependency already). WebM and MP4/M4A are
+recognised by their first bytes and refused with the formats edged reads: their decoders (FFmpeg's)
+come, as wheels, only with GPL encoders beside them.
 """
 
 from __future__ import annotations
 
 import enum
-import importlib.util
 import io
 import wave
 from collections.abc import Iterator
@@ -34,9 +33,13 @@ class Container(enum.Enum):
     MP4 = "MP4 (M4A)"
 
     @property
-    def needs_ffmpeg(self) -> bool:
-        """Whether decoding it needs the `av` wheel (edged[media])."""
-        return self in (Container.WEBM, Container.MP4)
+    def decodable(self) -> bool:
+        """Whether edged decodes it (through libsndfile)."""
+        return self in (Container.MP3, Container.OGG)
+
+
+UPLOAD_FORMATS = "WAV, FLAC, MP3 or Ogg (Vorbis, Opus)"
+"""The uploads edged reads, for people."""
 
 
 def sniff(head: bytes) -> Container | None:
@@ -52,18 +55,12 @@ def sniff(head: bytes) -> Container | None:
     return None
 
 
-def ffmpeg_available() -> bool:
-    """Whether the `av` wheel is installed (without importing it)."""
-    return importlib.util.find_spec("av") is not None
-
-
 def decode_to_wav(data: bytes, container: Container, max_seconds: float) -> bytes:
     """The recording as a 16 kHz mono 16-bit WAV file. AudioFormatError naming the container if it
     cannot be read; RequestError as soon as the audio passes `max_seconds` (0: no limit)."""
-    if container.needs_ffmpeg and not ffmpeg_available():
-        raise AudioFormatError(f"{container.value} audio needs FFmpeg's decoders, which this server lacks "
-                               "(pip install 'edged[media]'); send WAV, FLAC, MP3 or Ogg.")
-    blocks = _ffmpeg_blocks(data, container) if container.needs_ffmpeg else _libsndfile_blocks(data, container)
+    if not container.decodable:
+        raise AudioFormatError(f"{container.value} audio is not supported; send {UPLOAD_FORMATS}.")
+    blocks = _libsndfile_blocks(data, container)
     resampler: StreamResampler | None = None
     pcm: list[bytes] = []
     seconds = 0.0
@@ -108,40 +105,3 @@ def _libsndfile_blocks(data: bytes, container: Container) -> Iterator[tuple[np.n
         if reason.startswith("File does not exist"):  # what libsndfile says of an MPEG stream it cannot sync to
             reason = "no audio frames in it"
         raise AudioFormatError(f"The {container.value} audio cannot be decoded: {reason.rstrip('.')}.") from None
-
-
-def _ffmpeg_blocks(data: bytes, container: Container) -> Iterator[tuple[np.ndarray, int]]:
-    """Mono float32 blocks (channels averaged) of the first audio track and their rate, through
-    FFmpeg (PyAV); frames are gathered into blocks of about a second, as each costs a numpy call."""
-    import av
-
-    try:
-        with av.open(io.BytesIO(data), mode="r") as media:
-            track = next((s for s in media.streams if s.type == "audio"), None)
-            if track is None:
-                raise AudioFormatError(f"The {container.value} file has no audio track.")
-            held: list[np.ndarray] = []
-            rate = 0
-            for frame in media.decode(track):
-                if held and (frame.sample_rate != rate or sum(map(len, held)) >= rate):
-                    yield np.concatenate(held), rate
-                    held = []
-                rate = frame.sample_rate
-                held.append(_mono(frame.to_ndarray(), frame.format.is_planar, len(frame.layout.channels)))
-            if held:
-                yield np.concatenate(held), rate
-    except av.FFmpegError as exc:
-        reason = str(getattr(exc, "strerror", "") or exc)
-        raise AudioFormatError(f"The {container.value} audio cannot be decoded: {reason.rstrip('.')}.") from None
-
-
-_FULL_SCALE = {np.dtype(np.uint8): 128.0, np.dtype(np.int16): 32768.0, np.dtype(np.int32): 2147483648.0}
-
-
-def _mono(samples: np.ndarray, planar: bool, channels: int) -> np.ndarray:
-    """A decoded frame's samples ([channels, n] planar, else [1, n * channels]) as mono float32."""
-    if samples.dtype == np.uint8:
-        samples = samples.astype(np.float32) - 128.0
-    frames = samples if planar else samples.reshape(-1, channels).T
-    mono = frames[0] if channels == 1 else frames.mean(axis=0)
-    return (mono / _FULL_SCALE.get(samples.dtype, 1.0) if samples.dtype.kind in "iu" else mono).astype(np.float32)

@@ -1,11 +1,11 @@
 """OpenAI's audio API over the speech services: `/v1/audio/transcriptions`, `/v1/audio/speech`,
 `/v1/models`, so that the official `openai` package (`base_url=http://HOST:PORT/v1`) works.
 
-Transcriptions take an upload in WAV, FLAC, MP3, Ogg (Vorbis, Opus), WebM or MP4/M4A (the last two
-with `edged[media]`), compressed ones decoded within the request's limits (`response_format`
-json, text, srt, vtt or verbose_json with segments and words; `stream=true` sends the finals as
-server-sent `transcript.text.delta` events); speech is streamed as it is synthesised (mp3,
-OpenAI's default, and opus through libsndfile; wav, pcm, flac).
+Transcriptions take an upload in WAV, FLAC, MP3 or Ogg (Vorbis, Opus), compressed ones decoded
+within the request's limits (`response_format` json, text, srt, vtt or verbose_json with segments
+and words; `stream=true` sends the finals as server-sent `transcript.text.delta` events); speech
+is streamed as it is synthesised (mp3, OpenAI's default, and opus through libsndfile; wav, pcm,
+flac).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 from aiohttp import web
 
-from edged.audio.compressed import Container, decode_to_wav, sniff
+from edged.audio.compressed import UPLOAD_FORMATS, Container, decode_to_wav, sniff
 from edged.doors import common
 from edged.doors.web.auth import Auth
 from edged.doors.web.errors import BadInput, NotJson, error_response, logged
@@ -49,7 +49,6 @@ _STREAM_CHUNK = 32000
 """Bytes of an upload fed to a streaming session at a time (stream=true)."""
 _READ_AS_IS = (b"RIFF", b"RF64", b"fLaC")
 """The starts of uploads the recognition pipeline reads itself (WAV, FLAC)."""
-_UPLOAD_FORMATS = "WAV, FLAC, MP3, Ogg (Vorbis, Opus), WebM or MP4 (M4A)"
 
 
 def _stamp(seconds: float, sep: str) -> str:
@@ -269,7 +268,7 @@ def _container(name: str, audio: bytes) -> Container | None:
     if container is None and audio[:4] not in _READ_AS_IS:
         start = audio[:8].hex(" ") if audio else "nothing"
         raise AudioFormatError(f"{name!r} is not audio edged can read (it starts with {start}); "
-                               f"send {_UPLOAD_FORMATS}.")
+                               f"send {UPLOAD_FORMATS}.")
     return container
 
 
