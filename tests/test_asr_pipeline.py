@@ -14,7 +14,7 @@ import pytest
 
 from edged.backends import BackendOptions, Session
 from edged.client.textnorm import normalize, word_errors
-from edged.errors import AudioFormatError
+from edged.errors import AudioFormatError, RequestError
 from edged.pipelines.asr.audio import _G711, AudioDecoder, decode_all
 from edged.pipelines.asr.endpointing import (
     WINDOW,
@@ -108,6 +108,22 @@ def test_flac_is_decoded() -> None:
 def test_malformed_audio_is_a_clear_error(data: bytes, encoding: str, rate: int, message: str) -> None:
     with pytest.raises(AudioFormatError, match=message):
         decode_all(data, encoding, rate)
+
+
+def test_a_flac_stream_is_held_only_up_to_its_bound() -> None:
+    """FLAC is decoded whole at a stream's end, so what is held for it is bounded (max_message_mb):
+    junk declared as FLAC is refused once past the bound, not buffered until the client stops."""
+    decoder = AudioDecoder("FLAC", 16000, max_held_bytes=100_000)
+    for _ in range(3):
+        decoder.feed(bytes(30_000))
+    with pytest.raises(RequestError, match=r"longer than 0\.09\d* MiB.*max_message_mb"):
+        decoder.feed(bytes(30_000))
+    import soundfile
+
+    buf = io.BytesIO()
+    soundfile.write(buf, tone(16000, 1.0), 16000, format="FLAC")
+    bounded = AudioDecoder("", 0, max_held_bytes=len(buf.getvalue()))
+    assert len(bounded.feed(buf.getvalue())) == 0 and abs(len(bounded.flush()) - 16000) <= 2
 
 
 def test_one_channel_is_picked_not_mixed() -> None:

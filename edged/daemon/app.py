@@ -41,7 +41,7 @@ from edged.errors import EdgedError
 from edged.pipelines.pools import Pools
 from edged.service.admission import high_water_mb
 from edged.service.context import ServiceContext
-from edged.service.memory import limit_allocator_arenas, rss_mb
+from edged.service.memory import AllocatorTrim, limit_allocator_arenas, rss_mb
 from edged.service.registry import ModelState, available_mb
 
 _LOGGER = logging.getLogger(__name__)
@@ -79,6 +79,8 @@ class Server:
         self.ctx: ServerContext | None = None
         self._last_status = ""
         self._under_pressure = False
+        self._trim = AllocatorTrim()
+        """Gives a burst's freed memory back to the system at the next tick."""
         self._health_task: asyncio.Task[None] | None = None
         self.left_running: list[str] = []
         """Threads whose inference calls still ran when shutdown stopped waiting for them."""
@@ -240,6 +242,8 @@ class Server:
                                     "refusing new streams", free, self.settings.memory_reserve_mb)
                 else:
                     _LOGGER.info("Memory recovered (%.0f MB available): accepting streams", free)
+            if self._trim.due():  # a burst's freed memory goes back to the system
+                await asyncio.to_thread(self._trim.trim)
             await ctx.publish_health()
             line = core.status_line()
             if line != self._last_status:

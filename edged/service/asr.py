@@ -361,6 +361,7 @@ class AsrService(SpeechService):
             word_times=request.word_times, endpoint=endpoint,
             interim_interval_ms=self._settings.asr_interim_interval_ms,
             max_audio_s=float(self._settings.asr_max_audio_seconds),
+            max_held_bytes=self._settings.max_message_mb * 2**20,
             profanity_filter=request.profanity_filter,
             max_alternatives=min(MAX_ALTERNATIVES, max(1, request.max_alternatives)), boost=request.boost)
         return offline_config(config) if offline else config

@@ -60,3 +60,31 @@ def limit_allocator_arenas(count: int = ALLOCATOR_ARENAS) -> bool:
     False where the allocator has no such setting."""
     mallopt = _libc_function("mallopt")
     return mallopt is not None and mallopt(_M_ARENA_MAX, count) == 1
+
+
+TRIM_STEP_MB = 32.0
+"""RSS growth past where the last trim left it that makes `AllocatorTrim` trim again."""
+
+
+class AllocatorTrim:
+    """Gives the allocator's free memory back after a burst: glibc keeps what a large request
+    freed (buffers below its mmap threshold, which rises after each large free) until trimmed.
+    The daemon asks `due()` at each tick and trims off the event loop; a trim that frees nothing
+    (the memory is in use) moves the mark up, so it is not repeated every tick."""
+
+    def __init__(self, rss: Callable[[], float] = rss_mb, step_mb: float = TRIM_STEP_MB) -> None:
+        self._rss = rss
+        self._step_mb = step_mb
+        self._mark_mb = rss()
+        """RSS after the last trim (or the lowest seen since)."""
+
+    def due(self) -> bool:
+        """Whether RSS has grown `step_mb` past the mark."""
+        now = self._rss()
+        self._mark_mb = min(self._mark_mb, now)
+        return now > self._mark_mb + self._step_mb
+
+    def trim(self) -> None:
+        """Trim now (a few milliseconds; call it off the event loop) and set the mark."""
+        release_free_memory()
+        self._mark_mb = self._rss()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import json
 import logging
 import uuid
@@ -22,7 +23,8 @@ from aiohttp import WSCloseCode, WSMsgType, web
 from edged.doors import common
 from edged.doors.web.auth import Auth
 from edged.doors.web.errors import BadInput, error_event, error_response
-from edged.errors import RequestError
+from edged.errors import IdleTimeoutError, RequestError
+from edged.service.admission import Slot, Waiting
 from edged.service.asr import (
     AsrSession,
     RecognitionRequest,
@@ -394,13 +396,23 @@ class _Synthesis:
         self._config = synthesis_defaults(ctx)
         self._text: list[str] = []
         self._queue: asyncio.Queue[str | None] = asyncio.Queue()
+        self._slot: Slot | None = None
+        """The session's admission slot: it ends a session whose client keeps it waiting."""
+        self._speaking = False
 
     async def run(self) -> None:
-        """Serve events until input_text.done has been spoken or the client leaves."""
-        async with self._tts.session():
+        """Serve events until input_text.done has been spoken or the client leaves; past
+        tts_stream_idle_timeout_s with nothing to say and no event, or with audio the client does
+        not read, an error event ends the session."""
+        async with self._tts.session() as slot:
+            self._slot = slot
+            slot.on_idle = self._tell_idle
+            self._client_turn()
             speaker = asyncio.get_running_loop().create_task(self._speak())
             try:
                 async for event in _events(self._ws):
+                    if not self._speaking:
+                        self._client_turn()  # the client's clock starts again from its event
                     kind = event["type"]
                     try:
                         if kind == "synthesize_session.update":
@@ -424,6 +436,30 @@ class _Synthesis:
             finally:
                 speaker.cancel()  # the client left: stop synthesising for it, and free the slot once stopped
                 await asyncio.wait({speaker})
+
+    def _client_turn(self) -> None:
+        """The server has nothing to say until the client sends more: its clock runs from now."""
+        if self._slot is not None:
+            self._slot.stop_waiting(Waiting.SEND)
+            self._slot.start_waiting(Waiting.SEND)
+
+    def _tell_idle(self, error: IdleTimeoutError) -> None:
+        """The slot found the client idle: tell it (within the slot's grace; a client that reads
+        nothing is cut off by the slot)."""
+        async def tell() -> None:
+            with contextlib.suppress(Exception):
+                await self._ws.send_json(error_event(error, "Realtime synthesis"))
+                await self._ws.close()
+
+        asyncio.get_running_loop().create_task(tell(), name="edged-realtime-idle")
+
+    async def _send(self, event: dict[str, Any]) -> None:
+        """One event to the client, which must read it within the idle timeout."""
+        if self._slot is None:
+            await self._ws.send_json(event)
+            return
+        with self._slot.waiting(Waiting.READ):
+            await self._ws.send_json(event)
 
     def _flush(self) -> None:
         text = "".join(self._text).strip()
@@ -462,10 +498,16 @@ class _Synthesis:
     async def _speak(self) -> None:
         """Synthesise the committed texts in turn; the last completion says is_last_result."""
         while True:
+            if self._queue.empty():
+                self._speaking = False
+                self._client_turn()
             text = await self._queue.get()
+            self._speaking = True
+            if self._slot is not None:
+                self._slot.stop_waiting(Waiting.SEND)
             if text is None:
-                await self._ws.send_json({"type": "conversation.item.speech.completed", "event_id": _id("event"),
-                                          "item_id": _id("item"), "is_last_result": True})
+                await self._send({"type": "conversation.item.speech.completed", "event_id": _id("event"),
+                                  "item_id": _id("item"), "is_last_result": True})
                 return
             item = _id("item")
             try:
@@ -474,10 +516,10 @@ class _Synthesis:
                 async with aclosing(self._tts.chunks(synthesis)) as chunks:
                     async for chunk in chunks:
                         samples += len(chunk.pcm) // 2
-                        await self._ws.send_json({
+                        await self._send({
                             "type": "conversation.item.speech.data", "event_id": _id("event"), "item_id": item,
                             "audio": base64.b64encode(chunk.pcm).decode("ascii")})
-                await self._ws.send_json({
+                await self._send({
                     "type": "conversation.item.speech.completed", "event_id": _id("event"), "item_id": item,
                     "is_last_result": False, "synthesis_metadata": {
                         "text": text, "sample_rate_hz": synthesis.sample_rate,

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from edged.audio.resample import StreamResampler
-from edged.errors import AudioFormatError
+from edged.errors import AudioFormatError, RequestError
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -144,9 +144,11 @@ def header_channels(data: bytes) -> int | None:
 class AudioDecoder:
     """Bytes as a client sends them, chunk by chunk, to 16 kHz mono float32 (one channel of them)."""
 
-    def __init__(self, encoding: str, sample_rate: int, channels: int = 1, channel: int = 0) -> None:
+    def __init__(self, encoding: str, sample_rate: int, channels: int = 1, channel: int = 0,
+                 max_held_bytes: int = 0) -> None:
         """`encoding` is one of ENCODINGS or '' (unset: a WAV or FLAC header must say); `channel`
-        is the one channel (from 0) of the audio to decode."""
+        is the one channel (from 0) of the audio to decode; `max_held_bytes` bounds a FLAC
+        stream, which is held until its end (0: no bound)."""
         if encoding and encoding not in ENCODINGS:
             raise AudioFormatError(f"Audio encoding {encoding} is not supported; use one of {', '.join(ENCODINGS)}.")
         if channel < 0:
@@ -159,6 +161,7 @@ class AudioDecoder:
         self._data_left: int | None = None
         self._pending = b""
         self._flac: bytearray | None = None
+        self._max_held_bytes = max_held_bytes
         self._resampler: StreamResampler | None = None
         self.input_seconds = 0.0
         """Seconds of audio decoded so far (at the client's rate)."""
@@ -198,8 +201,7 @@ class AudioDecoder:
     def feed(self, data: bytes) -> np.ndarray:
         """Decode the next chunk; returns the 16 kHz samples it completes (maybe none)."""
         if self._flac is not None:
-            self._flac += data
-            return np.zeros(0, np.float32)
+            return self._hold_flac(data)
         if self._format is None:
             self._pending += data
             if not self._pending:
@@ -209,8 +211,7 @@ class AudioDecoder:
                 return np.zeros(0, np.float32)
             data, self._pending = self._pending[offset:], b""
             if self._flac is not None:
-                self._flac += data
-                return np.zeros(0, np.float32)
+                return self._hold_flac(data)
         if self._data_left is not None:  # chunks after a WAV's data (LIST, id3) are not audio
             data = data[:self._data_left]
             self._data_left -= len(data)
@@ -221,6 +222,16 @@ class AudioDecoder:
         whole = len(self._pending) - len(self._pending) % frame
         block, self._pending = self._pending[:whole], self._pending[whole:]
         return self._convert(fmt.to_float(block), fmt.rate, last=False)
+
+    def _hold_flac(self, data: bytes) -> np.ndarray:
+        """Keep FLAC bytes for the decode at the end (none decoded now), within `max_held_bytes`."""
+        assert self._flac is not None
+        if self._max_held_bytes and len(self._flac) + len(data) > self._max_held_bytes:
+            raise RequestError(f"The FLAC stream is longer than {self._max_held_bytes / 2**20:g} MiB, the most "
+                               "held for decoding at its end (max_message_mb in config.sh); send LINEAR_PCM "
+                               "to stream longer audio.")
+        self._flac += data
+        return np.zeros(0, np.float32)
 
     def flush(self) -> np.ndarray:
         """End of stream: the samples still held (FLAC is decoded here, whole)."""

@@ -38,6 +38,8 @@ class StreamConfig:
     interim_interval_ms: int = 480
     max_audio_s: float = 0.0
     """Most seconds of audio accepted (0: no limit)."""
+    max_held_bytes: int = 0
+    """Most bytes of a FLAC stream held until its end, where it is decoded whole (0: no limit)."""
     speculative: bool = True
     """Start the final decode when the end of utterance looks likely (streaming only)."""
     max_alternatives: int = 1

@@ -85,7 +85,8 @@ class AsrStream:
     def __init__(self, model: StreamModel, config: StreamConfig) -> None:
         self.model = model
         self.config = config
-        self._audio_in = AudioDecoder(config.encoding, config.sample_rate, config.channels, config.channel)
+        self._audio_in = AudioDecoder(config.encoding, config.sample_rate, config.channels, config.channel,
+                                      config.max_held_bytes)
         self._vad = model.vad.new_state()
         self._endpointer = Endpointer(config.endpoint or model.endpoint)
         self._audio = RecentAudio()
