@@ -15,12 +15,12 @@ import pytest
 
 from edged.audio.compressed import Container, decode_to_wav, sniff
 from edged.errors import AudioFormatError, RequestError
-from tests.encoders import UPLOADS, encode, opus_bomb
+from tests.encoders import UPLOADS, encode, looped_webm, opus_bomb
 
 RATE = 16000
 TONE_HZ = 440.0
 SECONDS = 3.0
-KINDS = {"mp3": Container.MP3, "ogg": Container.OGG, "oga": Container.OGG}
+KINDS = {"mp3": Container.MP3, "ogg": Container.OGG, "oga": Container.OGG, "webm": Container.WEBM}
 
 
 def tone() -> bytes:
@@ -95,4 +95,34 @@ def test_containers_edged_does_not_decode_are_refused_with_what_it_does(head: by
     assert container is not None and not container.decodable
     with pytest.raises(AudioFormatError) as refused:
         decode_to_wav(head + bytes(1000), container, max_seconds=60)
-    assert str(refused.value) == f"{name} audio is not supported; send WAV, FLAC, MP3 or Ogg (Vorbis, Opus).", refused
+    assert str(refused.value) == f"{name} audio is not supported; send WAV, FLAC, MP3, Ogg (Vorbis, Opus) or WebM (Opus)."
+
+
+def test_a_looped_webm_stops_at_the_limit() -> None:
+    """MediaRecorder's smallest block 10,000 times (200 s of Opus): refused once past 5 s."""
+    bomb = looped_webm(encode(tone(), RATE, "webm"), 10_000)
+    started = time.monotonic()
+    with pytest.raises(RequestError, match="limit of 5 s"):
+        decode_to_wav(bomb, Container.WEBM, max_seconds=5)
+    assert time.monotonic() - started < 1
+
+
+def test_webm_it_cannot_trust_is_refused_in_one_line() -> None:
+    """Another codec, a size left unknown where only live elements may, nesting a million deep
+    (read without recursion), an Opus packet with no valid TOC: each an AudioFormatError."""
+    webm = encode(tone(), RATE, "webm")
+    tracks = webm.index(b"\x16\x54\xae\x6b")
+    assert webm[tracks + 4] & 0x80  # a one-byte size, as MediaRecorder writes it
+    header = webm[:webm.index(b"\x18\x53\x80\x67")] + b"\x18\x53\x80\x67\x01" + b"\xff" * 7
+    cases = {
+        "no Opus audio track (its tracks: A_VORB)": webm.replace(b"A_OPUS", b"A_VORB"),
+        "an unknown size": webm[:tracks + 4] + b"\xff" + webm[tracks + 5:],
+        "no Opus audio track": header + b"\x1f\x43\xb6\x75\xff" * 1_000_000,
+        # a SimpleBlock of track 1 in the last Cluster (of unknown size): TOC code 3 with 0 frames
+        "invalid Opus packet (starting 03 00)": webm + b"\xa3\x86\x81\x00\x00\x80\x03\x00",
+    }
+    for words, data in cases.items():
+        with pytest.raises(AudioFormatError) as refused:
+            decode_to_wav(data, Container.WEBM, max_seconds=60)
+        message = str(refused.value)
+        assert message.startswith("The WebM file") and words in message and "\n" not in message, message

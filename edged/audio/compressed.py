@@ -2,21 +2,26 @@
 PCM, decoded frame by frame and stopped as soon as they pass a duration limit, so that a small file
 that unpacks to hours of audio (a decompression bomb) costs no more than the limit.
 
-They go through libsndfile (python-soundfile, a dependency already). WebM and MP4/M4A are
-recognised by their first bytes and refused with the formats edged reads: their decoders (FFmpeg's)
-come, as wheels, only with GPL encoders beside them.
+They go through libsndfile (python-soundfile, a dependency already). WebM with Opus (what a
+browser's MediaRecorder makes) is remuxed first: its Opus packets are read out of the Matroska
+container (edged.audio.webm) and written into an Ogg Opus stream (edged.audio.ogg), counted against
+the limit as they go. MP4/M4A is recognised by its first bytes and refused with the formats edged
+reads: its decoders (FFmpeg's) come, as wheels, only with GPL encoders beside them.
 """
 
 from __future__ import annotations
 
 import enum
 import io
+import itertools
 import wave
 from collections.abc import Iterator
 
 import numpy as np
 
+from edged.audio.ogg import MAX_PACKET, OggOpusWriter, opus_packet_samples
 from edged.audio.resample import StreamResampler, float_to_pcm16
+from edged.audio.webm import OpusStream
 from edged.errors import AudioFormatError, RequestError
 
 MODEL_RATE = 16000
@@ -35,10 +40,10 @@ class Container(enum.Enum):
     @property
     def decodable(self) -> bool:
         """Whether edged decodes it (through libsndfile)."""
-        return self in (Container.MP3, Container.OGG)
+        return self is not Container.MP4
 
 
-UPLOAD_FORMATS = "WAV, FLAC, MP3 or Ogg (Vorbis, Opus)"
+UPLOAD_FORMATS = "WAV, FLAC, MP3, Ogg (Vorbis, Opus) or WebM (Opus)"
 """The uploads edged reads, for people."""
 
 
@@ -60,6 +65,8 @@ def decode_to_wav(data: bytes, container: Container, max_seconds: float) -> byte
     cannot be read; RequestError as soon as the audio passes `max_seconds` (0: no limit)."""
     if not container.decodable:
         raise AudioFormatError(f"{container.value} audio is not supported; send {UPLOAD_FORMATS}.")
+    if container is Container.WEBM:
+        data, container = _webm_as_ogg(data, max_seconds), Container.OGG
     blocks = _libsndfile_blocks(data, container)
     resampler: StreamResampler | None = None
     pcm: list[bytes] = []
@@ -71,8 +78,7 @@ def decode_to_wav(data: bytes, container: Container, max_seconds: float) -> byte
             resampler = StreamResampler(rate, MODEL_RATE)
         seconds += len(samples) / rate
         if max_seconds and seconds > max_seconds:
-            raise RequestError(f"The audio is longer than the limit of {max_seconds:g} s per request "
-                               "(asr_max_audio_seconds in config.sh).")
+            raise _too_long(max_seconds)
         pcm.append(float_to_pcm16(resampler.process(samples, last=False)))
     if resampler is None or not seconds:
         raise AudioFormatError(f"The {container.value} file holds no audio that can be decoded.")
@@ -84,6 +90,35 @@ def decode_to_wav(data: bytes, container: Container, max_seconds: float) -> byte
         w.setframerate(MODEL_RATE)
         w.writeframes(b"".join(pcm))
     return out.getvalue()
+
+
+def _too_long(max_seconds: float) -> RequestError:
+    return RequestError(f"The audio is longer than the limit of {max_seconds:g} s per request "
+                        "(asr_max_audio_seconds in config.sh).")
+
+
+def _webm_as_ogg(data: bytes, max_seconds: float) -> bytes:
+    """The Opus packets of a WebM file as an Ogg Opus stream; RequestError as soon as they pass
+    `max_seconds` (0: no limit)."""
+    stream = OpusStream(data)
+    packets = stream.packets()
+    first = next(packets, None)
+    head = stream.head
+    if len(head) < 19 or not head.startswith(b"OpusHead"):
+        raise AudioFormatError("The WebM file's Opus track has no valid OpusHead.")
+    ogg = OggOpusWriter(head)
+    samples = 0
+    for packet in itertools.chain([] if first is None else [first], packets):
+        duration = opus_packet_samples(packet)
+        if duration is None or len(packet) > MAX_PACKET:
+            raise AudioFormatError(f"The WebM file holds an invalid Opus packet (starting {packet[:4].hex(' ')}).")
+        samples += duration
+        if max_seconds and samples > max_seconds * 48000:
+            raise _too_long(max_seconds)
+        ogg.packet(packet, duration)
+    if not samples:
+        raise AudioFormatError("The WebM file holds no Opus audio.")
+    return ogg.finish()
 
 
 def _libsndfile_blocks(data: bytes, container: Container) -> Iterator[tuple[np.ndarray, int]]:

@@ -1,8 +1,8 @@
 """OpenAI's audio API over the speech services: `/v1/audio/transcriptions`, `/v1/audio/speech`,
 `/v1/models`, so that the official `openai` package (`base_url=http://HOST:PORT/v1`) works.
 
-Transcriptions take an upload in WAV, FLAC, MP3 or Ogg (Vorbis, Opus), compressed ones decoded
-within the request's limits (`response_format` json, text, srt, vtt or verbose_json with segments
+Transcriptions take an upload in WAV, FLAC, MP3, Ogg (Vorbis, Opus) or WebM (Opus), compressed
+ones decoded within the request's limits (`response_format` json, text, srt, vtt or verbose_json with segments
 and words; `stream=true` sends the finals as server-sent `transcript.text.delta` events); speech
 is streamed as it is synthesised (mp3, OpenAI's default, and opus through libsndfile; wav, pcm,
 flac).
