@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from edged.audio.compressed import Container, decode_to_wav, sniff
+from edged.audio.ogg import ogg_crc, opus_packet_samples
 from edged.errors import AudioFormatError, RequestError
 from tests.encoders import UPLOADS, encode, looped_webm, opus_bomb
 
@@ -108,8 +109,9 @@ def test_a_looped_webm_stops_at_the_limit() -> None:
 
 
 def test_webm_it_cannot_trust_is_refused_in_one_line() -> None:
-    """Another codec, a size left unknown where only live elements may, nesting a million deep
-    (read without recursion), an Opus packet with no valid TOC: each an AudioFormatError."""
+    """Another codec, a size left unknown where only live elements may, a million elements
+    (nested: read without recursion) with no audio, 65 tracks, an Opus packet with no valid TOC:
+    each an AudioFormatError."""
     webm = encode(tone(), RATE, "webm")
     tracks = webm.index(b"\x16\x54\xae\x6b")
     assert webm[tracks + 4] & 0x80  # a one-byte size, as MediaRecorder writes it
@@ -117,7 +119,8 @@ def test_webm_it_cannot_trust_is_refused_in_one_line() -> None:
     cases = {
         "no Opus audio track (its tracks: A_VORB)": webm.replace(b"A_OPUS", b"A_VORB"),
         "an unknown size": webm[:tracks + 4] + b"\xff" + webm[tracks + 5:],
-        "no Opus audio track": header + b"\x1f\x43\xb6\x75\xff" * 1_000_000,
+        "more elements than its audio needs (1001 by byte": header + b"\x1f\x43\xb6\x75\xff" * 1_000_000,
+        "more than 64 tracks": header + b"\x16\x54\xae\x6b\x40\x82" + b"\xae\x80" * 65,
         # a SimpleBlock of track 1 in the last Cluster (of unknown size): TOC code 3 with 0 frames
         "invalid Opus packet (starting 03 00)": webm + b"\xa3\x86\x81\x00\x00\x80\x03\x00",
     }
@@ -126,3 +129,29 @@ def test_webm_it_cannot_trust_is_refused_in_one_line() -> None:
             decode_to_wav(data, Container.WEBM, max_seconds=60)
         message = str(refused.value)
         assert message.startswith("The WebM file") and words in message and "\n" not in message, message
+
+
+def test_ogg_pages_carry_the_checksum_libogg_checks() -> None:
+    """edged's CRC of each page libsndfile wrote (its checksum field zeroed) is the one it wrote."""
+    data, pos = encode(tone(), RATE, "ogg"), 0
+    while pos < len(data):
+        segments = data[pos + 26]
+        end = pos + 27 + segments + sum(data[pos + 27:pos + 27 + segments])
+        page = data[pos:end]
+        assert ogg_crc(page[:22] + bytes(4) + page[26:]) == int.from_bytes(page[22:26], "little")
+        pos = end
+    assert pos == len(data) > 0
+
+
+@pytest.mark.parametrize(("packet", "samples"), [
+    (bytes([31 << 3 | 0]), 960),        # CELT 20 ms, one frame
+    (bytes([16 << 3 | 1]), 240),        # CELT 2.5 ms, two frames
+    (bytes([1 << 3 | 3, 3]), 2880),     # SILK 20 ms, three frames (code 3)
+    (bytes([13 << 3 | 2]), 1920),       # hybrid 20 ms, two frames
+    (bytes([3 << 3 | 3, 3]), None),     # SILK 60 ms x 3: over 120 ms
+    (bytes([0 | 3, 0]), None),          # code 3 with no frames
+    (bytes([0 | 3]), None),             # code 3 without its count
+    (b"", None),
+])
+def test_opus_packet_durations_follow_the_toc_byte(packet: bytes, samples: int | None) -> None:
+    assert opus_packet_samples(packet) == samples

@@ -7,7 +7,9 @@ The file is read in one pass over its elements, without recursion: an element ed
 children of (the masters below) is entered by stepping over its header; any other element is
 stepped over whole, so it must have a size that ends within the file. Sizes that cannot be trusted
 (an unknown size anywhere but on a Segment or Cluster, an element running past the end of the file
-or a leaf larger than edged reads) are refused with AudioFormatError.
+or a leaf larger than edged reads) are refused with AudioFormatError. So is a file of more elements
+than its audio needs (tiny elements cost a step each): the elements read stay within a budget that
+grows with the frames found, which the caller's duration limit bounds.
 """
 
 from __future__ import annotations
@@ -38,6 +40,11 @@ _LIVE = frozenset({_SEGMENT, _CLUSTER})
 _MAX_LEAF = 1 << 20
 """The largest element edged steps over or reads (1 MiB): a block, a CodecPrivate, a Cue..."""
 _DOC_TYPES = (b"webm", b"matroska")
+_ELEMENTS_FIRST = 1000
+"""Elements read before any audio: the headers, tracks, seek heads a file starts with."""
+_ELEMENTS_PER_FRAME = 16
+"""Elements read per Opus frame beyond those: its block, group, timings, other tracks' blocks."""
+_MAX_TRACKS = 64
 
 
 class _Lacing(enum.IntEnum):
@@ -66,6 +73,7 @@ class OpusStream:
         self._data = data
         self._tracks: list[Track] = []
         self._opus: Track | None = None
+        self._frames = 0
 
     @property
     def head(self) -> bytes:
@@ -75,8 +83,13 @@ class OpusStream:
         """The Opus track's frames, read as far as the caller takes them."""
         data, pos = self._data, 0
         doc_type = b""
+        elements = 0
         while pos < len(data):
             start = pos
+            elements += 1
+            if elements > _ELEMENTS_FIRST + _ELEMENTS_PER_FRAME * self._frames:
+                raise AudioFormatError(f"The WebM file has more elements than its audio needs "
+                                       f"({elements} by byte {start}, for {self._frames} Opus frames).")
             element, size, pos = element_header(data, pos)
             if start == 0 and element != EBML:
                 raise AudioFormatError("The WebM file does not start with an EBML header.")
@@ -86,6 +99,8 @@ class OpusStream:
                 if size is not None and pos + size > len(data) and element not in _LIVE:
                     raise _cut(element, start)
                 if element == _TRACK_ENTRY:
+                    if len(self._tracks) == _MAX_TRACKS:
+                        raise AudioFormatError(f"The WebM file has more than {_MAX_TRACKS} tracks.")
                     self._tracks.append(Track())
                 elif element == _SEGMENT and doc_type not in _DOC_TYPES:
                     raise AudioFormatError(f"The file is EBML of type {doc_type[:16]!r}, not WebM.")
@@ -101,7 +116,7 @@ class OpusStream:
             elif element in (_TRACK_NUMBER, _CODEC_ID, _CODEC_PRIVATE):
                 self._track_field(element, body, start)
             elif element in (_SIMPLE_BLOCK, _BLOCK):
-                yield from self._frames(body, start)
+                yield from self._opus_frames(body, start)
         if self._opus is None:
             self._opus = self._opus_track()
 
@@ -123,7 +138,7 @@ class OpusStream:
         else:
             track.private = body
 
-    def _frames(self, block: bytes, start: int) -> Iterator[bytes]:
+    def _opus_frames(self, block: bytes, start: int) -> Iterator[bytes]:
         """The frames of a (Simple)Block of the Opus track; nothing for other tracks."""
         number, pos = _size(block, 0)
         if self._opus is None:
@@ -136,6 +151,7 @@ class OpusStream:
         if lacing is not _Lacing.NONE:
             raise AudioFormatError(f"The WebM file packs frames into blocks ({lacing.name.lower()} lacing), "
                                    "which edged does not read; MediaRecorder does not.")
+        self._frames += 1
         yield block[pos + 3:]
 
     def _codecs(self) -> str:
