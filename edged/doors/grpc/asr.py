@@ -56,19 +56,21 @@ def recognition_request(config: rasr.RecognitionConfig, interim: bool = False) -
         profanity_filter=config.profanity_filter, max_alternatives=config.max_alternatives,
         boost=tuple((phrase, float(context.boost)) for context in config.speech_contexts
                     for phrase in context.phrases if phrase.strip()),
-        endpointing=endpointing)
+        endpointing=endpointing, diarization=config.diarization_config.enable_speaker_diarization,
+        max_speakers=config.diarization_config.max_speaker_count)
 
 
 def _alternatives(t: Transcript, word_times: bool) -> list[rasr.SpeechRecognitionAlternative]:
-    """The best alternative (with words) and any others; a final's text ends with a space, as
-    Riva's do (clients that concatenate results rely on it)."""
+    """The best alternative (with words, where word times or diarization were asked for) and any
+    others; a final's text ends with a space, as Riva's do (clients that concatenate results rely on it)."""
     result = t.result
     end = " " if result.is_final else ""
     best = rasr.SpeechRecognitionAlternative(
         transcript=result.transcript + end, confidence=result.confidence, language_code=[t.result.language_code])
     if word_times:
         best.words.extend(rasr.WordInfo(word=w.word, start_time=w.start_ms, end_time=w.end_ms,
-                                        confidence=w.confidence, language_code=t.result.language_code)
+                                        confidence=w.confidence, language_code=t.result.language_code,
+                                        speaker_tag=w.speaker)
                           for w in result.words)
     return [best, *(rasr.SpeechRecognitionAlternative(
         transcript=a.transcript + end, confidence=a.confidence, language_code=[t.result.language_code])
@@ -96,8 +98,8 @@ class AsrServicer(rasr_grpc.RivaSpeechRecognitionServicer):
             response.id.CopyFrom(request.id)
         for t in transcripts:
             response.results.append(rasr.SpeechRecognitionResult(
-                alternatives=_alternatives(t, wanted.word_times), channel_tag=t.channel + 1,
-                audio_processed=t.result.audio_processed))
+                alternatives=_alternatives(t, wanted.word_times or wanted.diarization),
+                channel_tag=t.channel + 1, audio_processed=t.result.audio_processed))
         return response
 
     async def StreamingRecognize(self, request_iterator: AsyncIterator[rasr.StreamingRecognizeRequest],

@@ -5,11 +5,13 @@ One connection is one `WyomingHandler`; it answers
 - `describe` with `info`: edged's ASR models and TTS voices;
 - `transcribe` + `audio-start` / `audio-chunk`... / `audio-stop` with `transcript-start`,
   a `transcript-chunk` per final as it is recognised, then `transcript` and `transcript-stop`;
+- `detect` + `audio-start` / `audio-chunk`... / `audio-stop` with a `detection` per wake word
+  heard and `not-detected` at the end if none was (listening.py);
 - `synthesize` with `audio-start` / `audio-chunk`... / `audio-stop` as the voice speaks, and
   streaming `synthesize-start` / `synthesize-chunk`... / `synthesize-stop` by speaking each
   sentence once it is complete, then `synthesize-stopped`.
 
-It calls `ServiceContext.asr` and `.tts` only (the same admission slots, limits and metrics as
+It calls `ServiceContext.asr`, `.tts` and `.wake` only (the same admission slots, limits and metrics as
 gRPC), and answers edged's errors and the client's mistakes with a Wyoming `error` event. The
 server is advertised on the LAN as `_wyoming._tcp.local.` (zeroconf) for Home Assistant to find.
 """
@@ -43,6 +45,8 @@ from wyoming.info import (
     TtsProgram,
     TtsVoice,
     TtsVoiceSpeaker,
+    WakeModel,
+    WakeProgram,
 )
 from wyoming.ping import Ping, Pong
 from wyoming.server import AsyncEventHandler, AsyncTcpServer
@@ -54,11 +58,13 @@ from wyoming.tts import (
     SynthesizeStopped,
     SynthesizeVoice,
 )
+from wyoming.wake import Detect
 
 from edged import __version__
 from edged.daemon.security import is_loopback
 from edged.doors import common
 from edged.doors.wyoming.framing import FrameError, read_event
+from edged.doors.wyoming.listening import Listening, detect_names
 from edged.errors import AudioFormatError, EdgedError, ForbiddenError, IdleTimeoutError, RequestError
 from edged.pipelines.tts.segment import complete_sentences
 from edged.service.admission import Slot, Waiting
@@ -77,6 +83,7 @@ _URLS = {
     "moonshine": "https://github.com/usefulsensors/moonshine",
     "piper": "https://github.com/rhasspy/piper",
     "silero": "https://github.com/snakers4/silero-vad",
+    "microwakeword": "https://github.com/kahrendt/microWakeWord",
 }
 _CODES = {
     "exhausted": "resource-exhausted",
@@ -118,7 +125,7 @@ def check_text_fields(request: Synthesize | SynthesizeStart | SynthesizeChunk, k
 
 def _attribution(family: str, license: str) -> Attribution:
     name = {"moonshine": "Moonshine (Useful Sensors)", "piper": "Piper (Rhasspy)",
-            "silero": "Silero VAD"}.get(family, family)
+            "silero": "Silero VAD", "microwakeword": "microWakeWord"}.get(family, family)
     return Attribution(name=f"{name}, {license}" if license and license != "unknown" else name,
                        url=_URLS.get(family, ""))
 
@@ -154,13 +161,21 @@ def describe(ctx: ServiceContext) -> Info:
         info.tts.append(TtsProgram(
             name=PROGRAM, attribution=edged, installed=True, version=__version__,
             description="edged speech synthesis", voices=voices, supports_synthesize_streaming=True))
+    if ctx.wake is not None:
+        wakes = [WakeModel(name=name, attribution=_attribution(m.model_family, m.license), installed=True,
+                           description=str(m.parameters.get("wake_word", name)), version=None,
+                           languages=[str(x) for x in m.parameters.get("trained_languages", [m.language_code])],
+                           phrase=str(m.parameters.get("wake_word", "")) or None)
+                 for name, m in ctx.wake.models().items()]
+        info.wake.append(WakeProgram(name=PROGRAM, attribution=edged, installed=True, version=__version__,
+                                     description="edged wake-word detection", models=wakes))
     return info
 
 
 _REQUESTS: dict[str, Any] = {
     kind: cls for cls, kind in (
-        (Describe, "describe"), (Ping, "ping"), (Transcribe, "transcribe"), (AudioStart, "audio-start"),
-        (AudioChunk, "audio-chunk"), (AudioStop, "audio-stop"), (Synthesize, "synthesize"),
+        (Describe, "describe"), (Ping, "ping"), (Transcribe, "transcribe"), (Detect, "detect"),
+        (AudioStart, "audio-start"), (AudioChunk, "audio-chunk"), (AudioStop, "audio-stop"), (Synthesize, "synthesize"),
         (SynthesizeStart, "synthesize-start"), (SynthesizeChunk, "synthesize-chunk"),
         (SynthesizeStop, "synthesize-stop"))}
 """The events a client may send, by type, and the class that reads each."""
@@ -240,6 +255,9 @@ class WyomingHandler(AsyncEventHandler):
         """The open ASR or streaming TTS session (closed at its end, on error, at disconnect)."""
         self._transcribe = Transcribe()
         self._asr: _Transcription | None = None
+        self._detect: Detect | None = None
+        """The `detect` the next audio-start listens for (wake words), if one came."""
+        self._wake: Listening | None = None
         self._refused = ""
         """The stream that failed ("audio", "synthesis"): its later events are dropped quietly
         until its stop (the error event has told the client)."""
@@ -258,7 +276,7 @@ class WyomingHandler(AsyncEventHandler):
             return False
         except Exception as exc:  # every error becomes an error event
             # the rest of a failed stream (its chunks, its stop) is dropped quietly
-            if self._asr is not None:
+            if self._asr is not None or self._wake is not None:
                 self._refused = "audio"
             elif self._streaming_tts:
                 self._refused = "synthesis"
@@ -323,7 +341,7 @@ class WyomingHandler(AsyncEventHandler):
         await self._close_session()
 
     async def _close_session(self) -> None:
-        self._asr = None
+        self._asr, self._wake = None, None
         self._streaming_tts, self._tts_started, self._tts_slot = False, False, None
         self._tts_text = ""
         await self._stack.aclose()
@@ -334,7 +352,7 @@ class WyomingHandler(AsyncEventHandler):
         parser = _REQUESTS.get(kind)
         if parser is None and kind != "select-program":  # answered; an open stream carries on
             error = Error(text=f"edged does not serve Wyoming {kind!r} events; it answers describe, "
-                               "transcribe with audio, synthesize and synthesize-start.", code="bad-request")
+                               "transcribe or detect with audio, synthesize and synthesize-start.", code="bad-request")
             common.log_refusal(_LOGGER, "wyoming", "bad_request", f"Wyoming {kind}", "bad-request", error.text)
             await self.write_event(error.event())
             return
@@ -349,7 +367,10 @@ class WyomingHandler(AsyncEventHandler):
         elif isinstance(request, Ping):
             await self.write_event(Pong(text=request.text).event())
         elif isinstance(request, Transcribe):
-            self._transcribe = request
+            self._transcribe, self._detect = request, None
+        elif isinstance(request, Detect):
+            detect_names(request)
+            self._detect, self._transcribe = request, Transcribe()
         elif isinstance(request, AudioStart):
             await self._audio_start(request)
         elif isinstance(request, AudioChunk):
@@ -372,12 +393,18 @@ class WyomingHandler(AsyncEventHandler):
     async def _audio_start(self, start: AudioStart) -> None:
         await self._close_session()
         self._refused = "audio"
-        asr = common.asr_service(self._ctx)
         if start.width not in _WIDTHS:
             raise AudioFormatError(f"Audio of sample width {start.width} is not supported; send 16-bit "
                                    "PCM (width 2), or width 1 or 4.")
         if start.rate <= 0 or start.channels <= 0:
             raise AudioFormatError("audio-start needs a positive rate and channel count.")
+        if self._detect is not None:
+            await self._listen_start(start)
+            return
+        if self._ctx.asr is None and self._ctx.wake is not None:
+            raise RequestError("audio-start came before detect: send detect (the wake words, or none "
+                               "for any), then the audio.")
+        asr = common.asr_service(self._ctx)
         transcribe, self._transcribe = self._transcribe, Transcribe()
         model = "" if transcribe.name in (None, "", PROGRAM) else str(transcribe.name)
         # No interims: a transcript-chunk is final text to append, so they would not be sent, and
@@ -398,6 +425,9 @@ class WyomingHandler(AsyncEventHandler):
         self._stack.callback(self._asr.feeder.cancel)
 
     async def _audio_chunk(self, chunk: AudioChunk) -> None:
+        if self._wake is not None:
+            await self._listen_chunk(self._wake, chunk)
+            return
         asr = self._asr
         if asr is None:
             if self._refused == "audio":
@@ -429,6 +459,12 @@ class WyomingHandler(AsyncEventHandler):
             await self.write_event(error_for(exc).event())
 
     async def _audio_stop(self) -> None:
+        if self._wake is not None:
+            events = self._wake.stop()
+            await self._close_session()
+            for event in events:
+                await self.write_event(event)
+            return
         asr = self._asr
         if asr is None:
             if self._refused == "audio":  # its audio-start was refused, and answered
@@ -447,6 +483,26 @@ class WyomingHandler(AsyncEventHandler):
         await self._close_session()
         await self.write_event(Transcript(text=" ".join(asr.finals), language=language).event())
         await self.write_event(TranscriptStop().event())
+
+    # Wake words
+
+    async def _listen_start(self, start: AudioStart) -> None:
+        detect, self._detect = self._detect, None
+        wake = common.wake_service(self._ctx)
+        names = detect_names(detect) if detect is not None else None
+        session = await self._stack.enter_async_context(wake.session(names, start.rate, start.channels))
+        session.on_idle(self._tell_idle)
+        self._wake = Listening(session, start)
+        self._refused = ""
+
+    async def _listen_chunk(self, listening: Listening, chunk: AudioChunk) -> None:
+        start = listening.format
+        if (chunk.rate, chunk.width, chunk.channels) != (start.rate, start.width, start.channels):
+            raise AudioFormatError(
+                f"audio-chunk is {chunk.rate} Hz, width {chunk.width}, {chunk.channels} channel(s), but "
+                f"audio-start said {start.rate} Hz, width {start.width}, {start.channels}.")
+        for event in await listening.chunk(chunk):
+            await self.write_event(event)
 
     # Speech synthesis
 
@@ -498,8 +554,9 @@ class WyomingHandler(AsyncEventHandler):
     def _tell_idle(self, error: IdleTimeoutError) -> None:
         """A stream's client sent nothing for the idle timeout: an error event (its slot then closes
         the connection)."""
-        common.log_refusal(_LOGGER, "wyoming", error.kind, "Wyoming synthesis", "timeout", str(error))
-        self._refused = "synthesis"
+        what = "audio" if self._wake is not None else "synthesis"
+        common.log_refusal(_LOGGER, "wyoming", error.kind, f"Wyoming {what}", "timeout", str(error))
+        self._refused = what
         asyncio.get_running_loop().create_task(self.write_event(error_for(error).event()))
 
     async def _synthesize_chunk(self, chunk: SynthesizeChunk) -> None:

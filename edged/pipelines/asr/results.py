@@ -21,6 +21,8 @@ class Word:
     start_ms: int
     end_ms: int
     confidence: float
+    speaker: int = 0
+    """Who said it (1, 2, ... by first appearance) where diarization was asked for; else 0."""
 
 
 @dataclass(frozen=True)
@@ -49,6 +51,8 @@ class Result:
     """Finals only: further distinct transcripts, best first (at most max_alternatives - 1)."""
     language_code: str = ""
     """The model's language (BCP-47, e.g. en-US)."""
+    speaker: int = 0
+    """Finals, where diarization was asked for: who said most of the utterance; else 0."""
 
 
 def strip_punctuation(text: str) -> str:

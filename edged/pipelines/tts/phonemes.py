@@ -12,6 +12,9 @@ import re
 import threading
 import unicodedata
 from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
 
 from edged.errors import TtsError
 
@@ -20,6 +23,7 @@ _LOGGER = logging.getLogger(__name__)
 _AUDIO_OUTPUT_SYNCHRONOUS = 2
 _CHARS_UTF8 = 1
 _PHONEMES_IPA = 0x02
+_SYNTH_CALLBACK = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.c_void_p)
 
 BOS, EOS, PAD = "^", "$", "_"
 
@@ -30,6 +34,7 @@ class Espeak:
     _lock = threading.Lock()
     _lib: ctypes.CDLL | None = None
     _voice: str | None = None
+    _rate = 22050
 
     @classmethod
     def _library(cls) -> ctypes.CDLL:
@@ -44,8 +49,13 @@ class Espeak:
             lib.espeak_TextToPhonemes.restype = ctypes.c_char_p
             lib.espeak_TextToPhonemes.argtypes = [ctypes.POINTER(ctypes.c_void_p), ctypes.c_int, ctypes.c_int]
             data = espeakng_loader.get_data_path().encode()
-            if lib.espeak_Initialize(_AUDIO_OUTPUT_SYNCHRONOUS, 0, data, 0) <= 0:
+            rate = lib.espeak_Initialize(_AUDIO_OUTPUT_SYNCHRONOUS, 0, data, 0)
+            if rate <= 0:
                 raise TtsError("espeak-ng could not be initialised from the espeakng-loader package.")
+            lib.espeak_SetSynthCallback.argtypes = [ctypes.c_void_p]
+            lib.espeak_Synth.argtypes = [ctypes.c_char_p, ctypes.c_size_t, ctypes.c_uint, ctypes.c_int,
+                                         ctypes.c_uint, ctypes.c_uint, ctypes.c_void_p, ctypes.c_void_p]
+            cls._rate = rate
             cls._lib = lib
         return cls._lib
 
@@ -66,6 +76,33 @@ class Espeak:
                 if out:
                     parts.append(out.decode("utf-8", "replace").strip())
         return " ".join(p for p in parts if p)
+
+    @classmethod
+    def speak(cls, text: str, voice: str) -> tuple[np.ndarray, int]:
+        """espeak-ng's own formant voice reading `text`: int16 samples and their rate. Its voices
+        (`en-us`, `en+f3`, `en-gb-x-rp+m2`, ...) serve as extra speakers in `edged bench speakers`."""
+        chunks: list[np.ndarray] = []
+
+        def collect(wav: Any, count: int, _events: Any) -> int:
+            if wav and count > 0:
+                chunks.append(np.ctypeslib.as_array(wav, shape=(count,)).copy())
+            return 0
+
+        callback = _SYNTH_CALLBACK(collect)
+        with cls._lock:
+            lib = cls._library()
+            if lib.espeak_SetVoiceByName(voice.encode()) != 0:
+                raise TtsError(f"espeak-ng has no voice {voice!r}.")
+            cls._voice = voice
+            lib.espeak_SetSynthCallback(callback)
+            data = text.encode("utf-8")
+            status = lib.espeak_Synth(data, len(data) + 1, 0, 0, 0, _CHARS_UTF8, None, None)
+            lib.espeak_SetSynthCallback(None)
+            rate = int(cls._rate)
+        if status != 0:
+            raise TtsError(f"espeak-ng could not synthesise (status {status}).")
+        pcm = np.concatenate(chunks) if chunks else np.zeros(0, np.int16)
+        return pcm.astype(np.int16), rate
 
 
 class PhonemeIds:

@@ -1,0 +1,1 @@
+"""Who is speaking: speaker embeddings (features, encoder), clustering and diarization of utterances."""

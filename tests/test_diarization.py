@@ -1,0 +1,202 @@
+"""Diarization: clustering, cutting and labelling (pure logic), the bench's EER, and Riva's
+`Recognize` with `diarization_config` through riva.client on a simulated conversation."""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+import riva.client
+
+from edged.backends import BackendOptions
+from edged.client.speakerbench import equal_error_rate, pair_scores
+from edged.pipelines.speaker.clustering import cluster_speakers
+from edged.pipelines.speaker.diarize import DiarizeOptions, SpeakerTurn, pieces, speaker_at
+from edged.pipelines.speaker.encoder import SpeakerEncoder, unit
+from edged.pipelines.tts import TtsModel
+from edged.repository.deploy import deploy
+from edged.repository.records import DeployTarget
+from edged.rmir import RmirRef
+from tests.test_riva_fidelity import RATE, config, spoken, voice  # noqa: F401 - voice is a fixture
+from tests.test_server import free_port, serving
+from tests.test_speaker_encoder import espeak_voice
+
+
+def voices(groups: list[int], dim: int = 16, spread: float = 0.1, seed: int = 0) -> np.ndarray:
+    """Unit vectors: one random direction per group, each row its group's plus a little noise."""
+    rng = np.random.default_rng(seed)
+    centres = unit(rng.standard_normal((max(groups) + 1, dim)))
+    return unit(centres[groups] + spread * rng.standard_normal((len(groups), dim)))
+
+
+def test_clusters_follow_the_voices_numbered_by_first_appearance() -> None:
+    groups = [2, 2, 0, 1, 0, 2, 1]
+    labels = cluster_speakers(voices(groups), np.ones(len(groups)), threshold=0.6)
+    assert labels.tolist() == [0, 0, 1, 2, 1, 0, 2]
+
+
+def test_max_speakers_caps_the_clusters() -> None:
+    groups = [0, 1, 2, 3, 0, 1, 2, 3]
+    embeddings = voices(groups)
+    assert len(set(cluster_speakers(embeddings, np.ones(8), 0.6).tolist())) == 4
+    capped = cluster_speakers(embeddings, np.ones(8), 0.6, max_speakers=2)
+    assert len(set(capped.tolist())) == 2
+    # Utterances of one voice stay together when voices are merged.
+    assert all(capped[i] == capped[i + 4] for i in range(4))
+
+
+def test_threshold_one_keeps_everyone_apart_and_nothing_clusters_to_nothing() -> None:
+    embeddings = voices([0, 1, 2], spread=0.3)
+    assert cluster_speakers(embeddings, np.ones(3), 1.01).tolist() == [0, 1, 2]
+    assert cluster_speakers(np.zeros((0, 16)), np.zeros(0), 0.6).tolist() == []
+
+
+def test_long_utterances_are_cut_into_pieces() -> None:
+    options = DiarizeOptions(piece_s=3.0, max_piece_s=4.5)
+    cut = pieces([(0.0, 4.0), (5.0, 14.0)], options)
+    assert cut[0] == (0.0, 4.0)
+    assert len(cut) == 4 and cut[1][0] == 5.0 and cut[-1][1] == 14.0
+    assert all(abs((b - a) - 3.0) < 1e-9 for a, b in cut[1:])
+
+
+def test_a_word_takes_the_turn_it_overlaps_most() -> None:
+    turns = [SpeakerTurn(0.0, 2.0, 1), SpeakerTurn(2.0, 4.0, 2)]
+    assert speaker_at(turns, 1.5, 2.2) == 1
+    assert speaker_at(turns, 1.9, 3.0) == 2
+    assert speaker_at(turns, 5.0, 5.5) == 2  # after every turn: the nearest
+    assert speaker_at([], 0.0, 1.0) == 0
+
+
+def test_equal_error_rate() -> None:
+    rng = np.random.default_rng(0)
+    assert equal_error_rate(rng.uniform(0.6, 1.0, 50), rng.uniform(0.0, 0.5, 80))[0] == 0.0
+    same, different = rng.normal(0.7, 0.1, 4000), rng.normal(0.5, 0.1, 4000)
+    eer, threshold = equal_error_rate(same, different)
+    assert abs(threshold - 0.6) < 0.02
+    assert abs(eer - 0.1587) < 0.02  # both tails one sigma beyond the middle
+    embeddings = voices([0, 0, 1])
+    s, d = pair_scores(embeddings, ["a", "a", "b"])
+    assert len(s) == 1 and len(d) == 2
+
+
+# --- through riva.client ------------------------------------------------------------------------
+
+SENTENCES = [
+    "Good morning, I wanted to talk about the schedule for the next release of the project.",
+    "Sure, I think we can ship it on Thursday if the tests pass tonight.",
+    "That works for me, but the documentation still needs a careful review first.",
+    "I can review the documentation tomorrow morning before lunch.",
+    "Great, then let us meet again on Wednesday to decide.",
+]
+
+
+@pytest.fixture(scope="module")
+def address(default_repo: Path, speaker_rmir: Path, cpu_target: DeployTarget) -> Iterator[str]:
+    """`edged start` with the default models and the speaker encoder."""
+    deploy(RmirRef(speaker_rmir), default_repo / "models", cpu_target, BackendOptions())
+    port = free_port()
+    cfg = default_repo.parent / "config.sh"
+    cfg.write_text(f'model_loc="{default_repo}"\nriva_speech_api_port={port}\nlisten_address="127.0.0.1"\n'
+                   "metrics_port=0\nhttp_enabled=false\nwyoming_enabled=false\n", encoding="utf-8")
+    with serving(cfg, port) as address:
+        yield address
+
+
+SPEAKERS = [0, 1, 2, 0, 1]
+"""Who says each of SENTENCES: edged's voice (0) and two espeak-ng voices."""
+
+
+def conversation(voice: TtsModel) -> tuple[bytes, list[float]]:  # noqa: F811 - the fixture's value
+    """SENTENCES said in turn by SPEAKERS, a pause of 1 to 1.5 s after each: the 16-bit PCM and
+    the second each turn starts at."""
+    rng = np.random.default_rng(1)
+    parts, starts, at = [], [], 0
+    for who, sentence in zip(SPEAKERS, SENTENCES):
+        if who == 0:
+            audio = np.frombuffer(spoken(voice, sentence), dtype="<i2").astype(np.float32) / 32768
+        else:
+            audio = espeak_voice(sentence, ("en-us", "en+f3")[who - 1])
+        pause = np.zeros(int(rng.uniform(1.0, 1.5) * RATE), np.float32)
+        starts.append(at / RATE)
+        parts += [audio, pause]
+        at += len(audio) + len(pause)
+    pcm = (np.clip(np.concatenate(parts), -1, 1) * 32767).astype("<i2").tobytes()
+    return pcm, starts
+
+
+def test_recognize_tags_words_with_their_speakers(address: str, voice: TtsModel) -> None:  # noqa: F811
+    """Each turn's words carry one speaker_tag, a different one per voice, the same when a voice
+    comes back; max_speaker_count=1 puts everyone together."""
+    pcm, starts = conversation(voice)
+    asr = riva.client.ASRService(riva.client.Auth(uri=address))
+    cfg = config()
+    riva.client.add_speaker_diarization_to_config(cfg, True, 3)
+    response = asr.offline_recognize(pcm, cfg)
+    words = [w for r in response.results for w in r.alternatives[0].words]
+    assert len(words) > 40, response
+    tags_by_turn: list[Counter[int]] = [Counter() for _ in SPEAKERS]
+    for w in words:
+        middle = (w.start_time + w.end_time) / 2000
+        tags_by_turn[max(i for i, s in enumerate(starts) if s <= middle)][w.speaker_tag] += 1
+    tag_of_turn = [c.most_common(1)[0][0] for c in tags_by_turn]
+    agreeing = sum(c[t] for c, t in zip(tags_by_turn, tag_of_turn)) / len(words)
+    assert agreeing >= 0.9, tags_by_turn
+    assert 0 not in tag_of_turn
+    by_speaker = {s: {t for s2, t in zip(SPEAKERS, tag_of_turn) if s2 == s} for s in set(SPEAKERS)}
+    assert all(len(tags) == 1 for tags in by_speaker.values()), by_speaker
+    assert len({next(iter(tags)) for tags in by_speaker.values()}) == 3, by_speaker
+
+    one = config()
+    riva.client.add_speaker_diarization_to_config(one, True, 1)
+    together = asr.offline_recognize(pcm, one)
+    assert {w.speaker_tag for r in together.results for w in r.alternatives[0].words} == {1}
+
+
+def test_without_diarization_words_carry_no_speaker(address: str, voice: TtsModel) -> None:  # noqa: F811
+    pcm, _ = conversation(voice)
+    asr = riva.client.ASRService(riva.client.Auth(uri=address))
+    response = asr.offline_recognize(pcm, config(enable_word_time_offsets=True))
+    assert {w.speaker_tag for r in response.results for w in r.alternatives[0].words} == {0}
+
+
+def test_negative_max_speaker_count_is_refused(address: str) -> None:
+    asr = riva.client.ASRService(riva.client.Auth(uri=address))
+    cfg = config()
+    riva.client.add_speaker_diarization_to_config(cfg, True, -1)
+    with pytest.raises(grpc.RpcError) as caught:
+        asr.offline_recognize(bytes(RATE * 2), cfg)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "max_speaker_count" in str(caught.value.details())
+
+
+def test_speaker_bench_on_espeak_voices(speaker_encoder: SpeakerEncoder) -> None:
+    """`edged bench speakers`' figures on espeak-ng's six voices: pairs of every kind, an EER
+    well under chance, a DER where pyannote.metrics is installed, a CPU cost."""
+    from edged.client.speakerbench import bench_speakers, espeak_utterances
+
+    utterances = espeak_utterances()
+    figures = bench_speakers(speaker_encoder, utterances, conversations=2)
+    count = len(utterances)
+    assert figures.same_pairs + figures.different_pairs == count * (count - 1) // 2
+    assert figures.speakers == 6 and figures.eer < 0.25
+    assert figures.cpu_per_audio_s > 0
+    if importlib.util.find_spec("pyannote") is not None:
+        assert figures.der is not None and 0.0 <= figures.der < 0.5
+        assert figures.conversations == 2
+    assert "EER" in figures.text()
+
+
+def test_bench_without_a_speaker_model_says_what_to_do(tmp_path: Path) -> None:
+    """`edged bench speakers` where none is deployed: exit 1, one line naming models_speaker."""
+    (tmp_path / "config.sh").write_text(f'model_loc="{tmp_path / "repo"}"\n', encoding="utf-8")
+    proc = subprocess.run([sys.executable, "-m", "edged", "bench", "speakers", "-c", str(tmp_path / "config.sh"),
+                           "--no-espeak"], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert proc.returncode != 0
+    assert "models_speaker" in proc.stderr and "Traceback" not in proc.stderr
