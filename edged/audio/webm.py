@@ -103,7 +103,7 @@ class OpusStream:
                         raise AudioFormatError(f"The WebM file has more than {_MAX_TRACKS} tracks.")
                     self._tracks.append(Track())
                 elif element == _SEGMENT and doc_type not in _DOC_TYPES:
-                    raise AudioFormatError(f"The file is EBML of type {doc_type[:16]!r}, not WebM.")
+                    raise AudioFormatError(f"The WebM file says it is of type {doc_type[:16]!r}, not webm or matroska.")
                 continue
             if size is None or size > _MAX_LEAF:
                 raise AudioFormatError(f"The WebM file gives element {element:X} at byte {start} "
