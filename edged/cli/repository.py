@@ -50,7 +50,8 @@ def build(
         help="Built-in importer: moonshine-base-en, piper-joe-medium or silero-vad.")] = None,
     from_wheel: Annotated[Path | None, typer.Option(
         help="Read the built-in model pack from this .whl instead of the installed package.")] = None,
-    name: Annotated[str | None, typer.Option(help="Model name (loose files or --nemo; overrides the YAML).")] = None,
+    name: Annotated[str | None, typer.Option(
+        help="Model name (loose files, --nemo or --piper; overrides the YAML).")] = None,
     language_code: Annotated[str | None, typer.Option(help="Language code, e.g. en-US.")] = None,
     sample_rate: Annotated[int | None, typer.Option(help="Sample rate in Hz.")] = None,
     model_family: Annotated[str | None, typer.Option(help="Model family a pipeline drives.")] = None,
@@ -60,6 +61,8 @@ def build(
     onnx: Annotated[Path | None, typer.Option(
         help="The folder NeMo's model.export('model.onnx') wrote "
              "(alone: with nemo.yaml or model_config.yaml).")] = None,
+    piper: Annotated[Path | None, typer.Option(
+        help="A Piper voice, VOICE.onnx with its VOICE.onnx.json beside it (speech_synthesis).")] = None,
 ) -> None:
     """Pack ONNX networks and artifacts into an RMIR archive."""
     from edged.importers import source_for_build
@@ -74,7 +77,7 @@ def build(
                  "model_family": model_family, "license": license}
     with tempfile.TemporaryDirectory(prefix=".edged-build-", dir=ref.path.parent.resolve()) as work:
         src = source_for_build(pipeline.value, sources or [], builtin, from_wheel, overrides, Path(work),
-                               nemo=nemo, onnx_dir=onnx)
+                               nemo=nemo, onnx_dir=onnx, piper=piper)
         manifest = build_rmir(src, ref, progress_bar(f"build {ref.path.name}"))
     typer.echo(f"Built {ref.path} ({manifest.name}, {manifest.pipeline}, "
                f"{mb(ref.path.stat().st_size)}{', encrypted' if ref.key else ''})")

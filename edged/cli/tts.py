@@ -54,7 +54,8 @@ def speak(
         raise ConfigError("Give either -o OUT.wav or --play.")
     texts = paragraphs(file) if file is not None else iter([text or ""])
     with Pools() as pools:
-        speaker: Speaker = RemoteSpeaker(server) if server else LocalSpeaker(load_local_tts(load_config(config), pools))
+        speaker: Speaker = RemoteSpeaker(server) if server else LocalSpeaker(
+            load_local_tts(load_config(config), pools, voice))
         chunks = speaker.speak(texts, sample_rate, voice, rate)
         seconds = write_wav(chunks, output) if output is not None else play(chunks)
     typer.echo(f"{seconds:.2f} s of speech" + (f" written to {output}" if output else " played"))

@@ -15,11 +15,12 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from edged.config import Settings
-from edged.errors import ConfigError, TtsError
+from edged.errors import ConfigError, TtsError, UnknownVoiceError
 from edged.pipelines.pools import Pools
 from edged.pipelines.tts import AudioChunk, SynthesisRequest, TtsModel
 from edged.pipelines.tts.limits import SynthesisLimits
 from edged.pipelines.tts.ssml import Boundary, Item, is_ssml
+from edged.pipelines.tts.synthesizer import subvoices, voice_names
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -49,19 +50,26 @@ class Speaker(Protocol):
         ...
 
 
-def load_local_tts(settings: Settings, pools: Pools) -> TtsModel:
-    """The first deployed speech synthesis model in the configured repository, loaded (its lanes
-    on `pools`)."""
+def load_local_tts(settings: Settings, pools: Pools, voice: str = "") -> TtsModel:
+    """The deployed speech synthesis model in the configured repository that has `voice` (any
+    name TtsModel takes; empty: the first), loaded (its lanes on `pools`)."""
     from edged.backends import BackendOptions
     from edged.backends.probe import probe
     from edged.loader import load_model
     from edged.repository.records import current_target, list_models
 
     target = current_target(probe(), settings.backend)
+    names: list[str] = []
     for model in list_models(settings.model_loc / "models", target):
         if model.manifest and model.manifest.pipeline == "speech_synthesis":
-            options = BackendOptions.from_settings(settings)
-            return TtsModel(load_model(model, options), pools, SynthesisLimits.from_settings(settings))
+            known = voice_names(model.name, model.manifest.parameters)
+            if not voice or voice.lower() in known:
+                options = BackendOptions.from_settings(settings)
+                return TtsModel(load_model(model, options), pools, SynthesisLimits.from_settings(settings))
+            family, subs = subvoices(model.name, model.manifest.parameters)
+            names += [f"{family}.{s}" for s in subs]
+    if voice and names:
+        raise UnknownVoiceError(f"Voice {voice!r} is not available; voices: {', '.join(names)}.")
     raise TtsError(f"No speech synthesis model is deployed in {settings.model_loc / 'models'}; "
                    "run `edged init`.")
 
@@ -109,8 +117,10 @@ class RemoteSpeaker:
                     raise ConfigError("--rate cannot be combined with SSML; use <prosody rate> in it.")
                 text = f'<speak><prosody rate="{rate * 100:g}%">{html.escape(text)}</prosody></speak>'
             try:
+                # A voice named speaks its own language; without one, Riva's default language.
                 for response in service.synthesize_online(text, voice_name=voice or None,
-                                                          language_code="en-US", sample_rate_hz=rate_hz):
+                                                          language_code="" if voice else "en-US",
+                                                          sample_rate_hz=rate_hz):
                     yield AudioChunk(response.audio, rate_hz, response.meta.text)
             except grpc.RpcError as exc:
                 raise TtsError(f"The server at {self.address} refused: {exc.details()}") from None

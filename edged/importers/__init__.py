@@ -85,11 +85,20 @@ def source_for_build(
     workdir: Path,
     nemo: Path | None = None,
     onnx_dir: Path | None = None,
+    piper: Path | None = None,
 ) -> ModelSource:
     """What `edged build` packs: a built-in pack, a description YAML, loose .onnx + artifact files,
-    or a NeMo model (`nemo` checkpoint and/or `onnx_dir`, its ONNX export)."""
+    a NeMo model (`nemo` checkpoint and/or `onnx_dir`, its ONNX export) or a Piper voice (`piper`)."""
     from edged.importers.custom import import_description, source_from_files
 
+    if piper is not None:
+        if builtin or files or nemo is not None or onnx_dir is not None:
+            raise ModelImportError("Give either --piper or other sources, not both.")
+        if pipeline != "speech_synthesis":
+            raise ModelImportError(f"A Piper voice is a speech_synthesis model, not {pipeline}.")
+        from edged.importers.piper import import_piper_voice
+
+        return import_piper_voice(piper, workdir, overrides)
     if nemo is not None or onnx_dir is not None:
         if builtin or files:
             raise ModelImportError("Give either --nemo/--onnx or other sources, not both.")

@@ -17,8 +17,11 @@ only 2-D convolutions, and run this voice ~15 % faster than its 1-D path.
 
 from __future__ import annotations
 
+import copy
 import json
+import logging
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +31,8 @@ from edged.errors import ModelImportError
 from edged.importers.package import locate_pack
 from edged.onnxgraph import drop_unused_initializers
 from edged.rmir.build import ModelSource
+
+_LOGGER = logging.getLogger(__name__)
 
 _VOICE = "en_US-joe-medium"
 _DECODER = "/dec/"
@@ -144,9 +149,12 @@ def split_voice(model: Any) -> dict[str, Any] | None:
     last = max(int(m[1]) for m in flows)
     first_layer = [n for n in graph.node if n.name.startswith(f"/flow/flows.{last}/")]
     made = {o for n in first_layer for o in n.output} | set(weights)
-    ranks = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]
-             for v in shape_inference.infer_shapes(model).graph.value_info}
-    mask = next((i for i in masking.input if ranks.get(i, [0, 0])[1] == 1), None)
+    # The extractor reads the cut tensors' types from value_info, which not every export carries.
+    inferred = shape_inference.infer_shapes(model).graph.value_info
+    known = {v.name for v in graph.value_info}
+    graph.value_info.extend(v for v in inferred if v.name not in known)
+    ranks = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim] for v in inferred}
+    mask = next((i for i in masking.input if ranks.get(i, [0, 0])[1:2] == [1]), None)
     outer = {i for n in first_layer for i in n.input if i and i not in made
              and producer.get(i) is not None and producer[i].op_type != "Constant"}
     prior = outer - {mask, cond.input[0] if cond is not None else ""}
@@ -176,16 +184,25 @@ def split_voice(model: Any) -> dict[str, Any] | None:
     return parts
 
 
-def measure_context(network: Any, seed: int = 0) -> tuple[int, int]:
-    """(hop, context) of a network convolutional over `frames`: output steps per input frame,
-    and the frames of context either side that make a chunk's output equal the whole input's
-    (to 1e-5), measured with ONNX Runtime on random input (`mask`: ones)."""
+_SPLIT_TOLERANCE = 1e-4
+"""Largest difference allowed between the split networks' audio and the whole graph's (at zero noise)."""
+
+
+def _session(network: Any) -> Any:
+    """An ONNX Runtime session on one thread for checking a network at build time."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
     so.intra_op_num_threads = 1
     so.log_severity_level = 3
-    session = ort.InferenceSession(network.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(network.SerializeToString(), so, providers=["CPUExecutionProvider"])
+
+
+def measure_context(network: Any, seed: int = 0) -> tuple[int, int]:
+    """(hop, context) of a network convolutional over `frames`: output steps per input frame,
+    and the frames of context either side that make a chunk's output equal the whole input's
+    (to 1e-5), measured with ONNX Runtime on random input (`mask`: ones)."""
+    session = _session(network)
     rng = np.random.default_rng(seed)
     frames = 3 * _MAX_CONTEXT
     feeds: dict[str, np.ndarray] = {}
@@ -210,8 +227,64 @@ def measure_context(network: Any, seed: int = 0) -> tuple[int, int]:
     raise ModelImportError(f"A network of the voice sees more than {_MAX_CONTEXT} frames around each frame.")
 
 
+def check_split(whole: Any, parts: dict[str, Any], seed: int = 0) -> float:
+    """The largest difference between the audio of the whole graph and of its encoder, flow and
+    decoder run one after the other, at zero noise (so both are deterministic), on random ids;
+    ModelImportError if a network fails to run."""
+    rng = np.random.default_rng(seed)
+    ids = np.concatenate([[1], rng.integers(3, 40, 40), [2]]).astype(np.int64)[None, :]
+    feeds: dict[str, np.ndarray] = {"input": ids, "input_lengths": np.asarray([ids.shape[1]], np.int64),
+                                    "scales": np.asarray([0.0, 1.0, 0.0], np.float32)}
+    try:
+        session = _session(whole)
+        if any(i.name == "sid" for i in session.get_inputs()):
+            feeds["sid"] = np.asarray([0], np.int64)
+        expected = session.run(None, feeds)[0].reshape(-1)
+        encoded = dict(zip([o.name for o in parts["encoder"].graph.output],
+                           _session(parts["encoder"]).run(None, feeds)))
+        extra = {k: v for k, v in encoded.items() if k != "z_p"}
+        z_p = encoded["z_p"]
+        z = _session(parts["flow"]).run(None, {"z_p": z_p, "mask": np.ones((1, 1, z_p.shape[-1]), np.float32),
+                                                **extra})[0]
+        got = _session(parts["decoder"]).run(None, {"z": z, **extra})[0].reshape(-1)
+    except Exception as exc:  # noqa: BLE001 - ONNX Runtime raises its own types for a graph it cannot run
+        raise ModelImportError(f"The voice's networks do not run ({exc}).") from None
+    if got.shape != expected.shape:
+        return float("inf")
+    return float(np.abs(got - expected).max())
+
+
+def _split_networks(model: Any) -> tuple[dict[str, Any], dict[str, Any]] | str:
+    """The voice's encoder, flow and decoder (2-D convolutions) with their parameters, or why the
+    rewrites do not hold for it."""
+    whole = copy.deepcopy(model)
+    try:
+        parts = split_voice(model)
+    except ValueError as exc:  # the extractor: a cut that does not separate the graph
+        return f"its graph does not cut into encoder, flow and decoder ({exc})"
+    if parts is None:
+        return "its graph is not shaped as Piper's VITS export (no /dec/conv_pre after /flow/flows.N)"
+    for part in parts.values():
+        lift_convolutions(part)
+    try:
+        error = check_split(whole, parts)
+        if error > _SPLIT_TOLERANCE:
+            return f"its split networks' audio differs from the whole graph's by {error:.2g}"
+        hop, decoder_context = measure_context(parts["decoder"])
+        _, flow_context = measure_context(parts["flow"])
+    except ModelImportError as exc:
+        return str(exc).rstrip(".")
+    except Exception as exc:  # noqa: BLE001 - ONNX Runtime's own error types, for a network it cannot run
+        return f"its networks do not run in pieces ({exc})"
+    return parts, {"hop_length": hop, "decoder_context_frames": decoder_context,
+                   "flow_context_frames": flow_context, "max_run_frames": _MAX_RUN_FRAMES}
+
+
 def prepare_voice(onnx_path: Path, workdir: Path) -> tuple[dict[str, Path], dict[str, Any]]:
-    """The networks an RMIR holds for a Piper voice, written into `workdir`, and their parameters."""
+    """The networks an RMIR holds for a Piper voice, written into `workdir`, and their parameters:
+    encoder, flow and decoder where the rewrites hold (checked: the chained networks give the
+    whole graph's audio, and chunks with their measured context give the whole's); else the
+    graph as one network, with a warning."""
     import onnx
     from google.protobuf.message import DecodeError
 
@@ -220,20 +293,57 @@ def prepare_voice(onnx_path: Path, workdir: Path) -> tuple[dict[str, Path], dict
     except (OSError, DecodeError) as exc:
         raise ModelImportError(f"{onnx_path} is not a readable ONNX model ({exc}).") from None
     workdir.mkdir(parents=True, exist_ok=True)
-    parts = split_voice(model)
-    if parts is None:
+    split = _split_networks(copy.deepcopy(model))
+    if isinstance(split, str):
+        _LOGGER.warning("%s is served as one graph, without chunked decoding (its first audio waits "
+                        "for the whole utterance): %s.", onnx_path.name, split)
         lift_convolutions(model)
         onnx.save(model, str(workdir / "voice.onnx"))
         return {"voice": workdir / "voice.onnx"}, {}
+    parts, params = split
     networks = {}
     for name, part in parts.items():
-        lift_convolutions(part)
         networks[name] = workdir / f"{name}.onnx"
         onnx.save(part, str(networks[name]))
-    hop, decoder_context = measure_context(parts["decoder"])
-    _, flow_context = measure_context(parts["flow"])
-    return networks, {"hop_length": hop, "decoder_context_frames": decoder_context,
-                      "flow_context_frames": flow_context, "max_run_frames": _MAX_RUN_FRAMES}
+    return networks, params
+
+
+@dataclass(frozen=True)
+class VoiceNaming:
+    """How clients name a Piper voice: its language tag and its Riva-style voice name."""
+
+    language_code: str
+    """BCP-47 style, from the config's `language.code` ("de_DE" -> "de-DE"), else its espeak voice."""
+    voice_name: str
+    """"German-DE.Thorsten" for one speaker; "English-GB-Vctk" (its speakers the subvoices) for several."""
+
+    @classmethod
+    def of(cls, config: dict[str, Any], stem: str) -> VoiceNaming:
+        """The naming of a voice from its config and its file's stem ("de_DE-thorsten-medium")."""
+        language = config.get("language") or {}
+        code = str(language.get("code") or stem.split("-")[0] or config["espeak"]["voice"])
+        language_code = code.replace("_", "-")
+        lang, _, region = language_code.partition("-")
+        words = str(language.get("name_english") or lang).split()
+        family = "-".join([words[0] if words else lang, *([region.upper()] if region else [])])
+        parts = stem.split("-")
+        dataset = str(config.get("dataset") or (parts[1] if len(parts) > 1 else stem))
+        speaker = re.sub(r"[^A-Za-z0-9_]+", "_", dataset).strip("_").capitalize() or "Voice"
+        several = len(config.get("speaker_id_map") or {}) > 1
+        return cls(language_code, f"{family}-{speaker}" if several else f"{family}.{speaker}")
+
+
+def _check_espeak_voice(voice: str, config_path: Path) -> None:
+    """ModelImportError unless espeak-ng (where installed) speaks `voice`."""
+    from edged.errors import TtsError
+    from edged.pipelines.tts.phonemes import Espeak
+
+    try:
+        Espeak.phonemize("a", voice)
+    except TtsError as exc:
+        if "no voice" in str(exc):
+            raise ModelImportError(f"{config_path}: {exc} (espeak.voice in the config).") from None
+        _LOGGER.warning("The espeak-ng voice %r is not checked: %s", voice, exc)
 
 
 def piper_source(
@@ -244,28 +354,35 @@ def piper_source(
     provenance: dict[str, str],
     license: str,
     workdir: Path | None = None,
+    language_code: str = "",
 ) -> ModelSource:
     """Describe a Piper voice (ONNX network + .onnx.json config) as an RMIR source.
 
     With `workdir`, the network is split and rewritten there (see the module's docstring);
-    without, it is packed as exported (one `voice` network).
+    without, it is packed as exported (one `voice` network). `language_code`: the config's
+    unless given.
     """
+    stem = onnx_path.name.removesuffix(".onnx")
     try:
         config = json.loads(config_path.read_text(encoding="utf-8"))
         sample_rate = int(config["audio"]["sample_rate"])
-        espeak_voice = str(config["espeak"]["voice"])
+        espeak_voice = str(config["espeak"]["voice"]) if config.get("phoneme_type", "espeak") == "espeak" else ""
         num_speakers = int(config.get("num_speakers", 1))
         inference = dict(config.get("inference", {}))
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+        speakers = {str(k): int(v) for k, v in (config.get("speaker_id_map") or {}).items()}
+        naming = VoiceNaming.of(config, stem)
+        if not isinstance(config["phoneme_id_map"], dict):
+            raise TypeError("phoneme_id_map is not a map")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise ModelImportError(f"{config_path} is not a usable Piper voice config ({exc}).") from None
-    speakers = config.get("speaker_id_map") or {}
-    language = str(config.get("language", {}).get("code", "en_US")).replace("_", "-")
+    if espeak_voice:
+        _check_espeak_voice(espeak_voice, config_path)
     networks, network_params = prepare_voice(onnx_path, workdir) if workdir is not None \
         else ({"voice": onnx_path}, {})
     return ModelSource(
         name=name,
         pipeline="speech_synthesis",
-        language_code=language,
+        language_code=language_code or naming.language_code,
         sample_rate=sample_rate,
         model_family="piper-vits",
         networks=networks,
@@ -274,8 +391,8 @@ def piper_source(
             "voice_config": config_path.name,
             # Riva-style voice name (talk.py --voice), plus the Piper names as aliases.
             "voice_name": voice_name,
-            "voice_aliases": [onnx_path.stem.removesuffix(".onnx")],
-            "subvoices": sorted(speakers, key=lambda s: speakers[s]) if speakers else [],
+            "voice_aliases": [stem],
+            "subvoices": sorted(speakers, key=lambda s: speakers[s]) if len(speakers) > 1 else [],
             "num_speakers": num_speakers,
             "espeak_voice": espeak_voice,
             "noise_scale": float(inference.get("noise_scale", 0.667)),
@@ -289,6 +406,31 @@ def piper_source(
         license=license,
         provenance=provenance,
     )
+
+
+def import_piper_voice(onnx_path: Path, workdir: Path, overrides: dict[str, Any] | None = None) -> ModelSource:
+    """Any published Piper voice: `VOICE.onnx` with its `VOICE.onnx.json` beside it
+    (`edged build speech_synthesis OUT.rmir --piper VOICE.onnx`). `overrides`: the build command's
+    name, language_code and license (None: from the voice)."""
+    overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+    config_path = onnx_path.with_name(onnx_path.name + ".json")
+    for path in (onnx_path, config_path):
+        if not path.is_file():
+            raise ModelImportError(f"{path} does not exist (a Piper voice is VOICE.onnx with "
+                                   "VOICE.onnx.json beside it).")
+    unknown = set(overrides) - {"name", "language_code", "license"}
+    if unknown:
+        raise ModelImportError(f"A Piper voice takes its {', '.join(sorted(unknown))} from its config; "
+                               "leave those options out.")
+    stem = onnx_path.name.removesuffix(".onnx")
+    try:
+        naming = VoiceNaming.of(json.loads(config_path.read_text(encoding="utf-8")), stem)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise ModelImportError(f"{config_path} is not a usable Piper voice config ({exc}).") from None
+    name = overrides.get("name") or "piper-" + re.sub(r"[^A-Za-z0-9._-]+", "-", stem).strip("-._")
+    return piper_source(onnx_path, config_path, name, naming.voice_name,
+                        {"from": "file", "file": onnx_path.name}, overrides.get("license") or "unknown",
+                        workdir / "piper", overrides.get("language_code") or "")
 
 
 def import_piper_joe(workdir: Path, wheel: Path | None = None) -> ModelSource:

@@ -30,7 +30,7 @@ from edged.errors import IdleTimeoutError, TtsRequestError, UnknownVoiceError
 from edged.pipelines.tts import AudioChunk, SynthesisRequest, TtsModel
 from edged.pipelines.tts.limits import AudioLimit, SynthesisLimits
 from edged.pipelines.tts.schedule import AsyncRunGate, Pace
-from edged.pipelines.tts.synthesizer import Plan, parse_custom_dictionary, subvoices
+from edged.pipelines.tts.synthesizer import Plan, parse_custom_dictionary, subvoices, voice_names
 from edged.service import metrics
 from edged.service.admission import Slot
 from edged.service.base import SpeechService
@@ -100,6 +100,18 @@ class Synthesis:
         return self.request.sample_rate or self.model.sample_rate
 
 
+ANY_LANGUAGE = ("", "multi")
+"""Language codes that let any voice speak (Riva's "multi", or none given)."""
+
+
+def speaks(voice_language: str, asked: str) -> bool:
+    """Whether a voice of `voice_language` ("de-DE") answers a request for `asked`: the same tag
+    ("de-DE", "de_de"), its language alone ("de"), or any language (ANY_LANGUAGE)."""
+    asked = asked.replace("_", "-").lower()
+    tag = voice_language.replace("_", "-").lower()
+    return asked in ANY_LANGUAGE or asked in (tag, tag.split("-")[0])
+
+
 class TtsService(SpeechService):
     """Synthesis for every door: voice choice, voices made once, `tts_lanes` steps at a time."""
 
@@ -134,24 +146,27 @@ class TtsService(SpeechService):
         return out
 
     def _choose(self, voice: str, language_code: str) -> str:
-        """The model serving a voice name (or the first of a language); UnknownVoiceError."""
+        """The model serving a voice name (in the language asked, if any), or else the first voice
+        of the language (any, for none or "multi"); UnknownVoiceError naming what is deployed."""
         manifests = self._registry.manifests(_PIPELINE)
         if not manifests:
             raise UnknownVoiceError("No speech synthesis model is deployed on this server.")
         wanted = voice.lower()
         for name, manifest in manifests.items():
-            params = manifest.parameters
-            family, subs = subvoices(name, params)
-            known = {f"{family}.{s}".lower() for s in subs} | {
-                str(a).lower() for a in (params.get("voice_name"), family, name,
-                                         *params.get("voice_aliases", [])) if a}
-            if wanted and wanted in known:
+            if wanted and wanted in voice_names(name, manifest.parameters):
+                if not speaks(manifest.language_code, language_code):
+                    raise UnknownVoiceError(
+                        f"Voice {voice!r} speaks {manifest.language_code}, not {language_code!r}; "
+                        f"voices: {self._listing()}.")
                 return name
-            if not wanted and (not language_code or language_code.lower() == manifest.language_code.lower()):
+            if not wanted and speaks(manifest.language_code, language_code):
                 return name
         what = f"Voice {voice!r} is not available" if voice else f"No voice speaks language {language_code!r}"
-        names = [n for info in self.voices() for n in info.names]
-        raise UnknownVoiceError(f"{what}; voices: {', '.join(names)}.")
+        raise UnknownVoiceError(f"{what}; voices: {self._listing()}.")
+
+    def _listing(self) -> str:
+        """Every deployed voice name with its language, for error messages."""
+        return ", ".join(f"{n} ({info.language_code})" for info in self.voices() for n in info.names)
 
     async def prepare(self, request: SpeechRequest) -> Synthesis:
         """The voice for a request, loaded, and the request checked against every limit that can

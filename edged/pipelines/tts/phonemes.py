@@ -106,10 +106,13 @@ class Espeak:
 
 
 class PhonemeIds:
-    """Piper's mapping: BOS, then each phoneme's ids each followed by PAD, then EOS."""
+    """Piper's mapping: BOS, then each phoneme's ids each followed by PAD, then EOS; a voice's
+    `phoneme_map` first replaces phonemes by others (the phonemes it was trained with)."""
 
-    def __init__(self, id_map: Mapping[str, Sequence[int]]) -> None:
+    def __init__(self, id_map: Mapping[str, Sequence[int]],
+                 phoneme_map: Mapping[str, Sequence[str]] | None = None) -> None:
         self._map = {k: list(v) for k, v in id_map.items()}
+        self._replace = {k: [str(p) for p in v] for k, v in (phoneme_map or {}).items()}
         for symbol in (BOS, EOS, PAD):
             if symbol not in self._map:
                 raise TtsError(f"The voice's phoneme_id_map lacks {symbol!r}.")
@@ -123,12 +126,13 @@ class PhonemeIds:
         pad = self._map[PAD]
         out = list(self._map[BOS]) + pad
         # NFD splits precomposed letters into base + combining marks, as in the voice's map.
-        for symbol in unicodedata.normalize("NFD", phonemes):
-            ids = self._map.get(symbol)
-            if ids is None:
-                _LOGGER.debug("Dropping phoneme %r unknown to the voice", symbol)
-                continue
-            out += ids + pad
+        for phoneme in unicodedata.normalize("NFD", phonemes):
+            for symbol in self._replace.get(phoneme, (phoneme,)):
+                ids = self._map.get(symbol)
+                if ids is None:
+                    _LOGGER.debug("Dropping phoneme %r unknown to the voice", symbol)
+                    continue
+                out += ids + pad
         return out + self._map[EOS]
 
 

@@ -120,22 +120,25 @@ def complete_sentences(text: str) -> tuple[list[str], str]:
     return sentences, text[start:]
 
 
-def _prepared(items: Iterable[Item]) -> Iterator[Item]:
-    """Normalise text spans and cut them at sentence ends (a Boundary between sentences)."""
+def _prepared(items: Iterable[Item], english: bool) -> Iterator[Item]:
+    """Normalise text spans (English only: other languages' numbers and abbreviations are
+    espeak-ng's to read) and cut them at sentence ends (a Boundary between sentences)."""
     for item in items:
         if not isinstance(item, Span) or item.kind != "text":
             yield item
             continue
         # Normalised first, so that "Dr." or "p.m." no longer look like sentence ends.
-        for i, piece in enumerate(_SENTENCE_END.split(normalise(item.text))):
+        text = normalise(item.text) if english else re.sub(r"[ \t]+", " ", item.text).strip()
+        for i, piece in enumerate(_SENTENCE_END.split(text)):
             if i:
                 yield Boundary()
             if piece.strip():
                 yield Span(piece, item.style, "words")
 
 
-def utterances(items: Iterable[Item]) -> Iterator[Unit]:
-    """Units in speaking order: utterances and breaks; lazy, so long documents stream."""
+def utterances(items: Iterable[Item], english: bool = True) -> Iterator[Unit]:
+    """Units in speaking order: utterances and breaks; lazy, so long documents stream. Text is
+    normalised for an `english` voice only."""
     sentence: list[Span] = []
     first = True
 
@@ -154,7 +157,7 @@ def utterances(items: Iterable[Item]) -> Iterator[Unit]:
         for group_units in units:
             yield from group_units
 
-    for item in _prepared(items):
+    for item in _prepared(items, english):
         if isinstance(item, Span):
             sentence.append(item)
         elif isinstance(item, Break):

@@ -178,6 +178,18 @@ def subvoices(model_name: str, parameters: Mapping[str, Any]) -> tuple[str, dict
     return family, {s: i for i, s in enumerate(speakers)} if speakers else {default_sub: 0}
 
 
+def voice_names(model_name: str, parameters: Mapping[str, Any]) -> dict[str, int]:
+    """Every name (lower-cased) a client may ask a voice model for, with the speaker it selects:
+    its full voice names ("english-us.joe"), its voice name and family, the model's name and the
+    Piper file names (aliases) for the first speaker."""
+    family, subs = subvoices(model_name, parameters)
+    names = {f"{family}.{s}".lower(): i for s, i in subs.items()}
+    for alias in [parameters.get("voice_name", ""), family, model_name, *parameters.get("voice_aliases", [])]:
+        if alias:
+            names.setdefault(str(alias).lower(), 0)
+    return names
+
+
 @dataclass(frozen=True)
 class Voice:
     """A name clients can ask for, and the speaker id it selects."""
@@ -210,11 +222,7 @@ class TtsModel:
         self._frame_seconds = 0.001
         """Decoder seconds per frame (context included), as recently measured: sizes the chunks."""
         self.family, self.subvoices = subvoices(model.name, params)
-        self._names: dict[str, int] = {f"{self.family}.{s}".lower(): i for s, i in self.subvoices.items()}
-        for alias in [params.get("voice_name", ""), self.family, model.name,
-                      *params.get("voice_aliases", [])]:
-            if alias:
-                self._names.setdefault(str(alias).lower(), 0)
+        self._names = voice_names(model.name, params)
         self._warm_up()
 
     def _warm_up(self) -> None:
@@ -302,7 +310,7 @@ class TtsModel:
         resampler = StreamResampler(self.sample_rate, rate_hz)
         pace = Pace()
         with self._gate.stream() as first_audio:
-            for unit in utterances(_apply_dictionary(items, dictionary or {})):
+            for unit in utterances(_apply_dictionary(items, dictionary or {}), self.config.english):
                 if isinstance(unit, Break):
                     budget.take(unit.seconds)
                     pieces: Iterable[np.ndarray] = _silence(round(unit.seconds * self.sample_rate),
@@ -371,15 +379,20 @@ class TtsModel:
         """One utterance's audio in chunks, with the unit's style applied; a long one in runs
         (phoneme_runs), each run's audio taken from the budget (if any) before it is decoded."""
         budget = budget or AudioBudget(None)
-        voice = self.config.espeak_voice
-        ipa = " ".join(s.text.strip() if s.kind == "ipa" else phonemize_text(s.text, voice)
-                       for s in unit.spans)
+        ipa = " ".join(s.text.strip() if s.kind == "ipa" else self._phonemes(s.text) for s in unit.spans)
         runs = phoneme_runs(ipa)
         for i, (phonemes, joined) in enumerate(runs):
             tight_start = runs[i - 1][1] if i else unit.tight_start
             tight_end = joined if i < len(runs) - 1 else unit.tight_end
             yield from self._run(self.config.phoneme_ids.ids(phonemes), unit.style, speaker, rate, pace,
                                  budget, tight_start, tight_end)
+
+    def _phonemes(self, text: str) -> str:
+        """A text span's phonemes: espeak-ng's IPA in the voice's language, or, for a voice trained
+        on letters (phoneme_type "text"), its lower-cased letters."""
+        if self.config.phoneme_type == "text":
+            return text.strip().lower()
+        return phonemize_text(text, self.config.espeak_voice)
 
     def _run(self, ids: list[int], style: Style, speaker: int, rate: float, pace: Pace, budget: AudioBudget,
              tight_start: bool, tight_end: bool) -> Iterator[np.ndarray]:

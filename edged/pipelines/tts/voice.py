@@ -29,6 +29,13 @@ class VoiceConfig:
     length_scale: float
     noise_w: float
     speakers: dict[str, int]
+    phoneme_type: str = "espeak"
+    """"espeak": IPA from espeak-ng's `espeak_voice`; "text": the text's own letters are the phonemes."""
+
+    @property
+    def english(self) -> bool:
+        """Whether the voice speaks English (edged's text normalisation is English only)."""
+        return self.phoneme_type == "espeak" and self.espeak_voice.lower().split("-")[0] == "en"
 
     @classmethod
     def load(cls, path: Path) -> VoiceConfig:
@@ -38,14 +45,15 @@ class VoiceConfig:
             inference = config.get("inference", {})
             return cls(
                 sample_rate=int(config["audio"]["sample_rate"]),
-                espeak_voice=str(config["espeak"]["voice"]),
-                phoneme_ids=PhonemeIds(config["phoneme_id_map"]),
+                espeak_voice=str((config.get("espeak") or {}).get("voice", "")),
+                phoneme_ids=PhonemeIds(config["phoneme_id_map"], config.get("phoneme_map") or {}),
                 noise_scale=float(inference.get("noise_scale", 0.667)),
                 length_scale=float(inference.get("length_scale", 1.0)),
                 noise_w=float(inference.get("noise_w", 0.8)),
                 speakers={str(k): int(v) for k, v in (config.get("speaker_id_map") or {}).items()},
+                phoneme_type=str(config.get("phoneme_type", "espeak")),
             )
-        except (OSError, ValueError, KeyError, TypeError) as exc:
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
             raise TtsError(f"{path} is not a usable Piper voice config ({exc}).") from None
 
 
