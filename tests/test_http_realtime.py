@@ -6,8 +6,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import contextlib
 import io
 import json
+import os
+import subprocess
+import sys
 import wave
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +20,7 @@ from typing import Any
 import pytest
 import requests
 import websockets
+from riva.client.asr import AudioChunkFileIterator
 from riva.client.realtime import RealtimeClientASR, RealtimeClientTTS
 
 from edged.client.textnorm import word_errors
@@ -32,16 +37,24 @@ from tests.test_server import free_port, serving
 SENTENCE = "The quick brown fox jumps over the lazy dog."
 
 
-@pytest.fixture(scope="module")
-def web(default_repo: Path) -> Iterator[tuple[str, int]]:
-    """`edged start` with the default models; yields (gRPC address, HTTP port)."""
+@contextlib.contextmanager
+def web_server(default_repo: Path, settings: str = "") -> Iterator[tuple[str, int]]:
+    """`edged start` with the default models and the HTTP door (config.sh lines `settings` added);
+    yields (gRPC address, HTTP port)."""
     tmp = default_repo.parent
     port, http = free_port(), free_port()
     cfg = tmp / "config-http.sh"
     cfg.write_text(f'model_loc="{tmp / "repo"}"\nriva_speech_api_port={port}\nlisten_address="127.0.0.1"\n'
-                   f"metrics_port=0\nwyoming_enabled=false\nhttp_port={http}\n", encoding="utf-8")
+                   f"metrics_port=0\nwyoming_enabled=false\nhttp_port={http}\n{settings}", encoding="utf-8")
     with serving(cfg, port) as address:
         yield address, http
+
+
+@pytest.fixture(scope="module")
+def web(default_repo: Path) -> Iterator[tuple[str, int]]:
+    """`edged start` with the default models; yields (gRPC address, HTTP port)."""
+    with web_server(default_repo) as server:
+        yield server
 
 
 def asr_args(http: int, **kw: Any) -> argparse.Namespace:
@@ -88,8 +101,12 @@ async def transcribe(args: argparse.Namespace, audio: bytes, size: int = 3200,
 
 
 def finals(events: list[dict[str, Any]]) -> str:
-    return " ".join(e["transcript"] for e in events
-                    if e["type"] == "conversation.item.input_audio_transcription.completed").strip()
+    """The utterances' finals joined; checks that the last event (is_last_result) carries them all."""
+    completed = [e for e in events if e["type"] == "conversation.item.input_audio_transcription.completed"]
+    assert completed[-1]["is_last_result"] and not any(e["is_last_result"] for e in completed[:-1])
+    text = " ".join(e["transcript"].strip() for e in completed[:-1] if e["transcript"].strip())
+    assert completed[-1]["transcript"] == text, (completed[-1], text)
+    return text
 
 
 def test_transcription_of_pcm16_with_interims_and_words(web: tuple[str, int], voice: Any) -> None:  # noqa: F811 - a fixture imported above
@@ -112,6 +129,52 @@ def test_transcription_of_a_wav_file(web: tuple[str, int]) -> None:
     text = finals(events).lower()
     assert "ever tried" in text and "fail better" in text, text
     assert not any("words_info" in e for e in events)
+
+
+def test_the_last_event_carries_the_whole_transcript_as_riva_scripts_keep_it(web: tuple[str, int],
+                                                                            tmp_path: Path) -> None:
+    """As `realtime_asr_client.py` uses the library: a WAV file's chunks (AudioChunkFileIterator),
+    then `final_transcript` and `save_responses`, which keep the last completed event's text."""
+    wav = tmp_path / "beckett.wav"
+    wav.write_bytes(wav_bytes(beckett()))
+    client = RealtimeClientASR(asr_args(web[1], mic=False, word_time_offsets=False))
+
+    async def run() -> None:
+        await client.connect()
+        await asyncio.gather(client.send_audio_chunks(AudioChunkFileIterator(str(wav), 1600, delay_callback=None)),
+                             client.receive_responses())
+        await client.disconnect()
+
+    asyncio.run(run())
+    text = client.final_transcript.lower()
+    assert "ever tried" in text and "fail better" in text and text.count("fail better") == 1, text
+    client.save_responses(str(tmp_path / "out.txt"))
+    assert (tmp_path / "out.txt").read_text(encoding="utf-8") == client.final_transcript
+
+
+def riva_script(name: str) -> Path:
+    """A stock script of nvidia-riva/python-clients (not in the nvidia-riva-client wheel) from a
+    checkout that EDGED_RIVA_CLIENTS names; skips without one."""
+    root = os.environ.get("EDGED_RIVA_CLIENTS", "")
+    script = Path(root) / "scripts" / name
+    if not root or not script.is_file():
+        pytest.skip(f"set EDGED_RIVA_CLIENTS to a checkout of nvidia-riva/python-clients to run scripts/{name}")
+    return script
+
+
+def test_the_stock_realtime_asr_client_prints_and_saves_the_transcript(web: tuple[str, int], tmp_path: Path) -> None:
+    """NVIDIA's own `realtime_asr_client.py --input-file beckett.wav --output-text out.txt`."""
+    script = riva_script("asr/realtime_asr_client.py")
+    wav = tmp_path / "beckett.wav"
+    wav.write_bytes(wav_bytes(beckett()))
+    out = tmp_path / "out.txt"
+    run = subprocess.run([sys.executable, str(script), "--input-file", str(wav), "--output-text", str(out),
+                          "--server", f"127.0.0.1:{web[1]}"], capture_output=True, text=True, timeout=120, check=False)
+    assert run.returncode == 0, run.stdout + run.stderr
+    final = [line.split("Final Transcript: ", 1)[1] for line in (run.stdout + run.stderr).splitlines()
+             if "Final Transcript: " in line]
+    assert len(final) == 1 and "ever tried" in final[0].lower() and "fail better" in final[0].lower(), run.stderr
+    assert out.read_text(encoding="utf-8") == final[0]
 
 
 def test_force_eou_ends_an_utterance(web: tuple[str, int], voice: Any) -> None:  # noqa: F811 - a fixture imported above

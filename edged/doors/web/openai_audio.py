@@ -1,14 +1,17 @@
 """OpenAI's audio API over the speech services: `/v1/audio/transcriptions`, `/v1/audio/speech`,
 `/v1/models`, so that the official `openai` package (`base_url=http://HOST:PORT/v1`) works.
 
-Transcriptions take a WAV or FLAC upload (`response_format` json, text, srt, vtt or verbose_json
-with segments and words; `stream=true` sends the finals as server-sent `transcript.text.delta`
-events); speech is streamed as it is synthesised (wav, pcm, flac, opus; mp3 needs an encoder edged
-does not ship under a permissive licence, so it is refused).
+Transcriptions take an upload in WAV, FLAC, MP3, Ogg (Vorbis, Opus) or WebM (Opus), compressed
+ones decoded within the request's limits (`response_format` json, text, srt, vtt or verbose_json with segments
+and words; `stream=true` sends the finals as server-sent `transcript.text.delta` events); speech
+is streamed as it is synthesised (mp3, OpenAI's default, and opus through libsndfile; wav, pcm,
+flac).
 """
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import contextlib
 import io
 import json
@@ -20,11 +23,13 @@ from typing import Any
 import numpy as np
 from aiohttp import web
 
+from edged.audio.compressed import UPLOAD_FORMATS, Container, decode_to_wav, sniff
 from edged.doors import common
 from edged.doors.web.auth import Auth
 from edged.doors.web.errors import BadInput, NotJson, error_response, logged
+from edged.errors import AudioFormatError
 from edged.pipelines.tts import AudioChunk
-from edged.pipelines.tts.encode import OggOpusEncoder
+from edged.pipelines.tts.encode import Mp3Encoder, OggOpusEncoder, StreamEncoder
 from edged.service.asr import RecognitionRequest, Transcript
 from edged.service.context import ServiceContext
 from edged.service.tts import SpeechRequest, Synthesis, TtsService
@@ -32,12 +37,18 @@ from edged.service.tts import SpeechRequest, Synthesis, TtsService
 _LOGGER = logging.getLogger(__name__)
 
 TRANSCRIPT_FORMATS = ("json", "text", "srt", "vtt", "verbose_json")
-SPEECH_FORMATS = ("wav", "pcm", "flac", "opus")
+SPEECH_FORMATS = ("mp3", "opus", "wav", "pcm", "flac")
+"""Speech's response_format values; the first is the default, as in OpenAI's API."""
+STREAM_FORMATS = ("audio", "sse")
+"""Speech's stream_format values: the audio itself, or server-sent `speech.audio.delta` events."""
+_SPEECH_TYPES = {"mp3": "audio/mpeg", "opus": "audio/ogg", "wav": "audio/wav", "pcm": "audio/pcm", "flac": "audio/flac"}
 OPENAI_VOICES = frozenset({"alloy", "ash", "ballad", "coral", "echo", "fable", "onyx", "nova", "sage",
                            "shimmer", "verse"})
 """OpenAI's own voice names: they speak with the server's default voice."""
 _STREAM_CHUNK = 32000
 """Bytes of an upload fed to a streaming session at a time (stream=true)."""
+_READ_AS_IS = (b"RIFF", b"RF64", b"fLaC")
+"""The starts of uploads the recognition pipeline reads itself (WAV, FLAC)."""
 
 
 def _stamp(seconds: float, sep: str) -> str:
@@ -110,6 +121,7 @@ class OpenAiAudioApi:
             if upload is None or not hasattr(upload, "file"):
                 raise BadInput("The request has no `file` field with the audio.")
             audio = upload.file.read()
+            container = _container(str(getattr(upload, "filename", "") or "the upload"), audio)
             fmt = str(form.get("response_format", "json"))
             if fmt not in TRANSCRIPT_FORMATS:
                 raise BadInput(f"response_format {fmt!r} is not supported; use one of {', '.join(TRANSCRIPT_FORMATS)}.")
@@ -119,9 +131,9 @@ class OpenAiAudioApi:
                 model=model if model in asr.models() else "",
                 language_code=str(form.get("language", "")), word_times=True)
             if str(form.get("stream", "false")).lower() == "true":
-                return await self._stream(request, wanted, audio)
+                return await self._stream(request, wanted, audio, container)
             async with asr.session(wanted, offline=True) as session:
-                transcripts = await session.recognize(audio)
+                transcripts = await session.recognize(await self._decoded(audio, container))
                 duration = session.seconds
         except Exception as exc:  # noqa: BLE001 - one error map (errors.py)
             return error_response(exc, "Transcription")
@@ -143,9 +155,20 @@ class OpenAiAudioApi:
             del body["segments"]
         return web.json_response(body)
 
-    async def _stream(self, request: web.Request, wanted: RecognitionRequest, audio: bytes) -> web.StreamResponse:
+    async def _decoded(self, audio: bytes, container: Container | None) -> bytes:
+        """A compressed upload decoded to WAV on a thread (within the session's slot, so that the
+        stream limit bounds the decodes too); WAV or FLAC as it is."""
+        if container is None:
+            return audio
+        limit = float(self._ctx.settings.asr_max_audio_seconds)
+        pool = self._ctx.pools.get("upload-decode", 1)
+        return await asyncio.get_running_loop().run_in_executor(pool, decode_to_wav, audio, container, limit)
+
+    async def _stream(self, request: web.Request, wanted: RecognitionRequest, audio: bytes,
+                      container: Container | None) -> web.StreamResponse:
         """stream=true: each final as a `transcript.text.delta` event, then `transcript.text.done`."""
         async with common.asr_service(self._ctx).session(wanted) as session:
+            audio = await self._decoded(audio, container)
             response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
             texts: list[str] = []
 
@@ -162,20 +185,18 @@ class OpenAiAudioApi:
                     if t.result.is_final and t.result.transcript:
                         delta = (" " if texts else "") + t.result.transcript.strip()
                         texts.append(delta)
-                        await response.write(b"data: " + json.dumps(
-                            {"type": "transcript.text.delta", "delta": delta}).encode() + b"\n\n")
-                await response.write(b"data: " + json.dumps(
-                    {"type": "transcript.text.done", "text": "".join(texts)}).encode() + b"\n\n")
+                        await response.write(_event({"type": "transcript.text.delta", "delta": delta}))
+                await response.write(_event({"type": "transcript.text.done", "text": "".join(texts)}))
                 await response.write_eof()
             except Exception as exc:  # noqa: BLE001 - the status is sent: an error event ends the stream
                 _, name, message = logged(exc, "Transcription stream")
                 with contextlib.suppress(ConnectionError):
-                    await response.write(b"data: " + json.dumps(
-                        {"type": "error", "error": {"type": name, "message": message}}).encode() + b"\n\n")
+                    await response.write(_event({"type": "error", "error": {"type": name, "message": message}}))
             return response
 
     async def speech(self, request: web.Request) -> web.StreamResponse:
-        """POST /v1/audio/speech (JSON: model, input, voice, response_format, speed), streamed."""
+        """POST /v1/audio/speech (JSON: model, input, voice, response_format, speed, stream_format),
+        streamed; `instructions` (how to speak, for OpenAI's gpt-4o-mini-tts) is accepted and ignored."""
         try:
             self._auth.check_http(request)
             if request.content_type != "application/json":
@@ -191,12 +212,12 @@ class OpenAiAudioApi:
             text, voice = body.get("input", ""), str(body.get("voice", "") or "")
             if not isinstance(text, str) or not text.strip():
                 raise BadInput("`input` must be the text to speak.")
-            fmt = str(body.get("response_format", "wav")).lower()
-            if fmt == "mp3" or fmt == "aac":
-                raise BadInput(f"response_format {fmt} is not available: edged ships no {fmt} encoder under a "
-                               f"permissive licence; use one of {', '.join(SPEECH_FORMATS)}.")
+            fmt = str(body.get("response_format", SPEECH_FORMATS[0]) or SPEECH_FORMATS[0]).lower()
             if fmt not in SPEECH_FORMATS:
                 raise BadInput(f"response_format {fmt!r} is not supported; use one of {', '.join(SPEECH_FORMATS)}.")
+            stream_format = str(body.get("stream_format", "audio") or "audio")
+            if stream_format not in STREAM_FORMATS:
+                raise BadInput(f"stream_format {stream_format!r} is not supported; use audio or sse.")
             try:
                 speed = float(body.get("speed", 1.0))
             except (TypeError, ValueError):
@@ -208,24 +229,31 @@ class OpenAiAudioApi:
             async with tts.session():
                 synthesis = await tts.prepare(SpeechRequest(text=text, voice=voice, rate=speed,
                                                             sample_rate=24000 if fmt == "opus" else 0))
-                return await self._speak(request, synthesis, fmt)
+                return await self._speak(request, synthesis, fmt, stream_format == "sse")
         except Exception as exc:  # noqa: BLE001 - one error map (errors.py)
             return error_response(exc, "Speech")
 
-    async def _speak(self, request: web.Request, synthesis: Synthesis, fmt: str) -> web.StreamResponse:
-        """Stream the audio; a client that goes away or stops reading stops the synthesis."""
+    async def _speak(self, request: web.Request, synthesis: Synthesis, fmt: str, sse: bool) -> web.StreamResponse:
+        """Stream the audio (`sse`: as `speech.audio.delta` events); a client that goes away or
+        stops reading stops the synthesis."""
         tts = self._ctx.tts
         assert tts is not None
         rate = synthesis.sample_rate
-        types = {"wav": "audio/wav", "pcm": "audio/pcm", "flac": "audio/flac", "opus": "audio/ogg"}
+        encoder: StreamEncoder | None = None
+        if fmt == "mp3":
+            encoder = Mp3Encoder(rate)
+        elif fmt == "opus":
+            encoder = OggOpusEncoder(rate)
         async with contextlib.aclosing(tts.chunks(synthesis)) as chunks:
             # Errors before the first audio are still an HTTP status; a request of only silence
             # so short that it rounds to nothing is an empty stream.
             first = await anext(chunks, None) or AudioChunk(b"", rate)
-            response = web.StreamResponse(headers={"Content-Type": types[fmt]})
+            kind = "text/event-stream" if sse else _SPEECH_TYPES[fmt]
+            response = web.StreamResponse(headers={"Content-Type": kind, "Cache-Control": "no-cache"} if sse
+                                          else {"Content-Type": kind})
             await response.prepare(request)
             try:
-                await _SpeechWriter(request, response, tts).write(first, chunks, fmt, rate)
+                await _SpeechWriter(request, response, tts, sse).write(first, chunks, fmt, rate, encoder)
             except Exception as exc:  # noqa: BLE001 - the status is sent: the stream can only end early
                 logged(exc, "Speech stream")
                 if request.transport is not None:
@@ -233,19 +261,38 @@ class OpenAiAudioApi:
         return response
 
 
-class _SpeechWriter:
-    """Writes one speech answer, each write within tts_stream_idle_timeout_s of the client reading."""
+def _container(name: str, audio: bytes) -> Container | None:
+    """The compressed container of an upload (None: WAV or FLAC); AudioFormatError naming the
+    upload if it is none edged reads."""
+    container = sniff(audio[:16])
+    if container is None and audio[:4] not in _READ_AS_IS:
+        start = audio[:8].hex(" ") if audio else "nothing"
+        raise AudioFormatError(f"{name!r} is not audio edged can read (it starts with {start}); "
+                               f"send {UPLOAD_FORMATS}.")
+    return container
 
-    def __init__(self, request: web.Request, response: web.StreamResponse, tts: TtsService) -> None:
+
+class _SpeechWriter:
+    """Writes one speech answer, each write within tts_stream_idle_timeout_s of the client reading:
+    the audio as it is, or (`sse`) each part of it base64 in a `speech.audio.delta` event, then
+    `speech.audio.done`, as OpenAI's stream_format=sse."""
+
+    def __init__(self, request: web.Request, response: web.StreamResponse, tts: TtsService, sse: bool) -> None:
         self._request = request
         self._response = response
         self._tts = tts
+        self._sse = sse
 
     async def _send(self, data: bytes) -> None:
+        if self._sse:
+            if not data:
+                return
+            data = _event({"type": "speech.audio.delta", "audio": base64.b64encode(data).decode()})
         await self._tts.client_wait(self._response.write(data), "read the audio")
 
-    async def write(self, first: AudioChunk, chunks: AsyncIterator[AudioChunk], fmt: str, rate: int) -> None:
-        """The audio in its format, as it comes."""
+    async def write(self, first: AudioChunk, chunks: AsyncIterator[AudioChunk], fmt: str, rate: int,
+                    encoder: StreamEncoder | None) -> None:
+        """The audio in its format (through `encoder` where it has one), as it comes."""
         if fmt == "flac":  # libsndfile seeks back to finish a FLAC header: encoded whole
             pcm = [first.pcm]
             async for c in chunks:
@@ -257,8 +304,7 @@ class _SpeechWriter:
             out = io.BytesIO()
             soundfile.write(out, np.frombuffer(b"".join(pcm), dtype="<i2"), rate, format="FLAC")
             await self._send(out.getvalue())
-        elif fmt == "opus":
-            encoder = OggOpusEncoder(rate)
+        elif encoder is not None:
             await self._send(encoder.encode(first.pcm))
             async for c in chunks:
                 await self._send(encoder.encode(c.pcm))
@@ -267,4 +313,12 @@ class _SpeechWriter:
             await self._send((wav_header(rate) if fmt == "wav" else b"") + first.pcm)
             async for c in chunks:
                 await self._send(c.pcm)
+        if self._sse:
+            await self._response.write(_event({"type": "speech.audio.done", "usage": {
+                "input_tokens": 0, "output_tokens": 0, "total_tokens": 0}}))
         await self._response.write_eof()
+
+
+def _event(body: dict[str, Any]) -> bytes:
+    """One server-sent event."""
+    return b"data: " + json.dumps(body).encode() + b"\n\n"

@@ -267,7 +267,8 @@ class _Transcription:
         self._eou = False
         self._item = _id("item")
         self._fed = False
-        self._finishing = False
+        self._finals: list[str] = []
+        """The conversation's final transcripts so far, in order (the last event carries them all)."""
         self._sender: asyncio.Task[None] | None = None
 
     async def _open(self) -> AsrSession:
@@ -280,15 +281,15 @@ class _Transcription:
         return self._session
 
     async def _forward(self, session: AsrSession) -> None:
-        """Send each result the moment it is decoded; those that come after input_audio_buffer.done
-        together at the end, the last final marked is_last_result."""
-        tail: list[Transcript] = []
+        """Send each result the moment it is decoded; after the last, one more completed event
+        marked is_last_result with the whole conversation's transcript, as Riva sends it: its
+        clients (`realtime_asr_client.py`) print and save the last completed event's text."""
         async for t in session.results():
-            if self._finishing:
-                tail.append(t)
-            else:
-                await self._send([t])
-        await self._send(tail, last=True)
+            await self._send(t)
+        await self._ws.send_json({
+            "type": "conversation.item.input_audio_transcription.completed", "event_id": _id("event"),
+            "item_id": self._item, "content_index": 0, "transcript": " ".join(self._finals),
+            "audio_processed": session.seconds, "is_last_result": True})
 
     async def run(self) -> None:
         """Serve events until input_audio_buffer.done or the client leaves."""
@@ -312,7 +313,6 @@ class _Transcription:
                     elif kind == "input_audio_buffer.done":
                         await self._commit()
                         session = await self._open()
-                        self._finishing = True
                         await session.finish()
                         assert self._sender is not None
                         await self._sender
@@ -358,31 +358,26 @@ class _Transcription:
         self._fed = True
         await session.feed(audio, end_utterance=eou)
 
-    async def _send(self, transcripts: list[Transcript], last: bool = False) -> None:
-        finals = [t for t in transcripts if t.result.is_final]
-        for t in transcripts:
-            result = t.result
-            if not result.is_final:
-                await self._ws.send_json({
-                    "type": "conversation.item.input_audio_transcription.delta", "event_id": _id("event"),
-                    "item_id": self._item, "content_index": t.channel, "delta": result.transcript,
-                    "stability": result.stability})
-                continue
-            is_last = last and t is finals[-1]
-            await self._ws.send_json(self._completed(t, is_last))
-            self._item = _id("item")
-        if last and not finals:
+    async def _send(self, t: Transcript) -> None:
+        result = t.result
+        if not result.is_final:
             await self._ws.send_json({
-                "type": "conversation.item.input_audio_transcription.completed", "event_id": _id("event"),
-                "item_id": self._item, "content_index": 0, "transcript": "", "is_last_result": True})
+                "type": "conversation.item.input_audio_transcription.delta", "event_id": _id("event"),
+                "item_id": self._item, "content_index": t.channel, "delta": result.transcript,
+                "stability": result.stability})
+            return
+        if result.transcript.strip():
+            self._finals.append(result.transcript.strip())
+        await self._ws.send_json(self._completed(t))
+        self._item = _id("item")
 
-    def _completed(self, t: Transcript, is_last: bool) -> dict[str, Any]:
+    def _completed(self, t: Transcript) -> dict[str, Any]:
         result = t.result
         event: dict[str, Any] = {
             "type": "conversation.item.input_audio_transcription.completed", "event_id": _id("event"),
             "item_id": self._item, "content_index": t.channel, "transcript": result.transcript,
             "confidence": result.confidence, "language_code": result.language_code,
-            "audio_processed": result.audio_processed, "is_last_result": is_last,
+            "audio_processed": result.audio_processed, "is_last_result": False,
             "alternatives": [{"transcript": a.transcript, "confidence": a.confidence} for a in result.alternatives]}
         if self._request is not None and self._request.word_times:
             event["words_info"] = {"words": [

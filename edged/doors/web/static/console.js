@@ -56,7 +56,8 @@ async function startDictation() {
       window.edged.interims += 1;
     } else if (ev.type === "conversation.item.input_audio_transcription.completed") {
       $("interim").textContent = "";
-      if (ev.transcript) { window.edged.finals.push(ev.transcript); $("finals").textContent += ev.transcript + " "; }
+      // the last (is_last_result) carries the whole conversation's text again, for Riva's clients
+      if (ev.transcript && !ev.is_last_result) { window.edged.finals.push(ev.transcript); $("finals").textContent += ev.transcript + " "; }
       if (ev.is_last_result) ws.close();
     } else if (ev.type === "error") {
       window.edged.errors.push(ev.error.message); state.textContent = ev.error.message;
