@@ -8,6 +8,7 @@ A user's mistake or a full server is answered with its status and the exception'
 from __future__ import annotations
 
 import logging
+import uuid
 from http import HTTPStatus
 from typing import Any
 
@@ -112,7 +113,8 @@ async def http_errors(request: web.Request, handler: Any) -> web.StreamResponse:
 def error_event(exc: BaseException, what: str) -> dict[str, Any]:
     """The realtime API's `error` event for `exc`."""
     status, name, message = logged(exc, what)
-    return {"type": "error", "error": {"type": name, "code": str(status), "message": message}}
+    return {"type": "error", "event_id": f"event_{uuid.uuid4().hex[:24]}",
+            "error": {"type": name, "code": str(status), "message": message}}
 
 
 def error_response(exc: BaseException, what: str) -> web.Response:

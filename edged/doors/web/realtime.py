@@ -10,20 +10,20 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import binascii
 import contextlib
-import json
 import logging
-import uuid
+from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, aclosing
 from typing import Any
 
-from aiohttp import WSCloseCode, WSMsgType, web
+from aiohttp import WSCloseCode, web
 
 from edged.doors import common
 from edged.doors.web.auth import Auth
 from edged.doors.web.errors import BadInput, error_event, error_response
-from edged.errors import IdleTimeoutError, RequestError
+from edged.doors.web.realtime_events import HeldAudio, b64_field, client_events, new_id, starting_with
+from edged.doors.web.realtime_openai import OpenAiTranscription
+from edged.errors import IdleTimeoutError
 from edged.service.admission import Slot, Waiting
 from edged.service.asr import (
     AsrSession,
@@ -36,10 +36,6 @@ from edged.service.tts import SpeechRequest
 _LOGGER = logging.getLogger(__name__)
 
 _PCM_FORMATS = ("pcm16", "pcm", "linear_pcm", "")
-
-
-def _id(prefix: str) -> str:
-    return f"{prefix}_{uuid.uuid4().hex[:24]}"
 
 
 def _section(config: dict[str, Any], name: str) -> dict[str, Any]:
@@ -119,16 +115,6 @@ def recognition_request(session: dict[str, Any]) -> tuple[RecognitionRequest, bo
     return request, request.interim_results
 
 
-def _b64(event: dict[str, Any], field: str) -> bytes:
-    data = event.get(field, "")
-    if not isinstance(data, str):
-        raise BadInput(f"{event.get('type')}.{field} must be a base64 string.")
-    try:
-        return base64.b64decode(data, validate=True)
-    except (binascii.Error, ValueError):
-        raise BadInput(f"{event.get('type')}.{field} is not valid base64.") from None
-
-
 class RealtimeApi:
     """The realtime routes of the HTTP door."""
 
@@ -156,7 +142,7 @@ class RealtimeApi:
             self._auth.check_http(request)
         except Exception as exc:  # noqa: BLE001 - one error map (errors.py)
             return error_response(exc, "Realtime session")
-        session = {"id": _id("sess"), **defaults}
+        session = {"id": new_id("sess"), **defaults}
         secret = self._auth.mint()
         if secret is not None:
             session["client_secret"] = secret
@@ -196,12 +182,12 @@ class RealtimeApi:
         ws = web.WebSocketResponse(protocols=("realtime",), max_msg_size=self._max, heartbeat=30)
         await ws.prepare(request)
         self._open.add(ws)
-        conversation = _id("conv")
-        await ws.send_json({"type": "conversation.created", "event_id": _id("event"),
+        conversation = new_id("conv")
+        await ws.send_json({"type": "conversation.created", "event_id": new_id("event"),
                             "conversation": {"id": conversation, "object": "realtime.conversation"}})
         try:
             if intent == "transcription":
-                await _Transcription(self._ctx, ws, self._idle_s, self._max).run()
+                await self._transcription(ws)
             else:
                 await _Synthesis(self._ctx, ws).run()
         except Exception as exc:  # noqa: BLE001 - one error map (errors.py); the socket closes after
@@ -216,46 +202,26 @@ class RealtimeApi:
             await ws.close()
         return ws
 
-
-async def _events(ws: web.WebSocketResponse, idle_s: float | None = None) -> Any:
-    """The client's events, as dicts; a malformed one is answered with an error event and skipped.
-    RequestError after `idle_s` without a message (a transcription holds a stream slot)."""
-    while True:
-        try:
-            msg = await ws.receive(timeout=idle_s)
-        except asyncio.TimeoutError:
-            raise RequestError(f"No event for {idle_s:g} s; the conversation was ended "
-                               "(asr_stream_idle_timeout_s).") from None
-        if msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED):
+    async def _transcription(self, ws: web.WebSocketResponse) -> None:
+        """Riva's or OpenAI's transcription conversation, as the client's first event says:
+        OpenAI's clients start with `session.update`, Riva's with `transcription_session.update`
+        (or straight away with audio, which Riva's defaults describe)."""
+        events = client_events(ws, self._idle_s)
+        first = await anext(events, None)
+        if first is None:
             return
-        if msg.type == WSMsgType.TEXT:
-            try:
-                event = json.loads(msg.data)
-                if not isinstance(event, dict) or not isinstance(event.get("type"), str):
-                    raise BadInput("An event must be a JSON object with a string `type`.")
-            except (json.JSONDecodeError, BadInput) as exc:
-                await ws.send_json(error_event(
-                    exc if isinstance(exc, BadInput) else BadInput(f"The event is not valid JSON: {exc}."),
-                    "Realtime event"))
-                continue
-            yield event
-        elif msg.type == WSMsgType.BINARY:
-            await ws.send_json(error_event(BadInput("Binary messages are not part of this API; send JSON "
-                                                    "events with base64 audio."), "Realtime event"))
-        elif msg.type == WSMsgType.ERROR:
-            failure = ws.exception()
-            raise BadInput(f"The WebSocket failed: {failure}; messages may be at most max_message_mb (config.sh)."
-                           if "too big" in str(failure).lower() else f"The WebSocket failed: {failure}.")
+        served = starting_with(first, events)
+        if first["type"] == "session.update":
+            await OpenAiTranscription(self._ctx, ws, self._max).run(served)
+        else:
+            await _Transcription(self._ctx, ws, self._max).run(served)
 
 
 class _Transcription:
     """One transcription conversation: events in, the session's transcripts out."""
 
-    def __init__(self, ctx: ServiceContext, ws: web.WebSocketResponse, idle_s: float, max_buffer: int) -> None:
+    def __init__(self, ctx: ServiceContext, ws: web.WebSocketResponse, max_buffer: int) -> None:
         assert ctx.asr is not None
-        self._max_buffer = max_buffer
-        """Most bytes of audio held between commits (max_message_mb)."""
-        self._idle_s = idle_s
         self._ctx = ctx
         self._asr = ctx.asr
         self._ws = ws
@@ -263,9 +229,10 @@ class _Transcription:
         self._stack = AsyncExitStack()
         self._session: AsrSession | None = None
         self._request: RecognitionRequest | None = None
-        self._buffer: list[bytes] = []
+        self._held = HeldAudio(max_buffer)
+        """The audio between commits, at most max_message_mb."""
         self._eou = False
-        self._item = _id("item")
+        self._item = new_id("item")
         self._fed = False
         self._finals: list[str] = []
         """The conversation's final transcripts so far, in order (the last event carries them all)."""
@@ -287,29 +254,30 @@ class _Transcription:
         async for t in session.results():
             await self._send(t)
         await self._ws.send_json({
-            "type": "conversation.item.input_audio_transcription.completed", "event_id": _id("event"),
+            "type": "conversation.item.input_audio_transcription.completed", "event_id": new_id("event"),
             "item_id": self._item, "content_index": 0, "transcript": " ".join(self._finals),
             "audio_processed": session.seconds, "is_last_result": True})
 
-    async def run(self) -> None:
-        """Serve events until input_audio_buffer.done or the client leaves."""
+    async def run(self, events: AsyncIterator[dict[str, Any]]) -> None:
+        """Serve `events` until input_audio_buffer.done or the client leaves."""
         try:
-            async for event in _events(self._ws, self._idle_s):
+            async for event in events:
                 kind = event["type"]
                 try:
                     if kind == "transcription_session.update":
                         await self._update(event)
                     elif kind == "input_audio_buffer.append":
-                        self._append(_b64(event, "audio"))
+                        self._held.append(b64_field(event, "audio"))
                         runtime = event.get("runtime_config")
                         self._eou = self._eou or (isinstance(runtime, dict) and common.force_eou(runtime))
                     elif kind == "input_audio_buffer.commit":
                         await self._commit()
                         await self._ws.send_json({"type": "input_audio_buffer.committed",
-                                                  "event_id": _id("event"), "item_id": self._item})
+                                                  "event_id": new_id("event"), "item_id": self._item})
                     elif kind == "input_audio_buffer.clear":
-                        self._buffer, self._eou = [], False
-                        await self._ws.send_json({"type": "input_audio_buffer.cleared", "event_id": _id("event")})
+                        self._held.clear()
+                        self._eou = False
+                        await self._ws.send_json({"type": "input_audio_buffer.cleared", "event_id": new_id("event")})
                     elif kind == "input_audio_buffer.done":
                         await self._commit()
                         session = await self._open()
@@ -337,21 +305,12 @@ class _Transcription:
             await self._stack.aclose()
             self._session = None
         await self._open()
-        await self._ws.send_json({"type": "transcription_session.updated", "event_id": _id("event"),
+        await self._ws.send_json({"type": "transcription_session.updated", "event_id": new_id("event"),
                                   "session": {k: v for k, v in self._config.items() if k != "client_secret"}})
 
-    def _append(self, audio: bytes) -> None:
-        """Hold `audio` until the next commit; BadInput (the chunk dropped) past max_message_mb."""
-        held = sum(map(len, self._buffer))
-        if held + len(audio) > self._max_buffer:
-            raise BadInput(f"The audio buffer would hold {held + len(audio)} bytes, more than max_message_mb "
-                           f"({self._max_buffer // (1024 * 1024)} MiB) allows between commits; this chunk was "
-                           "dropped: send input_audio_buffer.commit more often.")
-        self._buffer.append(audio)
-
     async def _commit(self) -> None:
-        audio, eou = b"".join(self._buffer), self._eou
-        self._buffer, self._eou = [], False
+        audio, eou = self._held.take(), self._eou
+        self._eou = False
         if not audio and not eou:
             return
         session = await self._open()
@@ -362,19 +321,19 @@ class _Transcription:
         result = t.result
         if not result.is_final:
             await self._ws.send_json({
-                "type": "conversation.item.input_audio_transcription.delta", "event_id": _id("event"),
+                "type": "conversation.item.input_audio_transcription.delta", "event_id": new_id("event"),
                 "item_id": self._item, "content_index": t.channel, "delta": result.transcript,
                 "stability": result.stability})
             return
         if result.transcript.strip():
             self._finals.append(result.transcript.strip())
         await self._ws.send_json(self._completed(t))
-        self._item = _id("item")
+        self._item = new_id("item")
 
     def _completed(self, t: Transcript) -> dict[str, Any]:
         result = t.result
         event: dict[str, Any] = {
-            "type": "conversation.item.input_audio_transcription.completed", "event_id": _id("event"),
+            "type": "conversation.item.input_audio_transcription.completed", "event_id": new_id("event"),
             "item_id": self._item, "content_index": t.channel, "transcript": result.transcript,
             "confidence": result.confidence, "language_code": result.language_code,
             "audio_processed": result.audio_processed, "is_last_result": False,
@@ -410,7 +369,7 @@ class _Synthesis:
             self._client_turn()
             speaker = asyncio.get_running_loop().create_task(self._speak())
             try:
-                async for event in _events(self._ws):
+                async for event in client_events(self._ws):
                     if not self._speaking:
                         self._client_turn()  # the client's clock starts again from its event
                     kind = event["type"]
@@ -481,7 +440,7 @@ class _Synthesis:
             raise BadInput(f"output_audio_params.audio_format {fmt!r} is not supported; use pcm16.")
         await self._tts.prepare(self._speech("x", config))  # the voice exists and loads
         self._config = config
-        await self._ws.send_json({"type": "synthesize_session.updated", "event_id": _id("event"),
+        await self._ws.send_json({"type": "synthesize_session.updated", "event_id": new_id("event"),
                                   "session": config})
 
     @staticmethod
@@ -506,10 +465,10 @@ class _Synthesis:
             if self._slot is not None:
                 self._slot.stop_waiting(Waiting.SEND)
             if text is None:
-                await self._send({"type": "conversation.item.speech.completed", "event_id": _id("event"),
-                                  "item_id": _id("item"), "is_last_result": True})
+                await self._send({"type": "conversation.item.speech.completed", "event_id": new_id("event"),
+                                  "item_id": new_id("item"), "is_last_result": True})
                 return
-            item = _id("item")
+            item = new_id("item")
             try:
                 synthesis = await self._tts.prepare(self._speech(text, self._config))
                 samples = 0
@@ -517,10 +476,10 @@ class _Synthesis:
                     async for chunk in chunks:
                         samples += len(chunk.pcm) // 2
                         await self._send({
-                            "type": "conversation.item.speech.data", "event_id": _id("event"), "item_id": item,
+                            "type": "conversation.item.speech.data", "event_id": new_id("event"), "item_id": item,
                             "audio": base64.b64encode(chunk.pcm).decode("ascii")})
                 await self._send({
-                    "type": "conversation.item.speech.completed", "event_id": _id("event"), "item_id": item,
+                    "type": "conversation.item.speech.completed", "event_id": new_id("event"), "item_id": item,
                     "is_last_result": False, "synthesis_metadata": {
                         "text": text, "sample_rate_hz": synthesis.sample_rate,
                         "audio_duration_s": samples / synthesis.sample_rate}})
