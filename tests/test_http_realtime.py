@@ -177,6 +177,30 @@ def test_the_stock_realtime_asr_client_prints_and_saves_the_transcript(web: tupl
     assert out.read_text(encoding="utf-8") == final[0]
 
 
+def test_the_stock_realtime_tts_client_writes_speech(web: tuple[str, int], tmp_path: Path) -> None:
+    """NVIDIA's own `realtime_tts_client.py --input-file lines.txt --output out.wav` with its defaults
+    (44.1 kHz, LINEAR_PCM, the language's first voice): the WAV it writes says both lines,
+    recognised back over gRPC."""
+    import riva.client
+
+    script = riva_script("tts/realtime_tts_client.py")
+    lines = tmp_path / "lines.txt"
+    lines.write_text(f"{SENTENCE}\n{LATENCY_SENTENCES[1]}\n", encoding="utf-8")
+    out = tmp_path / "out.wav"
+    run = subprocess.run([sys.executable, str(script), "--input-file", str(lines), "--output", str(out),
+                          "--server", f"127.0.0.1:{web[1]}"], capture_output=True, text=True, timeout=120, check=False)
+    assert run.returncode == 0, run.stdout + run.stderr
+    with wave.open(str(out), "rb") as w:
+        rate, seconds = w.getframerate(), w.getnframes() / w.getframerate()
+    assert rate == 44100 and 3 < seconds < 10, (rate, seconds, run.stderr[-2000:])
+    service = riva.client.ASRService(riva.client.Auth(uri=web[0]))
+    config = riva.client.RecognitionConfig(language_code="en-US", max_alternatives=1,
+                                           enable_automatic_punctuation=True)
+    response = service.offline_recognize(out.read_bytes(), config)
+    text = " ".join(r.alternatives[0].transcript for r in response.results)
+    assert word_errors(f"{SENTENCE} {LATENCY_SENTENCES[1]}", text)[0] <= 2, text
+
+
 def test_force_eou_ends_an_utterance(web: tuple[str, int], voice: Any) -> None:  # noqa: F811 - a fixture imported above
     """runtime_config.force_eou on an append ends the utterance there, as over gRPC."""
     audio = spoken(voice, SENTENCE)[: RATE * 2 * 2]  # cut mid-sentence, no trailing silence
@@ -364,3 +388,12 @@ def test_first_audio_over_websocket_is_grpcs(web: tuple[str, int]) -> None:
     # The fastest of each (load from elsewhere only ever adds), within half again plus a margin:
     # a door that held the first audio back (until the synthesis ended, say) would be later.
     assert min(ws_s) < 1.5 * min(grpc_s) + 0.1, (grpc_s, ws_s)
+
+
+def test_appended_lines_keep_their_sentences_apart() -> None:
+    """The stock TTS script's stripped lines are joined with a space between sentences, while a
+    model's token stream (its own spaces, "3" "." "14") is joined as sent."""
+    from edged.doors.web.realtime import appended_text
+
+    assert appended_text(["Hello there.", "This is a second line."]) == "Hello there. This is a second line."
+    assert appended_text(["Pi is 3", ".", "14", " and", " rising!", " Yes"]) == "Pi is 3.14 and rising! Yes"

@@ -115,6 +115,18 @@ def recognition_request(session: dict[str, Any]) -> tuple[RecognitionRequest, bo
     return request, request.interim_results
 
 
+def appended_text(pieces: list[str]) -> str:
+    """The text of `input_text.append` pieces, as sent (a model's tokens carry their own spaces),
+    but with a space after a sentence's end that runs into the next one's capital: NVIDIA's
+    `realtime_tts_client.py --input-file` appends each line stripped, "there." then "This"."""
+    out = ""
+    for piece in pieces:
+        if out[-1:] in (".", "!", "?") and piece[:1].isupper():
+            out += " "
+        out += piece
+    return out
+
+
 class RealtimeApi:
     """The realtime routes of the HTTP door."""
 
@@ -421,7 +433,7 @@ class _Synthesis:
             await self._ws.send_json(event)
 
     def _flush(self) -> None:
-        text = "".join(self._text).strip()
+        text = appended_text(self._text).strip()
         self._text = []
         if text:
             self._queue.put_nowait(text)
