@@ -177,3 +177,43 @@ def test_riva_clients_are_still_served_beside(http: int) -> None:
     got = asyncio.run(run())
     assert [e["type"] for e in got] == ["conversation.created", "transcription_session.updated", "error"], got
     assert got[1]["session"]["input_audio_params"]["sample_rate_hz"] == 16000
+
+
+def mulaw(pcm: bytes) -> bytes:
+    """pcm16 as G.711 mu-law bytes (the segment encoder of ITU-T G.711)."""
+    s = np.clip(np.frombuffer(pcm, dtype=np.int16).astype(np.int32), -32635, 32635)
+    magnitude = np.abs(s) + 0x84
+    exponent = np.floor(np.log2(magnitude)).astype(np.int32) - 7
+    mantissa = (magnitude >> (exponent + 3)) & 0x0F
+    return (~(np.where(s < 0, 0x80, 0) | (exponent << 4) | mantissa) & 0xFF).astype(np.uint8).tobytes()
+
+
+def test_beta_client_with_g711_is_served_its_own_session_events(http: int, voice: Any) -> None:  # noqa: F811 - a fixture
+    """`client.beta.realtime.connect` (its OpenAI-Beta header) with transcription_session.update and
+    g711_ulaw at 8 kHz: transcription_session.updated in the flat beta shape, then the utterance."""
+    pcm = b"".join(c.pcm for c in voice.synthesize(SynthesisRequest(FIRST, sample_rate=8000)))
+    audio = mulaw(bytes(8000 // 4 * 2) + pcm + bytes(8000 * 3 // 2 * 2))
+
+    async def run() -> list[Any]:
+        client = openai.AsyncOpenAI(base_url=f"http://127.0.0.1:{http}/v1", api_key="unused",
+                                    websocket_base_url=f"ws://127.0.0.1:{http}/v1")  # the beta's default is wss
+        events: list[Any] = []
+        async with client.beta.realtime.connect(model="gpt-4o-transcribe",
+                                                extra_query={"intent": "transcription"}) as conn:
+            await conn.transcription_session.update(session={
+                "input_audio_format": "g711_ulaw", "input_audio_transcription": {"model": "whisper-1"},
+                "turn_detection": {"type": "server_vad", "silence_duration_ms": 500}})
+            for i in range(0, len(audio), 800):  # 100 ms of 8 kHz mu-law
+                await conn.input_audio_buffer.append(audio=b64(audio[i:i + 800]))
+            async for event in conn:
+                events.append(event)
+                if event.type in ("conversation.item.input_audio_transcription.completed", "error"):
+                    break
+        return events
+
+    events = asyncio.run(asyncio.wait_for(run(), 60))
+    updated = next(e for e in events if e.type == "transcription_session.updated")
+    assert updated.session.input_audio_format == "g711_ulaw", updated
+    assert updated.session.turn_detection.silence_duration_ms == 500, updated
+    assert events[-1].type == "conversation.item.input_audio_transcription.completed", events[-1]
+    assert word_errors(FIRST, events[-1].transcript)[0] <= 1, events[-1].transcript

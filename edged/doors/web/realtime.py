@@ -24,7 +24,7 @@ from edged.doors import common
 from edged.doors.web.auth import Auth
 from edged.doors.web.errors import BadInput, error_event, error_response
 from edged.doors.web.realtime_events import HeldAudio, b64_field, client_events, new_id, starting_with
-from edged.doors.web.realtime_openai import OpenAiTranscription
+from edged.doors.web.realtime_openai import OpenAiTranscription, Protocol
 from edged.errors import IdleTimeoutError
 from edged.service.admission import Slot, Waiting
 from edged.service.asr import (
@@ -201,7 +201,7 @@ class RealtimeApi:
                             "conversation": {"id": conversation, "object": "realtime.conversation"}})
         try:
             if intent == "transcription":
-                await self._transcription(ws)
+                await self._transcription(ws, beta="OpenAI-Beta" in request.headers)
             else:
                 await _Synthesis(self._ctx, ws).run()
         except Exception as exc:  # noqa: BLE001 - one error map (errors.py); the socket closes after
@@ -216,16 +216,20 @@ class RealtimeApi:
             await ws.close()
         return ws
 
-    async def _transcription(self, ws: web.WebSocketResponse) -> None:
-        """Riva's or OpenAI's transcription conversation, as the client's first event says:
-        OpenAI's clients start with `session.update`, Riva's with `transcription_session.update`
-        (or straight away with audio, which Riva's defaults describe)."""
+    async def _transcription(self, ws: web.WebSocketResponse, beta: bool) -> None:
+        """Riva's or OpenAI's transcription conversation. OpenAI's beta clients say so in an
+        `OpenAI-Beta` header; otherwise the client's first event tells: OpenAI's GA clients start
+        with `session.update`, Riva's with `transcription_session.update` (or straight away with
+        audio, which Riva's defaults describe)."""
         events = client_events(ws, self._idle_s)
+        if beta:
+            await OpenAiTranscription(self._ctx, ws, self._max, Protocol.BETA).run(events)
+            return
         first = await anext(events, None)
         if first is None:
             return
         served = starting_with(first, events)
-        if first["type"] == "session.update":
+        if first["type"] == Protocol.GA.update:
             await OpenAiTranscription(self._ctx, ws, self._max).run(served)
         else:
             await _Transcription(self._ctx, ws, self._max).run(served)

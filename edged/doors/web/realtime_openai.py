@@ -1,5 +1,6 @@
 """OpenAI's Realtime API for transcription (the GA protocol the `openai` package's
-`client.realtime.connect(extra_query={"intent": "transcription"})` speaks) over the ASR service.
+`client.realtime.connect(extra_query={"intent": "transcription"})` speaks, and the beta one of
+`client.beta.realtime.connect`, marked by its `OpenAI-Beta` header) over the ASR service.
 
 The client configures its session with `session.update` (`session.type` "transcription"), appends
 base64 audio (pcm16 at 24 kHz by default; G.711 pcmu/pcma at 8 kHz) and is told
@@ -9,6 +10,11 @@ base64 audio (pcm16 at 24 kHz by default; G.711 pcmu/pcma at 8 kHz) and is told
 Turn detection: `server_vad` (the default) and `semantic_vad` are edged's endpointing, fed as the
 audio arrives (`silence_duration_ms` is its stop history); `null` holds the audio until the
 client's `input_audio_buffer.commit`, which ends the utterance.
+
+The beta protocol differs only in its session: `transcription_session.update` with a flat session
+(`input_audio_format`, `input_audio_transcription`, `turn_detection`), answered by
+`transcription_session.updated`; it is read in the GA shape (`from_beta`) and shown back flat
+(`as_beta`).
 """
 
 from __future__ import annotations
@@ -32,6 +38,52 @@ PCM_RATE = 24000
 
 _G711 = {"audio/pcmu": "MULAW", "audio/pcma": "ALAW"}
 """OpenAI's G.711 formats (8 kHz): edged's encoding names."""
+
+
+class Protocol(enum.Enum):
+    """Which of OpenAI's realtime protocols the client speaks: the session events' names."""
+
+    GA = "session"
+    BETA = "transcription_session"
+
+    @property
+    def update(self) -> str:
+        """The client's session event."""
+        return f"{self.value}.update"
+
+
+_BETA_FORMATS: dict[str, dict[str, Any]] = {
+    "pcm16": {"type": "audio/pcm", "rate": PCM_RATE}, "g711_ulaw": {"type": "audio/pcmu"},
+    "g711_alaw": {"type": "audio/pcma"}}
+"""The beta protocol's input_audio_format: the GA format."""
+
+_BETA_FIELDS = {"input_audio_transcription": "transcription", "turn_detection": "turn_detection",
+                "input_audio_noise_reduction": "noise_reduction"}
+"""The beta session's fields: their GA names under session.audio.input."""
+
+
+def from_beta(session: dict[str, Any]) -> dict[str, Any]:
+    """A beta transcription_session.update's session in the GA shape (the fields it names only)."""
+    audio_in = {ga: session[beta] for beta, ga in _BETA_FIELDS.items() if beta in session}
+    if "input_audio_format" in session:
+        fmt = session["input_audio_format"]
+        if fmt not in _BETA_FORMATS:
+            raise BadInput(f"session.input_audio_format {fmt!r} is not supported; use pcm16 (24 kHz), "
+                           "g711_ulaw or g711_alaw.")
+        audio_in["format"] = _BETA_FORMATS[fmt]
+    out: dict[str, Any] = {"audio": {"input": audio_in}}
+    if "include" in session:
+        out["include"] = session["include"]
+    return out
+
+
+def as_beta(config: dict[str, Any]) -> dict[str, Any]:
+    """A GA session as the beta protocol shows it."""
+    audio_in = config["audio"]["input"]
+    fmt = next((name for name, f in _BETA_FORMATS.items() if f["type"] == audio_in["format"].get("type")), "pcm16")
+    return {"object": "realtime.transcription_session", "id": config["id"], "modalities": ["text"],
+            "input_audio_format": fmt, "include": config.get("include") or [],
+            **{beta: audio_in.get(ga) for beta, ga in _BETA_FIELDS.items()}}
 
 
 class Turns(enum.Enum):
@@ -123,8 +175,10 @@ def recognition_request(session: dict[str, Any], models: set[str]) -> tuple[Reco
 class OpenAiTranscription:
     """One OpenAI transcription conversation: events in, utterances' transcripts out."""
 
-    def __init__(self, ctx: ServiceContext, ws: web.WebSocketResponse, max_buffer: int) -> None:
+    def __init__(self, ctx: ServiceContext, ws: web.WebSocketResponse, max_buffer: int,
+                 protocol: Protocol = Protocol.GA) -> None:
         assert ctx.asr is not None
+        self._protocol = protocol
         self._asr = ctx.asr
         self._ws = ws
         self._config = default_session(ctx)
@@ -158,7 +212,7 @@ class OpenAiTranscription:
 
     async def _handle(self, event: dict[str, Any]) -> None:
         kind = event["type"]
-        if kind == "session.update":
+        if kind == self._protocol.update:
             await self._update(event)
         elif kind == "input_audio_buffer.append":
             audio = b64_field(event, "audio")
@@ -178,19 +232,22 @@ class OpenAiTranscription:
             await self._send({"type": "input_audio_buffer.cleared"})
         else:
             raise BadInput(f"Unknown event type {kind!r} for a transcription session; this server takes "
-                           "session.update and input_audio_buffer.append, commit and clear.")
+                           f"{self._protocol.update} and input_audio_buffer.append, commit and clear.")
 
     async def _update(self, event: dict[str, Any]) -> None:
         update = event.get("session")
         if not isinstance(update, dict):
-            raise BadInput("session.update needs a `session` object.")
+            raise BadInput(f"{self._protocol.update} needs a `session` object.")
+        if self._protocol is Protocol.BETA:
+            update = from_beta(update)
         if self._heard:
             raise BadInput("The session cannot change once audio was sent; open a new connection.")
         config = merged(self._config, update)
         request, turns = recognition_request(config, set(self._asr.models()))
         self._asr.select(request.model, request.language_code)  # RequestError for a language not served
         self._config, self._turns = config, turns
-        await self._send({"type": "session.updated", "session": self._config})
+        shown = as_beta(config) if self._protocol is Protocol.BETA else config
+        await self._send({"type": f"{self._protocol.value}.updated", "session": shown})
 
     async def _open(self) -> AsrSession:
         if self._session is None:
