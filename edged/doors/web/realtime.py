@@ -4,8 +4,8 @@
 config (and a short-lived client secret when `api_key` is set); `GET /v1/audio/list_voices`;
 `/v1/realtime?intent=transcription` and `?intent=synthesize` are the WebSockets. Events are only
 translated: recognition goes through `ctx.asr.session(...)`, synthesis through `ctx.tts`. A
-transcription client whose first event is OpenAI's `session.update` is served OpenAI's dialect
-(`realtime_openai.py`) instead.
+transcription client whose first event is OpenAI's `session.update`, or that sends an
+`OpenAI-Beta` header, is served OpenAI's dialect (`realtime_openai.py`) instead.
 """
 
 from __future__ import annotations
