@@ -242,3 +242,17 @@ def test_speech_as_server_sent_events_with_instructions_ignored(client: openai.O
     assert mp3_frame_size(data) is not None
     said = client.audio.transcriptions.create(model="whisper-1", file=("s.mp3", data)).text
     assert word_errors(SENTENCE, said)[0] <= 1, said
+
+
+def test_bench_formats(web: tuple[str, int]) -> None:
+    """`edged bench formats`' library call, shortened (a 3 s clip of the server's voice, one round):
+    every format recognised with the WAV's words (MP3 within a word or two), times measured."""
+    from edged.client.formatbench import UPLOADS, bench_formats
+
+    report = bench_formats(f"http://127.0.0.1:{web[1]}", "", None, runs=1, seconds=3.0)
+    assert report.clip_s == 3.0 and [u.format for u in report.uploads] == list(UPLOADS)
+    for upload in report.uploads:
+        assert upload.p50_ms > 0 and upload.wav_p50_ms > 0 and upload.bytes < report.wav_bytes
+        assert upload.word_errors <= (2 if upload.format == "mp3" else 0), upload
+    assert 0 < report.mp3_first_byte_p50_ms < 5000
+    assert "first byte p50" in report.text() and json.loads(report.json())["uploads"][0]["over_wav_ms"] is not None
