@@ -5,7 +5,8 @@ that unpacks to hours of audio (a decompression bomb) costs no more than the lim
 They go through libsndfile (python-soundfile, a dependency already). WebM with Opus (what a
 browser's MediaRecorder makes) is remuxed first: its Opus packets are read out of the Matroska
 container (edged.audio.webm) and written into an Ogg Opus stream (edged.audio.ogg), counted against
-the limit as they go. MP4/M4A is recognised by its first bytes and refused with the formats edged
+the limit as they go, with an OpusHead that asks libsndfile for 16 kHz mono, so that libopus
+decodes straight to what recognition takes. MP4/M4A is recognised by its first bytes and refused with the formats edged
 reads: its decoders (FFmpeg's) come, as wheels, only with GPL encoders beside them.
 """
 
@@ -106,7 +107,7 @@ def _webm_as_ogg(data: bytes, max_seconds: float) -> bytes:
     head = stream.head
     if len(head) < 19 or not head.startswith(b"OpusHead"):
         raise AudioFormatError("The WebM file's Opus track has no valid OpusHead.")
-    ogg = OggOpusWriter(head)
+    ogg = OggOpusWriter(_decoded_for_recognition(head))
     samples = 0
     for packet in itertools.chain([] if first is None else [first], packets):
         duration = opus_packet_samples(packet)
@@ -119,6 +120,22 @@ def _webm_as_ogg(data: bytes, max_seconds: float) -> bytes:
     if not samples:
         raise AudioFormatError("The WebM file holds no Opus audio.")
     return ogg.finish()
+
+
+def _decoded_for_recognition(head: bytes) -> bytes:
+    """An OpusHead whose stream libsndfile decodes at MODEL_RATE, in mono where it is mono or stereo.
+
+    libsndfile decodes at the head's input sample rate (where Opus has it: 8, 12, 16, 24 or
+    48 kHz), and libopus decodes any packet at any of those rates and to one channel (mixing
+    stereo down) by itself: cheaper than decoding a browser's 48 kHz stereo and resampling and
+    averaging after it (RFC 7845 makes the input rate a hint, and channel mapping family 0 a
+    plain mono or stereo stream). Other channel mappings keep their channels.
+    """
+    out = bytearray(head)
+    out[12:16] = MODEL_RATE.to_bytes(4, "little")
+    if out[18] == 0:  # channel mapping family 0: one or two channels, no mapping table
+        out[9] = 1
+    return bytes(out)
 
 
 def _libsndfile_blocks(data: bytes, container: Container) -> Iterator[tuple[np.ndarray, int]]:
