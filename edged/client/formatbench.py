@@ -1,7 +1,7 @@
 """The OpenAI API's upload formats and mp3 speech, timed on a running server's HTTP door
 (`edged bench formats`).
 
-Transcription: one clip (10 s of the server's own first voice, or a file) uploaded to
+Transcription: one clip (10 s of the server's own first voice, padded with silence, or a file) uploaded to
 `/v1/audio/transcriptions` as WAV and as each compressed format clients send (WebM/Opus as a
 browser records it, 48 kHz stereo; MP3; Ogg Opus, 48 kHz mono), in rounds that alternate the formats, after one
 round not counted; the p50 of each and its difference from the WAV's. Each transcript is compared
@@ -123,15 +123,16 @@ class _Api:
         return str(voices[0]["id"]), int(voices[0]["sample_rate"])
 
     async def spoken(self, seconds: float) -> tuple[bytes, int]:
-        """`seconds` of the first voice reading _TEXT (repeated as needed), as 16-bit PCM."""
+        """`seconds` of the first voice reading _TEXT as 16-bit PCM: as many whole readings as fit
+        (at least one, cut if it must be), then silence, so that no word is cut short."""
         voice, rate = await self.first_voice()
-        pcm = b""
-        while len(pcm) < seconds * rate * 2:
-            async with self._session.post(f"{self._base}/v1/audio/speech", headers=self._headers, json={
-                    "model": "tts-1", "voice": voice, "input": _TEXT, "response_format": "pcm"}) as response:
-                await self._check(response, "POST /v1/audio/speech")
-                pcm += await response.read()
-        return pcm[:int(seconds * rate) * 2], rate
+        size = int(seconds * rate) * 2
+        async with self._session.post(f"{self._base}/v1/audio/speech", headers=self._headers, json={
+                "model": "tts-1", "voice": voice, "input": _TEXT, "response_format": "pcm"}) as response:
+            await self._check(response, "POST /v1/audio/speech")
+            reading = await response.read()
+        pcm = reading * max(1, size // max(len(reading), 1))
+        return pcm[:size] + bytes(max(0, size - len(pcm))), rate
 
     async def transcribe(self, name: str, data: bytes) -> tuple[str, float]:
         """The transcript and the seconds from sending the request to the whole answer."""
