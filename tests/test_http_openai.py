@@ -62,7 +62,8 @@ def test_voices_listed_and_openai_names_mapped(client: openai.OpenAI) -> None:
 
     def pcm(name: str) -> bytes:
         return client.audio.speech.create(model="tts-1", voice=name, input="Seven.", response_format="pcm").content
-    assert len(pcm("echo")) == len(pcm("English-US.Joe")) > 0
+    echo, joe = len(pcm("echo")), len(pcm("English-US.Joe"))
+    assert joe > 0 and abs(echo - joe) < 0.25 * joe  # Piper's durations vary a little from run to run
     with pytest.raises(openai.NotFoundError, match=f"{MISSING}.*openai_voice_map maps 'onyx'"):
         client.audio.speech.create(model="tts-1", voice="onyx", input="Hi.")
 
@@ -244,15 +245,16 @@ def test_speech_as_server_sent_events_with_instructions_ignored(client: openai.O
     assert word_errors(SENTENCE, said)[0] <= 1, said
 
 
-def test_bench_formats(web: tuple[str, int]) -> None:
-    """`edged bench formats`' library call, shortened (a 3 s clip of the server's voice, one round):
-    every format recognised with the WAV's words (MP3 within a word or two), times measured."""
+def test_bench_formats(web: tuple[str, int], voice: Any) -> None:  # noqa: F811 - a fixture imported above
+    """`edged bench formats`' library call, shortened to one round of a sentence: recognised in every
+    format with the WAV's words (MP3 within a word), times measured."""
     from edged.client.formatbench import UPLOADS, bench_formats
 
-    report = bench_formats(f"http://127.0.0.1:{web[1]}", "", None, runs=1, seconds=3.0)
-    assert report.clip_s == 3.0 and [u.format for u in report.uploads] == list(UPLOADS)
+    pcm = spoken(voice, SENTENCE)
+    report = bench_formats(f"http://127.0.0.1:{web[1]}", "", (pcm, RATE), runs=1)
+    assert report.clip_s == round(len(pcm) / 2 / RATE, 2) and [u.format for u in report.uploads] == list(UPLOADS)
     for upload in report.uploads:
         assert upload.p50_ms > 0 and upload.wav_p50_ms > 0 and upload.bytes < report.wav_bytes
-        assert upload.word_errors <= (2 if upload.format == "mp3" else 0), upload
+        assert upload.word_errors <= (1 if upload.format == "mp3" else 0), upload
     assert 0 < report.mp3_first_byte_p50_ms < 5000
     assert "first byte p50" in report.text() and json.loads(report.json())["uploads"][0]["over_wav_ms"] is not None
