@@ -38,3 +38,19 @@ def test_ogg_packets_are_the_headers_then_the_audio() -> None:
     packets = ogg_packets(ogg_opus(_tone(1.0, 16000), 16000))
     assert packets[0].startswith(b"OpusHead") and packets[1].startswith(b"OpusTags")
     assert 45 <= len(packets) - 2 <= 55  # 20 ms packets
+
+
+def test_bench_formats_command_says_when_no_server_answers() -> None:
+    """`edged bench formats` at a port nobody listens on: one line naming the URL, exit status 1."""
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again: nobody listens there
+    done = subprocess.run([sys.executable, "-m", "edged", "bench", "formats", "--url", f"http://127.0.0.1:{port}",
+                           "--runs", "1"], capture_output=True, text=True, timeout=60)
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 1 and len(lines) == 1, done
+    assert lines[0].startswith(f"edged: Cannot reach the HTTP door at http://127.0.0.1:{port}: "), lines
