@@ -277,9 +277,11 @@ class OpenAiAudioApi:
                     synthesis = await tts.prepare(SpeechRequest(text=text, voice=voice, rate=speed,
                                                                 sample_rate=24000 if fmt == "opus" else 0))
                 except UnknownVoiceError as exc:
-                    if is_openai_voice(asked):  # openai_voice_map names a voice that is not deployed
+                    if asked.lower() in self._voice_map():  # the server's setting names a voice not deployed
                         raise UnknownVoiceError(f"{exc} (openai_voice_map maps {asked!r} to it)") from None
-                    raise BadInput(f"{exc} OpenAI's voice names are taken too (GET /v1/audio/voices).") from None
+                    if asked and not is_openai_voice(asked):  # the client's mistake
+                        raise BadInput(f"{exc} OpenAI's voice names are taken too (GET /v1/audio/voices).") from None
+                    raise
                 return await self._speak(request, synthesis, fmt, stream_format == "sse")
         except Exception as exc:  # noqa: BLE001 - one error map (errors.py)
             return error_response(exc, "Speech")
