@@ -142,6 +142,15 @@ http_port=9000
 # Accepts comma-separated origins (http[s]://host[:port]), or empty for none.
 http_allowed_origins=""
 
+# Which deployed voice speaks each of OpenAI's voice names (alloy, ash, ballad, coral, echo,
+# fable, onyx, nova, sage, shimmer, verse) on `/v1/audio/speech`, as `alloy=English-
+# US.Joe,echo=English-US.Amy`. A name not listed takes the default table: OpenAI's names in that
+# order dealt round the deployed voices in turn (those of the request's `model` where it names a
+# deployed voice model). `GET /v1/audio/voices` shows the table in use.
+# Accepts comma-separated NAME=VOICE pairs, NAME one of OpenAI's voices (alloy, ash, ballad,
+# coral, echo, fable, onyx, nova, sage, shimmer, verse), or empty for the default table.
+openai_voice_map=""
+
 # PEM certificate (chain) of the gRPC server; with `ssl_server_key` it turns on TLS.
 # Accepts a path (relative to the directory of config.sh), or empty for none.
 ssl_server_cert=""

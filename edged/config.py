@@ -206,6 +206,32 @@ class Origins(Kind):
         return f"`{','.join(value)}`" if value else '`""`'
 
 
+OPENAI_VOICE_NAMES = ("alloy", "ash", "ballad", "coral", "echo", "fable", "onyx", "nova", "sage", "shimmer", "verse")
+"""OpenAI's own voice names, which the OpenAI-compatible API maps to deployed voices (`openai_voice_map`)."""
+
+
+class VoiceMap(Kind):
+    """Comma-separated `openai_name=voice` pairs, kept as a tuple of (OpenAI name, voice) pairs."""
+
+    accepts = ("comma-separated NAME=VOICE pairs, NAME one of OpenAI's voices ("
+               + ", ".join(OPENAI_VOICE_NAMES) + "), or empty for the default table")
+
+    def parse_scalar(self, text: str, base_dir: Path) -> tuple[tuple[str, str], ...]:
+        pairs = []
+        for item in (i.strip() for i in text.split(",") if i.strip()):
+            name, sep, voice = (part.strip() for part in item.partition("="))
+            if not sep or name.lower() not in OPENAI_VOICE_NAMES or not voice:
+                raise _Invalid(self.accepts, f"element {_quote(item)}")
+            pairs.append((name.lower(), voice))
+        return tuple(pairs)
+
+    def shell(self, value: Any) -> str:
+        return _shell_quote(",".join(f"{name}={voice}" for name, voice in value))
+
+    def markdown(self, value: Any) -> str:
+        return f"`{self.shell(value)}`" if value else '`""`'
+
+
 class Networks(Kind):
     """Comma-separated IP addresses or networks (CIDR), kept as normalised network strings."""
 
@@ -465,6 +491,13 @@ class Settings:
             "accepted in `Host`. Others get 403, and a `Host` that is none of this machine's "
             "addresses or names is refused on every route (DNS rebinding). A console reached "
             "through a reverse proxy under another name needs that name listed here.")
+    openai_voice_map: tuple[tuple[str, str], ...] = setting(
+        (), kind=VoiceMap(),
+        doc="Which deployed voice speaks each of OpenAI's voice names (alloy, ash, ballad, coral, echo, "
+            "fable, onyx, nova, sage, shimmer, verse) on `/v1/audio/speech`, as `alloy=English-US.Joe,"
+            "echo=English-US.Amy`. A name not listed takes the default table: OpenAI's names in that "
+            "order dealt round the deployed voices in turn (those of the request's `model` where it "
+            "names a deployed voice model). `GET /v1/audio/voices` shows the table in use.")
     ssl_server_cert: Path | None = setting(
         None, kind=OptionalPath(),
         doc="PEM certificate (chain) of the gRPC server; with `ssl_server_key` it turns on TLS.")

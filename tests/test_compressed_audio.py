@@ -155,3 +155,25 @@ def test_ogg_pages_carry_the_checksum_libogg_checks() -> None:
 ])
 def test_opus_packet_durations_follow_the_toc_byte(packet: bytes, samples: int | None) -> None:
     assert opus_packet_samples(packet) == samples
+
+
+def test_opus_is_decoded_at_16_khz_mono() -> None:
+    """An Ogg Opus upload of 48 kHz stereo (a browser's, or ffmpeg's default) reaches libsndfile with
+    an OpusHead asking for 16 kHz mono (its page's checksum made again, or libsndfile would refuse
+    it), and decodes to the whole tone; Vorbis is left as it is."""
+    import soundfile
+
+    from edged.audio.compressed import _ogg_opus_for_recognition
+    from edged.client.webm_clip import ogg_opus
+
+    stereo = ogg_opus(tone(), RATE, channels=2)
+    with soundfile.SoundFile(io.BytesIO(stereo)) as original:
+        assert (original.samplerate, original.channels) == (48000, 2)
+    with soundfile.SoundFile(io.BytesIO(_ogg_opus_for_recognition(stereo))) as asked:
+        assert (asked.samplerate, asked.channels) == (16000, 1)
+    audio, rate = read_wav(decode_to_wav(stereo, Container.OGG, 0))
+    assert rate == RATE and abs(len(audio) / rate - SECONDS) < 0.03
+    spectrum = np.abs(np.fft.rfft(audio[RATE // 2:RATE // 2 + RATE]))
+    assert abs(np.argmax(spectrum) - TONE_HZ) < 2 and 0.2 < np.abs(audio).max() < 0.5
+    vorbis = encode(tone(), RATE, "oga")
+    assert _ogg_opus_for_recognition(vorbis) == vorbis

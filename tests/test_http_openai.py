@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
 import json
@@ -24,12 +25,14 @@ from tests.test_riva_fidelity import RATE, beckett, spoken, voice  # noqa: F401 
 
 MAX_AUDIO_S = 120
 """The server's asr_max_audio_seconds here: a bomb past it is refused within seconds."""
+MISSING = "English-US.Nobody"
+"""The voice the server's openai_voice_map gives `onyx`: not deployed."""
 
 
 @pytest.fixture(scope="module")
 def web(default_repo: Path) -> Iterator[tuple[str, int]]:
     """`edged start` with the default models and a 2-minute audio limit."""
-    with web_server(default_repo, f"asr_max_audio_seconds={MAX_AUDIO_S}\n") as server:
+    with web_server(default_repo, f'asr_max_audio_seconds={MAX_AUDIO_S}\nopenai_voice_map="onyx={MISSING}"\n') as server:
         yield server
 
 
@@ -38,9 +41,69 @@ def client(web: tuple[str, int]) -> openai.OpenAI:
     return openai.OpenAI(base_url=f"http://127.0.0.1:{web[1]}/v1", api_key="unused", max_retries=0)
 
 
-def test_models_list_the_deployed_models(client: openai.OpenAI) -> None:
-    ids = {m.id for m in client.models.list()}
-    assert {"moonshine-base-en", "piper-joe-medium"} <= ids, ids
+def test_models_list_the_deployed_models_with_what_they_do(client: openai.OpenAI) -> None:
+    models = {m.id: m.model_dump() for m in client.models.list()}
+    assert set(models) == {"moonshine-base-en", "piper-joe-medium"}, models
+    asr, tts = models["moonshine-base-en"], models["piper-joe-medium"]
+    assert asr["owned_by"] == "edged" and asr["object"] == "model"
+    assert (asr["task"], asr["tasks"], asr["languages"]) == ("transcribe", ["transcribe"], ["en-US"])
+    assert (tts["task"], tts["voices"], tts["languages"]) == ("speech", ["English-US.Joe"], ["en-US"])
+
+
+def test_voices_listed_and_openai_names_mapped(client: openai.OpenAI) -> None:
+    """GET /v1/audio/voices: the deployed voice with its language, and the table OpenAI's names go
+    by (the map's `onyx`, the rest dealt round the one voice); an OpenAI name speaks as its voice."""
+    body = client.get("/audio/voices", cast_to=object)
+    assert isinstance(body, dict)
+    assert body["voices"] == [{"id": "English-US.Joe", "name": "English-US.Joe", "language": "en-US",
+                               "model": "piper-joe-medium", "sample_rate": 22050}]
+    table = body["openai_voices"]
+    assert table.pop("onyx") == MISSING and len(table) == 10 and set(table.values()) == {"English-US.Joe"}
+
+    def pcm(name: str) -> bytes:
+        return client.audio.speech.create(model="tts-1", voice=name, input="Seven.", response_format="pcm").content
+    echo, joe = len(pcm("echo")), len(pcm("English-US.Joe"))
+    assert joe > 0 and abs(echo - joe) < 0.25 * joe  # Piper's durations vary a little from run to run
+    with pytest.raises(openai.NotFoundError, match=f"{MISSING}.*openai_voice_map maps 'onyx'"):
+        client.audio.speech.create(model="tts-1", voice="onyx", input="Hi.")
+
+
+@pytest.mark.filterwarnings("ignore:deprecated:DeprecationWarning")  # the openai package marks translations so
+def test_translation_and_aac_refused_with_what_is_offered(client: openai.OpenAI, voice: Any) -> None:  # noqa: F811 - a fixture imported above
+    wav = wav_bytes(spoken(voice, SENTENCE))
+    with pytest.raises(openai.BadRequestError, match="No deployed model can translate.*moonshine-base-en") as refused:
+        client.audio.translations.create(model="whisper-1", file=("s.wav", wav))
+    assert isinstance(refused.value.body, dict) and "\n" not in refused.value.body["message"]
+    with pytest.raises(openai.BadRequestError, match="'aac' is not offered.*no AAC encoder.*mp3, opus, wav, pcm, flac"):
+        client.audio.speech.create(model="tts-1", voice="alloy", input="Hi.", response_format="aac")
+
+
+@pytest.mark.filterwarnings("ignore:deprecated:DeprecationWarning")
+def test_every_endpoint_through_the_async_client(web: tuple[str, int], voice: Any) -> None:  # noqa: F811 - a fixture imported above
+    """openai.AsyncOpenAI: models, voices, speech (an OpenAI voice name, streamed), transcription
+    of that speech, and the translation refusal."""
+    wav = wav_bytes(spoken(voice, SENTENCE))
+
+    async def run() -> tuple[set[str], Any, bytes, str, str]:
+        async with openai.AsyncOpenAI(base_url=f"http://127.0.0.1:{web[1]}/v1", api_key="unused",
+                                      max_retries=0) as aclient:
+            ids = {m.id async for m in aclient.models.list()}
+            voices = await aclient.get("/audio/voices", cast_to=object)
+            async with aclient.audio.speech.with_streaming_response.create(
+                    model="tts-1", voice="nova", input=SENTENCE) as response:
+                mp3 = b"".join([part async for part in response.iter_bytes()])
+            said = (await aclient.audio.transcriptions.create(model="whisper-1", file=("s.mp3", mp3))).text
+            try:
+                await aclient.audio.translations.create(model="whisper-1", file=("s.wav", wav))
+                refusal = ""
+            except openai.BadRequestError as exc:
+                refusal = str(exc)
+            return ids, voices, mp3, said, refusal
+
+    ids, voices, mp3, said, refusal = asyncio.run(run())
+    assert "piper-joe-medium" in ids and voices["openai_voices"]["nova"] == "English-US.Joe"
+    assert mp3_frame_size(mp3) is not None and word_errors(SENTENCE, said)[0] <= 1, said
+    assert "No deployed model can translate" in refusal
 
 
 def test_transcription_formats(client: openai.OpenAI, voice: Any) -> None:  # noqa: F811 - a fixture imported above
@@ -111,7 +174,7 @@ def test_speech_speed_and_refusals(client: openai.OpenAI) -> None:
     assert length(speed=2.0) < 0.7 * length()
     with pytest.raises(openai.BadRequestError, match="mp3, opus"):
         client.audio.speech.create(model="tts-1", voice="alloy", input="Hi.", response_format="wma")  # type: ignore[arg-type]
-    with pytest.raises(openai.NotFoundError, match="Voice"):
+    with pytest.raises(openai.BadRequestError, match="'Nobody' is not available; voices: English-US.Joe .en-US..*OpenAI"):
         client.audio.speech.create(model="tts-1", voice="Nobody", input="Hi.")
     with pytest.raises(openai.BadRequestError):
         client.audio.transcriptions.create(model="whisper-1", file=("x.mp3", b"ID3 not really audio" * 10))
@@ -180,3 +243,18 @@ def test_speech_as_server_sent_events_with_instructions_ignored(client: openai.O
     assert mp3_frame_size(data) is not None
     said = client.audio.transcriptions.create(model="whisper-1", file=("s.mp3", data)).text
     assert word_errors(SENTENCE, said)[0] <= 1, said
+
+
+def test_bench_formats(web: tuple[str, int], voice: Any) -> None:  # noqa: F811 - a fixture imported above
+    """`edged bench formats`' library call, shortened to one round of a sentence: recognised in every
+    format with the WAV's words (MP3 within a word), times measured."""
+    from edged.client.formatbench import UPLOADS, bench_formats
+
+    pcm = spoken(voice, SENTENCE)
+    report = bench_formats(f"http://127.0.0.1:{web[1]}", "", (pcm, RATE), runs=1)
+    assert report.clip_s == round(len(pcm) / 2 / RATE, 2) and [u.format for u in report.uploads] == list(UPLOADS)
+    for upload in report.uploads:
+        assert upload.p50_ms > 0 and upload.wav_p50_ms > 0 and upload.bytes < report.wav_bytes
+        assert upload.word_errors <= (1 if upload.format == "mp3" else 0), upload
+    assert 0 < report.mp3_first_byte_p50_ms < 5000
+    assert "first byte p50" in report.text() and json.loads(report.json())["uploads"][0]["over_wav_ms"] is not None

@@ -5,7 +5,9 @@ that unpacks to hours of audio (a decompression bomb) costs no more than the lim
 They go through libsndfile (python-soundfile, a dependency already). WebM with Opus (what a
 browser's MediaRecorder makes) is remuxed first: its Opus packets are read out of the Matroska
 container (edged.audio.webm) and written into an Ogg Opus stream (edged.audio.ogg), counted against
-the limit as they go. MP4/M4A is recognised by its first bytes and refused with the formats edged
+the limit as they go, with an OpusHead that asks libsndfile for 16 kHz mono, so that libopus
+decodes straight to what recognition takes; an Ogg Opus upload's OpusHead is rewritten the same
+way. MP4/M4A is recognised by its first bytes and refused with the formats edged
 reads: its decoders (FFmpeg's) come, as wheels, only with GPL encoders beside them.
 """
 
@@ -19,7 +21,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from edged.audio.ogg import MAX_PACKET, OggOpusWriter, opus_packet_samples
+from edged.audio.ogg import MAX_PACKET, OggOpusWriter, ogg_crc, opus_packet_samples
 from edged.audio.resample import StreamResampler, float_to_pcm16
 from edged.audio.webm import OpusStream
 from edged.errors import AudioFormatError, RequestError
@@ -67,6 +69,8 @@ def decode_to_wav(data: bytes, container: Container, max_seconds: float) -> byte
         raise AudioFormatError(f"{container.value} audio is not supported; send {UPLOAD_FORMATS}.")
     if container is Container.WEBM:
         data, container = _webm_as_ogg(data, max_seconds), Container.OGG
+    elif container is Container.OGG:
+        data = _ogg_opus_for_recognition(data)
     blocks = _libsndfile_blocks(data, container)
     resampler: StreamResampler | None = None
     pcm: list[bytes] = []
@@ -106,7 +110,7 @@ def _webm_as_ogg(data: bytes, max_seconds: float) -> bytes:
     head = stream.head
     if len(head) < 19 or not head.startswith(b"OpusHead"):
         raise AudioFormatError("The WebM file's Opus track has no valid OpusHead.")
-    ogg = OggOpusWriter(head)
+    ogg = OggOpusWriter(_decoded_for_recognition(head))
     samples = 0
     for packet in itertools.chain([] if first is None else [first], packets):
         duration = opus_packet_samples(packet)
@@ -119,6 +123,37 @@ def _webm_as_ogg(data: bytes, max_seconds: float) -> bytes:
     if not samples:
         raise AudioFormatError("The WebM file holds no Opus audio.")
     return ogg.finish()
+
+
+def _decoded_for_recognition(head: bytes) -> bytes:
+    """An OpusHead whose stream libsndfile decodes at MODEL_RATE, in mono where it is mono or stereo.
+
+    libsndfile decodes at the head's input sample rate (where Opus has it: 8, 12, 16, 24 or
+    48 kHz), and libopus decodes any packet at any of those rates and to one channel (mixing
+    stereo down) by itself: cheaper than decoding a browser's 48 kHz stereo and resampling and
+    averaging after it (RFC 7845 makes the input rate a hint, and channel mapping family 0 a
+    plain mono or stereo stream). Other channel mappings keep their channels.
+    """
+    out = bytearray(head)
+    out[12:16] = MODEL_RATE.to_bytes(4, "little")
+    if out[18] == 0:  # channel mapping family 0: one or two channels, no mapping table
+        out[9] = 1
+    return bytes(out)
+
+
+def _ogg_opus_for_recognition(data: bytes) -> bytes:
+    """An Ogg Opus upload with its first page's OpusHead as _decoded_for_recognition makes it (the
+    page's checksum made again); any other Ogg file as it is. RFC 7845 puts the OpusHead alone on
+    the first page."""
+    if len(data) < 28 or data[:4] != b"OggS" or data[26] != 1:  # the head alone, one lacing value
+        return data
+    start, size = 28, data[27]
+    head = data[start:start + size]
+    if size == 255 or len(head) < 19 or not head.startswith(b"OpusHead"):
+        return data
+    page = bytearray(data[:22] + bytes(4) + data[26:start] + _decoded_for_recognition(head))
+    page[22:26] = ogg_crc(bytes(page)).to_bytes(4, "little")
+    return bytes(page) + data[start + size:]
 
 
 def _libsndfile_blocks(data: bytes, container: Container) -> Iterator[tuple[np.ndarray, int]]:

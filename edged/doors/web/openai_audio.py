@@ -1,11 +1,13 @@
 """OpenAI's audio API over the speech services: `/v1/audio/transcriptions`, `/v1/audio/speech`,
-`/v1/models`, so that the official `openai` package (`base_url=http://HOST:PORT/v1`) works.
+`/v1/audio/voices`, `/v1/models`, `/v1/audio/translations`, so that the official `openai`
+package (`base_url=http://HOST:PORT/v1`) and the clients built on it work.
 
 Transcriptions take an upload in WAV, FLAC, MP3, Ogg (Vorbis, Opus) or WebM (Opus), compressed
 ones decoded within the request's limits (`response_format` json, text, srt, vtt or verbose_json with segments
 and words; `stream=true` sends the finals as server-sent `transcript.text.delta` events); speech
 is streamed as it is synthesised (mp3, OpenAI's default, and opus through libsndfile; wav, pcm,
-flac).
+flac), OpenAI's voice names mapped to deployed voices (edged.doors.web.openai_voices). `aac`
+is refused: the libsndfile edged ships has no AAC encoder.
 """
 
 from __future__ import annotations
@@ -27,9 +29,11 @@ from edged.audio.compressed import UPLOAD_FORMATS, Container, decode_to_wav, sni
 from edged.doors import common
 from edged.doors.web.auth import Auth
 from edged.doors.web.errors import BadInput, NotJson, error_response, logged
-from edged.errors import AudioFormatError
+from edged.doors.web.openai_voices import deployed_voices, is_openai_voice, openai_voice, voices_body
+from edged.errors import AudioFormatError, UnknownVoiceError
 from edged.pipelines.tts import AudioChunk
 from edged.pipelines.tts.encode import Mp3Encoder, OggOpusEncoder, StreamEncoder
+from edged.rmir.manifest import Manifest
 from edged.service.asr import RecognitionRequest, Transcript
 from edged.service.context import ServiceContext
 from edged.service.tts import SpeechRequest, Synthesis, TtsService
@@ -42,9 +46,8 @@ SPEECH_FORMATS = ("mp3", "opus", "wav", "pcm", "flac")
 STREAM_FORMATS = ("audio", "sse")
 """Speech's stream_format values: the audio itself, or server-sent `speech.audio.delta` events."""
 _SPEECH_TYPES = {"mp3": "audio/mpeg", "opus": "audio/ogg", "wav": "audio/wav", "pcm": "audio/pcm", "flac": "audio/flac"}
-OPENAI_VOICES = frozenset({"alloy", "ash", "ballad", "coral", "echo", "fable", "onyx", "nova", "sage",
-                           "shimmer", "verse"})
-"""OpenAI's own voice names: they speak with the server's default voice."""
+_NOT_OFFERED = {"aac": "the libsndfile edged ships (in the soundfile wheel) has no AAC encoder"}
+"""OpenAI's speech formats edged does not make, and why."""
 _STREAM_CHUNK = 32000
 """Bytes of an upload fed to a streaming session at a time (stream=true)."""
 _READ_AS_IS = (b"RIFF", b"RF64", b"fLaC")
@@ -96,18 +99,59 @@ class OpenAiAudioApi:
         """The aiohttp routes of this API."""
         return [web.post("/v1/audio/transcriptions", self.transcriptions),
                 web.post("/v1/audio/speech", self.speech),
+                web.post("/v1/audio/translations", self.translations),
+                web.get("/v1/audio/voices", self.voices),
                 web.get("/v1/models", self.models)]
 
+    def _voice_map(self) -> dict[str, str]:
+        return dict(self._ctx.settings.openai_voice_map)
+
     async def models(self, request: web.Request) -> web.Response:
-        """GET /v1/models: the deployed ASR models and voices."""
+        """GET /v1/models: the deployed ASR models and voice models, each with what it does
+        (`task`: transcribe, translate, speech), its languages and (voice models) its voices."""
         try:
             self._auth.check_http(request)
         except Exception as exc:  # noqa: BLE001 - one error map (errors.py)
             return error_response(exc, "Model list")
-        names = list(self._ctx.asr.models()) if self._ctx.asr is not None else []
-        names += [v.model for v in self._ctx.tts.voices()] if self._ctx.tts is not None else []
-        return web.json_response({"object": "list", "data": [
-            {"id": n, "object": "model", "created": 0, "owned_by": "edged"} for n in names]})
+        data = []
+        if self._ctx.asr is not None:
+            asr_models = self._ctx.asr.models()
+            translator = translating_model(asr_models)
+            for name, manifest in asr_models.items():
+                tasks = ["transcribe", "translate"] if name == translator else ["transcribe"]
+                data.append(_model(name, tasks, [manifest.language_code],
+                                   streaming=True, sample_rate=manifest.sample_rate))
+        if self._ctx.tts is not None:
+            for info in self._ctx.tts.voices():
+                data.append(_model(info.model, ["speech"], [info.language_code], voices=info.names,
+                                   sample_rate=info.sample_rate))
+        return web.json_response({"object": "list", "data": data})
+
+    async def voices(self, request: web.Request) -> web.Response:
+        """GET /v1/audio/voices: every deployed voice with its language, and OpenAI's names' table."""
+        try:
+            self._auth.check_http(request)
+            voices = deployed_voices(common.tts_service(self._ctx))
+        except Exception as exc:  # noqa: BLE001 - one error map (errors.py)
+            return error_response(exc, "Voice list")
+        return web.json_response(voices_body(voices, self._voice_map()))
+
+    async def translations(self, request: web.Request) -> web.StreamResponse:
+        """POST /v1/audio/translations (speech to English text): a 400 while no deployed model can
+        translate (translating_model); the upload is read first, so the client hears the answer."""
+        try:
+            self._auth.check_http(request)
+            models = common.asr_service(self._ctx).models()
+            if request.content_type.startswith("multipart/"):
+                await request.post()  # bounded by max_message_mb
+            translator = translating_model(models)
+            if translator is None:
+                deployed = ", ".join(f"{n} ({m.language_code})" for n, m in models.items())
+                raise BadInput(f"No deployed model can translate speech to English (deployed ASR models, which "
+                               f"transcribe only: {deployed}); use /v1/audio/transcriptions.")
+            raise BadInput(f"Translation with {translator} is not served yet.")  # issue 30 recognises here
+        except Exception as exc:  # noqa: BLE001 - one error map (errors.py)
+            return error_response(exc, "Translation")
 
     async def transcriptions(self, request: web.Request) -> web.StreamResponse:
         """POST /v1/audio/transcriptions (multipart: file, model, language, response_format, ...)."""
@@ -213,6 +257,9 @@ class OpenAiAudioApi:
             if not isinstance(text, str) or not text.strip():
                 raise BadInput("`input` must be the text to speak.")
             fmt = str(body.get("response_format", SPEECH_FORMATS[0]) or SPEECH_FORMATS[0]).lower()
+            if fmt in _NOT_OFFERED:
+                raise BadInput(f"response_format {fmt!r} is not offered: {_NOT_OFFERED[fmt]}; "
+                               f"use one of {', '.join(SPEECH_FORMATS)}.")
             if fmt not in SPEECH_FORMATS:
                 raise BadInput(f"response_format {fmt!r} is not supported; use one of {', '.join(SPEECH_FORMATS)}.")
             stream_format = str(body.get("stream_format", "audio") or "audio")
@@ -222,13 +269,19 @@ class OpenAiAudioApi:
                 speed = float(body.get("speed", 1.0))
             except (TypeError, ValueError):
                 raise BadInput("`speed` must be a number.") from None
-            model = str(body.get("model", "") or "")
-            known = {v.model for v in tts.voices()}
-            if voice.lower() in OPENAI_VOICES:
-                voice = model if model in known else ""
+            asked = voice
+            if is_openai_voice(voice):
+                voice = openai_voice(voice, deployed_voices(tts), self._voice_map(), str(body.get("model", "") or ""))
             async with tts.session():
-                synthesis = await tts.prepare(SpeechRequest(text=text, voice=voice, rate=speed,
-                                                            sample_rate=24000 if fmt == "opus" else 0))
+                try:
+                    synthesis = await tts.prepare(SpeechRequest(text=text, voice=voice, rate=speed,
+                                                                sample_rate=24000 if fmt == "opus" else 0))
+                except UnknownVoiceError as exc:
+                    if asked.lower() in self._voice_map():  # the server's setting names a voice not deployed
+                        raise UnknownVoiceError(f"{exc} (openai_voice_map maps {asked!r} to it)") from None
+                    if asked and not is_openai_voice(asked):  # the client's mistake
+                        raise BadInput(f"{exc} OpenAI's voice names are taken too (GET /v1/audio/voices).") from None
+                    raise
                 return await self._speak(request, synthesis, fmt, stream_format == "sse")
         except Exception as exc:  # noqa: BLE001 - one error map (errors.py)
             return error_response(exc, "Speech")
@@ -259,6 +312,22 @@ class OpenAiAudioApi:
                 if request.transport is not None:
                     request.transport.close()  # what was sent is cut short: the client must see it end
         return response
+
+
+def translating_model(models: dict[str, Manifest]) -> str | None:
+    """The deployed ASR model that translates speech to English text, or None.
+
+    The one place a translating model is picked: none of edged's ASR families (Moonshine, NeMo)
+    translates yet; a Whisper model (issue 30) will be chosen here, and `translations` will then
+    recognise with it.
+    """
+    return None
+
+
+def _model(name: str, tasks: list[str], languages: list[str], **more: Any) -> dict[str, Any]:
+    """One `/v1/models` entry: OpenAI's fields, then edged's."""
+    return {"id": name, "object": "model", "created": 0, "owned_by": "edged", "task": tasks[0], "tasks": tasks,
+            "languages": languages, **more}
 
 
 def _container(name: str, audio: bytes) -> Container | None:
