@@ -202,5 +202,7 @@ def test_a_wake_word_while_speaking_stops_the_speaker(daemon: WakeDaemon) -> Non
     assert outcome and outcome[0].interrupted, outcome
     print(f"\nbarge-in: {outcome[0].seconds:.1f} s of speech played before the wake word stopped it")
     assert "Barge-in: wake word wake-alexa while speaking" in daemon.log.read_text()
+    _wait_mic(daemon.address, "hearing a command (wake-alexa)", 5)
     # Nothing said after it: the command ends by itself and wake words are listened for again.
     _wait_mic(daemon.address, LISTENING, 60)
+    assert "Nothing said after wake word wake-alexa" in daemon.log.read_text()

@@ -338,6 +338,7 @@ class LocalAudio:
                     continue
                 await ears.hear(np.clip(block, -1.0, 1.0).astype(np.float32))
                 self._audio_s += len(block) / MODEL_RATE
+                self._mic_state = ears.state  # it may have moved on (a wake word, an endpoint)
         finally:
             if heard:
                 await ears.close()
