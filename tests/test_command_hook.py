@@ -69,6 +69,12 @@ def test_missing_program_is_one_log_line(caplog: pytest.LogCaptureFixture) -> No
         "Command hook '/no/such/hook' could not start: [Errno 2] No such file or directory: '/no/such/hook'"]
 
 
+def test_unparsable_command_line_is_one_log_line(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="edged.doors.local.command_hook"):
+        assert _ask(CommandHook("hook 'unclosed", timeout_s=5)) is None
+    assert [r.getMessage() for r in caplog.records] == ["Command hook 'hook' could not start: No closing quotation"]
+
+
 async def _serve(handler: Any) -> tuple[web.AppRunner, str]:
     app = web.Application()
     app.router.add_post("/hook", handler)

@@ -206,3 +206,14 @@ def test_a_wake_word_while_speaking_stops_the_speaker(daemon: WakeDaemon) -> Non
     # Nothing said after it: the command ends by itself and wake words are listened for again.
     _wait_mic(daemon.address, LISTENING, 60)
     assert "Nothing said after wake word wake-alexa" in daemon.log.read_text()
+
+
+def test_transcript_json_carries_the_wake_word() -> None:
+    """`edged transcripts --json`: the wake word where one opened the utterance, no key otherwise."""
+    from edged.client.local import transcript_json
+    from edged.proto import edged_pb2
+
+    tagged = json.loads(transcript_json(edged_pb2.Transcript(text="Lights on.", is_final=True,
+                                                             wake_word="wake-okay-nabu")))
+    assert tagged["text"] == "Lights on." and tagged["wake_word"] == "wake-okay-nabu"
+    assert "wake_word" not in json.loads(transcript_json(edged_pb2.Transcript(text="Hello.", is_final=True)))

@@ -46,7 +46,8 @@ class CommandHook:
 
     @property
     def _shown(self) -> str:
-        return repr(self.target if self.is_url else shlex.split(self.target)[0])
+        """The hook as its log lines name it: the URL, or the program without its arguments."""
+        return repr(self.target if self.is_url else self.target.split()[0])
 
     async def _run(self, body: bytes) -> bytes:
         try:
