@@ -30,13 +30,15 @@ from edged.repository.records import DeployTarget
 from edged.rmir import RmirRef
 from tests.conftest import require_default_packs
 from tests.test_localaudio import _Follower
-from tests.test_server import free_port, wait_serving, write_config
+from tests.test_server import deployed_tiny, free_port, start_server, wait_serving, write_config
 
 RATE = 48000
 """The test microphone's and speaker's rate."""
 COMMAND = "Turn on the kitchen lights."
 ANSWER = "The kitchen lights are on."
 LISTENING = "listening for wake words"
+
+__all__ = ["deployed_tiny"]  # a fixture, used by name
 
 
 @dataclass
@@ -217,3 +219,21 @@ def test_transcript_json_carries_the_wake_word() -> None:
                                                              wake_word="wake-okay-nabu")))
     assert tagged["text"] == "Lights on." and tagged["wake_word"] == "wake-okay-nabu"
     assert "wake_word" not in json.loads(transcript_json(edged_pb2.Transcript(text="Hello.", is_final=True)))
+
+
+def test_wake_words_without_a_wake_model_leave_the_microphone_off_with_the_reason(
+        tmp_path: Path, deployed_tiny: Path) -> None:
+    port = free_port()
+    proc = start_server(write_config(tmp_path, port, 'local_mic_enabled=true\nlocal_wake_words=( "alexa" )\n'),
+                        tmp_path / "server.log")
+    try:
+        wait_serving(proc, port)
+        state = fetch_status(f"127.0.0.1:{port}")["microphone"]["state"]
+        assert state.startswith("off: wake words need a wake-word model; name one in models_wake"), state
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=15) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    log = (tmp_path / "server.log").read_text()
+    assert "local_wake_words: wake words need a wake-word model" in log and "Traceback" not in log

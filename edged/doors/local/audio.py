@@ -191,6 +191,10 @@ class LocalAudio:
             return None
         if self._ctx.wake is None:
             return "wake words need a wake-word model; name one in models_wake (builtin:wake-okay-nabu ...)."
+        from edged.pipelines.wake.runtime import runtime_missing
+
+        if (missing := runtime_missing()) is not None:
+            return missing
         try:
             self._wake_words = self._ctx.wake.select(names)
         except EdgedError as exc:
