@@ -305,6 +305,26 @@ local_speaker_device=""
 # Accepts true or false (also yes/no, on/off, 1/0).
 local_barge_in=false
 
+# Wake words the microphone waits for (names or phrases of `models_wake` models, e.g. `okay
+# nabu`); empty: it transcribes all it hears. When set, only what is said after a wake word, up to
+# its endpoint, is transcribed and published, tagged with the wake word.
+# Accepts a bash array of text.
+local_wake_words=()
+
+# Play a short chime on the speaker when a wake word is heard (needs `local_speaker_enabled`).
+# Accepts true or false (also yes/no, on/off, 1/0).
+local_wake_chime=true
+
+# What runs with each command heard after a wake word: a program (with its arguments; the
+# transcript as JSON on its standard input) or an http(s) URL (the JSON POSTed). Text it answers
+# (plain, or JSON with `text`) is spoken on the speaker. Empty for none.
+# Accepts any text.
+local_command_hook=""
+
+# Seconds `local_command_hook` may take before it is stopped and its answer dropped.
+# Accepts an integer from 1 to 600.
+local_command_hook_timeout_s=10
+
 # Least severe log level shown.
 # Accepts one of: DEBUG, INFO, WARNING, ERROR.
 log_level=INFO

@@ -627,6 +627,23 @@ class Settings:
         False, kind=Bool(),
         doc="Stop speaking as soon as the microphone hears speech. Use with a headset or a "
             "microphone with echo cancellation, or the speaker's own voice stops it.")
+    local_wake_words: tuple[str, ...] = setting(
+        (), kind=TextList(),
+        doc="Wake words the microphone waits for (names or phrases of `models_wake` models, e.g. "
+            "`okay nabu`); empty: it transcribes all it hears. When set, only what is said after a "
+            "wake word, up to its endpoint, is transcribed and published, tagged with the wake word.")
+    local_wake_chime: bool = setting(
+        True, kind=Bool(),
+        doc="Play a short chime on the speaker when a wake word is heard (needs "
+            "`local_speaker_enabled`).")
+    local_command_hook: str = setting(
+        "", kind=Text(),
+        doc="What runs with each command heard after a wake word: a program (with its arguments; "
+            "the transcript as JSON on its standard input) or an http(s) URL (the JSON POSTed). "
+            "Text it answers (plain, or JSON with `text`) is spoken on the speaker. Empty for none.")
+    local_command_hook_timeout_s: int = setting(
+        10, kind=Int(min=1, max=600),
+        doc="Seconds `local_command_hook` may take before it is stopped and its answer dropped.")
     log_level: str = setting(
         "INFO", kind=Choice("DEBUG", "INFO", "WARNING", "ERROR"),
         doc="Least severe log level shown.")

@@ -83,7 +83,8 @@ def transcripts(
         if as_json:
             typer.echo(transcript_json(message))
         else:
-            typer.echo(message.text if message.is_final else f"… {message.text}")
+            tag = f"[{message.wake_word}] " if message.wake_word else ""
+            typer.echo(tag + (message.text if message.is_final else f"… {message.text}"))
 
 
 @app.command()

@@ -319,6 +319,8 @@ class AsrService(SpeechService):
                                   release_memory=memory.release_free_memory)
         """The one batcher every stream of this server goes through."""
         self._pipelines: dict[str, tuple[LoadedModel, LoadedModel, AsrModel]] = {}
+        self._pipelines_lock = asyncio.Lock()
+        """One pipeline made at a time (its making runs off the event loop)."""
         self._speakers: tuple[LoadedModel, SpeakerEncoder] | None = None
 
     async def _run_inference(self, fn: Callable[..., T], *args: object) -> T:
@@ -357,10 +359,13 @@ class AsrService(SpeechService):
                                "(add builtin:silero-vad to models_vad and run `edged init`).")
         registry = self._registry
         asr, vad = await registry.use(name), await registry.use(vads[0])
-        cached = self._pipelines.get(name)
-        if cached is None or cached[0] is not asr or cached[1] is not vad:
-            cached = (asr, vad, AsrModel(asr, vad, self._pools))
-            self._pipelines[name] = cached
+        async with self._pipelines_lock:
+            cached = self._pipelines.get(name)
+            if cached is None or cached[0] is not asr or cached[1] is not vad:
+                # Off the event loop: it reads the VAD's graph and checks it on a second of audio,
+                # seconds on a busy machine, in which the loop would answer nobody.
+                cached = (asr, vad, await asyncio.to_thread(AsrModel, asr, vad, self._pools))
+                self._pipelines[name] = cached
         return cached[2]
 
     async def speaker_encoder(self) -> SpeakerEncoder:

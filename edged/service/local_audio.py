@@ -37,6 +37,8 @@ class Heard:
     """From the end of the audio it covers to this result."""
     words: list[HeardWord] = field(default_factory=list)
     """Finals only."""
+    wake_word: str = ""
+    """The wake word (its model's name) that opened the utterance (`local_wake_words`); "" without."""
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,8 @@ import asyncio
 import logging
 import re
 from collections.abc import AsyncIterator, Callable
-from contextlib import AsyncExitStack, asynccontextmanager
+from concurrent.futures import Future
+from contextlib import AsyncExitStack, asynccontextmanager, nullcontext
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -61,6 +62,8 @@ class WakeSession:
         self._slot = slot
         self._partial = b""
         """The end of a chunk that did not fill a whole frame (all channels' samples)."""
+        self._step: Future[list[Detection]] | None = None
+        """The listening step last handed to the executor (it runs on even if its feed is cancelled)."""
         self.detections: list[Detection] = []
         if slot is not None:
             slot.start_waiting(Waiting.SEND)
@@ -73,11 +76,9 @@ class WakeSession:
         self._partial = data[whole:]
         if not whole:
             return []
-        if self._slot is not None:
-            with self._slot.busy(Waiting.SEND):
-                found = await self._service.run(self._accept, data[:whole])
-        else:
-            found = await self._service.run(self._accept, data[:whole])
+        with self._slot.busy(Waiting.SEND) if self._slot is not None else nullcontext():
+            self._step = self._service.submit(self._accept, data[:whole])
+            found = await asyncio.wrap_future(self._step)
         self.detections += found
         return found
 
@@ -96,8 +97,12 @@ class WakeSession:
             self._slot.on_idle = tell
 
     def close(self) -> None:
-        """Free the session's interpreters."""
-        self._listener.close()
+        """Free the session's interpreters, once a step still running on them (its feed cancelled)
+        has ended."""
+        if self._step is not None and not self._step.done():
+            self._step.add_done_callback(lambda _: self._listener.close())
+        else:
+            self._listener.close()
 
     @property
     def audio_ms(self) -> int:
@@ -143,14 +148,13 @@ class WakeService(SpeechService):
                 chosen.append(found)
         return chosen
 
-    async def run(self, step: Callable[[bytes], list[Detection]], pcm: bytes) -> list[Detection]:
-        """Run a session's listening step on the service's executor; DrainingError once the server
-        has shut its pools (a stream still sending as the daemon stops)."""
+    def submit(self, step: Callable[[bytes], list[Detection]], pcm: bytes) -> Future[list[Detection]]:
+        """Start a session's listening step on the service's executor; DrainingError once the
+        server has shut its pools (a stream still sending as the daemon stops)."""
         try:
-            running = asyncio.get_running_loop().run_in_executor(self._runs, step, pcm)
+            return self._runs.submit(step, pcm)
         except RuntimeError:
             raise DrainingError("The server is stopping; connect again once it is back.") from None
-        return await running
 
     async def _model(self, name: str) -> WakeWordModel:
         loaded = await self._registry.use(name)

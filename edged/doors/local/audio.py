@@ -26,12 +26,14 @@ import logging
 import time
 from collections import deque
 from collections.abc import Coroutine
-from contextlib import AsyncExitStack, aclosing
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from contextlib import aclosing
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
+from edged.doors.local.chime import CHIME_RATE, chime
+from edged.doors.local.recognition import Clock, MicRecognition
 from edged.errors import (
     AudioDeviceError,
     EdgedError,
@@ -41,7 +43,6 @@ from edged.errors import (
 )
 from edged.pipelines.asr.audio import MODEL_RATE
 from edged.pipelines.asr.results import Result
-from edged.service.asr import AsrSession, RecognitionRequest
 from edged.service.local_audio import (
     Heard,
     HeardWord,
@@ -55,6 +56,8 @@ from edged.service.tts import SpeechRequest, Synthesis
 
 if TYPE_CHECKING:
     from edged.audio.devices import Microphone, PlaybackHandle, Reconnector, Speaker
+    from edged.doors.local.wake_commands import WakeCommands
+    from edged.pipelines.wake.detector import Detection
     from edged.service.context import ServiceContext
 
 _LOGGER = logging.getLogger(__name__)
@@ -62,10 +65,7 @@ _LOGGER = logging.getLogger(__name__)
 BLOCK_S = 0.1
 """Audio handed to recognition at a time: short enough for prompt endpoints, long enough to batch."""
 MODEL_RETRY_S = 30
-LOCAL_REQUEST = RecognitionRequest(word_times=True)
-"""What the microphone's recognition asks for: the first ASR model, punctuation, word times."""
 SUBSCRIBER_QUEUE = 256
-_MARKS = 64
 
 
 @dataclass
@@ -80,21 +80,54 @@ class _Utterance:
     interrupted: bool = False
 
 
-@dataclass
-class _Clock:
-    """Maps stream samples to Unix time from the read times of recent blocks.
+class Ears(Protocol):
+    """What the microphone's audio goes to while the device is open: always-on dictation
+    (`Dictation`) or wake words, then commands (`edged.doors.local.wake_commands`)."""
 
-    A block is read no earlier than its last sample was captured, so the earliest anchor over
-    recent blocks is the best estimate (and follows the device's clock drift).
-    """
+    @property
+    def state(self) -> str:
+        """The microphone's state while its device is open ("listening", ...)."""
 
-    marks: deque[float] = field(default_factory=lambda: deque(maxlen=_MARKS))
+    async def open(self) -> None:
+        """The device opened (or reopened): start listening afresh."""
 
-    def mark(self, samples: int, wall: float) -> None:
-        self.marks.append(wall - samples / MODEL_RATE)
+    async def hear(self, block: np.ndarray) -> None:
+        """The next float32 samples at 16 kHz."""
 
-    def wall(self, seconds: float) -> float:
-        return (min(self.marks) if self.marks else time.time()) + seconds
+    async def close(self) -> None:
+        """The device closed, was lost or muted: end what is open (its last results handed on)."""
+
+
+class Dictation:
+    """Always-on dictation: every utterance transcribed and published; speech onset barges in."""
+
+    state = "listening"
+
+    def __init__(self, audio: LocalAudio) -> None:
+        self._audio = audio
+        self._recognition: MicRecognition | None = None
+        self._was_speaking = False
+
+    async def open(self) -> None:
+        asr = self._audio.ctx.asr
+        assert asr is not None  # the microphone loop runs only with ASR on
+        recognition = MicRecognition(asr, lambda result, clock: self._audio.publish(result, clock))
+        await recognition.open()
+        self._recognition = recognition
+
+    async def hear(self, block: np.ndarray) -> None:
+        if self._recognition is None:
+            return
+        await self._recognition.feed(block, self._audio.wants_interims)
+        speaking = self._recognition.in_speech
+        if speaking and not self._was_speaking:
+            self._audio.speech_barge_in()
+        self._was_speaking = speaking
+
+    async def close(self) -> None:
+        recognition, self._recognition = self._recognition, None
+        if recognition is not None:
+            await recognition.close()
 
 
 class LocalAudio:
@@ -126,6 +159,9 @@ class LocalAudio:
         self._played = 0
         self._ids = itertools.count(1)
         self._tasks: list[asyncio.Task[None]] = []
+        self._wake_words: list[str] = []
+        """The wake-word models the microphone waits for (`local_wake_words`); none: dictation."""
+        self._commands: WakeCommands | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -136,6 +172,9 @@ class LocalAudio:
             if self._ctx.asr is None:
                 self._mic_state = "off: speech recognition is turned off (service_enabled_asr)"
                 _LOGGER.error("local_mic_enabled=true needs service_enabled_asr=true; the microphone stays off")
+            elif (why := self._choose_wake_words()) is not None:
+                self._mic_state = f"off: {why}"
+                _LOGGER.error("local_wake_words: %s The microphone stays off", why)
             else:
                 self._tasks.append(loop.create_task(self._guard(self._mic_loop(), "microphone"), name="edged-mic"))
         if self.speaker_enabled:
@@ -144,6 +183,23 @@ class LocalAudio:
                 _LOGGER.error("local_speaker_enabled=true needs service_enabled_tts=true; the speaker stays off")
             else:
                 self._tasks.append(loop.create_task(self._guard(self._player(), "speaker"), name="edged-speaker"))
+
+    def _choose_wake_words(self) -> str | None:
+        """Find the models of `local_wake_words` (a sentence saying why not, or None)."""
+        names = list(self._ctx.settings.local_wake_words)
+        if not names:
+            return None
+        if self._ctx.wake is None:
+            return "wake words need a wake-word model; name one in models_wake (builtin:wake-okay-nabu ...)."
+        from edged.pipelines.wake.runtime import runtime_missing
+
+        if (missing := runtime_missing()) is not None:
+            return missing
+        try:
+            self._wake_words = self._ctx.wake.select(names)
+        except EdgedError as exc:
+            return str(exc)
+        return None
 
     async def _guard(self, work: Coroutine[Any, Any, None], what: str) -> None:
         """Run a loop; a bug in it is logged and shown in status rather than lost in a dead task."""
@@ -164,6 +220,8 @@ class LocalAudio:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
+        if self._commands is not None:
+            await self._commands.stop()
         for subscriber in self._subscribers:
             _offer(subscriber, None)
         for utt in [*self._queue, *([self._current] if self._current else [])]:
@@ -248,25 +306,27 @@ class LocalAudio:
         except asyncio.TimeoutError:
             pass
 
+    def _ears(self) -> Ears:
+        if not self._wake_words:
+            return Dictation(self)
+        from edged.doors.local.wake_commands import WakeCommands
+
+        if self._commands is None:
+            self._commands = WakeCommands(self, self._wake_words)
+        return self._commands
+
     async def _listen(self, mics: Reconnector) -> None:
-        """Feed the microphone to recognition until muted: a new session each time the device (re)opens."""
-        asr = self._ctx.asr
-        assert asr is not None  # start() runs this loop only with ASR on
-        sessions = AsyncExitStack()
-        session: AsrSession | None = None
-        clock = _Clock()
-        publisher: asyncio.Task[None] | None = None
+        """Hand the microphone's audio to its ears until muted: afresh each time the device (re)opens."""
+        ears = self._ears()
         device: Microphone | None = None
-        was_speaking = False
+        heard = False
         try:
             while not self._muted:
                 block = await asyncio.to_thread(_read_block, mics, int(BLOCK_S * MODEL_RATE), 1.0)
                 if mics.microphone is not device:  # opened, lost or reopened: utterances end there
-                    if session is not None:
-                        await session.finish()
-                        await _ended(publisher)
-                        session = None
-                        await sessions.aclose()
+                    if heard:
+                        heard = False
+                        await ears.close()
                     if device is not None:
                         self._overflows_before += device.overflows
                     device = mics.microphone
@@ -274,73 +334,80 @@ class LocalAudio:
                         _LOGGER.info("Microphone %r open at %d Hz%s", device.device_name, device.open_rate,
                                      "" if device.open_rate == MODEL_RATE else f", resampled to {MODEL_RATE} Hz")
                         self._mic_device, self._mic_rate = device.device_name, device.open_rate
-                        session = await sessions.enter_async_context(asr.session(LOCAL_REQUEST, local=True))
-                        clock = _Clock()
-                        publisher = asyncio.get_running_loop().create_task(self._publish_from(session, clock))
-                        sessions.callback(publisher.cancel)
+                        await ears.open()
+                        heard = True
                 self._mic = device
-                self._mic_state = "listening" if mics.state == "open" else mics.state
-                if block is None or session is None:
+                self._mic_state = ears.state if mics.state == "open" else mics.state
+                if block is None or not heard:
                     continue
-                clock.mark(session.samples + len(block), time.time())
-                session.set_interim_results(any(self._subscribers.values()))
-                await session.feed_samples(np.clip(block, -1.0, 1.0).astype(np.float32))
+                await ears.hear(np.clip(block, -1.0, 1.0).astype(np.float32))
                 self._audio_s += len(block) / MODEL_RATE
-                speaking = session.in_speech
-                if speaking and not was_speaking:
-                    self._barge_in()
-                was_speaking = speaking
+                self._mic_state = ears.state  # it may have moved on (a wake word, an endpoint)
         finally:
-            if session is not None:
-                await session.finish()
-                await _ended(publisher)
-            await sessions.aclose()
+            if heard:
+                await ears.close()
             if device is not None:
                 self._overflows_before += device.overflows
             self._mic = None
 
-    async def _publish_from(self, session: AsrSession, clock: _Clock) -> None:
-        """Hand on each of a session's results the moment it is decoded."""
-        async for transcript in session.results():
-            self._publish(transcript.result, clock)
+    @property
+    def ctx(self) -> ServiceContext:
+        return self._ctx
 
-    def _publish(self, result: Result, clock: _Clock) -> None:
-        """Hand a result to the log, the subscribers and the transcripts file."""
+    @property
+    def wants_interims(self) -> bool:
+        """Whether a Transcripts subscriber asks for interim results."""
+        return any(self._subscribers.values())
+
+    def publish(self, result: Result, clock: Clock, wake_word: str = "") -> Heard:
+        """Hand a result to the log, the subscribers and the transcripts file; `wake_word`: the
+        wake word that opened the utterance."""
         now = time.time()
         heard = Heard(
             text=result.transcript, is_final=result.is_final, confidence=result.confidence,
             stability=result.stability, start_s=clock.wall(result.start_s), end_s=clock.wall(result.end_s),
             latency_ms=max(0.0, 1000.0 * (now - clock.wall(result.audio_processed))),
             words=[HeardWord(w.word, clock.wall(w.start_ms / 1000), clock.wall(w.end_ms / 1000), w.confidence)
-                   for w in result.words])
+                   for w in result.words],
+            wake_word=wake_word)
         if result.is_final:
             self._finals += 1
-            _LOGGER.info("Heard: %s", result.transcript)
+            _LOGGER.info("Heard%s: %s", f" after {wake_word}" if wake_word else "", result.transcript)
             self._write_transcript(heard)
         for subscriber, interim in self._subscribers.items():
             if result.is_final or interim:
                 _offer(subscriber, heard)
+        return heard
 
     def _write_transcript(self, heard: Heard) -> None:
         path = self._ctx.settings.local_transcripts_file
         if path is None:
             return
-        record = {
-            "time": _iso(heard.end_s), "start": _iso(heard.start_s), "end": _iso(heard.end_s),
-            "text": heard.text, "confidence": round(heard.confidence, 3),
-            "words": [{"word": w.word, "start": round(w.start_s, 3), "end": round(w.end_s, 3),
-                       "confidence": round(w.confidence, 3)} for w in heard.words],
-        }
         try:
             with open(path, "a", encoding="utf-8") as f:
-                f.write(json.dumps(record, ensure_ascii=False) + "\n")
+                f.write(json.dumps(transcript_record(heard), ensure_ascii=False) + "\n")
         except OSError as exc:
             _LOGGER.error("Cannot append to local_transcripts_file %s: %s", path, exc.strerror)
 
-    def _barge_in(self) -> None:
-        if self._ctx.settings.local_barge_in and self._handle is not None and not self._handle.done.is_set():
+    def speech_barge_in(self) -> None:
+        """The microphone hears speech: stop playback if `local_barge_in` asks for it."""
+        if self._ctx.settings.local_barge_in and self.is_speaking:
             _LOGGER.info("Barge-in: the microphone hears speech; stopping playback")
             self.stop_speaking()
+
+    def wake_heard(self, detection: Detection) -> None:
+        """A wake word opens a command: stop what plays (barge-in), then chime."""
+        _LOGGER.info("Wake word %s heard", detection.name)
+        if self.is_speaking:
+            _LOGGER.info("Barge-in: wake word %s while speaking; stopping playback", detection.name)
+            self.stop_speaking()
+        if self.speaker_enabled and self._ctx.settings.local_wake_chime:
+            self._device().play([chime()], CHIME_RATE)
+
+    @property
+    def is_speaking(self) -> bool:
+        """Whether the speaker is playing an utterance."""
+        return self._handle is not None and not self._handle.done.is_set()
 
     # -- speaker -----------------------------------------------------------------------------
 
@@ -405,14 +472,20 @@ class LocalAudio:
             if not utt.done.done():
                 utt.done.set_result(response)
 
-    async def _play(self, utt: _Utterance) -> SpeakOutcome:
-        """Synthesise chunk by chunk on the executor, each chunk straight to the device."""
-        from edged.audio.devices import ChunkFeed, Speaker
+    def _device(self) -> Speaker:
+        """The speaker device (opened by its first playback)."""
+        from edged.audio.devices import Speaker
 
         if self._speaker is None:
             self._speaker = Speaker(self._ctx.settings.local_speaker_device or None)
+        return self._speaker
+
+    async def _play(self, utt: _Utterance) -> SpeakOutcome:
+        """Synthesise chunk by chunk on the executor, each chunk straight to the device."""
+        from edged.audio.devices import ChunkFeed
+
         chunks = ChunkFeed()
-        handle = self._speaker.play(chunks, utt.synthesis.sample_rate)
+        handle = self._device().play(chunks, utt.synthesis.sample_rate)
         self._handle = handle
         self._speaker_state = "playing"
         seconds = 0.0
@@ -439,12 +512,6 @@ class LocalAudio:
                             interrupted=utt.interrupted or handle.stopped, queued=utt.queued)
 
 
-async def _ended(publisher: asyncio.Task[None] | None) -> None:
-    """Wait until a finished session's publisher has handed on its last results."""
-    if publisher is not None:
-        await publisher
-
-
 def _read_block(mics: Reconnector, samples: int, timeout: float) -> np.ndarray | None:
     """At least `samples` of audio from the microphone, or what came within `timeout` (None if none)."""
     deadline = time.monotonic() + timeout
@@ -468,9 +535,22 @@ def _offer(subscriber: asyncio.Queue[Any], item: Any) -> None:
     subscriber.put_nowait(item)
 
 
+def transcript_record(heard: Heard) -> dict[str, Any]:
+    """A final transcript as the transcripts file and the command hook have it (ISO times)."""
+    record: dict[str, Any] = {
+        "time": _iso(heard.end_s), "start": _iso(heard.start_s), "end": _iso(heard.end_s),
+        "text": heard.text, "confidence": round(heard.confidence, 3),
+        "words": [{"word": w.word, "start": round(w.start_s, 3), "end": round(w.end_s, 3),
+                   "confidence": round(w.confidence, 3)} for w in heard.words],
+    }
+    if heard.wake_word:
+        record["wake_word"] = heard.wake_word
+    return record
+
+
 def _iso(unix: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(unix)) + f".{int(unix * 1000) % 1000:03d}" \
         + time.strftime("%z", time.localtime(unix))
 
 
-__all__ = ["LocalAudio"]
+__all__ = ["Dictation", "Ears", "LocalAudio", "transcript_record"]

@@ -1,0 +1,190 @@
+"""The microphone with wake words (`local_wake_words`): it listens for a wake word only; one opens a
+command, transcribed up to its endpoint and published tagged with the wake word; the command
+hook (`local_command_hook`) gets it, and what the hook answers is spoken.
+
+    LISTENING_FOR_WAKE --wake word--> IN_COMMAND --endpoint, or nothing said--> LISTENING_FOR_WAKE
+    LISTENING_FOR_WAKE --the hook's answer plays--> SPEAKING --played--> LISTENING_FOR_WAKE
+    SPEAKING --wake word (barge-in: the speaker stops)--> IN_COMMAND
+
+Wake words are listened for while speaking too: a wake word stops any playback. Each return to
+listening starts a fresh wake session, so nothing of the last wake phrase lingers in its window.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from contextlib import AsyncExitStack
+from enum import Enum
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from edged.audio.resample import float_to_pcm16
+from edged.doors.local.command_hook import CommandHook
+from edged.doors.local.recognition import Clock, MicRecognition
+from edged.errors import EdgedError
+from edged.pipelines.asr.audio import MODEL_RATE
+from edged.pipelines.asr.results import Result
+from edged.service.local_audio import Heard, SpeakRequest
+
+if TYPE_CHECKING:
+    from edged.doors.local.audio import LocalAudio
+    from edged.service.wake import WakeSession
+
+_LOGGER = logging.getLogger(__name__)
+
+SILENCE_WAIT_S = 6.0
+"""How long a command may stay silent after its wake word before listening resumes."""
+COMMAND_MAX_S = 20.0
+"""The longest command: it is ended there even while speech goes on."""
+
+
+class ListenerState(Enum):
+    """Where the microphone is in the wake word → command → answer cycle."""
+
+    LISTENING_FOR_WAKE = "listening for wake words"
+    IN_COMMAND = "hearing a command"
+    SPEAKING = "speaking an answer"
+
+
+class WakeCommands:
+    """The microphone's ears with wake words (see the module's diagram)."""
+
+    def __init__(self, audio: LocalAudio, wake_words: list[str]) -> None:
+        settings = audio.ctx.settings
+        self._audio = audio
+        self._wake_words = wake_words
+        self._hook = (CommandHook(settings.local_command_hook, settings.local_command_hook_timeout_s)
+                      if settings.local_command_hook.strip() else None)
+        self.listener_state = ListenerState.LISTENING_FOR_WAKE
+        self._wake_stack = AsyncExitStack()
+        self._wake: WakeSession | None = None
+        self._command: MicRecognition | None = None
+        self._wake_word = ""
+        """The wake word that opened the command."""
+        self._heard: Heard | None = None
+        """The command's final transcript, once decoded."""
+        self._spoke = False
+        """Whether the command has had speech."""
+        self._answers: set[asyncio.Task[None]] = set()
+        self.commands = 0
+
+    @property
+    def state(self) -> str:
+        if self.listener_state is ListenerState.IN_COMMAND:
+            return f"{self.listener_state.value} ({self._wake_word})"
+        return self.listener_state.value
+
+    async def open(self) -> None:
+        await self._listen_for_wake()
+
+    async def hear(self, block: np.ndarray) -> None:
+        if self._command is not None:
+            await self._hear_command(block)
+        elif self._wake is not None:
+            await self._hear_wake(block)
+
+    async def close(self) -> None:
+        if self._command is not None:
+            await self._end_command(listen_again=False)
+        await self._stop_wake()
+
+    async def stop(self) -> None:
+        """The daemon stops: hooks still running are cancelled."""
+        for task in self._answers:
+            task.cancel()
+        await asyncio.gather(*self._answers, return_exceptions=True)
+
+    # -- wake words ----------------------------------------------------------------------------
+
+    async def _listen_for_wake(self) -> None:
+        wake = self._audio.ctx.wake
+        assert wake is not None  # LocalAudio chose the wake words from it
+        self._wake = await self._wake_stack.enter_async_context(wake.session(self._wake_words, local=True))
+
+    async def _stop_wake(self) -> None:
+        self._wake = None
+        await self._wake_stack.aclose()
+
+    async def _hear_wake(self, block: np.ndarray) -> None:
+        assert self._wake is not None
+        found = await self._wake.feed(float_to_pcm16(block))
+        if not found:
+            return
+        detection = found[0]
+        # What followed the phrase in this block belongs to the command.
+        after = min(len(block), (self._wake.audio_ms - detection.timestamp_ms) * MODEL_RATE // 1000)
+        await self._stop_wake()
+        self._audio.wake_heard(detection)
+        await self._start_command(detection.name)
+        if after > 0:
+            await self._hear_command(block[len(block) - after:])
+
+    # -- commands ------------------------------------------------------------------------------
+
+    async def _start_command(self, wake_word: str) -> None:
+        asr = self._audio.ctx.asr
+        assert asr is not None  # the microphone loop runs only with ASR on
+        self.listener_state = ListenerState.IN_COMMAND
+        self._wake_word, self._heard, self._spoke = wake_word, None, False
+        command = MicRecognition(asr, self._on_result)
+        await command.open()
+        self._command = command
+
+    def _on_result(self, result: Result, clock: Clock) -> None:
+        """The command's results, published up to its first final (which ends it)."""
+        if self._heard is not None or (result.is_final and not result.transcript.strip()):
+            return
+        heard = self._audio.publish(result, clock, self._wake_word)
+        if result.is_final:
+            self._heard = heard
+
+    async def _hear_command(self, block: np.ndarray) -> None:
+        command = self._command
+        assert command is not None
+        await command.feed(block, self._audio.wants_interims)
+        self._spoke = self._spoke or command.in_speech
+        silent_too_long = not self._spoke and command.seconds >= SILENCE_WAIT_S
+        if self._heard is not None or silent_too_long or command.seconds >= COMMAND_MAX_S:
+            await self._end_command()
+
+    async def _end_command(self, listen_again: bool = True) -> None:
+        """Close the command's recognition (a final still pending comes out), hand the final to
+        the hook, and listen for wake words again."""
+        command, self._command = self._command, None
+        assert command is not None
+        await command.close()
+        heard = self._heard
+        if heard is None:
+            _LOGGER.info("Nothing said after wake word %s; listening for wake words again", self._wake_word)
+        else:
+            self.commands += 1
+            if self._hook is not None:
+                task = asyncio.get_running_loop().create_task(self._answer(heard), name="edged-command-hook")
+                self._answers.add(task)
+                task.add_done_callback(self._answers.discard)
+        self.listener_state = ListenerState.LISTENING_FOR_WAKE
+        if listen_again:
+            await self._listen_for_wake()
+
+    async def _answer(self, heard: Heard) -> None:
+        """Run the hook on a command; speak its answer (wake words still heard meanwhile)."""
+        from edged.doors.local.audio import transcript_record
+
+        assert self._hook is not None
+        text = await self._hook.ask(transcript_record(heard))
+        if text is None:
+            return
+        if not self._audio.speaker_enabled:
+            _LOGGER.warning("The command hook answered %r; set local_speaker_enabled=true to hear it", text[:80])
+            return
+        if self.listener_state is ListenerState.LISTENING_FOR_WAKE:
+            self.listener_state = ListenerState.SPEAKING
+        try:
+            await self._audio.speak(SpeakRequest(text=text, wait=True))
+        except EdgedError as exc:
+            _LOGGER.warning("The command hook's answer cannot be spoken: %s", exc)
+        finally:
+            if self.listener_state is ListenerState.SPEAKING:
+                self.listener_state = ListenerState.LISTENING_FOR_WAKE
