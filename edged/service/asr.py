@@ -149,6 +149,34 @@ def _deployed(models: dict[str, Manifest]) -> str:
     return ", ".join(f"{n} ({languages(m)})" for n, m in models.items()) or "none"
 
 
+def asr_languages(manifest: Manifest) -> list[str]:
+    """The languages a model recognises: a multilingual model's list, else its own tag."""
+    if manifest.language_code.lower() == MULTILINGUAL:
+        return [str(c) for c in manifest.parameters.get("languages", [])]
+    return [manifest.language_code]
+
+
+def choose_model(models: dict[str, Manifest], model: str = "", language_code: str = "") -> str:
+    """The model a request names (which must serve its language, if it gives one), or else the
+    first for its language: a model of that very language before a multilingual one, and for
+    "multi" a multilingual one first; RequestError listing what is deployed."""
+    if model:
+        if model not in models:
+            raise RequestError(f"Model {model!r} is not deployed; deployed ASR models: {_deployed(models)}.")
+        if not serves(models[model], language_code):
+            raise RequestError(f"Model {model!r} does not recognise language {language_code!r}; "
+                               f"deployed ASR models: {_deployed(models)}.")
+        return model
+    wanted = language_code.replace("_", "-").lower()
+    own = [n for n, m in models.items() if m.language_code.lower() != MULTILINGUAL and serves(m, wanted)]
+    multi = [n for n, m in models.items() if m.language_code.lower() == MULTILINGUAL and serves(m, wanted)]
+    chosen = (multi + own) if wanted == MULTILINGUAL else (own + multi)
+    if chosen:
+        return chosen[0]
+    raise RequestError(f"No deployed ASR model serves language {language_code!r}; "
+                       f"deployed ASR models: {_deployed(models)}.")
+
+
 def whisper_language(manifest: Manifest, language_code: str, translate: bool = False) -> Language:
     """What a multilingual model writes for a request of `language_code` (none: identified)."""
     code = "" if language_code.lower() in ("", MULTILINGUAL) else _primary(language_code)
@@ -373,25 +401,8 @@ class AsrService(SpeechService):
                 if m.model_family in ASR_FAMILIES}
 
     def select(self, model: str = "", language_code: str = "") -> str:
-        """The model a request names, or else the first for its language: a model of that very
-        language before a multilingual one, and for "multi" a multilingual one; RequestError
-        listing what is deployed."""
-        models = self.models()
-        if model:
-            if model in models:
-                if language_code and not serves(models[model], language_code):
-                    raise RequestError(f"Model {model!r} does not recognise language {language_code!r}; "
-                                       f"deployed ASR models: {_deployed(models)}.")
-                return model
-            raise RequestError(f"Model {model!r} is not deployed; deployed ASR models: {_deployed(models)}.")
-        wanted = language_code.replace("_", "-").lower()
-        own = [n for n, m in models.items() if m.language_code.lower() != MULTILINGUAL and serves(m, wanted)]
-        multi = [n for n, m in models.items() if m.language_code.lower() == MULTILINGUAL and serves(m, wanted)]
-        chosen = (multi + own) if wanted == MULTILINGUAL else (own + multi)
-        if chosen:
-            return chosen[0]
-        raise RequestError(f"No deployed ASR model serves language {language_code!r}; "
-                           f"deployed ASR models: {_deployed(models)}.")
+        """The deployed model for a request (see choose_model); RequestError listing them."""
+        return choose_model(self.models(), model, language_code)
 
     async def _pipeline(self, name: str) -> AsrModel:
         """The pipeline of a model with the VAD (both loaded on demand)."""
