@@ -177,7 +177,7 @@ def choose_model(models: dict[str, Manifest], model: str = "", language_code: st
                        f"deployed ASR models: {_deployed(models)}.")
 
 
-def whisper_language(manifest: Manifest, language_code: str, translate: bool = False) -> Language:
+def whisper_language(language_code: str, translate: bool = False) -> Language:
     """What a multilingual model writes for a request of `language_code` (none: identified)."""
     code = "" if language_code.lower() in ("", MULTILINGUAL) else _primary(language_code)
     return Language(code, Task.TRANSLATE if translate else Task.TRANSCRIBE)
@@ -489,7 +489,7 @@ class AsrService(SpeechService):
         config = self._stream_config(request, model, offline)
         manifest = self.models()[name]
         if manifest.model_family == WHISPER_FAMILY:
-            config = replace(config, language=whisper_language(manifest, request.language_code, request.translate))
+            config = replace(config, language=whisper_language(request.language_code, request.translate))
         elif request.translate:
             raise RequestError(f"Model {name} does not translate; translation needs a Whisper model "
                                f"(deployed ASR models: {_deployed(self.models())}).")
