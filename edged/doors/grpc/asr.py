@@ -19,7 +19,7 @@ from edged.doors import common
 from edged.doors.grpc.context import ServerContext
 from edged.doors.grpc.status import abort
 from edged.errors import AudioFormatError, IdleTimeoutError, RequestError
-from edged.service.asr import AsrService, AsrSession, RecognitionRequest, Transcript
+from edged.service.asr import AsrService, AsrSession, RecognitionRequest, Transcript, asr_languages
 
 # Requests read ahead of recognition per stream (then the client waits, as gRPC flow control).
 _READ_AHEAD = 64
@@ -187,7 +187,8 @@ class AsrServicer(rasr_grpc.RivaSpeechRecognitionServicer):
                         "type": kind, "language_code": manifest.language_code,
                         "streaming": "true" if kind == "online" else "false",
                         "automatic_punctuation": "true" if punctuated else "false",
-                        "sample_rate": str(manifest.sample_rate), "model_family": manifest.model_family}))
+                        "sample_rate": str(manifest.sample_rate), "model_family": manifest.model_family,
+                        "languages": ",".join(asr_languages(manifest))}))
         if request.model_name and not response.model_config:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                                 f"Model {request.model_name!r} is not deployed; deployed ASR models: "

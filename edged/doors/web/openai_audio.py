@@ -20,6 +20,7 @@ import json
 import logging
 import struct
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -98,6 +99,7 @@ class OpenAiAudioApi:
     def routes(self) -> list[web.RouteDef]:
         """The aiohttp routes of this API."""
         return [web.post("/v1/audio/transcriptions", self.transcriptions),
+                web.post("/v1/audio/translations", self.translations),
                 web.post("/v1/audio/speech", self.speech),
                 web.post("/v1/audio/translations", self.translations),
                 web.get("/v1/audio/voices", self.voices),
@@ -155,6 +157,16 @@ class OpenAiAudioApi:
 
     async def transcriptions(self, request: web.Request) -> web.StreamResponse:
         """POST /v1/audio/transcriptions (multipart: file, model, language, response_format, ...)."""
+        return await self._speech_to_text(request, translate=False)
+
+    async def translations(self, request: web.Request) -> web.StreamResponse:
+        """POST /v1/audio/translations: English text of speech in any language (a Whisper model's
+        translate task; multipart as for transcriptions, without `language`)."""
+        return await self._speech_to_text(request, translate=True)
+
+    async def _speech_to_text(self, request: web.Request, translate: bool) -> web.StreamResponse:
+        """Transcriptions and translations: the upload recognised, in the response format asked."""
+        task = "translate" if translate else "transcribe"
         try:
             self._auth.check_http(request)
             asr = common.asr_service(self._ctx)
@@ -173,14 +185,17 @@ class OpenAiAudioApi:
             model = str(form.get("model", ""))
             wanted = RecognitionRequest(
                 model=model if model in asr.models() else "",
-                language_code=str(form.get("language", "")), word_times=True)
+                language_code="" if translate else str(form.get("language", "")), word_times=True,
+                translate=translate)
+            if translate and not model:
+                wanted = replace(wanted, language_code="multi")  # a multilingual model, which translates
             if str(form.get("stream", "false")).lower() == "true":
                 return await self._stream(request, wanted, audio, container)
             async with asr.session(wanted, offline=True) as session:
                 transcripts = await session.recognize(await self._decoded(audio, container))
                 duration = session.seconds
         except Exception as exc:  # noqa: BLE001 - one error map (errors.py)
-            return error_response(exc, "Transcription")
+            return error_response(exc, "Translation" if translate else "Transcription")
         finals = [t for t in transcripts if t.result.is_final and t.result.transcript]
         text = common.finals_text(transcripts)
         if fmt == "text":
@@ -190,7 +205,7 @@ class OpenAiAudioApi:
             return web.Response(text=subtitles(segs, fmt == "vtt"), content_type="text/plain")
         if fmt == "json":
             return web.json_response({"text": text})
-        body: dict[str, Any] = {"task": "transcribe", "language": finals[0].result.language_code if finals else "",
+        body: dict[str, Any] = {"task": task, "language": finals[0].result.language_code if finals else "",
                                 "duration": round(duration, 3), "text": text, "segments": segs}
         if "word" in granularities:
             body["words"] = [{"word": w.word, "start": w.start_ms / 1000, "end": w.end_ms / 1000}

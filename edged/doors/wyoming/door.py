@@ -68,7 +68,7 @@ from edged.doors.wyoming.listening import Listening, detect_names
 from edged.errors import AudioFormatError, EdgedError, ForbiddenError, IdleTimeoutError, RequestError
 from edged.pipelines.tts.segment import complete_sentences
 from edged.service.admission import Slot, Waiting
-from edged.service.asr import AsrSession, RecognitionRequest
+from edged.service.asr import AsrSession, RecognitionRequest, asr_languages
 from edged.service.context import ServiceContext
 from edged.service.tts import SpeechRequest
 
@@ -139,7 +139,7 @@ def describe(ctx: ServiceContext) -> Info:
         vad = ", ".join(f"{_attribution('silero', m.license).name}" for m in vads.values())
         models = [AsrModel(name=name, attribution=_attribution(m.model_family, m.license), installed=True,
                            description=f"{m.model_family} {m.language_code}", version=None,
-                           languages=[m.language_code])
+                           languages=asr_languages(m))
                   for name, m in ctx.asr.models().items()]
         # The transcript comes at audio-stop: the client's VAD (or button) ends the command;
         # edged's own VAD only splits the audio into utterances for decoding.
@@ -194,6 +194,8 @@ class _Transcription:
         self.session = session
         self.format = start
         self.finals: list[str] = []
+        self.language = ""
+        """The language of the first final (a multilingual model's identified or asked one)."""
         self.converter = AudioChunkConverter(width=2) if start.width != 2 else None
         self.sender: asyncio.Task[None] | None = None
         """Sends each final as a transcript-chunk the moment it is decoded; ends after audio-stop's."""
@@ -416,7 +418,7 @@ class WyomingHandler(AsyncEventHandler):
         session = await self._stack.enter_async_context(asr.session(request))
         self._asr = _Transcription(session, start)
         self._refused = ""
-        language = asr.models()[session.model_name].language_code
+        language = transcribe.language or asr.models()[session.model_name].language_code
         await self.write_event(TranscriptStart(language=language).event())
         loop = asyncio.get_running_loop()
         self._asr.sender = loop.create_task(self._send_finals(self._asr))
@@ -453,6 +455,7 @@ class WyomingHandler(AsyncEventHandler):
                 if t.result.is_final and t.channel == 0 and text:
                     await self.write_event(TranscriptChunk(text=(" " if asr.finals else "") + text).event())
                     asr.finals.append(text)
+                    asr.language = asr.language or t.result.language_code
         except IdleTimeoutError as exc:  # the client went quiet: say so; the slot then closes the connection
             self._refused = "audio"
             common.log_refusal(_LOGGER, "wyoming", exc.kind, "Wyoming audio", "timeout", str(exc))
@@ -479,7 +482,7 @@ class WyomingHandler(AsyncEventHandler):
             raise asr.error
         if asr.sender is not None:
             await asr.sender  # every final is out as a transcript-chunk
-        language = common.asr_service(self._ctx).models()[asr.session.model_name].language_code
+        language = asr.language or common.asr_service(self._ctx).models()[asr.session.model_name].language_code
         await self._close_session()
         await self.write_event(Transcript(text=" ".join(asr.finals), language=language).event())
         await self.write_event(TranscriptStop().event())

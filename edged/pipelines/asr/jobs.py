@@ -14,6 +14,7 @@ import numpy as np
 
 from edged.pipelines.asr.endpointing import EndpointParams
 from edged.pipelines.asr.recogniser import Hypothesis
+from edged.pipelines.asr.whisper.recogniser import Language
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,8 @@ class StreamConfig:
     boost: tuple[tuple[str, float], ...] = ()
     """Phrases to favour and their boost scores (Riva's SpeechContext). For the decoder: greedy
     decoding does not read them."""
+    language: Language = field(default_factory=Language)
+    """What a multilingual model writes: the language (empty: identified per utterance) and task."""
 
 
 def offline_config(config: StreamConfig) -> StreamConfig:

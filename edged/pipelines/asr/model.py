@@ -15,6 +15,7 @@ from edged.pipelines.asr.nemo.recogniser import NemoRecogniser
 from edged.pipelines.asr.recogniser import Hypothesis, Recogniser, beam_width
 from edged.pipelines.asr.resultmaker import ResultMaker
 from edged.pipelines.asr.stream import AsrStream
+from edged.pipelines.asr.whisper.recogniser import WHISPER_FAMILY, WhisperRecogniser
 from edged.pipelines.lanes import Lanes
 from edged.pipelines.pools import Pools
 
@@ -75,8 +76,10 @@ class AsrModel:
         if "vad" not in vad.sessions:
             raise ModelLoadError(f"Model {vad.name} has no 'vad' network; redeploy silero-vad.")
         self.name = asr.name
+        family = asr.manifest.model_family
         self.recogniser: Recogniser | NemoRecogniser = (
-            NemoRecogniser(asr) if asr.manifest.model_family in NEMO_FAMILIES else Recogniser(asr))
+            NemoRecogniser(asr) if family in NEMO_FAMILIES
+            else WhisperRecogniser(asr) if family == WHISPER_FAMILY else Recogniser(asr))
         self.vad = Vad(vad.sessions["vad"])
         params = dict(asr.manifest.parameters.get("endpointing", {}))
         threshold = vad.manifest.parameters.get("threshold")
@@ -120,6 +123,10 @@ class AsrModel:
         biases = [rec.phrase_bias(j.stream.config.boost) for j in group]
         # Finals (and speculative finals, which may become them) with alternatives: a beam each.
         beams = [j.kind in _WHOLE and j.stream.config.max_alternatives > 1 for j in group]
+        if isinstance(rec, WhisperRecogniser):  # no beam yet: every job greedy, in its language
+            found = rec.decode([j.audio for j in group], [j.draft for j in group],
+                               languages=[j.stream.config.language for j in group])
+            return found, time.perf_counter() - t0
         greedy = [i for i, beam in enumerate(beams) if not beam]
         hyps = dict(zip(greedy, rec.decode([group[i].audio for i in greedy], [group[i].draft for i in greedy],
                                            attention, [biases[i] for i in greedy])))

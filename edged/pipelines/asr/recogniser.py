@@ -21,6 +21,7 @@ import math
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -75,6 +76,8 @@ class Hypothesis:
     token_times: list[tuple[float, float]] | None = None
     """Start and end seconds of each token from the audio's start, where the decoder knows them
     (NeMo transducers and CTC: the frames where tokens were emitted); None for Moonshine."""
+    language: str = ""
+    """The language a multilingual model wrote (e.g. `de`, identified or asked); empty: the model's own."""
 
     @property
     def confidence(self) -> float:
@@ -261,7 +264,7 @@ class Recogniser:
             tokenizer_file = model.path / str(params["tokenizer"])
         except KeyError as exc:
             raise ModelLoadError(f"Model {model.name} lacks {exc} for Moonshine decoding; rebuild its RMIR.") from None
-        self.tokenizer = Tokenizer.load(tokenizer_file, {0, self.bos, self.eos})
+        self.tokenizer = self._load_tokenizer(tokenizer_file, model)
         self.vocab = len(self.tokenizer.pieces)
         past = [i for i in self.decoder.inputs if i.name.startswith("past_key_values.")]
         self._heads = int(past[0].shape[1]) if past and isinstance(past[0].shape[1], int) else 8
@@ -271,6 +274,10 @@ class Recogniser:
             key=lambda name: int(name.rsplit(".", 1)[1]))
         self._biases: dict[tuple[tuple[str, float], ...], PhraseBias] = {}
         self._biases_lock = threading.Lock()
+
+    def _load_tokenizer(self, path: Path, model: LoadedModel) -> Tokenizer:
+        """Moonshine's tokenizer.bin (a subclass reads its model's own)."""
+        return Tokenizer.load(path, {0, self.bos, self.eos})
 
     def phrase_bias(self, boosts: tuple[tuple[str, float], ...]) -> PhraseBias | None:
         """The phrase bias of a stream's boosts (built once per distinct list), None for none."""
@@ -364,9 +371,13 @@ class Recogniser:
             todo = failed
 
     def _greedy(self, hidden: np.ndarray, samples: list[int], drafts: list[list[int]] | None, attention: bool,
-                biases: Sequence[PhraseBias | None] | None, bans: list[set[int]] | None = None
+                biases: Sequence[PhraseBias | None] | None, bans: list[set[int]] | None = None,
+                prompts: list[list[int]] | None = None, encoder_kv: dict[str, np.ndarray] | None = None
                 ) -> tuple[list[Hypothesis], list[_Row]]:
-        """The greedy (biased) decode of encoder states `hidden` (see `decode`), and its rows."""
+        """The greedy (biased) decode of encoder states `hidden` (see `decode`), and its rows.
+
+        `prompts`: per row, the tokens decoding starts from (all of one length; default BOS
+        alone); `encoder_kv`: the cross K/V of `hidden` where the caller has it already."""
         batch = len(samples)
         caps = [self.token_cap(n) for n in samples]
         rows = [_Row(list(d[:cap]), cap) for d, cap in zip(drafts or [[] for _ in samples], caps)]
@@ -374,13 +385,16 @@ class Recogniser:
             row.bans = set(banned)
         attention = attention and bool(self._attention_outputs)
         common = min(len(row.draft) for row in rows)
-        ids = np.array([[self.bos, *row.draft[:common]] for row in rows], dtype=np.int64)
+        prompts = prompts or [[self.bos]] * batch
+        start = len(prompts[0]) - 1  # prompt tokens before the last, read by the first call only
+        ids = np.array([[*prompt, *row.draft[:common]] for prompt, row in zip(prompts, rows)], dtype=np.int64)
         names = self._output_names(first=False, attention=attention)
-        out, encoder_kv, step_inputs = self._first_call(hidden, ids, attention)
+        out, encoder_kv, step_inputs = self._first_call(hidden, ids, attention, encoder_kv)
+        ids = ids[:, start:]
         attn: list[list[np.ndarray]] = [[] for _ in samples]
-        position = 0  # decoder positions in the KV cache
+        position = start  # decoder positions in the KV cache
         chosen = ids[:, 0]
-        logits = out["logits"][:, :, :self.vocab]
+        logits = out["logits"][:, start:, :self.vocab]
         ahead = common
         boosted = [(b, bias) for b, bias in enumerate(biases or []) if bias]
         boosted_rows = {b for b, _ in boosted}
@@ -580,10 +594,11 @@ class Recogniser:
                 return True
         return False
 
-    def _first_call(self, hidden: np.ndarray, ids: np.ndarray, attention: bool
+    def _first_call(self, hidden: np.ndarray, ids: np.ndarray, attention: bool,
+                    encoder_kv: dict[str, np.ndarray] | None = None
                     ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], dict[str, np.ndarray]]:
         """The first decoder call on `ids` (BOS and the tokens after it): its outputs, the cross
-        K/V and what a merged decoder's later calls also read.
+        K/V (computed unless given) and what a merged decoder's later calls also read.
 
         The step decoder gets an empty decoder cache and the cross K/V; a merged decoder's
         first-call branch computes the cross K/V itself.
@@ -597,7 +612,8 @@ class Recogniser:
                 feed[f"past_key_values.{layer}.{part}.value"] = empty
         step_inputs: dict[str, np.ndarray] = {}
         if self.cross_kv is not None:
-            encoder_kv = _encoder_past(self.cross_kv.run({"encoder_hidden_states": hidden}))
+            if encoder_kv is None:
+                encoder_kv = self.cross_kv_of(hidden)
             out = self.decoder.run({**feed, **encoder_kv}, self._output_names(first=False, attention=attention))
         else:
             step_inputs = {"encoder_hidden_states": hidden, "use_cache_branch": np.array([True])}
@@ -605,6 +621,12 @@ class Recogniser:
             out = self.decoder.run(feed, self._output_names(first=True, attention=attention))
             encoder_kv = _encoder_past(out)
         return out, encoder_kv, step_inputs
+
+    def cross_kv_of(self, hidden: np.ndarray) -> dict[str, np.ndarray]:
+        """The cross-attention K/V of encoder states, named as the step decoder reads them."""
+        if self.cross_kv is None:
+            raise ModelLoadError("This model's decoder computes its cross K/V itself; rebuild its RMIR.")
+        return _encoder_past(self.cross_kv.run({"encoder_hidden_states": hidden}))
 
     def _output_names(self, first: bool, attention: bool) -> list[str]:
         """Decoder outputs to fetch: logits, the KV cache (encoder part: a merged decoder's first call)."""

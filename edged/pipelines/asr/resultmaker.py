@@ -29,7 +29,7 @@ class ResultMaker:
     """(decoder layer, head) pairs whose cross-attention follows the speech (none: words get
     their utterance's span)."""
     language_code: str = ""
-    """The model's language, given on every result."""
+    """The model's language, given on every result (a multilingual model's: the one each hypothesis was written in)."""
 
     def result(self, job: DecodeJob, config: StreamConfig, stable: int,
                hyp: Hypothesis | None = None, start: int | None = None) -> Result | None:
@@ -43,14 +43,14 @@ class ResultMaker:
         if job.kind is not JobKind.FINAL:
             stability = min(1.0, stable / len(hyp.tokens)) if hyp.tokens else 0.0
             return Result(False, text, hyp.confidence, round(stability, 3), job.fired_at / MODEL_RATE, start_s, end_s,
-                          language_code=self.language_code)
+                          language_code=hyp.language or self.language_code)
         if not text:
             return None
         words: tuple[Word, ...] = ()
         if config.word_times:
             words = self.words(job, hyp, config)
         return Result(True, text, hyp.confidence, 1.0, job.fired_at / MODEL_RATE, start_s, end_s, words,
-                      self.alternatives(text, hyp, config), self.language_code)
+                      self.alternatives(text, hyp, config), hyp.language or self.language_code)
 
     def alternatives(self, text: str, hyp: Hypothesis, config: StreamConfig) -> tuple[Alternative, ...]:
         """Up to max_alternatives - 1 of the hypothesis' alternatives, shown as `text` is (a
