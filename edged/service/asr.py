@@ -46,7 +46,7 @@ from edged.pipelines.asr.stream import AsrStream
 from edged.pipelines.asr.whisper.recogniser import WHISPER_FAMILY, Language, Task
 from edged.pipelines.speaker.encoder import SpeakerEncoder
 from edged.pipelines.speaker.labels import label_results
-from edged.rmir.manifest import Manifest
+from edged.rmir.manifest import MULTILINGUAL, Manifest
 from edged.service import memory, metrics
 from edged.service.admission import Slot, Waiting
 from edged.service.base import SpeechService
@@ -117,10 +117,6 @@ class Transcript:
     result: Result
     channel: int
     """The recognised channel (0 for the first)."""
-
-
-MULTILINGUAL = "multi"
-"""A multilingual model's manifest language, and a request's way to ask for one that identifies it."""
 
 
 def _primary(language_code: str) -> str:

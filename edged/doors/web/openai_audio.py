@@ -20,7 +20,6 @@ import json
 import logging
 import struct
 from collections.abc import AsyncIterator
-from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -34,7 +33,7 @@ from edged.doors.web.openai_voices import deployed_voices, is_openai_voice, open
 from edged.errors import AudioFormatError, UnknownVoiceError
 from edged.pipelines.tts import AudioChunk
 from edged.pipelines.tts.encode import Mp3Encoder, OggOpusEncoder, StreamEncoder
-from edged.rmir.manifest import Manifest
+from edged.rmir.manifest import MULTILINGUAL, Manifest
 from edged.service.asr import RecognitionRequest, Transcript
 from edged.service.context import ServiceContext
 from edged.service.tts import SpeechRequest, Synthesis, TtsService
@@ -101,7 +100,6 @@ class OpenAiAudioApi:
         return [web.post("/v1/audio/transcriptions", self.transcriptions),
                 web.post("/v1/audio/translations", self.translations),
                 web.post("/v1/audio/speech", self.speech),
-                web.post("/v1/audio/translations", self.translations),
                 web.get("/v1/audio/voices", self.voices),
                 web.get("/v1/models", self.models)]
 
@@ -138,23 +136,6 @@ class OpenAiAudioApi:
             return error_response(exc, "Voice list")
         return web.json_response(voices_body(voices, self._voice_map()))
 
-    async def translations(self, request: web.Request) -> web.StreamResponse:
-        """POST /v1/audio/translations (speech to English text): a 400 while no deployed model can
-        translate (translating_model); the upload is read first, so the client hears the answer."""
-        try:
-            self._auth.check_http(request)
-            models = common.asr_service(self._ctx).models()
-            if request.content_type.startswith("multipart/"):
-                await request.post()  # bounded by max_message_mb
-            translator = translating_model(models)
-            if translator is None:
-                deployed = ", ".join(f"{n} ({m.language_code})" for n, m in models.items())
-                raise BadInput(f"No deployed model can translate speech to English (deployed ASR models, which "
-                               f"transcribe only: {deployed}); use /v1/audio/transcriptions.")
-            raise BadInput(f"Translation with {translator} is not served yet.")  # issue 30 recognises here
-        except Exception as exc:  # noqa: BLE001 - one error map (errors.py)
-            return error_response(exc, "Translation")
-
     async def transcriptions(self, request: web.Request) -> web.StreamResponse:
         """POST /v1/audio/transcriptions (multipart: file, model, language, response_format, ...)."""
         return await self._speech_to_text(request, translate=False)
@@ -183,12 +164,12 @@ class OpenAiAudioApi:
                 raise BadInput(f"response_format {fmt!r} is not supported; use one of {', '.join(TRANSCRIPT_FORMATS)}.")
             granularities = {str(g) for g in form.getall("timestamp_granularities[]", [])}
             model = str(form.get("model", ""))
+            if translate:
+                model = _translator(asr.models(), model)
             wanted = RecognitionRequest(
                 model=model if model in asr.models() else "",
                 language_code="" if translate else str(form.get("language", "")), word_times=True,
                 translate=translate)
-            if translate and not model:
-                wanted = replace(wanted, language_code="multi")  # a multilingual model, which translates
             if str(form.get("stream", "false")).lower() == "true":
                 return await self._stream(request, wanted, audio, container)
             async with asr.session(wanted, offline=True) as session:
@@ -330,13 +311,22 @@ class OpenAiAudioApi:
 
 
 def translating_model(models: dict[str, Manifest]) -> str | None:
-    """The deployed ASR model that translates speech to English text, or None.
+    """The deployed ASR model that translates speech to English text (the first multilingual one: a
+    Whisper model), or None: the one place a translating model is picked."""
+    return next((name for name, m in models.items() if m.language_code.lower() == MULTILINGUAL), None)
 
-    The one place a translating model is picked: none of edged's ASR families (Moonshine, NeMo)
-    translates yet; a Whisper model (issue 30) will be chosen here, and `translations` will then
-    recognise with it.
-    """
-    return None
+
+def _translator(models: dict[str, Manifest], asked: str) -> str:
+    """The model a translation request runs on: the one it names, if that one translates, else the
+    translating model; BadInput where none translates."""
+    translator = translating_model(models)
+    if translator is None:
+        deployed = ", ".join(f"{n} ({m.language_code})" for n, m in models.items())
+        raise BadInput(f"No deployed model can translate speech to English (deployed ASR models, which "
+                       f"transcribe only: {deployed}); use /v1/audio/transcriptions.")
+    if asked in models and models[asked].language_code.lower() != MULTILINGUAL:
+        raise BadInput(f"Model {asked!r} transcribes only; {translator} translates.")
+    return asked if asked in models else translator
 
 
 def _model(name: str, tasks: list[str], languages: list[str], **more: Any) -> dict[str, Any]:
