@@ -55,8 +55,8 @@ from edged.service.local_audio import (
 from edged.service.tts import SpeechRequest, Synthesis
 
 if TYPE_CHECKING:
-    from edged.audio.devices import Microphone, PlaybackHandle, Reconnector, Speaker
-    from edged.doors.local.wake_commands import WakeCommands
+    from edged.audio.devices import ChunkFeed, Microphone, PlaybackHandle, Reconnector, Speaker
+    from edged.doors.local.wake_commands import Satellite, WakeCommands
     from edged.pipelines.wake.detector import Detection
     from edged.service.context import ServiceContext
 
@@ -162,6 +162,9 @@ class LocalAudio:
         self._wake_words: list[str] = []
         """The wake-word models the microphone waits for (`local_wake_words`); none: dictation."""
         self._commands: WakeCommands | None = None
+        self.satellite: Satellite | None = None
+        """The satellite client that takes wake-word commands instead of local recognition
+        (edged.doors.wyoming.satellite), while one is connected."""
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -403,6 +406,22 @@ class LocalAudio:
             self.stop_speaking()
         if self.speaker_enabled and self._ctx.settings.local_wake_chime:
             self._device().play([chime()], CHIME_RATE)
+
+    @property
+    def wake_words(self) -> list[str]:
+        """The wake-word models the microphone waits for (none: dictation, or the microphone is off)."""
+        return list(self._wake_words)
+
+    def play_stream(self, rate: int) -> tuple[ChunkFeed, PlaybackHandle]:
+        """Play int16 mono PCM at `rate` as it comes (a satellite client's spoken answer): put()
+        its chunks into the feed, then end() it; the handle tells when it has played."""
+        from edged.audio.devices import ChunkFeed
+
+        if not self.speaker_enabled:
+            raise FeatureOffError("The speaker is off on this server; set local_speaker_enabled=true "
+                                  "in config.sh and restart edged.")
+        chunks = ChunkFeed()
+        return chunks, self._device().play(chunks, rate)
 
     @property
     def is_speaking(self) -> bool:
