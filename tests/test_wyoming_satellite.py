@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -25,7 +26,7 @@ from wyoming.event import Event
 from wyoming.info import Describe, Info
 from wyoming.ping import Ping
 from wyoming.pipeline import PipelineStage, RunPipeline
-from wyoming.satellite import RunSatellite
+from wyoming.satellite import PauseSatellite, RunSatellite
 
 from edged.backends import BackendOptions
 from edged.client.status import fetch_status
@@ -35,11 +36,13 @@ from edged.repository.records import DeployTarget
 from edged.rmir import RmirRef
 from tests.conftest import require_default_packs
 from tests.test_local_wake import COMMAND, LISTENING, RATE, _quiet, _tone_energy, _voice, _wait_mic
-from tests.test_server import free_port, wait_serving, write_config
+from tests.test_server import deployed_tiny, free_port, start_server, wait_serving, write_config
 
 TONE_HZ = 660.0
 """The pitch of the 'spoken answer' the test sends back as Home Assistant."""
 MIC_RATE = 16000
+
+__all__ = ["deployed_tiny"]  # a fixture, used by name
 
 
 @dataclass
@@ -171,30 +174,43 @@ def test_a_wake_word_streams_the_command_to_home_assistant_and_its_answer_plays(
     assert "Streaming the command after wake-alexa to the satellite client" in daemon.log.read_text()
 
 
-@pytest.mark.timeout(300)
-def test_a_client_that_vanishes_mid_command_leaves_the_microphone_to_local_commands(
-        daemon: SatelliteDaemon) -> None:
-    wake, command = _voice(daemon.address, "Alexa."), _voice(daemon.address, COMMAND)
-
-    async def vanish() -> None:
-        client = AsyncTcpClient("127.0.0.1", daemon.satellite_port)
-        await client.connect()
-        await _run_satellite(client)
-        daemon.devices.feed(np.concatenate([_quiet(0.3), wake, _quiet(0.6), command, _quiet(1.0)]))
-        await _await_pipeline(client)
-        assert (await _next(client)).type == "audio-chunk"
-        await client.disconnect()  # gone mid-stream, without a word
-
-    asyncio.run(vanish())
-    _wait_mic(daemon.address, LISTENING, 30)
-    finals_before = fetch_status(daemon.address)["microphone"]["finals"]
-    # No client now: the next wake word and command are recognised and published here.
-    daemon.devices.feed(np.concatenate([_quiet(0.3), wake, _quiet(0.6), command, _quiet(2.0)]))
+def _wait_local_final(daemon: SatelliteDaemon, finals_before: int) -> None:
+    """Wait for the microphone to publish a final of its own (a command recognised here)."""
     deadline = time.monotonic() + 120
     while fetch_status(daemon.address)["microphone"]["finals"] == finals_before:
         assert time.monotonic() < deadline, "the command was not recognised locally"
         time.sleep(0.2)
     _wait_mic(daemon.address, LISTENING, 30)
+
+
+@pytest.mark.timeout(300)
+def test_paused_or_gone_the_microphone_goes_back_to_local_commands(daemon: SatelliteDaemon) -> None:
+    wake, command = _voice(daemon.address, "Alexa."), _voice(daemon.address, COMMAND)
+    spoken = np.concatenate([_quiet(0.3), wake, _quiet(0.6), command, _quiet(2.0)])
+
+    async def pause_then_vanish() -> None:
+        client = AsyncTcpClient("127.0.0.1", daemon.satellite_port)
+        await client.connect()
+        await _run_satellite(client)
+        await client.write_event(PauseSatellite().event())
+        finals_before = fetch_status(daemon.address)["microphone"]["finals"]
+        daemon.devices.feed(spoken)
+        await asyncio.to_thread(_wait_local_final, daemon, finals_before)  # paused: recognised here
+        await client.write_event(Ping(text="paused").event())
+        assert (await _next(client)).type == "pong"  # and nothing was streamed meanwhile
+        await client.write_event(RunSatellite().event())
+        assert (await _next(client)).type == "satellite-connected"
+        daemon.devices.feed(spoken)
+        await _await_pipeline(client)
+        assert (await _next(client)).type == "audio-chunk"
+        await client.disconnect()  # gone mid-stream, without a word
+
+    asyncio.run(pause_then_vanish())
+    _wait_mic(daemon.address, LISTENING, 30)
+    # No client now: the next wake word and command are recognised and published here.
+    finals_before = fetch_status(daemon.address)["microphone"]["finals"]
+    daemon.devices.feed(spoken)
+    _wait_local_final(daemon, finals_before)
     assert "Satellite client gone; wake-word commands are recognised here again" in daemon.log.read_text()
 
 
@@ -222,3 +238,22 @@ def test_unknown_events_are_ignored_a_broken_frame_is_refused_and_a_new_client_r
     log = daemon.log.read_text()
     assert "A new satellite client replaces the one before" in log and "Traceback" not in log
     _wait_mic(daemon.address, LISTENING, 10)
+
+
+def test_satellite_without_wake_words_stays_off_with_one_log_line(tmp_path: Path, deployed_tiny: Path) -> None:
+    port, satellite_port = free_port(), free_port()
+    proc = start_server(write_config(tmp_path, port, f"wyoming_satellite_enabled=true\nwyoming_satellite_port="
+                                                     f"{satellite_port}\nwyoming_zeroconf=false\n"),
+                        tmp_path / "server.log")
+    try:
+        wait_serving(proc, port)
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", satellite_port), timeout=5).close()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=15) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    log = (tmp_path / "server.log").read_text()
+    assert "wyoming_satellite_enabled=true needs the microphone with wake words" in log
+    assert "Traceback" not in log
