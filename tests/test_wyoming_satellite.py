@@ -41,6 +41,7 @@ from tests.test_server import deployed_tiny, free_port, start_server, wait_servi
 TONE_HZ = 660.0
 """The pitch of the 'spoken answer' the test sends back as Home Assistant."""
 MIC_RATE = 16000
+LONG_ANSWER_S = 8
 
 __all__ = ["deployed_tiny"]  # a fixture, used by name
 
@@ -119,6 +120,12 @@ async def _await_pipeline(client: AsyncTcpClient) -> AudioStart:
     return AudioStart.from_event(await _next(client))
 
 
+def _tone(rate: int, seconds: float) -> bytes:
+    """TONE_HZ as 16-bit mono PCM."""
+    t = np.arange(int(seconds * rate)) / rate
+    return (0.3 * 32767 * np.sin(2 * np.pi * TONE_HZ * t)).astype("<i2").tobytes()
+
+
 def _recognize16(address: str, pcm: bytes) -> str:
     service = riva.client.ASRService(riva.client.Auth(uri=address))
     result = service.offline_recognize(pcm, riva.client.RecognitionConfig(
@@ -150,14 +157,40 @@ def test_a_wake_word_streams_the_command_to_home_assistant_and_its_answer_plays(
                 if event.type != "audio-chunk":
                     ends.append(event.type)
             # Home Assistant's spoken answer: a tone, at the rate of its TTS.
-            t = np.arange(int(1.0 * 22050)) / 22050
-            tone = (0.3 * 32767 * np.sin(2 * np.pi * TONE_HZ * t)).astype("<i2").tobytes()
+            tone = _tone(22050, 1.0)
             await client.write_event(AudioStart(rate=22050, width=2, channels=1).event())
             for i in range(0, len(tone), 4410):
                 await client.write_event(AudioChunk(rate=22050, width=2, channels=1, audio=tone[i:i + 4410]).event())
             await client.write_event(AudioStop().event())
             assert (await _next(client)).type == "played"
+            await _barge_in(client, wake)
             return start, bytes(audio), ends
+
+    async def _barge_in(client: AsyncTcpClient, wake: np.ndarray) -> None:
+        """A long answer, and the wake word while it plays: it stops, and the next command streams."""
+        await client.write_event(AudioStart(rate=16000, width=2, channels=1).event())
+        for _ in range(LONG_ANSWER_S):
+            await client.write_event(AudioChunk(rate=16000, width=2, channels=1, audio=_tone(16000, 1.0)).event())
+        await client.write_event(AudioStop().event())
+        await asyncio.sleep(1.0)
+        fed = time.monotonic()
+        daemon.devices.feed(np.concatenate([wake, _quiet(1.0)]))
+        seen: dict[str, float] = {}
+        while not {"played", "audio-start"} <= seen.keys():  # in either order
+            event = await _next(client, LONG_ANSWER_S)
+            seen.setdefault(event.type, time.monotonic() - fed)
+            if event.type == "run-pipeline":
+                assert RunPipeline.from_event(event).wake_word_name == "wake-alexa"
+        assert [t for t in seen if t != "audio-chunk"] in (
+            ["played", "run-pipeline", "streaming-started", "audio-start"],
+            ["run-pipeline", "played", "streaming-started", "audio-start"],
+            ["run-pipeline", "streaming-started", "played", "audio-start"],
+            ["run-pipeline", "streaming-started", "audio-start", "played"]), seen
+        assert seen["played"] < LONG_ANSWER_S - 2, seen
+        print(f"\nbarge-in: the answer stopped {seen['played']:.1f} s after the wake word began")
+        await client.write_event(Transcript(text="").event())
+        while (await _next(client)).type != "streaming-stopped":
+            pass
 
     start, audio, ends = asyncio.run(home_assistant())
     assert (start.rate, start.width, start.channels) == (MIC_RATE, 2, 1)

@@ -156,6 +156,8 @@ class LocalAudio:
         self._queue_changed = asyncio.Event()
         self._current: _Utterance | None = None
         self._handle: PlaybackHandle | None = None
+        self._stream_handle: PlaybackHandle | None = None
+        """The last `play_stream` (a satellite client's answer): a wake word stops it too."""
         self._played = 0
         self._ids = itertools.count(1)
         self._tasks: list[asyncio.Task[None]] = []
@@ -421,12 +423,13 @@ class LocalAudio:
             raise FeatureOffError("The speaker is off on this server; set local_speaker_enabled=true "
                                   "in config.sh and restart edged.")
         chunks = ChunkFeed()
-        return chunks, self._device().play(chunks, rate)
+        self._stream_handle = self._device().play(chunks, rate)
+        return chunks, self._stream_handle
 
     @property
     def is_speaking(self) -> bool:
         """Whether the speaker is playing an utterance."""
-        return self._handle is not None and not self._handle.done.is_set()
+        return any(h is not None and not h.done.is_set() for h in (self._handle, self._stream_handle))
 
     # -- speaker -----------------------------------------------------------------------------
 
@@ -460,8 +463,8 @@ class LocalAudio:
             utt.done.set_result(SpeakOutcome(utt.id, interrupted=True, queued=utt.queued))
         if self._current is not None:
             self._current.interrupted = True
-            if self._speaker is not None:
-                self._speaker.stop()
+        if self.is_speaking and self._speaker is not None:
+            self._speaker.stop()
         return self.speaker_status()
 
     def speaker_status(self) -> SpeakerStatus:
