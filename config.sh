@@ -115,6 +115,18 @@ wyoming_port=10300
 # Accepts true or false (also yes/no, on/off, 1/0).
 wyoming_zeroconf=true
 
+# Serve the daemon's microphone and speaker to Home Assistant as a Wyoming satellite (as wyoming-
+# satellite does) on `wyoming_satellite_port`: a local wake word (`local_wake_words`) streams the
+# command to Home Assistant's voice pipeline and its spoken answer plays on the speaker. Needs
+# `local_mic_enabled` with wake words.
+# Accepts true or false (also yes/no, on/off, 1/0).
+wyoming_satellite_enabled=false
+
+# TCP port of the Wyoming satellite (`wyoming_satellite_enabled`), on `listen_address`; add it in
+# Home Assistant's Wyoming integration as host:port.
+# Accepts an integer from 1 to 65535.
+wyoming_satellite_port=10700
+
 # Addresses or networks (CIDR) that may use the Wyoming door; others are answered with an `error`
 # event and disconnected. Empty: anyone who reaches the port (Wyoming has no credentials: Home
 # Assistant's integration sends none, so list its machine's address, or 127.0.0.1 where it runs on

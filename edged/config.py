@@ -469,6 +469,16 @@ class Settings:
         True, kind=Bool(),
         doc="Advertise the Wyoming server on the LAN (mDNS `_wyoming._tcp.local.`) so Home "
             "Assistant discovers it; without multicast this only logs a warning.")
+    wyoming_satellite_enabled: bool = setting(
+        False, kind=Bool(),
+        doc="Serve the daemon's microphone and speaker to Home Assistant as a Wyoming satellite (as "
+            "wyoming-satellite does) on `wyoming_satellite_port`: a local wake word (`local_wake_words`) "
+            "streams the command to Home Assistant's voice pipeline and its spoken answer plays on "
+            "the speaker. Needs `local_mic_enabled` with wake words.")
+    wyoming_satellite_port: int = setting(
+        10700, kind=Int(min=1, max=65535),
+        doc="TCP port of the Wyoming satellite (`wyoming_satellite_enabled`), on `listen_address`; "
+            "add it in Home Assistant's Wyoming integration as host:port.")
     wyoming_allowed_clients: tuple[str, ...] = setting(
         (), kind=Networks(),
         doc="Addresses or networks (CIDR) that may use the Wyoming door; others are answered with "

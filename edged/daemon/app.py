@@ -187,10 +187,22 @@ class Server:
         if settings.local_mic_enabled or settings.local_speaker_enabled:
             ctx.local_audio = LocalAudio(core)
             await self._start(ctx.local_audio)
+        if settings.wyoming_satellite_enabled:
+            await self._start_satellite(ctx.local_audio)
         self._last_status = core.status_line()
         _LOGGER.info("Ready: %s; new streams refused past %.0f MB of RSS (memory_high_water_mb)",
                      self._last_status, core.admission.high_water_mb)
         systemd.ready(self._last_status)
+
+    async def _start_satellite(self, audio: LocalAudio | None) -> None:
+        """The Wyoming satellite, on the microphone's wake words (or one log line saying why not)."""
+        from edged.doors.wyoming.satellite import SatelliteServer
+
+        if audio is None or not audio.mic_enabled or not audio.wake_words:
+            _LOGGER.error("wyoming_satellite_enabled=true needs the microphone with wake words "
+                          "(local_mic_enabled=true, local_wake_words); the satellite stays off")
+            return
+        await self._start(SatelliteServer(audio))
 
     async def _start(self, door: Door) -> None:
         """Start a door; it is stopped at shutdown (with those started before it)."""

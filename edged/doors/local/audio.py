@@ -55,8 +55,8 @@ from edged.service.local_audio import (
 from edged.service.tts import SpeechRequest, Synthesis
 
 if TYPE_CHECKING:
-    from edged.audio.devices import Microphone, PlaybackHandle, Reconnector, Speaker
-    from edged.doors.local.wake_commands import WakeCommands
+    from edged.audio.devices import ChunkFeed, Microphone, PlaybackHandle, Reconnector, Speaker
+    from edged.doors.local.wake_commands import Satellite, WakeCommands
     from edged.pipelines.wake.detector import Detection
     from edged.service.context import ServiceContext
 
@@ -156,12 +156,17 @@ class LocalAudio:
         self._queue_changed = asyncio.Event()
         self._current: _Utterance | None = None
         self._handle: PlaybackHandle | None = None
+        self._stream_handle: PlaybackHandle | None = None
+        """The last `play_stream` (a satellite client's answer): a wake word stops it too."""
         self._played = 0
         self._ids = itertools.count(1)
         self._tasks: list[asyncio.Task[None]] = []
         self._wake_words: list[str] = []
         """The wake-word models the microphone waits for (`local_wake_words`); none: dictation."""
         self._commands: WakeCommands | None = None
+        self.satellite: Satellite | None = None
+        """The satellite client that takes wake-word commands instead of local recognition
+        (edged.doors.wyoming.satellite), while one is connected."""
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -405,9 +410,26 @@ class LocalAudio:
             self._device().play([chime()], CHIME_RATE)
 
     @property
+    def wake_words(self) -> list[str]:
+        """The wake-word models the microphone waits for (none: dictation, or the microphone is off)."""
+        return list(self._wake_words)
+
+    def play_stream(self, rate: int) -> tuple[ChunkFeed, PlaybackHandle]:
+        """Play int16 mono PCM at `rate` as it comes (a satellite client's spoken answer): put()
+        its chunks into the feed, then end() it; the handle tells when it has played."""
+        from edged.audio.devices import ChunkFeed
+
+        if not self.speaker_enabled:
+            raise FeatureOffError("The speaker is off on this server; set local_speaker_enabled=true "
+                                  "in config.sh and restart edged.")
+        chunks = ChunkFeed()
+        self._stream_handle = self._device().play(chunks, rate)
+        return chunks, self._stream_handle
+
+    @property
     def is_speaking(self) -> bool:
         """Whether the speaker is playing an utterance."""
-        return self._handle is not None and not self._handle.done.is_set()
+        return any(h is not None and not h.done.is_set() for h in (self._handle, self._stream_handle))
 
     # -- speaker -----------------------------------------------------------------------------
 
@@ -441,8 +463,8 @@ class LocalAudio:
             utt.done.set_result(SpeakOutcome(utt.id, interrupted=True, queued=utt.queued))
         if self._current is not None:
             self._current.interrupted = True
-            if self._speaker is not None:
-                self._speaker.stop()
+        if self.is_speaking and self._speaker is not None:
+            self._speaker.stop()
         return self.speaker_status()
 
     def speaker_status(self) -> SpeakerStatus:

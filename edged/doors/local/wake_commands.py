@@ -6,6 +6,14 @@ hook (`local_command_hook`) gets it, and what the hook answers is spoken.
     LISTENING_FOR_WAKE --the hook's answer plays--> SPEAKING --played--> LISTENING_FOR_WAKE
     SPEAKING --wake word (barge-in: the speaker stops)--> IN_COMMAND
 
+With a satellite client running (Home Assistant over Wyoming, `wyoming_satellite_enabled`), a wake
+word streams the command to it instead of recognising it here:
+
+    LISTENING_FOR_WAKE --wake word--> STREAMING --its transcript, it leaves or pauses, or
+    COMMAND_MAX_S--> LISTENING_FOR_WAKE
+
+Its spoken answer is played by the satellite door, not here.
+
 Wake words are listened for while speaking too: a wake word stops any playback. Each return to
 listening starts a fresh wake session, so nothing of the last wake phrase lingers in its window.
 """
@@ -16,7 +24,7 @@ import asyncio
 import logging
 from contextlib import AsyncExitStack
 from enum import Enum
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
@@ -46,6 +54,26 @@ class ListenerState(Enum):
     LISTENING_FOR_WAKE = "listening for wake words"
     IN_COMMAND = "hearing a command"
     SPEAKING = "speaking an answer"
+    STREAMING = "streaming a command to Home Assistant"
+
+
+class Satellite(Protocol):
+    """A voice pipeline elsewhere that takes the commands instead of local recognition (Home
+    Assistant over Wyoming: edged.doors.wyoming.satellite)."""
+
+    @property
+    def running(self) -> bool:
+        """Whether it takes commands now (connected, asked to run, not paused)."""
+
+    async def open_command(self, wake_word: str) -> None:
+        """A wake word was heard: the command's audio follows."""
+
+    async def command_audio(self, pcm: bytes) -> bool:
+        """16 kHz 16-bit mono PCM of the command; False once it wants no more (it has the
+        transcript, paused or left)."""
+
+    async def close_command(self) -> None:
+        """The command's audio has ended."""
 
 
 class WakeCommands:
@@ -61,6 +89,9 @@ class WakeCommands:
         self._wake_stack = AsyncExitStack()
         self._wake: WakeSession | None = None
         self._command: MicRecognition | None = None
+        self._streaming_to: Satellite | None = None
+        """The satellite client a command streams to."""
+        self._streamed_s = 0.0
         self._wake_word = ""
         """The wake word that opened the command."""
         self._heard: Heard | None = None
@@ -80,12 +111,16 @@ class WakeCommands:
         await self._listen_for_wake()
 
     async def hear(self, block: np.ndarray) -> None:
-        if self._command is not None:
+        if self._streaming_to is not None:
+            await self._stream_command(block)
+        elif self._command is not None:
             await self._hear_command(block)
         elif self._wake is not None:
             await self._hear_wake(block)
 
     async def close(self) -> None:
+        if self._streaming_to is not None:
+            await self._end_streaming(listen_again=False)
         if self._command is not None:
             await self._end_command(listen_again=False)
         await self._stop_wake()
@@ -117,9 +152,40 @@ class WakeCommands:
         after = min(len(block), (self._wake.audio_ms - detection.timestamp_ms) * MODEL_RATE // 1000)
         await self._stop_wake()
         self._audio.wake_heard(detection)
+        satellite = self._audio.satellite
+        if satellite is not None and satellite.running:
+            await self._start_streaming(detection.name, satellite)
+            if after > 0:
+                await self._stream_command(block[len(block) - after:])
+            return
         await self._start_command(detection.name)
         if after > 0:
             await self._hear_command(block[len(block) - after:])
+
+    # -- commands to a satellite client --------------------------------------------------------
+
+    async def _start_streaming(self, wake_word: str, satellite: Satellite) -> None:
+        _LOGGER.info("Streaming the command after %s to the satellite client", wake_word)
+        self.listener_state = ListenerState.STREAMING
+        self._wake_word, self._streaming_to, self._streamed_s = wake_word, satellite, 0.0
+        await satellite.open_command(wake_word)
+
+    async def _stream_command(self, block: np.ndarray) -> None:
+        satellite = self._streaming_to
+        assert satellite is not None
+        wanted = await satellite.command_audio(float_to_pcm16(block))
+        self._streamed_s += len(block) / MODEL_RATE
+        if not wanted or self._streamed_s >= COMMAND_MAX_S:
+            await self._end_streaming()
+
+    async def _end_streaming(self, listen_again: bool = True) -> None:
+        satellite, self._streaming_to = self._streaming_to, None
+        assert satellite is not None
+        await satellite.close_command()
+        self.commands += 1
+        self.listener_state = ListenerState.LISTENING_FOR_WAKE
+        if listen_again:
+            await self._listen_for_wake()
 
     # -- commands ------------------------------------------------------------------------------
 

@@ -22,7 +22,6 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
-import socket
 from contextlib import AsyncExitStack, aclosing
 from typing import Any
 
@@ -63,6 +62,7 @@ from wyoming.wake import Detect
 from edged import __version__
 from edged.daemon.security import is_loopback
 from edged.doors import common
+from edged.doors.wyoming.advertising import Advertisement
 from edged.doors.wyoming.framing import FrameError, read_event
 from edged.doors.wyoming.listening import Listening, detect_names
 from edged.errors import AudioFormatError, EdgedError, ForbiddenError, IdleTimeoutError, RequestError
@@ -76,7 +76,6 @@ _LOGGER = logging.getLogger(__name__)
 
 PROGRAM = "edged"
 """The name of edged's ASR and TTS programs in `info` (a `transcribe` naming it takes the default model)."""
-SERVICE_TYPE = "_wyoming._tcp.local."
 _WIDTHS = (1, 2, 4)
 """Sample widths accepted (1 and 4 are converted to 16-bit, which is what LINEAR_PCM means)."""
 _URLS = {
@@ -170,6 +169,22 @@ def describe(ctx: ServiceContext) -> Info:
         info.wake.append(WakeProgram(name=PROGRAM, attribution=edged, installed=True, version=__version__,
                                      description="edged wake-word detection", models=wakes))
     return info
+
+
+def check_client(allowed: tuple[str, ...], writer: asyncio.StreamWriter) -> None:
+    """ForbiddenError unless `allowed` (`wyoming_allowed_clients`) is empty or lists the address
+    of the client on `writer`."""
+    if not allowed:
+        return
+    peer = writer.get_extra_info("peername")
+    host = peer[0] if isinstance(peer, tuple) and peer else ""
+    try:
+        address = ipaddress.ip_address(host.removeprefix("::ffff:") if "." in host else host)
+    except ValueError:
+        address = None
+    if address is None or not any(address in ipaddress.ip_network(n) for n in allowed):
+        raise ForbiddenError(f"{host or 'This client'} may not use this Wyoming server "
+                             "(wyoming_allowed_clients).")
 
 
 _REQUESTS: dict[str, Any] = {
@@ -304,7 +319,7 @@ class WyomingHandler(AsyncEventHandler):
         `wyoming_allowed_clients` does not list."""
         max_payload = self._ctx.settings.max_message_mb * 1024 * 1024
         try:
-            self._check_client()
+            check_client(self._ctx.settings.wyoming_allowed_clients, self.writer)
             while (event := await read_event(self.reader, max_payload)) is not None:
                 if not await self.handle_event(event):
                     break
@@ -322,21 +337,6 @@ class WyomingHandler(AsyncEventHandler):
         finally:
             await self.disconnect()
             self.writer.close()
-
-    def _check_client(self) -> None:
-        """ForbiddenError unless `wyoming_allowed_clients` is empty or lists the client's address."""
-        allowed = self._ctx.settings.wyoming_allowed_clients
-        if not allowed:
-            return
-        peer = self.writer.get_extra_info("peername")
-        host = peer[0] if isinstance(peer, tuple) and peer else ""
-        try:
-            address = ipaddress.ip_address(host.removeprefix("::ffff:") if "." in host else host)
-        except ValueError:
-            address = None
-        if address is None or not any(address in ipaddress.ip_network(n) for n in allowed):
-            raise ForbiddenError(f"{host or 'This client'} may not use this Wyoming server "
-                                 "(wyoming_allowed_clients).")
 
     async def disconnect(self) -> None:
         """The client went away: close whatever session it left open."""
@@ -612,8 +612,7 @@ class WyomingServer:
     def __init__(self, ctx: ServiceContext) -> None:
         self._ctx = ctx
         self._server: _TcpServer | None = None
-        self._zeroconf: Any = None
-        self._advertising: asyncio.Task[None] | None = None
+        self._advertising: Advertisement | None = None
 
     async def start(self) -> None:
         """Listen on listen_address:wyoming_port (EdgedError when that port is taken), advertise."""
@@ -633,8 +632,8 @@ class WyomingServer:
                             "only gRPC, and anyone on the network can use port %d; set wyoming_enabled=false "
                             "or listen_address=127.0.0.1 if that is not wanted.", settings.wyoming_port)
         if settings.wyoming_zeroconf:
-            self._advertising = asyncio.get_running_loop().create_task(self._advertise(),
-                                                                       name="edged-wyoming-zeroconf")
+            self._advertising = Advertisement(settings.listen_address, settings.wyoming_port, "edged", "Wyoming")
+            self._advertising.start()
 
     async def stop_accepting(self) -> None:
         """Shutdown, first: accept no more connections."""
@@ -644,47 +643,9 @@ class WyomingServer:
     async def stop(self, grace_s: float = 5.0) -> None:
         """Shutdown: withdraw the advertisement, end the connections (their sessions close)."""
         if self._advertising is not None:
-            self._advertising.cancel()
-            await asyncio.gather(self._advertising, return_exceptions=True)
-        if self._zeroconf is not None:
-            try:
-                await self._zeroconf.async_unregister_all_services()
-                await self._zeroconf.async_close()
-            except Exception as exc:  # noqa: BLE001 - shutting down anyway
-                _LOGGER.warning("Could not withdraw the Wyoming zeroconf advertisement: %s", exc)
-            self._zeroconf = None
+            await self._advertising.stop()
+            self._advertising = None
         if self._server is not None:
             self._server.close_listener()
             await self._server.end_connections(grace_s)
             self._server = None
-
-    async def _advertise(self) -> None:
-        """Register `edged-<hostname>._wyoming._tcp.local.`; a failure is a warning, never fatal."""
-        from zeroconf import IPVersion
-        from zeroconf.asyncio import AsyncServiceInfo, AsyncZeroconf
-
-        settings = self._ctx.settings
-        hostname = socket.gethostname().split(".")[0] or "host"
-        try:
-            address = _advertised_address(settings.listen_address)
-            info = AsyncServiceInfo(SERVICE_TYPE, f"edged-{hostname}.{SERVICE_TYPE}",
-                                    addresses=[socket.inet_aton(address)], port=settings.wyoming_port,
-                                    server=f"{hostname}.local.", properties={"version": __version__})
-            self._zeroconf = AsyncZeroconf(ip_version=IPVersion.V4Only)
-            await self._zeroconf.async_register_service(info)
-            _LOGGER.info("Advertising Wyoming as edged-%s on %s:%d (zeroconf)", hostname, address,
-                         settings.wyoming_port)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - no multicast here: Home Assistant needs host:port
-            _LOGGER.warning("Cannot advertise Wyoming on the LAN (zeroconf: %s); add it in Home "
-                            "Assistant by host and port %d", exc or type(exc).__name__, settings.wyoming_port)
-
-
-def _advertised_address(listen_address: str) -> str:
-    """The IPv4 address Home Assistant should connect to: the one listened on, or the LAN's."""
-    if listen_address not in ("", "0.0.0.0", "::"):
-        return socket.gethostbyname(listen_address)
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-        probe.connect(("224.0.0.251", 5353))  # no packet is sent: this only picks the route
-        return str(probe.getsockname()[0])
