@@ -14,12 +14,14 @@ import grpc
 import numpy as np
 import pytest
 import riva.client
+from riva.client.proto import riva_asr_pb2 as rasr
 
 from edged.backends import BackendOptions
 from edged.client.speakerbench import equal_error_rate, pair_scores
 from edged.pipelines.speaker.clustering import cluster_speakers
 from edged.pipelines.speaker.diarize import DiarizeOptions, SpeakerTurn, pieces, speaker_at
 from edged.pipelines.speaker.encoder import SpeakerEncoder, unit
+from edged.pipelines.speaker.online import OnlineSpeakers
 from edged.pipelines.tts import TtsModel
 from edged.repository.deploy import deploy
 from edged.repository.records import DeployTarget
@@ -131,16 +133,10 @@ def conversation(voice: TtsModel) -> tuple[bytes, list[float]]:  # noqa: F811 - 
     return pcm, starts
 
 
-def test_recognize_tags_words_with_their_speakers(address: str, voice: TtsModel) -> None:  # noqa: F811
+def assert_tags_follow_the_turns(words: list[rasr.WordInfo], starts: list[float]) -> None:
     """Each turn's words carry one speaker_tag, a different one per voice, the same when a voice
-    comes back; max_speaker_count=1 puts everyone together."""
-    pcm, starts = conversation(voice)
-    asr = riva.client.ASRService(riva.client.Auth(uri=address))
-    cfg = config()
-    riva.client.add_speaker_diarization_to_config(cfg, True, 3)
-    response = asr.offline_recognize(pcm, cfg)
-    words = [w for r in response.results for w in r.alternatives[0].words]
-    assert len(words) > 40, response
+    comes back."""
+    assert len(words) > 40, words
     tags_by_turn: list[Counter[int]] = [Counter() for _ in SPEAKERS]
     for w in words:
         middle = (w.start_time + w.end_time) / 2000
@@ -153,10 +149,42 @@ def test_recognize_tags_words_with_their_speakers(address: str, voice: TtsModel)
     assert all(len(tags) == 1 for tags in by_speaker.values()), by_speaker
     assert len({next(iter(tags)) for tags in by_speaker.values()}) == 3, by_speaker
 
+
+def test_recognize_tags_words_with_their_speakers(address: str, voice: TtsModel) -> None:  # noqa: F811
+    """Each turn's words carry one speaker_tag, a different one per voice, the same when a voice
+    comes back; max_speaker_count=1 puts everyone together."""
+    pcm, starts = conversation(voice)
+    asr = riva.client.ASRService(riva.client.Auth(uri=address))
+    cfg = config()
+    riva.client.add_speaker_diarization_to_config(cfg, True, 3)
+    response = asr.offline_recognize(pcm, cfg)
+    assert_tags_follow_the_turns([w for r in response.results for w in r.alternatives[0].words], starts)
+
     one = config()
     riva.client.add_speaker_diarization_to_config(one, True, 1)
     together = asr.offline_recognize(pcm, one)
     assert {w.speaker_tag for r in together.results for w in r.alternatives[0].words} == {1}
+
+
+def streamed_finals(address: str, pcm: bytes, max_speakers: int) -> list[rasr.StreamingRecognitionResult]:
+    """The finals of `pcm` streamed in 100 ms chunks with diarization on."""
+    asr = riva.client.ASRService(riva.client.Auth(uri=address))
+    cfg = config()
+    riva.client.add_speaker_diarization_to_config(cfg, True, max_speakers)
+    streaming = riva.client.StreamingRecognitionConfig(config=cfg, interim_results=True)
+    chunks = [pcm[i:i + 3200] for i in range(0, len(pcm), 3200)]
+    return [r for response in asr.streaming_response_generator(chunks, streaming)
+            for r in response.results if r.is_final]
+
+
+def test_streaming_labels_each_final_as_it_comes(address: str, voice: TtsModel) -> None:  # noqa: F811
+    """StreamingRecognize with diarization_config: every final's words carry the speaker of their
+    turn (online clustering, labels never revised); max_speaker_count=1 puts everyone together."""
+    pcm, starts = conversation(voice)
+    finals = streamed_finals(address, pcm, 3)
+    assert_tags_follow_the_turns([w for r in finals for w in r.alternatives[0].words], starts)
+    together = streamed_finals(address, pcm, 1)
+    assert {w.speaker_tag for r in together for w in r.alternatives[0].words} == {1}
 
 
 def test_without_diarization_words_carry_no_speaker(address: str, voice: TtsModel) -> None:  # noqa: F811
@@ -200,3 +228,25 @@ def test_bench_without_a_speaker_model_says_what_to_do(tmp_path: Path) -> None:
                            "--no-espeak"], capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert proc.returncode != 0
     assert "models_speaker" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_online_speakers_label_as_they_go_and_keep_to_the_cap() -> None:
+    groups = [0, 1, 0, 2, 1, 2]
+    embeddings = voices(groups, seed=3)
+    online = OnlineSpeakers(threshold=0.6)
+    assert [online.assign(e, 3.0).number for e in embeddings] == [1, 2, 1, 3, 2, 3]
+    capped = OnlineSpeakers(threshold=0.6, max_speakers=2)
+    labels = [capped.assign(e, 3.0).number for e in embeddings]
+    assert labels[:3] == [1, 2, 1] and set(labels) == {1, 2}
+    # A short utterance of a new voice joins the nearest speaker instead of starting one.
+    short = OnlineSpeakers(threshold=0.6, min_new_s=1.0)
+    assert [short.assign(e, s).number for e, s in zip(embeddings[:4], [3.0, 0.5, 3.0, 3.0])] == [1, 1, 1, 2]
+
+
+def test_enrolled_speakers_are_named_once_heard() -> None:
+    embeddings = voices([0, 1, 0, 2], seed=4)
+    online = OnlineSpeakers(threshold=0.6, known_threshold=0.55)
+    online.enrol("ada", embeddings[1])
+    labels = [online.assign(e, 3.0) for e in embeddings]
+    assert [(label.number, label.name) for label in labels] == [(1, ""), (2, "ada"), (1, ""), (3, "")]
+    assert [label.text() for label in labels] == ["A", "ada", "A", "C"]

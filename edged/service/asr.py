@@ -45,6 +45,8 @@ from edged.pipelines.asr.results import Result
 from edged.pipelines.asr.stream import AsrStream
 from edged.pipelines.speaker.encoder import SpeakerEncoder
 from edged.pipelines.speaker.labels import label_results
+from edged.pipelines.speaker.online import OnlineSpeakers
+from edged.pipelines.speaker.streaming import StreamSpeakers
 from edged.rmir.manifest import Manifest
 from edged.service import memory, metrics
 from edged.service.admission import Slot, Waiting
@@ -108,6 +110,17 @@ class RecognitionRequest:
 
 
 @dataclass(frozen=True)
+class StreamDiarization:
+    """What a streaming session labels its finals' speakers with."""
+
+    encoder: SpeakerEncoder
+    pool: Executor
+    """Where the embeddings run, beside the decodes."""
+    speakers: Callable[[], OnlineSpeakers]
+    """A channel's speakers at its start (the enrolled ones, if any)."""
+
+
+@dataclass(frozen=True)
 class Transcript:
     """A result of one channel of a session."""
 
@@ -142,7 +155,7 @@ class AsrSession:
     """One client's recognition: a pipeline stream per recognised channel, fed the same audio."""
 
     def __init__(self, service: AsrService, name: str, model: AsrModel, config: StreamConfig,
-                 separate_channels: bool) -> None:
+                 separate_channels: bool, diarization: StreamDiarization | None = None) -> None:
         self.model_name = name
         self._service = service
         self._model = model
@@ -155,6 +168,9 @@ class AsrSession:
         self._feeding: asyncio.Task[None] | None = None
         self._slot: Slot | None = None
         """The admission slot that watches the client (none for the daemon's own microphone)."""
+        self._diarization = diarization
+        self._speakers: dict[int, StreamSpeakers] = {}
+        """Streaming, with diarization: each recognised channel's speakers."""
 
     def _start(self, audio: bytes = b"", push: bool = True) -> list[AsrStream]:
         """The pipeline streams, made with the first audio: one, or one per channel (whose
@@ -168,6 +184,10 @@ class AsrSession:
             self._streams = [self._model.start_stream(replace(self._config, channel=c)) for c in recognised]
             for stream in self._streams if push else ():
                 stream.listener = functools.partial(self._push, stream.config.channel)
+                if self._diarization is not None:
+                    d = self._diarization
+                    speakers = self._speakers[stream.config.channel] = StreamSpeakers(d.encoder, d.pool, d.speakers())
+                    stream.on_final_audio = speakers.heard
         return self._streams
 
     def watch(self, slot: Slot) -> None:
@@ -264,6 +284,9 @@ class AsrSession:
                 return
             if isinstance(item, BaseException):
                 raise item
+            speakers = self._speakers.get(item.channel) if item.result.is_final else None
+            if speakers is not None:
+                item = Transcript(await speakers.label(item.result), item.channel)
             if self._slot is None:
                 yield item
                 continue
@@ -276,6 +299,8 @@ class AsrSession:
             self._feeding.cancel()
         for stream in self._streams:
             self._service.batcher.close(stream)
+        for speakers in self._speakers.values():
+            speakers.close()
 
     async def recognize(self, audio: bytes) -> list[Transcript]:
         """A whole recording at once (offline: no interims, segments decoded in batches)."""
@@ -374,6 +399,12 @@ class AsrService(SpeechService):
             self._speakers = (loaded, SpeakerEncoder(loaded))
         return self._speakers[1]
 
+    async def stream_diarization(self, request: RecognitionRequest) -> StreamDiarization:
+        """How a streaming session with diarization labels speakers; RequestError without a speaker model."""
+        encoder = await self.speaker_encoder()
+        return StreamDiarization(encoder, self._pools.get("speaker", 1), functools.partial(
+            OnlineSpeakers, encoder.cluster_threshold, request.max_speakers))
+
     async def run_speaker(self, fn: Callable[[], T]) -> T:
         """Run speaker work (embeddings, clustering) on the inference executor."""
         return await self._run_inference(fn)
@@ -434,8 +465,9 @@ class AsrService(SpeechService):
         config = self._stream_config(request, model, offline)
         if local:
             config = replace(config, max_audio_s=0.0)
+        diarization = await self.stream_diarization(request) if request.diarization and not offline else None
         _LOGGER.debug("ASR session on %s", name)
-        return AsrSession(self, name, model, config, request.separate_channels)
+        return AsrSession(self, name, model, config, request.separate_channels, diarization)
 
     async def recognize(self, request: RecognitionRequest, audio: bytes) -> list[Transcript]:
         """Offline recognition of a whole recording."""

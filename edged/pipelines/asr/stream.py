@@ -107,6 +107,9 @@ class AsrStream:
         self.listener: Callable[[list[Result]], None] | None = None
         """Takes the results decoded between chunks (interims, speculative finals) the moment
         they are ready, on the event loop; without one they wait for the next chunk's results."""
+        self.on_final_audio: Callable[[int, np.ndarray], None] | None = None
+        """Takes each final's audio and the stream sample it starts at the moment its decode is
+        queued (on the batcher's thread), so that work on it (its speaker) runs beside the decode."""
         self.lock = threading.RLock()
         """Held by whoever changes the stream: the batcher feeds it on one thread while its
         interims are queued and completed on another."""
@@ -283,12 +286,17 @@ class AsrStream:
             if spec not in self.jobs:  # already decoded: hand it back as the final
                 self.jobs.append(spec)
             self._final_end = spec.start + len(spec.audio)
+            self._hand_over(spec)
             return self._final_end
         _LOGGER.debug("Final at %.2f s: new decode (speculative: %s; the end: %s, %.2f s)",
                       fired_at / MODEL_RATE, tried or "none", end, until / MODEL_RATE)
-        self._queue(JobKind.FINAL, until, fired_at)
+        self._hand_over(self._queue(JobKind.FINAL, until, fired_at))
         self._final_end = until
         return until
+
+    def _hand_over(self, final: DecodeJob) -> None:
+        if self.on_final_audio is not None:
+            self.on_final_audio(final.start, final.audio)
 
     def complete(self, job: DecodeJob) -> None:
         """Take a decoded job back (called by the model's `decode_jobs`, on any thread)."""
