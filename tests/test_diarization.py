@@ -250,3 +250,23 @@ def test_enrolled_speakers_are_named_once_heard() -> None:
     labels = [online.assign(e, 3.0) for e in embeddings]
     assert [(label.number, label.name) for label in labels] == [(1, ""), (2, "ada"), (1, ""), (3, "")]
     assert [label.text() for label in labels] == ["A", "ada", "A", "C"]
+
+
+def test_streamed_embedding_is_built_window_by_window(speaker_encoder: SpeakerEncoder) -> None:
+    """An utterance handed over as it grows reuses the windows embedded before, and comes out as the whole
+    utterance's embedding (the final's audio may stop short of what was handed over). Not to the
+    last bit: the int8 encoder quantizes its activations over the whole batch it is given."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from edged.pipelines.speaker.streaming import StreamSpeakers
+
+    audio = espeak_voice(SENTENCES[0], "en-us")
+    with ThreadPoolExecutor(1) as pool:
+        speakers = StreamSpeakers(speaker_encoder, pool, OnlineSpeakers(0.6))
+        for end in range(4000, len(audio), 8000):
+            grown = speakers.embed_utterance(7, audio[:end])
+            assert float(grown @ speaker_encoder.embed(audio[:end])) > 0.999
+        whole = speakers.embed_utterance(7, audio)
+        shorter = speakers.embed_utterance(7, audio[:len(audio) // 2])
+    assert float(whole @ speaker_encoder.embed(audio)) > 0.999
+    assert float(shorter @ speaker_encoder.embed(audio[:len(audio) // 2])) > 0.999

@@ -69,6 +69,8 @@ def bench_asr(
     sweep_seconds: Annotated[float, typer.Option(min=5, help="Seconds of clips started per stream count.")] = 60.0,
     stagger: Annotated[float, typer.Option(
         min=0, help="Start the streams at random offsets within this many seconds (0: all together).")] = 0.0,
+    diarize: Annotated[bool, typer.Option(
+        help="Streams ask for speaker labels (diarization_config; needs a speaker model).")] = False,
 ) -> None:
     """WER (offline and streaming), RTF, final latency, interim cadence, server CPU and memory."""
     from dataclasses import asdict
@@ -81,7 +83,7 @@ def bench_asr(
             rows = run_sweep(address, manifest, streams, chunk_ms, sweep_seconds, pid)
             typer.echo(json.dumps([asdict(r) for r in rows], indent=2) if as_json else sweep_text(rows))
             return
-        report = run_bench(address, manifest, streams, chunk_ms, realtime, pid, stagger)
+        report = run_bench(address, manifest, streams, chunk_ms, realtime, pid, stagger, diarize)
     typer.echo(report.json() if as_json else report.text())
 
 

@@ -187,7 +187,7 @@ class AsrSession:
                 if self._diarization is not None:
                     d = self._diarization
                     speakers = self._speakers[stream.config.channel] = StreamSpeakers(d.encoder, d.pool, d.speakers())
-                    stream.on_final_audio = speakers.heard
+                    stream.on_utterance_audio = speakers.heard
         return self._streams
 
     def watch(self, slot: Slot) -> None:
@@ -286,7 +286,8 @@ class AsrSession:
                 raise item
             speakers = self._speakers.get(item.channel) if item.result.is_final else None
             if speakers is not None:
-                item = Transcript(await speakers.label(item.result), item.channel)
+                with metrics.SPEAKER_WAIT_SECONDS.time():
+                    item = Transcript(await speakers.label(item.result), item.channel)
             if self._slot is None:
                 yield item
                 continue
