@@ -4,16 +4,21 @@
 from __future__ import annotations
 
 import importlib.util
+import io
+import json
 import subprocess
 import sys
+import wave
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 import numpy as np
+import openai
 import pytest
 import riva.client
+from openai.types.audio import TranscriptionDiarized
 from riva.client.proto import riva_asr_pb2 as rasr
 
 from edged.backends import BackendOptions
@@ -100,15 +105,25 @@ SENTENCES = [
 
 
 @pytest.fixture(scope="module")
-def address(default_repo: Path, speaker_rmir: Path, cpu_target: DeployTarget) -> Iterator[str]:
-    """`edged start` with the default models and the speaker encoder."""
+def server(default_repo: Path, speaker_rmir: Path, cpu_target: DeployTarget) -> Iterator[tuple[str, int]]:
+    """`edged start` with the default models and the speaker encoder: (gRPC address, HTTP port)."""
     deploy(RmirRef(speaker_rmir), default_repo / "models", cpu_target, BackendOptions())
-    port = free_port()
+    port, http = free_port(), free_port()
     cfg = default_repo.parent / "config.sh"
     cfg.write_text(f'model_loc="{default_repo}"\nriva_speech_api_port={port}\nlisten_address="127.0.0.1"\n'
-                   "metrics_port=0\nhttp_enabled=false\nwyoming_enabled=false\n", encoding="utf-8")
+                   f"metrics_port=0\nhttp_port={http}\nwyoming_enabled=false\n", encoding="utf-8")
     with serving(cfg, port) as address:
-        yield address
+        yield address, http
+
+
+@pytest.fixture(scope="module")
+def address(server: tuple[str, int]) -> str:
+    return server[0]
+
+
+@pytest.fixture(scope="module")
+def openai_client(server: tuple[str, int]) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"http://127.0.0.1:{server[1]}/v1", api_key="unused", max_retries=0)
 
 
 SPEAKERS = [0, 1, 2, 0, 1]
@@ -185,6 +200,55 @@ def test_streaming_labels_each_final_as_it_comes(address: str, voice: TtsModel) 
     assert_tags_follow_the_turns([w for r in finals for w in r.alternatives[0].words], starts)
     together = streamed_finals(address, pcm, 1)
     assert {w.speaker_tag for r in together for w in r.alternatives[0].words} == {1}
+
+
+def wav_of(pcm: bytes) -> bytes:
+    """16 kHz mono 16-bit PCM as a WAV file."""
+    out = io.BytesIO()
+    with wave.open(out, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(RATE)
+        w.writeframes(pcm)
+    return out.getvalue()
+
+
+def test_openai_diarized_json_and_verbose_json_name_the_speakers(openai_client: openai.OpenAI,
+                                                                 voice: TtsModel) -> None:  # noqa: F811
+    """diarized_json as gpt-4o-transcribe-diarize gives it (segments with speaker A, B, ...), and
+    verbose_json's segments with `speaker`, through the openai package."""
+    pcm, starts = conversation(voice)
+    wav = wav_of(pcm)
+    diarized = openai_client.audio.transcriptions.create(model="gpt-4o-transcribe-diarize", file=("c.wav", wav),
+                                                         response_format="diarized_json")
+    assert isinstance(diarized, TranscriptionDiarized), type(diarized)
+    assert diarized.task == "transcribe" and 20 < diarized.duration < 60 and "Thursday" in diarized.text
+    segs = diarized.segments
+    assert len(segs) >= len(SPEAKERS) and all(s.type == "transcript.text.segment" and s.end > s.start for s in segs)
+    turn_speaker: dict[int, set[str]] = {}
+    for seg in segs:
+        turn = max(i for i, s in enumerate(starts) if s <= (seg.start + seg.end) / 2)
+        turn_speaker.setdefault(SPEAKERS[turn], set()).add(seg.speaker)
+    assert all(len(labels) == 1 for labels in turn_speaker.values()), turn_speaker
+    assert sorted(next(iter(v)) for v in turn_speaker.values()) == ["A", "B", "C"]
+    verbose = openai_client.audio.transcriptions.create(model="whisper-1", file=("c.wav", wav),
+                                                        response_format="verbose_json")
+    assert [s.model_extra["speaker"] for s in verbose.segments or []] == [s.speaker for s in segs]
+
+
+def test_transcribe_json_shows_the_speakers(address: str, voice: TtsModel, tmp_path: Path) -> None:  # noqa: F811
+    pcm, starts = conversation(voice)
+    (tmp_path / "c.wav").write_bytes(wav_of(pcm))
+    proc = subprocess.run([sys.executable, "-m", "edged", "transcribe", "--server", address, "--json", "--speakers",
+                           str(tmp_path / "c.wav")], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    results = json.loads(proc.stdout)[0]["results"]
+    by_voice: dict[int, set[int]] = {}
+    for r in results:
+        middle = (r["words"][0]["start_ms"] + r["words"][-1]["end_ms"]) / 2000
+        by_voice.setdefault(SPEAKERS[max(i for i, s in enumerate(starts) if s <= middle)], set()).add(r["speaker"])
+    assert sorted(next(iter(v)) for v in by_voice.values() if len(v) == 1) == [1, 2, 3], by_voice
+    assert all("speaker" in w for r in results for w in r["words"])
 
 
 def test_without_diarization_words_carry_no_speaker(address: str, voice: TtsModel) -> None:  # noqa: F811

@@ -180,3 +180,14 @@ def test_speech_as_server_sent_events_with_instructions_ignored(client: openai.O
     assert mp3_frame_size(data) is not None
     said = client.audio.transcriptions.create(model="whisper-1", file=("s.mp3", data)).text
     assert word_errors(SENTENCE, said)[0] <= 1, said
+
+
+def test_diarized_json_without_a_speaker_model_is_a_400_naming_it(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.audio.transcriptions.create(model="whisper-1", file=("b.wav", wav_bytes(beckett()[:RATE * 4])),
+                                           response_format="diarized_json")
+    message = caught.value.body["message"] if isinstance(caught.value.body, dict) else str(caught.value)
+    assert "models_speaker" in message and "\n" not in message
+    plain = client.audio.transcriptions.create(model="whisper-1", file=("b.wav", wav_bytes(beckett()[:RATE * 4])),
+                                               response_format="verbose_json")
+    assert plain.segments and all("speaker" not in (s.model_extra or {}) for s in plain.segments)

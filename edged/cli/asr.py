@@ -40,17 +40,23 @@ def transcribe(
     server: ServerOpt = None,
     config: ConfigOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Words, times and confidences as JSON.")] = False,
+    speakers: Annotated[bool, typer.Option(
+        help="Who said what: a speaker number on each result and word (needs models_speaker).")] = False,
 ) -> None:
     """Transcribe audio files (offline recognition)."""
     from edged.client.asr import transcribe_files
 
     setup_logging("WARNING")
     with _server(server, config, use_running=True) as (address, _):
-        results = transcribe_files(address, files)
+        results = transcribe_files(address, files, speakers=speakers)
     if as_json:
         typer.echo(json.dumps(results, indent=2))
         return
     for item in results:
+        if speakers:
+            typer.echo("\n".join([*([item["file"]] if len(files) > 1 else []),
+                                   *(f"Speaker {r['speaker']}: {r['transcript']}" for r in item["results"])]))
+            continue
         typer.echo(f"{item['file']}: {item['transcript']}" if len(files) > 1 else item["transcript"])
 
 

@@ -88,8 +88,12 @@ def _service(address: str) -> Any:
     return riva.client.ASRService(riva.client.Auth(uri=address))
 
 
-def transcribe_files(address: str, files: list[Path], punctuation: bool = True) -> list[dict[str, Any]]:
-    """Offline recognition of each file as it is (WAV or FLAC header read by the server)."""
+def transcribe_files(address: str, files: list[Path], punctuation: bool = True,
+                     speakers: bool = False) -> list[dict[str, Any]]:
+    """Offline recognition of each file as it is (WAV or FLAC header read by the server);
+    `speakers`: with who said what (Riva's speaker_tag: 1, 2, ... on each result and word)."""
+    from collections import Counter
+
     import grpc
     import riva.client
 
@@ -99,6 +103,8 @@ def transcribe_files(address: str, files: list[Path], punctuation: bool = True) 
         config = riva.client.RecognitionConfig(language_code="en-US", max_alternatives=1,
                                                enable_automatic_punctuation=punctuation,
                                                enable_word_time_offsets=True)
+        if speakers:
+            riva.client.add_speaker_diarization_to_config(config, True, 0)
         try:
             response = asr.offline_recognize(path.read_bytes(), config)
         except grpc.RpcError as exc:
@@ -108,8 +114,12 @@ def transcribe_files(address: str, files: list[Path], punctuation: bool = True) 
         results = [{
             "transcript": r.alternatives[0].transcript.strip(), "confidence": round(r.alternatives[0].confidence, 4),
             "words": [{"word": w.word, "start_ms": w.start_time, "end_ms": w.end_time,
-                       "confidence": round(w.confidence, 4)} for w in r.alternatives[0].words],
+                       "confidence": round(w.confidence, 4), **({"speaker": w.speaker_tag} if speakers else {})}
+                      for w in r.alternatives[0].words],
         } for r in response.results if r.alternatives]
+        for result in results if speakers else ():  # the result's speaker: who said most of its words
+            tags = Counter(w["speaker"] for w in result["words"])
+            result["speaker"] = tags.most_common(1)[0][0] if tags else 0
         out.append({"file": str(path), "transcript": " ".join(r["transcript"] for r in results), "results": results})
     return out
 

@@ -389,9 +389,13 @@ class AsrService(SpeechService):
             self._pipelines[name] = cached
         return cached[2]
 
+    def speaker_models(self) -> list[str]:
+        """The deployed speaker models' names."""
+        return list(self._registry.manifests("speaker"))
+
     async def speaker_encoder(self) -> SpeakerEncoder:
         """The first deployed speaker model's encoder (loaded on demand); RequestError if there is none."""
-        names = list(self._registry.manifests("speaker"))
+        names = self.speaker_models()
         if not names:
             raise RequestError("Speaker diarization needs a speaker model; add builtin:voicefilter-dvector to "
                                "models_speaker in config.sh and run `edged init`.")

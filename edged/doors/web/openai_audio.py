@@ -3,7 +3,8 @@
 
 Transcriptions take an upload in WAV, FLAC, MP3, Ogg (Vorbis, Opus) or WebM (Opus), compressed
 ones decoded within the request's limits (`response_format` json, text, srt, vtt or verbose_json with segments
-and words; `stream=true` sends the finals as server-sent `transcript.text.delta` events); speech
+and words, segments with their `speaker` where a speaker model is deployed; diarized_json as OpenAI's
+gpt-4o-transcribe-diarize gives it, which needs one; `stream=true` sends the finals as server-sent `transcript.text.delta` events); speech
 is streamed as it is synthesised (mp3, OpenAI's default, and opus through libsndfile; wav, pcm,
 flac).
 """
@@ -28,6 +29,8 @@ from edged.doors import common
 from edged.doors.web.auth import Auth
 from edged.doors.web.errors import BadInput, NotJson, error_response, logged
 from edged.errors import AudioFormatError
+from edged.pipelines.asr.results import Result
+from edged.pipelines.speaker.online import SpeakerLabel
 from edged.pipelines.tts import AudioChunk
 from edged.pipelines.tts.encode import Mp3Encoder, OggOpusEncoder, StreamEncoder
 from edged.service.asr import RecognitionRequest, Transcript
@@ -36,7 +39,7 @@ from edged.service.tts import SpeechRequest, Synthesis, TtsService
 
 _LOGGER = logging.getLogger(__name__)
 
-TRANSCRIPT_FORMATS = ("json", "text", "srt", "vtt", "verbose_json")
+TRANSCRIPT_FORMATS = ("json", "text", "srt", "vtt", "verbose_json", "diarized_json")
 SPEECH_FORMATS = ("mp3", "opus", "wav", "pcm", "flac")
 """Speech's response_format values; the first is the default, as in OpenAI's API."""
 STREAM_FORMATS = ("audio", "sse")
@@ -59,8 +62,13 @@ def _stamp(seconds: float, sep: str) -> str:
     return f"{h:02d}:{m:02d}:{s:02d}{sep}{ms:03d}"
 
 
-def segments(transcripts: list[Transcript]) -> list[dict[str, Any]]:
-    """verbose_json's segments: one per final."""
+def speaker_of(result: Result) -> str:
+    """A final's speaker as OpenAI labels them: an enrolled name, else A, B, ..."""
+    return SpeakerLabel(result.speaker, result.speaker_name).text()
+
+
+def segments(transcripts: list[Transcript], speakers: bool = False) -> list[dict[str, Any]]:
+    """verbose_json's segments: one per final (with its `speaker`, where diarized)."""
     out = []
     for i, t in enumerate(t for t in transcripts if t.result.is_final and t.result.transcript):
         r = t.result
@@ -68,7 +76,16 @@ def segments(transcripts: list[Transcript]) -> list[dict[str, Any]]:
                     "text": r.transcript, "tokens": [], "temperature": 0.0,
                     "avg_logprob": float(np.log(max(r.confidence, 1e-6))) if r.confidence else 0.0,
                     "compression_ratio": 1.0, "no_speech_prob": 0.0})
+        if speakers:
+            out[-1]["speaker"] = speaker_of(r)
     return out
+
+
+def diarized_segments(finals: list[Transcript]) -> list[dict[str, Any]]:
+    """diarized_json's segments (as OpenAI's gpt-4o-transcribe-diarize gives them): one per final."""
+    return [{"type": "transcript.text.segment", "id": f"seg_{i}", "start": round(t.result.start_s, 3),
+             "end": round(t.result.end_s, 3), "text": t.result.transcript, "speaker": speaker_of(t.result)}
+            for i, t in enumerate(finals)]
 
 
 def subtitles(segs: list[dict[str, Any]], vtt: bool) -> str:
@@ -132,8 +149,14 @@ class OpenAiAudioApi:
                 language_code=str(form.get("language", "")), word_times=True)
             if str(form.get("stream", "false")).lower() == "true":
                 return await self._stream(request, wanted, audio, container)
+            # diarized_json needs a speaker model (a 400 saying so); verbose_json has speakers where one is deployed.
+            diarize = fmt == "diarized_json" or (fmt == "verbose_json" and asr.speaker_models())
+            encoder = await asr.speaker_encoder() if diarize else None
             async with asr.session(wanted, offline=True) as session:
-                transcripts = await session.recognize(await self._decoded(audio, container))
+                decoded = await self._decoded(audio, container)
+                transcripts = await session.recognize(decoded)
+                if encoder is not None:
+                    transcripts = await session.diarized(decoded, transcripts, encoder, 0)
                 duration = session.seconds
         except Exception as exc:  # noqa: BLE001 - one error map (errors.py)
             return error_response(exc, "Transcription")
@@ -141,7 +164,11 @@ class OpenAiAudioApi:
         text = common.finals_text(transcripts)
         if fmt == "text":
             return web.Response(text=text + "\n", content_type="text/plain")
-        segs = segments(finals)
+        if fmt == "diarized_json":
+            return web.json_response({"task": "transcribe", "duration": round(duration, 3), "text": text,
+                                      "segments": diarized_segments(finals),
+                                      "usage": {"type": "duration", "seconds": round(duration, 3)}})
+        segs = segments(finals, speakers=encoder is not None)
         if fmt in ("srt", "vtt"):
             return web.Response(text=subtitles(segs, fmt == "vtt"), content_type="text/plain")
         if fmt == "json":
