@@ -334,3 +334,40 @@ def test_streamed_embedding_is_built_window_by_window(speaker_encoder: SpeakerEn
         shorter = speakers.embed_utterance(7, audio[:len(audio) // 2])
     assert float(whole @ speaker_encoder.embed(audio)) > 0.999
     assert float(shorter @ speaker_encoder.embed(audio[:len(audio) // 2])) > 0.999
+
+
+def edged_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "edged", *args], capture_output=True, text=True, timeout=120, cwd=cwd)
+
+
+def test_enrolled_speaker_is_named_in_labels(openai_client: openai.OpenAI, default_repo: Path, voice: TtsModel,  # noqa: F811
+                                             tmp_path: Path) -> None:
+    """`edged speakers enroll` with clips of one voice (none of the conversation's sentences): the
+    running server names that voice's segments; list shows it; remove forgets it, and an unknown
+    name is one line and exit 1."""
+    cfg = str(default_repo.parent / "config.sh")
+    clips = []
+    for i, text in enumerate(["Yesterday the weather was cold and windy, so we stayed inside and read books.",
+                              "My favourite colour is green, like the leaves of the old oak in the garden."]):
+        clips.append(tmp_path / f"ada{i}.wav")
+        audio = (np.clip(espeak_voice(text, "en+f3"), -1, 1) * 32767).astype("<i2").tobytes()
+        clips[-1].write_bytes(wav_of(audio))
+    enrolled = edged_cli("speakers", "enroll", "ada", *map(str, clips), "-c", cfg, cwd=tmp_path)
+    assert enrolled.returncode == 0 and "Enrolled ada" in enrolled.stdout, enrolled.stderr
+    try:
+        listed = edged_cli("speakers", "list", "-c", cfg, cwd=tmp_path)
+        assert "ada" in listed.stdout and "voicefilter-dvector" in listed.stdout
+        assert "embedding" not in listed.stdout + enrolled.stdout + enrolled.stderr
+        pcm, starts = conversation(voice)
+        diarized = openai_client.audio.transcriptions.create(model="gpt-4o-transcribe-diarize",
+                                                             file=("c.wav", wav_of(pcm)), response_format="diarized_json")
+        by_voice: dict[int, set[str]] = {}
+        for seg in diarized.segments:
+            turn = max(i for i, s in enumerate(starts) if s <= (seg.start + seg.end) / 2)
+            by_voice.setdefault(SPEAKERS[turn], set()).add(seg.speaker)
+        assert by_voice[2] == {"ada"} and "ada" not in by_voice[0] | by_voice[1], by_voice
+    finally:
+        removed = edged_cli("speakers", "remove", "ada", "-c", cfg, cwd=tmp_path)
+    assert removed.returncode == 0, removed.stderr
+    again = edged_cli("speakers", "remove", "ada", "-c", cfg, cwd=tmp_path)
+    assert again.returncode == 1 and again.stderr.strip().count("\n") == 0 and "No speaker 'ada'" in again.stderr

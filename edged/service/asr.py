@@ -44,6 +44,7 @@ from edged.pipelines.asr.nemo import NEMO_FAMILIES
 from edged.pipelines.asr.results import Result
 from edged.pipelines.asr.stream import AsrStream
 from edged.pipelines.speaker.encoder import SpeakerEncoder
+from edged.pipelines.speaker.enrolled import KNOWN_THRESHOLD, Enrolled, SpeakerStore, SpeakerStoreError
 from edged.pipelines.speaker.labels import label_results
 from edged.pipelines.speaker.online import OnlineSpeakers
 from edged.pipelines.speaker.streaming import StreamSpeakers
@@ -311,14 +312,17 @@ class AsrSession:
 
     async def diarized(self, audio: bytes, transcripts: list[Transcript], encoder: SpeakerEncoder,
                        max_speakers: int) -> list[Transcript]:
-        """`transcripts` of `audio` (from `recognize`) with speakers on finals and words, channel by channel."""
+        """`transcripts` of `audio` (from `recognize`) with speakers on finals and words, channel by
+        channel (enrolled speakers named)."""
+        known = self._service.enrolled(encoder.name)
+
         def label() -> list[Transcript]:
             out = []
             for stream in self._streams:
                 c = stream.config
                 samples = decode_all(audio, c.encoding, c.sample_rate, c.channels, c.channel)
                 mine = [t.result for t in transcripts if t.channel == c.channel]
-                out += [Transcript(r, c.channel) for r in label_results(encoder, samples, mine, max_speakers)]
+                out += [Transcript(r, c.channel) for r in label_results(encoder, samples, mine, max_speakers, known)]
             return out
 
         return await self._service.run_speaker(label)
@@ -346,6 +350,9 @@ class AsrService(SpeechService):
         """The one batcher every stream of this server goes through."""
         self._pipelines: dict[str, tuple[LoadedModel, LoadedModel, AsrModel]] = {}
         self._speakers: tuple[LoadedModel, SpeakerEncoder] | None = None
+        self._store = SpeakerStore(settings.model_loc)
+        self._enrolled: tuple[int, dict[str, Enrolled]] = (0, {})
+        """The enrolled speakers and the store's modification time they were read at."""
 
     async def _run_inference(self, fn: Callable[..., T], *args: object) -> T:
         return await metrics.run_inference(self._executor, "asr", fn, *args)
@@ -404,11 +411,33 @@ class AsrService(SpeechService):
             self._speakers = (loaded, SpeakerEncoder(loaded))
         return self._speakers[1]
 
+    def enrolled(self, model: str) -> dict[str, np.ndarray]:
+        """The embeddings of the speakers enrolled with speaker model `model`, by name (the store is
+        read again when it changes; a corrupt one is logged and left out)."""
+        try:
+            stamp = self._store.path.stat().st_mtime_ns
+        except OSError:
+            return {}
+        if stamp != self._enrolled[0]:
+            try:
+                self._enrolled = (stamp, self._store.load())
+            except SpeakerStoreError as exc:
+                _LOGGER.warning("%s Speakers are numbered, not named, until it is.", exc)
+                self._enrolled = (stamp, {})
+        return {name: s.embedding for name, s in self._enrolled[1].items() if s.model == model}
+
     async def stream_diarization(self, request: RecognitionRequest) -> StreamDiarization:
         """How a streaming session with diarization labels speakers; RequestError without a speaker model."""
         encoder = await self.speaker_encoder()
-        return StreamDiarization(encoder, self._pools.get("speaker", 1), functools.partial(
-            OnlineSpeakers, encoder.cluster_threshold, request.max_speakers))
+        known = self.enrolled(encoder.name)
+
+        def speakers() -> OnlineSpeakers:
+            online = OnlineSpeakers(encoder.cluster_threshold, request.max_speakers, known_threshold=KNOWN_THRESHOLD)
+            for name, embedding in known.items():
+                online.enrol(name, embedding)
+            return online
+
+        return StreamDiarization(encoder, self._pools.get("speaker", 1), speakers)
 
     async def run_speaker(self, fn: Callable[[], T]) -> T:
         """Run speaker work (embeddings, clustering) on the inference executor."""

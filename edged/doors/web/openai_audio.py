@@ -2,11 +2,11 @@
 `/v1/models`, so that the official `openai` package (`base_url=http://HOST:PORT/v1`) works.
 
 Transcriptions take an upload in WAV, FLAC, MP3, Ogg (Vorbis, Opus) or WebM (Opus), compressed
-ones decoded within the request's limits (`response_format` json, text, srt, vtt or verbose_json with segments
-and words, segments with their `speaker` where a speaker model is deployed; diarized_json as OpenAI's
-gpt-4o-transcribe-diarize gives it, which needs one; `stream=true` sends the finals as server-sent `transcript.text.delta` events); speech
-is streamed as it is synthesised (mp3, OpenAI's default, and opus through libsndfile; wav, pcm,
-flac).
+ones decoded within the request's limits (`response_format` json, text, srt, vtt or verbose_json
+with segments and words, its segments with their `speaker` where a speaker model is deployed;
+diarized_json as OpenAI's gpt-4o-transcribe-diarize gives it, which needs one; `stream=true` sends
+the finals as server-sent `transcript.text.delta` events); speech is streamed as it is synthesised
+(mp3, OpenAI's default, and opus through libsndfile; wav, pcm, flac).
 """
 
 from __future__ import annotations
