@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import base64
 import importlib.util
 import io
 import json
@@ -371,3 +372,29 @@ def test_enrolled_speaker_is_named_in_labels(openai_client: openai.OpenAI, defau
     assert removed.returncode == 0, removed.stderr
     again = edged_cli("speakers", "remove", "ada", "-c", cfg, cwd=tmp_path)
     assert again.returncode == 1 and again.stderr.strip().count("\n") == 0 and "No speaker 'ada'" in again.stderr
+
+
+def test_openai_known_speaker_references_name_their_voices(openai_client: openai.OpenAI,
+                                                           voice: TtsModel) -> None:  # noqa: F811
+    """known_speaker_names[] with known_speaker_references[] (data URLs) name those voices in
+    diarized_json; references that do not pair up or are not data URLs are a 400 with one line."""
+    text = "Yesterday the weather was cold and windy, so we stayed inside and read some books."
+    reference = (np.clip(espeak_voice(text, "en-us"), -1, 1) * 32767).astype("<i2").tobytes()
+    url = "data:audio/wav;base64," + base64.b64encode(wav_of(reference)).decode()
+    pcm, starts = conversation(voice)
+    diarized = openai_client.audio.transcriptions.create(
+        model="gpt-4o-transcribe-diarize", file=("c.wav", wav_of(pcm)), response_format="diarized_json",
+        known_speaker_names=["bob"], known_speaker_references=[url])
+    by_voice: dict[int, set[str]] = {}
+    for seg in diarized.segments:
+        turn = max(i for i, s in enumerate(starts) if s <= (seg.start + seg.end) / 2)
+        by_voice.setdefault(SPEAKERS[turn], set()).add(seg.speaker)
+    assert by_voice[1] == {"bob"} and "bob" not in by_voice[0] | by_voice[2], by_voice
+    short = wav_of(pcm[:RATE * 2])
+    for names, refs, says in ((["bob", "ann"], [url], "one reference per name"),
+                              (["bob"], ["https://example.com/bob.wav"], "not a base64 data URL")):
+        with pytest.raises(openai.BadRequestError) as caught:
+            openai_client.audio.transcriptions.create(
+                model="gpt-4o-transcribe-diarize", file=("s.wav", short), response_format="diarized_json",
+                known_speaker_names=names, known_speaker_references=refs)
+        assert says in str(caught.value)

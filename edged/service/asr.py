@@ -311,10 +311,10 @@ class AsrSession:
         return self._tagged(await asyncio.gather(*(batcher.recognize(s, audio) for s in streams)))
 
     async def diarized(self, audio: bytes, transcripts: list[Transcript], encoder: SpeakerEncoder,
-                       max_speakers: int) -> list[Transcript]:
+                       max_speakers: int, known: dict[str, np.ndarray] | None = None) -> list[Transcript]:
         """`transcripts` of `audio` (from `recognize`) with speakers on finals and words, channel by
-        channel (enrolled speakers named)."""
-        known = self._service.enrolled(encoder.name)
+        channel; enrolled speakers and those `known` to the request (whose names win) named."""
+        known = {**self._service.enrolled(encoder.name), **(known or {})}
 
         def label() -> list[Transcript]:
             out = []

@@ -30,6 +30,8 @@ from edged.doors.web.auth import Auth
 from edged.doors.web.errors import BadInput, NotJson, error_response, logged
 from edged.errors import AudioFormatError
 from edged.pipelines.asr.results import Result
+from edged.pipelines.speaker.encoder import SpeakerEncoder
+from edged.pipelines.speaker.enrolled import check_name, enrolment
 from edged.pipelines.speaker.online import SpeakerLabel
 from edged.pipelines.tts import AudioChunk
 from edged.pipelines.tts.encode import Mp3Encoder, OggOpusEncoder, StreamEncoder
@@ -52,6 +54,10 @@ _STREAM_CHUNK = 32000
 """Bytes of an upload fed to a streaming session at a time (stream=true)."""
 _READ_AS_IS = (b"RIFF", b"RF64", b"fLaC")
 """The starts of uploads the recognition pipeline reads itself (WAV, FLAC)."""
+MAX_KNOWN_SPEAKERS = 4
+"""Most known_speaker_names[] a transcription may give (as OpenAI allows)."""
+MIN_REFERENCE_S = 2.0
+"""Speech a known speaker's reference clip needs (OpenAI asks for 2 to 10 s)."""
 
 
 def _stamp(seconds: float, sep: str) -> str:
@@ -86,6 +92,30 @@ def diarized_segments(finals: list[Transcript]) -> list[dict[str, Any]]:
     return [{"type": "transcript.text.segment", "id": f"seg_{i}", "start": round(t.result.start_s, 3),
              "end": round(t.result.end_s, 3), "text": t.result.transcript, "speaker": speaker_of(t.result)}
             for i, t in enumerate(finals)]
+
+
+def known_references(form: Any) -> list[tuple[str, bytes]]:
+    """The request's known speakers: `known_speaker_names[]` with `known_speaker_references[]` (audio
+    as data URLs), in pairs; BadInput when they do not pair up or cannot be read."""
+    names = [str(n) for n in form.getall("known_speaker_names[]", [])]
+    refs = [str(r) for r in form.getall("known_speaker_references[]", [])]
+    if len(names) != len(refs):
+        raise BadInput(f"{len(names)} known_speaker_names[] and {len(refs)} known_speaker_references[]; "
+                       "give one reference per name.")
+    if len(names) > MAX_KNOWN_SPEAKERS:
+        raise BadInput(f"{len(names)} known speakers are too many; at most {MAX_KNOWN_SPEAKERS}.")
+    out = []
+    for name, ref in zip(names, refs):
+        head, _, data = ref.partition(",")
+        if not head.startswith("data:") or not head.endswith(";base64"):
+            raise BadInput(f"The reference of {name[:40]!r} is not a base64 data URL (data:audio/wav;base64,...).")
+        try:
+            out.append((check_name(name), base64.b64decode(data, validate=True)))
+        except ValueError:
+            raise BadInput(f"The reference of {name[:40]!r} is not valid base64.") from None
+    if len({n for n, _ in out}) != len(out):
+        raise BadInput("known_speaker_names[] has a name twice.")
+    return out
 
 
 def subtitles(segs: list[dict[str, Any]], vtt: bool) -> str:
@@ -152,11 +182,15 @@ class OpenAiAudioApi:
             # diarized_json needs a speaker model (a 400 saying so); verbose_json has speakers where one is deployed.
             diarize = fmt == "diarized_json" or (fmt == "verbose_json" and asr.speaker_models())
             encoder = await asr.speaker_encoder() if diarize else None
+            references = known_references(form)
+            if references and encoder is None:
+                raise BadInput("known_speaker_names[] need response_format diarized_json.")
             async with asr.session(wanted, offline=True) as session:
                 decoded = await self._decoded(audio, container)
                 transcripts = await session.recognize(decoded)
                 if encoder is not None:
-                    transcripts = await session.diarized(decoded, transcripts, encoder, 0)
+                    known = {name: await self._reference(encoder, name, clip) for name, clip in references}
+                    transcripts = await session.diarized(decoded, transcripts, encoder, 0, known)
                 duration = session.seconds
         except Exception as exc:  # noqa: BLE001 - one error map (errors.py)
             return error_response(exc, "Transcription")
@@ -181,6 +215,13 @@ class OpenAiAudioApi:
         if granularities and "segment" not in granularities:
             del body["segments"]
         return web.json_response(body)
+
+    async def _reference(self, encoder: SpeakerEncoder, name: str, clip: bytes) -> np.ndarray:
+        """The embedding of a known speaker's reference clip (any upload format, 2 s of speech at least)."""
+        wav = await self._decoded(clip, _container(f"known_speaker_references[] of {name}", clip))
+        embedding, _ = await common.asr_service(self._ctx).run_speaker(
+            lambda: enrolment(encoder, [(f"The reference of {name}", wav)], MIN_REFERENCE_S))
+        return embedding
 
     async def _decoded(self, audio: bytes, container: Container | None) -> bytes:
         """A compressed upload decoded to WAV on a thread (within the session's slot, so that the

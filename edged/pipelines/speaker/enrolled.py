@@ -73,7 +73,8 @@ def speech_seconds(audio: np.ndarray) -> float:
     return float(np.sum(rms > _SPEECH_RMS)) * _FRAME / MODEL_RATE
 
 
-def enrolment(encoder: SpeakerEncoder, clips: list[tuple[str, bytes]]) -> tuple[np.ndarray, float]:
+def enrolment(encoder: SpeakerEncoder, clips: list[tuple[str, bytes]],
+              min_speech_s: float = MIN_SPEECH_S) -> tuple[np.ndarray, float]:
     """The embedding of a speaker's clips (name, WAV or FLAC bytes) and its seconds of speech;
     RequestError naming the clip that cannot be read or is silent, or if there is too little speech."""
     audios, total = [], 0.0
@@ -87,8 +88,9 @@ def enrolment(encoder: SpeakerEncoder, clips: list[tuple[str, bytes]]) -> tuple[
             raise RequestError(f"{name} is silent (nothing louder than -45 dBFS); record the speaker talking.")
         audios.append(audio)
         total += seconds
-    if total < MIN_SPEECH_S:
-        raise RequestError(f"The enrolment has {total:.1f} s of speech; it needs at least {MIN_SPEECH_S:g} s "
+    if total < min_speech_s:
+        names = ", ".join(name for name, _ in clips)
+        raise RequestError(f"{names} has {total:.1f} s of speech; a speaker needs at least {min_speech_s:g} s "
                            "(give longer or more clips).")
     embeddings = encoder.embed_many(audios)
     weights = np.array([len(a) for a in audios], dtype=np.float64)
