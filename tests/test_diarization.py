@@ -19,7 +19,7 @@ import numpy as np
 import openai
 import pytest
 import riva.client
-from openai.types.audio import TranscriptionDiarized
+from openai.types.audio import TranscriptionDiarized, TranscriptionDiarizedSegment
 from riva.client.proto import riva_asr_pb2 as rasr
 
 from edged.backends import BackendOptions
@@ -214,6 +214,16 @@ def wav_of(pcm: bytes) -> bytes:
     return out.getvalue()
 
 
+def labels_by_voice(segments: list[TranscriptionDiarizedSegment], starts: list[float]) -> dict[int, set[str]]:
+    """The speaker labels diarized_json gave each voice of the conversation (by the turn each
+    segment's middle falls in)."""
+    by_voice: dict[int, set[str]] = {}
+    for seg in segments:
+        turn = max(i for i, s in enumerate(starts) if s <= (seg.start + seg.end) / 2)
+        by_voice.setdefault(SPEAKERS[turn], set()).add(seg.speaker)
+    return by_voice
+
+
 def test_openai_diarized_json_and_verbose_json_name_the_speakers(openai_client: openai.OpenAI,
                                                                  voice: TtsModel) -> None:  # noqa: F811
     """diarized_json as gpt-4o-transcribe-diarize gives it (segments with speaker A, B, ...), and
@@ -226,10 +236,7 @@ def test_openai_diarized_json_and_verbose_json_name_the_speakers(openai_client: 
     assert diarized.task == "transcribe" and 20 < diarized.duration < 60 and "Thursday" in diarized.text
     segs = diarized.segments
     assert len(segs) >= len(SPEAKERS) and all(s.type == "transcript.text.segment" and s.end > s.start for s in segs)
-    turn_speaker: dict[int, set[str]] = {}
-    for seg in segs:
-        turn = max(i for i, s in enumerate(starts) if s <= (seg.start + seg.end) / 2)
-        turn_speaker.setdefault(SPEAKERS[turn], set()).add(seg.speaker)
+    turn_speaker = labels_by_voice(segs, starts)
     assert all(len(labels) == 1 for labels in turn_speaker.values()), turn_speaker
     assert sorted(next(iter(v)) for v in turn_speaker.values()) == ["A", "B", "C"]
     verbose = openai_client.audio.transcriptions.create(model="whisper-1", file=("c.wav", wav),
@@ -362,10 +369,7 @@ def test_enrolled_speaker_is_named_in_labels(openai_client: openai.OpenAI, defau
         pcm, starts = conversation(voice)
         diarized = openai_client.audio.transcriptions.create(model="gpt-4o-transcribe-diarize",
                                                              file=("c.wav", wav_of(pcm)), response_format="diarized_json")
-        by_voice: dict[int, set[str]] = {}
-        for seg in diarized.segments:
-            turn = max(i for i, s in enumerate(starts) if s <= (seg.start + seg.end) / 2)
-            by_voice.setdefault(SPEAKERS[turn], set()).add(seg.speaker)
+        by_voice = labels_by_voice(diarized.segments, starts)
         assert by_voice[2] == {"ada"} and "ada" not in by_voice[0] | by_voice[1], by_voice
     finally:
         removed = edged_cli("speakers", "remove", "ada", "-c", cfg, cwd=tmp_path)
@@ -385,10 +389,7 @@ def test_openai_known_speaker_references_name_their_voices(openai_client: openai
     diarized = openai_client.audio.transcriptions.create(
         model="gpt-4o-transcribe-diarize", file=("c.wav", wav_of(pcm)), response_format="diarized_json",
         known_speaker_names=["bob"], known_speaker_references=[url])
-    by_voice: dict[int, set[str]] = {}
-    for seg in diarized.segments:
-        turn = max(i for i, s in enumerate(starts) if s <= (seg.start + seg.end) / 2)
-        by_voice.setdefault(SPEAKERS[turn], set()).add(seg.speaker)
+    by_voice = labels_by_voice(diarized.segments, starts)
     assert by_voice[1] == {"bob"} and "bob" not in by_voice[0] | by_voice[2], by_voice
     short = wav_of(pcm[:RATE * 2])
     for names, refs, says in ((["bob", "ann"], [url], "one reference per name"),
