@@ -149,6 +149,12 @@ def conversation(voice: TtsModel) -> tuple[bytes, list[float]]:  # noqa: F811 - 
     return pcm, starts
 
 
+@pytest.fixture(scope="module")
+def talk(voice: TtsModel) -> tuple[bytes, list[float]]:  # noqa: F811 - the fixture's value
+    """The conversation (made once per module)."""
+    return conversation(voice)
+
+
 def assert_tags_follow_the_turns(words: list[rasr.WordInfo], starts: list[float]) -> None:
     """Each turn's words carry one speaker_tag, a different one per voice, the same when a voice
     comes back."""
@@ -166,10 +172,10 @@ def assert_tags_follow_the_turns(words: list[rasr.WordInfo], starts: list[float]
     assert len({next(iter(tags)) for tags in by_speaker.values()}) == 3, by_speaker
 
 
-def test_recognize_tags_words_with_their_speakers(address: str, voice: TtsModel) -> None:  # noqa: F811
+def test_recognize_tags_words_with_their_speakers(address: str, talk: tuple[bytes, list[float]]) -> None:
     """Each turn's words carry one speaker_tag, a different one per voice, the same when a voice
     comes back; max_speaker_count=1 puts everyone together."""
-    pcm, starts = conversation(voice)
+    pcm, starts = talk
     asr = riva.client.ASRService(riva.client.Auth(uri=address))
     cfg = config()
     riva.client.add_speaker_diarization_to_config(cfg, True, 3)
@@ -193,10 +199,10 @@ def streamed_finals(address: str, pcm: bytes, max_speakers: int) -> list[rasr.St
             for r in response.results if r.is_final]
 
 
-def test_streaming_labels_each_final_as_it_comes(address: str, voice: TtsModel) -> None:  # noqa: F811
+def test_streaming_labels_each_final_as_it_comes(address: str, talk: tuple[bytes, list[float]]) -> None:
     """StreamingRecognize with diarization_config: every final's words carry the speaker of their
     turn (online clustering, labels never revised); max_speaker_count=1 puts everyone together."""
-    pcm, starts = conversation(voice)
+    pcm, starts = talk
     finals = streamed_finals(address, pcm, 3)
     assert_tags_follow_the_turns([w for r in finals for w in r.alternatives[0].words], starts)
     together = streamed_finals(address, pcm, 1)
@@ -225,10 +231,10 @@ def labels_by_voice(segments: list[TranscriptionDiarizedSegment], starts: list[f
 
 
 def test_openai_diarized_json_and_verbose_json_name_the_speakers(openai_client: openai.OpenAI,
-                                                                 voice: TtsModel) -> None:  # noqa: F811
+                                                                 talk: tuple[bytes, list[float]]) -> None:
     """diarized_json as gpt-4o-transcribe-diarize gives it (segments with speaker A, B, ...), and
     verbose_json's segments with `speaker`, through the openai package."""
-    pcm, starts = conversation(voice)
+    pcm, starts = talk
     wav = wav_of(pcm)
     diarized = openai_client.audio.transcriptions.create(model="gpt-4o-transcribe-diarize", file=("c.wav", wav),
                                                          response_format="diarized_json")
@@ -244,8 +250,8 @@ def test_openai_diarized_json_and_verbose_json_name_the_speakers(openai_client: 
     assert [s.model_extra["speaker"] for s in verbose.segments or []] == [s.speaker for s in segs]
 
 
-def test_transcribe_json_shows_the_speakers(address: str, voice: TtsModel, tmp_path: Path) -> None:  # noqa: F811
-    pcm, starts = conversation(voice)
+def test_transcribe_json_shows_the_speakers(address: str, talk: tuple[bytes, list[float]], tmp_path: Path) -> None:
+    pcm, starts = talk
     (tmp_path / "c.wav").write_bytes(wav_of(pcm))
     proc = subprocess.run([sys.executable, "-m", "edged", "transcribe", "--server", address, "--json", "--speakers",
                            str(tmp_path / "c.wav")], capture_output=True, text=True, timeout=120, cwd=tmp_path)
@@ -259,8 +265,8 @@ def test_transcribe_json_shows_the_speakers(address: str, voice: TtsModel, tmp_p
     assert all("speaker" in w for r in results for w in r["words"])
 
 
-def test_without_diarization_words_carry_no_speaker(address: str, voice: TtsModel) -> None:  # noqa: F811
-    pcm, _ = conversation(voice)
+def test_without_diarization_words_carry_no_speaker(address: str, talk: tuple[bytes, list[float]]) -> None:
+    pcm, _ = talk
     asr = riva.client.ASRService(riva.client.Auth(uri=address))
     response = asr.offline_recognize(pcm, config(enable_word_time_offsets=True))
     assert {w.speaker_tag for r in response.results for w in r.alternatives[0].words} == {0}
@@ -348,8 +354,8 @@ def edged_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "edged", *args], capture_output=True, text=True, timeout=120, cwd=cwd)
 
 
-def test_enrolled_speaker_is_named_in_labels(openai_client: openai.OpenAI, default_repo: Path, voice: TtsModel,  # noqa: F811
-                                             tmp_path: Path) -> None:
+def test_enrolled_speaker_is_named_in_labels(openai_client: openai.OpenAI, default_repo: Path,
+                                             talk: tuple[bytes, list[float]], tmp_path: Path) -> None:
     """`edged speakers enroll` with clips of one voice (none of the conversation's sentences): the
     running server names that voice's segments; list shows it; remove forgets it, and an unknown
     name is one line and exit 1."""
@@ -366,7 +372,7 @@ def test_enrolled_speaker_is_named_in_labels(openai_client: openai.OpenAI, defau
         listed = edged_cli("speakers", "list", "-c", cfg, cwd=tmp_path)
         assert "ada" in listed.stdout and "voicefilter-dvector" in listed.stdout
         assert "embedding" not in listed.stdout + enrolled.stdout + enrolled.stderr
-        pcm, starts = conversation(voice)
+        pcm, starts = talk
         diarized = openai_client.audio.transcriptions.create(model="gpt-4o-transcribe-diarize",
                                                              file=("c.wav", wav_of(pcm)), response_format="diarized_json")
         by_voice = labels_by_voice(diarized.segments, starts)
@@ -379,13 +385,13 @@ def test_enrolled_speaker_is_named_in_labels(openai_client: openai.OpenAI, defau
 
 
 def test_openai_known_speaker_references_name_their_voices(openai_client: openai.OpenAI,
-                                                           voice: TtsModel) -> None:  # noqa: F811
+                                                           talk: tuple[bytes, list[float]]) -> None:
     """known_speaker_names[] with known_speaker_references[] (data URLs) name those voices in
     diarized_json; references that do not pair up or are not data URLs are a 400 with one line."""
     text = "Yesterday the weather was cold and windy, so we stayed inside and read some books."
     reference = (np.clip(espeak_voice(text, "en-us"), -1, 1) * 32767).astype("<i2").tobytes()
     url = "data:audio/wav;base64," + base64.b64encode(wav_of(reference)).decode()
-    pcm, starts = conversation(voice)
+    pcm, starts = talk
     diarized = openai_client.audio.transcriptions.create(
         model="gpt-4o-transcribe-diarize", file=("c.wav", wav_of(pcm)), response_format="diarized_json",
         known_speaker_names=["bob"], known_speaker_references=[url])
