@@ -258,3 +258,14 @@ def test_bench_formats(web: tuple[str, int], voice: Any) -> None:  # noqa: F811 
         assert upload.word_errors <= (1 if upload.format == "mp3" else 0), upload
     assert 0 < report.mp3_first_byte_p50_ms < 5000
     assert "first byte p50" in report.text() and json.loads(report.json())["uploads"][0]["over_wav_ms"] is not None
+
+
+def test_diarized_json_without_a_speaker_model_is_a_400_naming_it(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.audio.transcriptions.create(model="whisper-1", file=("b.wav", wav_bytes(beckett()[:RATE * 4])),
+                                           response_format="diarized_json")
+    message = caught.value.body["message"] if isinstance(caught.value.body, dict) else str(caught.value)
+    assert "models_speaker" in message and "\n" not in message
+    plain = client.audio.transcriptions.create(model="whisper-1", file=("b.wav", wav_bytes(beckett()[:RATE * 4])),
+                                               response_format="verbose_json")
+    assert plain.segments and all("speaker" not in (s.model_extra or {}) for s in plain.segments)

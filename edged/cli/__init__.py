@@ -17,7 +17,7 @@ __all__ = ["main", "typer_app"]
 
 def typer_app() -> Any:
     """The Typer app (edged.cli.app) with every command registered."""
-    from edged.cli import asr, audio, devices, openai_api, repository, server, tts, wake  # noqa: F401  (register their commands)
+    from edged.cli import asr, audio, devices, openai_api, repository, server, speakers, tts, wake  # noqa: F401  (register their commands)
     from edged.cli.app import app
 
     return app

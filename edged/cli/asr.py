@@ -43,17 +43,23 @@ def transcribe(
     language: Annotated[str, typer.Option(
         help="Language of the speech, e.g. en-US or de; `multi`: a multilingual model (Whisper) "
              "identifies it.")] = "en-US",
+    speakers: Annotated[bool, typer.Option(
+        help="Who said what: a speaker number on each result and word (needs models_speaker).")] = False,
 ) -> None:
     """Transcribe audio files (offline recognition)."""
     from edged.client.asr import transcribe_files
 
     setup_logging("WARNING")
     with _server(server, config, use_running=True) as (address, _):
-        results = transcribe_files(address, files, language=language)
+        results = transcribe_files(address, files, language=language, speakers=speakers)
     if as_json:
         typer.echo(json.dumps(results, indent=2))
         return
     for item in results:
+        if speakers:
+            typer.echo("\n".join([*([item["file"]] if len(files) > 1 else []),
+                                   *(f"Speaker {r['speaker']}: {r['transcript']}" for r in item["results"])]))
+            continue
         typer.echo(f"{item['file']}: {item['transcript']}" if len(files) > 1 else item["transcript"])
 
 
@@ -72,6 +78,8 @@ def bench_asr(
     sweep_seconds: Annotated[float, typer.Option(min=5, help="Seconds of clips started per stream count.")] = 60.0,
     stagger: Annotated[float, typer.Option(
         min=0, help="Start the streams at random offsets within this many seconds (0: all together).")] = 0.0,
+    diarize: Annotated[bool, typer.Option(
+        help="Streams ask for speaker labels (diarization_config; needs a speaker model).")] = False,
 ) -> None:
     """WER (offline and streaming), RTF, final latency, interim cadence, server CPU and memory."""
     from dataclasses import asdict
@@ -84,7 +92,7 @@ def bench_asr(
             rows = run_sweep(address, manifest, streams, chunk_ms, sweep_seconds, pid)
             typer.echo(json.dumps([asdict(r) for r in rows], indent=2) if as_json else sweep_text(rows))
             return
-        report = run_bench(address, manifest, streams, chunk_ms, realtime, pid, stagger)
+        report = run_bench(address, manifest, streams, chunk_ms, realtime, pid, stagger, diarize)
     typer.echo(report.json() if as_json else report.text())
 
 

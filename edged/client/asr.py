@@ -89,9 +89,12 @@ def _service(address: str) -> Any:
 
 
 def transcribe_files(address: str, files: list[Path], punctuation: bool = True,
-                     language: str = "en-US") -> list[dict[str, Any]]:
+                     language: str = "en-US", speakers: bool = False) -> list[dict[str, Any]]:
     """Offline recognition of each file as it is (WAV or FLAC header read by the server), in
-    `language` (a tag such as `de-DE`; "multi": a multilingual model identifies it)."""
+    `language` (a tag such as `de-DE`; "multi": a multilingual model identifies it); `speakers`:
+    with who said what (Riva's speaker_tag: 1, 2, ... on each result and word)."""
+    from collections import Counter
+
     import grpc
     import riva.client
 
@@ -101,6 +104,8 @@ def transcribe_files(address: str, files: list[Path], punctuation: bool = True,
         config = riva.client.RecognitionConfig(language_code=language, max_alternatives=1,
                                                enable_automatic_punctuation=punctuation,
                                                enable_word_time_offsets=True)
+        if speakers:
+            riva.client.add_speaker_diarization_to_config(config, True, 0)
         try:
             response = asr.offline_recognize(path.read_bytes(), config)
         except grpc.RpcError as exc:
@@ -111,8 +116,12 @@ def transcribe_files(address: str, files: list[Path], punctuation: bool = True,
             "transcript": r.alternatives[0].transcript.strip(), "confidence": round(r.alternatives[0].confidence, 4),
             "language_code": ",".join(r.alternatives[0].language_code),
             "words": [{"word": w.word, "start_ms": w.start_time, "end_ms": w.end_time,
-                       "confidence": round(w.confidence, 4)} for w in r.alternatives[0].words],
+                       "confidence": round(w.confidence, 4), **({"speaker": w.speaker_tag} if speakers else {})}
+                      for w in r.alternatives[0].words],
         } for r in response.results if r.alternatives]
+        for result in results if speakers else ():  # the result's speaker: who said most of its words
+            tags = Counter(w["speaker"] for w in result["words"])
+            result["speaker"] = tags.most_common(1)[0][0] if tags else 0
         out.append({"file": str(path), "transcript": " ".join(r["transcript"] for r in results), "results": results})
     return out
 
@@ -135,7 +144,7 @@ class _StreamLog:
     without finals."""
 
 
-def _stream_clip(asr: Any, pcm: bytes, rate: int, chunk_ms: int, realtime: bool) -> _StreamLog:
+def _stream_clip(asr: Any, pcm: bytes, rate: int, chunk_ms: int, realtime: bool, diarize: bool = False) -> _StreamLog:
     import riva.client
 
     log = _StreamLog()
@@ -159,6 +168,8 @@ def _stream_clip(asr: Any, pcm: bytes, rate: int, chunk_ms: int, realtime: bool)
             encoding=riva.client.AudioEncoding.LINEAR_PCM, sample_rate_hertz=rate, language_code="en-US",
             max_alternatives=1, enable_automatic_punctuation=True),
         interim_results=True)
+    if diarize:
+        riva.client.add_speaker_diarization_to_config(config.config, True, 0)
     last_response = None
     for response in asr.streaming_response_generator(chunks(), config):
         now = time.perf_counter()
@@ -241,6 +252,10 @@ class BenchReport:
     stop_final_p95_ms: float = float("nan")
     stagger_s: float = 0.0
     """Streams started at random offsets within this many seconds (0: all at once)."""
+    streaming_cpu_s: float | None = None
+    """Server CPU seconds (user + system) over the streaming pass."""
+    diarize: bool = False
+    """The streams asked for speaker labels."""
 
     def text(self) -> str:
         """The report as aligned lines."""
@@ -285,7 +300,8 @@ class _Sampler:
         """Stop sampling; sets `cpu_percent` over the sampled time."""
         self._stop.set()
         self._thread.join()
-        self.cpu_percent = 100.0 * (self._cpu() - self._cpu0) / max(1e-9, time.perf_counter() - self._t0)
+        self.cpu_s = self._cpu() - self._cpu0
+        self.cpu_percent = 100.0 * self.cpu_s / max(1e-9, time.perf_counter() - self._t0)
 
 
 @contextmanager
@@ -306,11 +322,12 @@ def _clips(manifest: Path) -> tuple[list[tuple[Path, str]], list[tuple[bytes, in
 
 
 def _stream_pass(address: str, pcms: list[tuple[bytes, int]], streams: int, chunk_ms: int, realtime: bool,
-                 seconds: float = 0.0, stagger: float = 0.0) -> tuple[dict[int, _StreamLog], float]:
+                 seconds: float = 0.0, stagger: float = 0.0,
+                 diarize: bool = False) -> tuple[dict[int, _StreamLog], float]:
     """Stream the clips on `streams` concurrent clients, each taking the next clip when done
     (none after `seconds` of wall time, if set); each clip's log and the wall time. `stagger`:
     each client starts at a random offset within that many seconds (as real traffic arrives;
-    the same offsets every run)."""
+    the same offsets every run); `diarize`: with speaker labels (diarization_config)."""
     import random
 
     logs: dict[int, _StreamLog] = {}
@@ -327,7 +344,7 @@ def _stream_pass(address: str, pcms: list[tuple[bytes, int]], streams: int, chun
                 if not queue or (seconds and time.perf_counter() - t0 > seconds):
                     return
                 i = queue.pop(0)
-            logs[i] = _stream_clip(client, pcms[i][0], pcms[i][1], chunk_ms, realtime)
+            logs[i] = _stream_clip(client, pcms[i][0], pcms[i][1], chunk_ms, realtime, diarize)
 
     threads = [threading.Thread(target=worker, args=(offset,)) for offset in offsets]
     for t in threads:
@@ -338,8 +355,10 @@ def _stream_pass(address: str, pcms: list[tuple[bytes, int]], streams: int, chun
 
 
 def run_bench(address: str, manifest: Path, streams: int = 1, chunk_ms: int = 160,
-              realtime: bool = False, server_pid: int | None = None, stagger: float = 0.0) -> BenchReport:
-    """Offline pass (WER, RTF), then a streaming pass with `streams` clients (WER, latency, cadence)."""
+              realtime: bool = False, server_pid: int | None = None, stagger: float = 0.0,
+              diarize: bool = False) -> BenchReport:
+    """Offline pass (WER, RTF), then a streaming pass with `streams` clients (WER, latency, cadence),
+    `diarize`: with speaker labels."""
     import grpc
     import riva.client
 
@@ -364,7 +383,9 @@ def run_bench(address: str, manifest: Path, streams: int = 1, chunk_ms: int = 16
             errors_off += e
             words += n
             _LOGGER.info("offline %s: %s", path.name, hyp)
-        logs, t_stream = _stream_pass(address, pcms, streams, chunk_ms, realtime, stagger=stagger)
+        with _sampled(server_pid) as streaming_sampler:
+            logs, t_stream = _stream_pass(address, pcms, streams, chunk_ms, realtime, stagger=stagger,
+                                          diarize=diarize)
     for i, (_, text) in enumerate(clips):
         errors_str += word_errors(text, " ".join(logs[i].finals))[0]
     pooled = _Pooled.of(logs)
@@ -388,6 +409,7 @@ def run_bench(address: str, manifest: Path, streams: int = 1, chunk_ms: int = 16
         stop_final_p50_ms=round(_pct(pooled.stop_finals, 0.5) * ms, 1),
         stop_final_p95_ms=round(_pct(pooled.stop_finals, 0.95) * ms, 1),
         stagger_s=stagger,
+        streaming_cpu_s=round(streaming_sampler.cpu_s, 2) if server_pid else None, diarize=diarize,
     )
 
 

@@ -45,7 +45,10 @@ from edged.pipelines.asr.results import Result
 from edged.pipelines.asr.stream import AsrStream
 from edged.pipelines.asr.whisper.recogniser import WHISPER_FAMILY, Language, Task
 from edged.pipelines.speaker.encoder import SpeakerEncoder
+from edged.pipelines.speaker.enrolled import KNOWN_THRESHOLD, Enrolled, SpeakerStore, SpeakerStoreError
 from edged.pipelines.speaker.labels import label_results
+from edged.pipelines.speaker.online import OnlineSpeakers
+from edged.pipelines.speaker.streaming import StreamSpeakers
 from edged.rmir.manifest import MULTILINGUAL, Manifest
 from edged.service import memory, metrics
 from edged.service.admission import Slot, Waiting
@@ -108,6 +111,17 @@ class RecognitionRequest:
     """With diarization: at most this many speakers (0: as many as the voices found)."""
     translate: bool = False
     """Write English text of speech in any language (a Whisper model's translate task)."""
+
+
+@dataclass(frozen=True)
+class StreamDiarization:
+    """What a streaming session labels its finals' speakers with."""
+
+    encoder: SpeakerEncoder
+    pool: Executor
+    """Where the embeddings run, beside the decodes."""
+    speakers: Callable[[], OnlineSpeakers]
+    """A channel's speakers at its start (the enrolled ones, if any)."""
 
 
 @dataclass(frozen=True)
@@ -205,7 +219,7 @@ class AsrSession:
     """One client's recognition: a pipeline stream per recognised channel, fed the same audio."""
 
     def __init__(self, service: AsrService, name: str, model: AsrModel, config: StreamConfig,
-                 separate_channels: bool) -> None:
+                 separate_channels: bool, diarization: StreamDiarization | None = None) -> None:
         self.model_name = name
         self._service = service
         self._model = model
@@ -218,6 +232,9 @@ class AsrSession:
         self._feeding: asyncio.Task[None] | None = None
         self._slot: Slot | None = None
         """The admission slot that watches the client (none for the daemon's own microphone)."""
+        self._diarization = diarization
+        self._speakers: dict[int, StreamSpeakers] = {}
+        """Streaming, with diarization: each recognised channel's speakers."""
 
     def _start(self, audio: bytes = b"", push: bool = True) -> list[AsrStream]:
         """The pipeline streams, made with the first audio: one, or one per channel (whose
@@ -231,6 +248,10 @@ class AsrSession:
             self._streams = [self._model.start_stream(replace(self._config, channel=c)) for c in recognised]
             for stream in self._streams if push else ():
                 stream.listener = functools.partial(self._push, stream.config.channel)
+                if self._diarization is not None:
+                    d = self._diarization
+                    speakers = self._speakers[stream.config.channel] = StreamSpeakers(d.encoder, d.pool, d.speakers())
+                    stream.on_utterance_audio = speakers.heard
         return self._streams
 
     def watch(self, slot: Slot) -> None:
@@ -327,6 +348,10 @@ class AsrSession:
                 return
             if isinstance(item, BaseException):
                 raise item
+            speakers = self._speakers.get(item.channel) if item.result.is_final else None
+            if speakers is not None:
+                with metrics.SPEAKER_WAIT_SECONDS.time():
+                    item = Transcript(await speakers.label(item.result), item.channel)
             if self._slot is None:
                 yield item
                 continue
@@ -339,6 +364,8 @@ class AsrSession:
             self._feeding.cancel()
         for stream in self._streams:
             self._service.batcher.close(stream)
+        for speakers in self._speakers.values():
+            speakers.close()
 
     async def recognize(self, audio: bytes) -> list[Transcript]:
         """A whole recording at once (offline: no interims, segments decoded in batches)."""
@@ -347,15 +374,18 @@ class AsrSession:
         return self._tagged(await asyncio.gather(*(batcher.recognize(s, audio) for s in streams)))
 
     async def diarized(self, audio: bytes, transcripts: list[Transcript], encoder: SpeakerEncoder,
-                       max_speakers: int) -> list[Transcript]:
-        """`transcripts` of `audio` (from `recognize`) with speakers on finals and words, channel by channel."""
+                       max_speakers: int, known: dict[str, np.ndarray] | None = None) -> list[Transcript]:
+        """`transcripts` of `audio` (from `recognize`) with speakers on finals and words, channel by
+        channel; enrolled speakers and those `known` to the request (whose names win) named."""
+        known = {**self._service.enrolled(encoder.name), **(known or {})}
+
         def label() -> list[Transcript]:
             out = []
             for stream in self._streams:
                 c = stream.config
                 samples = decode_all(audio, c.encoding, c.sample_rate, c.channels, c.channel)
                 mine = [t.result for t in transcripts if t.channel == c.channel]
-                out += [Transcript(r, c.channel) for r in label_results(encoder, samples, mine, max_speakers)]
+                out += [Transcript(r, c.channel) for r in label_results(encoder, samples, mine, max_speakers, known)]
             return out
 
         return await self._service.run_speaker(label)
@@ -385,6 +415,9 @@ class AsrService(SpeechService):
         self._pipelines_lock = asyncio.Lock()
         """One pipeline made at a time (its making runs off the event loop)."""
         self._speakers: tuple[LoadedModel, SpeakerEncoder] | None = None
+        self._store = SpeakerStore(settings.model_loc)
+        self._enrolled: tuple[int, dict[str, Enrolled]] = (0, {})
+        """The enrolled speakers and the store's modification time they were read at."""
 
     async def _run_inference(self, fn: Callable[..., T], *args: object) -> T:
         return await metrics.run_inference(self._executor, "asr", fn, *args)
@@ -419,9 +452,13 @@ class AsrService(SpeechService):
                 self._pipelines[name] = cached
         return cached[2]
 
+    def speaker_models(self) -> list[str]:
+        """The deployed speaker models' names."""
+        return list(self._registry.manifests("speaker"))
+
     async def speaker_encoder(self) -> SpeakerEncoder:
         """The first deployed speaker model's encoder (loaded on demand); RequestError if there is none."""
-        names = list(self._registry.manifests("speaker"))
+        names = self.speaker_models()
         if not names:
             raise RequestError("Speaker diarization needs a speaker model; add builtin:voicefilter-dvector to "
                                "models_speaker in config.sh and run `edged init`.")
@@ -429,6 +466,34 @@ class AsrService(SpeechService):
         if self._speakers is None or self._speakers[0] is not loaded:
             self._speakers = (loaded, SpeakerEncoder(loaded))
         return self._speakers[1]
+
+    def enrolled(self, model: str) -> dict[str, np.ndarray]:
+        """The embeddings of the speakers enrolled with speaker model `model`, by name (the store is
+        read again when it changes; a corrupt one is logged and left out)."""
+        try:
+            stamp = self._store.path.stat().st_mtime_ns
+        except OSError:
+            return {}
+        if stamp != self._enrolled[0]:
+            try:
+                self._enrolled = (stamp, self._store.load())
+            except SpeakerStoreError as exc:
+                _LOGGER.warning("%s Speakers are numbered, not named, until it is.", exc)
+                self._enrolled = (stamp, {})
+        return {name: s.embedding for name, s in self._enrolled[1].items() if s.model == model}
+
+    async def stream_diarization(self, request: RecognitionRequest) -> StreamDiarization:
+        """How a streaming session with diarization labels speakers; RequestError without a speaker model."""
+        encoder = await self.speaker_encoder()
+        known = self.enrolled(encoder.name)
+
+        def speakers() -> OnlineSpeakers:
+            online = OnlineSpeakers(encoder.cluster_threshold, request.max_speakers, known_threshold=KNOWN_THRESHOLD)
+            for name, embedding in known.items():
+                online.enrol(name, embedding)
+            return online
+
+        return StreamDiarization(encoder, self._pools.get("speaker", 1), speakers)
 
     async def run_speaker(self, fn: Callable[[], T]) -> T:
         """Run speaker work (embeddings, clustering) on the inference executor."""
@@ -496,8 +561,9 @@ class AsrService(SpeechService):
                                f"(deployed ASR models: {_deployed(self.models())}).")
         if local:
             config = replace(config, max_audio_s=0.0)
+        diarization = await self.stream_diarization(request) if request.diarization and not offline else None
         _LOGGER.debug("ASR session on %s", name)
-        return AsrSession(self, name, model, config, request.separate_channels)
+        return AsrSession(self, name, model, config, request.separate_channels, diarization)
 
     async def recognize(self, request: RecognitionRequest, audio: bytes) -> list[Transcript]:
         """Offline recognition of a whole recording."""

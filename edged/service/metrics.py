@@ -30,6 +30,9 @@ QUEUE_SECONDS = Histogram("edged_queue_seconds", "Time inference waited for the 
                           ["model"], buckets=_LATENCY_BUCKETS)
 COMPUTE_SECONDS = Histogram("edged_compute_seconds", "Time inference ran.", ["model"],
                             buckets=_LATENCY_BUCKETS)
+SPEAKER_WAIT_SECONDS = Histogram("edged_speaker_wait_seconds",
+                                 "Time a streamed final waited for its speaker's embedding (diarization).",
+                                 buckets=_LATENCY_BUCKETS)
 ACTIVE_STREAMS = Gauge("edged_active_streams", "Streams open now.", ["service"])
 STREAM_CAPACITY = Gauge("edged_stream_capacity", "Streams a service admits at once (its max_streams).",
                         ["service"])

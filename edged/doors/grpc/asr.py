@@ -124,8 +124,8 @@ class AsrServicer(rasr_grpc.RivaSpeechRecognitionServicer):
                 session.feed_from(self._feed(session, queue))
                 async for t in session.results():  # each one as soon as it is decoded
                     response = rasr.StreamingRecognizeResponse(results=[rasr.StreamingRecognitionResult(
-                        alternatives=_alternatives(t, wanted.word_times), is_final=t.result.is_final,
-                        stability=t.result.stability, channel_tag=t.channel + 1,
+                        alternatives=_alternatives(t, wanted.word_times or wanted.diarization),
+                        is_final=t.result.is_final, stability=t.result.stability, channel_tag=t.channel + 1,
                         audio_processed=t.result.audio_processed)])
                     if first.HasField("id"):
                         response.id.CopyFrom(first.id)

@@ -3,11 +3,13 @@
 package (`base_url=http://HOST:PORT/v1`) and the clients built on it work.
 
 Transcriptions take an upload in WAV, FLAC, MP3, Ogg (Vorbis, Opus) or WebM (Opus), compressed
-ones decoded within the request's limits (`response_format` json, text, srt, vtt or verbose_json with segments
-and words; `stream=true` sends the finals as server-sent `transcript.text.delta` events); speech
-is streamed as it is synthesised (mp3, OpenAI's default, and opus through libsndfile; wav, pcm,
-flac), OpenAI's voice names mapped to deployed voices (edged.doors.web.openai_voices). `aac`
-is refused: the libsndfile edged ships has no AAC encoder.
+ones decoded within the request's limits (`response_format` json, text, srt, vtt or verbose_json
+with segments and words, its segments with their `speaker` where a speaker model is deployed;
+diarized_json as OpenAI's gpt-4o-transcribe-diarize gives it, which needs one; `stream=true` sends
+the finals as server-sent `transcript.text.delta` events); speech is streamed as it is synthesised
+(mp3, OpenAI's default, and opus through libsndfile; wav, pcm, flac), OpenAI's voice names mapped
+to deployed voices (edged.doors.web.openai_voices). `aac` is refused: the libsndfile edged ships
+has no AAC encoder.
 """
 
 from __future__ import annotations
@@ -31,6 +33,10 @@ from edged.doors.web.auth import Auth
 from edged.doors.web.errors import BadInput, NotJson, error_response, logged
 from edged.doors.web.openai_voices import deployed_voices, is_openai_voice, openai_voice, voices_body
 from edged.errors import AudioFormatError, UnknownVoiceError
+from edged.pipelines.asr.results import Result
+from edged.pipelines.speaker.encoder import SpeakerEncoder
+from edged.pipelines.speaker.enrolled import check_name, enrolment
+from edged.pipelines.speaker.online import SpeakerLabel
 from edged.pipelines.tts import AudioChunk
 from edged.pipelines.tts.encode import Mp3Encoder, OggOpusEncoder, StreamEncoder
 from edged.rmir.manifest import MULTILINGUAL, Manifest
@@ -40,7 +46,7 @@ from edged.service.tts import SpeechRequest, Synthesis, TtsService
 
 _LOGGER = logging.getLogger(__name__)
 
-TRANSCRIPT_FORMATS = ("json", "text", "srt", "vtt", "verbose_json")
+TRANSCRIPT_FORMATS = ("json", "text", "srt", "vtt", "verbose_json", "diarized_json")
 SPEECH_FORMATS = ("mp3", "opus", "wav", "pcm", "flac")
 """Speech's response_format values; the first is the default, as in OpenAI's API."""
 STREAM_FORMATS = ("audio", "sse")
@@ -52,6 +58,10 @@ _STREAM_CHUNK = 32000
 """Bytes of an upload fed to a streaming session at a time (stream=true)."""
 _READ_AS_IS = (b"RIFF", b"RF64", b"fLaC")
 """The starts of uploads the recognition pipeline reads itself (WAV, FLAC)."""
+MAX_KNOWN_SPEAKERS = 4
+"""Most known_speaker_names[] a transcription may give (as OpenAI allows)."""
+MIN_REFERENCE_S = 2.0
+"""Speech a known speaker's reference clip needs (OpenAI asks for 2 to 10 s)."""
 
 
 def _stamp(seconds: float, sep: str) -> str:
@@ -62,8 +72,13 @@ def _stamp(seconds: float, sep: str) -> str:
     return f"{h:02d}:{m:02d}:{s:02d}{sep}{ms:03d}"
 
 
-def segments(transcripts: list[Transcript]) -> list[dict[str, Any]]:
-    """verbose_json's segments: one per final."""
+def speaker_of(result: Result) -> str:
+    """A final's speaker as OpenAI labels them: an enrolled name, else A, B, ..."""
+    return SpeakerLabel(result.speaker, result.speaker_name).text()
+
+
+def segments(transcripts: list[Transcript], speakers: bool = False) -> list[dict[str, Any]]:
+    """verbose_json's segments: one per final (with its `speaker`, where diarized)."""
     out = []
     for i, t in enumerate(t for t in transcripts if t.result.is_final and t.result.transcript):
         r = t.result
@@ -71,6 +86,39 @@ def segments(transcripts: list[Transcript]) -> list[dict[str, Any]]:
                     "text": r.transcript, "tokens": [], "temperature": 0.0,
                     "avg_logprob": float(np.log(max(r.confidence, 1e-6))) if r.confidence else 0.0,
                     "compression_ratio": 1.0, "no_speech_prob": 0.0})
+        if speakers:
+            out[-1]["speaker"] = speaker_of(r)
+    return out
+
+
+def diarized_segments(finals: list[Transcript]) -> list[dict[str, Any]]:
+    """diarized_json's segments (as OpenAI's gpt-4o-transcribe-diarize gives them): one per final."""
+    return [{"type": "transcript.text.segment", "id": f"seg_{i}", "start": round(t.result.start_s, 3),
+             "end": round(t.result.end_s, 3), "text": t.result.transcript, "speaker": speaker_of(t.result)}
+            for i, t in enumerate(finals)]
+
+
+def known_references(form: Any) -> list[tuple[str, bytes]]:
+    """The request's known speakers: `known_speaker_names[]` with `known_speaker_references[]` (audio
+    as data URLs), in pairs; BadInput when they do not pair up or cannot be read."""
+    names = [str(n) for n in form.getall("known_speaker_names[]", [])]
+    refs = [str(r) for r in form.getall("known_speaker_references[]", [])]
+    if len(names) != len(refs):
+        raise BadInput(f"{len(names)} known_speaker_names[] and {len(refs)} known_speaker_references[]; "
+                       "give one reference per name.")
+    if len(names) > MAX_KNOWN_SPEAKERS:
+        raise BadInput(f"{len(names)} known speakers are too many; at most {MAX_KNOWN_SPEAKERS}.")
+    out = []
+    for name, ref in zip(names, refs):
+        head, _, data = ref.partition(",")
+        if not head.startswith("data:") or not head.endswith(";base64"):
+            raise BadInput(f"The reference of {name[:40]!r} is not a base64 data URL (data:audio/wav;base64,...).")
+        try:
+            out.append((check_name(name), base64.b64decode(data, validate=True)))
+        except ValueError:
+            raise BadInput(f"The reference of {name[:40]!r} is not valid base64.") from None
+    if len({n for n, _ in out}) != len(out):
+        raise BadInput("known_speaker_names[] has a name twice.")
     return out
 
 
@@ -172,8 +220,18 @@ class OpenAiAudioApi:
                 translate=translate)
             if str(form.get("stream", "false")).lower() == "true":
                 return await self._stream(request, wanted, audio, container)
+            # diarized_json needs a speaker model (a 400 saying so); verbose_json has speakers where one is deployed.
+            diarize = fmt == "diarized_json" or (fmt == "verbose_json" and asr.speaker_models())
+            encoder = await asr.speaker_encoder() if diarize else None
+            references = known_references(form)
+            if references and encoder is None:
+                raise BadInput("known_speaker_names[] need response_format diarized_json.")
             async with asr.session(wanted, offline=True) as session:
-                transcripts = await session.recognize(await self._decoded(audio, container))
+                decoded = await self._decoded(audio, container)
+                transcripts = await session.recognize(decoded)
+                if encoder is not None:
+                    known = {name: await self._reference(encoder, name, clip) for name, clip in references}
+                    transcripts = await session.diarized(decoded, transcripts, encoder, 0, known)
                 duration = session.seconds
         except Exception as exc:  # noqa: BLE001 - one error map (errors.py)
             return error_response(exc, "Translation" if translate else "Transcription")
@@ -181,7 +239,11 @@ class OpenAiAudioApi:
         text = common.finals_text(transcripts)
         if fmt == "text":
             return web.Response(text=text + "\n", content_type="text/plain")
-        segs = segments(finals)
+        if fmt == "diarized_json":
+            return web.json_response({"task": "transcribe", "duration": round(duration, 3), "text": text,
+                                      "segments": diarized_segments(finals),
+                                      "usage": {"type": "duration", "seconds": round(duration, 3)}})
+        segs = segments(finals, speakers=encoder is not None)
         if fmt in ("srt", "vtt"):
             return web.Response(text=subtitles(segs, fmt == "vtt"), content_type="text/plain")
         if fmt == "json":
@@ -194,6 +256,13 @@ class OpenAiAudioApi:
         if granularities and "segment" not in granularities:
             del body["segments"]
         return web.json_response(body)
+
+    async def _reference(self, encoder: SpeakerEncoder, name: str, clip: bytes) -> np.ndarray:
+        """The embedding of a known speaker's reference clip (any upload format, 2 s of speech at least)."""
+        wav = await self._decoded(clip, _container(f"known_speaker_references[] of {name}", clip))
+        embedding, _ = await common.asr_service(self._ctx).run_speaker(
+            lambda: enrolment(encoder, [(f"The reference of {name}", wav)], MIN_REFERENCE_S))
+        return embedding
 
     async def _decoded(self, audio: bytes, container: Container | None) -> bytes:
         """A compressed upload decoded to WAV on a thread (within the session's slot, so that the

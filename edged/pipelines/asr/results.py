@@ -53,6 +53,8 @@ class Result:
     """The model's language (BCP-47, e.g. en-US)."""
     speaker: int = 0
     """Finals, where diarization was asked for: who said most of the utterance; else 0."""
+    speaker_name: str = ""
+    """With `speaker`: the enrolled speaker's name, where the voice is one (edged speakers enroll)."""
 
 
 def strip_punctuation(text: str) -> str:

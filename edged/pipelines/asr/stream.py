@@ -45,6 +45,8 @@ _MIN_INTERIM = int(0.3 * MODEL_RATE)
 _WINDOW = int(3.0 * MODEL_RATE)
 _WINDOW_MIN = int(1.0 * MODEL_RATE)
 _COMMIT_MIN = int(1.0 * MODEL_RATE)
+# The open utterance's audio goes to `on_utterance_audio` at least this far apart.
+_HAND_OVER_STEP = int(0.5 * MODEL_RATE)
 # Windows (32 ms) without speech after which an interim waits for the speech to go on.
 _PAUSE_WINDOWS = 3
 
@@ -107,6 +109,12 @@ class AsrStream:
         self.listener: Callable[[list[Result]], None] | None = None
         """Takes the results decoded between chunks (interims, speculative finals) the moment
         they are ready, on the event loop; without one they wait for the next chunk's results."""
+        self.on_utterance_audio: Callable[[int, np.ndarray, bool], None] | None = None
+        """Takes the open utterance's audio so far, the stream sample it starts at and whether it is
+        all of it: every _HAND_OVER_STEP of speech, and when its final's decode is queued (on the
+        batcher's thread), so that work on it (its speaker) goes on as it is spoken."""
+        self._handed_over = 0
+        """Stream sample up to which the open utterance's audio was handed over."""
         self.lock = threading.RLock()
         """Held by whoever changes the stream: the batcher feeds it on one thread while its
         interims are queued and completed on another."""
@@ -177,6 +185,10 @@ class AsrStream:
             if due is not None and ep.in_speech and ep.last_speech == due:
                 # The likely end's audio and its tail are there, and it is still the end: decode it.
                 self._speculate(UtteranceEnd(EndCause.SPEECH, due), due * WINDOW + _TAIL_PAD, ep.window * WINDOW)
+        if self.on_utterance_audio is not None and ep.in_speech \
+                and self.samples - max(self._handed_over, self._utterance.start) >= _HAND_OVER_STEP:
+            self._handed_over = self.samples
+            self.on_utterance_audio(self._utterance.start, self._audio.span(self._utterance.start, self.samples), False)
         if not ep.in_speech:
             self._audio.forget(self.samples - ep.params.start_history_ms * MODEL_RATE // 1000 - _PREROLL - WINDOW)
 
@@ -283,12 +295,17 @@ class AsrStream:
             if spec not in self.jobs:  # already decoded: hand it back as the final
                 self.jobs.append(spec)
             self._final_end = spec.start + len(spec.audio)
+            self._hand_over(spec, final=True)
             return self._final_end
         _LOGGER.debug("Final at %.2f s: new decode (speculative: %s; the end: %s, %.2f s)",
                       fired_at / MODEL_RATE, tried or "none", end, until / MODEL_RATE)
-        self._queue(JobKind.FINAL, until, fired_at)
+        self._hand_over(self._queue(JobKind.FINAL, until, fired_at), final=True)
         self._final_end = until
         return until
+
+    def _hand_over(self, job: DecodeJob, final: bool) -> None:
+        if self.on_utterance_audio is not None:
+            self.on_utterance_audio(job.start, job.audio, final)
 
     def complete(self, job: DecodeJob) -> None:
         """Take a decoded job back (called by the model's `decode_jobs`, on any thread)."""

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from edged.pipelines.speaker.clustering import cluster_speakers
-from edged.pipelines.speaker.encoder import DEFAULT_THRESHOLD, SpeakerEncoder
+from edged.pipelines.speaker.encoder import DEFAULT_THRESHOLD, SpeakerEncoder, unit
 
 
 @dataclass(frozen=True)
@@ -24,6 +24,8 @@ class SpeakerTurn:
     start_s: float
     end_s: float
     speaker: int
+    name: str = ""
+    """The enrolled speaker's name, where the voice is one."""
 
 
 @dataclass(frozen=True)
@@ -37,6 +39,10 @@ class DiarizeOptions:
     """Utterances up to this long are embedded whole."""
     max_speakers: int = 0
     """At most this many speakers (0: no limit)."""
+    known: tuple[tuple[str, np.ndarray], ...] = ()
+    """Enrolled speakers (name, embedding): a group of utterances like one of them takes its name."""
+    known_threshold: float = 1.0
+    """Similarity at which a group is an enrolled speaker's."""
 
 
 def pieces(spans: list[tuple[float, float]], options: DiarizeOptions) -> list[tuple[float, float]]:
@@ -64,18 +70,42 @@ def diarize(encoder: SpeakerEncoder, audio: np.ndarray, spans: list[tuple[float,
     embeddings = encoder.embed_many(clips)
     weights = np.array([b - a for a, b in cut])
     labels = cluster_speakers(embeddings, weights, options.threshold, options.max_speakers)
-    return [SpeakerTurn(a, b, int(label) + 1) for (a, b), label in zip(cut, labels)]
+    names = name_groups(embeddings, weights, labels, options)
+    return [SpeakerTurn(a, b, int(label) + 1, names.get(int(label), "")) for (a, b), label in zip(cut, labels)]
+
+
+def name_groups(embeddings: np.ndarray, weights: np.ndarray, labels: np.ndarray,
+                options: DiarizeOptions) -> dict[int, str]:
+    """Enrolled names of the groups (by label) whose centroid is like an enrolled speaker's: the most
+    alike pairs first, each name and group used once."""
+    if not options.known or not len(labels):
+        return {}
+    groups = sorted(set(labels.tolist()))
+    centroids = unit(np.stack([(embeddings[labels == g] * weights[labels == g, None]).sum(axis=0) for g in groups]))
+    pairs = sorted(((float(c @ known), g, name) for c, g in zip(centroids, groups)
+                    for name, known in options.known), reverse=True)
+    named: dict[int, str] = {}
+    for similarity, group, name in pairs:
+        if similarity >= options.known_threshold and group not in named and name not in named.values():
+            named[group] = name
+    return named
 
 
 def speaker_at(turns: list[SpeakerTurn], start_s: float, end_s: float) -> int:
     """The speaker of the turn that overlaps [start_s, end_s] most (the nearest turn if none does;
     0 if there are no turns)."""
+    turn = turn_at(turns, start_s, end_s)
+    return turn.speaker if turn is not None else 0
+
+
+def turn_at(turns: list[SpeakerTurn], start_s: float, end_s: float) -> SpeakerTurn | None:
+    """The turn that overlaps [start_s, end_s] most (the nearest if none does; None if there are none)."""
     if not turns:
-        return 0
+        return None
 
     def overlap(t: SpeakerTurn) -> tuple[float, float]:
         shared = min(end_s, t.end_s) - max(start_s, t.start_s)
         gap = max(t.start_s - end_s, start_s - t.end_s, 0.0)
         return shared, -gap
 
-    return max(turns, key=overlap).speaker
+    return max(turns, key=overlap)

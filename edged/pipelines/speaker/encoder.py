@@ -63,9 +63,19 @@ class SpeakerEncoder:
         if not audios:
             return np.zeros((0, self.dim), np.float32)
         windows = [self.features.windows(a) for a in audios]
-        stacked = np.concatenate(windows)
-        outs = [self.session.run({self.input: stacked[i:i + MAX_BATCH]}, [self.output])[self.output]
-                for i in range(0, len(stacked), MAX_BATCH)]
-        per_window = unit(np.concatenate(outs))
+        per_window = self.run_windows(np.concatenate(windows))
         bounds = np.cumsum([0] + [len(w) for w in windows])
-        return unit(np.stack([per_window[a:b].mean(axis=0) for a, b in itertools.pairwise(bounds)]))
+        return np.stack([pooled(per_window[a:b]) for a, b in itertools.pairwise(bounds)])
+
+    def run_windows(self, windows: np.ndarray) -> np.ndarray:
+        """Unit embeddings [n, dim] of encoder windows [n, window_frames, n_mels] (SpeakerFeatures.windows)."""
+        if not len(windows):
+            return np.zeros((0, self.dim), np.float32)
+        outs = [self.session.run({self.input: windows[i:i + MAX_BATCH]}, [self.output])[self.output]
+                for i in range(0, len(windows), MAX_BATCH)]
+        return unit(np.concatenate(outs))
+
+
+def pooled(window_embeddings: np.ndarray) -> np.ndarray:
+    """An utterance's embedding from its windows' unit embeddings: their mean, normalised."""
+    return unit(window_embeddings.mean(axis=0))

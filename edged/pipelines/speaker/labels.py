@@ -7,21 +7,25 @@ from dataclasses import replace
 import numpy as np
 
 from edged.pipelines.asr.results import Result
-from edged.pipelines.speaker.diarize import DiarizeOptions, diarize, speaker_at
+from edged.pipelines.speaker.diarize import DiarizeOptions, diarize, speaker_at, turn_at
 from edged.pipelines.speaker.encoder import SpeakerEncoder
+from edged.pipelines.speaker.enrolled import KNOWN_THRESHOLD
 
 
 def label_results(encoder: SpeakerEncoder, audio: np.ndarray, results: list[Result],
-                  max_speakers: int = 0) -> list[Result]:
+                  max_speakers: int = 0, known: dict[str, np.ndarray] | None = None) -> list[Result]:
     """`results` of one recording (`audio`, 16 kHz mono) with `speaker` set on finals and their
-    words (1, 2, ... by first appearance); interims are left as they are."""
+    words (1, 2, ... by first appearance), and `speaker_name` where the voice is one of the `known`
+    (enrolled) speakers'; interims are left as they are."""
     spans = [(r.start_s, r.end_s) for r in results if r.is_final and r.end_s > r.start_s]
-    options = DiarizeOptions(threshold=encoder.cluster_threshold, max_speakers=max_speakers)
+    options = DiarizeOptions(threshold=encoder.cluster_threshold, max_speakers=max_speakers,
+                             known=tuple((known or {}).items()), known_threshold=KNOWN_THRESHOLD)
     turns = diarize(encoder, audio, spans, options)
     labelled = []
     for r in results:
         if r.is_final:
             words = tuple(replace(w, speaker=speaker_at(turns, w.start_ms / 1000, w.end_ms / 1000)) for w in r.words)
-            r = replace(r, speaker=speaker_at(turns, r.start_s, r.end_s), words=words)
+            turn = turn_at(turns, r.start_s, r.end_s)
+            r = replace(r, speaker=turn.speaker if turn else 0, speaker_name=turn.name if turn else "", words=words)
         labelled.append(r)
     return labelled
