@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -21,14 +20,11 @@ import numpy as np
 import pytest
 import riva.client
 
-from edged.backends import BackendOptions
 from edged.client.local import Target, say
 from edged.client.status import fetch_status
 from edged.client.textnorm import word_errors
-from edged.repository.deploy import deploy
 from edged.repository.records import DeployTarget
-from edged.rmir import RmirRef
-from tests.conftest import require_default_packs
+from tests.mic_daemon import mic_daemon, wait_mic
 from tests.test_localaudio import _Follower
 from tests.test_server import deployed_tiny, free_port, start_server, wait_serving, write_config
 
@@ -55,53 +51,18 @@ def daemon(tmp_path_factory: pytest.TempPathFactory, default_rmirs: dict[str, Pa
            cpu_target: DeployTarget) -> Iterator[WakeDaemon]:
     """edged with ASR, TTS, the Alexa and Okay Nabu wake words on the test microphone and speaker;
     its command hook records what it gets and answers ANSWER."""
-    pytest.importorskip("pyaudio", reason="PyAudio is not installed (pip install 'edged[audio]')")
-    require_default_packs()
-    from tests.alsa_fixture import MIC, SPEAKER, AlsaTestDevices
-
     tmp = tmp_path_factory.mktemp("localwake")
-    for rmir in (*default_rmirs.values(), wake_rmirs["wake-alexa"], wake_rmirs["wake-okay-nabu"]):
-        deploy(RmirRef(rmir), tmp / "repo" / "models", cpu_target, BackendOptions())
-    (tmp / "snd").mkdir()
-    devices = AlsaTestDevices(tmp / "snd")
     seen = tmp / "hook-seen.jsonl"
     hook = tmp / "hook.py"
     hook.write_text(f"import sys\nopen({str(seen)!r}, 'a').write(sys.stdin.read() + '\\n')\nprint({ANSWER!r})\n")
     transcripts = tmp / "transcripts.jsonl"
-    port = free_port()
-    cfg = write_config(tmp, port, f'local_mic_enabled=true\nlocal_mic_device="{MIC}"\n'
-                                  f'local_speaker_enabled=true\nlocal_speaker_device="{SPEAKER}"\n'
-                                  f'local_transcripts_file="{transcripts}"\n'
-                                  'models_wake=( "builtin:wake-alexa" "builtin:wake-okay-nabu" )\n'
-                                  'local_wake_words=( "alexa" )\n'
-                                  f'local_command_hook="{sys.executable} {hook}"\n')
-    log = tmp / "server.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "edged", "start", "-c", str(cfg)],
-                                stdout=out, stderr=subprocess.STDOUT, env=devices.env)
-    try:
-        wait_serving(proc, port, timeout=120)
-        address = f"127.0.0.1:{port}"
-        _wait_mic(address, LISTENING, 60)
-        yield WakeDaemon(address, devices, seen, transcripts, log)
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            code = proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            code = None
-        devices.close()
-    text = log.read_text()
-    assert code == 0, text[-3000:]
-    assert "Traceback" not in text, text[-3000:]
-
-
-def _wait_mic(address: str, state: str, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while (now := fetch_status(address)["microphone"]["state"]) != state:
-        assert time.monotonic() < deadline, now
-        time.sleep(0.1)
+    config = (f'local_transcripts_file="{transcripts}"\n'
+              'models_wake=( "builtin:wake-alexa" "builtin:wake-okay-nabu" )\n'
+              'local_wake_words=( "alexa" )\n'
+              f'local_command_hook="{sys.executable} {hook}"\n')
+    rmirs = (*default_rmirs.values(), wake_rmirs["wake-alexa"], wake_rmirs["wake-okay-nabu"])
+    with mic_daemon(tmp, rmirs, cpu_target, config, LISTENING) as started:
+        yield WakeDaemon(started.address, started.devices, seen, transcripts, started.log)
 
 
 def _voice(address: str, text: str) -> np.ndarray:
@@ -162,7 +123,7 @@ def test_wake_word_then_command_gives_one_tagged_transcript_and_the_hooks_answer
     while fetch_status(daemon.address)["speaker"]["played"] < 1:
         assert time.monotonic() < deadline, "the answer was never played"
         time.sleep(0.1)
-    _wait_mic(daemon.address, LISTENING, 30)
+    wait_mic(daemon.address, LISTENING, 30)
     played = daemon.devices.played()[played_before:]
     chime_part, answer_part = played[:int(0.2 * RATE)], played[int(0.2 * RATE):]
     assert _tone_energy(chime_part, 880.0) > 0.2
@@ -204,9 +165,9 @@ def test_a_wake_word_while_speaking_stops_the_speaker(daemon: WakeDaemon) -> Non
     assert outcome and outcome[0].interrupted, outcome
     print(f"\nbarge-in: {outcome[0].seconds:.1f} s of speech played before the wake word stopped it")
     assert "Barge-in: wake word wake-alexa while speaking" in daemon.log.read_text()
-    _wait_mic(daemon.address, "hearing a command (wake-alexa)", 5)
+    wait_mic(daemon.address, "hearing a command (wake-alexa)", 5)
     # Nothing said after it: the command ends by itself and wake words are listened for again.
-    _wait_mic(daemon.address, LISTENING, 60)
+    wait_mic(daemon.address, LISTENING, 60)
     assert "Nothing said after wake word wake-alexa" in daemon.log.read_text()
 
 

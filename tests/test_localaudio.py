@@ -18,16 +18,13 @@ import numpy as np
 import pytest
 import riva.client
 
-from edged.backends import BackendOptions
 from edged.client.local import Target, say, set_microphone, stop_speaking
 from edged.client.status import fetch_status
 from edged.client.textnorm import word_errors
 from edged.errors import EdgedError
 from edged.proto import edged_pb2, edged_pb2_grpc
-from edged.repository.deploy import deploy
 from edged.repository.records import DeployTarget
-from edged.rmir import RmirRef
-from tests.conftest import require_default_packs
+from tests.mic_daemon import mic_daemon
 from tests.test_asr_server import BECKETT_TEXT, beckett_path
 from tests.test_server import (
     deployed_tiny,
@@ -88,43 +85,11 @@ class Daemon:
 def daemon(tmp_path_factory: pytest.TempPathFactory, default_rmirs: dict[str, Path],
            cpu_target: DeployTarget) -> Iterator[Daemon]:
     """edged with ASR, TTS, the microphone and the speaker, on ALSA test devices."""
-    pytest.importorskip("pyaudio", reason="PyAudio is not installed (pip install 'edged[audio]')")
-    require_default_packs()
-    from tests.alsa_fixture import MIC, SPEAKER, AlsaTestDevices
-
     tmp = tmp_path_factory.mktemp("localaudio")
-    for rmir in default_rmirs.values():
-        deploy(RmirRef(rmir), tmp / "repo" / "models", cpu_target, BackendOptions())
-    (tmp / "snd").mkdir()
-    devices = AlsaTestDevices(tmp / "snd")
-    port = free_port()
     transcripts = tmp / "transcripts.jsonl"
-    cfg = write_config(tmp, port, f'local_mic_enabled=true\nlocal_mic_device="{MIC}"\n'
-                                  f'local_speaker_enabled=true\nlocal_speaker_device="{SPEAKER}"\n'
-                                  f'local_transcripts_file="{transcripts}"\n')
-    log = tmp / "server.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "edged", "start", "-c", str(cfg)],
-                                stdout=out, stderr=subprocess.STDOUT, env=devices.env)
-    try:
-        wait_serving(proc, port, timeout=120)
-        address = f"127.0.0.1:{port}"
-        deadline = time.monotonic() + 30
-        while fetch_status(address)["microphone"]["state"] != "listening":
-            assert time.monotonic() < deadline, fetch_status(address)["microphone"]
-            time.sleep(0.1)
-        yield Daemon(address, devices, transcripts, proc, log)
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            code = proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            code = None
-        devices.close()
-    text = log.read_text()
-    assert code == 0, text[-3000:]
-    assert "Traceback" not in text, text[-3000:]
+    with mic_daemon(tmp, default_rmirs.values(), cpu_target, f'local_transcripts_file="{transcripts}"\n',
+                    "listening", timeout=30) as started:
+        yield Daemon(started.address, started.devices, transcripts, started.proc, started.log)
 
 
 class _Follower:

@@ -8,8 +8,6 @@ from __future__ import annotations
 import asyncio
 import signal
 import socket
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -28,14 +26,11 @@ from wyoming.ping import Ping
 from wyoming.pipeline import PipelineStage, RunPipeline
 from wyoming.satellite import PauseSatellite, RunSatellite
 
-from edged.backends import BackendOptions
 from edged.client.status import fetch_status
 from edged.client.textnorm import word_errors
-from edged.repository.deploy import deploy
 from edged.repository.records import DeployTarget
-from edged.rmir import RmirRef
-from tests.conftest import require_default_packs
-from tests.test_local_wake import COMMAND, LISTENING, RATE, _quiet, _tone_energy, _voice, _wait_mic
+from tests.mic_daemon import mic_daemon, wait_mic
+from tests.test_local_wake import COMMAND, LISTENING, RATE, _quiet, _tone_energy, _voice
 from tests.test_server import deployed_tiny, free_port, start_server, wait_serving, write_config
 
 TONE_HZ = 660.0
@@ -59,41 +54,14 @@ def daemon(tmp_path_factory: pytest.TempPathFactory, default_rmirs: dict[str, Pa
            cpu_target: DeployTarget) -> Iterator[SatelliteDaemon]:
     """edged with ASR, TTS and the Alexa wake word on the test microphone and speaker, serving as
     a Wyoming satellite."""
-    pytest.importorskip("pyaudio", reason="PyAudio is not installed (pip install 'edged[audio]')")
-    require_default_packs()
-    from tests.alsa_fixture import MIC, SPEAKER, AlsaTestDevices
-
     tmp = tmp_path_factory.mktemp("satellite")
-    for rmir in (*default_rmirs.values(), wake_rmirs["wake-alexa"]):
-        deploy(RmirRef(rmir), tmp / "repo" / "models", cpu_target, BackendOptions())
-    (tmp / "snd").mkdir()
-    devices = AlsaTestDevices(tmp / "snd")
-    port, satellite_port = free_port(), free_port()
-    cfg = write_config(tmp, port, f'local_mic_enabled=true\nlocal_mic_device="{MIC}"\n'
-                                  f'local_speaker_enabled=true\nlocal_speaker_device="{SPEAKER}"\n'
-                                  'models_wake=( "builtin:wake-alexa" )\nlocal_wake_words=( "alexa" )\n'
-                                  'local_wake_chime=false\nwyoming_zeroconf=false\n'
-                                  f'wyoming_satellite_enabled=true\nwyoming_satellite_port={satellite_port}\n')
-    log = tmp / "server.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "edged", "start", "-c", str(cfg)],
-                                stdout=out, stderr=subprocess.STDOUT, env=devices.env)
-    try:
-        wait_serving(proc, port, timeout=120)
-        address = f"127.0.0.1:{port}"
-        _wait_mic(address, LISTENING, 60)
-        yield SatelliteDaemon(address, satellite_port, devices, log)
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            code = proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            code = None
-        devices.close()
-    text = log.read_text()
-    assert code == 0, text[-3000:]
-    assert "Traceback" not in text, text[-3000:]
+    satellite_port = free_port()
+    config = ('models_wake=( "builtin:wake-alexa" )\nlocal_wake_words=( "alexa" )\n'
+              'local_wake_chime=false\nwyoming_zeroconf=false\n'
+              f'wyoming_satellite_enabled=true\nwyoming_satellite_port={satellite_port}\n')
+    with mic_daemon(tmp, (*default_rmirs.values(), wake_rmirs["wake-alexa"]), cpu_target, config,
+                    LISTENING) as started:
+        yield SatelliteDaemon(started.address, satellite_port, started.devices, started.log)
 
 
 async def _next(client: AsyncTcpClient, timeout: float = 30.0) -> Event:
@@ -202,8 +170,8 @@ def test_a_wake_word_streams_the_command_to_home_assistant_and_its_answer_plays(
     played = daemon.devices.played()[played_before:]
     assert len(played) >= int(0.8 * RATE) and _tone_energy(played, TONE_HZ) > 0.5
     # Home Assistant had the command: nothing was recognised or published here.
-    status = fetch_status(daemon.address)["microphone"]
-    assert status["finals"] == finals_before and status["state"] == LISTENING
+    wait_mic(daemon.address, LISTENING, 30)  # under load the test microphone may stall and reopen first
+    assert fetch_status(daemon.address)["microphone"]["finals"] == finals_before
     assert "Streaming the command after wake-alexa to the satellite client" in daemon.log.read_text()
 
 
@@ -213,7 +181,7 @@ def _wait_local_final(daemon: SatelliteDaemon, finals_before: int) -> None:
     while fetch_status(daemon.address)["microphone"]["finals"] == finals_before:
         assert time.monotonic() < deadline, "the command was not recognised locally"
         time.sleep(0.2)
-    _wait_mic(daemon.address, LISTENING, 30)
+    wait_mic(daemon.address, LISTENING, 30)
 
 
 @pytest.mark.timeout(300)
@@ -239,7 +207,7 @@ def test_paused_or_gone_the_microphone_goes_back_to_local_commands(daemon: Satel
         await client.disconnect()  # gone mid-stream, without a word
 
     asyncio.run(pause_then_vanish())
-    _wait_mic(daemon.address, LISTENING, 30)
+    wait_mic(daemon.address, LISTENING, 30)
     # No client now: the next wake word and command are recognised and published here.
     finals_before = fetch_status(daemon.address)["microphone"]["finals"]
     daemon.devices.feed(spoken)
@@ -270,7 +238,7 @@ def test_unknown_events_are_ignored_a_broken_frame_is_refused_and_a_new_client_r
     asyncio.run(clients())
     log = daemon.log.read_text()
     assert "A new satellite client replaces the one before" in log and "Traceback" not in log
-    _wait_mic(daemon.address, LISTENING, 10)
+    wait_mic(daemon.address, LISTENING, 10)
 
 
 def test_satellite_without_wake_words_stays_off_with_one_log_line(tmp_path: Path, deployed_tiny: Path) -> None:
