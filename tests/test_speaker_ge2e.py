@@ -12,7 +12,7 @@ import pytest
 
 from edged.errors import ModelImportError
 from edged.importers.package import locate_pack
-from edged.importers.resemblyzer import FRONTEND
+from edged.importers.resemblyzer import CLUSTER_THRESHOLD, FRONTEND, KNOWN_THRESHOLD
 from edged.importers.torch_checkpoint import LEGACY_MAGIC, read_checkpoint
 from edged.pipelines.speaker.encoder import SpeakerEncoder, unit
 from edged.pipelines.speaker.features import FrontEndSettings, SpeakerFeatures, raised_to
@@ -128,3 +128,5 @@ def test_ge2e_tells_voices_apart(ge2e_encoder: SpeakerEncoder) -> None:
     assert a1.shape == (256,)
     assert np.isclose(np.linalg.norm(a1), 1.0, atol=1e-5)
     assert float(a1 @ a2) > float(a1 @ b1) + 0.05, (float(a1 @ a2), float(a1 @ b1))
+    # its own operating points, from its manifest, not the voicefilter encoder's defaults
+    assert (ge2e_encoder.cluster_threshold, ge2e_encoder.known_threshold) == (CLUSTER_THRESHOLD, KNOWN_THRESHOLD)
