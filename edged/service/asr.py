@@ -45,7 +45,7 @@ from edged.pipelines.asr.results import Result
 from edged.pipelines.asr.stream import AsrStream
 from edged.pipelines.asr.whisper.recogniser import WHISPER_FAMILY, Language, Task
 from edged.pipelines.speaker.encoder import SpeakerEncoder
-from edged.pipelines.speaker.enrolled import KNOWN_THRESHOLD, Enrolled, SpeakerStore, SpeakerStoreError
+from edged.pipelines.speaker.enrolled import Enrolled, SpeakerStore, SpeakerStoreError
 from edged.pipelines.speaker.labels import label_results
 from edged.pipelines.speaker.online import OnlineSpeakers
 from edged.pipelines.speaker.streaming import StreamSpeakers
@@ -488,7 +488,8 @@ class AsrService(SpeechService):
         known = self.enrolled(encoder.name)
 
         def speakers() -> OnlineSpeakers:
-            online = OnlineSpeakers(encoder.cluster_threshold, request.max_speakers, known_threshold=KNOWN_THRESHOLD)
+            online = OnlineSpeakers(encoder.cluster_threshold, request.max_speakers,
+                                    known_threshold=encoder.known_threshold)
             for name, embedding in known.items():
                 online.enrol(name, embedding)
             return online

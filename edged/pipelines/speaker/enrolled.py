@@ -5,7 +5,8 @@ speaker model that made it and the seconds of speech behind it. It is written wh
 file beside it and renamed over it, so a crash leaves the old store or the new one, never half of
 one. Embeddings are voice prints: they are never logged.
 
-A voice is an enrolled speaker's when its embedding is at least KNOWN_THRESHOLD alike.
+A voice is an enrolled speaker's when its embedding is at least its speaker model's
+`known_threshold` alike (SpeakerEncoder.known_threshold).
 """
 
 from __future__ import annotations
@@ -22,11 +23,6 @@ import numpy as np
 from edged.errors import EdgedError, RequestError
 from edged.pipelines.asr.audio import MODEL_RATE, decode_all
 from edged.pipelines.speaker.encoder import SpeakerEncoder, unit
-
-KNOWN_THRESHOLD = 0.554
-"""Cosine similarity at which a voice is taken for an enrolled speaker's: the equal error rate's
-operating point of the voicefilter encoder (`edged bench speakers`, 30 evalcorpus speakers and 6
-espeak-ng voices: EER 8.2 % at 0.554; as many impostors let in as true speakers turned away)."""
 
 MIN_SPEECH_S = 3.0
 """Speech an enrolment needs, over all its clips."""

@@ -9,7 +9,6 @@ import numpy as np
 from edged.pipelines.asr.results import Result
 from edged.pipelines.speaker.diarize import DiarizeOptions, diarize, speaker_at, turn_at
 from edged.pipelines.speaker.encoder import SpeakerEncoder
-from edged.pipelines.speaker.enrolled import KNOWN_THRESHOLD
 
 
 def label_results(encoder: SpeakerEncoder, audio: np.ndarray, results: list[Result],
@@ -19,7 +18,7 @@ def label_results(encoder: SpeakerEncoder, audio: np.ndarray, results: list[Resu
     (enrolled) speakers'; interims are left as they are."""
     spans = [(r.start_s, r.end_s) for r in results if r.is_final and r.end_s > r.start_s]
     options = DiarizeOptions(threshold=encoder.cluster_threshold, max_speakers=max_speakers,
-                             known=tuple((known or {}).items()), known_threshold=KNOWN_THRESHOLD)
+                             known=tuple((known or {}).items()), known_threshold=encoder.known_threshold)
     turns = diarize(encoder, audio, spans, options)
     labelled = []
     for r in results:
