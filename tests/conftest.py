@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib.util
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -224,16 +226,29 @@ def speaker_rmir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def ge2e_rmir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Resemblyzer's GE2E encoder's RMIR built from the installed Resemblyzer pack, or skip."""
-    if importlib.util.find_spec("resemblyzer") is None:
-        pytest.skip("Resemblyzer is not installed (pip install --no-deps resemblyzer==0.1.4: "
-                    "its torch dependency is not needed)")
+def resemblyzer_wheel(tmp_path_factory: pytest.TempPathFactory) -> Path | None:
+    """None where Resemblyzer is installed; else its wheel, fetched from PyPI into a tmp folder
+    (as a user without torch would: `pip download --no-deps`), or skip where it cannot be fetched."""
+    if importlib.util.find_spec("resemblyzer") is not None:
+        return None
+    folder = tmp_path_factory.mktemp("resemblyzer-wheel")
+    fetched = subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:",
+                              "resemblyzer==0.1.4", "-d", str(folder)], capture_output=True, text=True, timeout=300)
+    wheels = sorted(folder.glob("*.whl"))
+    if fetched.returncode or not wheels:
+        pytest.skip("Resemblyzer is not installed and its wheel could not be fetched "
+                    f"(pip download --no-deps resemblyzer==0.1.4: {fetched.stderr.strip()[-200:]})")
+    return wheels[0]
+
+
+@pytest.fixture(scope="session")
+def ge2e_rmir(resemblyzer_wheel: Path | None, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Resemblyzer's GE2E encoder's RMIR built from the installed Resemblyzer pack or its wheel."""
     from edged.importers import builtin_source
 
     out_dir = tmp_path_factory.mktemp("ge2e-rmir")
     rmir = out_dir / "resemblyzer-ge2e.rmir"
-    build_rmir(builtin_source("resemblyzer-ge2e", out_dir), RmirRef(rmir))
+    build_rmir(builtin_source("resemblyzer-ge2e", out_dir, resemblyzer_wheel), RmirRef(rmir))
     return rmir
 
 

@@ -81,9 +81,11 @@ def numpy_ge2e(state: dict[str, np.ndarray], windows: np.ndarray) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def ge2e_state(ge2e_rmir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, np.ndarray]:
-    """The checkpoint's weights, read from the installed Resemblyzer pack."""
-    pack = locate_pack("Resemblyzer", "resemblyzer", ["pretrained.pt"], tmp_path_factory.mktemp("rz"))
+def ge2e_state(ge2e_rmir: Path, resemblyzer_wheel: Path | None,
+               tmp_path_factory: pytest.TempPathFactory) -> dict[str, np.ndarray]:
+    """The checkpoint's weights, read from the installed Resemblyzer pack or its wheel."""
+    pack = locate_pack("Resemblyzer", "resemblyzer", ["pretrained.pt"], tmp_path_factory.mktemp("rz"),
+                       resemblyzer_wheel)
     state: dict[str, np.ndarray] = read_checkpoint(pack.files["pretrained.pt"])["model_state"]
     return state
 
