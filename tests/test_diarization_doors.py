@@ -1,5 +1,5 @@
-"""Speaker labels on the realtime WebSocket (NVIDIA's realtime client) and Wyoming (the `wyoming`
-client), on the simulated conversation of test_diarization."""
+"""Speaker labels on the realtime WebSocket (NVIDIA's realtime client), in the browser console
+(Chromium) and on Wyoming (the `wyoming` client), on the simulated conversation of test_diarization."""
 
 from __future__ import annotations
 
@@ -19,7 +19,8 @@ from edged.pipelines.tts import TtsModel
 from edged.repository.deploy import deploy
 from edged.repository.records import DeployTarget
 from edged.rmir import RmirRef
-from tests.test_diarization import SENTENCES, SPEAKERS, conversation
+from tests.test_diarization import SENTENCES, SPEAKERS, conversation, wav_of
+from tests.test_http_console import CHROMIUM, chromium_args
 from tests.test_http_realtime import asr_args, transcribe
 from tests.test_riva_fidelity import voice  # noqa: F401 - a fixture
 from tests.test_server import free_port, serving
@@ -115,3 +116,38 @@ def test_wyoming_transcripts_carry_the_speaker(ports: tuple[int, int], talk: tup
     assert transcript.data["speaker"] in said
     read = Transcript.from_event(transcript)
     assert "Thursday" in read.text and read.text == "".join(c.data["text"] for c in chunks)
+
+
+def test_console_colours_each_speaker(ports: tuple[int, int], talk: tuple[bytes, list[float]], tmp_path: Path) -> None:
+    """The browser console (Chromium, its fake microphone playing the conversation's first three
+    turns) asks for speaker labels when the status lists a speaker model, and shows each final in
+    its speaker's colour with the label as its tooltip."""
+    if not CHROMIUM.exists():
+        pytest.skip("Debian's chromium is not installed (.ci/run installs it)")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    pcm, starts = talk
+    wav = tmp_path / "mic.wav"
+    wav.write_bytes(wav_of(pcm[:int(starts[3] * 16000) * 2]))
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=chromium_args(wav))
+        try:
+            page = browser.new_page()
+            page.goto(f"http://127.0.0.1:{ports[0]}/")
+            page.wait_for_function("window.edged.speakerModel", timeout=20000)
+            page.click("#dictate")
+            page.wait_for_function("new Set(window.edged.speakers.filter(Boolean)).size >= 3", timeout=90000)
+            page.click("#dictate")
+            page.wait_for_function("document.querySelector('#dictation-state').textContent === 'idle'",
+                                   timeout=30000)
+            spans = page.evaluate("""[...document.querySelectorAll('#finals span')].map((s) => [s.dataset.speaker || '',
+                s.className, getComputedStyle(s).color])""")
+            assert page.evaluate("window.edged.errors") == []
+        finally:
+            browser.close()
+    labelled = [s for s in spans if s[0]]
+    assert len(labelled) == len(spans) and all(cls.startswith("speaker speaker-") for _, cls, _ in labelled), spans
+    colour_of: dict[str, set[str]] = {}
+    for label, _, colour in labelled:
+        colour_of.setdefault(label, set()).add(colour)
+    assert {"A", "B", "C"} <= set(colour_of) and all(len(c) == 1 for c in colour_of.values()), colour_of
+    assert len({next(iter(colour_of[s])) for s in "ABC"}) == 3, colour_of
