@@ -334,6 +334,12 @@ local_wake_chime=true
 # Accepts any text.
 local_command_hook=""
 
+# Names of enrolled speakers (`edged speakers enroll`) whose commands the microphone acts on: a
+# command after a wake word in another voice is logged in one line and dropped (not published, not
+# handed to `local_command_hook`). Needs a speaker model (`models_speaker`); empty: every voice.
+# Accepts a bash array of text.
+local_speaker_only=()
+
 # Seconds `local_command_hook` may take before it is stopped and its answer dropped.
 # Accepts an integer from 1 to 600.
 local_command_hook_timeout_s=10

@@ -653,6 +653,12 @@ class Settings:
         doc="What runs with each command heard after a wake word: a program (with its arguments; "
             "the transcript as JSON on its standard input) or an http(s) URL (the JSON POSTed). "
             "Text it answers (plain, or JSON with `text`) is spoken on the speaker. Empty for none.")
+    local_speaker_only: tuple[str, ...] = setting(
+        (), kind=TextList(),
+        doc="Names of enrolled speakers (`edged speakers enroll`) whose commands the microphone acts "
+            "on: a command after a wake word in another voice is logged in one line and dropped "
+            "(not published, not handed to `local_command_hook`). Needs a speaker model "
+            "(`models_speaker`); empty: every voice.")
     local_command_hook_timeout_s: int = setting(
         10, kind=Int(min=1, max=600),
         doc="Seconds `local_command_hook` may take before it is stopped and its answer dropped.")

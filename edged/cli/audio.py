@@ -83,7 +83,7 @@ def transcripts(
         if as_json:
             typer.echo(transcript_json(message))
         else:
-            tag = f"[{message.wake_word}] " if message.wake_word else ""
+            tag = "".join(f"[{t}] " for t in (message.wake_word, message.speaker) if t)
             typer.echo(tag + (message.text if message.is_final else f"… {message.text}"))
 
 

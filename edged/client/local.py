@@ -90,6 +90,7 @@ def transcript_json(message: Any) -> str:
         "latency_ms": round(message.latency_ms),
         "words": [{"word": w.word, "start": round(w.start_s, 3), "end": round(w.end_s, 3)} for w in message.words],
         **({"wake_word": message.wake_word} if message.wake_word else {}),
+        **({"speaker": message.speaker} if message.speaker else {}),
     }, ensure_ascii=False)
 
 

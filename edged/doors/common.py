@@ -9,6 +9,8 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from edged.errors import FeatureOffError
+from edged.pipelines.asr.results import Result
+from edged.pipelines.speaker.online import SpeakerLabel
 from edged.service import metrics
 from edged.service.asr import ENDPOINT_FIELDS, AsrService, Transcript
 from edged.service.context import ServiceContext
@@ -72,3 +74,9 @@ def log_refusal(logger: logging.Logger, door: str, kind: str, what: str, status:
     `edged_client_errors_total{door,kind}`; every door logs its refusals through this."""
     metrics.CLIENT_ERRORS.labels(door=door, kind=kind).inc()
     logger.info("%s refused (%s): %s", printable(what), status, printable(message))
+
+
+def speaker_of(result: Result) -> str:
+    """A final's speaker as every door names them (OpenAI's labels): an enrolled name, else A, B,
+    ... by first appearance; empty where the final carries no speaker."""
+    return SpeakerLabel(result.speaker, result.speaker_name).text() if result.speaker else ""

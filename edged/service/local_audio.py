@@ -39,6 +39,8 @@ class Heard:
     """Finals only."""
     wake_word: str = ""
     """The wake word (its model's name) that opened the utterance (`local_wake_words`); "" without."""
+    speaker: str = ""
+    """Finals, where a speaker model is deployed: who said it (A, B, ... or an enrolled name)."""
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
+from edged.doors import common
 from edged.doors.local.chime import CHIME_RATE, chime
 from edged.doors.local.recognition import Clock, MicRecognition
 from edged.errors import (
@@ -180,6 +181,9 @@ class LocalAudio:
             elif (why := self._choose_wake_words()) is not None:
                 self._mic_state = f"off: {why}"
                 _LOGGER.error("local_wake_words: %s The microphone stays off", why)
+            elif (why := self._check_speaker_only()) is not None:
+                self._mic_state = f"off: {why}"
+                _LOGGER.error("local_speaker_only: %s The microphone stays off", why)
             else:
                 self._tasks.append(loop.create_task(self._guard(self._mic_loop(), "microphone"), name="edged-mic"))
         if self.speaker_enabled:
@@ -204,6 +208,28 @@ class LocalAudio:
             self._wake_words = self._ctx.wake.select(names)
         except EdgedError as exc:
             return str(exc)
+        return None
+
+    def _check_speaker_only(self) -> str | None:
+        """Whether `local_speaker_only` can be kept (a sentence saying why not, or None); names
+        not enrolled (yet) are warned about: no voice is theirs until they are."""
+        names = self._ctx.settings.local_speaker_only
+        if not names:
+            return None
+        assert self._ctx.asr is not None
+        if not self._ctx.asr.speaker_models():
+            return "telling voices apart needs a speaker model; add builtin:voicefilter-dvector to models_speaker."
+        if not self._wake_words:
+            return "it applies to commands after a wake word; set local_wake_words too."
+        from edged.pipelines.speaker.enrolled import SpeakerStore, SpeakerStoreError
+
+        try:
+            enrolled = SpeakerStore(self._ctx.settings.model_loc).load()
+        except SpeakerStoreError as exc:
+            return str(exc)
+        if missing := [n for n in names if n not in enrolled]:
+            _LOGGER.warning("local_speaker_only names %s, not enrolled (edged speakers enroll NAME FILE...)",
+                            ", ".join(missing))
         return None
 
     async def _guard(self, work: Coroutine[Any, Any, None], what: str) -> None:
@@ -374,10 +400,11 @@ class LocalAudio:
             latency_ms=max(0.0, 1000.0 * (now - clock.wall(result.audio_processed))),
             words=[HeardWord(w.word, clock.wall(w.start_ms / 1000), clock.wall(w.end_ms / 1000), w.confidence)
                    for w in result.words],
-            wake_word=wake_word)
+            wake_word=wake_word, speaker=common.speaker_of(result))
         if result.is_final:
             self._finals += 1
-            _LOGGER.info("Heard%s: %s", f" after {wake_word}" if wake_word else "", result.transcript)
+            _LOGGER.info("Heard%s%s: %s", f" after {wake_word}" if wake_word else "",
+                         f" from {heard.speaker}" if heard.speaker else "", result.transcript)
             self._write_transcript(heard)
         for subscriber, interim in self._subscribers.items():
             if result.is_final or interim:
@@ -567,6 +594,8 @@ def transcript_record(heard: Heard) -> dict[str, Any]:
     }
     if heard.wake_word:
         record["wake_word"] = heard.wake_word
+    if heard.speaker:
+        record["speaker"] = heard.speaker
     return record
 
 

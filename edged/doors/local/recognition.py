@@ -12,7 +12,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from contextlib import AsyncExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -25,7 +25,8 @@ if TYPE_CHECKING:
     from edged.service.asr import AsrService
 
 LOCAL_REQUEST = RecognitionRequest(word_times=True)
-"""What the microphone's recognition asks for: the first ASR model, punctuation, word times."""
+"""What the microphone's recognition asks for: the first ASR model, punctuation, word times (and
+speaker labels where a speaker model is deployed)."""
 _MARKS = 64
 
 
@@ -62,7 +63,8 @@ class MicRecognition:
 
     async def open(self) -> None:
         """Start the session (ModelStateError while the ASR model is not ready)."""
-        self._session = await self._stack.enter_async_context(self._asr.session(LOCAL_REQUEST, local=True))
+        request = replace(LOCAL_REQUEST, diarization=bool(self._asr.speaker_models()))
+        self._session = await self._stack.enter_async_context(self._asr.session(request, local=True))
         self._publisher = asyncio.get_running_loop().create_task(self._publish(self._session))
         self._stack.callback(self._publisher.cancel)
 

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Protocol
 import numpy as np
 
 from edged.audio.resample import float_to_pcm16
+from edged.doors import common
 from edged.doors.local.command_hook import CommandHook
 from edged.doors.local.recognition import Clock, MicRecognition
 from edged.errors import EdgedError
@@ -98,6 +99,8 @@ class WakeCommands:
         """The command's final transcript, once decoded."""
         self._spoke = False
         """Whether the command has had speech."""
+        self._dropped = False
+        """Whether the command's final was in a voice `local_speaker_only` does not name."""
         self._answers: set[asyncio.Task[None]] = set()
         self.commands = 0
 
@@ -193,18 +196,32 @@ class WakeCommands:
         asr = self._audio.ctx.asr
         assert asr is not None  # the microphone loop runs only with ASR on
         self.listener_state = ListenerState.IN_COMMAND
-        self._wake_word, self._heard, self._spoke = wake_word, None, False
+        self._wake_word, self._heard, self._spoke, self._dropped = wake_word, None, False, False
         command = MicRecognition(asr, self._on_result)
         await command.open()
         self._command = command
 
     def _on_result(self, result: Result, clock: Clock) -> None:
         """The command's results, published up to its first final (which ends it)."""
-        if self._heard is not None or (result.is_final and not result.transcript.strip()):
+        if self._heard is not None or self._dropped or (result.is_final and not result.transcript.strip()):
+            return
+        if result.is_final and not self._voice_allowed(result):
+            self._dropped = True
             return
         heard = self._audio.publish(result, clock, self._wake_word)
         if result.is_final:
             self._heard = heard
+
+    def _voice_allowed(self, result: Result) -> bool:
+        """Whether a command's final is in a voice `local_speaker_only` names (any, if it is
+        empty); one that is not is logged in one line."""
+        only = self._audio.ctx.settings.local_speaker_only
+        speaker = common.speaker_of(result)
+        if not only or speaker in only:
+            return True
+        _LOGGER.info("Dropped a command after %s from %s, not in local_speaker_only: %s", self._wake_word,
+                     speaker or "an unlabelled voice", result.transcript)
+        return False
 
     async def _hear_command(self, block: np.ndarray) -> None:
         command = self._command
@@ -212,7 +229,7 @@ class WakeCommands:
         await command.feed(block, self._audio.wants_interims)
         self._spoke = self._spoke or command.in_speech
         silent_too_long = not self._spoke and command.seconds >= SILENCE_WAIT_S
-        if self._heard is not None or silent_too_long or command.seconds >= COMMAND_MAX_S:
+        if self._heard is not None or self._dropped or silent_too_long or command.seconds >= COMMAND_MAX_S:
             await self._end_command()
 
     async def _end_command(self, listen_again: bool = True) -> None:
@@ -222,9 +239,9 @@ class WakeCommands:
         assert command is not None
         await command.close()
         heard = self._heard
-        if heard is None:
+        if heard is None and not self._dropped:  # a dropped command was logged as it was dropped
             _LOGGER.info("Nothing said after wake word %s; listening for wake words again", self._wake_word)
-        else:
+        elif heard is not None:
             self.commands += 1
             if self._hook is not None:
                 task = asyncio.get_running_loop().create_task(self._answer(heard), name="edged-command-hook")

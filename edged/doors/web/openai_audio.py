@@ -33,10 +33,8 @@ from edged.doors.web.auth import Auth
 from edged.doors.web.errors import BadInput, NotJson, error_response, logged
 from edged.doors.web.openai_voices import deployed_voices, is_openai_voice, openai_voice, voices_body
 from edged.errors import AudioFormatError, UnknownVoiceError
-from edged.pipelines.asr.results import Result
 from edged.pipelines.speaker.encoder import SpeakerEncoder
 from edged.pipelines.speaker.enrolled import check_name, enrolment
-from edged.pipelines.speaker.online import SpeakerLabel
 from edged.pipelines.tts import AudioChunk
 from edged.pipelines.tts.encode import Mp3Encoder, OggOpusEncoder, StreamEncoder
 from edged.rmir.manifest import MULTILINGUAL, Manifest
@@ -72,11 +70,6 @@ def _stamp(seconds: float, sep: str) -> str:
     return f"{h:02d}:{m:02d}:{s:02d}{sep}{ms:03d}"
 
 
-def speaker_of(result: Result) -> str:
-    """A final's speaker as OpenAI labels them: an enrolled name, else A, B, ..."""
-    return SpeakerLabel(result.speaker, result.speaker_name).text()
-
-
 def segments(transcripts: list[Transcript], speakers: bool = False) -> list[dict[str, Any]]:
     """verbose_json's segments: one per final (with its `speaker`, where diarized)."""
     out = []
@@ -87,14 +80,14 @@ def segments(transcripts: list[Transcript], speakers: bool = False) -> list[dict
                     "avg_logprob": float(np.log(max(r.confidence, 1e-6))) if r.confidence else 0.0,
                     "compression_ratio": 1.0, "no_speech_prob": 0.0})
         if speakers:
-            out[-1]["speaker"] = speaker_of(r)
+            out[-1]["speaker"] = common.speaker_of(r)
     return out
 
 
 def diarized_segments(finals: list[Transcript]) -> list[dict[str, Any]]:
     """diarized_json's segments (as OpenAI's gpt-4o-transcribe-diarize gives them): one per final."""
     return [{"type": "transcript.text.segment", "id": f"seg_{i}", "start": round(t.result.start_s, 3),
-             "end": round(t.result.end_s, 3), "text": t.result.transcript, "speaker": speaker_of(t.result)}
+             "end": round(t.result.end_s, 3), "text": t.result.transcript, "speaker": common.speaker_of(t.result)}
             for i, t in enumerate(finals)]
 
 

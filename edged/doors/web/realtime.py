@@ -93,6 +93,7 @@ def recognition_request(session: dict[str, Any]) -> tuple[RecognitionRequest, bo
     rec = _section(session, "recognition_config")
     boosting = _section(session, "word_boosting")
     endpointing = _section(session, "endpointing_config")
+    diarization = _section(session, "speaker_diarization")
     try:
         boost = tuple((str(p), float(entry.get("boost", 1.0)))
                       for entry in boosting.get("word_boosting_list", []) or []
@@ -111,7 +112,9 @@ def recognition_request(session: dict[str, Any]) -> tuple[RecognitionRequest, bo
             word_times=bool(rec.get("enable_word_time_offsets", False)),
             profanity_filter=bool(rec.get("enable_profanity_filter", False)),
             max_alternatives=int(rec.get("max_alternatives") or 1),
-            boost=boost, endpointing=ends)
+            boost=boost, endpointing=ends,
+            diarization=bool(diarization.get("enable_speaker_diarization", False)),
+            max_speakers=int(diarization.get("max_speaker_count") or 0))
     except (TypeError, ValueError, AttributeError) as exc:
         raise BadInput(f"The transcription session config has a value of the wrong type: {exc}.") from None
     return request, request.interim_results
@@ -356,10 +359,13 @@ class _Transcription:
             "confidence": result.confidence, "language_code": result.language_code,
             "audio_processed": result.audio_processed, "is_last_result": False,
             "alternatives": [{"transcript": a.transcript, "confidence": a.confidence} for a in result.alternatives]}
+        if result.speaker:  # the session asked for speaker_diarization
+            event["speaker"] = common.speaker_of(result)
+            event["speaker_tag"] = result.speaker
         if self._request is not None and self._request.word_times:
             event["words_info"] = {"words": [
                 {"word": w.word, "start_time": w.start_ms, "end_time": w.end_ms,
-                 "confidence": w.confidence, "speaker_tag": 0} for w in result.words]}
+                 "confidence": w.confidence, "speaker_tag": w.speaker} for w in result.words]}
         return event
 
 

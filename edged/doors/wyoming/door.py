@@ -5,6 +5,9 @@ One connection is one `WyomingHandler`; it answers
 - `describe` with `info`: edged's ASR models and TTS voices;
 - `transcribe` + `audio-start` / `audio-chunk`... / `audio-stop` with `transcript-start`,
   a `transcript-chunk` per final as it is recognised, then `transcript` and `transcript-stop`;
+  where a speaker model is deployed, each chunk's data carries its `speaker` (A, B, ... or an
+  enrolled name) and the transcript's the one who said most of it (clients ignore keys they
+  do not know: `wyoming.asr.Transcript.from_event` reads only its own);
 - `detect` + `audio-start` / `audio-chunk`... / `audio-stop` with a `detection` per wake word
   heard and `not-detected` at the end if none was (listening.py);
 - `synthesize` with `audio-start` / `audio-chunk`... / `audio-stop` as the voice speaks, and
@@ -211,6 +214,8 @@ class _Transcription:
         self.finals: list[str] = []
         self.language = ""
         """The language of the first final (a multilingual model's identified or asked one)."""
+        self.speech_by_speaker: dict[str, float] = {}
+        """With a speaker model deployed: seconds of the finals each speaker said."""
         self.converter = AudioChunkConverter(width=2) if start.width != 2 else None
         self.sender: asyncio.Task[None] | None = None
         """Sends each final as a transcript-chunk the moment it is decoded; ends after audio-stop's."""
@@ -414,7 +419,8 @@ class WyomingHandler(AsyncEventHandler):
         # the same with them on or off: p50 134-180 ms against 159-163 ms, within the noise).
         request = RecognitionRequest(model=model, language_code=transcribe.language or "",
                                      encoding="LINEAR_PCM", sample_rate=start.rate,
-                                     channels=start.channels, interim_results=False)
+                                     channels=start.channels, interim_results=False,
+                                     diarization=bool(asr.speaker_models()))
         session = await self._stack.enter_async_context(asr.session(request))
         self._asr = _Transcription(session, start)
         self._refused = ""
@@ -453,7 +459,13 @@ class WyomingHandler(AsyncEventHandler):
             async for t in asr.session.results():
                 text = t.result.transcript.strip()
                 if t.result.is_final and t.channel == 0 and text:
-                    await self.write_event(TranscriptChunk(text=(" " if asr.finals else "") + text).event())
+                    chunk = TranscriptChunk(text=(" " if asr.finals else "") + text).event()
+                    speaker = common.speaker_of(t.result)
+                    if speaker:
+                        chunk.data["speaker"] = speaker
+                        seconds = t.result.end_s - t.result.start_s
+                        asr.speech_by_speaker[speaker] = asr.speech_by_speaker.get(speaker, 0.0) + seconds
+                    await self.write_event(chunk)
                     asr.finals.append(text)
                     asr.language = asr.language or t.result.language_code
         except IdleTimeoutError as exc:  # the client went quiet: say so; the slot then closes the connection
@@ -484,7 +496,10 @@ class WyomingHandler(AsyncEventHandler):
             await asr.sender  # every final is out as a transcript-chunk
         language = asr.language or common.asr_service(self._ctx).models()[asr.session.model_name].language_code
         await self._close_session()
-        await self.write_event(Transcript(text=" ".join(asr.finals), language=language).event())
+        transcript = Transcript(text=" ".join(asr.finals), language=language).event()
+        if asr.speech_by_speaker:  # who said most of it (a command is one voice's)
+            transcript.data["speaker"] = max(asr.speech_by_speaker, key=lambda s: asr.speech_by_speaker[s])
+        await self.write_event(transcript)
         await self.write_event(TranscriptStop().event())
 
     # Wake words

@@ -1,7 +1,8 @@
 // edged's browser console: dictation and speech over Riva's realtime WebSocket API, server status.
 "use strict";
 const $ = (id) => document.getElementById(id);
-window.edged = { samplesReceived: 0, speechDone: 0, interims: 0, finals: [], errors: [] };
+window.edged = { samplesReceived: 0, speechDone: 0, interims: 0, finals: [], speakers: [], errors: [],
+  speakerModel: false };
 
 function wsUrl(intent) {
   return (location.protocol === "https:" ? "wss://" : "ws://") + location.host + "/v1/realtime?intent=" + intent;
@@ -38,6 +39,8 @@ async function startDictation() {
   const { ws, session } = await openSocket("transcription_sessions", "transcription");
   session.input_audio_format = "pcm16";
   session.input_audio_params = { sample_rate_hz: audio.sampleRate, num_channels: 1 };
+  // With a speaker model deployed, each final says who spoke it (a colour per speaker).
+  if (window.edged.speakerModel) session.speaker_diarization = { enable_speaker_diarization: true };
   ws.send(JSON.stringify({ type: "transcription_session.update", session }));
   const source = audio.createMediaStreamSource(stream);
   const node = new AudioWorkletNode(audio, "capture");
@@ -57,7 +60,7 @@ async function startDictation() {
     } else if (ev.type === "conversation.item.input_audio_transcription.completed") {
       $("interim").textContent = "";
       // the last (is_last_result) carries the whole conversation's text again, for Riva's clients
-      if (ev.transcript && !ev.is_last_result) { window.edged.finals.push(ev.transcript); $("finals").textContent += ev.transcript + " "; }
+      if (ev.transcript && !ev.is_last_result) showFinal(ev);
       if (ev.is_last_result) ws.close();
     } else if (ev.type === "error") {
       window.edged.errors.push(ev.error.message); state.textContent = ev.error.message;
@@ -68,6 +71,21 @@ async function startDictation() {
   dictation = ws;
   state.textContent = "listening";
   $("dictate").textContent = "Stop dictation";
+}
+
+const SPEAKER_COLOURS = 8;  // .speaker-0 ... .speaker-7 in console.css, then round again
+
+function showFinal(ev) {
+  // A final, in its speaker's colour (its label as a tooltip) where the session labels speakers.
+  const span = document.createElement("span");
+  span.textContent = ev.transcript + " ";
+  if (ev.speaker) {
+    span.className = "speaker speaker-" + ((ev.speaker_tag - 1) % SPEAKER_COLOURS);
+    span.title = span.dataset.speaker = ev.speaker;
+  }
+  $("finals").appendChild(span);
+  window.edged.finals.push(ev.transcript);
+  window.edged.speakers.push(ev.speaker || "");
 }
 
 function stopDictation() {
@@ -138,6 +156,7 @@ async function refreshStatus() {
     const s = await authed("/v1/edged/status");
     const health = $("health");
     health.textContent = s.health; health.className = "badge " + (s.health === "SERVING" ? "ok" : "bad");
+    window.edged.speakerModel = (s.models || []).some((m) => m.pipeline === "speaker");
     $("models").innerHTML = (s.models || []).map((m) =>
       `<tr><td>${m.name}</td><td>${m.state}</td><td>${Math.round(m.memory_mb || 0)}</td></tr>`).join("");
     $("streams").textContent = "Streams: " + (s.streams || []).map((c) =>
