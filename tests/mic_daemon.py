@@ -10,7 +10,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,9 +46,11 @@ def wait_mic(address: str, state: str, timeout: float) -> None:
 
 @contextmanager
 def mic_daemon(tmp: Path, rmirs: Iterable[Path], cpu_target: DeployTarget, config: str,
-               mic_state: str, timeout: float = 60) -> Iterator[MicDaemon]:
+               mic_state: str, timeout: float = 60,
+               before_start: Callable[[Path], None] | None = None) -> Iterator[MicDaemon]:
     """The daemon serving `rmirs`, with the test microphone and speaker and `config` (config.sh
-    lines) besides, once its microphone is in `mic_state`."""
+    lines) besides, once its microphone is in `mic_state`; `before_start` is given its config.sh
+    first (to enrol a speaker, say)."""
     pytest.importorskip("pyaudio", reason="PyAudio is not installed (pip install 'edged[audio]')")
     require_default_packs()
     from tests.alsa_fixture import MIC, SPEAKER, AlsaTestDevices
@@ -60,6 +62,8 @@ def mic_daemon(tmp: Path, rmirs: Iterable[Path], cpu_target: DeployTarget, confi
     port = free_port()
     cfg = write_config(tmp, port, f'local_mic_enabled=true\nlocal_mic_device="{MIC}"\n'
                                   f'local_speaker_enabled=true\nlocal_speaker_device="{SPEAKER}"\n{config}')
+    if before_start is not None:
+        before_start(cfg)
     log = tmp / "server.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen([sys.executable, "-m", "edged", "start", "-c", str(cfg)],

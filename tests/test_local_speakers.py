@@ -5,7 +5,6 @@
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
 import sys
 import time
@@ -18,16 +17,12 @@ import numpy as np
 import pytest
 
 from edged.audio.resample import resample
-from edged.backends import BackendOptions
 from edged.pipelines.tts import TtsModel
-from edged.repository.deploy import deploy
 from edged.repository.records import DeployTarget
-from edged.rmir import RmirRef
-from tests.conftest import require_default_packs
-from tests.test_local_wake import LISTENING, RATE, WakeDaemon, _quiet, _voice, _wait_mic
+from tests.mic_daemon import mic_daemon
+from tests.test_local_wake import LISTENING, RATE, WakeDaemon, _quiet, _voice
 from tests.test_localaudio import _Follower
 from tests.test_riva_fidelity import spoken, voice  # noqa: F401 - voice is a fixture
-from tests.test_server import free_port, wait_serving, write_config
 from tests.test_speaker_encoder import espeak_voice
 
 OWNER_SAYS = ("The weather today is mild with a light breeze from the west. "
@@ -51,49 +46,25 @@ def daemon(tmp_path_factory: pytest.TempPathFactory, default_rmirs: dict[str, Pa
            speaker_rmir: Path, cpu_target: DeployTarget, voice: TtsModel) -> Iterator[WakeDaemon]:  # noqa: F811
     """edged with ASR, TTS, the Alexa wake word and the speaker model on the test microphone;
     edged's voice enrolled as `owner` (`edged speakers enroll`), local_speaker_only=owner."""
-    pytest.importorskip("pyaudio", reason="PyAudio is not installed (pip install 'edged[audio]')")
-    require_default_packs()
-    from tests.alsa_fixture import MIC, AlsaTestDevices
-
     tmp = tmp_path_factory.mktemp("localspeakers")
-    for rmir in (*default_rmirs.values(), wake_rmirs["wake-alexa"], speaker_rmir):
-        deploy(RmirRef(rmir), tmp / "repo" / "models", cpu_target, BackendOptions())
-    (tmp / "snd").mkdir()
-    devices = AlsaTestDevices(tmp / "snd")
     seen = tmp / "hook-seen.jsonl"
     hook = tmp / "hook.py"
     hook.write_text(f"import sys\nopen({str(seen)!r}, 'a').write(sys.stdin.read() + '\\n')\n")
     transcripts = tmp / "transcripts.jsonl"
-    port = free_port()
-    cfg = write_config(tmp, port, f'local_mic_enabled=true\nlocal_mic_device="{MIC}"\n'
-                                  f'local_transcripts_file="{transcripts}"\n'
-                                  'models_wake=( "builtin:wake-alexa" )\nlocal_wake_words=( "alexa" )\n'
-                                  'local_speaker_only=( "owner" )\n'
-                                  f'local_command_hook="{sys.executable} {hook}"\n')
+    config = (f'local_transcripts_file="{transcripts}"\n'
+              'models_wake=( "builtin:wake-alexa" )\nlocal_wake_words=( "alexa" )\n'
+              'local_speaker_only=( "owner" )\n'
+              f'local_command_hook="{sys.executable} {hook}"\n')
     clip = _wav(tmp / "owner.wav", spoken(voice, OWNER_SAYS), 16000)
-    enrolled = subprocess.run([sys.executable, "-m", "edged", "speakers", "enroll", "owner", str(clip), "-c", str(cfg)],
-                              capture_output=True, text=True, timeout=120)
-    assert enrolled.returncode == 0, enrolled.stderr
-    log = tmp / "server.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "edged", "start", "-c", str(cfg)],
-                                stdout=out, stderr=subprocess.STDOUT, env=devices.env)
-    try:
-        wait_serving(proc, port, timeout=120)
-        address = f"127.0.0.1:{port}"
-        _wait_mic(address, LISTENING, 60)
-        yield WakeDaemon(address, devices, seen, transcripts, log)
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            code = proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            code = None
-        devices.close()
-    text = log.read_text()
-    assert code == 0, text[-3000:]
-    assert "Traceback" not in text, text[-3000:]
+
+    def enrol_owner(cfg: Path) -> None:
+        enrolled = subprocess.run([sys.executable, "-m", "edged", "speakers", "enroll", "owner", str(clip),
+                                   "-c", str(cfg)], capture_output=True, text=True, timeout=120)
+        assert enrolled.returncode == 0, enrolled.stderr
+
+    rmirs = (*default_rmirs.values(), wake_rmirs["wake-alexa"], speaker_rmir)
+    with mic_daemon(tmp, rmirs, cpu_target, config, LISTENING, before_start=enrol_owner) as started:
+        yield WakeDaemon(started.address, started.devices, seen, transcripts, started.log)
 
 
 def _say_command(daemon: WakeDaemon, command: np.ndarray) -> list[Any]:
