@@ -131,6 +131,9 @@ def test_openai_transcribes_spanish_and_translates_it(daemon: Daemon) -> None:
     import openai
 
     client = openai.OpenAI(base_url=f"http://127.0.0.1:{daemon.http_port}/v1", api_key="unused", max_retries=0)
+    listed = {m.id: m.model_extra for m in client.models.list()}
+    languages = (listed["whisper-base"] or {})["languages"]  # what the console's language picker offers
+    assert languages[:2] == ["multi", "en"] and {"de", "es"} <= set(languages) and len(languages) == 100, languages
     spanish = client.audio.transcriptions.create(model="whisper-base", file=("es.wav", daemon.clips["es"]),
                                                  language="es", response_format="verbose_json")
     assert spanish.language == "es" and "Madrid" in spanish.text and "Buenos días" in spanish.text

@@ -38,6 +38,8 @@ async function startDictation() {
   const { ws, session } = await openSocket("transcription_sessions", "transcription");
   session.input_audio_format = "pcm16";
   session.input_audio_params = { sample_rate_hz: audio.sampleRate, num_channels: 1 };
+  // a picked language leaves the model to the server: the first that recognises it
+  if ($("language").value) Object.assign(session.input_audio_transcription, { language: $("language").value, model: "" });
   ws.send(JSON.stringify({ type: "transcription_session.update", session }));
   const source = audio.createMediaStreamSource(stream);
   const node = new AudioWorkletNode(audio, "capture");
@@ -133,6 +135,20 @@ async function loadVoices() {
     for (const v of entry.voices) select.add(new Option(v + " (" + lang + ")", v));
 }
 
+// Languages the deployed ASR models recognise ("multi": a multilingual model identifies it).
+async function loadLanguages() {
+  const models = await authed("/v1/models");
+  const select = $("language"), seen = new Set();
+  select.innerHTML = "";
+  for (const m of models.data)
+    if (m.tasks.includes("transcribe"))
+      for (const lang of m.languages)
+        if (!seen.has(lang)) {
+          seen.add(lang);
+          select.add(new Option(lang === "multi" ? "any language (identify)" : lang, lang));
+        }
+}
+
 async function refreshStatus() {
   try {
     const s = await authed("/v1/edged/status");
@@ -146,5 +162,6 @@ async function refreshStatus() {
 }
 
 loadVoices().catch(() => {});
+loadLanguages().catch(() => {});
 refreshStatus();
 setInterval(refreshStatus, 2000);
