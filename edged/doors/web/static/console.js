@@ -116,7 +116,12 @@ async function speak() {
     }
   };
   ws.send(JSON.stringify({ type: "synthesize_session.update",
-    session: { input_text_synthesis: { voice_name: $("voice").value } } }));
+    session: { input_text_synthesis: voicePicked() } }));
+}
+// The picked voice and its language (the session's default language is the first voice's).
+function voicePicked() {
+  const option = $("voice").selectedOptions[0];
+  return option ? { voice_name: option.value, language_code: option.dataset.language } : {};
 }
 $("speak").onclick = () => speak().catch((e) => { window.edged.errors.push(String(e)); $("speech-state").textContent = String(e); });
 
@@ -132,7 +137,11 @@ async function loadVoices() {
   const select = $("voice");
   select.innerHTML = "";
   for (const [lang, entry] of Object.entries(voices))
-    for (const v of entry.voices) select.add(new Option(v + " (" + lang + ")", v));
+    for (const v of entry.voices) {
+      const option = new Option(v + " (" + lang + ")", v);
+      option.dataset.language = lang;
+      select.add(option);
+    }
 }
 
 // Languages the deployed ASR models recognise ("multi": a multilingual model identifies it).
