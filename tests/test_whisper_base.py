@@ -176,3 +176,19 @@ def test_wyoming_lists_languages_and_identifies_or_forces_them(daemon: Daemon) -
     assert language == "es" and "Madrid" in text, text
     _, text, language = asyncio.run(_wyoming_transcribe(daemon.wyoming_port, daemon.clips["de"], "de"))
     assert language == "de" and "Guten Morgen" in text and "Park" in text, text
+
+
+def test_language_bench_identifies_and_scores_each_language(daemon: Daemon, tmp_path: Path) -> None:
+    """`edged bench languages`' run over the German and Spanish clips (as WAV files beside a
+    manifest): both identified, each transcribed close to its text either way."""
+    from edged.client.langbench import read_manifest, riva_recogniser, run_language_bench
+
+    lines = []
+    for language, text in (("de", GERMAN), ("es", SPANISH)):
+        (tmp_path / f"{language}.wav").write_bytes(daemon.clips[language])
+        lines.append(f'{{"audio": "{language}.wav", "text": "{text}", "language": "{language}"}}')
+    (tmp_path / "clips.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    rows = run_language_bench(riva_recogniser(daemon.riva), read_manifest(tmp_path / "clips.jsonl"))
+    assert [(r.language, r.clips, r.identified, r.misses) for r in rows] == [("de", 1, 1, ()), ("es", 1, 1, ())]
+    for row in rows:
+        assert row.wer_identified < 25 and row.wer_forced < 25 and row.rtf > 0, row
