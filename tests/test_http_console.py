@@ -65,6 +65,21 @@ def test_console_dictates_speaks_and_shows_status(page: Any, tmp_path: Path, web
     assert status["health"] == "SERVING" and {m["name"] for m in status["models"]} >= {"moonshine-base-en"}
 
 
+def test_console_sends_the_picked_language(page: Any) -> None:
+    """The language picker lists what /v1/models says the ASR models recognise, and dictation
+    asks for the picked one: a language nobody serves comes back as the server's precise error."""
+    page.wait_for_function("document.querySelector('#language').options.length > 0", timeout=20000)
+    assert page.eval_on_selector_all("#language option", "os => os.map(o => o.value)") == ["en-US"]
+    page.evaluate("() => { const s = document.querySelector('#language'); s.add(new Option('xx-YY', 'xx-YY')); "
+                  "s.value = 'xx-YY'; }")
+    page.click("#dictate")
+    page.wait_for_function("window.edged.errors.length > 0", timeout=20000)
+    errors = page.evaluate("window.edged.errors")
+    assert errors[0].startswith("No deployed ASR model serves language 'xx-YY'; deployed ASR models: "
+                                "moonshine-base-en (en-US)"), errors
+    assert page.evaluate("window.edged.finals") == []
+
+
 def test_a_page_of_another_origin_cannot_open_the_websocket(page: Any, web: tuple[str, int],  # noqa: F811 - a fixture imported above
                                                              default_repo: Path) -> None:
     """The console's origin is http://127.0.0.1:PORT; from it, a WebSocket to localhost:PORT is

@@ -267,6 +267,34 @@ def test_openai_voice_and_speak_cli_pick_the_voice(daemon: Daemon, tmp_path: Pat
     assert missing.returncode != 0 and "voices: " in missing.stderr and "Traceback" not in missing.stderr
 
 
+def test_console_speaks_with_the_picked_voice(daemon: Daemon) -> None:
+    """The console's voice picker lists both voices by language; the Spanish one (not the
+    session's default language) speaks, at its own rate, with no error."""
+    from tests.test_asr_server import beckett_path
+    from tests.test_http_console import CHROMIUM, chromium_args
+
+    if not CHROMIUM.exists():
+        pytest.skip("Debian's chromium is not installed (.ci/run installs it)")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=chromium_args(beckett_path()))
+        try:
+            page = browser.new_page()
+            page.goto(f"http://127.0.0.1:{daemon.http_port}/")
+            page.wait_for_function("document.querySelector('#voice').options.length >= 3", timeout=20000)
+            listed = page.eval_on_selector_all("#voice option", "os => os.map(o => [o.value, o.dataset.language])")
+            assert listed == [["German-DE.Test", "de-DE"], ["Spanish-ES-Duo.ana", "es-ES"],
+                              ["Spanish-ES-Duo.luis", "es-ES"]], listed
+            page.select_option("#voice", "Spanish-ES-Duo.luis")
+            page.fill("#text", "Hola, buenos días.")
+            page.click("#speak")
+            page.wait_for_function("window.edged.speechDone >= 1 || window.edged.errors.length > 0", timeout=30000)
+            assert page.evaluate("window.edged.errors") == []
+            assert page.evaluate("window.edged.samplesReceived") > 1600
+        finally:
+            browser.close()
+
+
 def test_build_refuses_a_voice_without_its_config_or_espeak_voice(tmp_path: Path) -> None:
     """A missing .onnx.json, or an espeak voice espeak-ng does not know, is a one-line error."""
     voice = make_piper_voice(tmp_path, "xx_XX-nope-x_low", espeak="xx-nope")

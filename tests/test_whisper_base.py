@@ -131,6 +131,9 @@ def test_openai_transcribes_spanish_and_translates_it(daemon: Daemon) -> None:
     import openai
 
     client = openai.OpenAI(base_url=f"http://127.0.0.1:{daemon.http_port}/v1", api_key="unused", max_retries=0)
+    listed = {m.id: m.model_extra for m in client.models.list()}
+    languages = (listed["whisper-base"] or {})["languages"]  # what the console's language picker offers
+    assert languages[:2] == ["multi", "en"] and {"de", "es"} <= set(languages) and len(languages) == 100, languages
     spanish = client.audio.transcriptions.create(model="whisper-base", file=("es.wav", daemon.clips["es"]),
                                                  language="es", response_format="verbose_json")
     assert spanish.language == "es" and "Madrid" in spanish.text and "Buenos días" in spanish.text
@@ -173,3 +176,20 @@ def test_wyoming_lists_languages_and_identifies_or_forces_them(daemon: Daemon) -
     assert language == "es" and "Madrid" in text, text
     _, text, language = asyncio.run(_wyoming_transcribe(daemon.wyoming_port, daemon.clips["de"], "de"))
     assert language == "de" and "Guten Morgen" in text and "Park" in text, text
+
+
+def test_language_bench_identifies_and_scores_each_language(daemon: Daemon, tmp_path: Path) -> None:
+    """`edged bench languages`' run over the German and Spanish clips (as WAV files beside a
+    manifest): both identified, so asked as "multi" or in their language they decode alike; the
+    WER is espeak-ng's fast robotic speech's (German ~40 %), bounded, not a quality figure."""
+    from edged.client.langbench import read_manifest, riva_recogniser, run_language_bench
+
+    lines = []
+    for language, text in (("de", GERMAN), ("es", SPANISH)):
+        (tmp_path / f"{language}.wav").write_bytes(daemon.clips[language])
+        lines.append(f'{{"audio": "{language}.wav", "text": "{text}", "language": "{language}"}}')
+    (tmp_path / "clips.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    rows = run_language_bench(riva_recogniser(daemon.riva), read_manifest(tmp_path / "clips.jsonl"))
+    assert [(r.language, r.clips, r.identified, r.misses) for r in rows] == [("de", 1, 1, ()), ("es", 1, 1, ())]
+    for row in rows:
+        assert row.wer_identified == row.wer_forced < 50 and row.words > 15 and row.rtf > 0, row

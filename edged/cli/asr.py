@@ -96,6 +96,24 @@ def bench_asr(
     typer.echo(report.json() if as_json else report.text())
 
 
+@bench_app.command("languages")
+def bench_languages(
+    manifest: Annotated[Path, typer.Option(
+        help="JSON lines: audio (path relative to it; WAV, FLAC or Ogg), text and language (e.g. de) per clip.")],
+    server: ServerOpt = None,
+    config: ConfigOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the figures as JSON.")] = False,
+) -> None:
+    """WER per language and language identification: each clip asked as "multi" and in its language."""
+    from edged.client.langbench import language_json, language_text, read_manifest, riva_recogniser, run_language_bench
+
+    setup_logging("WARNING")
+    clips = read_manifest(manifest)
+    with _server(server, config) as (address, _pid):
+        rows = run_language_bench(riva_recogniser(address), clips)
+    typer.echo(language_json(rows) if as_json else language_text(rows))
+
+
 @bench_app.command("speakers")
 def bench_speakers_command(
     manifest: Annotated[Path | None, typer.Option(

@@ -282,3 +282,8 @@ class _Checker:
         if not _SHA_RE.match(value):
             raise RmirError(f"{self.where}: {value!r} is not a sha256 hex digest.")
         return value
+
+
+def primary_language(language_code: str) -> str:
+    """A language tag's language alone, lower case: `de-DE`, `de_DE` and `de` give `de`."""
+    return language_code.replace("_", "-").split("-")[0].lower()

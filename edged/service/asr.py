@@ -49,7 +49,7 @@ from edged.pipelines.speaker.enrolled import Enrolled, SpeakerStore, SpeakerStor
 from edged.pipelines.speaker.labels import label_results
 from edged.pipelines.speaker.online import OnlineSpeakers
 from edged.pipelines.speaker.streaming import StreamSpeakers
-from edged.rmir.manifest import MULTILINGUAL, Manifest
+from edged.rmir.manifest import MULTILINGUAL, Manifest, primary_language
 from edged.service import memory, metrics
 from edged.service.admission import Slot, Waiting
 from edged.service.base import SpeechService
@@ -133,11 +133,6 @@ class Transcript:
     """The recognised channel (0 for the first)."""
 
 
-def _primary(language_code: str) -> str:
-    """A language tag's language alone, lower case: `de-DE`, `de_DE` and `de` give `de`."""
-    return language_code.replace("_", "-").split("-")[0].lower()
-
-
 def serves(manifest: Manifest, language_code: str) -> bool:
     """Whether a model recognises `language_code` (empty and "multi": any language): a model of
     one language its tag or its language alone; a multilingual model any it lists."""
@@ -145,7 +140,7 @@ def serves(manifest: Manifest, language_code: str) -> bool:
         return True
     own = manifest.language_code.replace("_", "-").lower()
     if own == MULTILINGUAL:
-        return _primary(language_code) in [str(c).lower() for c in manifest.parameters.get("languages", [])]
+        return primary_language(language_code) in [str(c).lower() for c in manifest.parameters.get("languages", [])]
     return language_code.replace("_", "-").lower() in (own, own.split("-")[0])
 
 
@@ -189,7 +184,7 @@ def choose_model(models: dict[str, Manifest], model: str = "", language_code: st
 
 def whisper_language(language_code: str, translate: bool = False) -> Language:
     """What a multilingual model writes for a request of `language_code` (none: identified)."""
-    code = "" if language_code.lower() in ("", MULTILINGUAL) else _primary(language_code)
+    code = "" if language_code.lower() in ("", MULTILINGUAL) else primary_language(language_code)
     return Language(code, Task.TRANSLATE if translate else Task.TRANSCRIBE)
 
 

@@ -38,7 +38,7 @@ from edged.pipelines.speaker.enrolled import check_name, enrolment
 from edged.pipelines.tts import AudioChunk
 from edged.pipelines.tts.encode import Mp3Encoder, OggOpusEncoder, StreamEncoder
 from edged.rmir.manifest import MULTILINGUAL, Manifest
-from edged.service.asr import RecognitionRequest, Transcript
+from edged.service.asr import RecognitionRequest, Transcript, asr_languages
 from edged.service.context import ServiceContext
 from edged.service.tts import SpeechRequest, Synthesis, TtsService
 
@@ -149,7 +149,8 @@ class OpenAiAudioApi:
 
     async def models(self, request: web.Request) -> web.Response:
         """GET /v1/models: the deployed ASR models and voice models, each with what it does
-        (`task`: transcribe, translate, speech), its languages and (voice models) its voices."""
+        (`task`: transcribe, translate, speech), its languages (a multilingual model: "multi", for
+        a request that leaves the language to it, then each it recognises) and (voice models) its voices."""
         try:
             self._auth.check_http(request)
         except Exception as exc:  # noqa: BLE001 - one error map (errors.py)
@@ -160,7 +161,8 @@ class OpenAiAudioApi:
             translator = translating_model(asr_models)
             for name, manifest in asr_models.items():
                 tasks = ["transcribe", "translate"] if name == translator else ["transcribe"]
-                data.append(_model(name, tasks, [manifest.language_code],
+                multi = [MULTILINGUAL] if manifest.language_code.lower() == MULTILINGUAL else []
+                data.append(_model(name, tasks, multi + asr_languages(manifest),
                                    streaming=True, sample_rate=manifest.sample_rate))
         if self._ctx.tts is not None:
             for info in self._ctx.tts.voices():

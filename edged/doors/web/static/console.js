@@ -41,6 +41,8 @@ async function startDictation() {
   session.input_audio_params = { sample_rate_hz: audio.sampleRate, num_channels: 1 };
   // With a speaker model deployed, each final says who spoke it (a colour per speaker).
   if (window.edged.speakerModel) session.speaker_diarization = { enable_speaker_diarization: true };
+  // a picked language leaves the model to the server: the first that recognises it
+  if ($("language").value) Object.assign(session.input_audio_transcription, { language: $("language").value, model: "" });
   ws.send(JSON.stringify({ type: "transcription_session.update", session }));
   const source = audio.createMediaStreamSource(stream);
   const node = new AudioWorkletNode(audio, "capture");
@@ -132,7 +134,12 @@ async function speak() {
     }
   };
   ws.send(JSON.stringify({ type: "synthesize_session.update",
-    session: { input_text_synthesis: { voice_name: $("voice").value } } }));
+    session: { input_text_synthesis: voicePicked() } }));
+}
+// The picked voice and its language (the session's default language is the first voice's).
+function voicePicked() {
+  const option = $("voice").selectedOptions[0];
+  return option ? { voice_name: option.value, language_code: option.dataset.language } : {};
 }
 $("speak").onclick = () => speak().catch((e) => { window.edged.errors.push(String(e)); $("speech-state").textContent = String(e); });
 
@@ -148,7 +155,25 @@ async function loadVoices() {
   const select = $("voice");
   select.innerHTML = "";
   for (const [lang, entry] of Object.entries(voices))
-    for (const v of entry.voices) select.add(new Option(v + " (" + lang + ")", v));
+    for (const v of entry.voices) {
+      const option = new Option(v + " (" + lang + ")", v);
+      option.dataset.language = lang;
+      select.add(option);
+    }
+}
+
+// Languages the deployed ASR models recognise ("multi": a multilingual model identifies it).
+async function loadLanguages() {
+  const models = await authed("/v1/models");
+  const select = $("language"), seen = new Set();
+  select.innerHTML = "";
+  for (const m of models.data)
+    if (m.tasks.includes("transcribe"))
+      for (const lang of m.languages)
+        if (!seen.has(lang)) {
+          seen.add(lang);
+          select.add(new Option(lang === "multi" ? "any language (identify)" : lang, lang));
+        }
 }
 
 async function refreshStatus() {
@@ -165,5 +190,6 @@ async function refreshStatus() {
 }
 
 loadVoices().catch(() => {});
+loadLanguages().catch(() => {});
 refreshStatus();
 setInterval(refreshStatus, 2000);
