@@ -47,15 +47,17 @@ def _byte_chars() -> list[str]:
 
 
 def make_ct2_whisper(folder: Path, width: int = 32, heads: int = 2, layers: int = 2, mels: int = 80,
-                     audio_positions: int = 1500, text_positions: int = 64, seed: int = 0) -> Path:
-    """A CTranslate2 Whisper folder: 256 byte tokens, the words of WORDS, then SPECIAL, then 4 timestamps."""
+                     audio_positions: int = 1500, text_positions: int = 64, seed: int = 0,
+                     timestamps: int = 4) -> Path:
+    """A CTranslate2 Whisper folder: 256 byte tokens, the words of WORDS, then SPECIAL, then
+    `timestamps` timestamp tokens (English-only `.en` models: 51864 tokens in all)."""
     rng = np.random.default_rng(seed)
     chars = _byte_chars()
     vocab = {chars[b]: b for b in range(256)}
     for word in WORDS:
         vocab["".join(chars[b] for b in word.encode())] = len(vocab)
     added = [{"id": len(vocab) + i, "content": s, "special": True} for i, s in enumerate(SPECIAL)]
-    size = len(vocab) + len(SPECIAL) + 4
+    size = len(vocab) + len(SPECIAL) + timestamps
 
     def w(*shape: int, scale: float = 0.2) -> np.ndarray:
         return (rng.standard_normal(shape) * scale).astype(np.float16)
@@ -97,3 +99,15 @@ def make_ct2_whisper(folder: Path, width: int = 32, heads: int = 2, layers: int 
 
 WORDS = [" hello", " world", " Grüße", " there"]
 """Whole-word tokens of the generated vocabulary (ids 256 on), one with non-ASCII letters."""
+
+
+def with_vocabulary_txt(folder: Path, vocab_size: int) -> Path:
+    """The folder with CTranslate2's `vocabulary.txt` (every token by id, then timestamps up to
+    `vocab_size`, as its converter writes it) in place of its tokenizer.json."""
+    spec = json.loads((folder / "tokenizer.json").read_text(encoding="utf-8"))
+    tokens = {**{i: t for t, i in spec["model"]["vocab"].items()}, **{t["id"]: t["content"] for t in spec["added_tokens"]}}
+    vocab = [tokens[i] for i in range(len(tokens))]
+    vocab += ["<|%.2f|>" % (i * 0.02) for i in range(vocab_size - len(vocab))]
+    (folder / "tokenizer.json").unlink()
+    (folder / "vocabulary.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
+    return folder

@@ -51,7 +51,7 @@ def build(
     from_wheel: Annotated[Path | None, typer.Option(
         help="Read the built-in model pack from this .whl instead of the installed package.")] = None,
     name: Annotated[str | None, typer.Option(
-        help="Model name (loose files, --nemo or --piper; overrides the YAML).")] = None,
+        help="Model name (loose files, --nemo, --piper or --whisper; overrides the YAML).")] = None,
     language_code: Annotated[str | None, typer.Option(help="Language code, e.g. en-US.")] = None,
     sample_rate: Annotated[int | None, typer.Option(help="Sample rate in Hz.")] = None,
     model_family: Annotated[str | None, typer.Option(help="Model family a pipeline drives.")] = None,
@@ -63,6 +63,9 @@ def build(
              "(alone: with nemo.yaml or model_config.yaml).")] = None,
     piper: Annotated[Path | None, typer.Option(
         help="A Piper voice, VOICE.onnx with its VOICE.onnx.json beside it (speech_synthesis).")] = None,
+    whisper: Annotated[Path | None, typer.Option(
+        help="A CTranslate2 Whisper model's folder: model.bin, config.json, tokenizer.json or vocabulary.txt "
+             "(speech_recognition).")] = None,
 ) -> None:
     """Pack ONNX networks and artifacts into an RMIR archive."""
     from edged.importers import source_for_build
@@ -77,7 +80,7 @@ def build(
                  "model_family": model_family, "license": license}
     with tempfile.TemporaryDirectory(prefix=".edged-build-", dir=ref.path.parent.resolve()) as work:
         src = source_for_build(pipeline.value, sources or [], builtin, from_wheel, overrides, Path(work),
-                               nemo=nemo, onnx_dir=onnx, piper=piper)
+                               nemo=nemo, onnx_dir=onnx, piper=piper, whisper=whisper)
         manifest = build_rmir(src, ref, progress_bar(f"build {ref.path.name}"))
     typer.echo(f"Built {ref.path} ({manifest.name}, {manifest.pipeline}, "
                f"{mb(ref.path.stat().st_size)}{', encrypted' if ref.key else ''})")

@@ -102,10 +102,21 @@ def source_for_build(
     nemo: Path | None = None,
     onnx_dir: Path | None = None,
     piper: Path | None = None,
+    whisper: Path | None = None,
 ) -> ModelSource:
     """What `edged build` packs: a built-in pack, a description YAML, loose .onnx + artifact files,
-    a NeMo model (`nemo` checkpoint and/or `onnx_dir`, its ONNX export) or a Piper voice (`piper`)."""
+    a NeMo model (`nemo` checkpoint and/or `onnx_dir`, its ONNX export), a Piper voice (`piper`)
+    or a CTranslate2 Whisper folder (`whisper`)."""
     from edged.importers.custom import import_description, source_from_files
+
+    if whisper is not None:
+        if builtin or files or nemo is not None or onnx_dir is not None or piper is not None:
+            raise ModelImportError("Give either --whisper or other sources, not both.")
+        if pipeline != "speech_recognition":
+            raise ModelImportError(f"A Whisper model is a speech_recognition model, not {pipeline}.")
+        from edged.importers.whisper import import_whisper_folder
+
+        return import_whisper_folder(whisper, workdir, overrides)
 
     if piper is not None:
         if builtin or files or nemo is not None or onnx_dir is not None:

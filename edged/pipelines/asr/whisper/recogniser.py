@@ -5,7 +5,8 @@ encoded, and its cross K/V computed once. An utterance whose language is not giv
 identified: one decoder call reads `<|startoftranscript|>` alone, and the most probable of the
 language tokens (the decoder's `language_logits`) names it. Decoding then starts from the
 prompt `<|startoftranscript|> <|xx|> <|transcribe|>` (or `<|translate|>`: English text of
-speech in any language) `<|notimestamps|>`, and goes on as the Moonshine recogniser's greedy
+speech in any language) `<|notimestamps|>` (an English-only model's: `<|startoftranscript|>
+<|notimestamps|>`), and goes on as the Moonshine recogniser's greedy
 decoding does (edged.pipelines.asr.recogniser), drafts included.
 """
 
@@ -55,7 +56,10 @@ class WhisperRecogniser(Recogniser):
         self.features = LogMel(int(params.get("mel_bins", 80)))
         self.samples_per_frame = int(params.get("encoder_samples_per_frame", 320))
         tokenizer = self.whisper_tokenizer
-        self.languages = [str(code) for code in params.get("languages", list(tokenizer.languages))]
+        self.multilingual = bool(params.get("multilingual", True))
+        """False: an English-only (`.en`) model, prompted without language or task tokens."""
+        self.languages = ([str(code) for code in params.get("languages", list(tokenizer.languages))]
+                          if self.multilingual else [])
         missing = [code for code in self.languages if code not in tokenizer.languages]
         if missing:
             raise ModelLoadError(f"Model {model.name}'s tokenizer lacks the languages {missing}; rebuild its RMIR.")
@@ -100,6 +104,10 @@ class WhisperRecogniser(Recogniser):
         asked = list(languages or [Language()] * len(audios))
         hidden = self.encode(audios)
         encoder_kv = self.cross_kv_of(hidden)
+        if not self.multilingual:  # English only: results carry the model's own language tag
+            prompts = [[self.bos, self.no_timestamps] for _ in audios]
+            return self._greedy(hidden, [len(a) for a in audios], drafts, False, None,
+                                prompts=prompts, encoder_kv=encoder_kv)[0]
         codes = [a.code for a in asked]
         unknown = [i for i, code in enumerate(codes) if not code]
         if unknown:
