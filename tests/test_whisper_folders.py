@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +21,8 @@ from edged.pipelines.asr.whisper.recogniser import Language, WhisperRecogniser
 from edged.repository.deploy import deploy
 from edged.repository.records import DeployTarget, list_models
 from edged.rmir import RmirRef
-from edged.service.asr import choose_model
+from edged.rmir.manifest import Manifest
+from edged.service.asr import choose_model, model_language
 from tests.whisper_models import SPECIAL, WORDS, make_ct2_whisper, with_vocabulary_txt
 
 _EN_VOCAB = 51864
@@ -114,3 +116,14 @@ def test_cli_error_is_one_line(tmp_path: Path) -> None:
     assert done.stderr.strip().splitlines() == [f"edged: {folder} is not a CTranslate2 Whisper model: it lacks model.bin."]
     done = _edged("build", "speech_synthesis", str(tmp_path / "x.rmir"), "--whisper", str(folder))
     assert "A Whisper model is a speech_recognition model, not speech_synthesis." in done.stderr
+
+
+def test_multilingual_model_served_as_one_language(tmp_path: Path) -> None:
+    """`--language-code de-DE` on a multilingual model: German unless the request asks another."""
+    src = import_whisper_folder(_folder(tmp_path), tmp_path, {"language_code": "de-DE", "name": "tiny-de"})
+    assert (src.name, src.language_code, src.parameters["multilingual"]) == ("tiny-de", "de-DE", True)
+    manifest = Manifest(src.name, src.pipeline, src.language_code, 16000, src.model_family, (),
+                        parameters=src.parameters)
+    assert model_language(manifest, "") == Language("de")
+    assert model_language(manifest, "es-ES") == Language("es")
+    assert model_language(replace(manifest, language_code="multi"), "") == Language("")

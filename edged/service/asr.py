@@ -188,6 +188,13 @@ def whisper_language(language_code: str, translate: bool = False) -> Language:
     return Language(code, Task.TRANSLATE if translate else Task.TRANSCRIBE)
 
 
+def model_language(manifest: Manifest, language_code: str, translate: bool = False) -> Language:
+    """What a multilingual Whisper model writes for a request: the language asked, else the one it
+    is served as (a model built with `--language-code de-DE`), else the one it identifies."""
+    own = "" if manifest.language_code.lower() == MULTILINGUAL else manifest.language_code
+    return whisper_language(language_code or own, translate)
+
+
 def _check_boost(boost: tuple[tuple[str, float], ...]) -> None:
     """RequestError unless the boosted phrases are within MAX_BOOST_PHRASES and
     MAX_BOOST_PHRASE_CHARS, with finite scores."""
@@ -551,9 +558,7 @@ class AsrService(SpeechService):
         config = self._stream_config(request, model, offline)
         manifest = self.models()[name]
         if manifest.model_family == WHISPER_FAMILY and manifest.parameters.get("multilingual", True):
-            # A multilingual model served as one language (built with --language-code) writes that one.
-            own = "" if manifest.language_code.lower() == MULTILINGUAL else manifest.language_code
-            config = replace(config, language=whisper_language(request.language_code or own, request.translate))
+            config = replace(config, language=model_language(manifest, request.language_code, request.translate))
         elif request.translate:
             raise RequestError(f"Model {name} does not translate; translation needs a multilingual Whisper model "
                                f"(deployed ASR models: {_deployed(self.models())}).")
