@@ -4,6 +4,7 @@ going through the running daemon."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
@@ -17,7 +18,14 @@ import pytest
 import requests
 
 from edged.client.webm_clip import ogg_opus
+from edged.config import load_settings
+from edged.doors.grpc.status import status_for as grpc_status
+from edged.doors.web.errors import status_for as http_status
+from edged.errors import FeatureOffError
+from edged.pipelines.pools import Pools
 from edged.proto import edged_pb2, edged_pb2_grpc
+from edged.service import speakers
+from edged.service.context import ServiceContext
 from tests import test_diarization
 from tests.test_diarization import RATE, labels_by_voice, wav_of
 from tests.test_speaker_encoder import espeak_voice
@@ -128,3 +136,20 @@ def test_a_corrupt_store_is_refused_and_left_as_it_is(stub: edged_pb2_grpc.Edged
         assert store.read_text(encoding="utf-8") == '{"speakers": ['
     finally:
         store.unlink()
+
+
+def test_without_a_speaker_model_enrolment_is_a_failed_precondition(tmp_path: Path) -> None:
+    """A server with no speaker model deployed refuses enrolment: FAILED_PRECONDITION (HTTP 400)
+    naming models_speaker, before any audio is read."""
+    settings, _ = load_settings(None, overrides={"model_loc": str(tmp_path)})
+    pools = Pools()
+    try:
+        ctx = ServiceContext.create(settings, pools)
+        with pytest.raises(FeatureOffError) as caught:
+            asyncio.run(speakers.enrol(ctx, "ann", [("a.wav", b"RIFF")]))
+    finally:
+        pools.shutdown()
+    code, message = grpc_status(caught.value)
+    assert code == grpc.StatusCode.FAILED_PRECONDITION and "models_speaker" in message
+    assert http_status(caught.value)[0] == 400
+    assert not (tmp_path / "speakers").exists()
