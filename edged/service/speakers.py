@@ -12,6 +12,9 @@ from edged.pipelines.speaker.enrolled import Enrolled, SpeakerStore, check_name,
 from edged.service.context import ServiceContext
 from edged.service.uploads import upload_wav
 
+_WRITING = asyncio.Lock()
+"""One change of the store at a time in this process (each is a read, a change and a whole write)."""
+
 
 def _store(ctx: ServiceContext) -> SpeakerStore:
     return SpeakerStore(ctx.settings.model_loc)
@@ -33,7 +36,8 @@ async def enrol(ctx: ServiceContext, name: str, clips: list[tuple[str, bytes]]) 
     encoder = await asr.speaker_encoder()
     wavs = [(label, await upload_wav(ctx, audio, upload_container(label, audio))) for label, audio in clips]
     embedding, seconds = await asr.run_speaker(lambda: enrolment(encoder, wavs))
-    await asyncio.to_thread(store.enrol, name, embedding, encoder.name, seconds)
+    async with _WRITING:
+        await asyncio.to_thread(store.enrol, name, embedding, encoder.name, seconds)
     return Enrolled(name, embedding, encoder.name, seconds)
 
 
@@ -45,4 +49,5 @@ async def enrolled(ctx: ServiceContext) -> list[Enrolled]:
 
 async def remove(ctx: ServiceContext, name: str) -> None:
     """Forget `name`; UnknownSpeakerError naming the enrolled ones if there is none by that name."""
-    await asyncio.to_thread(_store(ctx).remove, name.strip())
+    async with _WRITING:
+        await asyncio.to_thread(_store(ctx).remove, name.strip())
