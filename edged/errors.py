@@ -6,7 +6,8 @@ maps to its own status, so the doors never repeat the class hierarchy.
 """
 
 KINDS = ("failed", "exhausted", "unavailable", "unknown_model", "unknown_voice", "bad_audio",
-         "bad_request", "off", "unauthorized", "timeout", "forbidden", "unsupported_media_type")
+         "bad_request", "off", "unauthorized", "timeout", "forbidden", "unsupported_media_type",
+         "unknown_speaker")
 """Every `EdgedError.kind`: what a door tells a client about the error."""
 
 
@@ -81,6 +82,12 @@ class UnknownWakeWordError(EdgedError):
     """A wake-word request names a wake word no deployed model provides."""
 
     kind = "unknown_model"
+
+
+class UnknownSpeakerError(RequestError):
+    """No enrolled speaker has the name asked for."""
+
+    kind = "unknown_speaker"
 
 
 class ResourceExhaustedError(EdgedError):

@@ -356,8 +356,8 @@ def edged_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
 
 def test_enrolled_speaker_is_named_in_labels(openai_client: openai.OpenAI, default_repo: Path,
                                              talk: tuple[bytes, list[float]], tmp_path: Path) -> None:
-    """`edged speakers enroll` with clips of one voice (none of the conversation's sentences): the
-    running server names that voice's segments; list shows it; remove forgets it, and an unknown
+    """`edged speakers enroll` with clips of one voice (none of the conversation's sentences), through
+    the running server, which names that voice's segments; list shows it; remove forgets it, and an unknown
     name is one line and exit 1."""
     cfg = str(default_repo.parent / "config.sh")
     clips = []
@@ -368,6 +368,7 @@ def test_enrolled_speaker_is_named_in_labels(openai_client: openai.OpenAI, defau
         clips[-1].write_bytes(wav_of(audio))
     enrolled = edged_cli("speakers", "enroll", "ada", *map(str, clips), "-c", cfg, cwd=tmp_path)
     assert enrolled.returncode == 0 and "Enrolled ada" in enrolled.stdout, enrolled.stderr
+    assert "running daemon" in enrolled.stdout  # through its edged.v1 EnrollSpeaker
     try:
         listed = edged_cli("speakers", "list", "-c", cfg, cwd=tmp_path)
         assert "ada" in listed.stdout and "voicefilter-dvector" in listed.stdout

@@ -204,6 +204,11 @@ def test_http_door_uses_the_tls_certificates_and_api_key(tmp_path: Path, deploye
                             headers={"Authorization": "Bearer wrong"}).status_code == 401
         auth = {"Authorization": f"Bearer {API_KEY}"}
         assert requests.get(f"{base}/v1/models", verify=ca, timeout=10, headers=auth).ok
+        for method in ("GET", "POST"):  # enrolled speakers: under the same key
+            assert requests.request(method, f"{base}/v1/speakers", verify=ca, timeout=10).status_code == 401
+        assert requests.delete(f"{base}/v1/speakers/ada", verify=ca, timeout=10).status_code == 401
+        assert requests.get(f"{base}/v1/speakers", verify=ca, timeout=10, headers=auth).json()["data"] == []
+        assert requests.delete(f"{base}/v1/speakers/ada", verify=ca, timeout=10, headers=auth).status_code == 404
         with pytest.raises(requests.exceptions.ConnectionError):
             requests.get(f"http://127.0.0.1:{settings.http_port}/v1/models", timeout=5)
         secret = requests.post(f"{base}/v1/realtime/transcription_sessions", json={}, verify=ca, timeout=10,

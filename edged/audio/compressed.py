@@ -62,6 +62,21 @@ def sniff(head: bytes) -> Container | None:
     return None
 
 
+READ_AS_IS = (b"RIFF", b"RF64", b"fLaC")
+"""The starts of uploads the recognition pipeline reads itself (WAV, FLAC)."""
+
+
+def upload_container(name: str, audio: bytes) -> Container | None:
+    """The compressed container of an upload (None: WAV or FLAC); AudioFormatError naming the
+    upload if it is none edged reads."""
+    container = sniff(audio[:16])
+    if container is None and audio[:4] not in READ_AS_IS:
+        start = audio[:8].hex(" ") if audio else "nothing"
+        raise AudioFormatError(f"{name!r} is not audio edged can read (it starts with {start}); "
+                               f"send {UPLOAD_FORMATS}.")
+    return container
+
+
 def decode_to_wav(data: bytes, container: Container, max_seconds: float) -> bytes:
     """The recording as a 16 kHz mono 16-bit WAV file. AudioFormatError naming the container if it
     cannot be read; RequestError as soon as the audio passes `max_seconds` (0: no limit)."""

@@ -1,5 +1,6 @@
-"""edged's own gRPC service (edged.v1.Edged): status, loading and unloading models, and the
-machine's microphone and speaker (see `edged.doors.local.audio`).
+"""edged's own gRPC service (edged.v1.Edged): status, loading and unloading models, the
+machine's microphone and speaker (see `edged.doors.local.audio`) and enrolled speakers
+(`edged.service.speakers`).
 
 The servicer converts edged.v1's messages to the service's dataclasses and back; nothing below
 it knows edged.v1."""
@@ -15,7 +16,9 @@ import grpc
 
 from edged.doors.grpc.status import abort
 from edged.errors import FeatureOffError
+from edged.pipelines.speaker.enrolled import Enrolled
 from edged.proto import edged_pb2, edged_pb2_grpc
+from edged.service import speakers
 from edged.service.local_audio import SpeakRequest
 from edged.service.status import model_status
 
@@ -103,6 +106,35 @@ class ControlServicer(edged_pb2_grpc.EdgedServicer):
                 yield message(edged_pb2.Transcript, heard)
         finally:
             audio.unsubscribe(subscriber)
+
+    async def EnrollSpeaker(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        """Enrol a speaker from clips of their voice."""
+        clips = [(f"clip {i + 1}", bytes(audio)) for i, audio in enumerate(request.audio)]
+        try:
+            return enrolled_speaker(await speakers.enrol(self._ctx.services, request.name, clips))
+        except Exception as exc:  # noqa: BLE001 - every error becomes a status (status.abort)
+            await abort(context, exc, "Speaker enrolment")
+
+    async def ListSpeakers(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        """The enrolled speakers."""
+        try:
+            return edged_pb2.ListSpeakersResponse(
+                speakers=[enrolled_speaker(s) for s in await speakers.enrolled(self._ctx.services)])
+        except Exception as exc:  # noqa: BLE001 - every error becomes a status (status.abort)
+            await abort(context, exc, "Speaker list")
+
+    async def RemoveSpeaker(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        """Forget an enrolled speaker."""
+        try:
+            await speakers.remove(self._ctx.services, request.name)
+        except Exception as exc:  # noqa: BLE001 - every error becomes a status (status.abort)
+            await abort(context, exc, "Speaker removal")
+        return edged_pb2.RemoveSpeakerResponse()
+
+
+def enrolled_speaker(speaker: Enrolled) -> Any:
+    """edged.v1's EnrolledSpeaker: the name, seconds and model, never the embedding."""
+    return edged_pb2.EnrolledSpeaker(name=speaker.name, seconds=speaker.seconds, model=speaker.model)
 
 
 def install(ctx: ServerContext) -> list[str]:

@@ -20,6 +20,7 @@ _CODES = {
     "exhausted": grpc.StatusCode.RESOURCE_EXHAUSTED,
     "unknown_model": grpc.StatusCode.NOT_FOUND,
     "unknown_voice": grpc.StatusCode.NOT_FOUND,
+    "unknown_speaker": grpc.StatusCode.NOT_FOUND,
     "bad_audio": grpc.StatusCode.INVALID_ARGUMENT,
     "bad_request": grpc.StatusCode.INVALID_ARGUMENT,
     "unavailable": grpc.StatusCode.UNAVAILABLE,

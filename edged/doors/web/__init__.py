@@ -24,6 +24,7 @@ from edged.doors.web.errors import error_response, http_errors
 from edged.doors.web.guard import STATE_CHANGING, OriginPolicy, is_websocket
 from edged.doors.web.openai_audio import OpenAiAudioApi
 from edged.doors.web.realtime import RealtimeApi
+from edged.doors.web.speakers import SpeakersApi
 from edged.errors import DrainingError, EdgedError, ForbiddenError
 from edged.service.context import ServiceContext
 
@@ -61,6 +62,7 @@ class WebDoor:
         self._app.add_routes(realtime.routes())
         self._app.on_shutdown.append(realtime.close_all)
         self._app.add_routes(OpenAiAudioApi(ctx, auth).routes())
+        self._app.add_routes(SpeakersApi(ctx, auth).routes())
         self._app.add_routes(Console(auth, status).routes())
         self._runner: web.AppRunner | None = None
 

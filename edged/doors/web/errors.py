@@ -48,6 +48,7 @@ _STATUSES = {
     "exhausted": (429, "rate_limit_error"),
     "unknown_model": (404, "not_found_error"),
     "unknown_voice": (404, "not_found_error"),
+    "unknown_speaker": (404, "not_found_error"),
     "bad_audio": (400, "invalid_request_error"),
     "bad_request": (400, "invalid_request_error"),
     "unavailable": (503, "server_error"),

@@ -14,7 +14,6 @@ has no AAC encoder.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import contextlib
 import io
@@ -27,12 +26,12 @@ from typing import Any
 import numpy as np
 from aiohttp import web
 
-from edged.audio.compressed import UPLOAD_FORMATS, Container, decode_to_wav, sniff
+from edged.audio.compressed import Container, upload_container
 from edged.doors import common
 from edged.doors.web.auth import Auth
 from edged.doors.web.errors import BadInput, NotJson, error_response, logged
 from edged.doors.web.openai_voices import deployed_voices, is_openai_voice, openai_voice, voices_body
-from edged.errors import AudioFormatError, UnknownVoiceError
+from edged.errors import UnknownVoiceError
 from edged.pipelines.speaker.encoder import SpeakerEncoder
 from edged.pipelines.speaker.enrolled import check_name, enrolment
 from edged.pipelines.tts import AudioChunk
@@ -41,6 +40,7 @@ from edged.rmir.manifest import MULTILINGUAL, Manifest
 from edged.service.asr import RecognitionRequest, Transcript, asr_languages
 from edged.service.context import ServiceContext
 from edged.service.tts import SpeechRequest, Synthesis, TtsService
+from edged.service.uploads import upload_wav
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -54,8 +54,6 @@ _NOT_OFFERED = {"aac": "the libsndfile edged ships (in the soundfile wheel) has 
 """OpenAI's speech formats edged does not make, and why."""
 _STREAM_CHUNK = 32000
 """Bytes of an upload fed to a streaming session at a time (stream=true)."""
-_READ_AS_IS = (b"RIFF", b"RF64", b"fLaC")
-"""The starts of uploads the recognition pipeline reads itself (WAV, FLAC)."""
 MAX_KNOWN_SPEAKERS = 4
 """Most known_speaker_names[] a transcription may give (as OpenAI allows)."""
 MIN_REFERENCE_S = 2.0
@@ -201,7 +199,7 @@ class OpenAiAudioApi:
             if upload is None or not hasattr(upload, "file"):
                 raise BadInput("The request has no `file` field with the audio.")
             audio = upload.file.read()
-            container = _container(str(getattr(upload, "filename", "") or "the upload"), audio)
+            container = upload_container(str(getattr(upload, "filename", "") or "the upload"), audio)
             fmt = str(form.get("response_format", "json"))
             if fmt not in TRANSCRIPT_FORMATS:
                 raise BadInput(f"response_format {fmt!r} is not supported; use one of {', '.join(TRANSCRIPT_FORMATS)}.")
@@ -254,19 +252,15 @@ class OpenAiAudioApi:
 
     async def _reference(self, encoder: SpeakerEncoder, name: str, clip: bytes) -> np.ndarray:
         """The embedding of a known speaker's reference clip (any upload format, 2 s of speech at least)."""
-        wav = await self._decoded(clip, _container(f"known_speaker_references[] of {name}", clip))
+        wav = await self._decoded(clip, upload_container(f"known_speaker_references[] of {name}", clip))
         embedding, _ = await common.asr_service(self._ctx).run_speaker(
             lambda: enrolment(encoder, [(f"The reference of {name}", wav)], MIN_REFERENCE_S))
         return embedding
 
     async def _decoded(self, audio: bytes, container: Container | None) -> bytes:
-        """A compressed upload decoded to WAV on a thread (within the session's slot, so that the
-        stream limit bounds the decodes too); WAV or FLAC as it is."""
-        if container is None:
-            return audio
-        limit = float(self._ctx.settings.asr_max_audio_seconds)
-        pool = self._ctx.pools.get("upload-decode", 1)
-        return await asyncio.get_running_loop().run_in_executor(pool, decode_to_wav, audio, container, limit)
+        """A compressed upload decoded to WAV (within the session's slot, so that the stream limit
+        bounds the decodes too); WAV or FLAC as it is."""
+        return await upload_wav(self._ctx, audio, container)
 
     async def _stream(self, request: web.Request, wanted: RecognitionRequest, audio: bytes,
                       container: Container | None) -> web.StreamResponse:
@@ -397,17 +391,6 @@ def _model(name: str, tasks: list[str], languages: list[str], **more: Any) -> di
     """One `/v1/models` entry: OpenAI's fields, then edged's."""
     return {"id": name, "object": "model", "created": 0, "owned_by": "edged", "task": tasks[0], "tasks": tasks,
             "languages": languages, **more}
-
-
-def _container(name: str, audio: bytes) -> Container | None:
-    """The compressed container of an upload (None: WAV or FLAC); AudioFormatError naming the
-    upload if it is none edged reads."""
-    container = sniff(audio[:16])
-    if container is None and audio[:4] not in _READ_AS_IS:
-        start = audio[:8].hex(" ") if audio else "nothing"
-        raise AudioFormatError(f"{name!r} is not audio edged can read (it starts with {start}); "
-                               f"send {UPLOAD_FORMATS}.")
-    return container
 
 
 class _SpeechWriter:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edged.errors import EdgedError, RequestError
+from edged.errors import EdgedError, RequestError, UnknownSpeakerError
 from edged.pipelines.asr.audio import MODEL_RATE, decode_all
 from edged.pipelines.speaker.encoder import SpeakerEncoder, unit
 
@@ -142,11 +142,11 @@ class SpeakerStore:
         self.save(speakers)
 
     def remove(self, name: str) -> None:
-        """Remove a speaker; RequestError naming the enrolled ones if there is none by that name."""
+        """Remove a speaker; UnknownSpeakerError naming the enrolled ones if there is none by that name."""
         speakers = self.load()
         if name not in speakers:
             known = ", ".join(sorted(speakers)) or "none"
-            raise RequestError(f"No speaker {name!r} is enrolled; enrolled speakers: {known}.")
+            raise UnknownSpeakerError(f"No speaker {name!r} is enrolled; enrolled speakers: {known}.")
         del speakers[name]
         self.save(speakers)
 
