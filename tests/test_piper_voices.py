@@ -252,7 +252,7 @@ def test_openai_voice_and_speak_cli_pick_the_voice(daemon: Daemon, tmp_path: Pat
                                          response_format="wav").content
         with wave.open(io.BytesIO(wav)) as w:
             assert w.getframerate() == rate and w.getnframes() > rate // 10
-    with pytest.raises(openai.NotFoundError, match="voices: German-DE.Test"):
+    with pytest.raises(openai.BadRequestError, match="voices: German-DE.Test"):
         client.audio.speech.create(model="tts-1", voice="Nobody", input="Hola.", response_format="wav")
     out = tmp_path / "remote.wav"
     remote = _edged("speak", "Guten Morgen.", "-o", str(out), "--server", daemon.riva, "--voice", "German-DE.Test",
