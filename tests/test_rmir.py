@@ -906,10 +906,12 @@ def test_locate_pack_installed_missing_file(tmp_path: Path) -> None:
 
 def test_builtin_unknown_name(tmp_path: Path) -> None:
     """An unknown built-in importer name lists the built-ins."""
-    from edged.importers import builtin_source
+    from edged.importers import BUILTINS, builtin_source
 
-    with pytest.raises(ModelImportError, match="moonshine-base-en, piper-joe-medium, silero-vad"):
+    with pytest.raises(ModelImportError, match="no built-in model 'nope'; choose one of: ") as caught:
         builtin_source("nope", tmp_path)
+    assert str(caught.value).endswith(", ".join(BUILTINS) + ".")
+    assert {"moonshine-base-en", "piper-joe-medium", "silero-vad"} <= set(BUILTINS)
 
 
 # --------------------------------------------------------------------------- real default models
