@@ -142,6 +142,17 @@ def _wake_streams(daemon: Daemon) -> int:
     return n
 
 
+async def _until_open_streams(daemon: Daemon, count: int) -> None:
+    """Wait (up to 30 s) until the daemon holds `count` open streams."""
+    from tests.test_wyoming import _asr_streams
+
+    for _ in range(150):
+        if await asyncio.to_thread(_asr_streams, daemon.grpc_port) >= count:
+            return
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"the daemon never held {count} open streams")
+
+
 def test_describe_lists_the_wake_words(daemon: Daemon) -> None:
     async def run() -> Info:
         async with AsyncTcpClient("127.0.0.1", daemon.wyoming_port) as client:
@@ -277,6 +288,8 @@ def test_full_server_refuses_and_a_quiet_client_is_let_go(repo: Path) -> None:
                     AsyncTcpClient("127.0.0.1", d.wyoming_port) as b, \
                     AsyncTcpClient("127.0.0.1", d.wyoming_port) as c:
                 for client in (a, b, c):
+                    if client is c:  # a and b hold the two slots first (the server may read c before b)
+                        await _until_open_streams(d, 2)
                     await client.write_event(Detect().event())
                     await client.write_event(AudioStart(rate=16000, width=2, channels=1).event())
                     await client.write_event(AudioChunk(rate=16000, width=2, channels=1, audio=bytes(640)).event())
