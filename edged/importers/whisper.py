@@ -20,7 +20,13 @@ import onnx
 from edged.errors import ModelImportError, ModelLoadError
 from edged.importers.ctranslate2 import read_ct2_model
 from edged.importers.package import locate_pack
-from edged.importers.whisper_graphs import build_cross_kv, build_decoder, build_encoder, whisper_shape
+from edged.importers.whisper_graphs import (
+    alignment_heads,
+    build_cross_kv,
+    build_decoder,
+    build_encoder,
+    whisper_shape,
+)
 from edged.pipelines.asr.whisper.features import CHUNK_FRAMES
 from edged.pipelines.asr.whisper.recogniser import WHISPER_FAMILY
 from edged.pipelines.asr.whisper.tokenizer import WhisperTokenizer
@@ -168,8 +174,9 @@ def import_ct2_whisper(folder: Path, workdir: Path, name: str, provenance: dict[
     # Never sampled: the non-speech symbols config.json lists and every special token but the end.
     suppressed = sorted({int(t) for t in config.get("suppress_ids", []) if int(t) != eot}
                         | {t for t in tokenizer.special if t != eot})
+    heads = alignment_heads(config.get("alignment_heads"), shape)
     graphs = {"encoder": build_encoder(model, shape), "cross_kv": build_cross_kv(model, shape),
-              "decoder": build_decoder(model, shape, suppressed, [tokenizer.languages[c] for c in languages])}
+              "decoder": build_decoder(model, shape, suppressed, [tokenizer.languages[c] for c in languages], heads)}
     networks = {}
     for net, graph in graphs.items():
         out = workdir / f"{net}.onnx"
@@ -194,6 +201,9 @@ def import_ct2_whisper(folder: Path, workdir: Path, name: str, provenance: dict[
             "languages": languages,
             "multilingual": multilingual,
             "encoder_samples_per_frame": 16000 * _MAX_AUDIO_S // encoder_frames,
+            # Word times: DTW over the decoder's `alignment_attention`, these heads' cross-attention
+            # (config.json's, else the last half of the layers'), in this order.
+            "alignment_heads": [list(h) for h in heads],
             "max_tokens_per_second": _TOKENS_PER_SECOND,
             "max_tokens": _MAX_TOKENS,
             "max_audio_seconds": _MAX_AUDIO_S,

@@ -9,8 +9,10 @@ Three graphs, the layout edged's Moonshine recogniser runs (edged.pipelines.asr.
   the cross K/V -> `logits` [batch, tokens, vocab] (with the tokens Whisper never samples
   pushed to -1e9), `language_logits` (the raw logits of the language tokens, for language
   identification; not in an English-only model's graph) and `present.N.decoder.*` (the cache
-  with the new tokens). The positions of the new tokens follow the cache's length, and each
-  attends to itself and what is before it.
+  with the new tokens), and `alignment_attention` [batch, alignment heads, tokens, frames / 2]:
+  the cross-attention probabilities of the alignment heads (`alignment_heads`, in layer then
+  head order), for word times. The positions of the new tokens follow the cache's length, and
+  each attends to itself and what is before it.
 
 Weights are stored as float32. Attention queries are scaled by 1/sqrt(head width) in their
 weights. The token embedding is stored once, transposed, and serves both the input embedding
@@ -28,6 +30,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from edged.errors import ModelImportError
 from edged.importers.ctranslate2 import Ct2Model
+from edged.pipelines.asr.whisper.recogniser import ALIGNMENT_OUTPUT
 
 OPSET = 17
 _EPS = 1e-5
@@ -96,10 +99,14 @@ class _Graph:
 
     def attend(self, q: str, k_t: str, v: str, mask: str | None = None) -> str:
         """softmax(q k^T [+ mask]) v, with q already scaled and k given transposed."""
+        return self.op("MatMul", [self.weights(q, k_t, mask), v])
+
+    def weights(self, q: str, k_t: str, mask: str | None = None) -> str:
+        """The attention probabilities softmax(q k^T [+ mask]) [batch, heads, queries, keys]."""
         scores = self.op("MatMul", [q, k_t])
         if mask is not None:
             scores = self.op("Add", [scores, mask])
-        return self.op("MatMul", [self.op("Softmax", [scores], axis=-1), v])
+        return self.op("Softmax", [scores], axis=-1)
 
     def model(self, name: str, inputs: list[onnx.ValueInfoProto], outputs: list[onnx.ValueInfoProto]
               ) -> onnx.ModelProto:
@@ -202,10 +209,29 @@ def build_cross_kv(model: Ct2Model, shape: WhisperShape) -> onnx.ModelProto:
                             ["batch_size", "encoder_sequence_length_out", shape.width])], outputs)
 
 
-def build_decoder(model: Ct2Model, shape: WhisperShape, suppressed: list[int], language_ids: list[int]
-                  ) -> onnx.ModelProto:
+def alignment_heads(stated: Any, shape: WhisperShape) -> list[tuple[int, int]]:
+    """The (decoder layer, head) pairs whose cross-attention follows the speech, in layer order:
+    config.json's `alignment_heads` where given, else every head of the last half of the layers
+    (Whisper's own default); ModelImportError for pairs the model does not have."""
+    if stated is None:
+        return [(layer, head) for layer in range(shape.decoder_layers // 2, shape.decoder_layers)
+                for head in range(shape.heads)]
+    try:
+        heads = sorted({(int(layer), int(head)) for layer, head in stated})
+    except (TypeError, ValueError):
+        raise ModelImportError(f"config.json's alignment_heads must be [layer, head] pairs, not {stated!r}.") from None
+    wrong = [pair for pair in heads if not (0 <= pair[0] < shape.decoder_layers and 0 <= pair[1] < shape.heads)]
+    if wrong or not heads:
+        raise ModelImportError(f"config.json's alignment_heads {wrong or 'list'} is not of this model's "
+                               f"{shape.decoder_layers} decoder layers of {shape.heads} heads.")
+    return heads
+
+
+def build_decoder(model: Ct2Model, shape: WhisperShape, suppressed: list[int], language_ids: list[int],
+                  alignment_heads: list[tuple[int, int]]) -> onnx.ModelProto:
     """The decoder step with its self-attention cache (see the module docstring)."""
     g = _Graph()
+    alignment: list[str] = []
     past = "past_key_values.0.decoder.key"
     cached = g.op("Shape", [past], start=2, end=3)
     new = g.op("Shape", ["input_ids"], start=1, end=2)
@@ -248,8 +274,12 @@ def build_decoder(model: Ct2Model, shape: WhisperShape, suppressed: list[int], l
         for name in enc.values():
             inputs.append(_tensor(name, TensorProto.FLOAT,
                                   ["batch_size", shape.heads, "encoder_sequence_length_out", shape.head_dim]))
-        ctx = g.attend(g.split_heads(q, shape.heads, shape.head_dim, [0, 2, 1, 3]),
-                       g.op("Transpose", [enc["key"]], perm=[0, 1, 3, 2]), enc["value"])
+        probs = g.weights(g.split_heads(q, shape.heads, shape.head_dim, [0, 2, 1, 3]),
+                          g.op("Transpose", [enc["key"]], perm=[0, 1, 3, 2]))
+        picked = [head for at, head in alignment_heads if at == layer]
+        if picked:
+            alignment.append(g.op("Gather", [probs, g.ints(f"/alignment_heads_{layer}", picked)], axis=1))
+        ctx = g.op("MatMul", [probs, enc["value"]])
         x = g.op("Add", [x, g.linear(g.merge_heads(ctx, shape.width), model, f"{scope}/attention/linear_2")])
         x = g.op("Add", [x, _ffn(g, x, model, f"{scope}/ffn")])
     x = g.layer_norm(x, model, "decoder/layer_norm")
@@ -263,6 +293,10 @@ def build_decoder(model: Ct2Model, shape: WhisperShape, suppressed: list[int], l
         g.op("Gather", [raw, g.ints("/language_ids", language_ids)], "language_logits", axis=2)
         scores.append(_tensor("language_logits", TensorProto.FLOAT, [*logits_dims, len(language_ids)]))
     outputs = [*scores, *outputs]
+    if alignment:
+        g.op("Concat", alignment, ALIGNMENT_OUTPUT, axis=1)
+        outputs.append(_tensor(ALIGNMENT_OUTPUT, TensorProto.FLOAT, [
+            "batch_size", len(alignment_heads), "decoder_sequence_length", "encoder_sequence_length_out"]))
     return g.model("whisper_decoder", inputs, outputs)
 
 

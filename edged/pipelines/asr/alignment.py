@@ -19,7 +19,12 @@ Given the utterance's audio, word edges near a silent stretch move to its edges 
 `snap_to_pauses`): on the long evalcorpus clips this takes the median sentence-boundary error
 from ~80 ms to ~40 ms.
 
-Pure numpy; no model, no gRPC. Moonshine encoder frames come 384 samples apart at 16 kHz.
+The encoder's frame grid is the caller's: `samples_per_frame` apart (Moonshine's encoder
+frames come 384 samples apart at 16 kHz, Whisper's 320), `frames` of them holding the
+utterance (Whisper's encoder hears 30 s whatever the utterance's length: its frames past the
+audio are padding, and its recogniser gives the attention of the real ones only).
+
+Pure numpy; no model, no gRPC.
 """
 
 from __future__ import annotations
@@ -237,6 +242,7 @@ def align_words(
     medfilt_width: int = MEDFILT_WIDTH,
     sample_rate: int = MODEL_RATE,
     samples_per_frame: int = SAMPLES_PER_FRAME,
+    frames: int | None = None,
 ) -> list[WordTime]:
     """Word start/end times (ms, plus `offset_ms`) of a decoded utterance.
 
@@ -247,7 +253,9 @@ def align_words(
     EOS; num_samples: the utterance's length in samples (frames beyond it are padding);
     heads: the (layer, head) pairs to align with (the manifest's `alignment_heads`);
     offset_ms: where the utterance starts in the stream; audio: the utterance's samples, to
-    move word edges out of pauses (see `snap_to_pauses`).
+    move word edges out of pauses (see `snap_to_pauses`); samples_per_frame: the encoder's
+    frame stride; frames: the encoder frames that hold the utterance (default: Moonshine's,
+    `encoder_frames(num_samples)`).
     """
     n_tok = len(token_ids)
     if len(pieces) != n_tok:
@@ -258,7 +266,7 @@ def align_words(
     attn = _stack(cross_attn)
     if attn.shape[2] not in (n_tok, n_tok + 1):
         raise ValueError(f"cross_attn has {attn.shape[2]} token rows for {n_tok} tokens")
-    frames = min(attn.shape[3], max(1, encoder_frames(num_samples)))
+    frames = min(attn.shape[3], max(1, encoder_frames(num_samples) if frames is None else frames))
     ms_per_frame = 1000.0 * samples_per_frame / sample_rate
     duration_ms = 1000.0 * num_samples / sample_rate
     matrix = attention_matrix(attn[..., :frames], heads, medfilt_width)

@@ -86,8 +86,10 @@ class AsrModel:
         if threshold is not None:
             params.setdefault("speech_threshold", threshold)
         self.endpoint = EndpointParams.from_manifest(params)
-        heads = [(int(h[0]), int(h[1])) for h in asr.manifest.parameters.get("alignment_heads", [])]
-        self.results = ResultMaker(self.recogniser.tokenizer, tuple(heads), asr.manifest.language_code)
+        rec = self.recogniser
+        self.results = (ResultMaker(rec.tokenizer, rec.alignment_heads, asr.manifest.language_code,
+                                    rec.samples_per_frame) if isinstance(rec, Recogniser)
+                        else ResultMaker(rec.tokenizer, language_code=asr.manifest.language_code))
         self.lanes = Lanes(asr.lanes, pools, f"asr-{asr.name}")
         self.seconds_per_sample = 0.05 / MODEL_RATE
         """Recent decode wall time per sample of audio (a moving average over batches)."""
@@ -124,7 +126,7 @@ class AsrModel:
         # Finals (and speculative finals, which may become them) with alternatives: a beam each.
         beams = [j.kind in _WHOLE and j.stream.config.max_alternatives > 1 for j in group]
         if isinstance(rec, WhisperRecogniser):  # no beam yet: every job greedy, in its language
-            found = rec.decode([j.audio for j in group], [j.draft for j in group],
+            found = rec.decode([j.audio for j in group], [j.draft for j in group], attention,
                                languages=[j.stream.config.language for j in group])
             return found, time.perf_counter() - t0
         greedy = [i for i, beam in enumerate(beams) if not beam]

@@ -28,6 +28,7 @@ import numpy as np
 from edged.backends import Session
 from edged.errors import ModelLoadError
 from edged.loader import LoadedModel
+from edged.pipelines.asr.alignment import SAMPLES_PER_FRAME
 from edged.pipelines.asr.audio import MODEL_RATE
 from edged.pipelines.asr.boost import PhraseBias, keep_bonus
 from edged.pipelines.asr.tokenizer import Tokenizer
@@ -272,6 +273,11 @@ class Recogniser:
         self._attention_outputs = sorted(
             (o.name for o in self.decoder.outputs if o.name.startswith("cross_attentions.")),
             key=lambda name: int(name.rsplit(".", 1)[1]))
+        """The decoder outputs of cross-attention [batch, heads, tokens, frames], one per layer."""
+        self.alignment_heads = tuple((int(h[0]), int(h[1])) for h in params.get("alignment_heads", []))
+        """(layer, head) pairs of the collected cross-attention to align words with (alignment.py)."""
+        self.samples_per_frame = SAMPLES_PER_FRAME
+        """Samples of audio per encoder frame."""
         self._biases: dict[tuple[tuple[str, float], ...], PhraseBias] = {}
         self._biases_lock = threading.Lock()
 
@@ -392,6 +398,7 @@ class Recogniser:
         out, encoder_kv, step_inputs = self._first_call(hidden, ids, attention, encoder_kv)
         ids = ids[:, start:]
         attn: list[list[np.ndarray]] = [[] for _ in samples]
+        skip = start  # the first call's positions of the prompt before its last token predict no token
         position = start  # decoder positions in the KV cache
         chosen = ids[:, 0]
         logits = out["logits"][:, start:, :self.vocab]
@@ -418,7 +425,8 @@ class Recogniser:
             past = {f"past_key_values.{layer}.decoder.{part}": _prefix(out[f"present.{layer}.decoder.{part}"], position)
                     for layer in range(self.layers) for part in ("key", "value")}
             if attention:
-                self._keep_attention(out, attn, 1 + kept)
+                self._keep_attention(out, attn, 1 + kept, skip)
+                skip = 0
             chosen = np.argmax(scored[:, kept], axis=-1)
             for b, t in pending.items():
                 if t == kept and not rows[b].stopped:
@@ -635,15 +643,16 @@ class Recogniser:
                               for part in parts for kv in ("key", "value")]
         return names + self._attention_outputs if attention else names
 
-    def _keep_attention(self, out: dict[str, np.ndarray], attention: list[list[np.ndarray]], rows: int) -> None:
-        """Collect the first `rows` positions' cross-attention [layers, heads, frames].
+    def _keep_attention(self, out: dict[str, np.ndarray], attention: list[list[np.ndarray]], rows: int,
+                        skip: int = 0) -> None:
+        """Collect `rows` positions' cross-attention [layers, heads, frames], after the first `skip`.
 
         Row i of an utterance is the position that predicts token i; the row after its last
         token is the one that predicted EOS.
         """
         layers = np.stack([out[name] for name in self._attention_outputs], axis=1)  # [B, L, H, S, F]
         for b in range(len(attention)):
-            for s in range(min(rows, layers.shape[3])):
+            for s in range(skip, min(skip + rows, layers.shape[3])):
                 attention[b].append(layers[b, :, :, s])
 
     def _stack_attention(self, per_token: list[np.ndarray], n_tokens: int, frames: int) -> np.ndarray | None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from edged.pipelines.asr.alignment import align_words
+from edged.pipelines.asr.alignment import SAMPLES_PER_FRAME, align_words
 from edged.pipelines.asr.audio import MODEL_RATE
 from edged.pipelines.asr.jobs import DecodeJob, JobKind, StreamConfig
 from edged.pipelines.asr.profanity import mask
@@ -30,6 +30,8 @@ class ResultMaker:
     their utterance's span)."""
     language_code: str = ""
     """The model's language, given on every result (a multilingual model's: the one each hypothesis was written in)."""
+    samples_per_frame: int = SAMPLES_PER_FRAME
+    """Samples of audio per encoder frame (the cross-attention's columns)."""
 
     def result(self, job: DecodeJob, config: StreamConfig, stable: int,
                hyp: Hypothesis | None = None, start: int | None = None) -> Result | None:
@@ -81,7 +83,7 @@ class ResultMaker:
             timed = [(w.text, w.start_ms, w.end_ms, w.confidence or 0.0) for w in align_words(
                 hyp.tokens, [self.tokenizer.piece_bytes(t) for t in hyp.tokens], hyp.cross_attention,
                 len(job.audio), list(self.alignment_heads), offset_ms=start_ms, audio=job.audio,
-                token_logprobs=hyp.logprobs)]
+                token_logprobs=hyp.logprobs, samples_per_frame=self.samples_per_frame, frames=hyp.frames)]
         else:
             timed = [(text, int(start_ms), int(end_ms), conf)
                      for text, _, _, conf in split_words(self.tokenizer, hyp)]

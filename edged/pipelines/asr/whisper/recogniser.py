@@ -7,7 +7,9 @@ language tokens (the decoder's `language_logits`) names it. Decoding then starts
 prompt `<|startoftranscript|> <|xx|> <|transcribe|>` (or `<|translate|>`: English text of
 speech in any language) `<|notimestamps|>` (an English-only model's: `<|startoftranscript|>
 <|notimestamps|>`), and goes on as the Moonshine recogniser's greedy
-decoding does (edged.pipelines.asr.recogniser), drafts included.
+decoding does (edged.pipelines.asr.recogniser), drafts included, collecting the cross-attention
+of the alignment heads (the decoder's `alignment_attention`) for word times: the position fed
+`<|notimestamps|>` predicts the first token.
 """
 
 from __future__ import annotations
@@ -29,6 +31,9 @@ from edged.pipelines.asr.whisper.tokenizer import WhisperTokenizer
 
 WHISPER_FAMILY = "whisper"
 """The manifest's model_family of Whisper models."""
+ALIGNMENT_OUTPUT = "alignment_attention"
+"""The decoder output of the alignment heads' cross-attention [batch, heads, tokens, frames]
+(a model built before it has none: its words get their utterance's span)."""
 
 
 class Task(str, Enum):
@@ -65,6 +70,10 @@ class WhisperRecogniser(Recogniser):
             raise ModelLoadError(f"Model {model.name}'s tokenizer lacks the languages {missing}; rebuild its RMIR.")
         self.tasks = {task: tokenizer.token(f"<|{task.value}|>") for task in Task}
         self.no_timestamps = tokenizer.token("<|notimestamps|>")
+        # The alignment heads come as one output: collected as one layer of those heads.
+        found = ALIGNMENT_OUTPUT in {o.name for o in self.decoder.outputs}
+        self._attention_outputs = [ALIGNMENT_OUTPUT] if found else []
+        self.alignment_heads = tuple((0, head) for head in range(len(self.alignment_heads))) if found else ()
 
     def _load_tokenizer(self, path: Path, model: LoadedModel) -> WhisperTokenizer:
         self.whisper_tokenizer = WhisperTokenizer.load(path, int(model.manifest.parameters.get("vocab_size", 0)))
@@ -106,7 +115,7 @@ class WhisperRecogniser(Recogniser):
         encoder_kv = self.cross_kv_of(hidden)
         if not self.multilingual:  # English only: results carry the model's own language tag
             prompts = [[self.bos, self.no_timestamps] for _ in audios]
-            return self._greedy(hidden, [len(a) for a in audios], drafts, False, None,
+            return self._greedy(hidden, [len(a) for a in audios], drafts, attention, None,
                                 prompts=prompts, encoder_kv=encoder_kv)[0]
         codes = [a.code for a in asked]
         unknown = [i for i, code in enumerate(codes) if not code]
@@ -116,11 +125,19 @@ class WhisperRecogniser(Recogniser):
                 codes[i] = code
         prompts = [[self.bos, self.whisper_tokenizer.languages[code], self.tasks[a.task], self.no_timestamps]
                    for code, a in zip(codes, asked)]
-        hyps, _ = self._greedy(hidden, [len(a) for a in audios], drafts, False, None,
+        hyps, _ = self._greedy(hidden, [len(a) for a in audios], drafts, attention, None,
                                prompts=prompts, encoder_kv=encoder_kv)
         for hyp, code in zip(hyps, codes):
             hyp.language = code
         return hyps
+
+    def _stack_attention(self, per_token: list[np.ndarray], n_tokens: int, frames: int) -> np.ndarray | None:
+        """The attention of the frames that hold the audio, each row scaled to sum to one: the
+        softmax over those frames alone, as Whisper aligns (its encoder's other frames hear padding)."""
+        stacked = super()._stack_attention(per_token, n_tokens, frames)
+        if stacked is None:
+            return None
+        return stacked / np.maximum(stacked.sum(axis=-1, keepdims=True), 1e-12)
 
     def beam(self, audio: np.ndarray, width: int, bias: PhraseBias | None = None,
              attention: bool = True, language: Language | None = None) -> Hypothesis:
