@@ -48,9 +48,14 @@ def _byte_chars() -> list[str]:
 
 def make_ct2_whisper(folder: Path, width: int = 32, heads: int = 2, layers: int = 2, mels: int = 80,
                      audio_positions: int = 1500, text_positions: int = 64, seed: int = 0,
-                     timestamps: int = 4) -> Path:
+                     timestamps: int = 4, script: list[int] | None = None,
+                     config: dict[str, object] | None = None) -> Path:
     """A CTranslate2 Whisper folder: 256 byte tokens, the words of WORDS, then SPECIAL, then
-    `timestamps` timestamp tokens (English-only `.en` models: 51864 tokens in all)."""
+    `timestamps` timestamp tokens (English-only `.en` models: 51864 tokens in all).
+
+    `script`: tokens the model writes whatever it hears, then the end of text, after a prompt of
+    four tokens (each position's encoding is mostly the embedding of the token it is to
+    predict); `config`: entries added to config.json."""
     rng = np.random.default_rng(seed)
     chars = _byte_chars()
     vocab = {chars[b]: b for b in range(256)}
@@ -89,11 +94,16 @@ def make_ct2_whisper(folder: Path, width: int = 32, heads: int = 2, layers: int 
                 v[f"{s}/attention/linear_1/weight"] = w(2 * width, width)
                 v[f"{s}/attention/linear_1/bias"] = w(2 * width)
                 v[f"{s}/attention/linear_2/weight"], v[f"{s}/attention/linear_2/bias"] = w(width, width), w(width)
+    if script is not None:  # the position fed the prompt's last token predicts the script's first
+        eot = len(vocab)
+        for position, token in enumerate([*script, eot], start=3):
+            v["decoder/position_encodings/encodings"][position] = 8 * v["decoder/embeddings/weight"][token]
     folder.mkdir(parents=True, exist_ok=True)
     write_model_bin(folder / "model.bin", "WhisperSpec", v, {"decoder/projection/weight": "decoder/embeddings/weight"})
     (folder / "tokenizer.json").write_text(json.dumps({"model": {"type": "BPE", "vocab": vocab, "merges": []},
                                                        "added_tokens": added}), encoding="utf-8")
-    (folder / "config.json").write_text(json.dumps({"suppress_ids": [ord("#")], "suppress_ids_begin": [220]}))
+    (folder / "config.json").write_text(json.dumps({"suppress_ids": [ord("#")], "suppress_ids_begin": [220],
+                                                    **(config or {})}))
     return folder
 
 
