@@ -11,8 +11,9 @@ Row convention of `cross_attn`: row i is the attention of the decoder position t
 token i (its input is token i-1, or BOS for i = 0). An extra last row, predicting EOS, is
 welcome: it gives the last word a learnt end instead of the end of the audio. In a KV-cache
 greedy loop that is the attention of every position of every decoder call, the first call's
-included (its position fed BOS predicts token 0); the attention of the position fed token i
-belongs to row i + 1. Shifting rows by one costs ~100 ms of bias and doubles the error.
+included (its position fed BOS, Whisper's fed the prompt's last token, predicts token 0); the
+attention of the position fed token i belongs to row i + 1. Shifting rows by one costs ~100 ms
+of bias and doubles the error.
 
 DTW gives every frame to some token, so a pause ends up inside a word (usually the next one).
 Given the utterance's audio, word edges near a silent stretch move to its edges (see
