@@ -1,0 +1,200 @@
+"""A Whisper ONNX export in Hugging Face optimum's layout given to `edged build speech_recognition
+--whisper FOLDER`: generated multilingual and English-only exports (tests/whisper_optimum_models.py)
+built by the real CLI and deployed, recognising in this process with the tokens and languages a
+plain greedy loop over the export's own two graphs gives; exports lacking a file or with other
+graphs refused in one line."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper
+
+from edged.backends import BackendOptions
+from edged.errors import ModelImportError
+from edged.importers.whisper import import_whisper_folder
+from edged.loader import load_model
+from edged.pipelines.asr.whisper.recogniser import Language, Task, WhisperRecogniser
+from edged.repository.deploy import deploy
+from edged.repository.records import DeployTarget, list_models
+from edged.rmir import RmirRef
+from tests.whisper_models import SPECIAL, WORDS
+from tests.whisper_optimum_models import make_optimum_whisper
+
+_EN_VOCAB = 51864
+
+
+def _edged(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "edged", *args], capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def exports(tmp_path_factory: pytest.TempPathFactory, cpu_target: DeployTarget) -> dict[str, Path]:
+    """Two generated exports, `tiny-multi` and `tiny.en` (51864 tokens, `is_multilingual: false`),
+    each built by the CLI and deployed to `repo`."""
+    tmp = tmp_path_factory.mktemp("whisper-optimum")
+    folders = {"tiny-multi": make_optimum_whisper(tmp / "tiny-multi", seed=3),
+               "tiny-en": make_optimum_whisper(tmp / "tiny.en", multilingual=False, seed=5,
+                                               timestamps=_EN_VOCAB - 256 - len(WORDS) - len(SPECIAL))}
+    for name, folder in folders.items():
+        rmir = tmp / f"{name}.rmir"
+        built = _edged("build", "speech_recognition", str(rmir), "--whisper", str(folder), "--name", name)
+        assert built.returncode == 0, built.stderr
+        deploy(RmirRef(rmir), tmp / "repo" / "models", cpu_target, BackendOptions())
+    return {**folders, "repo": tmp / "repo"}
+
+
+class Reference:
+    """Greedy decoding straight on an export's encoder_model.onnx and decoder_model_merged.onnx,
+    as optimum's generate runs them: the first call through the no-cache branch, then one token
+    per call through the cached branch; the special tokens but the end and the generation
+    config's `suppress_tokens` never chosen."""
+
+    def __init__(self, folder: Path) -> None:
+        self.encoder = ort.InferenceSession(str(folder / "encoder_model.onnx"))
+        self.decoder = ort.InferenceSession(str(folder / "decoder_model_merged.onnx"))
+        self.outputs = [o.name for o in self.decoder.get_outputs()]
+        spec = json.loads((folder / "tokenizer.json").read_text(encoding="utf-8"))
+        self.special = {t["content"]: t["id"] for t in spec["added_tokens"]}
+        self.eot = self.special["<|endoftext|>"]
+        vocab = self.decoder.get_outputs()[0].shape[2]
+        generation = json.loads((folder / "generation_config.json").read_text())
+        self.allowed = np.ones(vocab, bool)
+        self.allowed[[i for i in self.special.values() if i != self.eot]] = False
+        self.allowed[len(spec["model"]["vocab"]) + len(self.special):] = False  # timestamps
+        self.allowed[generation["suppress_tokens"]] = False
+        self.languages = generation["lang_to_id"]
+        self.past = [i for i in self.decoder.get_inputs() if i.name.startswith("past_key_values.")]
+
+    def run(self, ids: list[int], hidden: np.ndarray, past: dict[str, np.ndarray] | None) -> dict[str, np.ndarray]:
+        feed = {"input_ids": np.array([ids], np.int64), "encoder_hidden_states": hidden,
+                "use_cache_branch": np.array([past is not None])}
+        feed |= past or {i.name: np.zeros((1, i.shape[1], 0, i.shape[3]), np.float32) for i in self.past}
+        return dict(zip(self.outputs, self.decoder.run(None, feed)))
+
+    def decode(self, features: np.ndarray, cap: int, language: str = "", task: str = "transcribe"
+               ) -> tuple[str, list[int]]:
+        hidden = self.encoder.run(None, {"input_features": features})[0]
+        sot = self.special["<|startoftranscript|>"]
+        if self.languages and not language:
+            logits = self.run([sot], hidden, None)["logits"][0, -1]
+            language = max(self.languages, key=lambda tag: float(logits[self.languages[tag]]))[2:-2]
+        prompt = [sot, self.special[f"<|{language}|>"], self.special[f"<|{task}|>"]] if self.languages else [sot]
+        out = self.run([*prompt, self.special["<|notimestamps|>"]], hidden, None)
+        tokens: list[int] = []
+        while True:
+            logits = np.where(self.allowed, out["logits"][0, -1], -np.inf)
+            token = int(logits.argmax())
+            if token == self.eot or len(tokens) >= cap:
+                return language, tokens
+            tokens.append(token)
+            past = {i.name: out[i.name.replace("past_key_values", "present")] for i in self.past}
+            out = self.run([token], hidden, past)
+
+
+def _audio(seed: int, seconds: float) -> np.ndarray:
+    return (np.random.default_rng(seed).standard_normal(int(16000 * seconds)) * 0.1).astype(np.float32)
+
+
+def _same(hyp_tokens: list[int], stopped: str, reference: list[int]) -> bool:
+    """The recogniser's tokens are the reference's, or (cut at a repetition loop) their start."""
+    if stopped in ("loop", "repeat"):
+        return len(hyp_tokens) > 0 and reference[:len(hyp_tokens)] == hyp_tokens
+    return hyp_tokens == reference
+
+
+def test_multilingual_export_recognises_as_its_own_graphs(exports: dict[str, Path], cpu_target: DeployTarget
+                                                          ) -> None:
+    """Identified language, transcribed and translated tokens, and a draft-fed decode (several
+    tokens per cached call) all equal the plain loop over the export's graphs."""
+    (model,) = [m for m in list_models(exports["repo"] / "models", cpu_target) if m.name == "tiny-multi"]
+    assert (model.manifest.language_code, model.manifest.parameters["languages"]) == ("multi", ["en", "de", "es"])
+    rec = WhisperRecogniser(load_model(model, BackendOptions(intra_op_threads=1)))
+    ref = Reference(exports["tiny-multi"])
+    checked = set()
+    for seed, seconds in ((1, 2.0), (2, 1.0), (7, 3.0)):
+        audio = _audio(seed, seconds)
+        features = rec.features.batch([audio])
+        cap = rec.token_cap(len(audio))
+        language, tokens = ref.decode(features, cap)
+        (hyp,) = rec.decode([audio])
+        assert hyp.language == language and _same(hyp.tokens, hyp.stopped, tokens), (seed, hyp, tokens)
+        (drafted,) = rec.decode([audio], drafts=[tokens])
+        assert drafted.tokens == hyp.tokens
+        _, translated = ref.decode(features, cap, "de", "translate")
+        (hyp,) = rec.decode([audio], languages=[Language("de", Task.TRANSLATE)])
+        assert hyp.language == "de" and _same(hyp.tokens, hyp.stopped, translated)
+        checked.add(language)
+    assert checked <= {"en", "de", "es"}
+    # The deployed graphs' scores themselves, not only their argmax: a prompt's logits (where
+    # Whisper may sample) and the language logits, against the merged decoder's first call.
+    audio = _audio(5, 2.0)
+    hidden = ref.encoder.run(None, {"input_features": rec.features.batch([audio])})[0]
+    prompt = [ref.special[t] for t in ("<|startoftranscript|>", "<|es|>", "<|transcribe|>", "<|notimestamps|>")]
+    expected = ref.run(prompt, hidden, None)["logits"]
+    empty = np.zeros((1, rec._heads, 0, rec._head_dim), np.float32)
+    feed = {"input_ids": np.array([prompt], np.int64), **rec.cross_kv_of(rec.encode([audio])),
+            **{f"past_key_values.{layer}.decoder.{kv}": empty for layer in range(rec.layers) for kv in ("key", "value")}}
+    got = rec.decoder.run(feed, ["logits", "language_logits"])
+    np.testing.assert_allclose(got["logits"][..., ref.allowed], expected[..., ref.allowed], atol=1e-4)
+    assert (got["logits"][..., ~ref.allowed] < -1e8).all()
+    ids = [ref.languages[f"<|{code}|>"] for code in ("en", "de", "es")]
+    np.testing.assert_allclose(got["language_logits"], expected[..., ids], atol=1e-4)
+
+
+def test_english_only_export(exports: dict[str, Path], cpu_target: DeployTarget) -> None:
+    """`is_multilingual: false`: served as en-US, prompted without language or task, no language logits."""
+    (model,) = [m for m in list_models(exports["repo"] / "models", cpu_target) if m.name == "tiny-en"]
+    assert (model.manifest.language_code, model.manifest.parameters["multilingual"]) == ("en-US", False)
+    decoder = next(n for n in model.manifest.networks if n.name == "decoder")
+    assert "language_logits" not in [t.name for t in decoder.outputs]
+    rec = WhisperRecogniser(load_model(model, BackendOptions(intra_op_threads=1)))
+    audio = _audio(11, 2.0)
+    _, tokens = Reference(exports["tiny-en"]).decode(rec.features.batch([audio]), rec.token_cap(len(audio)))
+    (hyp,) = rec.decode([audio])
+    assert hyp.language == "" and _same(hyp.tokens, hyp.stopped, tokens)
+
+
+def _copy_export(src: Path, dst: Path) -> Path:
+    dst.mkdir()
+    for f in src.iterdir():
+        (dst / f.name).write_bytes(f.read_bytes())
+    return dst
+
+
+def test_broken_exports_are_refused(exports: dict[str, Path], tmp_path: Path) -> None:
+    """A missing file, an encoder with other inputs, a float16 decoder: each one line naming it."""
+    folder = _copy_export(exports["tiny-multi"], tmp_path / "export")
+    (folder / "decoder_model_merged.onnx").rename(tmp_path / "decoder.onnx")
+    done = _edged("build", "speech_recognition", str(tmp_path / "x.rmir"), "--whisper", str(folder))
+    assert done.returncode != 0 and "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines() == [
+        f"edged: {folder} is not an optimum Whisper export: it lacks decoder_model_merged.onnx."]
+    (tmp_path / "decoder.onnx").rename(folder / "decoder_model_merged.onnx")
+
+    encoder = onnx.load(str(folder / "encoder_model.onnx"))
+    encoder.graph.input[0].name = "mel"
+    for node in encoder.graph.node:
+        node.input[:] = ["mel" if i == "input_features" else i for i in node.input]
+    onnx.save(encoder, str(folder / "encoder_model.onnx"))
+    with pytest.raises(ModelImportError, match=r"encoder_model\.onnx is not optimum's Whisper export: it lacks "
+                                               r"input_features \(it reads mel\)\.$"):
+        import_whisper_folder(folder, tmp_path, {})
+
+    folder = _copy_export(exports["tiny-multi"], tmp_path / "fp16")
+    merged = onnx.load(str(folder / "decoder_model_merged.onnx"))
+    merged.graph.output[0].CopyFrom(helper.make_tensor_value_info("logits", TensorProto.FLOAT16, None))
+    onnx.save(merged, str(folder / "decoder_model_merged.onnx"))
+    with pytest.raises(ModelImportError, match="logits is float16; edged imports float32 exports only"):
+        import_whisper_folder(folder, tmp_path, {})
+
+    (folder / "config.json").write_text(json.dumps({"model_type": "moonshine"}))
+    with pytest.raises(ModelImportError, match=r"config\.json is a moonshine model, not Whisper\.$"):
+        import_whisper_folder(folder, tmp_path, {})
