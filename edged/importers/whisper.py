@@ -96,18 +96,20 @@ def import_whisper_folder(folder: Path, workdir: Path, overrides: dict[str, Any]
         raise ModelImportError(f"{folder} is not a folder; --whisper takes a Whisper model's folder "
                                "(CTranslate2's model.bin or optimum's ONNX export).")
     name = overrides.get("name") or re.sub(r"[^A-Za-z0-9._-]+", "-", folder.resolve().name).strip("-._") or "whisper"
-    options = {"language_code": overrides.get("language_code"), "license": overrides.get("license") or "unknown"}
+    language_code, license = overrides.get("language_code"), overrides.get("license") or "unknown"
     if not (folder / "model.bin").is_file() and is_optimum_export(folder):
         missing = [f for f in OPTIMUM_FILES if not (folder / f).is_file()]
         if missing:
             raise ModelImportError(f"{folder} is not an optimum Whisper export: it lacks {', '.join(missing)}.")
-        return import_optimum_whisper(folder, workdir, name, {"from": "optimum", "folder": folder.name}, **options)
+        return import_optimum_whisper(folder, workdir, name, {"from": "optimum", "folder": folder.name},
+                                      language_code, license)
     missing = [f for f in ("model.bin", "config.json") if not (folder / f).is_file()]
     if not any((folder / f).is_file() for f in _TOKENIZER_FILES):
         missing.append(" or ".join(_TOKENIZER_FILES))
     if missing:
         raise ModelImportError(f"{folder} is not a CTranslate2 Whisper model: it lacks {', '.join(missing)}.")
-    return import_ct2_whisper(folder, workdir, name, {"from": "folder", "folder": folder.name}, **options)
+    return import_ct2_whisper(folder, workdir, name, {"from": "folder", "folder": folder.name},
+                              language_code, license)
 
 
 def _tokenizer_json(folder: Path, workdir: Path) -> Path:

@@ -32,6 +32,8 @@ FILES = (ENCODER, DECODER, "config.json", "tokenizer.json")
 """What an optimum Whisper export must hold (generation_config.json is read where present)."""
 _MASKED = -1e9
 _RAW_LOGITS = "/edged/raw_logits"
+Dims = list[str | int]
+"""A tensor's dimensions: fixed sizes and symbolic names."""
 
 
 def is_optimum_export(folder: Path) -> bool:
@@ -90,10 +92,10 @@ class OptimumWhisper:
     def graphs(self, suppressed: list[int], language_ids: list[int]) -> dict[str, onnx.ModelProto]:
         """edged's `encoder`, `cross_kv` and `decoder` (with the suppression and language logits)."""
         s, batch = self.shape, "batch_size"
-        encoder_kv = [batch, s.heads, "encoder_sequence_length_out", self.head_dim]
+        encoder_kv: Dims = [batch, s.heads, "encoder_sequence_length_out", self.head_dim]
         _name_dims(self.encoder, {"input_features": [batch, s.mels, "num_frames"],
                                   "last_hidden_state": [batch, "encoder_sequence_length", s.width]})
-        present = {f"present.{layer}.encoder.{kv}": encoder_kv for layer in range(s.decoder_layers)
+        present: dict[str, Dims] = {f"present.{layer}.encoder.{kv}": encoder_kv for layer in range(s.decoder_layers)
                    for kv in ("key", "value")}
         _name_dims(self.cross_kv, {"encoder_hidden_states": [batch, "encoder_sequence_length_out", s.width],
                                    **present})
@@ -123,7 +125,7 @@ class OptimumWhisper:
         cache = [o for o in graph.output if o.name != "logits"]
         del graph.output[:]
         graph.output.extend([*scores, *cache])
-        dims = {"input_ids": [batch, "decoder_sequence_length"]}
+        dims: dict[str, Dims] = {"input_ids": [batch, "decoder_sequence_length"]}
         for layer in range(s.decoder_layers):
             for kv in ("key", "value"):
                 dims[f"past_key_values.{layer}.decoder.{kv}"] = [batch, s.heads, "past_decoder_sequence_length",
@@ -174,7 +176,7 @@ def _int(in_graph: int | None, in_config: Any, what: str) -> int:
     raise ModelImportError(f"the optimum Whisper export tells neither in its graphs nor in config.json its {what}.")
 
 
-def _name_dims(model: onnx.ModelProto, dims: dict[str, list[str | int]]) -> None:
+def _name_dims(model: onnx.ModelProto, dims: dict[str, Dims]) -> None:
     """Give graph inputs and outputs these dimensions (edged's names for the dynamic ones), in place."""
     for value in (*model.graph.input, *model.graph.output):
         if value.name not in dims:
