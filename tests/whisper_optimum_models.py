@@ -4,8 +4,9 @@ The weights are tests/whisper_models.py's random ones; the graphs have optimum's
 `encoder_model.onnx` (`input_features` -> `last_hidden_state`) and `decoder_model_merged.onnx`,
 one `If` on `use_cache_branch` whose first-call branch projects `encoder_hidden_states` to the
 cross-attention K/V (taking the batch size of its reshapes from the decoder's `input_ids`, as
-the exporter does) and whose cached branch reads them from `past_key_values.N.encoder.*`; the
-outputs `logits` and `present.N.decoder/encoder.key/value`. Beside them `config.json` and
+the exporter does) and whose cached branch reads them from `past_key_values.N.encoder.*` (its
+`present.N.encoder.*` are empty placeholders, as in optimum's exports); the outputs `logits` and
+`present.N.decoder/encoder.key/value`. Beside them `config.json` and
 `generation_config.json` with transformers' keys, and the tokenizer.json.
 """
 
@@ -71,7 +72,9 @@ def _merged(step: onnx.ModelProto, cross: onnx.ModelProto, shape: WhisperShape) 
     shared = {t.name for t in step.graph.initializer}
 
     then_nodes = _scoped(list(step.graph.node), "then/", shared)
-    then_nodes += [helper.make_node("Identity", [name.replace("present", "past_key_values")], [f"then/{name}"])
+    # The cached branch gives no cross K/V: its present.N.encoder.* are empty placeholders.
+    placeholder = numpy_helper.from_array(np.zeros((0, shape.heads, 1, shape.head_dim), np.float32))
+    then_nodes += [helper.make_node("Constant", [], [f"then/{name}"], name=f"then/{name}", value=placeholder)
                    for name in encoder_kv]
     cross_nodes = _scoped(_batch_from_input_ids(cross, shape), "else/cross/", set())
     read = {i for n in cross_nodes for i in n.input}
