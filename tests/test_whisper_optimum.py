@@ -126,7 +126,7 @@ def test_multilingual_export_recognises_as_its_own_graphs(exports: dict[str, Pat
     assert (model.manifest.language_code, model.manifest.parameters["languages"]) == ("multi", ["en", "de", "es"])
     rec = WhisperRecogniser(load_model(model, BackendOptions(intra_op_threads=1)))
     ref = Reference(exports["tiny-multi"])
-    checked = set()
+    checked, singles = set(), []
     for seed, seconds in ((1, 2.0), (2, 1.0), (7, 3.0)):
         audio = _audio(seed, seconds)
         features = rec.features.batch([audio])
@@ -140,7 +140,11 @@ def test_multilingual_export_recognises_as_its_own_graphs(exports: dict[str, Pat
         (hyp,) = rec.decode([audio], languages=[Language("de", Task.TRANSLATE)])
         assert hyp.language == "de" and _same(hyp.tokens, hyp.stopped, translated)
         checked.add(language)
+        singles.append(drafted)
     assert checked <= {"en", "de", "es"}
+    # A batch: the cross K/V graph takes its batch size from the encoder states, not the decoder's.
+    both = rec.decode([_audio(1, 2.0), _audio(7, 3.0)])
+    assert [(h.language, h.tokens) for h in both] == [(h.language, h.tokens) for h in (singles[0], singles[2])]
     # The deployed graphs' scores themselves, not only their argmax: a prompt's logits (where
     # Whisper may sample) and the language logits, against the merged decoder's first call.
     audio = _audio(5, 2.0)
