@@ -145,20 +145,38 @@ def test_multilingual_export_recognises_as_its_own_graphs(exports: dict[str, Pat
     # A batch: the cross K/V graph takes its batch size from the encoder states, not the decoder's.
     both = rec.decode([_audio(1, 2.0), _audio(7, 3.0)])
     assert [(h.language, h.tokens) for h in both] == [(h.language, h.tokens) for h in (singles[0], singles[2])]
-    # The deployed graphs' scores themselves, not only their argmax: a prompt's logits (where
-    # Whisper may sample) and the language logits, against the merged decoder's first call.
+
+
+def test_scores_equal_the_export_step_by_step(exports: dict[str, Path], cpu_target: DeployTarget) -> None:
+    """The deployed graphs' scores, not only their argmax (the random model's greedy text is
+    monotonous): a prompt's logits where Whisper may sample and its language logits against the
+    merged decoder's first call, then random tokens through the KV cache, three in one call
+    (as drafts go) and two alone, against one cached-branch call each."""
+    (model,) = [m for m in list_models(exports["repo"] / "models", cpu_target) if m.name == "tiny-multi"]
+    rec = WhisperRecogniser(load_model(model, BackendOptions(intra_op_threads=1)))
+    ref = Reference(exports["tiny-multi"])
     audio = _audio(5, 2.0)
     hidden = ref.encoder.run(None, {"input_features": rec.features.batch([audio])})[0]
     prompt = [ref.special[t] for t in ("<|startoftranscript|>", "<|es|>", "<|transcribe|>", "<|notimestamps|>")]
-    expected = ref.run(prompt, hidden, None)["logits"]
+    expected = ref.run(prompt, hidden, None)
+    cross = {i.name: expected[i.name.replace("past_key_values", "present")] for i in ref.past if ".encoder." in i.name}
     empty = np.zeros((1, rec._heads, 0, rec._head_dim), np.float32)
-    feed = {"input_ids": np.array([prompt], np.int64), **rec.cross_kv_of(rec.encode([audio])),
-            **{f"past_key_values.{layer}.decoder.{kv}": empty for layer in range(rec.layers) for kv in ("key", "value")}}
-    got = rec.decoder.run(feed, ["logits", "language_logits"])
-    np.testing.assert_allclose(got["logits"][..., ref.allowed], expected[..., ref.allowed], atol=1e-4)
+    encoder_kv = rec.cross_kv_of(rec.encode([audio]))
+    past = {f"past_key_values.{layer}.decoder.{kv}": empty for layer in range(rec.layers) for kv in ("key", "value")}
+    got = rec.decoder.run({"input_ids": np.array([prompt], np.int64), **encoder_kv, **past})
+    np.testing.assert_allclose(got["logits"][..., ref.allowed], expected["logits"][..., ref.allowed], atol=1e-4)
     assert (got["logits"][..., ~ref.allowed] < -1e8).all()
     ids = [ref.languages[f"<|{code}|>"] for code in ("en", "de", "es")]
-    np.testing.assert_allclose(got["language_logits"], expected[..., ids], atol=1e-4)
+    np.testing.assert_allclose(got["language_logits"], expected["logits"][..., ids], atol=1e-4)
+    tokens = [int(t) for t in np.random.default_rng(0).integers(0, 256, 5)]
+    for fed in (tokens[:3], tokens[3:4], tokens[4:]):
+        past = {name: got[name.replace("past_key_values", "present")] for name in past}
+        got = rec.decoder.run({"input_ids": np.array([fed], np.int64), **encoder_kv, **past})
+        for i, token in enumerate(fed):
+            cached = {**cross, **{name: expected[name.replace("past_key_values", "present")] for name in past}}
+            expected = ref.run([token], hidden, cached)
+            np.testing.assert_allclose(got["logits"][:, i, ref.allowed], expected["logits"][:, 0, ref.allowed],
+                                       atol=1e-4)
 
 
 def test_english_only_export(exports: dict[str, Path], cpu_target: DeployTarget) -> None:
