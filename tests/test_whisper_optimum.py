@@ -199,8 +199,23 @@ def _copy_export(src: Path, dst: Path) -> Path:
     return dst
 
 
+def test_graphs_in_an_onnx_folder(exports: dict[str, Path], tmp_path: Path) -> None:
+    """Hugging Face's onnx-community layout: the graphs in `onnx/`, the rest beside it."""
+    folder = _copy_export(exports["tiny-multi"], tmp_path / "community")
+    (folder / "onnx").mkdir()
+    for name in ("encoder_model.onnx", "decoder_model_merged.onnx"):
+        (folder / name).rename(folder / "onnx" / name)
+    src = import_whisper_folder(folder, tmp_path, {})
+    assert (src.name, src.language_code, sorted(src.networks)) == ("community", "multi", ["cross_kv", "decoder", "encoder"])
+    assert src.provenance == {"from": "optimum", "folder": "community"}
+    (folder / "onnx" / "decoder_model_merged.onnx").unlink()
+    with pytest.raises(ModelImportError, match=r"lacks onnx/decoder_model_merged\.onnx\.$"):
+        import_whisper_folder(folder, tmp_path, {})
+
+
 def test_broken_exports_are_refused(exports: dict[str, Path], tmp_path: Path) -> None:
-    """A missing file, an encoder with other inputs, a float16 decoder: each one line naming it."""
+    """A missing file, an encoder with other inputs, a float16 decoder, another model's config:
+    each refused naming it."""
     folder = _copy_export(exports["tiny-multi"], tmp_path / "export")
     (folder / "decoder_model_merged.onnx").rename(tmp_path / "decoder.onnx")
     with pytest.raises(ModelImportError, match=r"export is not an optimum Whisper export: it lacks "

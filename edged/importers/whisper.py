@@ -23,8 +23,7 @@ from edged.errors import ModelImportError, ModelLoadError
 from edged.importers.ctranslate2 import read_ct2_model
 from edged.importers.package import locate_pack
 from edged.importers.whisper_graphs import WhisperShape, build_cross_kv, build_decoder, build_encoder, whisper_shape
-from edged.importers.whisper_optimum import FILES as OPTIMUM_FILES
-from edged.importers.whisper_optimum import OptimumWhisper, is_optimum_export, read_optimum_config
+from edged.importers.whisper_optimum import OptimumWhisper, graph_folder, missing_files, read_optimum_config
 from edged.pipelines.asr.whisper.features import CHUNK_FRAMES
 from edged.pipelines.asr.whisper.recogniser import WHISPER_FAMILY
 from edged.pipelines.asr.whisper.tokenizer import WhisperTokenizer
@@ -97,8 +96,8 @@ def import_whisper_folder(folder: Path, workdir: Path, overrides: dict[str, Any]
                                "(CTranslate2's model.bin or optimum's ONNX export).")
     name = overrides.get("name") or re.sub(r"[^A-Za-z0-9._-]+", "-", folder.resolve().name).strip("-._") or "whisper"
     language_code, license = overrides.get("language_code"), overrides.get("license") or "unknown"
-    if not (folder / "model.bin").is_file() and is_optimum_export(folder):
-        missing = [f for f in OPTIMUM_FILES if not (folder / f).is_file()]
+    if not (folder / "model.bin").is_file() and graph_folder(folder) is not None:
+        missing = missing_files(folder)
         if missing:
             raise ModelImportError(f"{folder} is not an optimum Whisper export: it lacks {', '.join(missing)}.")
         return import_optimum_whisper(folder, workdir, name, {"from": "optimum", "folder": folder.name},

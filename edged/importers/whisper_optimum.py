@@ -1,8 +1,8 @@
 """Whisper as Hugging Face `optimum` exports it to ONNX, made into edged's three Whisper networks.
 
 An export (`optimum-cli export onnx --model openai/whisper-small DIR`, or Hugging Face's
-`onnx-community/...` and `Xenova/...` repositories) holds `encoder_model.onnx` (log-mel
-`input_features` -> `last_hidden_state`), `decoder_model_merged.onnx` (one `If` on
+`onnx-community/...` and `Xenova/...` repositories, there in `onnx/`) holds `encoder_model.onnx`
+(log-mel `input_features` -> `last_hidden_state`), `decoder_model_merged.onnx` (one `If` on
 `use_cache_branch` around a first-call and a cached-step graph), `config.json`,
 `generation_config.json` and `tokenizer.json`. The encoder is kept as it is; the merged decoder
 is split (edged.importers.merged_decoder) into `cross_kv` and the step `decoder`, and the step
@@ -28,17 +28,29 @@ from edged.importers.whisper_graphs import WhisperShape
 
 ENCODER = "encoder_model.onnx"
 DECODER = "decoder_model_merged.onnx"
-FILES = (ENCODER, DECODER, "config.json", "tokenizer.json")
-"""What an optimum Whisper export must hold (generation_config.json is read where present)."""
+_LAYOUT_FILES = ("config.json", "tokenizer.json")
+"""Beside the graphs, what an optimum Whisper export must hold (generation_config.json is read
+where present)."""
 _MASKED = -1e9
 _RAW_LOGITS = "/edged/raw_logits"
 Dims = list[str | int]
 """A tensor's dimensions: fixed sizes and symbolic names."""
 
 
-def is_optimum_export(folder: Path) -> bool:
-    """Whether a folder looks like an optimum ONNX export (either of its ONNX files)."""
-    return (folder / ENCODER).is_file() or (folder / DECODER).is_file()
+def graph_folder(folder: Path) -> Path | None:
+    """Where an optimum export keeps its ONNX graphs: the folder itself (optimum-cli's layout)
+    or its `onnx/` (Hugging Face's onnx-community and Xenova repositories); None: neither holds one."""
+    for place in (folder, folder / "onnx"):
+        if (place / ENCODER).is_file() or (place / DECODER).is_file():
+            return place
+    return None
+
+
+def missing_files(folder: Path) -> list[str]:
+    """The files an optimum export in `folder` lacks (graphs named as where they were looked for)."""
+    graphs = graph_folder(folder) or folder
+    return [str((graphs / f).relative_to(folder)) for f in (ENCODER, DECODER) if not (graphs / f).is_file()] + \
+        [f for f in _LAYOUT_FILES if not (folder / f).is_file()]
 
 
 def read_optimum_config(folder: Path) -> dict[str, Any]:
@@ -66,12 +78,13 @@ class OptimumWhisper:
 
     def __init__(self, folder: Path, config: dict[str, Any]) -> None:
         self.folder = folder
-        encoder, merged = (_load(folder / name) for name in (ENCODER, DECODER))
+        graphs = graph_folder(folder) or folder
+        encoder, merged = (_load(graphs / name) for name in (ENCODER, DECODER))
         _expect(encoder, ENCODER, ["input_features"], ["last_hidden_state"])
         _expect(merged, DECODER, ["input_ids", "encoder_hidden_states", "use_cache_branch",
                                   "past_key_values.0.decoder.key", "past_key_values.0.encoder.key"], ["logits"])
         layers = decoder_layers(merged)
-        parts = split_merged_decoder(merged, f"{folder}/{DECODER}")
+        parts = split_merged_decoder(merged, str(graphs / DECODER))
         past = _dims(merged, "past_key_values.0.decoder.key")
         vocab = _dims(merged, "logits", output=True)[2]
         features = _dims(encoder, "input_features")
