@@ -15,7 +15,6 @@ decoder's hidden state is found by where it flows (see `_batch_from_encoder`).
 
 from __future__ import annotations
 
-import copy
 import re
 from typing import Any
 
@@ -100,8 +99,8 @@ def _batch_from_encoder(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def prune(model: onnx.ModelProto, outputs: list[str], what: str) -> onnx.ModelProto:
-    """A copy of a graph without `If`s reduced to what `outputs` need: nodes, initializers, inputs."""
-    model = copy.deepcopy(model)
+    """A graph without `If`s reduced to what `outputs` need: nodes, initializers, inputs (in
+    place: the callers hand a fresh copy, and a large decoder is not held twice more)."""
     graph = model.graph
     if any(n.op_type in ("If", "Loop", "Scan") for n in graph.node):
         raise ModelImportError(f"{what}'s decoder: cannot prune a graph with subgraphs.")
