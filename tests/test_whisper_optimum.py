@@ -213,6 +213,25 @@ def test_graphs_in_an_onnx_folder(exports: dict[str, Path], tmp_path: Path) -> N
         import_whisper_folder(folder, tmp_path, {})
 
 
+def test_batch_size_read_by_a_sliced_shape(tmp_path: Path) -> None:
+    """An exporter that reads the batch size as Shape(start=0, end=1) of the decoder's input:
+    the cross K/V graph reads it from the encoder states, and gives the merged decoder's K/V."""
+    folder = make_optimum_whisper(tmp_path / "sliced", layers=1, sliced_batch=True)
+    src = import_whisper_folder(folder, tmp_path, {})
+    cross = ort.InferenceSession(str(src.networks["cross_kv"]))
+    assert [i.name for i in cross.get_inputs()] == ["encoder_hidden_states"]
+    ref = Reference(folder)
+    hidden = np.random.default_rng(2).standard_normal((2, 1500, 32)).astype(np.float32)
+    expected = ref.decoder.run(None, {"input_ids": np.full((2, 1), 1, np.int64), "encoder_hidden_states": hidden,
+                                      "use_cache_branch": np.array([False]),
+                                      **{i.name: np.zeros((2, i.shape[1], 0, i.shape[3]), np.float32)
+                                         for i in ref.past}})
+    got = dict(zip([o.name for o in cross.get_outputs()], cross.run(None, {"encoder_hidden_states": hidden})))
+    for name, value in zip(ref.outputs, expected):
+        if ".encoder." in name:
+            np.testing.assert_allclose(got[name], value, atol=1e-5)
+
+
 def test_broken_exports_are_refused(exports: dict[str, Path], tmp_path: Path) -> None:
     """A missing file, an encoder with other inputs, a float16 decoder, another model's config:
     each refused naming it."""

@@ -28,15 +28,17 @@ _OUTER = ("input_ids", "encoder_hidden_states", "use_cache_branch", "past_key_va
 
 
 def make_optimum_whisper(folder: Path, multilingual: bool = True, layers: int = 2, seed: int = 0,
-                         timestamps: int = 4) -> Path:
+                         timestamps: int = 4, sliced_batch: bool = False) -> Path:
     """An optimum-layout Whisper folder (see the module docstring); `multilingual` False: an
-    English-only `.en` model as its generation_config.json says (`is_multilingual: false`)."""
+    English-only `.en` model as its generation_config.json says (`is_multilingual: false`);
+    `sliced_batch`: the cross K/V reshapes read the batch size as `Shape(input_ids, start=0,
+    end=1)`, not by a Gather of the whole shape."""
     ct2 = make_ct2_whisper(folder.parent / f"{folder.name}.ct2", layers=layers, seed=seed, timestamps=timestamps)
     model = read_ct2_model(ct2 / "model.bin")
     shape = whisper_shape(model)
     folder.mkdir(parents=True, exist_ok=True)
     onnx.save(build_encoder(model, shape), str(folder / "encoder_model.onnx"))
-    onnx.save(_merged(build_decoder(model, shape, [], []), build_cross_kv(model, shape), shape),
+    onnx.save(_merged(build_decoder(model, shape, [], []), build_cross_kv(model, shape), shape, sliced_batch),
               str(folder / "decoder_model_merged.onnx"))
     spec = json.loads((ct2 / "tokenizer.json").read_text(encoding="utf-8"))
     shutil.copy(ct2 / "tokenizer.json", folder / "tokenizer.json")
@@ -63,7 +65,8 @@ def make_optimum_whisper(folder: Path, multilingual: bool = True, layers: int = 
     return folder
 
 
-def _merged(step: onnx.ModelProto, cross: onnx.ModelProto, shape: WhisperShape) -> onnx.ModelProto:
+def _merged(step: onnx.ModelProto, cross: onnx.ModelProto, shape: WhisperShape, sliced_batch: bool
+            ) -> onnx.ModelProto:
     """The merged decoder: `step` (edged's own, without suppression) in both branches, the first
     call's fed the K/V of `cross`; the weights of `step` shared in the outer graph."""
     layers = range(shape.decoder_layers)
@@ -76,7 +79,7 @@ def _merged(step: onnx.ModelProto, cross: onnx.ModelProto, shape: WhisperShape) 
     placeholder = numpy_helper.from_array(np.zeros((0, shape.heads, 1, shape.head_dim), np.float32))
     then_nodes += [helper.make_node("Constant", [], [f"then/{name}"], name=f"then/{name}", value=placeholder)
                    for name in encoder_kv]
-    cross_nodes = _scoped(_batch_from_input_ids(cross, shape), "else/cross/", set())
+    cross_nodes = _scoped(_batch_from_input_ids(cross, shape, sliced_batch), "else/cross/", set())
     read = {i for n in cross_nodes for i in n.input}
     cross_inits = [numpy_helper.from_array(numpy_helper.to_array(t), f"else/cross/{t.name}")
                    for t in cross.graph.initializer if f"else/cross/{t.name}" in read]
@@ -119,17 +122,20 @@ def _merged(step: onnx.ModelProto, cross: onnx.ModelProto, shape: WhisperShape) 
     return merged
 
 
-def _batch_from_input_ids(cross: onnx.ModelProto, shape: WhisperShape) -> list[onnx.NodeProto]:
+def _batch_from_input_ids(cross: onnx.ModelProto, shape: WhisperShape, sliced: bool) -> list[onnx.NodeProto]:
     """The cross K/V graph's nodes, its head reshapes taking the batch from `input_ids`."""
-    nodes: list[onnx.NodeProto] = [
-        helper.make_node("Shape", ["input_ids"], ["/ids_shape"]),
-        helper.make_node("Gather", ["/ids_shape", "/zero_index"], ["/batch"], axis=0),
-        helper.make_node("Unsqueeze", ["/batch", "/axes0"], ["/batch_1d"]),
-        helper.make_node("Concat", ["/batch_1d", "/rest"], ["/kv_shape"], axis=0)]
-    nodes = [helper.make_node("Constant", [], ["/zero_index"], value=numpy_helper.from_array(np.array(0, np.int64))),
-             helper.make_node("Constant", [], ["/axes0"], value=numpy_helper.from_array(np.array([0], np.int64))),
-             helper.make_node("Constant", [], ["/rest"], value=numpy_helper.from_array(
-                 np.array([-1, shape.heads, shape.head_dim], np.int64))), *nodes]
+    def const(name: str, value: np.ndarray) -> onnx.NodeProto:
+        return helper.make_node("Constant", [], [name], value=numpy_helper.from_array(value))
+
+    nodes = [const("/rest", np.array([-1, shape.heads, shape.head_dim], np.int64))]
+    if sliced:
+        nodes.append(helper.make_node("Shape", ["input_ids"], ["/batch_1d"], start=0, end=1))
+    else:
+        nodes += [const("/zero_index", np.array(0, np.int64)), const("/axes0", np.array([0], np.int64)),
+                  helper.make_node("Shape", ["input_ids"], ["/ids_shape"]),
+                  helper.make_node("Gather", ["/ids_shape", "/zero_index"], ["/batch"], axis=0),
+                  helper.make_node("Unsqueeze", ["/batch", "/axes0"], ["/batch_1d"])]
+    nodes.append(helper.make_node("Concat", ["/batch_1d", "/rest"], ["/kv_shape"], axis=0))
     for node in cross.graph.node:
         if node.op_type == "Reshape":
             node.input[1] = "/kv_shape"

@@ -75,8 +75,8 @@ def _batch_from_encoder(model: onnx.ModelProto) -> onnx.ModelProto:
     The exporters take it from the decoder's hidden state (`Shape` -> `Gather` index 0), which
     would make the K/V depend on `input_ids` and the whole decoder before them; both tensors
     have the batch first. Every such Gather of a shape computed from `input_ids` reads the
-    encoder states' instead (those the K/V do not need are pruned away after). Edits `model`
-    in place."""
+    encoder states' instead, and so does a `Shape` that gives the batch size alone (start 0,
+    end 1; those the K/V do not need are pruned away after). Edits `model` in place."""
     graph = model.graph
     consts = {t.name: t for t in graph.initializer}
     for node in graph.node:
@@ -86,8 +86,15 @@ def _batch_from_encoder(model: onnx.ModelProto) -> onnx.ModelProto:
     for node in graph.node:  # topological order: what input_ids flows into
         if any(i in from_ids for i in node.input):
             from_ids.update(node.output)
-    shapes = {n.output[0] for n in graph.node if n.op_type == "Shape" and n.input[0] in from_ids
-              and all(a.name != "start" or a.i == 0 for a in n.attribute)}
+    shapes = set()
+    for node in graph.node:
+        if node.op_type != "Shape" or node.input[0] not in from_ids:
+            continue
+        span = {a.name: a.i for a in node.attribute}
+        if span.get("start", 0) == 0 and span.get("end") == 1:
+            node.input[0] = "encoder_hidden_states"
+        elif span.get("start", 0) == 0:
+            shapes.add(node.output[0])
     for node in graph.node:
         if node.op_type == "Gather" and node.input[0] in shapes and node.input[1] in consts:
             axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
