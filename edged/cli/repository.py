@@ -64,8 +64,9 @@ def build(
     piper: Annotated[Path | None, typer.Option(
         help="A Piper voice, VOICE.onnx with its VOICE.onnx.json beside it (speech_synthesis).")] = None,
     whisper: Annotated[Path | None, typer.Option(
-        help="A CTranslate2 Whisper model's folder: model.bin, config.json, tokenizer.json or vocabulary.txt "
-             "(speech_recognition).")] = None,
+        help="A Whisper model's folder: CTranslate2's (model.bin, config.json, tokenizer.json or "
+             "vocabulary.txt) or optimum's ONNX export (encoder_model.onnx, decoder_model_merged.onnx, "
+             "config.json, generation_config.json, tokenizer.json) (speech_recognition).")] = None,
 ) -> None:
     """Pack ONNX networks and artifacts into an RMIR archive."""
     from edged.importers import source_for_build

