@@ -47,7 +47,8 @@ def build(
     sources: Annotated[list[Path] | None, typer.Argument(
         help="A model description .yaml, or .onnx networks plus artifact files.")] = None,
     builtin: Annotated[str | None, typer.Option(
-        help="Built-in importer: moonshine-base-en, whisper-base, piper-joe-medium or silero-vad.")] = None,
+        help="Built-in importer: moonshine-base-en, whisper-base, whisper-tiny-en, piper-joe-medium, "
+             "silero-vad, ...")] = None,
     from_wheel: Annotated[Path | None, typer.Option(
         help="Read the built-in model pack from this .whl instead of the installed package.")] = None,
     name: Annotated[str | None, typer.Option(

@@ -1,6 +1,6 @@
 """What every door shares: the services a request needs (or why they are off), Riva's endpointing
-names and force_eou, the text of a recording's finals, and how a refused request is logged and
-counted (`log_refusal`, with client text escaped by `printable`)."""
+names, force_eou and custom_configuration (Whisper's task), the text of a recording's finals, and
+how a refused request is logged and counted (`log_refusal`, with client text escaped by `printable`)."""
 
 from __future__ import annotations
 
@@ -55,6 +55,34 @@ def endpointing(fields: Mapping[str, Any]) -> tuple[tuple[str, float], ...]:
 def force_eou(runtime_config: Mapping[str, Any] | None) -> bool:
     """Whether Riva's runtime_config asks to end the utterance now (`force_eou`: true, 1 or yes)."""
     return str((runtime_config or {}).get("force_eou", "")).strip().lower() in _TRUE
+
+
+def custom_configuration(value: Mapping[str, Any] | str | None) -> dict[str, str]:
+    """Riva's `custom_configuration`: the gRPC RecognitionConfig's map, or the realtime session's
+    `recognition_config.custom_configuration` string `key:value,key:value` (as nvidia-riva-client's
+    --custom-configuration sends it); ValueError for a string piece that is not `key:value`."""
+    if value is None or value == "":
+        return {}
+    if isinstance(value, Mapping):
+        return {str(k).strip(): str(v).strip() for k, v in value.items()}
+    if not isinstance(value, str):
+        raise ValueError("custom_configuration must be a string of key:value pairs or an object")
+    pairs = {}
+    for piece in filter(None, (p.strip() for p in value.split(","))):
+        key, colon, val = piece.partition(":")
+        if not colon or not key.strip():
+            raise ValueError(f"custom_configuration piece {piece!r} is not key:value")
+        pairs[key.strip()] = val.strip()
+    return pairs
+
+
+def translates(custom: Mapping[str, str]) -> bool:
+    """Whether Riva's custom_configuration asks for Whisper's translate task (`task:translate`;
+    `task:transcribe` or none: transcription); ValueError for another task."""
+    task = custom.get("task", "transcribe").lower()
+    if task not in ("transcribe", "translate"):
+        raise ValueError(f"custom_configuration task {task!r} is not known; use task:transcribe or task:translate")
+    return task == "translate"
 
 
 def finals_text(transcripts: Iterable[Transcript]) -> str:

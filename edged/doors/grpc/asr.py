@@ -38,12 +38,17 @@ _Queue = asyncio.Queue["rasr.StreamingRecognizeRequest | BaseException | None"]
 
 
 def recognition_request(config: rasr.RecognitionConfig, interim: bool = False) -> RecognitionRequest:
-    """The service request of a Riva RecognitionConfig; AudioFormatError for an unknown encoding."""
+    """The service request of a Riva RecognitionConfig (`custom_configuration` `task:translate`:
+    Whisper's translation); AudioFormatError for an unknown encoding, RequestError for an unknown task."""
     if config.encoding not in _ENCODINGS:
         name = raudio.AudioEncoding.Name(config.encoding) if config.encoding in raudio.AudioEncoding.values() \
             else str(config.encoding)
         raise AudioFormatError(f"Audio encoding {name} is not supported; use LINEAR_PCM, FLAC, MULAW or "
                                "ALAW (or send a WAV file with the encoding unset).")
+    try:
+        translate = common.translates(common.custom_configuration(config.custom_configuration))
+    except ValueError as exc:
+        raise RequestError(f"RecognitionConfig.{exc}.") from None
     endpointing: tuple[tuple[str, float], ...] = ()
     if config.HasField("endpointing_config"):
         ec = config.endpointing_config
@@ -57,7 +62,7 @@ def recognition_request(config: rasr.RecognitionConfig, interim: bool = False) -
         boost=tuple((phrase, float(context.boost)) for context in config.speech_contexts
                     for phrase in context.phrases if phrase.strip()),
         endpointing=endpointing, diarization=config.diarization_config.enable_speaker_diarization,
-        max_speakers=config.diarization_config.max_speaker_count)
+        max_speakers=config.diarization_config.max_speaker_count, translate=translate)
 
 
 def _alternatives(t: Transcript, word_times: bool) -> list[rasr.SpeechRecognitionAlternative]:

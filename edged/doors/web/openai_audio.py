@@ -36,8 +36,8 @@ from edged.pipelines.speaker.encoder import SpeakerEncoder
 from edged.pipelines.speaker.enrolled import check_name, enrolment
 from edged.pipelines.tts import AudioChunk
 from edged.pipelines.tts.encode import Mp3Encoder, OggOpusEncoder, StreamEncoder
-from edged.rmir.manifest import MULTILINGUAL, Manifest
-from edged.service.asr import RecognitionRequest, Transcript, asr_languages
+from edged.rmir.manifest import MULTILINGUAL
+from edged.service.asr import RecognitionRequest, Transcript, asr_languages, translating_model
 from edged.service.context import ServiceContext
 from edged.service.tts import SpeechRequest, Synthesis, TtsService
 from edged.service.uploads import upload_wav
@@ -205,8 +205,6 @@ class OpenAiAudioApi:
                 raise BadInput(f"response_format {fmt!r} is not supported; use one of {', '.join(TRANSCRIPT_FORMATS)}.")
             granularities = {str(g) for g in form.getall("timestamp_granularities[]", [])}
             model = str(form.get("model", ""))
-            if translate:
-                model = _translator(asr.models(), model)
             wanted = RecognitionRequest(
                 model=model if model in asr.models() else "",
                 language_code="" if translate else str(form.get("language", "")), word_times=True,
@@ -366,25 +364,6 @@ class OpenAiAudioApi:
                 if request.transport is not None:
                     request.transport.close()  # what was sent is cut short: the client must see it end
         return response
-
-
-def translating_model(models: dict[str, Manifest]) -> str | None:
-    """The deployed ASR model that translates speech to English text (the first multilingual one: a
-    Whisper model), or None: the one place a translating model is picked."""
-    return next((name for name, m in models.items() if m.language_code.lower() == MULTILINGUAL), None)
-
-
-def _translator(models: dict[str, Manifest], asked: str) -> str:
-    """The model a translation request runs on: the one it names, if that one translates, else the
-    translating model; BadInput where none translates."""
-    translator = translating_model(models)
-    if translator is None:
-        deployed = ", ".join(f"{n} ({m.language_code})" for n, m in models.items())
-        raise BadInput(f"No deployed model can translate speech to English (deployed ASR models, which "
-                       f"transcribe only: {deployed}); use /v1/audio/transcriptions.")
-    if asked in models and models[asked].language_code.lower() != MULTILINGUAL:
-        raise BadInput(f"Model {asked!r} transcribes only; {translator} translates.")
-    return asked if asked in models else translator
 
 
 def _model(name: str, tasks: list[str], languages: list[str], **more: Any) -> dict[str, Any]:

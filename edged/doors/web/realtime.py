@@ -95,6 +95,10 @@ def recognition_request(session: dict[str, Any]) -> tuple[RecognitionRequest, bo
     endpointing = _section(session, "endpointing_config")
     diarization = _section(session, "speaker_diarization")
     try:
+        translate = common.translates(common.custom_configuration(rec.get("custom_configuration")))
+    except ValueError as exc:
+        raise BadInput(f"recognition_config.{exc}.") from None
+    try:
         boost = tuple((str(p), float(entry.get("boost", 1.0)))
                       for entry in boosting.get("word_boosting_list", []) or []
                       for p in entry.get("phrases", []) if str(p).strip()) \
@@ -114,7 +118,7 @@ def recognition_request(session: dict[str, Any]) -> tuple[RecognitionRequest, bo
             max_alternatives=int(rec.get("max_alternatives") or 1),
             boost=boost, endpointing=ends,
             diarization=bool(diarization.get("enable_speaker_diarization", False)),
-            max_speakers=int(diarization.get("max_speaker_count") or 0))
+            max_speakers=int(diarization.get("max_speaker_count") or 0), translate=translate)
     except (TypeError, ValueError, AttributeError) as exc:
         raise BadInput(f"The transcription session config has a value of the wrong type: {exc}.") from None
     return request, request.interim_results

@@ -159,33 +159,51 @@ def _break_seconds(attrs: dict[str, str]) -> float:
     return _BREAK_S[strength]
 
 
-def _say_as(kind: str, text: str, fmt: str) -> str:
-    """The words a <say-as> reads its text as."""
+def _say_as(kind: str, text: str, fmt: str, english: bool) -> str:
+    """The words a <say-as> reads its text as: for an English voice, English words. For a voice of
+    another language, forms espeak-ng reads in that language, with no English word: characters
+    (spell-out, verbatim) and digits one by one, separated ("A B C 1": espeak names each letter
+    and digit), telephone numbers likewise with a pause (a comma) between the written groups,
+    cardinals (number) as written. Ordinals and dates have no form that every language writes
+    alike and espeak-ng reads as one (it reads German "3." as "drei", not "dritte"), so they are
+    checked as for English, then left as written."""
     stripped = text.strip()
     if kind in ("characters", "spell-out", "verbatim"):
-        return normalise.spell(stripped)
+        return normalise.spell(stripped) if english else " ".join(ch for ch in stripped if ch.isalnum())
     if kind == "digits":
-        return normalise.digits(stripped)
+        return normalise.digits(stripped) if english else " ".join(ch for ch in stripped if ch.isdecimal())
     if kind == "telephone":
-        return normalise.telephone(stripped)
+        if english:
+            return normalise.telephone(stripped)
+        return ", ".join(" ".join(group) for group in re.findall(r"\d+", stripped))
     if kind in ("cardinal", "number", "ordinal"):
         number = stripped.replace(",", "")
         if not re.fullmatch(r"-?\d+(\.\d+)?" if kind != "ordinal" else r"\d+", number):
             raise ValueError(f"say-as {kind} needs a number, not {stripped!r}")
+        if not english:
+            return stripped
         return normalise.ordinal(number) if kind == "ordinal" else normalise.cardinal(number)
-    return _date(stripped, fmt or "mdy")
+    fields = _date(stripped, fmt or "mdy")
+    return _date_words(fields) if english else stripped
 
 
-def _date(text: str, fmt: str) -> str:
+def _date(text: str, fmt: str) -> dict[str, int]:
+    """A say-as date's day, month and year by the letters of `fmt` (d, m, y); ValueError if the
+    text does not match it."""
     parts = [p for p in re.split(r"[/.\-\s]+", text) if p]
     order = fmt.lower()
     if len(parts) != len(order) or not all(p.isdigit() for p in parts) or set(order) - set("dmy"):
         raise ValueError(f"say-as date {text!r} does not match format {fmt!r} (letters d, m, y)")
     fields = dict(zip(order, (int(p) for p in parts)))
+    if "m" in fields and not 1 <= fields["m"] <= 12:
+        raise ValueError(f"say-as date {text!r} has no month {fields['m']}")
+    return fields
+
+
+def _date_words(fields: dict[str, int]) -> str:
+    """A checked date in English words: month, day as an ordinal, year."""
     words = []
     if "m" in fields:
-        if not 1 <= fields["m"] <= 12:
-            raise ValueError(f"say-as date {text!r} has no month {fields['m']}")
         words.append(normalise._MONTHS[fields["m"] - 1])
     if "d" in fields:
         words.append(normalise.ordinal(fields["d"]))
@@ -197,7 +215,9 @@ def _date(text: str, fmt: str) -> str:
 class _Parser:
     """Expat handlers building the item list; a stack of open elements carries the style."""
 
-    def __init__(self, max_breaks_s: float, breaks_setting: str) -> None:
+    def __init__(self, max_breaks_s: float, breaks_setting: str, english: bool) -> None:
+        self.english = english
+        """Whether say-as reads in English words (else in forms espeak-ng reads in any language)."""
         self.max_breaks_s = max_breaks_s
         self.breaks_setting = breaks_setting
         self.breaks_s = 0.0
@@ -289,8 +309,8 @@ class _Parser:
             text = "".join(texts)
             try:
                 if tag == "say-as":
-                    self.items.append(Span(_say_as(attrs["interpret-as"], text, attrs.get("format", "")),
-                                           style, "words"))
+                    self.items.append(Span(_say_as(attrs["interpret-as"], text, attrs.get("format", ""),
+                                                   self.english), style, "words"))
                 elif tag == "sub":
                     self.items.append(Span(attrs["alias"], style))
                 else:
@@ -315,10 +335,12 @@ class _Parser:
             self.items.append(Span(text, self.style))
 
 
-def parse_ssml(text: str, max_breaks_s: float = math.inf, breaks_setting: str = "") -> list[Item]:
+def parse_ssml(text: str, max_breaks_s: float = math.inf, breaks_setting: str = "",
+               english: bool = True) -> list[Item]:
     """Parse an SSML document into spans, breaks and boundaries; TtsRequestError if invalid or if
-    its breaks add up to more than `max_breaks_s` (`breaks_setting` says where that is set)."""
-    parser = _Parser(max_breaks_s, breaks_setting)
+    its breaks add up to more than `max_breaks_s` (`breaks_setting` says where that is set).
+    `english`: for an English voice (say-as in English words; see _say_as)."""
+    parser = _Parser(max_breaks_s, breaks_setting, english)
     try:
         parser.parser.Parse(text, True)
     except expat.ExpatError as exc:

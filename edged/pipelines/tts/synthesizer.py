@@ -299,7 +299,7 @@ class TtsModel:
         invalid or if its breaks add up to more than tts_max_breaks_s."""
         if not is_ssml(text):
             return [Span(text)]
-        return parse_ssml(text, self.limits.max_breaks_s, "tts_max_breaks_s in config.sh")
+        return parse_ssml(text, self.limits.max_breaks_s, "tts_max_breaks_s in config.sh", self.config.english)
 
     def stream(self, items: Iterable[Item], rate_hz: int, speaker: int = 0,
                dictionary: Mapping[str, str] | None = None, rate: float = 1.0,
