@@ -119,7 +119,8 @@ class OptimumWhisper:
         """The (layer, head) pairs of the decoder's `alignment_attention` (none: it has no such output)."""
 
     def graphs(self, suppressed: list[int], language_ids: list[int]) -> dict[str, onnx.ModelProto]:
-        """edged's `encoder`, `cross_kv` and `decoder` (with the suppression and language logits)."""
+        """edged's `encoder`, `cross_kv` and `decoder` (with the suppression, language logits and
+        alignment attention)."""
         s, batch = self.shape, "batch_size"
         encoder_kv: Dims = [batch, s.heads, "encoder_sequence_length_out", self.head_dim]
         _name_dims(self.encoder, {"input_features": [batch, s.mels, "num_frames"],
