@@ -1,12 +1,16 @@
 """A Whisper ONNX export in Hugging Face optimum's layout given to `edged build speech_recognition
 --whisper FOLDER`: generated multilingual and English-only exports (tests/whisper_optimum_models.py)
 built by the real CLI and deployed, recognising in this process with the tokens and languages a
-plain greedy loop over the export's own two graphs gives; exports lacking a file or with other
-graphs refused naming what is wrong (the CLI's one-line error: tests/test_whisper_folders.py)."""
+plain greedy loop over the export's own two graphs gives; the alignment heads' cross-attention
+found in the export's decoder equal to a CTranslate2 build's of the same weights, and words timed
+by it (an export whose attention has no Softmax imported without, its words given their
+utterance's span); exports lacking a file or with other graphs refused naming what is wrong (the
+CLI's one-line error: tests/test_whisper_folders.py)."""
 
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import sys
 from pathlib import Path
@@ -20,13 +24,16 @@ from onnx import TensorProto, helper
 from edged.backends import BackendOptions
 from edged.errors import ModelImportError
 from edged.importers import source_for_build
-from edged.importers.whisper import import_whisper_folder
+from edged.importers.whisper import import_ct2_whisper, import_whisper_folder
 from edged.loader import load_model
-from edged.pipelines.asr.whisper.recogniser import Language, Task, WhisperRecogniser
+from edged.pipelines.asr.jobs import DecodeJob, JobKind, StreamConfig
+from edged.pipelines.asr.resultmaker import ResultMaker
+from edged.pipelines.asr.whisper.recogniser import ALIGNMENT_OUTPUT, Language, Task, WhisperRecogniser
 from edged.repository.deploy import deploy
 from edged.repository.records import DeployTarget, list_models
 from edged.rmir import RmirRef
 from edged.rmir.build import build_rmir
+from tests.test_whisper_word_times import PROMPT, SCRIPT
 from tests.whisper_models import SPECIAL, WORDS
 from tests.whisper_optimum_models import make_optimum_whisper
 
@@ -124,7 +131,10 @@ def test_multilingual_export_recognises_as_its_own_graphs(exports: dict[str, Pat
     tokens per cached call) all equal the plain loop over the export's graphs."""
     (model,) = [m for m in list_models(exports["repo"] / "models", cpu_target) if m.name == "tiny-multi"]
     assert (model.manifest.language_code, model.manifest.parameters["languages"]) == ("multi", ["en", "de", "es"])
+    # No alignment heads in its configs: every head of the last half of the layers, as Whisper's own.
+    assert model.manifest.parameters["alignment_heads"] == [[1, 0], [1, 1]]
     rec = WhisperRecogniser(load_model(model, BackendOptions(intra_op_threads=1)))
+    assert rec.alignment_heads == ((0, 0), (0, 1))
     ref = Reference(exports["tiny-multi"])
     checked, singles = set(), []
     for seed, seconds in ((1, 2.0), (2, 1.0), (7, 3.0)):
@@ -261,3 +271,120 @@ def test_broken_exports_are_refused(exports: dict[str, Path], tmp_path: Path) ->
     (folder / "config.json").write_text(json.dumps({"model_type": "moonshine"}))
     with pytest.raises(ModelImportError, match=r"config\.json is a moonshine model, not Whisper\.$"):
         import_whisper_folder(folder, tmp_path, {})
+
+
+HEADS = [[1, 0], [0, 1]]
+"""generation_config.json's alignment heads (served in layer order: (0, 1), (1, 0))."""
+
+
+@pytest.fixture(scope="module")
+def scripted(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An export of a model that writes SCRIPT whatever it hears, with HEADS, and the CTranslate2
+    folder of the same weights beside it (`scripted.ct2`)."""
+    return make_optimum_whisper(tmp_path_factory.mktemp("whisper-optimum-words") / "scripted", seed=9,
+                                script=SCRIPT, alignment_heads=HEADS, keep_ct2=True)
+
+
+def _outputs(session: ort.InferenceSession, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    return dict(zip([o.name for o in session.get_outputs()], session.run(None, feed)))
+
+
+def test_alignment_attention_equals_the_ct2_build(scripted: Path, tmp_path: Path) -> None:
+    """The export's decoder has no alignment output of its own; the imported one's is the
+    CTranslate2 build's (same weights), on a first call and a cached step of two tokens."""
+    assert b"alignment" not in (scripted / "decoder_model_merged.onnx").read_bytes()
+    sources = {}
+    for form, folder in (("optimum", scripted), ("ct2", scripted.with_name("scripted.ct2"))):
+        (tmp_path / form).mkdir()
+        sources[form] = (import_whisper_folder(folder, tmp_path / form, {}) if form == "optimum"
+                         else import_ct2_whisper(folder, tmp_path / form, "scripted", {}))
+        assert sources[form].parameters["alignment_heads"] == [[0, 1], [1, 0]]
+    features = np.random.default_rng(4).standard_normal((2, 80, 3000)).astype(np.float32)
+    ids = np.array([[*PROMPT, *SCRIPT[:3]], [*PROMPT, *SCRIPT[2:5]]], np.int64)
+    got = {}
+    for form, source in sources.items():
+        nets = {name: ort.InferenceSession(str(path)) for name, path in source.networks.items()}
+        (output,) = [o for o in nets["decoder"].get_outputs() if o.name == ALIGNMENT_OUTPUT]
+        assert output.shape == ["batch_size", 2, "decoder_sequence_length", "encoder_sequence_length_out"]
+        hidden = nets["encoder"].run(None, {"input_features": features})[0]
+        cross = {k.replace("present.", "past_key_values."): v
+                 for k, v in _outputs(nets["cross_kv"], {"encoder_hidden_states": hidden}).items()}
+        past = {f"past_key_values.{layer}.decoder.{kv}": np.zeros((2, 2, 0, 16), np.float32)
+                for layer in range(2) for kv in ("key", "value")}
+        got[form] = []
+        for start, end in ((0, 5), (5, 7)):
+            out = _outputs(nets["decoder"], {"input_ids": ids[:, start:end], **past, **cross})
+            got[form].append(out[ALIGNMENT_OUTPUT])
+            past = {k.replace("present.", "past_key_values."): v for k, v in out.items() if ".decoder." in k}
+    for optimum, ct2 in zip(got["optimum"], got["ct2"]):
+        assert optimum.shape == ct2.shape and optimum.shape[:2] == (2, 2)
+        np.testing.assert_allclose(optimum, ct2, rtol=1e-4, atol=1e-7)
+
+
+def test_words_get_times_of_their_own(scripted: Path, tmp_path: Path, cpu_target: DeployTarget) -> None:
+    """Deployed and recognising, the export's words come in order inside their utterance, at
+    times of their own (not the utterance's span)."""
+    (tmp_path / "work").mkdir()
+    build_rmir(import_whisper_folder(scripted, tmp_path / "work", {}), RmirRef(tmp_path / "scripted.rmir"))
+    deploy(RmirRef(tmp_path / "scripted.rmir"), tmp_path / "models", cpu_target, BackendOptions())
+    (model,) = list_models(tmp_path / "models", cpu_target)
+    rec = WhisperRecogniser(load_model(model, BackendOptions(intra_op_threads=1)))
+    audio, start = _audio(3, 3.0), 16000
+    (hyp,) = rec.decode([audio], languages=[Language("en")])
+    assert hyp.tokens == SCRIPT and hyp.cross_attention is not None
+    job = DecodeJob(None, JobKind.FINAL, 0, audio, start, start + len(audio), hyp=hyp,  # type: ignore[arg-type]
+                    speech_start=start)
+    config = StreamConfig(encoding="LINEAR_PCM", sample_rate=16000, word_times=True, language=Language("en"))
+    words = ResultMaker(rec.tokenizer, rec.alignment_heads, "multi", rec.samples_per_frame).words(job, hyp, config)
+    assert [w.word for w in words] == ["hello", "world,", "there", "Grüße", "hello"]
+    previous = 1000
+    for w in words:
+        assert previous <= w.start_ms <= w.end_ms <= 4000
+        previous = w.end_ms
+    assert len({(w.start_ms, w.end_ms) for w in words}) > 2, words
+
+
+def _softmax_spelt_out(graph: onnx.GraphProto) -> None:
+    """Every Softmax of the graph as ReduceMax, Sub, Exp, ReduceSum and Div: the same numbers,
+    no Softmax to find (as in a fused attention), in place."""
+    nodes: list[onnx.NodeProto] = []
+    for node in graph.node:
+        if node.op_type != "Softmax":
+            nodes.append(node)
+            continue
+        x, y = node.input[0], node.output[0]
+        nodes += [helper.make_node("ReduceMax", [x], [f"{y}/max"], axes=[-1], keepdims=1),
+                  helper.make_node("Sub", [x, f"{y}/max"], [f"{y}/shifted"]),
+                  helper.make_node("Exp", [f"{y}/shifted"], [f"{y}/exp"]),
+                  helper.make_node("Constant", [], [f"{y}/last"], value_ints=[-1]),
+                  helper.make_node("ReduceSum", [f"{y}/exp", f"{y}/last"], [f"{y}/sum"], keepdims=1),
+                  helper.make_node("Div", [f"{y}/exp", f"{y}/sum"], [y])]
+    del graph.node[:]
+    graph.node.extend(nodes)
+
+
+def test_attention_without_a_softmax_imports_without_word_times(tmp_path: Path, caplog: pytest.LogCaptureFixture
+                                                                ) -> None:
+    """No Softmax per layer to find: imported with a warning, without `alignment_attention` or
+    alignment heads (its words get their utterance's span), its logits as the export's."""
+    folder = make_optimum_whisper(tmp_path / "fused", layers=1)
+    merged = onnx.load(str(folder / "decoder_model_merged.onnx"))
+    for branch in merged.graph.node[0].attribute:
+        _softmax_spelt_out(branch.g)
+    onnx.save(merged, str(folder / "decoder_model_merged.onnx"))
+    with caplog.at_level(logging.WARNING, logger="edged.importers.whisper_optimum"):
+        source = import_whisper_folder(folder, tmp_path, {})
+    assert "no cross-attention Softmax found in each decoder layer" in caplog.text
+    assert source.parameters["alignment_heads"] == []
+    decoder = ort.InferenceSession(str(source.networks["decoder"]))
+    assert ALIGNMENT_OUTPUT not in [o.name for o in decoder.get_outputs()]
+    ref = Reference(folder)
+    hidden = np.random.default_rng(6).standard_normal((1, 1500, 32)).astype(np.float32)
+    prompt = [ref.special["<|startoftranscript|>"], ref.special["<|en|>"]]
+    expected = ref.run(prompt, hidden, None)
+    cross = _outputs(ort.InferenceSession(str(source.networks["cross_kv"])), {"encoder_hidden_states": hidden})
+    got = _outputs(decoder, {"input_ids": np.array([prompt], np.int64),
+                             **{k.replace("present.", "past_key_values."): v for k, v in cross.items()},
+                             **{f"past_key_values.0.decoder.{kv}": np.zeros((1, 2, 0, 16), np.float32)
+                                for kv in ("key", "value")}})
+    np.testing.assert_allclose(got["logits"][..., ref.allowed], expected["logits"][..., ref.allowed], atol=1e-4)

@@ -6,8 +6,9 @@ one `If` on `use_cache_branch` whose first-call branch projects `encoder_hidden_
 cross-attention K/V (taking the batch size of its reshapes from the decoder's `input_ids`, as
 the exporter does) and whose cached branch reads them from `past_key_values.N.encoder.*` (its
 `present.N.encoder.*` are empty placeholders, as in optimum's exports); the outputs `logits` and
-`present.N.decoder/encoder.key/value`. Beside them `config.json` and
-`generation_config.json` with transformers' keys, and the tokenizer.json.
+`present.N.decoder/encoder.key/value`, and no `alignment_attention` (edged's importer finds the
+cross-attention by the graph's structure). Beside them `config.json` and `generation_config.json`
+with transformers' keys, and the tokenizer.json.
 """
 
 from __future__ import annotations
@@ -28,12 +29,16 @@ _OUTER = ("input_ids", "encoder_hidden_states", "use_cache_branch", "past_key_va
 
 
 def make_optimum_whisper(folder: Path, multilingual: bool = True, layers: int = 2, seed: int = 0,
-                         timestamps: int = 4, sliced_batch: bool = False) -> Path:
+                         timestamps: int = 4, sliced_batch: bool = False, script: list[int] | None = None,
+                         alignment_heads: list[list[int]] | None = None, keep_ct2: bool = False) -> Path:
     """An optimum-layout Whisper folder (see the module docstring); `multilingual` False: an
     English-only `.en` model as its generation_config.json says (`is_multilingual: false`);
     `sliced_batch`: the cross K/V reshapes read the batch size as `Shape(input_ids, start=0,
-    end=1)`, not by a Gather of the whole shape."""
-    ct2 = make_ct2_whisper(folder.parent / f"{folder.name}.ct2", layers=layers, seed=seed, timestamps=timestamps)
+    end=1)`, not by a Gather of the whole shape; `script`: what the model writes (see
+    make_ct2_whisper); `alignment_heads`: generation_config.json's; `keep_ct2`: the CTranslate2
+    folder of the same weights (and heads, in its config.json) is kept beside, `FOLDER.ct2`."""
+    ct2 = make_ct2_whisper(folder.parent / f"{folder.name}.ct2", layers=layers, seed=seed, timestamps=timestamps,
+                           script=script, config={"alignment_heads": alignment_heads} if alignment_heads else None)
     model = read_ct2_model(ct2 / "model.bin")
     shape = whisper_shape(model)
     folder.mkdir(parents=True, exist_ok=True)
@@ -42,7 +47,8 @@ def make_optimum_whisper(folder: Path, multilingual: bool = True, layers: int = 
               str(folder / "decoder_model_merged.onnx"))
     spec = json.loads((ct2 / "tokenizer.json").read_text(encoding="utf-8"))
     shutil.copy(ct2 / "tokenizer.json", folder / "tokenizer.json")
-    shutil.rmtree(ct2)
+    if not keep_ct2:
+        shutil.rmtree(ct2)
     special = {t["content"]: t["id"] for t in spec["added_tokens"]}
     eot, sot = special["<|endoftext|>"], special["<|startoftranscript|>"]
     (folder / "config.json").write_text(json.dumps({
@@ -61,7 +67,8 @@ def make_optimum_whisper(folder: Path, multilingual: bool = True, layers: int = 
         "lang_to_id": languages if multilingual else {},
         "task_to_id": {"transcribe": special["<|transcribe|>"], "translate": special["<|translate|>"]},
         "no_timestamps_token_id": special["<|notimestamps|>"], "max_length": shape.text_positions,
-        "suppress_tokens": [ord("#"), ord("*")], "transformers_version": "4.57.6"}, indent=2))
+        "suppress_tokens": [ord("#"), ord("*")], "transformers_version": "4.57.6",
+        **({"alignment_heads": alignment_heads} if alignment_heads else {})}, indent=2))
     return folder
 
 

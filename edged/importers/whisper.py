@@ -213,7 +213,7 @@ def import_optimum_whisper(folder: Path, workdir: Path, name: str, provenance: d
     export = OptimumWhisper(folder, config)
     return whisper_source(workdir, name, provenance, language_code, license,
                           WhisperFiles(folder, folder / "tokenizer.json", config.get("suppress_tokens", []), config),
-                          export.shape, export.graphs)
+                          export.shape, export.graphs, export.alignment_heads)
 
 
 @dataclass(frozen=True)
@@ -233,7 +233,7 @@ def whisper_source(workdir: Path, name: str, provenance: dict[str, str], languag
                    heads: Sequence[tuple[int, int]] = ()) -> ModelSource:
     """The RMIR source of a Whisper model of either form. `graphs(suppressed, language_ids)`
     gives its `encoder`, `cross_kv` and `decoder` (the latter with `alignment_attention`, these
-    `heads`' cross-attention, where given: an optimum export's has none, so no word times). A
+    `heads`' cross-attention, where given; none: the decoder has no such output, so no word times). A
     multilingual model is served as `multi` (or `language_code`), an English-only one as `en-US`
     (or another English `language_code`) without language tokens."""
     folder, tokenizer_path = files.folder, files.tokenizer

@@ -8,13 +8,18 @@ An export (`optimum-cli export onnx --model openai/whisper-small DIR`, or Huggin
 is split (edged.importers.merged_decoder) into `cross_kv` and the step `decoder`, and the step
 gets what edged's own Whisper decoder has (edged.importers.whisper_graphs): `logits` with the
 tokens Whisper never samples pushed to -1e9, and `language_logits`, the raw logits of the
-language tokens. The graphs' inputs and outputs take the dimension names of edged's own, so the
-Whisper recogniser runs either alike.
+language tokens, and `alignment_attention`, the cross-attention probabilities of the alignment
+heads (generation_config.json's or config.json's `alignment_heads`, else the last half of the
+layers' heads), for word times: each layer's Softmax is found by the graph's structure
+(edged.importers.cross_attention); where it is not, the decoder is imported without the output and
+words get their utterance's span. The graphs' inputs and outputs take the dimension names of
+edged's own, so the Whisper recogniser runs either alike.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +28,10 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from edged.errors import ModelImportError
+from edged.importers.cross_attention import add_alignment_output, cross_attention_probabilities
 from edged.importers.merged_decoder import decoder_layers, split_merged_decoder
-from edged.importers.whisper_graphs import WhisperShape
+from edged.importers.whisper_graphs import WhisperShape, alignment_heads
+from edged.pipelines.asr.whisper.recogniser import ALIGNMENT_OUTPUT
 
 ENCODER = "encoder_model.onnx"
 DECODER = "decoder_model_merged.onnx"
@@ -35,6 +42,7 @@ _MASKED = -1e9
 _RAW_LOGITS = "/edged/raw_logits"
 Dims = list[str | int]
 """A tensor's dimensions: fixed sizes and symbolic names."""
+_LOGGER = logging.getLogger(__name__)
 
 
 def graph_folder(folder: Path) -> Path | None:
@@ -74,7 +82,7 @@ def read_optimum_config(folder: Path) -> dict[str, Any]:
 
 
 class OptimumWhisper:
-    """An optimum Whisper export's encoder and split decoder, and its dimensions."""
+    """An optimum Whisper export's encoder and split decoder, its dimensions and alignment heads."""
 
     def __init__(self, folder: Path, config: dict[str, Any]) -> None:
         self.folder = folder
@@ -101,9 +109,18 @@ class OptimumWhisper:
         self.encoder = encoder
         self.cross_kv = parts["cross_kv"]
         self.step = parts["decoder"]
+        heads = alignment_heads(config.get("alignment_heads"), self.shape)
+        self.probabilities = cross_attention_probabilities(self.step, layers)
+        """Each decoder layer's cross-attention probabilities tensor in the step graph (None: not found)."""
+        if self.probabilities is None:
+            _LOGGER.warning("%s: no cross-attention Softmax found in each decoder layer; imported without "
+                            "alignment heads (words get their utterance's span).", graphs / DECODER)
+        self.alignment_heads = heads if self.probabilities is not None else []
+        """The (layer, head) pairs of the decoder's `alignment_attention` (none: it has no such output)."""
 
     def graphs(self, suppressed: list[int], language_ids: list[int]) -> dict[str, onnx.ModelProto]:
-        """edged's `encoder`, `cross_kv` and `decoder` (with the suppression and language logits)."""
+        """edged's `encoder`, `cross_kv` and `decoder` (with the suppression, language logits and
+        alignment attention)."""
         s, batch = self.shape, "batch_size"
         encoder_kv: Dims = [batch, s.heads, "encoder_sequence_length_out", self.head_dim]
         _name_dims(self.encoder, {"input_features": [batch, s.mels, "num_frames"],
@@ -116,7 +133,8 @@ class OptimumWhisper:
                 "decoder": self._decoder(suppressed, language_ids)}
 
     def _decoder(self, suppressed: list[int], language_ids: list[int]) -> onnx.ModelProto:
-        """The step graph's logits as edged's Whisper decoder gives them (see the module docstring)."""
+        """The step graph's logits as edged's Whisper decoder gives them, and its alignment heads'
+        attention (see the module docstring)."""
         s, batch = self.shape, "batch_size"
         graph = self.step.graph
         for node in graph.node:
@@ -138,6 +156,10 @@ class OptimumWhisper:
         cache = [o for o in graph.output if o.name != "logits"]
         del graph.output[:]
         graph.output.extend([*scores, *cache])
+        if self.probabilities is not None:
+            add_alignment_output(self.step, self.probabilities, self.alignment_heads, s.heads, ALIGNMENT_OUTPUT,
+                                 [batch, len(self.alignment_heads), "decoder_sequence_length",
+                                  "encoder_sequence_length_out"])
         dims: dict[str, Dims] = {"input_ids": [batch, "decoder_sequence_length"]}
         for layer in range(s.decoder_layers):
             for kv in ("key", "value"):
