@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import openai
 import pytest
+from openai.types.realtime import SessionCreatedEvent
 
 from edged.client.textnorm import word_errors
 from edged.pipelines.tts import SynthesisRequest
@@ -78,7 +79,11 @@ def test_async_client_with_server_vad_gets_each_utterance(http: int, voice: Any)
 
     events = asyncio.run(asyncio.wait_for(run(), 60))
     kinds = [e.type for e in events]
-    assert kinds[0] == "conversation.created" and kinds[1] == "session.updated", kinds[:3]
+    assert kinds[0] == "session.created" and kinds[1] == "session.updated", kinds[:3]
+    created = events[0]
+    assert isinstance(created, SessionCreatedEvent), created
+    assert created.session.id == events[1].session.id and created.session.id, (created, events[1])
+    assert created.session.audio.input.format.rate == PCM_RATE and created.session.type == "transcription"
     assert events[1].session.audio.input.format.rate == PCM_RATE
     completed = [e for e in events if e.type == "conversation.item.input_audio_transcription.completed"]
     for expected, done in zip((FIRST, SECOND), completed, strict=True):
@@ -179,6 +184,26 @@ def test_riva_clients_are_still_served_beside(http: int) -> None:
     assert got[1]["session"]["input_audio_params"]["sample_rate_hz"] == 16000
 
 
+def test_an_openai_client_without_the_sdk_headers_is_told_by_its_first_event(http: int) -> None:
+    """No OpenAI SDK header: Riva's greeting first, then the first event (session.update) picks
+    OpenAI's dialect, which announces its session before the update's answer."""
+    import json
+
+    import websockets
+
+    async def run() -> list[dict[str, Any]]:
+        async with websockets.connect(f"ws://127.0.0.1:{http}/v1/realtime?intent=transcription") as ws:
+            got = [json.loads(await ws.recv())]
+            await ws.send(json.dumps({"type": "session.update", "session": session(None)}))
+            got += [json.loads(await ws.recv()), json.loads(await ws.recv())]
+            return got
+
+    got = asyncio.run(run())
+    assert [e["type"] for e in got] == ["conversation.created", "session.created", "session.updated"], got
+    assert got[1]["session"]["id"] == got[2]["session"]["id"], got
+    assert got[2]["session"]["audio"]["input"]["turn_detection"] is None, got
+
+
 def mulaw(pcm: bytes) -> bytes:
     """pcm16 as G.711 mu-law bytes (the segment encoder of ITU-T G.711)."""
     s = np.clip(np.frombuffer(pcm, dtype=np.int16).astype(np.int32), -32635, 32635)
@@ -213,6 +238,11 @@ def test_beta_client_with_g711_is_served_its_own_session_events(http: int, voice
 
     events = asyncio.run(asyncio.wait_for(run(), 60))
     updated = next(e for e in events if e.type == "transcription_session.updated")
+    created = events[0]  # the beta types have no class for it: the client keeps its session a dict
+    assert created.type == "transcription_session.created", events[:2]
+    assert created.session["id"] == updated.session.id and updated.session.id, (created, updated)
+    assert created.session["object"] == "realtime.transcription_session", created
+    assert created.session["input_audio_format"] == "pcm16" and created.session["turn_detection"], created
     assert updated.session.input_audio_format == "g711_ulaw", updated
     assert updated.session.turn_detection.silence_duration_ms == 500, updated
     assert events[-1].type == "conversation.item.input_audio_transcription.completed", events[-1]

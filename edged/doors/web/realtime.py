@@ -4,8 +4,9 @@
 config (and a short-lived client secret when `api_key` is set); `GET /v1/audio/list_voices`;
 `/v1/realtime?intent=transcription` and `?intent=synthesize` are the WebSockets. Events are only
 translated: recognition goes through `ctx.asr.session(...)`, synthesis through `ctx.tts`. A
-transcription client whose first event is OpenAI's `session.update`, or that sends an
-`OpenAI-Beta` header, is served OpenAI's dialect (`realtime_openai.py`) instead.
+transcription client whose first event is OpenAI's `session.update`, or that sends an OpenAI SDK's
+`X-Stainless-Lang` or an `OpenAI-Beta` header, is served OpenAI's dialect (`realtime_openai.py`)
+instead, greeted with its `session.created` rather than Riva's `conversation.created`.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from edged.doors import common
 from edged.doors.web.auth import Auth
 from edged.doors.web.errors import BadInput, error_event, error_response
 from edged.doors.web.realtime_events import HeldAudio, b64_field, client_events, new_id, starting_with
-from edged.doors.web.realtime_openai import OpenAiTranscription, Protocol
+from edged.doors.web.realtime_openai import OpenAiTranscription, Protocol, announced
 from edged.errors import IdleTimeoutError
 from edged.service.admission import Slot, Waiting
 from edged.service.asr import (
@@ -203,12 +204,13 @@ class RealtimeApi:
         ws = web.WebSocketResponse(protocols=("realtime",), max_msg_size=self._max, heartbeat=30)
         await ws.prepare(request)
         self._open.add(ws)
-        conversation = new_id("conv")
-        await ws.send_json({"type": "conversation.created", "event_id": new_id("event"),
-                            "conversation": {"id": conversation, "object": "realtime.conversation"}})
+        openai = announced(request.headers) if intent == "transcription" else None
+        if openai is None:  # Riva's greeting; OpenAI's clients are greeted with their session.created
+            await ws.send_json({"type": "conversation.created", "event_id": new_id("event"),
+                                "conversation": {"id": new_id("conv"), "object": "realtime.conversation"}})
         try:
             if intent == "transcription":
-                await self._transcription(ws, beta="OpenAI-Beta" in request.headers)
+                await self._transcription(ws, openai)
             else:
                 await _Synthesis(self._ctx, ws).run()
         except Exception as exc:  # noqa: BLE001 - one error map (errors.py); the socket closes after
@@ -223,14 +225,14 @@ class RealtimeApi:
             await ws.close()
         return ws
 
-    async def _transcription(self, ws: web.WebSocketResponse, beta: bool) -> None:
-        """Riva's or OpenAI's transcription conversation. OpenAI's beta clients say so in an
-        `OpenAI-Beta` header; otherwise the client's first event tells: OpenAI's GA clients start
-        with `session.update`, Riva's with `transcription_session.update` (or straight away with
-        audio, which Riva's defaults describe)."""
+    async def _transcription(self, ws: web.WebSocketResponse, openai: Protocol | None) -> None:
+        """Riva's or OpenAI's transcription conversation: `openai`, the protocol the handshake
+        named (`announced`), or else the client's first event tells: OpenAI's GA clients start with
+        `session.update`, Riva's with `transcription_session.update` (or straight away with audio,
+        which Riva's defaults describe)."""
         events = client_events(ws, self._idle_s)
-        if beta:
-            await OpenAiTranscription(self._ctx, ws, self._max, Protocol.BETA).run(events)
+        if openai is not None:
+            await OpenAiTranscription(self._ctx, ws, self._max, openai).run(events)
             return
         first = await anext(events, None)
         if first is None:

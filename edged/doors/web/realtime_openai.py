@@ -11,6 +11,9 @@ Turn detection: `server_vad` (the default) and `semantic_vad` are edged's endpoi
 audio arrives (`silence_duration_ms` is its stop history); `null` holds the audio until the
 client's `input_audio_buffer.commit`, which ends the utterance.
 
+The connection opens with OpenAI's `session.created` (beta: `transcription_session.created`): the
+session as it starts, its id the one every `*.updated` shows.
+
 The beta protocol differs only in its session: `transcription_session.update` with a flat session
 (`input_audio_format`, `input_audio_transcription`, `turn_detection`), answered by
 `transcription_session.updated`; it is read in the GA shape (`from_beta`) and shown back flat
@@ -21,7 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import AsyncExitStack
 from typing import Any
 
@@ -50,6 +53,15 @@ class Protocol(enum.Enum):
     def update(self) -> str:
         """The client's session event."""
         return f"{self.value}.update"
+
+
+def announced(headers: Mapping[str, str]) -> Protocol | None:
+    """The OpenAI protocol a client's handshake names, so its `*.created` can come first: the beta
+    by its `OpenAI-Beta` header, the GA one by the `X-Stainless-Lang` header OpenAI's SDKs send.
+    None: only the client's first event can tell (Riva's clients wait for `conversation.created`)."""
+    if "OpenAI-Beta" in headers:
+        return Protocol.BETA
+    return Protocol.GA if "X-Stainless-Lang" in headers else None
 
 
 _BETA_FORMATS: dict[str, dict[str, Any]] = {
@@ -200,7 +212,9 @@ class OpenAiTranscription:
         """This item's text sent in deltas so far."""
 
     async def run(self, events: AsyncIterator[dict[str, Any]]) -> None:
-        """Serve `events` until the client leaves (OpenAI's protocol has no end of audio)."""
+        """Announce the session, then serve `events` until the client leaves (OpenAI's protocol
+        has no end of audio)."""
+        await self._send({"type": f"{self._protocol.value}.created", "session": self._shown()})
         try:
             async for event in events:
                 try:
@@ -246,8 +260,11 @@ class OpenAiTranscription:
         request, turns = recognition_request(config, set(self._asr.models()))
         self._asr.select(request.model, request.language_code)  # RequestError for a language not served
         self._config, self._turns = config, turns
-        shown = as_beta(config) if self._protocol is Protocol.BETA else config
-        await self._send({"type": f"{self._protocol.value}.updated", "session": shown})
+        await self._send({"type": f"{self._protocol.value}.updated", "session": self._shown()})
+
+    def _shown(self) -> dict[str, Any]:
+        """The session as the client's protocol shows it."""
+        return as_beta(self._config) if self._protocol is Protocol.BETA else self._config
 
     async def _open(self) -> AsrSession:
         if self._session is None:
