@@ -51,11 +51,15 @@ class StreamConfig:
     decoding does not read them."""
     language: Language = field(default_factory=Language)
     """What a multilingual model writes: the language (empty: identified per utterance) and task."""
+    window_samples: int = 0
+    """Offline: consecutive utterances are decoded together, in windows of up to this many
+    samples cut in the silences between them (edged.pipelines.asr.packing); 0: each alone."""
 
 
-def offline_config(config: StreamConfig) -> StreamConfig:
-    """The same request for a whole recording: no interims, no speculative finals."""
-    return replace(config, interim_results=False, speculative=False)
+def offline_config(config: StreamConfig, window_samples: int = 0) -> StreamConfig:
+    """The same request for a whole recording: no interims, no speculative finals; utterances
+    decoded in windows of up to `window_samples` (0: each alone)."""
+    return replace(config, interim_results=False, speculative=False, window_samples=window_samples)
 
 
 class JobRunner(Protocol):

@@ -89,6 +89,9 @@ class AsrModel:
         heads = [(int(h[0]), int(h[1])) for h in asr.manifest.parameters.get("alignment_heads", [])]
         self.results = ResultMaker(self.recogniser.tokenizer, tuple(heads), asr.manifest.language_code)
         self.lanes = Lanes(asr.lanes, pools, f"asr-{asr.name}")
+        self.window_samples = self.recogniser.window_samples if isinstance(self.recogniser, WhisperRecogniser) else 0
+        """Offline: utterances decoded together in windows of up to this many samples (Whisper
+        only, see edged.pipelines.asr.packing); 0: each utterance alone."""
         self.seconds_per_sample = 0.05 / MODEL_RATE
         """Recent decode wall time per sample of audio (a moving average over batches)."""
 

@@ -29,6 +29,7 @@ from edged.pipelines.asr.whisper.tokenizer import WhisperTokenizer
 
 WHISPER_FAMILY = "whisper"
 """The manifest's model_family of Whisper models."""
+_WINDOW_MARGIN = 2 * MODEL_RATE
 
 
 class Task(str, Enum):
@@ -65,6 +66,10 @@ class WhisperRecogniser(Recogniser):
             raise ModelLoadError(f"Model {model.name}'s tokenizer lacks the languages {missing}; rebuild its RMIR.")
         self.tasks = {task: tokenizer.token(f"<|{task.value}|>") for task in Task}
         self.no_timestamps = tokenizer.token("<|notimestamps|>")
+        self.window_samples = CHUNK_SAMPLES - _WINDOW_MARGIN
+        """Offline: most samples of a window of utterances decoded in one pass (see
+        edged.pipelines.asr.packing): the 30 s Whisper hears, less a margin for the window's
+        edges (the audio kept before each utterance's onset and after its end)."""
 
     def _load_tokenizer(self, path: Path, model: LoadedModel) -> WhisperTokenizer:
         self.whisper_tokenizer = WhisperTokenizer.load(path, int(model.manifest.parameters.get("vocab_size", 0)))

@@ -1,0 +1,119 @@
+"""Whisper's segmentation: offline, consecutive utterances decoded together in windows of up to
+the limit, cut only in the silences between them (an over-long utterance cut as before); live,
+a Whisper model's utterances end after Moonshine's short stop history."""
+
+from __future__ import annotations
+
+import pytest
+
+from edged.importers.whisper import import_whisper_folder
+from edged.pipelines.asr.audio import MODEL_RATE
+from edged.pipelines.asr.endpointing import EndpointParams
+from edged.pipelines.asr.jobs import JobKind, StreamConfig, offline_config
+from edged.pipelines.asr.packing import Span, WindowPacker
+from edged.pipelines.asr.whisper.features import CHUNK_SAMPLES
+from tests.asr_driving import offline_results, stream_results
+from tests.fake_asr import WORDS, Decode, FakeModel, pcm, speech, words_in
+from tests.whisper_models import make_ct2_whisper
+
+_PCM = StreamConfig(encoding="LINEAR_PCM", sample_rate=MODEL_RATE)
+
+
+def test_packer_joins_utterances_while_they_fit_and_keeps_a_long_one_alone() -> None:
+    packer = WindowPacker(limit=100)
+    assert packer.add(Span(0, 30, 5)) is None
+    assert packer.add(Span(40, 100, 45)) is None  # 0..100: just fits, the silence 30..40 inside
+    assert packer.add(Span(110, 130, 112)) == Span(0, 100, 5)  # 0..130 would not
+    assert packer.add(Span(130, 260, 131)) == Span(110, 130, 112)  # over the limit: alone
+    assert packer.add(Span(270, 280, 272)) == Span(130, 260, 131)
+    assert packer.flush() == Span(270, 280, 272)
+    assert packer.flush() is None
+
+
+def _sentences(gap_s: float = 1.2) -> tuple[list[str], bytes]:
+    """Six short utterances, `gap_s` of silence between them: the spoken words and the audio."""
+    spoken: list[str] = []
+    parts: list[str | float] = [0.5]
+    for i in range(6):
+        said = [WORDS[i], WORDS[(i + 3) % len(WORDS)]]
+        spoken += said
+        parts += [*said, gap_s]
+    return spoken, pcm(speech(*parts))
+
+
+def _finals(model: FakeModel) -> list[Decode]:
+    return [d for d in model.decodes if d.kind is JobKind.FINAL]
+
+
+def test_offline_windows_join_utterances_and_cut_only_in_silences() -> None:
+    spoken, audio = _sentences()
+    alone = FakeModel()
+    results = offline_results(alone.start_stream(offline_config(_PCM)), audio)
+    assert len(_finals(alone)) == 6 and [r.transcript for r in results] == [d.text for d in _finals(alone)]
+
+    limit_s = 4.0
+    packed = FakeModel()
+    results = offline_results(packed.start_stream(offline_config(_PCM, int(limit_s * MODEL_RATE))), audio)
+    finals = _finals(packed)
+    # Each window holds whole utterances: every word once, in order, none cut at an edge.
+    assert " ".join(d.text for d in finals).split() == spoken
+    assert 1 < len(finals) < 6 and all(d.end_s - d.start_s <= limit_s for d in finals)
+    assert [r.transcript for r in results] == [d.text for d in finals]
+    assert [(r.start_s, r.end_s) for r in results] == [(d.start_s, d.end_s) for d in finals]
+    # Adding the next utterance would have passed the limit: no window closed early.
+    starts = [d.start_s for d in finals[1:]]
+    ends = [d.end_s for d in _finals(alone)]
+    for window, next_start in zip(finals, starts):
+        last = max(e for e in ends if e <= next_start)
+        following = min(e for e in ends if e > next_start)
+        assert window.end_s == last and following - window.start_s > limit_s
+
+
+def test_an_utterance_longer_than_the_window_is_still_cut() -> None:
+    endpoint = EndpointParams(max_utterance_ms=3000)
+    words = [WORDS[i % len(WORDS)] for i in range(24)]  # about 8.6 s without a pause
+    audio = speech(0.5, *words, 1.0, "one", "two", 1.0)
+    limit = 3 * MODEL_RATE
+    model = FakeModel(endpoint)
+    offline_results(model.start_stream(offline_config(_PCM, limit)), pcm(audio))
+    finals = _finals(model)
+    assert len(finals) >= 3  # the long speech split at least twice, its pieces decoded apart
+    assert all((d.end_s - d.start_s) * MODEL_RATE <= limit + endpoint.max_utterance_ms * MODEL_RATE // 1000
+               for d in finals)
+    assert " ".join(d.text for d in finals).split() == words_in(audio)
+
+
+def test_live_streams_never_wait_for_windows() -> None:
+    """A stream's finals come one per utterance even where its config names a window (only
+    offline_config's recordings are packed: a streaming config keeps window_samples 0)."""
+    _, audio = _sentences()
+    model = FakeModel()
+    results = stream_results(lambda: model.start_stream(_PCM), audio, 2 * MODEL_RATE)
+    assert sum(r.is_final for r in results) == 6
+
+
+@pytest.fixture(scope="module")
+def whisper_endpoint(tmp_path_factory: pytest.TempPathFactory) -> EndpointParams:
+    """The endpointing a generated Whisper's import gives its manifest."""
+    tmp = tmp_path_factory.mktemp("whisper-endpoint")
+    source = import_whisper_folder(make_ct2_whisper(tmp / "tiny", layers=1), tmp, {})
+    return EndpointParams.from_manifest(source.parameters["endpointing"])
+
+
+def test_whisper_streams_end_utterances_as_moonshine_streams_do(whisper_endpoint: EndpointParams) -> None:
+    moonshine = EndpointParams()
+    assert whisper_endpoint.stop_history_ms == moonshine.stop_history_ms
+    assert whisper_endpoint.stop_history_eou_ms == moonshine.stop_history_eou_ms
+    # Utterances may be as long as an offline window (Whisper hears 30 s).
+    assert whisper_endpoint.max_utterance_ms * MODEL_RATE // 1000 <= CHUNK_SAMPLES
+    _, audio = _sentences(gap_s=2.0)
+    model = FakeModel(whisper_endpoint)
+    results = stream_results(lambda: model.start_stream(StreamConfig(
+        encoding="LINEAR_PCM", sample_rate=MODEL_RATE, interim_results=True)), audio, 2 * MODEL_RATE)
+    finals = [r for r in results if r.is_final]
+    assert len(finals) == 6
+    # Each final is out within the stop history (and a chunk) of its speech's end (with 1.5 s,
+    # the history before this change, 1.3 s after it).
+    limit = (whisper_endpoint.stop_history_ms + 160) / 1000
+    assert all(r.audio_processed - r.end_s <= limit for r in finals), [(r.audio_processed, r.end_s) for r in finals]
+
