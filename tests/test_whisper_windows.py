@@ -4,14 +4,22 @@ a Whisper model's utterances end after Moonshine's short stop history."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
+from edged.backends import BackendOptions
 from edged.importers.whisper import import_whisper_folder
+from edged.loader import LoadedModel, load_model
 from edged.pipelines.asr.audio import MODEL_RATE
 from edged.pipelines.asr.endpointing import EndpointParams
 from edged.pipelines.asr.jobs import JobKind, StreamConfig, offline_config
 from edged.pipelines.asr.packing import Span, WindowPacker
 from edged.pipelines.asr.whisper.features import CHUNK_SAMPLES
+from edged.pipelines.asr.whisper.recogniser import Language, WhisperRecogniser
+from edged.repository.deploy import deploy
+from edged.repository.records import DeployTarget, list_models
+from edged.rmir import RmirRef
+from edged.rmir.build import build_rmir
 from tests.asr_driving import offline_results, stream_results
 from tests.fake_asr import WORDS, Decode, FakeModel, pcm, speech, words_in
 from tests.whisper_models import make_ct2_whisper
@@ -23,7 +31,7 @@ def test_packer_joins_utterances_while_they_fit_and_keeps_a_long_one_alone() -> 
     packer = WindowPacker(limit=100)
     assert packer.add(Span(0, 30, 5)) is None
     assert packer.add(Span(40, 100, 45)) is None  # 0..100: just fits, the silence 30..40 inside
-    assert packer.add(Span(110, 130, 112)) == Span(0, 100, 5)  # 0..130 would not
+    assert packer.add(Span(110, 130, 112)) == Span(0, 100, 5, ((0, 30), (40, 100)))  # 0..130 would not
     assert packer.add(Span(130, 260, 131)) == Span(110, 130, 112)  # over the limit: alone
     assert packer.add(Span(270, 280, 272)) == Span(130, 260, 131)
     assert packer.flush() == Span(270, 280, 272)
@@ -93,11 +101,20 @@ def test_live_streams_never_wait_for_windows() -> None:
 
 
 @pytest.fixture(scope="module")
-def whisper_endpoint(tmp_path_factory: pytest.TempPathFactory) -> EndpointParams:
-    """The endpointing a generated Whisper's import gives its manifest."""
-    tmp = tmp_path_factory.mktemp("whisper-endpoint")
+def tiny_whisper(tmp_path_factory: pytest.TempPathFactory, cpu_target: DeployTarget) -> LoadedModel:
+    """A generated multilingual Whisper, imported, built, deployed and loaded."""
+    tmp = tmp_path_factory.mktemp("whisper-windows")
     source = import_whisper_folder(make_ct2_whisper(tmp / "tiny", layers=1), tmp, {})
-    return EndpointParams.from_manifest(source.parameters["endpointing"])
+    build_rmir(source, RmirRef(tmp / "tiny.rmir"))
+    deploy(RmirRef(tmp / "tiny.rmir"), tmp / "repo" / "models", cpu_target, BackendOptions())
+    deployed = list_models(tmp / "repo" / "models", cpu_target)[0]
+    return load_model(deployed, BackendOptions(intra_op_threads=1))
+
+
+@pytest.fixture(scope="module")
+def whisper_endpoint(tiny_whisper: LoadedModel) -> EndpointParams:
+    """The endpointing a Whisper's import gives its manifest."""
+    return EndpointParams.from_manifest(tiny_whisper.manifest.parameters["endpointing"])
 
 
 def test_whisper_streams_end_utterances_as_moonshine_streams_do(whisper_endpoint: EndpointParams) -> None:
@@ -117,3 +134,36 @@ def test_whisper_streams_end_utterances_as_moonshine_streams_do(whisper_endpoint
     limit = (whisper_endpoint.stop_history_ms + 160) / 1000
     assert all(r.audio_processed - r.end_s <= limit for r in finals), [(r.audio_processed, r.end_s) for r in finals]
 
+
+
+def test_whisper_reads_the_previous_windows_text_before_its_own(tiny_whisper: LoadedModel) -> None:
+    """A window decoded after the previous one's text starts from `<|startofprev|> text <|startoftranscript|>
+    ...`; rows with and without previous text decode in one call as they do alone."""
+    rec = WhisperRecogniser(tiny_whisper)
+    assert 0 < rec.window_samples < CHUNK_SAMPLES
+    rng = np.random.default_rng(7)
+    first, second = ((rng.standard_normal(MODEL_RATE * 3) * 0.1).astype(np.float32) for _ in range(2))
+    english = [Language("en")] * 2
+    before = rec.decode([first], languages=english[:1])[0].tokens or [rec.eos - 300]
+    together = rec.decode([first, second], languages=english, previous=[[], before])
+    assert together[0].tokens == rec.decode([first], languages=english[:1])[0].tokens
+    assert together[1].tokens == rec.decode([second], languages=english[:1], previous=[before])[0].tokens
+    # The prompt is what the decoder reads: the same audio after other text may decode otherwise,
+    # and never sees more previous text than fits beside the longest decode.
+    calls: list[np.ndarray] = []
+    run = rec.decoder.run
+
+    def spy(feed: dict[str, np.ndarray], *args: object) -> dict[str, np.ndarray]:
+        calls.append(feed["input_ids"])
+        return run(feed, *args)
+
+    rec.decoder.run = spy  # type: ignore[method-assign]
+    try:
+        rec.decode([second], languages=english[:1], previous=[before * 100])
+    finally:
+        del rec.decoder.run
+    first_ids = calls[0][0].tolist()
+    assert first_ids[0] == rec.start_of_previous and rec.bos in first_ids
+    read = first_ids.index(rec.bos) - 1
+    assert 0 < read < rec.text_positions // 2 and first_ids[read] == before[-1]
+    assert read + 4 + rec.token_cap(len(second)) < rec.text_positions

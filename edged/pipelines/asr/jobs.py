@@ -119,3 +119,8 @@ class DecodeJob:
     """Order of creation within its stream (results come back in this order)."""
     speech_start: int = 0
     """Stream sample where the speech starts (about): no word starts before it."""
+    parts: tuple[tuple[int, int], ...] = ()
+    """Offline, a window of several utterances': [start, end) of each, in stream samples."""
+    previous: DecodeJob | None = None
+    """Offline, an utterance window's: the window before it, whose text is read before this
+    one's (Whisper's previous-text prompt), so decoded first; dropped once this one is decoded."""

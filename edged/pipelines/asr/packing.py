@@ -6,7 +6,9 @@ utterances decoded one by one: 5.67 % WER; faster-whisper's 30 s windows: 5.19 %
 utterances the endpointer finds are joined into windows of up to `limit` samples, from the
 first's start to the last's end with the silences between them: a window is cut only in a
 silence between two utterances. An utterance that alone reaches the limit (the endpointer cuts
-longer ones, see EndpointParams.max_utterance_ms) is a window of its own.
+longer ones, see EndpointParams.max_utterance_ms) is a window of its own. A window keeps its
+utterances' spans: where Whisper ends its text early (an end of text read in a long pause), its
+utterances are decoded one by one instead (see edged.pipelines.asr.model).
 """
 
 from __future__ import annotations
@@ -22,6 +24,13 @@ class Span:
     end: int
     speech_start: int
     """Where its (first) speech starts, about: no word starts before it."""
+    parts: tuple[tuple[int, int], ...] = ()
+    """A window's: [start, end) of each utterance in it (empty: one utterance, the span itself)."""
+
+    @property
+    def utterances(self) -> tuple[tuple[int, int], ...]:
+        """[start, end) of each utterance in it."""
+        return self.parts or ((self.start, self.end),)
 
 
 @dataclass
@@ -36,7 +45,8 @@ class WindowPacker:
         """Take the next utterance; returns the window it closes (when it does not fit in it)."""
         pending = self.pending
         if pending is not None and utterance.end - pending.start <= self.limit:
-            self.pending = Span(pending.start, utterance.end, pending.speech_start)
+            self.pending = Span(pending.start, utterance.end, pending.speech_start,
+                                pending.utterances + utterance.utterances)
             return None
         self.pending = utterance
         return pending

@@ -101,6 +101,8 @@ class AsrStream:
         self._speculation = Speculation()
         self._packer = WindowPacker(config.window_samples) if config.window_samples else None
         """Offline, with windows: the utterances whose final decode waits for the next ones."""
+        self._last_window: DecodeJob | None = None
+        """Offline, with windows: the last window queued (its text prompts the next one's decode)."""
         self.jobs: list[DecodeJob] = []
         """Decode jobs waiting for the model's `decode_jobs`."""
         self._windowing: list[DecodeJob] = []
@@ -322,7 +324,9 @@ class AsrStream:
             return
         self._seq += 1
         job = DecodeJob(self, JobKind.FINAL, self._utterance.number, self._audio.span(window.start, window.end),
-                        window.start, fired_at, seq=self._seq, speech_start=window.speech_start)
+                        window.start, fired_at, seq=self._seq, speech_start=window.speech_start,
+                        parts=window.parts, previous=self._last_window)
+        self._last_window = job
         self.jobs.append(job)
         self._hand_over(job, final=True)
 

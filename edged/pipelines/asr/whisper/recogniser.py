@@ -30,6 +30,8 @@ from edged.pipelines.asr.whisper.tokenizer import WhisperTokenizer
 WHISPER_FAMILY = "whisper"
 """The manifest's model_family of Whisper models."""
 _WINDOW_MARGIN = 2 * MODEL_RATE
+_TEXT_POSITIONS = 448
+"""Whisper's decoder positions, where its manifest does not give them."""
 
 
 class Task(str, Enum):
@@ -66,6 +68,10 @@ class WhisperRecogniser(Recogniser):
             raise ModelLoadError(f"Model {model.name}'s tokenizer lacks the languages {missing}; rebuild its RMIR.")
         self.tasks = {task: tokenizer.token(f"<|{task.value}|>") for task in Task}
         self.no_timestamps = tokenizer.token("<|notimestamps|>")
+        self.start_of_previous = tokenizer.token("<|startofprev|>")
+        ids = {n.name: n.shape_ranges.get("input_ids") for n in model.manifest.networks}.get("decoder")
+        self.text_positions = ids.max[-1] if ids is not None else _TEXT_POSITIONS
+        """Tokens the decoder reads at most: prompt, previous text and decoded tokens together."""
         self.window_samples = CHUNK_SAMPLES - _WINDOW_MARGIN
         """Offline: most samples of a window of utterances decoded in one pass (see
         edged.pipelines.asr.packing): the 30 s Whisper hears, less a margin for the window's
@@ -102,8 +108,10 @@ class WhisperRecogniser(Recogniser):
 
     def decode(self, audios: list[np.ndarray], drafts: list[list[int]] | None = None,
                attention: bool = True, biases: Sequence[PhraseBias | None] | None = None,
-               languages: Sequence[Language] | None = None) -> list[Hypothesis]:
-        """Greedy-decode each utterance in its language (identified where not given)."""
+               languages: Sequence[Language] | None = None,
+               previous: Sequence[list[int]] | None = None) -> list[Hypothesis]:
+        """Greedy-decode each utterance in its language (identified where not given); `previous`:
+        per utterance, the text before it (tokens), read as Whisper's `<|startofprev|>` prompt."""
         if not audios:
             return []
         asked = list(languages or [Language()] * len(audios))
@@ -111,8 +119,7 @@ class WhisperRecogniser(Recogniser):
         encoder_kv = self.cross_kv_of(hidden)
         if not self.multilingual:  # English only: results carry the model's own language tag
             prompts = [[self.bos, self.no_timestamps] for _ in audios]
-            return self._greedy(hidden, [len(a) for a in audios], drafts, False, None,
-                                prompts=prompts, encoder_kv=encoder_kv)[0]
+            return self._prompted(hidden, audios, drafts, prompts, previous, encoder_kv)
         codes = [a.code for a in asked]
         unknown = [i for i, code in enumerate(codes) if not code]
         if unknown:
@@ -121,11 +128,35 @@ class WhisperRecogniser(Recogniser):
                 codes[i] = code
         prompts = [[self.bos, self.whisper_tokenizer.languages[code], self.tasks[a.task], self.no_timestamps]
                    for code, a in zip(codes, asked)]
-        hyps, _ = self._greedy(hidden, [len(a) for a in audios], drafts, False, None,
-                               prompts=prompts, encoder_kv=encoder_kv)
+        hyps = self._prompted(hidden, audios, drafts, prompts, previous, encoder_kv)
         for hyp, code in zip(hyps, codes):
             hyp.language = code
         return hyps
+
+    def _prompted(self, hidden: np.ndarray, audios: list[np.ndarray], drafts: list[list[int]] | None,
+                  prompts: list[list[int]], previous: Sequence[list[int]] | None,
+                  encoder_kv: dict[str, np.ndarray]) -> list[Hypothesis]:
+        """Greedy decodes from `prompts`, each after its previous text (if any): rows whose
+        prompts are as long are decoded together."""
+        if previous:
+            prompts = [self._after(prompt, before, len(audio))
+                       for prompt, before, audio in zip(prompts, previous, audios)]
+        hyps: list[Hypothesis | None] = [None] * len(audios)
+        for length in sorted({len(p) for p in prompts}):
+            rows = [i for i, p in enumerate(prompts) if len(p) == length]
+            found, _ = self._greedy(hidden[rows], [len(audios[i]) for i in rows],
+                                    [drafts[i] for i in rows] if drafts else None, False, None,
+                                    prompts=[prompts[i] for i in rows],
+                                    encoder_kv={k: v[rows] for k, v in encoder_kv.items()})
+            for i, hyp in zip(rows, found):
+                hyps[i] = hyp
+        return [h for h in hyps if h is not None]
+
+    def _after(self, prompt: list[int], before: list[int], samples: int) -> list[int]:
+        """`prompt` after the end of the text `before` (as much as fits beside the longest decode of
+        `samples`, and at most half the positions, as Whisper's own decoding keeps)."""
+        room = min(self.text_positions // 2 - 1, self.text_positions - self.token_cap(samples) - len(prompt) - 2)
+        return [self.start_of_previous, *before[-room:], *prompt] if before and room > 0 else prompt
 
     def beam(self, audio: np.ndarray, width: int, bias: PhraseBias | None = None,
              attention: bool = True, language: Language | None = None) -> Hypothesis:
