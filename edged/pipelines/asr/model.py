@@ -81,14 +81,14 @@ def _previous_text(job: DecodeJob) -> list[int]:
     return before.hyp.tokens
 
 
-def _ended_early(job: DecodeJob, hyp: Hypothesis) -> bool:
+def ended_early(job: DecodeJob, hyp: Hypothesis) -> bool:
     """Whether Whisper ended a window of utterances' text too early to hold them all: fewer than
     _MIN_TOKENS_PER_S for its utterances' seconds (it may read the end of text in a long pause)."""
     seconds = sum(end - start for start, end in job.parts) / MODEL_RATE
     return len(job.parts) > 1 and hyp.stopped == "eos" and len(hyp.tokens) < _MIN_TOKENS_PER_S * seconds
 
 
-def _utterance_by_utterance(rec: WhisperRecogniser, job: DecodeJob, language: Language,
+def utterance_by_utterance(rec: WhisperRecogniser, job: DecodeJob, language: Language,
                             previous: list[int]) -> Hypothesis:
     """A window's hypothesis from its utterances decoded one by one (each after the same previous text)."""
     audios = [job.audio[start - job.start:end - job.start] for start, end in job.parts]
@@ -172,8 +172,8 @@ class AsrModel:
             found = rec.decode([j.audio for j in group], [j.draft for j in group], languages=languages,
                                previous=previous)
             for i, job in enumerate(group):
-                if _ended_early(job, found[i]):
-                    found[i] = _utterance_by_utterance(rec, job, languages[i], previous[i])
+                if ended_early(job, found[i]):
+                    found[i] = utterance_by_utterance(rec, job, languages[i], previous[i])
             return found, time.perf_counter() - t0
         greedy = [i for i, beam in enumerate(beams) if not beam]
         hyps = dict(zip(greedy, rec.decode([group[i].audio for i in greedy], [group[i].draft for i in greedy],
