@@ -79,13 +79,14 @@ BUILTINS: dict[str, tuple[str, str, Importer]] = {
 }
 """Built-in importer name -> (pipeline, PyPI distribution, importer)."""
 
-IMPORTER_REVISIONS = {"moonshine-base-en": 3, "whisper-base": 1, "whisper-tiny-en": 1, "piper-joe-medium": 2,
+IMPORTER_REVISIONS = {"moonshine-base-en": 3, "whisper-base": 2, "whisper-tiny-en": 1, "piper-joe-medium": 2,
                        "silero-vad": 1, "voicefilter-dvector": 1,
                        "resemblyzer-ge2e": 1,
                       **{name: 1 for name in _WAKE_WORDS}}
 """Raised when an importer builds a different RMIR from the same pack (piper 2: the voice split
 into encoder, flow and decoder; moonshine 2: the merged decoder split into cross_kv and a step
-decoder; moonshine 3: its decoder marked int8_matmul), so `edged init` rebuilds RMIRs made
+decoder; moonshine 3: its decoder marked int8_matmul; whisper 2: Moonshine's 700 ms stop
+history, for streaming finals 0.8 s sooner), so `edged init` rebuilds RMIRs made
 by the older importer."""
 
 

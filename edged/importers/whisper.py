@@ -289,15 +289,13 @@ def whisper_source(workdir: Path, name: str, provenance: dict[str, str], languag
             "min_audio_seconds": 0.1,
             "streaming": False,
             "punctuated": True,
-            # Whisper hears 30 s at once whatever the utterance's length: longer utterances give
-            # it more context at no more encoder work. Against Moonshine's 700 / 8000 / 4000 ms,
-            # on the 9 evalcorpus clips that the endpointing cut differently from faster-whisper's
-            # 30 s windows: 26 -> 17 word errors (faster-whisper 13), wall 56 s against its 67 s.
-            # The cost: a streaming final comes 1.5 s after the speech, not 0.7 s.
+            # Moonshine's stop history: a streaming final comes 0.7 s after the speech. Offline,
+            # utterances are joined into windows of up to 28 s whatever it is (see
+            # edged.pipelines.asr.packing); a stream's utterances may be as long as a window.
             "endpointing": {
                 "start_history_ms": 200,
                 "start_threshold": 0.5,
-                "stop_history_ms": 1500,
+                "stop_history_ms": 700,
                 "stop_threshold": 0.35,
                 "stop_history_eou_ms": 300,
                 "stop_threshold_eou": 0.35,

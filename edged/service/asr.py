@@ -550,7 +550,8 @@ class AsrService(SpeechService):
             max_held_bytes=self._settings.max_message_mb * 2**20,
             profanity_filter=request.profanity_filter,
             max_alternatives=min(MAX_ALTERNATIVES, max(1, request.max_alternatives)), boost=request.boost)
-        return offline_config(config) if offline else config
+        # Diarization labels each final with one speaker: a window of utterances could hold several.
+        return offline_config(config, 0 if request.diarization else model.window_samples) if offline else config
 
     @asynccontextmanager
     async def session(self, request: RecognitionRequest, offline: bool = False,

@@ -51,11 +51,15 @@ class StreamConfig:
     decoding does not read them."""
     language: Language = field(default_factory=Language)
     """What a multilingual model writes: the language (empty: identified per utterance) and task."""
+    window_samples: int = 0
+    """Offline: consecutive utterances are decoded together, in windows of up to this many
+    samples cut in the silences between them (edged.pipelines.asr.packing); 0: each alone."""
 
 
-def offline_config(config: StreamConfig) -> StreamConfig:
-    """The same request for a whole recording: no interims, no speculative finals."""
-    return replace(config, interim_results=False, speculative=False)
+def offline_config(config: StreamConfig, window_samples: int = 0) -> StreamConfig:
+    """The same request for a whole recording: no interims, no speculative finals; utterances
+    decoded in windows of up to `window_samples` (0: each alone)."""
+    return replace(config, interim_results=False, speculative=False, window_samples=window_samples)
 
 
 class JobRunner(Protocol):
@@ -115,3 +119,8 @@ class DecodeJob:
     """Order of creation within its stream (results come back in this order)."""
     speech_start: int = 0
     """Stream sample where the speech starts (about): no word starts before it."""
+    parts: tuple[tuple[int, int], ...] = ()
+    """Offline, a window of several utterances': [start, end) of each, in stream samples."""
+    previous: DecodeJob | None = None
+    """Offline, an utterance window's: the window before it, whose text is read before this
+    one's (Whisper's previous-text prompt), so decoded first; dropped once this one is decoded."""

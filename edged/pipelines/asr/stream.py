@@ -25,6 +25,7 @@ from edged.pipelines.asr.endpointing import (
     VadState,
 )
 from edged.pipelines.asr.jobs import DecodeJob, JobKind, JobRunner, StreamConfig
+from edged.pipelines.asr.packing import Span, WindowPacker
 from edged.pipelines.asr.recogniser import Hypothesis
 from edged.pipelines.asr.resultmaker import ResultMaker
 from edged.pipelines.asr.results import Result
@@ -98,6 +99,10 @@ class AsrStream:
         self._pace = Pace()
         self._interims = InterimTiming()
         self._speculation = Speculation()
+        self._packer = WindowPacker(config.window_samples) if config.window_samples else None
+        """Offline, with windows: the utterances whose final decode waits for the next ones."""
+        self._last_window: DecodeJob | None = None
+        """Offline, with windows: the last window queued (its text prompts the next one's decode)."""
         self.jobs: list[DecodeJob] = []
         """Decode jobs waiting for the model's `decode_jobs`."""
         self._windowing: list[DecodeJob] = []
@@ -161,6 +166,8 @@ class AsrStream:
         if ep.in_speech:
             end = min(self.samples, max(ep.last_speech * WINDOW + _TAIL_PAD, self._utterance.start + _MIN_INTERIM))
             self._queue_final(end, self.samples, UtteranceEnd(EndCause.SPEECH, ep.last_speech))
+        if self._packer is not None:
+            self._queue_window(self._packer.flush(), self.samples)
         self.finished = True
 
     def end_utterance(self) -> None:
@@ -190,7 +197,10 @@ class AsrStream:
             self._handed_over = self.samples
             self.on_utterance_audio(self._utterance.start, self._audio.span(self._utterance.start, self.samples), False)
         if not ep.in_speech:
-            self._audio.forget(self.samples - ep.params.start_history_ms * MODEL_RATE // 1000 - _PREROLL - WINDOW)
+            keep = self.samples - ep.params.start_history_ms * MODEL_RATE // 1000 - _PREROLL - WINDOW
+            if self._packer is not None and self._packer.pending is not None:
+                keep = min(keep, self._packer.pending.start)
+            self._audio.forget(keep)
 
     def interim_due(self, now: float) -> bool:
         """Whether to make an interim result now: someone is speaking (not pausing) and, if it
@@ -299,9 +309,26 @@ class AsrStream:
             return self._final_end
         _LOGGER.debug("Final at %.2f s: new decode (speculative: %s; the end: %s, %.2f s)",
                       fired_at / MODEL_RATE, tried or "none", end, until / MODEL_RATE)
+        if self._packer is not None:
+            utt = self._utterance
+            self._queue_window(self._packer.add(Span(utt.start, until, utt.speech_start)), fired_at)
+            self._final_end = until
+            return until
         self._hand_over(self._queue(JobKind.FINAL, until, fired_at), final=True)
         self._final_end = until
         return until
+
+    def _queue_window(self, window: Span | None, fired_at: int) -> None:
+        """Queue the final decode of a window of utterances (offline; none: nothing closed)."""
+        if window is None:
+            return
+        self._seq += 1
+        job = DecodeJob(self, JobKind.FINAL, self._utterance.number, self._audio.span(window.start, window.end),
+                        window.start, fired_at, seq=self._seq, speech_start=window.speech_start,
+                        parts=window.parts, previous=self._last_window)
+        self._last_window = job
+        self.jobs.append(job)
+        self._hand_over(job, final=True)
 
     def _hand_over(self, job: DecodeJob, final: bool) -> None:
         if self.on_utterance_audio is not None:

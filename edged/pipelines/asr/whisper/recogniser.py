@@ -34,6 +34,9 @@ WHISPER_FAMILY = "whisper"
 ALIGNMENT_OUTPUT = "alignment_attention"
 """The decoder output of the alignment heads' cross-attention [batch, heads, tokens, frames]
 (a model built before it has none: its words get their utterance's span)."""
+_WINDOW_MARGIN = 2 * MODEL_RATE
+_TEXT_POSITIONS = 448
+"""Whisper's decoder positions, where its manifest does not give them."""
 
 
 class Task(str, Enum):
@@ -74,6 +77,14 @@ class WhisperRecogniser(Recogniser):
         found = ALIGNMENT_OUTPUT in {o.name for o in self.decoder.outputs}
         self._attention_outputs = [ALIGNMENT_OUTPUT] if found else []
         self.alignment_heads = tuple((0, head) for head in range(len(self.alignment_heads))) if found else ()
+        self.start_of_previous = tokenizer.token("<|startofprev|>")
+        ids = {n.name: n.shape_ranges.get("input_ids") for n in model.manifest.networks}.get("decoder")
+        self.text_positions = ids.max[-1] if ids is not None else _TEXT_POSITIONS
+        """Tokens the decoder reads at most: prompt, previous text and decoded tokens together."""
+        self.window_samples = CHUNK_SAMPLES - _WINDOW_MARGIN
+        """Offline: most samples of a window of utterances decoded in one pass (see
+        edged.pipelines.asr.packing): the 30 s Whisper hears, less a margin for the window's
+        edges (the audio kept before each utterance's onset and after its end)."""
 
     def _load_tokenizer(self, path: Path, model: LoadedModel) -> WhisperTokenizer:
         self.whisper_tokenizer = WhisperTokenizer.load(path, int(model.manifest.parameters.get("vocab_size", 0)))
@@ -106,8 +117,10 @@ class WhisperRecogniser(Recogniser):
 
     def decode(self, audios: list[np.ndarray], drafts: list[list[int]] | None = None,
                attention: bool = True, biases: Sequence[PhraseBias | None] | None = None,
-               languages: Sequence[Language] | None = None) -> list[Hypothesis]:
-        """Greedy-decode each utterance in its language (identified where not given)."""
+               languages: Sequence[Language] | None = None,
+               previous: Sequence[list[int]] | None = None) -> list[Hypothesis]:
+        """Greedy-decode each utterance in its language (identified where not given); `previous`:
+        per utterance, the text before it (tokens), read as Whisper's `<|startofprev|>` prompt."""
         if not audios:
             return []
         asked = list(languages or [Language()] * len(audios))
@@ -115,8 +128,7 @@ class WhisperRecogniser(Recogniser):
         encoder_kv = self.cross_kv_of(hidden)
         if not self.multilingual:  # English only: results carry the model's own language tag
             prompts = [[self.bos, self.no_timestamps] for _ in audios]
-            return self._greedy(hidden, [len(a) for a in audios], drafts, attention, None,
-                                prompts=prompts, encoder_kv=encoder_kv)[0]
+            return self._prompted(hidden, audios, drafts, prompts, previous, encoder_kv, attention)
         codes = [a.code for a in asked]
         unknown = [i for i, code in enumerate(codes) if not code]
         if unknown:
@@ -125,8 +137,7 @@ class WhisperRecogniser(Recogniser):
                 codes[i] = code
         prompts = [[self.bos, self.whisper_tokenizer.languages[code], self.tasks[a.task], self.no_timestamps]
                    for code, a in zip(codes, asked)]
-        hyps, _ = self._greedy(hidden, [len(a) for a in audios], drafts, attention, None,
-                               prompts=prompts, encoder_kv=encoder_kv)
+        hyps = self._prompted(hidden, audios, drafts, prompts, previous, encoder_kv, attention)
         for hyp, code in zip(hyps, codes):
             hyp.language = code
         return hyps
@@ -138,6 +149,31 @@ class WhisperRecogniser(Recogniser):
         if stacked is None:
             return None
         return stacked / np.maximum(stacked.sum(axis=-1, keepdims=True), 1e-12)
+
+    def _prompted(self, hidden: np.ndarray, audios: list[np.ndarray], drafts: list[list[int]] | None,
+                  prompts: list[list[int]], previous: Sequence[list[int]] | None,
+                  encoder_kv: dict[str, np.ndarray], attention: bool) -> list[Hypothesis]:
+        """Greedy decodes from `prompts`, each after its previous text (if any): rows whose
+        prompts are as long are decoded together (with the alignment heads' attention if `attention`)."""
+        if previous:
+            prompts = [self._after(prompt, before, len(audio))
+                       for prompt, before, audio in zip(prompts, previous, audios)]
+        hyps: list[Hypothesis | None] = [None] * len(audios)
+        for length in sorted({len(p) for p in prompts}):
+            rows = [i for i, p in enumerate(prompts) if len(p) == length]
+            found, _ = self._greedy(hidden[rows], [len(audios[i]) for i in rows],
+                                    [drafts[i] for i in rows] if drafts else None, attention, None,
+                                    prompts=[prompts[i] for i in rows],
+                                    encoder_kv={k: v[rows] for k, v in encoder_kv.items()})
+            for i, hyp in zip(rows, found):
+                hyps[i] = hyp
+        return [h for h in hyps if h is not None]
+
+    def _after(self, prompt: list[int], before: list[int], samples: int) -> list[int]:
+        """`prompt` after the end of the text `before` (as much as fits beside the longest decode of
+        `samples`, and at most half the positions, as Whisper's own decoding keeps)."""
+        room = min(self.text_positions // 2 - 1, self.text_positions - self.token_cap(samples) - len(prompt) - 2)
+        return [self.start_of_previous, *before[-room:], *prompt] if before and room > 0 else prompt
 
     def beam(self, audio: np.ndarray, width: int, bias: PhraseBias | None = None,
              attention: bool = True, language: Language | None = None) -> Hypothesis:
