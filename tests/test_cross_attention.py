@@ -49,7 +49,7 @@ def _folded_attention(softmax_axis: int = -1) -> onnx.ModelProto:
         helper.make_tensor_value_info(KEY, TensorProto.FLOAT, [B, H, F, D]),
         helper.make_tensor_value_info(VALUE, TensorProto.FLOAT, [B, H, F, D])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [B, T, H * D])], inits)
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
 
 
 def test_folded_heads_found_and_picked() -> None:
