@@ -9,6 +9,7 @@ chunking of the audio, the invocation count and the timestamps. The probabilitie
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
@@ -93,9 +94,11 @@ def test_same_windows_fire_as_the_packages_runtime(deployed: dict[str, WakeWordM
     assert difference <= PROBABILITY_TOLERANCE
     cutoff = model.probability_cutoff
     assert [i for i, (_, p) in enumerate(ours) if p > cutoff] == [i for i, (_, p) in enumerate(theirs) if p > cutoff]
-    # Both utterances fire, once each (the refractory time swallows the rest of a run).
-    assert len(detections) == 2, detections
-    assert detections[1].timestamp_ms - detections[0].timestamp_ms > 3000
+    # Each utterance fires at most once (the refractory time swallows the rest of a run). Whether
+    # the model hears both is the model's own doing, checked against its package above: on
+    # Python 3.10's wheels CI saw hey_mycroft hear one of the two, in both runtimes alike.
+    assert 1 <= len(detections) <= 2, detections
+    assert all(b.timestamp_ms - a.timestamp_ms > 3000 for a, b in itertools.pairwise(detections))
     assert all(d.name == name and d.probability > cutoff for d in detections)
 
 
