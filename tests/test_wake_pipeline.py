@@ -95,7 +95,7 @@ def test_same_windows_fire_as_the_packages_runtime(deployed: dict[str, WakeWordM
     cutoff = model.probability_cutoff
     assert [i for i, (_, p) in enumerate(ours) if p > cutoff] == [i for i, (_, p) in enumerate(theirs) if p > cutoff]
     # Each utterance fires at most once (the refractory time swallows the rest of a run). Whether
-    # the model hears both is the model's own doing, checked against its package above: on
+    # the model hears both is the model's own doing, checked against its package above:
     # CI's Python 3.10 pass once saw hey_mycroft hear one of the two (the windows firing in both
     # runtimes alike); it did not repeat.
     assert 1 <= len(detections) <= 2, detections
